@@ -1,0 +1,68 @@
+"""securemail: a HIPAA-minded secure email relay for therapy and medical practices.
+
+>>> import securemail
+>>> relay = securemail.load("securemail.toml")                 # doctest: +SKIP
+>>> verdict = relay.check(raw_bytes)                            # doctest: +SKIP
+>>> verdict.blocked, [d.action for d in verdict.decisions]      # doctest: +SKIP
+"""
+
+from securemail.errors import (
+    Blocked,
+    ConfigError,
+    InputError,
+    MalformedMessage,
+    PermanentFailure,
+    RenderError,
+    SecuremailError,
+    StoreError,
+    TemporaryFailure,
+    UpstreamUnavailable,
+)
+from securemail.model import (
+    Action,
+    Decision,
+    Encryption,
+    Envelope,
+    Facts,
+    Mode,
+    Outcome,
+    RecipientFacts,
+    RecipientOutcome,
+    Role,
+    Source,
+    Status,
+    Verdict,
+)
+from securemail.policy import RuleHit
+from securemail.relay import Relay, load
+
+__all__ = [
+    "Action",
+    "Blocked",
+    "ConfigError",
+    "Decision",
+    "Encryption",
+    "Envelope",
+    "Facts",
+    "InputError",
+    "MalformedMessage",
+    "Mode",
+    "Outcome",
+    "PermanentFailure",
+    "RecipientFacts",
+    "RecipientOutcome",
+    "Relay",
+    "RenderError",
+    "Role",
+    "RuleHit",
+    "SecuremailError",
+    "Source",
+    "Status",
+    "StoreError",
+    "TemporaryFailure",
+    "UpstreamUnavailable",
+    "Verdict",
+    "load",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,97 @@
+"""Facts about a parsed message: encryption state, who each recipient is, PHI.
+
+Everything the policy needs is computed here, once, so that ``decide`` can be
+pure. Facts never carry message content.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Protocol
+
+from securemail.directory import AddressError, Directory, normalise_address
+from securemail.encryption_state import encryption_state
+from securemail.model import Encryption, Facts, RecipientFacts, Role, Source
+from securemail.parse import MessageView
+from securemail.phi import Detectors, message_text
+
+__all__ = ["KeyLookup", "classify"]
+
+
+class KeyLookup(Protocol):
+    def usable_kinds(self, address: str, now: dt.datetime) -> frozenset[str]: ...
+
+
+def classify(
+    view: MessageView,
+    *,
+    mail_from: str,
+    rcpt_tos: Sequence[str],
+    directory: Directory,
+    detectors: Detectors,
+    keys: KeyLookup | None,
+    restricted_header: str,
+    scan_limit: int,
+    now: dt.datetime,
+) -> Facts:
+    message_id = view.message_id
+    try:
+        sender = normalise_address(mail_from) if mail_from else ""
+        envelope = [normalise_address(r) for r in rcpt_tos]
+    except AddressError:
+        return _malformed(view, "malformed-address", "an envelope address is invalid",
+                          mail_from, rcpt_tos)
+    if view.malformed or view.message is None:
+        return _malformed(view, view.malformed or "malformed-message", view.malformed_detail,
+                          sender, envelope)
+
+    to = set(view.addresses("to"))
+    cc = set(view.addresses("cc"))
+    participants = {sender, *envelope, *view.addresses(
+        "from", "sender", "reply-to", "to", "cc", "bcc")} - {""}
+    client_ids = sorted({c for a in participants for c in directory.identify(a).client_ids})
+
+    recipients = []
+    seen: set[str] = set()
+    for address in envelope:
+        if address in seen:  # the same RCPT twice gets one decision
+            continue
+        seen.add(address)
+        who = directory.identify(address)
+        source = Source.TO if address in to else Source.CC if address in cc else Source.BCC
+        kinds = (keys.usable_kinds(address, now) if keys is not None and who.role is not Role.STAFF
+                 else frozenset())
+        recipients.append(RecipientFacts(address, source, who.role, who.client_ids, kinds,
+                                         who.consent))
+
+    restricted_values = view.message.get_all(restricted_header) or []
+    restricted = ",".join(" ".join(str(v).split()) for v in restricted_values)[:64] or None
+    signals = detectors.scan(view.subject, message_text(view.message, scan_limit))
+    return Facts(
+        message_id=message_id,
+        sender=sender,
+        encryption=encryption_state(view.message),
+        recipients=tuple(recipients),
+        client_ids=tuple(client_ids),
+        phi_signals=signals,
+        restricted=restricted,
+    )
+
+
+def _malformed(view: MessageView, kind: str, detail: str, sender: str,
+               rcpt_tos: Sequence[str]) -> Facts:
+    # Recipients are reported as given (unverified) so each still gets a decision.
+    recipients = tuple(
+        RecipientFacts(_printable(r), Source.BCC, Role.THIRD_PARTY)
+        for r in dict.fromkeys(rcpt_tos)
+    )
+    return Facts(message_id=view.message_id, sender=sender, encryption=Encryption.NONE,
+                 recipients=recipients, malformed=kind, malformed_detail=detail)
+
+
+def _printable(address: str) -> str:
+    try:
+        return normalise_address(address)
+    except AddressError:
+        return address.encode("unicode_escape").decode("ascii")[:254]

@@ -1,0 +1,115 @@
+"""``securemail check`` and ``securemail send``: run a message file through the policy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from securemail.cli.base import (
+    EXIT_OK,
+    EXIT_PROBLEM,
+    config_option,
+    handle_errors,
+    load_relay,
+)
+from securemail.errors import Blocked, InputError
+from securemail.model import Verdict
+
+
+def read_message(path: str) -> bytes:
+    if path == "-":
+        return click.get_binary_stream("stdin").read()
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, expected an .eml file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def format_table(verdict: Verdict) -> str:
+    facts = verdict.facts
+    lines = [
+        f"Message-ID: {verdict.message_id or '(none)'}",
+        f"Mode: {verdict.mode.value}   Encrypted: {'yes' if verdict.encrypted else 'no'}   "
+        f"PHI: {'yes' if verdict.phi else 'no'}"
+        + (f" ({', '.join(sorted({s.detector for s in facts.phi_signals}))})"
+           if facts and facts.phi_signals else "")
+        + (f"   Clients: {', '.join(facts.client_ids)}" if facts and facts.client_ids else ""),
+        "",
+    ]
+    rows = [("RECIPIENT", "SOURCE", "ROLE", "ACTION", "RULES")]
+    rows += [(d.address, d.source.value, d.role.value, d.action.value, ",".join(d.rules))
+             for d in verdict.decisions]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    lines.append("")
+    for d in verdict.decisions:
+        lines.append(f"{d.address}: {d.reason}")
+    blocked = [d for d in verdict.decisions if d.action.value == "block"]
+    lines.append("")
+    lines.append(f"Result: BLOCKED for {len(blocked)} of {len(verdict.decisions)} recipient(s)"
+                 if blocked else "Result: no recipient blocked")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=True, allow_dash=True))
+@click.option("--from", "mail_from", metavar="ADDR", help="Envelope sender (default: From:).")
+@click.option("--to", "rcpt_tos", metavar="ADDR", multiple=True,
+              help="Envelope recipient; repeat for more (default: To: + Cc: + Bcc:).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@config_option
+@handle_errors
+def check(file: str, mail_from: str | None, rcpt_tos: tuple[str, ...], as_json: bool,
+          config_path: str) -> None:
+    """Evaluate the policy for FILE (.eml) without sending. Exit 1 if any recipient is blocked."""
+    raw = read_message(file)
+    relay = load_relay(config_path)
+    verdict = relay.check(raw, mail_from=mail_from, rcpt_tos=list(rcpt_tos) or None)
+    if not verdict.decisions:
+        raise InputError(f"{file}: no recipients (give --to ADDR or add To:/Cc:/Bcc: headers)")
+    if as_json:
+        click.echo(json.dumps(verdict.to_json(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(format_table(verdict))
+    raise SystemExit(EXIT_PROBLEM if verdict.blocked else EXIT_OK)
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=True, allow_dash=True))
+@click.option("--from", "mail_from", metavar="ADDR", help="Envelope sender (default: From:).")
+@click.option("--to", "rcpt_tos", metavar="ADDR", multiple=True,
+              help="Envelope recipient; repeat for more (default: To: + Cc: + Bcc:).")
+@config_option
+@handle_errors
+def send(file: str, mail_from: str | None, rcpt_tos: tuple[str, ...], config_path: str) -> None:
+    """Push FILE through the same pipeline as the relay. Exit 1 if blocked or deferred."""
+    import asyncio
+
+    raw = read_message(file)
+    relay = load_relay(config_path)
+
+    async def run() -> int:
+        try:
+            outcome = await relay.send(raw, mail_from=mail_from, rcpt_tos=list(rcpt_tos) or None)
+        except Blocked as exc:
+            click.echo(format_table(exc.verdict))
+            click.echo(exc.smtp_reply, err=True)
+            return EXIT_PROBLEM
+        finally:
+            await relay.close()
+        for r in outcome.recipients:
+            extra = f" (portal {r.portal_id})" if r.portal_id else ""
+            click.echo(f"{r.address}: {r.action.value} -> {r.status.value}{extra}")
+        return EXIT_OK
+
+    raise SystemExit(asyncio.run(run()))
+
+
+commands: list[click.Command] = [check, send]

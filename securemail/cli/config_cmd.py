@@ -1,0 +1,34 @@
+"""``securemail config check``."""
+
+from __future__ import annotations
+
+import click
+
+from securemail.cli.base import config_option, handle_errors
+
+
+@click.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("check")
+@config_option
+@handle_errors
+def config_check(config_path: str) -> None:
+    """Validate the config; exit 2 with FILE: key: problem."""
+    from securemail.config import load_settings
+    from securemail.policy import load_plugins
+
+    settings = load_settings(config_path)
+    load_plugins(settings.policy, settings.path)
+    if settings.dkim is not None:
+        from securemail.dkim import DkimSigner
+
+        DkimSigner.from_settings(settings)
+    n = len(settings.directory.clients)
+    click.echo(f"{config_path}: OK ({n} client(s) inline, mode {settings.policy.mode.value}, "
+               f"upstream {settings.upstream.url.split('://')[0]})")
+
+
+commands: list[click.Command] = [config_group]

@@ -1,0 +1,83 @@
+"""``securemail directory import FILE`` / ``directory list [--json]``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict
+
+import click
+
+from securemail.cli.base import config_option, handle_errors
+
+
+@click.group("directory")
+def directory_group() -> None:
+    """Clients, authorised contacts, consent and partners."""
+
+
+def _open(config_path: str):  # type: ignore[no-untyped-def]
+    from securemail.config import load_settings
+    from securemail.store.sqlite import open_database
+
+    settings = load_settings(config_path)
+    return settings, open_database(settings.storage.sqlite_path)
+
+
+@directory_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@config_option
+@handle_errors
+def directory_import(file: str, config_path: str) -> None:
+    """Import clients/partners from a CSV or TOML FILE (upsert by id / name)."""
+    from securemail.directory import read_directory_file, store_entries
+
+    entries = read_directory_file(file)  # validate before opening anything
+    settings, conn = _open(config_path)
+    now = dt.datetime.now(dt.UTC)
+    count = store_entries(conn, entries, now.isoformat())
+    _audit(settings, now, count, file)
+    click.echo(f"imported {len(entries.clients)} client(s) and {len(entries.partners)} "
+               f"partner(s) from {file}")
+
+
+def _audit(settings, now: dt.datetime, count: int, file: str) -> None:  # type: ignore[no-untyped-def]
+    from securemail.audit import AuditLog
+
+    log = AuditLog.open(settings)
+    try:
+        log.record_event("directory-import", now=now, entries=count, file=file)
+    finally:
+        log.close(now)
+
+
+@directory_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+@handle_errors
+def directory_list(as_json: bool, config_path: str) -> None:
+    """List the directory: config entries plus imported ones."""
+    from securemail.directory import Directory, load_imported
+
+    settings, conn = _open(config_path)
+    d = Directory(settings.practice.domains, settings.directory).with_imported(
+        load_imported(conn))
+    if as_json:
+        click.echo(json.dumps({
+            "staff_domains": sorted(d.staff_domains),
+            "clients": [asdict(c) for c in d.clients.values()],
+            "partners": [asdict(p) for p in d.partners],
+        }, indent=2))
+        return
+    click.echo(f"staff domains: {', '.join(sorted(d.staff_domains)) or '(none)'}")
+    for c in d.clients.values():
+        consent = (f"consent {c.consent_unencrypted.granted} ({c.consent_unencrypted.warning})"
+                   if c.consent_unencrypted else "no consent")
+        click.echo(f"client {c.id}: {', '.join(c.addresses)}; {consent}")
+        for ct in c.contacts:
+            click.echo(f"    contact {ct.address} ({ct.relation})")
+    for p in d.partners:
+        click.echo(f"partner {p.name}: {', '.join([*p.domains, *p.addresses])}")
+
+
+commands: list[click.Command] = [directory_group]

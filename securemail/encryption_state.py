@@ -1,0 +1,203 @@
+"""Is the whole message already encrypted? Judged on structure *and* payload.
+
+Headers alone prove nothing: a ``multipart/encrypted`` wrapper around a
+garbage body is ``none``. We check that the payload really is an OpenPGP
+encrypted message (public/symmetric-key session key packets followed by one
+encrypted data packet) or a CMS EnvelopedData/AuthEnvelopedData, without
+decrypting anything and without importing a crypto library.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from email.message import Message
+
+from securemail.model import Encryption
+
+__all__ = ["encryption_state", "is_openpgp_encrypted", "is_cms_enveloped"]
+
+_ARMOR = re.compile(
+    rb"\A\s*-----BEGIN PGP MESSAGE-----\r?\n"
+    rb"(?P<headers>(?:[A-Za-z][A-Za-z0-9-]*: [^\r\n]*\r?\n)*)"
+    rb"\r?\n"
+    rb"(?P<body>[A-Za-z0-9+/=\r\n \t]+?)"
+    rb"(?:\r?\n=(?P<crc>[A-Za-z0-9+/]{4}))?"
+    rb"\s*-----END PGP MESSAGE-----\s*\Z"
+)
+_ESK_TAGS = {1, 3}  # public-key / symmetric-key encrypted session key
+_DATA_TAGS = {18, 20}  # SEIPD (v1/v2), OCB encrypted data (draft/GnuPG)
+_LEGACY_DATA_TAG = 9  # SED without integrity protection: still encrypted
+
+
+def dearmor(text: bytes) -> bytes | None:
+    m = _ARMOR.match(text)
+    if not m:
+        return None
+    try:
+        return base64.b64decode(re.sub(rb"\s+", b"", m.group("body")), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _packets(data: bytes) -> list[int] | None:
+    """Tags of the OpenPGP packets in ``data``; None if the framing is broken."""
+    tags: list[int] = []
+    i = 0
+    n = len(data)
+    while i < n:
+        first = data[i]
+        if not first & 0x80:
+            return None
+        if first & 0x40:  # new format
+            tag = first & 0x3F
+            i += 1
+            while True:  # partial body lengths chain until a definite length
+                if i >= n:
+                    return None
+                o = data[i]
+                if o < 192:
+                    length, i = o, i + 1
+                    partial = False
+                elif o < 224:
+                    if i + 1 >= n:
+                        return None
+                    length, i = ((o - 192) << 8) + data[i + 1] + 192, i + 2
+                    partial = False
+                elif o == 255:
+                    if i + 4 >= n:
+                        return None
+                    length, i = int.from_bytes(data[i + 1 : i + 5], "big"), i + 5
+                    partial = False
+                else:
+                    length, i = 1 << (o & 0x1F), i + 1
+                    partial = True
+                i += length
+                if i > n:
+                    return None
+                if not partial:
+                    break
+        else:  # old format
+            tag = (first >> 2) & 0x0F
+            ltype = first & 0x03
+            i += 1
+            if ltype == 3:  # indeterminate: runs to the end
+                tags.append(tag)
+                return tags
+            size = (1, 2, 4)[ltype]
+            if i + size > n:
+                return None
+            length = int.from_bytes(data[i : i + size], "big")
+            i += size + length
+            if i > n:
+                return None
+        tags.append(tag)
+    return tags
+
+
+def is_openpgp_encrypted(data: bytes) -> bool:
+    """Binary OpenPGP: >= 1 session key packet, then exactly one encrypted data packet."""
+    tags = _packets(data)
+    if not tags or len(tags) < 2:
+        return False
+    *esks, last = tags
+    if not all(t in _ESK_TAGS for t in esks):
+        return False
+    return last in _DATA_TAGS or last == _LEGACY_DATA_TAG
+
+
+def is_armored_openpgp_encrypted(text: bytes) -> bool:
+    data = dearmor(text)
+    return data is not None and is_openpgp_encrypted(data)
+
+
+_OID_ENVELOPED = bytes.fromhex("2a864886f70d010703")  # 1.2.840.113549.1.7.3
+_OID_AUTH_ENVELOPED = bytes.fromhex("2a864886f70d0109100117")  # 1.2.840.113549.1.9.16.1.23
+
+
+def _der_header(data: bytes, i: int) -> tuple[int, int, int | None] | None:
+    """(tag, content offset, length or None for indefinite)."""
+    if i + 2 > len(data):
+        return None
+    tag = data[i]
+    o = data[i + 1]
+    if o < 0x80:
+        return tag, i + 2, o
+    if o == 0x80:
+        return tag, i + 2, None
+    size = o & 0x7F
+    if size > 4 or i + 2 + size > len(data):
+        return None
+    return tag, i + 2 + size, int.from_bytes(data[i + 2 : i + 2 + size], "big")
+
+
+def is_cms_enveloped(der: bytes) -> bool:
+    """ContentInfo { contentType = (auth)envelopedData, [0] { SEQUENCE { INTEGER ... } } }."""
+    outer = _der_header(der, 0)
+    if outer is None or outer[0] != 0x30:
+        return False
+    _, start, length = outer
+    if length is not None and start + length != len(der):
+        return False
+    oid = _der_header(der, start)
+    if oid is None or oid[0] != 0x06 or oid[2] is None:
+        return False
+    value = der[oid[1] : oid[1] + oid[2]]
+    if value not in (_OID_ENVELOPED, _OID_AUTH_ENVELOPED):
+        return False
+    explicit = _der_header(der, oid[1] + oid[2])
+    if explicit is None or explicit[0] != 0xA0:
+        return False
+    inner = _der_header(der, explicit[1])
+    if inner is None or inner[0] != 0x30:
+        return False
+    version = _der_header(der, inner[1])
+    return version is not None and version[0] == 0x02
+
+
+def _payload_bytes(part: Message) -> bytes:
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def _leaves(message: Message) -> list[Message]:
+    return [p for p in message.walk() if not p.is_multipart()]
+
+
+def encryption_state(message: Message) -> Encryption:
+    ctype = message.get_content_type()
+    if ctype == "multipart/encrypted":
+        return Encryption.PGP_MIME if _is_pgp_mime(message) else Encryption.NONE
+    if ctype in ("application/pkcs7-mime", "application/x-pkcs7-mime"):
+        smime_type = (message.get_param("smime-type") or "")
+        if isinstance(smime_type, str) and smime_type.lower() in (
+            "enveloped-data", "authenveloped-data"
+        ) and is_cms_enveloped(_payload_bytes(message)):
+            return Encryption.SMIME
+        return Encryption.NONE
+    leaves = _leaves(message)
+    if len(leaves) == 1 and leaves[0].get_content_type() in ("text/plain", "application/pgp"):
+        leaf = leaves[0]
+        if leaf.get_content_disposition() != "attachment" and is_armored_openpgp_encrypted(
+            _payload_bytes(leaf)
+        ):
+            return Encryption.PGP_INLINE
+    return Encryption.NONE
+
+
+def _is_pgp_mime(message: Message) -> bool:
+    protocol = message.get_param("protocol")
+    if not isinstance(protocol, str) or protocol.lower() != "application/pgp-encrypted":
+        return False
+    parts = message.get_payload()
+    if not isinstance(parts, list) or len(parts) != 2:
+        return False
+    control, data = parts
+    if control.get_content_type() != "application/pgp-encrypted":
+        return False
+    if b"version: 1" not in _payload_bytes(control).lower():
+        return False
+    if data.get_content_type() != "application/octet-stream":
+        return False
+    return is_armored_openpgp_encrypted(_payload_bytes(data))

@@ -1,0 +1,109 @@
+"""The securemail error tree.
+
+Every error knows the SMTP reply the relay gives for it, so that a fault deep
+in the pipeline maps to exactly one answer on the wire::
+
+    SecuremailError
+    ├── ConfigError              bad configuration (names file and key); CLI exit 2
+    ├── InputError               unreadable input to a command; CLI exit 2
+    ├── TemporaryFailure         451 4.3.0: try again later (store, upstream, crypto)
+    │   ├── UpstreamUnavailable  upstream down, refused TLS, timed out
+    │   ├── RenderError          encryption / signing / sealing failed
+    │   └── StoreError           the database could not be used
+    └── PermanentFailure         5xx: the same message will never go through
+        ├── Blocked              550 5.7.1 policy block (carries the Verdict)
+        └── MalformedMessage     554 5.6.0 message or address cannot be parsed safely
+
+Replies never contain message content, a Subject or exception text: the
+``smtp_reply`` of each class is fixed text, plus (for ``Blocked``) recipient
+addresses and rule ids, which the sender already knows.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from securemail.model import Verdict
+
+__all__ = [
+    "Blocked",
+    "ConfigError",
+    "InputError",
+    "MalformedMessage",
+    "PermanentFailure",
+    "RenderError",
+    "SecuremailError",
+    "StoreError",
+    "TemporaryFailure",
+    "UpstreamUnavailable",
+]
+
+
+class SecuremailError(Exception):
+    """Base of every error securemail raises on purpose."""
+
+    smtp_reply = "451 4.3.0 Temporary failure, please try again later"
+
+
+class ConfigError(SecuremailError):
+    """The configuration is wrong. ``str()`` is ``FILE: key: problem``."""
+
+    def __init__(self, file: str, key: str, problem: str) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        where = f"{file}: {key}: " if key else f"{file}: "
+        super().__init__(f"{where}{problem}")
+
+
+class InputError(SecuremailError):
+    """A command was given input it cannot use (unreadable file, bad option)."""
+
+
+class TemporaryFailure(SecuremailError):
+    """Something failed that may work later; the sender keeps the message."""
+
+    smtp_reply = "451 4.3.0 Temporary failure, please try again later"
+
+
+class UpstreamUnavailable(TemporaryFailure):
+    """The upstream server could not take the message (down, no TLS, timeout)."""
+
+
+class RenderError(TemporaryFailure):
+    """Encrypting, signing or sealing failed; nothing was sent in clear."""
+
+
+class StoreError(TemporaryFailure):
+    """The store could not be read or written."""
+
+
+class PermanentFailure(SecuremailError):
+    """The message will never be accepted as it is."""
+
+    smtp_reply = "554 5.0.0 Message rejected"
+
+
+class MalformedMessage(PermanentFailure):
+    """The message or one of its addresses cannot be parsed without guessing."""
+
+    smtp_reply = "554 5.6.0 Message is malformed and was not relayed"
+
+
+class Blocked(PermanentFailure):
+    """The policy blocked the message; ``verdict`` says for whom and why."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        self.verdict = verdict
+        super().__init__(self.smtp_reply)
+
+    @property
+    def smtp_reply(self) -> str:  # type: ignore[override]
+        blocked = [d for d in self.verdict.decisions if d.action.value == "block"]
+        rules = sorted({r for d in blocked for r in d.rules})
+        if "malformed-message" in rules or "malformed-address" in rules:
+            return f"554 5.6.0 Message not relayed: {', '.join(rules)}"
+        names = ", ".join(d.address for d in blocked[:10])
+        more = f" and {len(blocked) - 10} more" if len(blocked) > 10 else ""
+        return f"550 5.7.1 Blocked by policy ({', '.join(rules)}): {names}{more}"

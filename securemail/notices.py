@@ -1,0 +1,51 @@
+"""The notice a sender gets when some recipients did not receive a message.
+
+Lists addresses, actions and rule ids with the policy's reason; never the
+Subject or any content of the original. Sent with an empty envelope sender
+(like a DSN) so it can never loop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+from collections.abc import Sequence
+from email.message import EmailMessage
+from email.policy import SMTP
+
+from securemail.config import Settings
+from securemail.model import RecipientOutcome, Status, Verdict
+
+__all__ = ["recipients_notice"]
+
+
+def recipients_notice(settings: Settings, sender: str, verdict: Verdict,
+                      undelivered: Sequence[RecipientOutcome], now: dt.datetime) -> bytes:
+    lines = [
+        f"{settings.practice.name}'s secure mail relay could not deliver your message",
+        f"{verdict.message_id or '(no Message-ID)'} to these recipients:",
+        "",
+    ]
+    for r in undelivered:
+        d = verdict.decision_for(r.address)
+        if r.status is Status.BLOCKED:
+            why = f"blocked by policy ({', '.join(d.rules)}): {d.reason}"
+        else:
+            why = f"refused by the receiving server ({r.upstream_reply or 'permanent error'})"
+        lines.append(f"  {r.address}: {why}")
+    lines += [
+        "",
+        "All other recipients received it. Nothing needs to be done unless one of",
+        "the recipients above should have received it; in that case contact your",
+        "practice's IT or privacy officer.",
+    ]
+    msg = EmailMessage()
+    host = settings.relay.hostname
+    msg["From"] = f"Mail Delivery System <MAILER-DAEMON@{host}>"
+    msg["To"] = sender
+    msg["Subject"] = "Some recipients did not receive your message"
+    msg["Date"] = email.utils.format_datetime(now)
+    msg["Message-ID"] = email.utils.make_msgid(domain=host)
+    msg["Auto-Submitted"] = "auto-replied"
+    msg.set_content("\n".join(lines))
+    return msg.as_bytes(policy=SMTP)

@@ -1,0 +1,196 @@
+"""Bytes -> a bounded, strictly parsed view of a message.
+
+Never raises on bad input: a message past a limit, or an address header that
+Python's parsers read ambiguously (the CVE-2023-27043 family), comes back with
+``malformed`` set, and the policy blocks it. The original bytes are kept
+untouched for pass-through.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import email.utils
+import re
+from dataclasses import dataclass
+from email.header import decode_header, make_header
+from email.message import Message
+
+from securemail.config import LimitSettings
+from securemail.directory import AddressError, normalise_address
+
+__all__ = ["ADDRESS_HEADERS", "MessageView", "parse_message", "strip_header"]
+
+ADDRESS_HEADERS = ("from", "sender", "reply-to", "to", "cc", "bcc")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+# A header value made only of plain "addr" or "Name <addr>" items can skip the
+# slow RFC 5322 parser; anything else (quotes, comments, groups, encoded words)
+# goes through both parsers, which must agree.
+_SIMPLE_ITEM = r"\s*(?:[A-Za-z0-9 ._'-]*<[^<>()\",;:\\\s@]+@[A-Za-z0-9.-]+>|[^<>()\",;:\\\s@]+@[A-Za-z0-9.-]+)\s*"
+_SIMPLE_LIST = re.compile(rf"{_SIMPLE_ITEM}(?:,{_SIMPLE_ITEM})*")
+_ADDR_IN_ITEM = re.compile(r"<([^<>]+)>\s*$|^\s*(\S+)\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    raw: bytes
+    message: Message | None
+    message_id: str = ""
+    headers: dict[str, tuple[str, ...]] | None = None  # normalised addresses per header
+    subject: str = ""  # decoded; for the detectors only, never logged
+    malformed: str | None = None  # "malformed-message" | "malformed-address"
+    malformed_detail: str = ""  # which limit or header; never content
+
+    def addresses(self, *names: str) -> tuple[str, ...]:
+        if self.headers is None:
+            return ()
+        out: list[str] = []
+        for n in names:
+            out.extend(self.headers.get(n, ()))
+        return tuple(out)
+
+
+def _bad(raw: bytes, kind: str, detail: str, message: Message | None = None) -> MessageView:
+    return MessageView(raw=raw, message=message, malformed=kind, malformed_detail=detail)
+
+
+def parse_message(raw: bytes, limits: LimitSettings) -> MessageView:
+    """Parse ``raw`` within ``limits``; see the module docstring."""
+    if len(raw) > limits.max_message_bytes:
+        return _bad(raw, "malformed-message", f"message exceeds {limits.max_message_bytes} bytes")
+    end = _HEADER_END.search(raw, 0, limits.max_header_bytes + 4)
+    header_len = end.start() if end else len(raw)
+    if header_len > limits.max_header_bytes:
+        return _bad(raw, "malformed-message",
+                    f"header block exceeds {limits.max_header_bytes} bytes")
+    try:
+        message = email.message_from_bytes(raw)
+    except Exception:  # noqa: BLE001 - any parser fault is a malformed message
+        return _bad(raw, "malformed-message", "the MIME structure cannot be parsed")
+    problem = _check_structure(message, limits)
+    if problem:
+        return _bad(raw, "malformed-message", problem, message)
+    headers: dict[str, tuple[str, ...]] = {}
+    raw_headers: dict[str, list[str]] = {}
+    for key, value in message.raw_items():  # undecoded: keeps 8-bit (SMTPUTF8) bytes
+        raw_headers.setdefault(key.lower(), []).append(value)
+    for name in ADDRESS_HEADERS:
+        values = raw_headers.get(name, [])
+        if len(values) > 1 and name in ("from", "sender", "to", "cc", "reply-to"):
+            return _bad(raw, "malformed-address", f"more than one {name.title()} header", message)
+        found: list[str] = []
+        for value in values:
+            try:
+                found.extend(parse_address_list(_utf8_header(value)))
+            except AddressError:
+                return _bad(raw, "malformed-address",
+                            f"{name.title()} header cannot be parsed unambiguously", message)
+        headers[name] = tuple(found)
+    message_id = " ".join(str(message.get("message-id", "")).split())
+    if "\r" in message_id or "\n" in message_id or len(message_id) > 998:
+        message_id = ""
+    return MessageView(raw=raw, message=message, message_id=message_id, headers=headers,
+                       subject=_decode_subject(message))
+
+
+def _check_structure(message: Message, limits: LimitSettings) -> str:
+    """Walk the MIME tree without recursion; report the first limit crossed."""
+    count = 0
+    stack: list[tuple[Message, int]] = [(message, 1)]
+    while stack:
+        part, depth = stack.pop()
+        count += 1
+        if count > limits.max_parts:
+            return f"more than {limits.max_parts} MIME parts"
+        if depth > limits.max_mime_depth:
+            return f"MIME nesting deeper than {limits.max_mime_depth}"
+        if part.is_multipart():
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                stack.extend((p, depth + 1) for p in payload if isinstance(p, Message))
+    return ""
+
+
+def parse_address_list(value: str) -> list[str]:
+    """Strictly parse one address header value into normalised addr-specs.
+
+    Raises AddressError when the value has CR/LF, when Python's RFC 5322 parser
+    reports any defect, or when it and ``email.utils.getaddresses`` disagree.
+    """
+    unfolded = re.sub(r"\r?\n[ \t]", " ", value)
+    if "\r" in unfolded or "\n" in unfolded or "\x00" in unfolded:
+        raise AddressError("CR, LF or NUL in an address header")
+    if not unfolded.strip():
+        return []
+    if _SIMPLE_LIST.fullmatch(unfolded):
+        out = []
+        for item in unfolded.split(","):
+            m = _ADDR_IN_ITEM.search(item)
+            if m is None:
+                raise AddressError("unreadable address")
+            out.append(normalise_address(m.group(1) or m.group(2)))
+        return out
+    header = email.policy.default.header_factory("to", unfolded)
+    if header.defects:  # type: ignore[attr-defined]
+        raise AddressError("address header has defects")
+    strict = []
+    for addr in header.addresses:  # type: ignore[attr-defined]
+        if any(c in str(addr.display_name) for c in "\r\n\x00"):
+            raise AddressError("control character in a display name")
+        if not addr.username or not addr.domain:
+            raise AddressError("incomplete address")
+        strict.append(normalise_address(f"{addr.username}@{addr.domain}"))
+    loose = []
+    for _name, spec in email.utils.getaddresses([unfolded]):
+        if spec:
+            try:
+                loose.append(normalise_address(spec))
+            except AddressError:
+                loose.append(spec)
+    if sorted(strict) != sorted(loose):
+        raise AddressError("address parsers disagree")
+    return strict
+
+
+def _utf8_header(value: object) -> str:
+    """Header text; raw 8-bit bytes (SMTPUTF8 mail) must be valid UTF-8."""
+    text = str(value)
+    if any("\udc80" <= c <= "\udcff" for c in text):
+        try:
+            return text.encode("ascii", "surrogateescape").decode("utf-8")
+        except UnicodeError:
+            raise AddressError("8-bit address header is not UTF-8") from None
+    return text
+
+
+def _decode_subject(message: Message) -> str:
+    value = message.get("subject")
+    if value is None:
+        return ""
+    try:
+        return str(make_header(decode_header(str(value))))
+    except Exception:  # noqa: BLE001 - undecodable encoded words: scan the raw text
+        return str(value)
+
+
+def strip_header(raw: bytes, name: str) -> bytes:
+    """Remove every occurrence of header ``name`` (with folded lines), bytes-exact
+    elsewhere. Used for the practice's restricted-class marker."""
+    end = _HEADER_END.search(raw)
+    head, body = (raw[: end.start()], raw[end.start():]) if end else (raw, b"")
+    lines = re.split(rb"(?<=\n)", head)
+    out: list[bytes] = []
+    skipping = False
+    target = name.lower().encode("ascii") + b":"
+    for line in lines:
+        if skipping and line[:1] in (b" ", b"\t"):
+            continue
+        skipping = line.lower().startswith(target)
+        if not skipping:
+            out.append(line)
+    kept = b"".join(out)
+    if end and kept.endswith(b"\n"):
+        # The last header line was removed; the separator already starts with
+        # the line ending that closes the (new) last line.
+        kept = kept[:-2] if kept.endswith(b"\r\n") else kept[:-1]
+    return kept + body

@@ -1,0 +1,215 @@
+"""The data path, as one readable function:
+
+parse -> classify -> decide -> render -> sign -> deliver -> audit -> reply.
+
+``process`` returns an :class:`Outcome` only when every output was accepted
+upstream (or sealed and its notification accepted) and the audit record is
+durable; otherwise it raises, and the SMTP layer maps the exception to its
+reply. Nothing is ever sent in clear because a step failed: a render error
+defers the recipient (451), it never falls back to the original bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from securemail.deliveries import DeliveryLedger
+from securemail.errors import Blocked, PermanentFailure, RenderError, TemporaryFailure
+from securemail.model import (
+    Action,
+    Decision,
+    Envelope,
+    Mode,
+    Outcome,
+    RecipientOutcome,
+    Status,
+    TLSInfo,
+    Verdict,
+)
+from securemail.notices import recipients_notice
+from securemail.parse import strip_header
+from securemail.render import Output, render_protected
+
+if TYPE_CHECKING:
+    from securemail.relay import Relay
+
+__all__ = ["process"]
+
+log = logging.getLogger("securemail.message")
+
+
+async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime) -> Outcome:
+    started = time.perf_counter()
+    digest = hashlib.sha256(raw).hexdigest()
+    verdict = relay.evaluate(raw, envelope, now)  # parse, classify, decide
+
+    if verdict.malformed or (verdict.mode is Mode.ENFORCE and _all_blocked(verdict)):
+        outcome = _finish(verdict, digest, {d.address: Status.BLOCKED for d in verdict.decisions})
+        await _audit(relay, envelope, outcome, now)
+        _log(relay, outcome, started)
+        raise Blocked(verdict)
+
+    clean = _strip_markers(relay, raw)
+    plan = _plan(verdict)
+    ledger = DeliveryLedger(relay.db)
+    done = ledger.completed(digest)  # recipients accepted on an earlier, deferred attempt
+    statuses: dict[str, Status] = {a: s for a, s in done.items()}
+    portal_ids: dict[str, str] = {}
+    replies: dict[str, str] = {}
+    tls: TLSInfo | None = None
+
+    pending = [d for d in plan if d.address not in done]
+    for d in pending:
+        if d.action is Action.BLOCK:
+            statuses[d.address] = Status.BLOCKED
+    passthrough = tuple(d for d in pending if d.action is Action.DELIVER)
+    outputs: list[Output] = [Output(passthrough, clean)] if passthrough else []
+    for d in pending:
+        if d.action in (Action.DELIVER, Action.BLOCK):
+            continue
+        try:
+            outputs.append(render_protected(relay, d, clean, verdict, envelope, now))
+        except TemporaryFailure:
+            statuses[d.address] = Status.DEFERRED  # fail closed: nothing sent for them
+
+    results = await asyncio.gather(
+        *(_deliver(relay, envelope, o) for o in outputs), return_exceptions=False
+    )
+    for output, (per_rcpt, out_tls) in zip(outputs, results, strict=True):
+        tls = out_tls or tls
+        for d in output.recipients:
+            status, reply = per_rcpt[d.address]
+            if status is Status.DELIVERED and d.action is Action.PORTAL:
+                status = Status.SEALED
+                if output.portal_id:
+                    portal_ids[d.address] = output.portal_id
+            statuses[d.address] = status
+            if reply:
+                replies[d.address] = reply
+
+    outcome = _finish(verdict, digest, statuses, portal_ids, replies, tls)
+    deferred = [r.address for r in outcome.recipients if r.status is Status.DEFERRED]
+    if deferred:
+        # Remember what upstream already took, so the sender's retry sends only the rest.
+        ledger.record(digest, {r.address: r.status for r in outcome.recipients
+                               if r.status in (Status.DELIVERED, Status.SEALED)}, now)
+    await _audit(relay, envelope, outcome, now)
+    _log(relay, outcome, started)
+    if deferred:
+        raise TemporaryFailure("some recipients could not be handled yet")
+    if not outcome.delivered:
+        raise PermanentFailure("550 5.1.1 No recipient accepted the message")
+    undelivered = [r for r in outcome.recipients if r.status in (Status.BLOCKED, Status.REFUSED)]
+    if undelivered and envelope.mail_from:
+        await _notify_sender(relay, envelope, verdict, undelivered, now)
+    if done:
+        ledger.forget(digest)
+    return outcome
+
+
+def _all_blocked(verdict: Verdict) -> bool:
+    return all(d.action is Action.BLOCK for d in verdict.decisions)
+
+
+def _plan(verdict: Verdict) -> tuple[Decision, ...]:
+    """Shadow mode delivers every recipient unchanged; the audit keeps the verdict."""
+    if verdict.mode is Mode.SHADOW:
+        return tuple(
+            Decision(d.address, d.source, d.role, Action.DELIVER, d.rules, d.reason)
+            for d in verdict.decisions
+        )
+    return verdict.decisions
+
+
+def _strip_markers(relay: Relay, raw: bytes) -> bytes:
+    header = relay.settings.policy.restricted_header
+    if header.lower().encode() + b":" not in raw[:relay.settings.limits.max_header_bytes].lower():
+        return raw
+    return strip_header(raw, header)
+
+
+async def _deliver(relay: Relay, envelope: Envelope, output: Output
+                   ) -> tuple[dict[str, tuple[Status, str | None]], TLSInfo | None]:
+    data = output.data
+    if relay.signer is not None:
+        try:
+            data = relay.signer.sign(data)
+        except RenderError:
+            return {d.address: (Status.DEFERRED, None) for d in output.recipients}, None
+    rcpts = [d.address for d in output.recipients]
+    try:
+        result = await relay.transport.send(envelope.mail_from, rcpts, data)
+    except TemporaryFailure:
+        return {a: (Status.DEFERRED, None) for a in rcpts}, None
+    per: dict[str, tuple[Status, str | None]] = {}
+    for a in rcpts:
+        if a in result.refused:
+            per[a] = (Status.REFUSED, result.refused[a])
+        elif a in result.deferred:
+            per[a] = (Status.DEFERRED, result.deferred[a])
+        elif a in result.accepted:
+            per[a] = (Status.DELIVERED, None)
+        else:  # upstream said nothing about it: do not claim delivery
+            per[a] = (Status.DEFERRED, None)
+    return per, result.tls
+
+
+def _finish(verdict: Verdict, digest: str, statuses: dict[str, Status],
+            portal_ids: dict[str, str] | None = None, replies: dict[str, str] | None = None,
+            tls: TLSInfo | None = None) -> Outcome:
+    portal_ids = portal_ids or {}
+    replies = replies or {}
+    recipients = tuple(
+        RecipientOutcome(d.address, d.action, statuses.get(d.address, Status.DEFERRED),
+                         portal_ids.get(d.address), replies.get(d.address))
+        for d in verdict.decisions
+    )
+    return Outcome(verdict=verdict, recipients=recipients, message_sha256=digest,
+                   upstream_tls=tls)
+
+
+async def _audit(relay: Relay, envelope: Envelope, outcome: Outcome, now: dt.datetime) -> None:
+    await relay.audit.record_outcome(envelope, outcome, config_digest=relay.settings.digest,
+                                     instance_id=relay.instance_id, now=now)
+
+
+async def _notify_sender(relay: Relay, envelope: Envelope, verdict: Verdict,
+                         undelivered: Sequence[RecipientOutcome], now: dt.datetime) -> None:
+    """Tell the sender which recipients did not get the message (no content)."""
+    data = recipients_notice(relay.settings, envelope.mail_from, verdict, undelivered, now)
+    if relay.signer is not None:
+        data = relay.signer.sign(data)
+    try:
+        await relay.transport.send("", [envelope.mail_from], data)
+    except TemporaryFailure:
+        log.warning("sender notice could not be sent", extra={"event": {"notice": "deferred"}})
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2]
+
+
+def _log(relay: Relay, outcome: Outcome, started: float) -> None:
+    """One line per message: ids, actions, rules, timing. No local parts, no content."""
+    event = {
+        "event": "message",
+        "instance": relay.instance_id,
+        "message_sha256": outcome.message_sha256[:16],
+        "mode": outcome.verdict.mode.value,
+        "ms": round((time.perf_counter() - started) * 1000, 2),
+        "recipients": [
+            {"domain": _domain(r.address), "action": r.action.value, "status": r.status.value,
+             "rules": list(outcome.verdict.decision_for(r.address).rules)}
+            for r in outcome.recipients
+        ],
+    }
+    log.info("message", extra={"event": event})
+    metrics = getattr(relay, "metrics", None)
+    if metrics is not None:
+        metrics.observe(outcome, time.perf_counter() - started)

@@ -1,0 +1,206 @@
+"""decide(): facts + settings -> Verdict. Pure: no I/O, no clock (``now`` is passed in).
+
+Default rules (ids are stable; docs/policy.md explains each):
+
+1. ``staff-recipient``          staff recipient -> deliver
+2. ``already-encrypted``        the whole message is encrypted -> deliver
+3. ``no-phi``                   not client-related, no PHI signal -> deliver
+4. client / contact / partner of a PHI or client-related message:
+   ``consent-unencrypted``      consent on file for that exact client address -> deliver
+   ``restricted-class``         (noted when a restricted class overrides consent)
+   ``protected-pgp`` / ``protected-smime``  usable key -> encrypt (preference order)
+   ``protected-portal``         no usable key -> portal
+   ``portal-disabled``          no key and the portal is off -> block
+5. ``unauthorised-recipient``   third party (incl. Bcc) on a PHI or client-related message:
+                                "block" mode blocks every recipient; "strip" only the offenders
+*  ``malformed-message`` / ``malformed-address``  -> every recipient blocked
+
+Practice plugins (``policy.plugins``) see the facts and may add decisions with
+their own rule ids. They can only tighten (to ``portal`` or ``block``), never
+loosen, so a buggy plugin cannot leak a message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from securemail.config import PolicySettings
+from securemail.errors import ConfigError, TemporaryFailure
+from securemail.model import (
+    Action,
+    Decision,
+    Encryption,
+    Facts,
+    RecipientFacts,
+    Role,
+    Verdict,
+)
+
+__all__ = ["PluginError", "PolicyRule", "RuleHit", "decide", "load_plugins"]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleHit:
+    """What a plugin rule returns for one recipient."""
+
+    action: Action  # Action.PORTAL or Action.BLOCK
+    rule: str  # the plugin's own stable id, e.g. "mypractice-no-minors"
+    reason: str  # one sentence, no message content
+
+
+PolicyRule = Callable[[Facts, RecipientFacts], "RuleHit | None"]
+
+
+class PluginError(TemporaryFailure):
+    """A policy plugin failed; the relay defers (451) rather than guess."""
+
+
+_KIND_ACTION = {"pgp": Action.ENCRYPT_PGP, "smime": Action.ENCRYPT_SMIME}
+_KIND_NAME = {"pgp": "OpenPGP", "smime": "S/MIME"}
+
+
+def decide(
+    facts: Facts,
+    policy: PolicySettings,
+    *,
+    now: dt.datetime,
+    portal_enabled: bool = True,
+    plugins: Sequence[PolicyRule] = (),
+) -> Verdict:
+    if facts.malformed:
+        reason = f"message not relayed: {facts.malformed_detail or 'it cannot be parsed safely'}"
+        decisions = [
+            Decision(r.address, r.source, r.role, Action.BLOCK, (facts.malformed,), reason)
+            for r in facts.recipients
+        ]
+        return _verdict(facts, policy, decisions)
+
+    concerns = facts.client_related or facts.phi
+    today = now.date().isoformat()
+    offenders = [r for r in facts.recipients
+                 if concerns and r.role is Role.THIRD_PARTY
+                 and facts.encryption is Encryption.NONE]
+    whole_message_blocked = bool(offenders) and policy.unauthorised_recipients == "block"
+
+    decisions = []
+    for r in facts.recipients:
+        if whole_message_blocked and r not in offenders:
+            d = Decision(r.address, r.source, r.role, Action.BLOCK, ("unauthorised-recipient",),
+                         "the whole message is blocked because it also goes to "
+                         f"{_names(offenders)}, who may not receive it")
+        elif r in offenders:
+            d = Decision(r.address, r.source, r.role, Action.BLOCK, ("unauthorised-recipient",),
+                         _unauthorised_reason(facts))
+        else:
+            d = _default_rule(facts, r, policy, today, portal_enabled)
+        decisions.append(_apply_plugins(facts, r, d, plugins))
+    return _verdict(facts, policy, decisions)
+
+
+def _default_rule(facts: Facts, r: RecipientFacts, policy: PolicySettings, today: str,
+                  portal_enabled: bool) -> Decision:
+    def make(action: Action, rules: tuple[str, ...], reason: str) -> Decision:
+        return Decision(r.address, r.source, r.role, action, rules, reason)
+
+    if r.role is Role.STAFF:
+        return make(Action.DELIVER, ("staff-recipient",), "recipient is practice staff")
+    if facts.encryption is not Encryption.NONE:
+        return make(Action.DELIVER, ("already-encrypted",),
+                    f"the message is already encrypted ({facts.encryption.value})")
+    if not (facts.client_related or facts.phi):
+        return make(Action.DELIVER, ("no-phi",),
+                    "the message concerns no client and no PHI was detected")
+    noted: tuple[str, ...] = ()
+    if r.role is Role.CLIENT and r.consent is not None and r.consent.valid_on(today):
+        if facts.restricted is None:
+            return make(Action.DELIVER, ("consent-unencrypted",),
+                        f"client consented to unencrypted email on {r.consent.granted} "
+                        f"(warning {r.consent.warning})")
+        noted = ("restricted-class",)
+    for kind in policy.encryption_preference:
+        if kind in r.key_kinds:
+            return make(_KIND_ACTION[kind], (*noted, f"protected-{kind}"),
+                        f"protected content; the recipient has a usable {_KIND_NAME[kind]} key")
+    if portal_enabled:
+        return make(Action.PORTAL, (*noted, "protected-portal"),
+                    "protected content and no usable key for the recipient: "
+                    "sent through the secure portal")
+    return make(Action.BLOCK, (*noted, "portal-disabled"),
+                "protected content, no usable key for the recipient and the portal is "
+                "disabled; import the recipient's key or enable the portal")
+
+
+def _unauthorised_reason(facts: Facts) -> str:
+    if facts.client_ids:
+        clients = ", ".join(facts.client_ids[:5])
+        plural = "s" if len(facts.client_ids) > 1 else ""
+        return f"not an authorised contact of client{plural} {clients}"
+    return ("the message contains PHI and this address is not staff, a client, "
+            "an authorised contact or a partner")
+
+
+def _names(offenders: Sequence[RecipientFacts]) -> str:
+    shown = ", ".join(o.address for o in offenders[:3])
+    return shown + (f" and {len(offenders) - 3} more" if len(offenders) > 3 else "")
+
+
+def _apply_plugins(facts: Facts, r: RecipientFacts, d: Decision,
+                   plugins: Sequence[PolicyRule]) -> Decision:
+    for rule in plugins:
+        try:
+            hit = rule(facts, r)
+        except Exception as exc:  # noqa: BLE001 - any plugin fault defers the message
+            raise PluginError(f"policy plugin {_rule_name(rule)} failed "
+                              f"({type(exc).__name__})") from None
+        if hit is None:
+            continue
+        if not isinstance(hit, RuleHit) or hit.action not in (Action.PORTAL, Action.BLOCK):
+            raise PluginError(f"policy plugin {_rule_name(rule)} returned an invalid result "
+                              "(must be None or RuleHit with action PORTAL or BLOCK)")
+        if hit.action.strictness > d.action.strictness:
+            d = Decision(d.address, d.source, d.role, hit.action, (*d.rules, hit.rule), hit.reason)
+        elif hit.action is d.action:
+            d = Decision(d.address, d.source, d.role, d.action, (*d.rules, hit.rule), d.reason)
+    return d
+
+
+def _rule_name(rule: PolicyRule) -> str:
+    return f"{getattr(rule, '__module__', '?')}:{getattr(rule, '__qualname__', '?')}"
+
+
+def _verdict(facts: Facts, policy: PolicySettings, decisions: Sequence[Decision]) -> Verdict:
+    return Verdict(
+        message_id=facts.message_id,
+        mode=policy.mode,
+        encrypted=facts.encryption is not Encryption.NONE,
+        phi=facts.phi,
+        decisions=tuple(decisions),
+        facts=facts,
+    )
+
+
+def load_plugins(policy: PolicySettings, config_file: str) -> tuple[PolicyRule, ...]:
+    """Import ``policy.plugins`` ("module:attr"); attr is a rule or a list of rules."""
+    rules: list[PolicyRule] = []
+    for i, spec in enumerate(policy.plugins):
+        key = f"policy.plugins[{i}]"
+        module_name, _, attr = spec.partition(":")
+        try:
+            obj: object = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except ImportError as exc:
+            raise ConfigError(config_file, key, f'cannot import "{module_name}" ({exc.name})') \
+                from None
+        except AttributeError:
+            raise ConfigError(config_file, key, f'"{module_name}" has no attribute "{attr}"') \
+                from None
+        found = list(obj) if isinstance(obj, list | tuple) else [obj]
+        for rule in found:
+            if not callable(rule):
+                raise ConfigError(config_file, key, f'"{spec}" is not a rule (not callable)')
+            rules.append(rule)
+    return tuple(rules)

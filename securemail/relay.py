@@ -1,0 +1,211 @@
+"""The library entry point: ``securemail.load(path)`` -> :class:`Relay`.
+
+A Relay holds everything the data path needs, built once from the config:
+settings, store, directory, key ring, DKIM signer, audit log, portal and the
+upstream transport. The daemon and practice software use the same object.
+
+>>> relay = securemail.load("securemail.toml")            # doctest: +SKIP
+>>> relay.check(raw, mail_from="dr@riverside.example",    # doctest: +SKIP
+...             rcpt_tos=["jane@mail.example"]).blocked
+False
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.message
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from securemail.classify import classify
+from securemail.config import Settings, load_settings
+from securemail.directory import Directory, load_imported
+from securemail.errors import InputError
+from securemail.model import Envelope, Outcome, TLSInfo, Verdict
+from securemail.parse import parse_message
+from securemail.phi import Detectors
+from securemail.policy import decide, load_plugins
+from securemail.store.sqlite import open_database
+from securemail.transport import Transport
+
+__all__ = ["Relay", "load"]
+
+
+def load(path: str | os.PathLike[str], *, transport: Transport | None = None) -> Relay:
+    """Read the config at ``path`` and build a :class:`Relay`.
+
+    ``transport`` replaces the configured upstream (tests, ``securemail.testing``).
+    Raises :class:`~securemail.errors.ConfigError` naming the file and key at fault.
+    """
+    return Relay(load_settings(path), transport=transport)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Relay:
+    """See the module docstring. Build with :func:`load`."""
+
+    def __init__(self, settings: Settings, *, transport: Transport | None = None) -> None:
+        from securemail.audit import AuditLog
+        from securemail.dkim import DkimSigner
+        from securemail.keys import Keyring
+        from securemail.transport.factory import transport_from_settings
+
+        self.settings = settings
+        self.db = open_database(settings.storage.sqlite_path)
+        self.directory = _build_directory(settings, self.db)
+        self.detectors = Detectors(settings.policy, (n for n, _ in self.directory.client_names))
+        self.plugins = load_plugins(settings.policy, settings.path)
+        self.keyring = Keyring(self.db)
+        self.signer = DkimSigner.from_settings(settings)
+        self.archive_key = _archive_key(settings)
+        self.transport: Transport = transport or transport_from_settings(settings)
+        self.audit = AuditLog.open(settings)
+        self.portal: Any = None
+        if settings.portal.enabled:
+            from securemail.portal.service import PortalService
+
+            self.portal = PortalService(settings, self.db, self.transport, self.audit, self.signer)
+        self.instance_id = _instance_id(settings)
+
+    # -------------------------------------------------------------- reload
+
+    def reload(self) -> None:
+        """Re-read config, directory and plugins (SIGHUP). Keeps the transport."""
+        settings = load_settings(self.settings.path)
+        directory = _build_directory(settings, self.db)
+        detectors = Detectors(settings.policy, (n for n, _ in directory.client_names))
+        plugins = load_plugins(settings.policy, settings.path)
+        from securemail.dkim import DkimSigner
+
+        signer = DkimSigner.from_settings(settings)
+        # Swap only after everything loaded: a broken config keeps the old one.
+        self.settings, self.directory, self.detectors = settings, directory, detectors
+        self.plugins, self.signer = plugins, signer
+        if self.portal is not None:
+            self.portal.signer = signer
+
+    # -------------------------------------------------------------- check
+
+    def check(
+        self,
+        message: bytes | email.message.Message,
+        *,
+        mail_from: str | None = None,
+        rcpt_tos: Sequence[str] | None = None,
+        now: dt.datetime | None = None,
+    ) -> Verdict:
+        """Evaluate the policy without sending. Envelope defaults come from the
+        headers: sender from ``From:``, recipients from ``To:`` + ``Cc:`` + ``Bcc:``."""
+        raw = _as_bytes(message)
+        envelope = self.envelope_for(raw, mail_from, rcpt_tos)
+        return self.evaluate(raw, envelope, now or _utcnow())
+
+    def evaluate(self, raw: bytes, envelope: Envelope, now: dt.datetime) -> Verdict:
+        view = parse_message(raw, self.settings.limits)
+        facts = classify(
+            view,
+            mail_from=envelope.mail_from,
+            rcpt_tos=envelope.rcpt_tos,
+            directory=self.directory,
+            detectors=self.detectors,
+            keys=self.keyring,
+            restricted_header=self.settings.policy.restricted_header,
+            scan_limit=self.settings.limits.scan_text_bytes,
+            now=now,
+        )
+        return decide(facts, self.settings.policy, now=now,
+                      portal_enabled=self.portal is not None, plugins=self.plugins)
+
+    def envelope_for(self, raw: bytes, mail_from: str | None,
+                     rcpt_tos: Sequence[str] | None, **extra: Any) -> Envelope:
+        if mail_from is None or rcpt_tos is None:
+            view = parse_message(raw, self.settings.limits)
+            if mail_from is None:
+                senders = view.addresses("from")
+                mail_from = senders[0] if senders else ""
+            if rcpt_tos is None:
+                rcpt_tos = list(dict.fromkeys(view.addresses("to", "cc", "bcc")))
+        return Envelope(mail_from=mail_from, rcpt_tos=tuple(rcpt_tos), **extra)
+
+    # -------------------------------------------------------------- send
+
+    async def send(
+        self,
+        message: bytes | email.message.Message,
+        *,
+        mail_from: str | None = None,
+        rcpt_tos: Sequence[str] | None = None,
+        peer: str | None = None,
+        auth_identity: str | None = None,
+        tls: TLSInfo | None = None,
+        now: dt.datetime | None = None,
+    ) -> Outcome:
+        """Push the message through the whole pipeline.
+
+        Returns the :class:`Outcome` when every output was accepted (or sealed)
+        and audited. Raises :class:`~securemail.Blocked` (policy),
+        :class:`~securemail.errors.MalformedMessage` or
+        :class:`~securemail.TemporaryFailure` (try again later; nothing was
+        lost and nothing already accepted will be sent twice).
+        """
+        from securemail.pipeline import process
+
+        raw = _as_bytes(message)
+        envelope = self.envelope_for(raw, mail_from, rcpt_tos, peer=peer,
+                                     auth_identity=auth_identity, tls=tls)
+        return await process(self, raw, envelope, now or _utcnow())
+
+    def send_sync(self, message: bytes | email.message.Message, **kwargs: Any) -> Outcome:
+        """Blocking :meth:`send` for code without an event loop."""
+        return asyncio.run(self.send(message, **kwargs))
+
+    async def close(self) -> None:
+        await self.transport.close()
+        self.audit.close(_utcnow())
+        self.db.close()
+
+
+def _as_bytes(message: bytes | email.message.Message) -> bytes:
+    if isinstance(message, bytes | bytearray | memoryview):
+        return bytes(message)
+    if isinstance(message, email.message.Message):
+        import email.policy
+
+        policy = email.policy.SMTP if isinstance(message, email.message.EmailMessage) \
+            else email.policy.compat32.clone(linesep="\r\n")
+        return message.as_bytes(policy=policy)
+    raise InputError(f"message must be bytes or an email.message.Message, "
+                     f"not {type(message).__name__}")
+
+
+def _archive_key(settings: Settings) -> Any:
+    """The practice's optional OpenPGP archive key, added to every ciphertext."""
+    if not settings.encryption.archive_key_file:
+        return None
+    from securemail.crypto.pgp import load_archive_key
+
+    return load_archive_key(settings.resolve(settings.encryption.archive_key_file))
+
+
+def _build_directory(settings: Settings, conn: Any) -> Directory:
+    base = Directory(settings.practice.domains, settings.directory)
+    return base.with_imported(load_imported(conn))
+
+
+def _instance_id(settings: Settings) -> str:
+    """A stable id for this relay installation, kept beside the store."""
+    path = Path(settings.storage.data_dir) / "instance-id"
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        value = f"sm-{secrets.token_hex(8)}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(value + "\n", encoding="ascii")
+        return value

@@ -1,0 +1,57 @@
+"""The embedded SQLite store: one file, WAL journal, durable commits.
+
+Each module that keeps state (directory, keys, audit, portal, deliveries) owns
+its tables and creates them with ``CREATE TABLE IF NOT EXISTS`` through
+:func:`ensure_schema`; this module only opens connections the same way
+everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from securemail.errors import StoreError
+
+__all__ = ["ensure_schema", "open_database", "transaction"]
+
+
+def open_database(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
+    """Open (creating if needed) the store at ``path``.
+
+    ``synchronous=FULL`` in WAL mode makes every commit durable (fsync of the
+    WAL) before ``commit()`` returns: the relay answers 250 only after that.
+    """
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(p, timeout=timeout, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"{p}: cannot open the store ({type(exc).__name__})") from None
+    return conn
+
+
+def ensure_schema(conn: sqlite3.Connection, ddl: str) -> None:
+    """Run ``CREATE ... IF NOT EXISTS`` statements (idempotent)."""
+    try:
+        conn.executescript(ddl)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot create tables ({type(exc).__name__})") from None
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (durable on return), rollback on error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -1,0 +1,113 @@
+"""Config errors name the file and the key; unknown keys are errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from securemail.config import load_settings
+from securemail.errors import ConfigError
+from securemail.model import Mode
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "securemail.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def error(tmp_path: Path, text: str) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path)
+    return str(exc.value).replace(str(path), "securemail.toml")
+
+
+def test_interface_example_loads(config_path: Path) -> None:
+    s = load_settings(config_path)
+    assert s.practice.domains == ("riverside.example",)
+    assert s.policy.mode is Mode.ENFORCE
+    assert s.directory.clients[0].contacts[0].address == "guardian@mail.example"
+    assert s.directory.clients[1].consent_unencrypted is not None
+    assert s.directory.clients[2].addresses == ("kim@xn--bcher-kva.example",)
+    assert s.storage.sqlite_path == config_path.parent / "data" / "securemail.db"
+    assert len(s.digest) == 64
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, ""))
+    assert s.policy.unauthorised_recipients == "block"
+    assert s.portal.expiry_days == 30
+
+
+def test_bad_choice_names_file_key_and_value(tmp_path: Path) -> None:
+    msg = error(tmp_path, '[policy]\nunauthorised_recipients = "stripp"\n')
+    assert msg == ('securemail.toml: policy.unauthorised_recipients: must be "block" or "strip", '
+                   'got "stripp"')
+
+
+def test_unknown_key_is_an_error(tmp_path: Path) -> None:
+    assert error(tmp_path, '[policy]\nmdoe = "shadow"\n').startswith(
+        "securemail.toml: policy.mdoe: unknown key")
+
+
+def test_unknown_section_is_an_error(tmp_path: Path) -> None:
+    assert "securemail.toml: polcy: unknown section" in error(tmp_path, "[polcy]\nmode='x'\n")
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    assert error(tmp_path, "[portal]\nexpiry_days = \"30\"\n") == \
+        "securemail.toml: portal.expiry_days: must be an integer, got a string"
+
+
+def test_bad_address_in_directory(tmp_path: Path) -> None:
+    msg = error(tmp_path, '[[directory.clients]]\nid = "c1"\naddresses = ["jane(at)mail"]\n')
+    assert msg.startswith("securemail.toml: directory.clients[0].addresses[0]: ")
+
+
+def test_unknown_key_in_contact(tmp_path: Path) -> None:
+    msg = error(tmp_path, '[[directory.clients]]\nid = "c1"\naddresses = ["j@x.example"]\n'
+                'contacts = [{ address = "p@x.example", relashun = "parent" }]\n')
+    assert msg.startswith("securemail.toml: directory.clients[0].contacts[0].relashun: unknown key")
+
+
+def test_consent_needs_a_warning_version(tmp_path: Path) -> None:
+    msg = error(tmp_path, '[[directory.clients]]\nid = "c1"\naddresses = ["j@x.example"]\n'
+                'consent_unencrypted = { granted = "2026-01-10" }\n')
+    assert "directory.clients[0].consent_unencrypted.warning: is required" in msg
+
+
+def test_bad_consent_date(tmp_path: Path) -> None:
+    msg = error(tmp_path, '[[directory.clients]]\nid = "c1"\naddresses = ["j@x.example"]\n'
+                'consent_unencrypted = { granted = "last tuesday", warning = "v1" }\n')
+    assert "consent_unencrypted.granted: must be a date" in msg
+
+
+def test_tls_none_only_for_loopback(tmp_path: Path) -> None:
+    msg = error(tmp_path, '[upstream]\nurl = "smtp://mail.example.com:25"\ntls = "none"\n')
+    assert msg.startswith("securemail.toml: upstream.tls: \"none\" is only allowed for a loopback")
+
+
+def test_syntax_error_names_file(tmp_path: Path) -> None:
+    assert error(tmp_path, "[policy\n").startswith("securemail.toml: TOML syntax error")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_duplicate_client_id(tmp_path: Path) -> None:
+    text = '[[directory.clients]]\nid = "c1"\naddresses = ["a@x.example"]\n' * 2
+    assert 'duplicate client id "c1"' in error(tmp_path, text)
+
+
+def test_bad_plugin_spec(tmp_path: Path) -> None:
+    assert "policy.plugins[0]: must be \"module:attribute\"" in error(
+        tmp_path, '[policy]\nplugins = ["not a spec"]\n')
+
+
+def test_bad_regex(tmp_path: Path) -> None:
+    assert "policy.mrn_pattern: not a valid regular expression" in error(
+        tmp_path, '[policy]\nmrn_pattern = "(unclosed"\n')

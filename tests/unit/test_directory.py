@@ -1,0 +1,86 @@
+"""Directory matching rules and imports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from securemail.config import load_settings
+from securemail.directory import (
+    AddressError,
+    Directory,
+    load_imported,
+    normalise_address,
+    read_directory_file,
+    store_entries,
+)
+from securemail.errors import ConfigError
+from securemail.model import Role
+from securemail.store.sqlite import open_database
+
+
+def test_domain_case_and_idn_forms_are_equal() -> None:
+    forms = ["kim@bücher.example", "kim@BÜCHER.example", "kim@xn--bcher-kva.example",
+             "kim@XN--BCHER-KVA.EXAMPLE", "Kim@Bücher.Example"]
+    assert {normalise_address(f) for f in forms} == {"kim@xn--bcher-kva.example"}
+
+
+def test_plus_tags_and_dots_are_significant() -> None:
+    assert normalise_address("jane+x@mail.example") != normalise_address("jane@mail.example")
+    assert normalise_address("j.ane@mail.example") != normalise_address("jane@mail.example")
+
+
+@pytest.mark.parametrize("bad", ["jane", "jane@", "@mail.example", "ja ne@mail.example",
+                                 '"jane"@mail.example', "jane@mail..example", "jane@-x.example",
+                                 "jane@mail.example.", "jane@[10.0.0.1]", "jane\r\n@x.example",
+                                 "jane@xn--zz.example"])
+def test_rejected_addresses(bad: str) -> None:
+    with pytest.raises(AddressError):
+        normalise_address(bad)
+
+
+def test_roles(config_path: Path) -> None:
+    s = load_settings(config_path)
+    d = Directory(s.practice.domains, s.directory)
+    assert d.identify("dr@riverside.example").role is Role.STAFF
+    assert d.identify("jane@mail.example").client_ids == ("c-1001",)
+    assert d.identify("guardian@mail.example").role is Role.CONTACT
+    assert d.identify("x@billing-partner.example").role is Role.PARTNER
+    assert d.identify("mom@mail.example").role is Role.THIRD_PARTY
+    assert d.identify("sam@mail.example").consent is not None
+    assert d.identify("jane@mail.example").consent is None
+
+
+def test_csv_import_round_trip(config_path: Path, tmp_path: Path) -> None:
+    csv_file = tmp_path / "clients.csv"
+    csv_file.write_text(
+        "kind,id,name,addresses,domains,contacts,consent_granted,consent_warning\n"
+        "client,c-2001,,Ann@Mail.Example,,dad@mail.example (parent);aunt@mail.example,"
+        "2026-02-01,v2\n"
+        "partner,,Lab Co,,lab.example,,,\n", encoding="utf-8")
+    entries = read_directory_file(csv_file)
+    conn = open_database(tmp_path / "store.db")
+    assert store_entries(conn, entries, "2026-06-01T00:00:00+00:00") == 2
+    s = load_settings(config_path)
+    d = Directory(s.practice.domains, s.directory).with_imported(load_imported(conn))
+    assert d.identify("ann@mail.example").role is Role.CLIENT
+    assert d.identify("ann@mail.example").consent is not None
+    assert d.identify("dad@mail.example").client_ids == ("c-2001",)
+    assert d.identify("aunt@mail.example").role is Role.CONTACT
+    assert d.identify("x@lab.example").role is Role.PARTNER
+    assert d.identify("jane@mail.example").role is Role.CLIENT  # config entries kept
+
+
+def test_toml_import(tmp_path: Path) -> None:
+    f = tmp_path / "dir.toml"
+    f.write_text('[[clients]]\nid = "c-9"\naddresses = ["z@z.example"]\n', encoding="utf-8")
+    assert read_directory_file(f).clients[0].id == "c-9"
+
+
+def test_csv_error_names_file_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "bad.csv"
+    f.write_text("id,addresses\nc-1,not-an-address\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as exc:
+        read_directory_file(f)
+    assert str(exc.value).startswith(f"{f}: line 2.addresses[0]:")

@@ -1,0 +1,88 @@
+"""PHI detectors: identifiers paired with health terms, like commercial DLP."""
+
+from __future__ import annotations
+
+import pytest
+
+from securemail.config import PolicySettings
+from securemail.model import HEALTH_DETECTORS, IDENTIFIER_DETECTORS, Encryption, Facts
+from securemail.phi import Detectors
+
+DET = Detectors(PolicySettings(), client_names=["Jane Roe"])
+
+
+def kinds(subject: str = "", body: str = "") -> set[str]:
+    return {s.detector for s in DET.scan(subject, body)}
+
+
+def is_phi(subject: str = "", body: str = "") -> bool:
+    facts = Facts("", "", Encryption.NONE, (), phi_signals=DET.scan(subject, body))
+    return facts.phi
+
+
+@pytest.mark.parametrize("ssn", ["123-45-6789", "123 45 6789", "SSN: 123456789",
+                                 "social security number 078051120"])
+def test_valid_ssns(ssn: str) -> None:
+    assert "phi-ssn" in kinds(body=f"patient {ssn} on file")
+
+
+@pytest.mark.parametrize("bad", ["000-12-3456", "666-12-3456", "900-12-3456", "123-00-4567",
+                                 "123-45-0000", "123-45-67890", "call 555-123-4567",
+                                 "order 123456789"])
+def test_invalid_ssns_are_ignored(bad: str) -> None:
+    assert "phi-ssn" not in kinds(body=bad)
+
+
+@pytest.mark.parametrize("text", ["DOB: 04/12/1988", "date of birth 1988-04-12",
+                                  "born on March 3, 1990", "D.O.B. 3 March 1990"])
+def test_dates_of_birth(text: str) -> None:
+    assert "phi-dob" in kinds(body=text)
+
+
+def test_plain_dates_are_not_dob() -> None:
+    assert "phi-dob" not in kinds(body="Your appointment is on 04/12/2026.")
+
+
+def test_icd10_needs_a_diagnosis_word() -> None:
+    assert "phi-icd10" in kinds(body="Diagnosis: F32.1 (moderate)")
+    assert "phi-icd10" in kinds(body="dx F41.1")
+    assert "phi-icd10" not in kinds(body="Room F32 is on the second floor")
+
+
+def test_mrn_default_pattern() -> None:
+    assert "phi-mrn" in kinds(body="MRN: 00451234")
+    assert "phi-mrn" in kinds(body="medical record number 8812345")
+
+
+def test_custom_mrn_pattern() -> None:
+    det = Detectors(PolicySettings(mrn_pattern=r"\bRC-\d{6}\b"))
+    assert any(s.detector == "phi-mrn" for s in det.scan("", "chart RC-123456"))
+
+
+def test_toner_is_not_phi() -> None:
+    assert kinds(body="Our therapy office needs toner.") == {"phi-keyword"}
+    assert not is_phi(body="Our therapy office needs toner.")
+
+
+def test_identifier_plus_diagnosis_is_phi() -> None:
+    assert is_phi(body="Jane Roe, SSN 123-45-6789, diagnosis F32.1")
+
+
+def test_subject_is_checked_too() -> None:
+    signals = DET.scan("Jane Roe - depression follow-up", "")
+    assert {s.where for s in signals} == {"subject"}
+    assert is_phi(subject="Jane Roe - depression follow-up")
+
+
+def test_client_name_alone_is_not_phi() -> None:
+    assert not is_phi(body="Jane Roe called about parking.")
+
+
+def test_custom_keywords_extend_health_terms() -> None:
+    det = Detectors(PolicySettings(health_keywords=("EMDR",)))
+    assert any(s.detector == "phi-keyword" for s in det.scan("", "EMDR next week"))
+
+
+def test_detector_ids_are_classified() -> None:
+    assert {"phi-ssn", "phi-dob", "phi-mrn", "phi-client-name"} == IDENTIFIER_DETECTORS
+    assert {"phi-icd10", "phi-keyword"} == HEALTH_DETECTORS

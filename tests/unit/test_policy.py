@@ -1,0 +1,213 @@
+"""The default rules, one by one, on real message bytes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from securemail.model import Action, Facts, RecipientFacts, Role, Source
+from securemail.policy import PluginError, RuleHit
+from securemail.testing import build_message
+from tests.unit.policy_helpers import FakeKeys, verdict_for
+
+DR = "dr.lee@riverside.example"
+PHI_BODY = "Jane Roe, SSN 123-45-6789, diagnosis F32.1. Next session Tuesday."
+
+
+def msg(to=(), cc=(), bcc=(), body="See you Tuesday.", subject="Next week", **kw) -> bytes:
+    return build_message(sender=DR, to=list(to), cc=list(cc), bcc=list(bcc), body=body,
+                         subject=subject, **kw)
+
+
+def actions(verdict) -> dict[str, str]:
+    return {d.address: d.action.value for d in verdict.decisions}
+
+
+def test_staff_recipient_delivers_even_with_phi(config_path: Path) -> None:
+    v = verdict_for(config_path, msg(to=["nurse@riverside.example"], body=PHI_BODY), DR,
+                    ["nurse@riverside.example"])
+    assert actions(v) == {"nurse@riverside.example": "deliver"}
+    assert v.decisions[0].rules == ("staff-recipient",)
+    assert v.phi
+
+
+def test_unrelated_mail_without_phi_is_delivered(config_path: Path) -> None:
+    raw = msg(to=["vendor@supplies.example"], body="Our therapy office needs toner.")
+    v = verdict_for(config_path, raw, DR, ["vendor@supplies.example"])
+    assert actions(v) == {"vendor@supplies.example": "deliver"}
+    assert v.decisions[0].rules == ("no-phi",)
+    assert not v.phi
+
+
+def test_client_without_key_goes_to_portal(config_path: Path) -> None:
+    v = verdict_for(config_path, msg(to=["jane@mail.example"]), DR, ["jane@mail.example"])
+    d = v.decisions[0]
+    assert (d.role, d.action, d.rules) == (Role.CLIENT, Action.PORTAL, ("protected-portal",))
+    assert not v.blocked
+
+
+def test_client_with_key_is_encrypted_in_preference_order(config_path: Path) -> None:
+    keys = FakeKeys({"jane@mail.example": {"pgp", "smime"}})
+    v = verdict_for(config_path, msg(to=["jane@mail.example"]), DR, ["jane@mail.example"], keys)
+    assert v.decisions[0].action is Action.ENCRYPT_PGP
+    keys = FakeKeys({"jane@mail.example": {"smime"}})
+    v = verdict_for(config_path, msg(to=["jane@mail.example"]), DR, ["jane@mail.example"], keys)
+    assert v.decisions[0].action is Action.ENCRYPT_SMIME
+    assert v.decisions[0].rules == ("protected-smime",)
+
+
+def test_preference_can_put_smime_first(make_config) -> None:
+    cfg = make_config(extra='')
+    text = cfg.read_text().replace('unauthorised_recipients = "block"',
+                                   'unauthorised_recipients = "block"\n'
+                                   'encryption_preference = ["smime", "pgp"]')
+    cfg.write_text(text)
+    keys = FakeKeys({"jane@mail.example": {"pgp", "smime"}})
+    v = verdict_for(cfg, msg(to=["jane@mail.example"]), DR, ["jane@mail.example"], keys)
+    assert v.decisions[0].action is Action.ENCRYPT_SMIME
+
+
+def test_consent_covers_the_client_address_only(config_path: Path) -> None:
+    raw = msg(to=["sam@mail.example"], body=PHI_BODY)
+    v = verdict_for(config_path, raw, DR, ["sam@mail.example"])
+    assert actions(v) == {"sam@mail.example": "deliver"}
+    assert v.decisions[0].rules == ("consent-unencrypted",)
+
+
+def test_consent_never_covers_contacts(config_path: Path) -> None:
+    # guardian is Jane's contact; Jane has no consent, and consent never transfers anyway
+    raw = msg(to=["jane@mail.example"], cc=["guardian@mail.example"])
+    v = verdict_for(config_path, raw, DR, ["jane@mail.example", "guardian@mail.example"])
+    assert actions(v) == {"jane@mail.example": "portal", "guardian@mail.example": "portal"}
+    assert v.decision_for("guardian@mail.example").role is Role.CONTACT
+
+
+def test_expired_consent_no_longer_applies(config_path: Path) -> None:
+    raw = msg(to=["kim@bücher.example"])
+    before = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
+    after = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
+    rcpt = ["kim@xn--bcher-kva.example"]
+    assert verdict_for(config_path, raw, DR, rcpt, now=before).decisions[0].action is Action.DELIVER
+    assert verdict_for(config_path, raw, DR, rcpt, now=after).decisions[0].action is Action.PORTAL
+
+
+def test_restricted_class_overrides_consent(config_path: Path) -> None:
+    raw = msg(to=["sam@mail.example"], headers={"X-Securemail-Restricted": "psychotherapy-notes"})
+    v = verdict_for(config_path, raw, DR, ["sam@mail.example"])
+    assert v.decisions[0].action is Action.PORTAL
+    assert v.decisions[0].rules == ("restricted-class", "protected-portal")
+
+
+def test_partner_is_always_protected(config_path: Path) -> None:
+    raw = msg(to=["claims@billing-partner.example"], body=PHI_BODY)
+    v = verdict_for(config_path, raw, DR, ["claims@billing-partner.example"])
+    d = v.decisions[0]
+    assert (d.role, d.action) == (Role.PARTNER, Action.PORTAL)
+
+
+def test_cc_parent_not_authorised_blocks_whole_message(config_path: Path) -> None:
+    raw = msg(to=["jane@mail.example"], cc=["mom@mail.example"])
+    v = verdict_for(config_path, raw, DR, ["jane@mail.example", "mom@mail.example"])
+    assert v.blocked
+    assert actions(v) == {"jane@mail.example": "block", "mom@mail.example": "block"}
+    mom = v.decision_for("mom@mail.example")
+    assert mom.rules == ("unauthorised-recipient",)
+    assert mom.source is Source.CC and mom.role is Role.THIRD_PARTY
+    assert mom.reason == "not an authorised contact of client c-1001"
+    assert "mom@mail.example" in v.decision_for("jane@mail.example").reason
+
+
+def test_bcc_third_party_is_detected_and_blocked(config_path: Path) -> None:
+    raw = msg(to=["jane@mail.example"])
+    v = verdict_for(config_path, raw, DR, ["jane@mail.example", "partner@else.example"])
+    d = v.decision_for("partner@else.example")
+    assert (d.source, d.action, d.rules) == (Source.BCC, Action.BLOCK, ("unauthorised-recipient",))
+
+
+def test_strip_mode_blocks_only_the_offender(make_config) -> None:
+    cfg = make_config(unauthorised="strip")
+    raw = msg(to=["jane@mail.example"], cc=["mom@mail.example", "nurse@riverside.example"])
+    v = verdict_for(cfg, raw, DR, ["jane@mail.example", "mom@mail.example",
+                                   "nurse@riverside.example"])
+    assert actions(v) == {"jane@mail.example": "portal", "mom@mail.example": "block",
+                          "nurse@riverside.example": "deliver"}
+
+
+def test_phi_to_unknown_address_without_client_is_blocked(config_path: Path) -> None:
+    raw = msg(to=["someone@else.example"], body=PHI_BODY.replace("Jane Roe", "Pat Doe"))
+    v = verdict_for(config_path, raw, DR, ["someone@else.example"])
+    assert v.blocked and v.phi
+    assert "contains PHI" in v.decisions[0].reason
+
+
+def test_already_encrypted_is_delivered(config_path: Path, tmp_path: Path) -> None:
+    from tests.unit.test_encryption_state import gpg_encrypted_message
+
+    raw = gpg_encrypted_message(tmp_path, sender=DR, to="jane@mail.example")
+    v = verdict_for(config_path, raw, DR, ["jane@mail.example"])
+    assert v.encrypted
+    assert v.decisions[0].rules == ("already-encrypted",)
+
+
+def test_portal_disabled_blocks_protected_recipients(make_config) -> None:
+    cfg = make_config(portal=False)
+    v = verdict_for(cfg, msg(to=["jane@mail.example"]), DR, ["jane@mail.example"])
+    assert v.decisions[0].action is Action.BLOCK
+    assert v.decisions[0].rules == ("portal-disabled",)
+
+
+def test_shadow_mode_reports_the_same_verdict(make_config) -> None:
+    raw = msg(to=["jane@mail.example"], cc=["mom@mail.example"])
+    rcpts = ["jane@mail.example", "mom@mail.example"]
+    enforce = verdict_for(make_config(), raw, DR, rcpts)
+    shadow = verdict_for(make_config(mode="shadow"), raw, DR, rcpts)
+    assert shadow.mode.value == "shadow" and shadow.blocked
+    assert shadow.decisions == enforce.decisions
+
+
+def test_malformed_address_blocks_everyone(config_path: Path) -> None:
+    raw = (b"From: dr.lee@riverside.example\r\n"
+           b"To: jane@mail.example)<collector@evil.example>\r\n"
+           b"Subject: hi\r\n\r\nbody\r\n")
+    v = verdict_for(config_path, raw, DR, ["jane@mail.example"])
+    assert v.blocked and v.malformed
+    assert v.decisions[0].rules == ("malformed-address",)
+
+
+def test_plugin_can_tighten_but_not_loosen(config_path: Path) -> None:
+    def no_minors(facts: Facts, r: RecipientFacts) -> RuleHit | None:
+        if r.role is Role.CONTACT:
+            return RuleHit(Action.BLOCK, "mypractice-no-contacts", "contacts get phone calls")
+        return None
+
+    raw = msg(to=["jane@mail.example"], cc=["guardian@mail.example"])
+    v = verdict_for(config_path, raw, DR, ["jane@mail.example", "guardian@mail.example"],
+                    plugins=[no_minors])
+    g = v.decision_for("guardian@mail.example")
+    assert g.action is Action.BLOCK
+    assert g.rules == ("protected-portal", "mypractice-no-contacts")
+    assert v.decision_for("jane@mail.example").action is Action.PORTAL
+
+    def loosen(facts: Facts, r: RecipientFacts) -> RuleHit | None:
+        return RuleHit(Action.DELIVER, "bad", "let it through")
+
+    with pytest.raises(PluginError):
+        verdict_for(config_path, raw, DR, ["jane@mail.example"], plugins=[loosen])
+
+
+def test_plugin_crash_defers_instead_of_guessing(config_path: Path) -> None:
+    def broken(facts: Facts, r: RecipientFacts) -> RuleHit | None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(PluginError) as err:
+        verdict_for(config_path, msg(to=["jane@mail.example"]), DR, ["jane@mail.example"],
+                    plugins=[broken])
+    assert err.value.smtp_reply.startswith("451 4.3.0")
+
+
+def test_duplicate_envelope_recipient_gets_one_decision(config_path: Path) -> None:
+    v = verdict_for(config_path, msg(to=["jane@mail.example"]), DR,
+                    ["jane@mail.example", "JANE@Mail.Example"])
+    assert [d.address for d in v.decisions] == ["jane@mail.example"]
