@@ -12,6 +12,7 @@ in the pipeline maps to exactly one answer on the wire::
     │   └── StoreError           the database could not be used
     └── PermanentFailure         5xx: the same message will never go through
         ├── Blocked              550 5.7.1 policy block (carries the Verdict)
+        ├── UpstreamRefused      550 5.0.0 upstream refused every recipient
         └── MalformedMessage     554 5.6.0 message or address cannot be parsed safely
 
 Replies never contain message content, a Subject or exception text: the
@@ -36,6 +37,7 @@ __all__ = [
     "SecuremailError",
     "StoreError",
     "TemporaryFailure",
+    "UpstreamRefused",
     "UpstreamUnavailable",
 ]
 
@@ -89,6 +91,12 @@ class MalformedMessage(PermanentFailure):
     """The message or one of its addresses cannot be parsed without guessing."""
 
     smtp_reply = "554 5.6.0 Message is malformed and was not relayed"
+
+
+class UpstreamRefused(PermanentFailure):
+    """The upstream server permanently refused every recipient."""
+
+    smtp_reply = "550 5.0.0 The receiving server refused every recipient of this message"
 
 
 class Blocked(PermanentFailure):

@@ -130,7 +130,10 @@ def parse_address_list(value: str) -> list[str]:
                 raise AddressError("unreadable address")
             out.append(normalise_address(m.group(1) or m.group(2)))
         return out
-    header = email.policy.default.header_factory("to", unfolded)
+    try:
+        header = email.policy.default.header_factory("to", unfolded)
+    except Exception:  # noqa: BLE001 - the stdlib parser crashes on some inputs ("0@")
+        raise AddressError("address header cannot be parsed") from None
     if header.defects:  # type: ignore[attr-defined]
         raise AddressError("address header has defects")
     strict = []
@@ -141,7 +144,11 @@ def parse_address_list(value: str) -> list[str]:
             raise AddressError("incomplete address")
         strict.append(normalise_address(f"{addr.username}@{addr.domain}"))
     loose = []
-    for _name, spec in email.utils.getaddresses([unfolded]):
+    try:
+        pairs = email.utils.getaddresses([unfolded])
+    except Exception:  # noqa: BLE001
+        raise AddressError("address header cannot be parsed") from None
+    for _name, spec in pairs:
         if spec:
             try:
                 loose.append(normalise_address(spec))

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from securemail.deliveries import DeliveryLedger
-from securemail.errors import Blocked, PermanentFailure, RenderError, TemporaryFailure
+from securemail.errors import Blocked, RenderError, TemporaryFailure, UpstreamRefused
 from securemail.model import (
     Action,
     Decision,
@@ -104,7 +104,7 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
     if deferred:
         raise TemporaryFailure("some recipients could not be handled yet")
     if not outcome.delivered:
-        raise PermanentFailure("550 5.1.1 No recipient accepted the message")
+        raise UpstreamRefused("no recipient accepted the message")
     undelivered = [r for r in outcome.recipients if r.status in (Status.BLOCKED, Status.REFUSED)]
     if undelivered and envelope.mail_from:
         await _notify_sender(relay, envelope, verdict, undelivered, now)

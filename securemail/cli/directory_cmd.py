@@ -46,7 +46,7 @@ def _audit(settings, now: dt.datetime, count: int, file: str) -> None:  # type: 
 
     log = AuditLog.open(settings)
     try:
-        log.record_event("directory-import", now=now, entries=count, file=file)
+        log.record_event("directory-import", now=now, count=count, file=file, actor="cli")
     finally:
         log.close(now)
 

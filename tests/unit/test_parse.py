@@ -29,6 +29,7 @@ def test_keeps_original_bytes() -> None:
     "jane@[127.0.0.1]",
     "<>",
     "jane",
+    "x <0@>",  # crashes the stdlib parser (IndexError); found by hypothesis
 ])
 def test_ambiguous_or_broken_addresses_are_rejected(value: str) -> None:
     with pytest.raises(AddressError):
