@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# bench/ holds dkim.py, which would shadow dkimpy: put the repo root first instead.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import securemail  # noqa: E402
 from securemail.testing import build_message  # noqa: E402
@@ -29,21 +30,34 @@ RCPTS = ["jane@mail.example", "guardian@mail.example", "nurse@riverside.example"
 def message_10k() -> bytes:
     para = ("Thank you for coming in on Tuesday. As discussed, please keep the sleep diary "
             "and bring it to our next appointment. Call the office if anything changes.\n")
-    body = para * 40
+    body = para * 80
+    head = build_message(sender="dr.lee@riverside.example", to=RCPTS[:2], cc=RCPTS[2:],
+                         subject="Follow-up", body="")
     raw = build_message(sender="dr.lee@riverside.example", to=RCPTS[:2], cc=RCPTS[2:],
-                        subject="Follow-up", body=body[: 10 * 1024 - 600])
+                        subject="Follow-up", body=body[: 10 * 1024 - len(head)])
     return raw
 
 
-def rate(fn: Callable[[], object], seconds: float) -> float:
-    n = 0
-    deadline = time.perf_counter() + seconds
+def per_op(fn: Callable[[], object], batch: int = 50) -> float:
+    """Seconds per call over one batch."""
     start = time.perf_counter()
-    while time.perf_counter() < deadline and n < 1_000_000:
-        for _ in range(50):
-            fn()
-        n += 50
-    return n / (time.perf_counter() - start)
+    for _ in range(batch):
+        fn()
+    return (time.perf_counter() - start) / batch
+
+
+def interleaved(a: Callable[[], object], b: Callable[[], object],
+                seconds: float) -> tuple[float, float]:
+    """Best per-call time of each, measured in alternating batches so that load
+    from other processes hits both alike (bounded by time and count)."""
+    best_a = best_b = float("inf")
+    deadline = time.perf_counter() + seconds
+    rounds = 0
+    while time.perf_counter() < deadline and rounds < 10_000:
+        best_a = min(best_a, per_op(a))
+        best_b = min(best_b, per_op(b))
+        rounds += 1
+    return best_a, best_b
 
 
 def main() -> None:
@@ -57,13 +71,14 @@ def main() -> None:
         relay = securemail.load(cfg, transport=securemail.testing.MemoryTransport())
         verdict = relay.check(raw, mail_from="dr.lee@riverside.example", rcpt_tos=RCPTS)
         assert len(verdict.decisions) == 5
-        base = rate(lambda: email.message_from_bytes(raw), args.seconds)
-        ours = rate(lambda: relay.check(raw, mail_from="dr.lee@riverside.example",
-                                        rcpt_tos=RCPTS), args.seconds)
-    print(f"message: {len(raw)} bytes, {len(RCPTS)} recipients")
-    print(f"email.message_from_bytes : {base:10.0f} msg/s  ({1e6 / base:7.1f} us)")
-    print(f"securemail check         : {ours:10.0f} msg/s  ({1e6 / ours:7.1f} us)")
-    print(f"cost ratio check/parse   : {base / ours:.2f}x   (target <= 3.00x)")
+        base, ours = interleaved(
+            lambda: email.message_from_bytes(raw),
+            lambda: relay.check(raw, mail_from="dr.lee@riverside.example", rcpt_tos=RCPTS),
+            args.seconds)
+    print(f"message: {len(raw)} bytes, {len(RCPTS)} recipients (best of alternating batches)")
+    print(f"email.message_from_bytes : {1 / base:10.0f} msg/s  ({base * 1e6:7.1f} us)")
+    print(f"securemail check         : {1 / ours:10.0f} msg/s  ({ours * 1e6:7.1f} us)")
+    print(f"cost ratio check/parse   : {ours / base:.2f}x   (target <= 3.00x)")
 
 
 if __name__ == "__main__":

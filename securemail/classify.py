@@ -12,7 +12,7 @@ from typing import Protocol
 
 from securemail.directory import AddressError, Directory, normalise_address
 from securemail.encryption_state import encryption_state
-from securemail.model import Encryption, Facts, RecipientFacts, Role, Source
+from securemail.model import IDENTIFIER_DETECTORS, Encryption, Facts, RecipientFacts, Role, Source
 from securemail.parse import MessageView
 from securemail.phi import Detectors, message_text
 
@@ -20,7 +20,8 @@ __all__ = ["KeyLookup", "classify"]
 
 
 class KeyLookup(Protocol):
-    def usable_kinds(self, address: str, now: dt.datetime) -> frozenset[str]: ...
+    def usable_kinds_many(self, addresses: Sequence[str], now: dt.datetime
+                          ) -> dict[str, frozenset[str]]: ...
 
 
 def classify(
@@ -51,28 +52,27 @@ def classify(
     participants = {sender, *envelope, *view.addresses(
         "from", "sender", "reply-to", "to", "cc", "bcc")} - {""}
     client_ids = sorted({c for a in participants for c in directory.identify(a).client_ids})
-
-    recipients = []
-    seen: set[str] = set()
-    for address in envelope:
-        if address in seen:  # the same RCPT twice gets one decision
-            continue
-        seen.add(address)
-        who = directory.identify(address)
-        source = Source.TO if address in to else Source.CC if address in cc else Source.BCC
-        kinds = (keys.usable_kinds(address, now) if keys is not None and who.role is not Role.STAFF
-                 else frozenset())
-        recipients.append(RecipientFacts(address, source, who.role, who.client_ids, kinds,
-                                         who.consent))
-
+    signals = detectors.scan(view.subject, message_text(view.message, scan_limit))
     restricted_values = view.message.get_all(restricted_header) or []
     restricted = ",".join(" ".join(str(v).split()) for v in restricted_values)[:64] or None
-    signals = detectors.scan(view.subject, message_text(view.message, scan_limit))
+
+    unique = list(dict.fromkeys(envelope))  # the same RCPT twice gets one decision
+    who = {a: directory.identify(a) for a in unique}
+    # Keys matter only for protected recipients of a client-related or PHI message.
+    needs_key = [a for a in unique if who[a].role is not Role.STAFF]
+    concerned = bool(client_ids) or any(s.detector in IDENTIFIER_DETECTORS for s in signals)
+    kinds = keys.usable_kinds_many(needs_key, now) if keys is not None and concerned \
+        and needs_key else {}
+    recipients = tuple(
+        RecipientFacts(a, Source.TO if a in to else Source.CC if a in cc else Source.BCC,
+                       who[a].role, who[a].client_ids, kinds.get(a, frozenset()), who[a].consent)
+        for a in unique
+    )
     return Facts(
         message_id=message_id,
         sender=sender,
         encryption=encryption_state(view.message),
-        recipients=tuple(recipients),
+        recipients=recipients,
         client_ids=tuple(client_ids),
         phi_signals=signals,
         restricted=restricted,

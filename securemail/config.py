@@ -267,7 +267,8 @@ class _Table:
     def finish(self) -> None:
         extra = sorted(set(self.data) - self.seen)
         if extra:
-            raise self.error(extra[0], "unknown key (check the spelling; see docs/configuration.md)")
+            raise self.error(extra[0],
+                             "unknown key (check the spelling; see docs/configuration.md)")
 
 
 def _kind(value: object) -> str:
@@ -442,7 +443,8 @@ def _storage(t: _Table) -> StorageSettings:
     if url.startswith("postgresql://"):
         raise t.error("url", "the PostgreSQL backend is not available in this release")
     if not re.fullmatch(r"sqlite:(///[^/].*|[^/].*)", url):
-        raise t.error("url", f'must be "sqlite:///ABSOLUTE/PATH" or "sqlite:RELATIVE/PATH", got "{url}"')
+        raise t.error("url", 'must be "sqlite:///ABSOLUTE/PATH" or "sqlite:RELATIVE/PATH", '
+                      f'got "{url}"')
     return StorageSettings(url=url)
 
 
@@ -556,7 +558,8 @@ def parse_directory(t: _Table) -> DirectorySettings:
     seen: dict[str, str] = {}
     for i, c in enumerate(clients):
         if c.id in seen:
-            raise ConfigError(t.file, f"{t.key('clients')}[{i}].id", f'duplicate client id "{c.id}"')
+            raise ConfigError(t.file, f"{t.key('clients')}[{i}].id",
+                              f'duplicate client id "{c.id}"')
         seen[c.id] = c.id
     partners = tuple(parse_partner(p) for p in _list_of_tables(t, "partners"))
     t.finish()
@@ -592,7 +595,8 @@ def _check_sections(root: _Table, data: Mapping[str, Any]) -> None:
              "portal", "dkim", "audit", "encryption", "directory"}
     extra = sorted(set(data) - known)
     if extra:
-        raise root.error(extra[0], "unknown section (check the spelling; see docs/configuration.md)")
+        raise root.error(extra[0],
+                         "unknown section (check the spelling; see docs/configuration.md)")
 
 
 def load_settings(path: str | Path) -> Settings:

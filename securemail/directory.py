@@ -18,6 +18,7 @@ client replaces a config client with the same id.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import re
@@ -60,8 +61,16 @@ _LOCAL = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
+_PLAIN_DOMAIN = re.compile(r"(?:(?!-)[a-z0-9-]{1,63}(?<!-)\.)*(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+@functools.lru_cache(maxsize=4096)
 def normalise_domain(domain: str) -> str:
     """Lower-case ASCII (A-label) form of ``domain``; raises AddressError."""
+    lowered = domain.lower()
+    if lowered.isascii() and "xn--" not in lowered and len(lowered) <= 253 \
+            and _PLAIN_DOMAIN.fullmatch(lowered):
+        return lowered  # the common case, without the IDNA codec
     if not domain or domain != domain.strip() or domain.endswith("."):
         raise AddressError(f'invalid domain "{_show(domain)}"')
     if domain.startswith("["):
@@ -82,6 +91,7 @@ def normalise_domain(domain: str) -> str:
     return ascii_form
 
 
+@functools.lru_cache(maxsize=8192)
 def normalise_address(address: str) -> str:
     """``Local@Domain`` -> ``local@domain`` (A-label); raises AddressError.
 

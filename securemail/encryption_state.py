@@ -179,9 +179,12 @@ def encryption_state(message: Message) -> Encryption:
     leaves = _leaves(message)
     if len(leaves) == 1 and leaves[0].get_content_type() in ("text/plain", "application/pgp"):
         leaf = leaves[0]
-        if leaf.get_content_disposition() != "attachment" and is_armored_openpgp_encrypted(
-            _payload_bytes(leaf)
-        ):
+        raw = leaf.get_payload()
+        # Armor survives 7bit/8bit/quoted-printable unchanged: skip decoding clear text.
+        maybe_armored = not isinstance(raw, str) or "BEGIN PGP MESSAGE" in raw or \
+            str(leaf.get("content-transfer-encoding", "")).strip().lower() == "base64"
+        if maybe_armored and leaf.get_content_disposition() != "attachment" and \
+                is_armored_openpgp_encrypted(_payload_bytes(leaf)):
             return Encryption.PGP_INLINE
     return Encryption.NONE
 

@@ -26,7 +26,8 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 # A header value made only of plain "addr" or "Name <addr>" items can skip the
 # slow RFC 5322 parser; anything else (quotes, comments, groups, encoded words)
 # goes through both parsers, which must agree.
-_SIMPLE_ITEM = r"\s*(?:[A-Za-z0-9 ._'-]*<[^<>()\",;:\\\s@]+@[A-Za-z0-9.-]+>|[^<>()\",;:\\\s@]+@[A-Za-z0-9.-]+)\s*"
+_PLAIN_ADDR = r"[^<>()\",;:\\\s@]+@[A-Za-z0-9.-]+"
+_SIMPLE_ITEM = rf"\s*(?:[A-Za-z0-9 ._'-]*<{_PLAIN_ADDR}>|{_PLAIN_ADDR})\s*"
 _SIMPLE_LIST = re.compile(rf"{_SIMPLE_ITEM}(?:,{_SIMPLE_ITEM})*")
 _ADDR_IN_ITEM = re.compile(r"<([^<>]+)>\s*$|^\s*(\S+)\s*$")
 
@@ -162,7 +163,7 @@ def parse_address_list(value: str) -> list[str]:
 def _utf8_header(value: object) -> str:
     """Header text; raw 8-bit bytes (SMTPUTF8 mail) must be valid UTF-8."""
     text = str(value)
-    if any("\udc80" <= c <= "\udcff" for c in text):
+    if not text.isascii() and any("\udc80" <= c <= "\udcff" for c in text):
         try:
             return text.encode("ascii", "surrogateescape").decode("utf-8")
         except UnicodeError:
@@ -174,6 +175,8 @@ def _decode_subject(message: Message) -> str:
     value = message.get("subject")
     if value is None:
         return ""
+    if isinstance(value, str) and "=?" not in value:
+        return value
     try:
         return str(make_header(decode_header(str(value))))
     except Exception:  # noqa: BLE001 - undecodable encoded words: scan the raw text

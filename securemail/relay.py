@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.message
+import email.policy
 import os
 import secrets
 from collections.abc import Sequence
@@ -176,8 +177,6 @@ def _as_bytes(message: bytes | email.message.Message) -> bytes:
     if isinstance(message, bytes | bytearray | memoryview):
         return bytes(message)
     if isinstance(message, email.message.Message):
-        import email.policy
-
         policy = email.policy.SMTP if isinstance(message, email.message.EmailMessage) \
             else email.policy.compat32.clone(linesep="\r\n")
         return message.as_bytes(policy=policy)

@@ -225,3 +225,15 @@ async def test_everything_that_leaves_is_dkim_signed(make_config, tmp_path: Path
         assert sent.data.startswith(b"DKIM-Signature:")
         assert dkim.verify(sent.data, dnsfunc=dns), sent.rcpt_tos
         assert not dkim.verify(sent.data + b"tampered\r\n", dnsfunc=dns)
+
+
+async def test_library_accepts_an_email_message_object(relay, capture) -> None:
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = DR, "nurse@riverside.example", "Rota"
+    msg.set_content("Shift swap on Friday.")
+    assert not relay.check(msg).blocked
+    outcome = await relay.send(msg, now=NOW)
+    assert outcome.delivered == ("nurse@riverside.example",)
+    assert b"Shift swap on Friday." in capture.sent[0].data

@@ -23,8 +23,9 @@ class FakeKeys:
     def __init__(self, kinds: dict[str, set[str]] | None = None) -> None:
         self.kinds = kinds or {}
 
-    def usable_kinds(self, address: str, now: dt.datetime) -> frozenset[str]:
-        return frozenset(self.kinds.get(address, set()))
+    def usable_kinds_many(self, addresses: Sequence[str], now: dt.datetime
+                          ) -> dict[str, frozenset[str]]:
+        return {a: frozenset(self.kinds.get(a, set())) for a in addresses}
 
 
 def facts_for(settings: Settings, raw: bytes, mail_from: str, rcpt_tos: Sequence[str],

@@ -67,7 +67,8 @@ def _cert(tmp_path: Path) -> tuple[Path, Path]:
     now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
             .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("jane@mail.example")]),
                            critical=False)
             .sign(key, hashes.SHA256()))

@@ -1,0 +1,356 @@
+"""The key store: OpenPGP public keys and S/MIME certificates per recipient address.
+
+Keys are judged when they come in (:meth:`Keyring.import_file` refuses expired,
+revoked, weak or unusable keys with one line naming the file and the reason)
+and again whenever they are used: each key is stored with the window in which
+it may be used (``usable_from`` .. ``usable_until``), so a key that expires
+later simply stops being offered at its expiry and the policy falls back to
+the portal. Time is always passed in.
+
+Tables (SQLite, beside the directory's)::
+
+    keyring_keys       one row per key/certificate, keyed by fingerprint
+    keyring_addresses  (address, fingerprint): every address a key names
+
+Addresses are indexed in the form :func:`securemail.directory.normalise_address`
+gives, which is also how the policy asks.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import re
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+
+from securemail.crypto import KeyProblem, smime
+from securemail.directory import AddressError, normalise_address
+from securemail.errors import InputError, StoreError
+from securemail.store.sqlite import ensure_schema, transaction
+
+if TYPE_CHECKING:
+    from securemail.crypto.pgp import PgpKey, PgpRecipient
+
+__all__ = ["ImportedKey", "KeyInfo", "Keyring"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS keyring_keys (
+    fingerprint  TEXT PRIMARY KEY,
+    kind         TEXT NOT NULL CHECK (kind IN ('pgp', 'smime')),
+    material     BLOB NOT NULL,      -- binary OpenPGP key / DER certificate (public only)
+    algorithm    TEXT NOT NULL,
+    usable_from  INTEGER NOT NULL,   -- epoch seconds
+    usable_until INTEGER,            -- epoch seconds; NULL: does not expire
+    imported_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keyring_addresses (
+    address      TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL REFERENCES keyring_keys(fingerprint) ON DELETE CASCADE,
+    PRIMARY KEY (address, fingerprint)
+);
+CREATE INDEX IF NOT EXISTS keyring_addresses_by_key ON keyring_addresses(fingerprint);
+"""
+
+_HEX = re.compile(r"[0-9A-F]+")
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedKey:
+    """A key that :meth:`Keyring.import_file` stored."""
+
+    kind: str  # "pgp" | "smime"
+    fingerprint: str
+    addresses: tuple[str, ...]
+    algorithm: str
+    expires: dt.datetime | None
+    replaced: bool  # the same fingerprint was stored before (now updated)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """One stored key as ``keys list`` shows it."""
+
+    kind: str
+    fingerprint: str
+    addresses: tuple[str, ...]
+    algorithm: str
+    expires: dt.datetime | None
+    usable: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "fingerprint": self.fingerprint,
+                "addresses": list(self.addresses), "algorithm": self.algorithm,
+                "expires": self.expires.isoformat() if self.expires else None,
+                "usable": self.usable}
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    kind: str
+    fingerprint: str
+    addresses: tuple[str, ...]
+    algorithm: str
+    material: bytes
+    usable_from: dt.datetime
+    usable_until: dt.datetime | None
+
+
+class Keyring:
+    """Public keys per address, in the shared store. See the module docstring."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        ensure_schema(conn, SCHEMA)
+        # Parsed keys by fingerprint, with the stored bytes they came from (a
+        # re-import of the same fingerprint changes the bytes and so the entry).
+        self._pgp_cache: dict[str, tuple[bytes, PgpKey]] = {}
+        self._cert_cache: dict[str, tuple[bytes, x509.Certificate]] = {}
+
+    # ---------------------------------------------------------------- lookups
+
+    def usable_kinds(self, address: str, now: dt.datetime) -> frozenset[str]:
+        rows = self._query(
+            "SELECT DISTINCT k.kind FROM keyring_addresses a JOIN keyring_keys k"
+            " USING (fingerprint) WHERE a.address = :address"
+            " AND k.usable_from <= :now AND (k.usable_until IS NULL OR k.usable_until > :now)",
+            {"address": address, "now": _epoch(now)})
+        return frozenset(r[0] for r in rows)
+
+    def usable_kinds_many(self, addresses: Iterable[str], now: dt.datetime
+                          ) -> dict[str, frozenset[str]]:
+        """``usable_kinds`` for several addresses in one query (the policy's hot path)."""
+        wanted = builtins.list(dict.fromkeys(addresses))
+        found: dict[str, set[str]] = {a: set() for a in wanted}
+        if not wanted:
+            return {}
+        if len(wanted) > 500:  # SQLite's parameter limit; never on the relay's path
+            return {a: self.usable_kinds(a, now) for a in wanted}
+        placeholders = ",".join("?" * len(wanted))  # only "?" marks enter the SQL text
+        sql = (
+            "SELECT DISTINCT a.address, k.kind FROM keyring_addresses a "  # noqa: S608
+            "JOIN keyring_keys k"
+            f" USING (fingerprint) WHERE a.address IN ({placeholders})"
+            " AND k.usable_from <= ? AND (k.usable_until IS NULL OR k.usable_until > ?)")
+        try:
+            rows = self._conn.execute(sql, (*wanted, _epoch(now), _epoch(now))).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read keys ({type(exc).__name__})") from None
+        for address, kind in rows:
+            found[address].add(kind)
+        return {a: frozenset(k) for a, k in found.items()}
+
+    def pgp_keys(self, address: str, now: dt.datetime) -> builtins.list[PgpRecipient]:
+        """Every OpenPGP key of ``address`` usable at ``now``, bound to its current subkey."""
+        out = []
+        for fingerprint, material in self._usable(address, "pgp", now):
+            key = self._pgp_key(fingerprint, material)
+            chosen = key.recipient(_aware(now)) if key is not None else None
+            if chosen is not None:
+                out.append(chosen)
+        return out
+
+    def smime_certs(self, address: str, now: dt.datetime) -> builtins.list[x509.Certificate]:
+        """Every S/MIME certificate of ``address`` usable at ``now``."""
+        out = []
+        for fingerprint, material in self._usable(address, "smime", now):
+            cached = self._cert_cache.get(fingerprint)
+            if cached is None or cached[0] != material:
+                try:
+                    cached = (material, x509.load_der_x509_certificate(material))
+                except ValueError:
+                    continue  # a damaged row is not a usable key
+                self._cert_cache[fingerprint] = cached
+            out.append(cached[1])
+        return out
+
+    def list(self, now: dt.datetime) -> builtins.list[KeyInfo]:
+        rows = self._query(
+            "SELECT k.kind, k.fingerprint, k.algorithm, k.usable_until,"
+            " k.usable_from <= :now AND (k.usable_until IS NULL OR k.usable_until > :now),"
+            " group_concat(a.address, ' ') FROM keyring_keys k LEFT JOIN keyring_addresses a"
+            " USING (fingerprint) GROUP BY k.fingerprint ORDER BY k.kind, k.fingerprint",
+            {"now": _epoch(now)})
+        return [KeyInfo(kind, fpr, tuple(sorted((addrs or "").split())), alg,
+                        _from_epoch(until), bool(usable))
+                for kind, fpr, alg, until, usable, addrs in rows]
+
+    # ---------------------------------------------------------------- changes
+
+    def import_file(self, path: str | Path, now: dt.datetime) -> builtins.list[ImportedKey]:
+        """Read, judge and store every key in ``path``; all or nothing per file.
+
+        Raises InputError ``FILE: reason`` for any key that cannot be used now.
+        """
+        name = str(path)
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read ({exc.strerror or type(exc).__name__})") \
+                from None
+        try:
+            candidates = self._judge(data, _aware(now))
+        except KeyProblem as exc:
+            raise InputError(f"{name}: {exc}") from None
+        return self._store(candidates, now)
+
+    def remove(self, addr_or_fpr: str) -> int:
+        """Forget a key (by fingerprint, or its last 16+ hex digits) or an address's keys.
+
+        By address, only that address is detached; a key left with no address
+        is deleted. Returns how many keys were deleted or detached.
+        """
+        wanted = addr_or_fpr.strip()
+        if "@" in wanted:
+            try:
+                address = normalise_address(wanted)
+            except AddressError as exc:
+                raise InputError(str(exc)) from None
+            return self._remove_address(address)
+        digits = wanted.replace(" ", "").upper()
+        if len(digits) < 16 or not _HEX.fullmatch(digits):
+            raise InputError(f'"{wanted[:80]}" is neither an address nor a key fingerprint '
+                             "(at least 16 hex digits)")
+        return self._remove_fingerprint(digits)
+
+    # ---------------------------------------------------------------- internals
+
+    def _judge(self, data: bytes, now: dt.datetime) -> builtins.list[_Candidate]:
+        stripped = data.lstrip()
+        if b"-----BEGIN CERTIFICATE-----" in data or stripped[:1] == b"\x30":
+            return [self._judge_cert(c, now) for c in smime.parse_certificates(data)]
+        if b"-----BEGIN PGP" in data or (stripped[:1] and stripped[0] & 0x80):
+            from securemail.crypto.pgp import parse_public_keys
+
+            return [self._judge_pgp(k, now) for k in parse_public_keys(data)]
+        raise KeyProblem("neither an OpenPGP public key nor a PEM/DER certificate")
+
+    def _judge_pgp(self, key: PgpKey, now: dt.datetime) -> _Candidate:
+        problem = key.problem(now)
+        if problem:
+            # A revocation that arrives later must stop the stored copy at once.
+            if key.revoked and self._remove_fingerprint(key.fingerprint):
+                problem += " (the stored copy was removed)"
+            raise KeyProblem(problem)
+        return _Candidate("pgp", key.fingerprint, _addresses(key.addresses, key.fingerprint),
+                          key.algorithm, key.binary, key.created, key.usable_until)
+
+    def _judge_cert(self, cert: x509.Certificate, now: dt.datetime) -> _Candidate:
+        problem = smime.certificate_problem(cert, now)
+        if problem:
+            raise KeyProblem(problem)
+        from cryptography.hazmat.primitives import serialization
+
+        fpr = smime.certificate_fingerprint(cert)
+        return _Candidate("smime", fpr, _addresses(smime.certificate_addresses(cert), fpr),
+                          smime.certificate_algorithm(cert),
+                          cert.public_bytes(serialization.Encoding.DER),
+                          cert.not_valid_before_utc, cert.not_valid_after_utc)
+
+    def _store(self, candidates: builtins.list[_Candidate],
+               now: dt.datetime) -> builtins.list[ImportedKey]:
+        done = []
+        try:
+            with transaction(self._conn) as conn:
+                for c in candidates:
+                    replaced = conn.execute("SELECT 1 FROM keyring_keys WHERE fingerprint = ?",
+                                            (c.fingerprint,)).fetchone() is not None
+                    conn.execute("DELETE FROM keyring_addresses WHERE fingerprint = ?",
+                                 (c.fingerprint,))
+                    conn.execute(
+                        "INSERT OR REPLACE INTO keyring_keys (fingerprint, kind, material,"
+                        " algorithm, usable_from, usable_until, imported_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (c.fingerprint, c.kind, c.material, c.algorithm, _epoch(c.usable_from),
+                         _epoch(c.usable_until) if c.usable_until else None, _epoch(now)))
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO keyring_addresses (address, fingerprint)"
+                        " VALUES (?, ?)", [(a, c.fingerprint) for a in c.addresses])
+                    done.append(ImportedKey(c.kind, c.fingerprint, c.addresses, c.algorithm,
+                                            c.usable_until, replaced))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot store keys ({type(exc).__name__})") from None
+        return done
+
+    def _remove_address(self, address: str) -> int:
+        try:
+            with transaction(self._conn) as conn:
+                count = conn.execute("DELETE FROM keyring_addresses WHERE address = ?",
+                                     (address,)).rowcount
+                conn.execute("DELETE FROM keyring_keys WHERE fingerprint NOT IN"
+                             " (SELECT fingerprint FROM keyring_addresses)")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot remove keys ({type(exc).__name__})") from None
+        return int(count)
+
+    def _remove_fingerprint(self, digits: str) -> int:
+        matches = [r[0] for r in self._query(
+            "SELECT fingerprint FROM keyring_keys WHERE substr(fingerprint, -:n) = :digits",
+            {"n": len(digits), "digits": digits})]
+        if len(matches) > 1:
+            raise InputError(f"{digits} matches {len(matches)} keys; give the full fingerprint")
+        try:
+            with transaction(self._conn) as conn:
+                for fpr in matches:
+                    conn.execute("DELETE FROM keyring_addresses WHERE fingerprint = ?", (fpr,))
+                    conn.execute("DELETE FROM keyring_keys WHERE fingerprint = ?", (fpr,))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot remove keys ({type(exc).__name__})") from None
+        return len(matches)
+
+    def _usable(self, address: str, kind: str,
+                now: dt.datetime) -> builtins.list[tuple[str, bytes]]:
+        return [(r[0], bytes(r[1])) for r in self._query(
+            "SELECT k.fingerprint, k.material FROM keyring_addresses a JOIN keyring_keys k"
+            " USING (fingerprint) WHERE a.address = :address AND k.kind = :kind"
+            " AND k.usable_from <= :now AND (k.usable_until IS NULL OR k.usable_until > :now)"
+            " ORDER BY k.usable_from DESC",
+            {"address": address, "kind": kind, "now": _epoch(now)})]
+
+    def _pgp_key(self, fingerprint: str, material: bytes) -> PgpKey | None:
+        cached = self._pgp_cache.get(fingerprint)
+        if cached is not None and cached[0] == material:
+            return cached[1]
+        from securemail.crypto.pgp import parse_public_keys
+
+        try:
+            key = parse_public_keys(material)[0]
+        except KeyProblem:
+            return None  # a damaged row is not a usable key
+        self._pgp_cache[fingerprint] = (material, key)
+        return key
+
+    def _query(self, sql: str, params: dict[str, Any]) -> builtins.list[tuple[Any, ...]]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read keys ({type(exc).__name__})") from None
+
+
+def _addresses(raw: Iterable[str], fingerprint: str) -> tuple[str, ...]:
+    out = []
+    for address in raw:
+        try:
+            out.append(normalise_address(address))
+        except AddressError:
+            continue  # a user id we cannot route to is simply not indexed
+    if not out:
+        raise KeyProblem(f"key {fingerprint} names no usable e-mail address")
+    return tuple(dict.fromkeys(out))
+
+
+def _aware(now: dt.datetime) -> dt.datetime:
+    return now if now.tzinfo is not None else now.replace(tzinfo=dt.UTC)
+
+
+def _epoch(when: dt.datetime) -> int:
+    return int(_aware(when).timestamp())
+
+
+def _from_epoch(value: int | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
