@@ -197,6 +197,8 @@ def _is_pgp_mime(message: Message) -> bool:
     if not isinstance(parts, list) or len(parts) != 2:
         return False
     control, data = parts
+    if not isinstance(control, Message) or not isinstance(data, Message):
+        return False
     if control.get_content_type() != "application/pgp-encrypted":
         return False
     if b"version: 1" not in _payload_bytes(control).lower():

@@ -42,7 +42,7 @@ def load(path: str | os.PathLike[str], *, transport: Transport | None = None) ->
     ``transport`` replaces the configured upstream (tests, ``securemail.testing``).
     Raises :class:`~securemail.errors.ConfigError` naming the file and key at fault.
     """
-    return Relay(load_settings(path), transport=transport)
+    return Relay(load_settings(os.fspath(path)), transport=transport)
 
 
 def _utcnow() -> dt.datetime:
