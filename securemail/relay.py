@@ -67,13 +67,13 @@ class Relay:
         self.signer = DkimSigner.from_settings(settings)
         self.archive_key = _archive_key(settings)
         self.transport: Transport = transport or transport_from_settings(settings)
-        self.audit = AuditLog.open(settings)
+        self.instance_id = _instance_id(settings)
+        self.audit = AuditLog.open(settings, instance_id=self.instance_id)
         self.portal: Any = None
         if settings.portal.enabled:
             from securemail.portal.service import PortalService
 
             self.portal = PortalService(settings, self.db, self.transport, self.audit, self.signer)
-        self.instance_id = _instance_id(settings)
 
     # -------------------------------------------------------------- reload
 

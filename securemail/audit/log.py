@@ -1,0 +1,298 @@
+"""AuditLog: durable, hash-chained appends with group commit and signed checkpoints.
+
+All writes go through one writer thread per AuditLog. Records that arrive
+while a commit is in flight are committed together in the next transaction
+(one fsync for the lot), which is what lets many in-flight messages be
+recorded durably at a high rate. Every caller waits until the transaction
+holding its records has committed: "recorded" always means "on disk".
+
+Each transaction takes SQLite's write lock (``BEGIN IMMEDIATE``) before it
+reads the chain head, so several processes appending to one store serialise
+and never fork the chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from securemail.audit import store
+from securemail.audit.chain import (
+    canonical,
+    checkpoint_message,
+    ensure_signing_key,
+    head_message,
+    key_id,
+    record_hash,
+    sign,
+)
+from securemail.audit.records import RECORD_VERSION, event_fields, format_time, message_fields
+from securemail.config import Settings
+from securemail.errors import StoreError
+from securemail.model import Envelope, Outcome
+from securemail.store.sqlite import open_database
+
+__all__ = ["AuditLog", "Chainer", "signing_key_path"]
+
+
+def signing_key_path(settings: Settings) -> Path:
+    if settings.audit.signing_key_file:
+        return settings.resolve(settings.audit.signing_key_file)
+    return settings.storage.data_dir / "audit-signing.key"
+
+
+@functools.lru_cache(maxsize=64)  # a batch mostly shares one time: parse it once
+def _parse_time(at: str) -> datetime:
+    return datetime.fromisoformat(at)  # our format ends in "Z", which 3.11 reads as UTC
+
+
+@dataclass(slots=True)
+class Chainer:
+    """Appends records inside an open transaction; knows the checkpoint policy."""
+
+    key: Ed25519PrivateKey
+    checkpoint_every: int
+    checkpoint_seconds: int
+    instance_id: str = ""
+    kid: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kid = key_id(self.key.public_key())
+
+    def append(self, conn: sqlite3.Connection, items: list[tuple[dict[str, Any], str]]) -> int:
+        """Chain ``(fields, at)`` items after the head; add due checkpoints; sign the head."""
+        h = store.head(conn)
+        seq, prev = h.seq, h.hash
+        cp_seq, cp_at = h.last_checkpoint_seq, h.last_checkpoint_at
+        rows: list[tuple[int, str, str, str, str, str]] = []
+
+        def add(fields: dict[str, Any], at: str) -> None:
+            nonlocal seq, prev
+            seq += 1
+            record = dict(fields)
+            record.update(v=RECORD_VERSION, seq=seq, at=at, prev_hash=prev)
+            encoded = canonical(record)  # encoded once: hashed, then stored as is
+            digest = hashlib.sha256(encoded).hexdigest()
+            rows.append((seq, str(fields["kind"]), at, prev, digest, encoded.decode()))
+            prev = digest
+
+        for fields, at in items:
+            add(fields, at)
+            if not cp_at:
+                cp_at = at  # the interval runs from the first record of a new store
+            due_count = seq - cp_seq >= self.checkpoint_every
+            due_time = (_parse_time(at) - _parse_time(cp_at)).total_seconds() >= (
+                self.checkpoint_seconds)
+            if due_count or due_time:
+                add(self.checkpoint_fields(seq, prev, "count" if due_count else "interval"), at)
+                cp_seq, cp_at = seq, at
+        store.insert(conn, rows)
+        self.set_head(conn, seq, prev, cp_seq, cp_at)
+        return seq
+
+    def checkpoint_fields(self, covers_seq: int, covers_hash: str, reason: str) -> dict[str, Any]:
+        return {
+            "kind": "checkpoint", "reason": reason, "covers_seq": covers_seq,
+            "covers_hash": covers_hash, "key_id": self.kid, "instance_id": self.instance_id,
+            "signature": sign(self.key, checkpoint_message(covers_seq, covers_hash)),
+        }
+
+    def set_head(self, conn: sqlite3.Connection, seq: int, digest: str, cp_seq: int,
+                 cp_at: str) -> None:
+        signature = sign(self.key, head_message(seq, digest))
+        store.set_head(conn, store.Head(seq, digest, signature, cp_seq, cp_at))
+
+    def checkpoint(self, conn: sqlite3.Connection, at: str, reason: str) -> bool:
+        """Sign the head as a checkpoint record if records follow the last checkpoint."""
+        h = store.head(conn)
+        if h.seq == h.last_checkpoint_seq:
+            return False
+        seq = h.seq + 1
+        record = {**self.checkpoint_fields(h.seq, h.hash, reason), "v": RECORD_VERSION,
+                  "seq": seq, "at": at, "prev_hash": h.hash}
+        digest = record_hash(record)
+        store.insert(conn, [(seq, "checkpoint", at, h.hash, digest, canonical(record).decode())])
+        self.set_head(conn, seq, digest, seq, at)
+        return True
+
+
+class _Job:
+    """Records from one async caller, waiting for the writer thread's next commit."""
+
+    __slots__ = ("future", "items")
+
+    def __init__(self, items: list[tuple[dict[str, Any], str]]) -> None:
+        self.items = items
+        self.future: Future[None] = Future()
+
+
+_STOP = object()
+
+
+class AuditLog:
+    """The audit API used by the pipeline, the portal and the CLI."""
+
+    def __init__(self, write_conn: sqlite3.Connection, read_conn: sqlite3.Connection,
+                 chainer: Chainer, *, owns: tuple[sqlite3.Connection, ...] = ()) -> None:
+        self._write = write_conn
+        self.conn = read_conn  # for exports, verification and reports
+        self.chainer = chainer
+        self._owns = owns
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="securemail-audit", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def open(cls, settings: Settings, *, conn: sqlite3.Connection | None = None,
+             instance_id: str = "") -> AuditLog:
+        key = ensure_signing_key(signing_key_path(settings))
+        chainer = Chainer(key, settings.audit.checkpoint_every, settings.audit.checkpoint_seconds,
+                          instance_id)
+        if conn is None:
+            path = settings.storage.sqlite_path
+            write, read = open_database(path), open_database(path)
+            owns: tuple[sqlite3.Connection, ...] = (write, read)
+        else:
+            # Never share the caller's connection with our thread: its transactions
+            # would interleave with ours. Open our own on the same file.
+            row = conn.execute("PRAGMA database_list").fetchone()
+            file = str(row[2]) if row is not None else ""
+            if file:
+                write, read = open_database(file), conn
+                owns = (write,)
+            else:  # in-memory store (tests): one connection, used only by our thread for writes
+                write = read = conn
+                owns = ()
+        store.prepare(write)
+        return cls(write, read, chainer, owns=owns)
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self.chainer.key.public_key()
+
+    # ------------------------------------------------------------ writing
+
+    async def record_outcome(self, envelope: Envelope, outcome: Outcome, *, config_digest: str,
+                             instance_id: str, now: datetime) -> None:
+        """One record per recipient; returns once they are durable (group-committed)."""
+        at = format_time(now)
+        bodies = message_fields(envelope, outcome, config_digest=config_digest,
+                                instance_id=instance_id)
+        job = self._submit(_Job([(b, at) for b in bodies]))
+        await asyncio.wrap_future(job.future)
+
+    def record_event(self, kind: str, /, *, now: datetime, **fields: str | int | None) -> None:
+        """A portal or admin event (see ``records.EVENT_FIELDS``); durable on return.
+
+        ``kind`` is one of ``records.PORTAL_EVENTS`` or ``records.ADMIN_EVENTS``
+        (a ``portal.`` or ``admin.`` prefix is accepted). A field name outside
+        the allow-list raises ValueError: content never reaches the log.
+        """
+        body = event_fields(kind, fields)
+        self._append_now([(body, format_time(now))])
+
+    def append_many(self, bodies: list[dict[str, Any]], *, now: datetime) -> None:
+        """Append prepared record bodies in one transaction (bench and import tools)."""
+        at = format_time(now)
+        self._append_now([(b, at) for b in bodies])
+
+    def _append_now(self, items: list[tuple[dict[str, Any], str]]) -> None:
+        # Synchronous callers commit in their own thread (no hand-off to the
+        # writer); the lock keeps them and the writer off the connection at once.
+        self.run_in_transaction(lambda conn: self.chainer.append(conn, items))
+
+    def checkpoint(self, now: datetime, *, reason: str = "requested") -> bool:
+        at = format_time(now)
+        result: bool = self.run_in_transaction(lambda c: self.chainer.checkpoint(c, at, reason))
+        return result
+
+    def run_in_transaction(self, call: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``call(conn)`` inside its own durable write transaction."""
+        if self._closed:
+            raise StoreError("audit: the log is closed")
+        return self._transaction(call)
+
+    def _transaction(self, call: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock:
+            try:
+                with store.transaction(self._write) as conn:
+                    return call(conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"audit: cannot append ({type(exc).__name__})") from None
+
+    def close(self, now: datetime) -> None:
+        """Commit what is queued, write a final checkpoint, close our connections."""
+        if self._closed:
+            return
+        self._closed = True  # refuse new records from here on
+        self._queue.put(_STOP)
+        self._thread.join()  # the writer commits everything queued before the stop
+        while True:  # a caller that raced with close: tell it, never leave it waiting
+            try:
+                late = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(late, _Job):
+                late.future.set_exception(StoreError("audit: the log is closed"))
+        try:
+            at = format_time(now)
+            self._transaction(lambda c: self.chainer.checkpoint(c, at, "close"))
+        finally:
+            for c in self._owns:
+                c.close()
+
+    def _submit(self, job: _Job) -> _Job:
+        if self._closed:
+            raise StoreError("audit: the log is closed")
+        self._queue.put(job)
+        return job
+
+    # ------------------------------------------------------------ writer thread
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch: list[_Job] = [first]
+            stop = False
+            while True:  # take everything that queued up while we were busy
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Job]) -> None:
+        items = [item for j in batch for item in j.items]
+        try:
+            with self._lock, store.transaction(self._write) as conn:
+                self.chainer.append(conn, items)
+        except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
+            err = StoreError(f"audit: cannot append ({type(exc).__name__})") if isinstance(
+                exc, sqlite3.Error) else exc
+            for j in batch:
+                j.future.set_exception(err)
+        else:
+            for j in batch:
+                j.future.set_result(None)

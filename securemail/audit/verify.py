@@ -1,0 +1,325 @@
+"""Verification of the chain, in the store or in a JSONL export.
+
+Checks, record by record: the hash matches the canonical encoding (a flipped
+bit), the seq is the next one (a deleted, inserted or reordered record), the
+prev_hash is the previous record's hash (the chain), and every checkpoint and
+prune record is signed by the expected key over the hash it claims to cover.
+At the end the last record must be the one the signed head (store) or the
+signed export manifest names: otherwise the tail was cut.
+
+A last export line that was cut short is reported as ``incomplete-tail``,
+distinct from ``tampered``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from securemail.audit import store
+from securemail.audit.chain import (
+    GENESIS_HASH,
+    canonical,
+    checkpoint_message,
+    export_message,
+    head_message,
+    key_id,
+    prune_message,
+    record_hash,
+    signature_valid,
+)
+from securemail.errors import InputError
+
+__all__ = ["VerifyReport", "verify_export", "verify_store"]
+
+OK, TAMPERED, INCOMPLETE = "ok", "tampered", "incomplete-tail"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """The result of a verification. ``first_bad_seq`` names the first bad record."""
+
+    source: str
+    status: str  # "ok" | "tampered" | "incomplete-tail"
+    records: int  # records that verified
+    checkpoints: int  # signed checkpoints that verified
+    first_seq: int | None
+    last_seq: int | None  # last record that verified
+    unsigned_tail: int = 0  # records after the last checkpoint (covered by the head/manifest)
+    first_bad_seq: int | None = None
+    first_bad_line: int | None = None  # exports only: 1-based line number
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source, "status": self.status, "ok": self.ok,
+            "records": self.records, "checkpoints": self.checkpoints,
+            "first_seq": self.first_seq, "last_seq": self.last_seq,
+            "unsigned_tail": self.unsigned_tail, "first_bad_seq": self.first_bad_seq,
+            "first_bad_line": self.first_bad_line, "problem": self.problem,
+        }
+
+    def summary(self) -> str:
+        if self.ok:
+            span = f"records {self.first_seq}..{self.last_seq}" if self.records else "no records"
+            tail = (f"; {self.unsigned_tail} record(s) after the last checkpoint"
+                    if self.unsigned_tail else "")
+            return (f"OK: {self.source}: {span} verified, {self.checkpoints} signed"
+                    f" checkpoint(s){tail}")
+        where = f"record {self.first_bad_seq}" if self.first_bad_seq is not None else "record ?"
+        if self.first_bad_line is not None:
+            where += f" (line {self.first_bad_line})"
+        label = "INCOMPLETE TAIL" if self.status == INCOMPLETE else "TAMPERED"
+        good = f"; records up to {self.last_seq} verify" if self.last_seq is not None else ""
+        return f"{label}: {self.source}: first bad {where}: {self.problem}{good}"
+
+
+class _Bad(Exception):
+    def __init__(self, seq: int | None, problem: str) -> None:
+        super().__init__(problem)
+        self.seq = seq
+        self.problem = problem
+
+
+class _Chain:
+    """Feeds records in order; raises _Bad at the first one that does not verify."""
+
+    def __init__(self, public_key: Ed25519PublicKey, start: tuple[int, str] | None) -> None:
+        self.key = public_key
+        self.kid = key_id(public_key)
+        self.expected = start  # (seq, prev_hash) the next record must have
+        self.first_seq: int | None = None
+        self.first_prev: str | None = None
+        self.last_seq: int | None = None
+        self.last_hash: str | None = None
+        self.count = 0
+        self.checkpoints = 0
+        self.since_checkpoint = 0
+        self.prune_start: tuple[int, str] | None = None
+
+    def feed(self, rec: dict[str, Any]) -> None:
+        seq, prev, digest = rec.get("seq"), rec.get("prev_hash"), rec.get("hash")
+        if not (isinstance(seq, int) and isinstance(prev, str) and isinstance(digest, str)
+                and isinstance(rec.get("kind"), str) and isinstance(rec.get("at"), str)):
+            raise _Bad(self._next_seq(), "record lacks its chain fields (seq, prev_hash, hash)")
+        if record_hash(rec) != digest:
+            raise _Bad(seq, "altered: its content does not match its hash")
+        if self.expected is not None:
+            want_seq, want_prev = self.expected
+            if seq > want_seq:
+                span = f"records {want_seq}..{seq - 1} are" if seq - 1 > want_seq else (
+                    f"record {want_seq} is")
+                raise _Bad(want_seq, f"missing: {span} not where they belong (found seq {seq}):"
+                           " deleted or reordered")
+            if seq < want_seq:
+                raise _Bad(seq, f"out of order: seq {seq} appears where {want_seq} belongs"
+                           " (a record was inserted, duplicated or reordered)")
+            if prev != want_prev:
+                raise _Bad(seq, "chain broken: prev_hash is not the hash of the record before it"
+                           " (a record was inserted, replaced or reordered)")
+        if self.first_seq is None:
+            self.first_seq, self.first_prev = seq, prev
+        if rec["kind"] in ("checkpoint", "prune"):
+            self._check_signed(rec, seq, prev)
+        else:
+            self.since_checkpoint += 1
+        self.count += 1
+        self.last_seq, self.last_hash = seq, digest
+        self.expected = (seq + 1, digest)
+
+    def _next_seq(self) -> int | None:
+        return self.expected[0] if self.expected else None
+
+    def _check_signed(self, rec: dict[str, Any], seq: int, prev: str) -> None:
+        if rec.get("covers_seq") != seq - 1 or rec.get("covers_hash") != prev:
+            raise _Bad(seq, "checkpoint does not cover the record before it")
+        if rec.get("key_id") != self.kid:
+            raise _Bad(seq, f"checkpoint signed by another key (key id {rec.get('key_id')},"
+                       f" expected {self.kid})")
+        start: tuple[int, str] | None = None
+        if rec["kind"] == "prune":
+            first, first_prev = rec.get("first_seq"), rec.get("first_prev_hash")
+            if not isinstance(first, int) or not isinstance(first_prev, str):
+                raise _Bad(seq, "prune checkpoint lacks first_seq / first_prev_hash")
+            start = (first, first_prev)
+            message = prune_message(first, first_prev, seq - 1, prev)
+        else:
+            message = checkpoint_message(seq - 1, prev)
+        if not signature_valid(self.key, rec.get("signature"), message):
+            raise _Bad(seq, "checkpoint signature does not verify (forged or altered)")
+        if start is not None:
+            self.prune_start = start
+        self.checkpoints += 1
+        self.since_checkpoint = 0
+
+
+def _report(source: str, chain: _Chain, status: str = OK, bad: _Bad | None = None,
+            line: int | None = None) -> VerifyReport:
+    return VerifyReport(
+        source=source, status=status, records=chain.count, checkpoints=chain.checkpoints,
+        first_seq=chain.first_seq, last_seq=chain.last_seq,
+        unsigned_tail=chain.since_checkpoint, first_bad_seq=bad.seq if bad else None,
+        first_bad_line=line, problem=bad.problem if bad else "",
+    )
+
+
+# ------------------------------------------------------------------ store
+
+
+def _stored(rows: Iterable[store.StoredRecord]) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        try:
+            rec = json.loads(row.body)
+        except ValueError:
+            raise _Bad(row.seq, "altered: the stored record is not valid JSON") from None
+        if not isinstance(rec, dict) or canonical(rec).decode() != row.body:
+            raise _Bad(row.seq, "altered: the stored record is not in canonical form")
+        if (rec.get("seq"), rec.get("kind"), rec.get("at"), rec.get("prev_hash")) != (
+                row.seq, row.kind, row.at, row.prev_hash):
+            raise _Bad(row.seq, "altered: the indexed columns do not match the record")
+        rec["hash"] = row.hash
+        yield rec
+
+
+def verify_store(conn: sqlite3.Connection, public_key: Ed25519PublicKey) -> VerifyReport:
+    """Verify the whole chain in the store against the signed head."""
+    source = "store"
+    store.prepare(conn)
+    chain = _Chain(public_key, None)
+    # One read snapshot: records and head must be seen as of the same commit,
+    # or a writer appending meanwhile would look like a cut tail.
+    own_snapshot = not conn.in_transaction
+    if own_snapshot:
+        conn.execute("BEGIN")
+    try:
+        for rec in _stored(store.iter_records(conn)):
+            chain.feed(rec)
+        _check_start(chain)
+        _check_head(conn, chain, public_key)
+    except _Bad as bad:
+        return _report(source, chain, TAMPERED, bad)
+    finally:
+        if own_snapshot:
+            conn.execute("COMMIT")
+    return _report(source, chain)
+
+
+def _check_start(chain: _Chain) -> None:
+    if chain.first_seq is None:
+        return
+    if chain.first_seq == 1:
+        if chain.first_prev != GENESIS_HASH:
+            raise _Bad(1, "the first record does not start the chain")
+        return
+    if chain.prune_start is None:
+        raise _Bad(1, f"missing: records 1..{chain.first_seq - 1} were deleted"
+                   " without a signed prune checkpoint")
+    first, first_prev = chain.prune_start
+    if chain.first_seq > first:
+        raise _Bad(first, f"missing: records {first}..{chain.first_seq - 1} were deleted after"
+                   " the last prune")
+    if chain.first_seq == first and chain.first_prev != first_prev:
+        raise _Bad(first, "the first record is not the one the prune checkpoint names")
+
+
+def _check_head(conn: sqlite3.Connection, chain: _Chain, key: Ed25519PublicKey) -> None:
+    h = store.head(conn)
+    if h.seq == 0 and not h.signature:
+        if chain.last_seq is not None:
+            raise _Bad(1, "the signed head is missing (the audit tables were rewritten)")
+        return
+    if not signature_valid(key, h.signature, head_message(h.seq, h.hash)):
+        raise _Bad(h.seq, "the signed head does not verify (signed by another key or altered)")
+    last = chain.last_seq or 0
+    if h.seq > last:
+        raise _Bad(last + 1, f"tail cut: records {last + 1}..{h.seq} were removed")
+    if h.seq < last:
+        raise _Bad(h.seq + 1, f"records {h.seq + 1}..{last} were added without the signing key")
+    if h.hash != chain.last_hash:
+        raise _Bad(h.seq, "the last record is not the one the signed head names")
+
+
+# ------------------------------------------------------------------ export
+
+
+def verify_export(path: str | Path, public_key: Ed25519PublicKey) -> VerifyReport:
+    """Verify a JSONL export offline, with only the public key."""
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the export ({exc.strerror})") from None
+    lines = data.split(b"\n")
+    complete = data.endswith(b"\n")
+    if complete:
+        lines.pop()
+    chain = _Chain(public_key, None)
+    if not lines or not lines[0]:
+        return _report(source, chain, TAMPERED, _Bad(None, "empty file: no export manifest"), 1)
+    try:
+        manifest = _manifest(lines[0], public_key)
+    except _Bad as bad:
+        return _report(source, chain, TAMPERED, bad, 1)
+    count = int(manifest["records"])
+    if count:
+        chain.expected = (int(manifest["first_seq"]), str(manifest["first_prev_hash"]))
+    for number, raw in enumerate(lines[1:], start=2):
+        last_line = number == len(lines)
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+            if not isinstance(rec, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if last_line and not complete:
+                torn = _Bad(chain._next_seq(), "incomplete tail: the last line is cut short")
+                return _report(source, chain, INCOMPLETE, torn, number)
+            return _report(source, chain, TAMPERED,
+                           _Bad(chain._next_seq(), "altered: the line is not a JSON record"),
+                           number)
+        try:
+            chain.feed(rec)
+        except _Bad as broken:
+            return _report(source, chain, TAMPERED, broken, number)
+    try:
+        _check_end(chain, manifest, count)
+    except _Bad as bad:
+        return _report(source, chain, TAMPERED, bad, len(lines) + 1)
+    return _report(source, chain)
+
+
+def _manifest(raw: bytes, key: Ed25519PublicKey) -> dict[str, Any]:
+    try:
+        top = json.loads(raw.decode("utf-8"))
+        manifest = top["export"]
+        int(manifest["records"])
+    except (ValueError, KeyError, TypeError):
+        raise _Bad(None, "the first line is not a securemail audit export manifest") from None
+    if manifest.get("key_id") != key_id(key):
+        raise _Bad(None, f"export signed by another key (key id {manifest.get('key_id')},"
+                   f" expected {key_id(key)})")
+    if not signature_valid(key, top.get("signature"), export_message(manifest)):
+        raise _Bad(None, "the export manifest signature does not verify (altered)")
+    return dict(manifest)
+
+
+def _check_end(chain: _Chain, manifest: dict[str, Any], count: int) -> None:
+    if count == 0:
+        if chain.count:
+            raise _Bad(chain.first_seq, "records present in an export that declares none")
+        return
+    last = int(manifest["last_seq"])
+    got = chain.last_seq if chain.last_seq is not None else int(manifest["first_seq"]) - 1
+    if got < last:
+        raise _Bad(got + 1, f"tail cut: records {got + 1}..{last} are missing")
+    if got > last or chain.last_hash != manifest["last_hash"] or chain.count != count:
+        raise _Bad(last, "the export does not end with the record its manifest names")

@@ -1,0 +1,82 @@
+"""`securemail audit ...`: exit 0 if all is well, 1 naming the first bad record, 2 on bad input."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from securemail.audit import AuditLog
+from securemail.cli.audit_cmd import audit_group
+from securemail.config import load_settings
+from tests.unit.test_audit_support import T0, record_messages, write_config
+
+
+def _store(tmp_path: Path) -> Path:
+    cfg = write_config(tmp_path, checkpoint_every=5)
+    audit = AuditLog.open(load_settings(cfg))
+    record_messages(audit, 8)
+    audit.close(T0)
+    return cfg
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(audit_group, list(args))
+    return result.exit_code, result.output
+
+
+def test_export_and_verify_offline_with_the_public_key(tmp_path: Path) -> None:
+    cfg = _store(tmp_path)
+    code, _ = run("public-key", "-c", str(cfg), "-o", str(tmp_path / "audit.pub"))
+    assert code == 0 and "BEGIN PUBLIC KEY" in (tmp_path / "audit.pub").read_text()
+    code, out = run("export", "-c", str(cfg), "-o", str(tmp_path / "e.jsonl"))
+    assert code == 0, out
+    code, out = run("verify", str(tmp_path / "e.jsonl"), "--public-key",
+                    str(tmp_path / "audit.pub"), "-c", str(tmp_path / "no-such.toml"))
+    assert code == 0 and out.startswith("OK"), out
+
+    lines = (tmp_path / "e.jsonl").read_text().splitlines(keepends=True)
+    del lines[4]  # seq 4
+    (tmp_path / "e.jsonl").write_text("".join(lines))
+    code, out = run("verify", str(tmp_path / "e.jsonl"), "--public-key",
+                    str(tmp_path / "audit.pub"), "--json")
+    assert code == 1
+    assert '"first_bad_seq": 4' in out and '"status": "tampered"' in out
+
+
+def test_verify_store_and_refuse_to_export_a_tampered_store(tmp_path: Path) -> None:
+    cfg = _store(tmp_path)
+    code, out = run("verify", "-c", str(cfg))
+    assert code == 0 and "OK: store" in out
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        db.execute("UPDATE audit_records SET body = replace(body, 'client3', 'clienX')"
+                   " WHERE seq = 8")
+    code, out = run("verify", "-c", str(cfg))
+    assert code == 1 and "TAMPERED" in out and "first bad record 8" in out
+    code, out = run("export", "-c", str(cfg), "-o", str(tmp_path / "e.jsonl"))
+    assert code == 1 and not (tmp_path / "e.jsonl").exists()
+
+
+def test_csv_report_and_prune(tmp_path: Path) -> None:
+    cfg = _store(tmp_path)
+    code, _ = run("export", "-c", str(cfg), "--format", "csv", "-o", str(tmp_path / "a.csv"))
+    assert code == 0
+    with (tmp_path / "a.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sum(r["kind"] == "message" for r in rows) == 16
+    code, _ = run("report", "-c", str(cfg), "-o", str(tmp_path / "r.html"))
+    assert code == 0 and 'data-metric="messages">8<' in (tmp_path / "r.html").read_text()
+    code, out = run("prune", "-c", str(cfg), "--retention-days", "1")
+    assert code == 0 and "deleted" in out
+    code, out = run("verify", "-c", str(cfg))
+    assert code == 0, out
+
+
+def test_bad_input_exits_2(tmp_path: Path) -> None:
+    cfg = _store(tmp_path)
+    code, out = run("export", "-c", str(cfg), "--since", "last tuesday")
+    assert code == 2 and "--since" in out
+    code, out = run("verify", str(tmp_path / "missing.jsonl"), "--public-key", str(cfg))
+    assert code == 2 and "Ed25519" in out

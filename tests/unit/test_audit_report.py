@@ -1,0 +1,157 @@
+"""The report's figures equal counts computed from the exported records."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+import statistics
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+from securemail.audit import AuditLog, export_jsonl
+from securemail.audit.report import render_html, report_data
+from securemail.model import Action, Role, Source
+from tests.unit.test_audit_support import T0, decision, envelope, make_settings, outcome
+
+RULES = {Action.DELIVER: ("client-consented",), Action.ENCRYPT_PGP: ("phi-key-available",),
+         Action.PORTAL: ("phi-unencrypted",), Action.BLOCK: ("unauthorised-recipient",)}
+
+
+class _Metrics(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: list[tuple[dict[str, str | None], str]] = []
+        self.rows = Counter[str]()
+        self._open: dict[str, str | None] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "td" and "data-metric" in a:
+            self._open = a
+        elif tag == "tr" and "data-metric" in a:
+            self.rows[str(a["data-metric"])] += 1
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self.values.append((self._open, data))
+            self._open = None
+
+    def metric(self, name: str, **attrs: str) -> str:
+        for a, text in self.values:
+            if a["data-metric"] == name and all(a.get(f"data-{k}") == v for k, v in attrs.items()):
+                return text
+        raise KeyError(name)
+
+
+def _populate(audit: AuditLog) -> None:
+    rng = random.Random(7)
+
+    async def run() -> None:
+        for i in range(60):
+            now = T0 + timedelta(hours=7 * i)
+            ds = []
+            for j in range(rng.randint(1, 3)):
+                action = rng.choice(list(RULES))
+                rules = RULES[action]
+                if action is Action.BLOCK and rng.random() < 0.3:
+                    rules = ("phi-restricted",)
+                ds.append(decision(f"r{i}-{j}@mail.example", action, rules, role=Role.CLIENT,
+                                   source=Source.TO))
+            pids = {d.address: f"p{i}-{n}" for n, d in enumerate(ds) if d.action is Action.PORTAL}
+            await audit.record_outcome(envelope(ds), outcome(ds, sha=f"{i:064x}", portal_ids=pids),
+                                       config_digest="", instance_id="", now=now)
+            for pid in pids.values():
+                if rng.random() < 0.6:
+                    audit.record_event("opened", now=now + timedelta(hours=rng.randint(1, 48)),
+                                       portal_id=pid)
+                    audit.record_event("opened", now=now + timedelta(hours=60), portal_id=pid)
+
+    asyncio.run(run())
+
+
+def test_report_figures_equal_counts_from_the_records(tmp_path: Path) -> None:
+    audit = AuditLog.open(make_settings(tmp_path, checkpoint_every=25))
+    _populate(audit)
+    buf = io.StringIO()
+    export_jsonl(audit.conn, audit.chainer.key, buf, now=T0)
+    records: list[dict[str, Any]] = [json.loads(x) for x in buf.getvalue().splitlines()[1:]]
+    html = render_html(report_data(audit.conn, now=T0 + timedelta(days=30)), practice="Riverside")
+    audit.close(T0)
+    page = _Metrics()
+    page.feed(html)
+
+    messages = [r for r in records if r["kind"] == "message"]
+    assert int(page.metric("recipient-records")) == len(messages)
+    assert int(page.metric("messages")) == len({r["message_sha256"] for r in messages})
+    per_day = Counter((r["at"][:10], r["action"]) for r in messages)
+    for day in {r["at"][:10] for r in messages}:
+        for action in ("deliver", "encrypt-pgp", "encrypt-smime", "portal", "block"):
+            assert int(page.metric("day-action", day=day, action=action)) == per_day[(day, action)]
+    blocks = Counter(rule for r in messages if r["action"] == "block" for rule in r["rules"])
+    assert blocks and all(int(page.metric("block-rule", rule=k)) == v for k, v in blocks.items())
+    unauthorised = [r for r in messages if "unauthorised-recipient" in r["rules"]]
+    assert int(page.metric("unauthorised")) == len(unauthorised) == page.rows["unauthorised-row"]
+
+    sealed = {r["portal_id"] for r in messages if r["outcome"] == "sealed"}
+    opened = {r["portal_id"] for r in records if r["kind"] == "opened"}
+    assert int(page.metric("sealed")) == len(sealed)
+    assert int(page.metric("opened")) == len(sealed & opened)
+    assert page.metric("pickup-rate") == f"{len(sealed & opened) / len(sealed) * 100:.1f}%"
+    sealed_at = {r["portal_id"]: r["at"] for r in messages if r["outcome"] == "sealed"}
+    first_open: dict[str, str] = {}
+    for r in records:
+        if r["kind"] == "opened":
+            first_open.setdefault(r["portal_id"], r["at"])
+    hours = sorted((_t(first_open[p]) - _t(sealed_at[p])).total_seconds() / 3600
+                   for p in sealed_at if p in first_open)
+    assert page.metric("median-open-hours") == f"{statistics.median(hours):.1f}"
+
+
+def _t(at: str) -> datetime:
+    return datetime.fromisoformat(at.replace("Z", "+00:00"))
+
+
+def test_report_is_self_contained(tmp_path: Path) -> None:
+    audit = AuditLog.open(make_settings(tmp_path))
+    _populate(audit)
+    html = render_html(report_data(audit.conn, now=T0), practice="<Riverside & Co>")
+    audit.close(T0)
+    assert "<svg" in html and "@media print" in html
+    for needle in ("<script", "http://", "https://", "<link", "src="):
+        assert needle not in html
+    assert "&lt;Riverside &amp; Co&gt;" in html
+    assert "Key store not available" in html or "Keys expiring" in html
+
+
+def test_report_lists_keys_expiring_within_30_days(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from securemail.keys import Keyring
+
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    gpg = ["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
+    for uid, days in (("soon@mail.example", "10d"), ("later@mail.example", "200d")):
+        subprocess.run([*gpg, "--quick-gen-key", f"Client <{uid}>", "future-default", "default",
+                        days], env=env, check=True, capture_output=True)
+        armored = subprocess.run([*gpg, "--armor", "--export", uid], env=env, check=True,
+                                 capture_output=True).stdout
+        (tmp_path / f"{uid}.asc").write_bytes(armored)
+    audit = AuditLog.open(make_settings(tmp_path))
+    now = datetime.now(UTC)  # gpg dates keys by the real clock
+    keyring = Keyring(audit.conn)
+    for uid in ("soon@mail.example", "later@mail.example"):
+        keyring.import_file(tmp_path / f"{uid}.asc", now)
+    html = render_html(report_data(audit.conn, now=now))
+    audit.close(now)
+    page = _Metrics()
+    page.feed(html)
+    assert page.rows["key-expiring"] == 1
+    assert "soon@mail.example" in html and "later@mail.example" not in html
