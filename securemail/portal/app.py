@@ -1,0 +1,294 @@
+"""The recipient-facing web app (Starlette).
+
+Pages are server-rendered; ``static/portal.js`` asks for a code, opens the
+session, fetches the ciphertext and decrypts it in the browser with the key
+from the URL fragment (which the server never receives).
+
+Rules that keep it safe: a GET never sends, burns or consumes anything (mail
+scanners prefetch links); every POST carries a CSRF token bound to a
+``__Host-`` browser cookie; cookies are ``Secure; HttpOnly; SameSite=Strict``;
+every response has a strict CSP, ``no-store`` and ``no-referrer``.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from securemail.portal.content import Attachment
+from securemail.portal.service import PortalDenied, PortalService
+
+__all__ = ["create_app"]
+
+BROWSER_COOKIE = "__Host-sm_browser"
+SESSION_COOKIE = "__Host-sm_session"
+MAX_ATTACHMENT = 10 * 1024 * 1024
+MAX_REPLY_TEXT = 100_000
+CLIENT_POSTS = 30  # per client address per window (all POSTs together)
+CLIENT_WINDOW = 600.0  # seconds
+_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{32,64}")
+
+# Inline styles are allowed for the sandboxed HTML body (srcdoc inherits this
+# policy); scripts are 'self' only, and nothing may load from another origin.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+       "img-src 'self' data: blob:; connect-src 'self'; frame-src 'self' blob:; "
+       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+STATUS_CODE = {"missing": 404, "expired": 410, "revoked": 410, "purged": 410, "locked": 423,
+               "rate-limited": 429, "wrong-code": 400, "no-session": 401, "csrf": 403,
+               "delivery-failed": 503, "too-large": 413, "bad-request": 400}
+
+_pages = Environment(loader=PackageLoader("securemail.portal", "templates"),
+                     autoescape=select_autoescape(default=True))
+
+
+class SecurityHeaders:
+    """Adds the same protective headers to every response, static files included."""
+
+    def __init__(self, app: ASGIApp, *, https: bool) -> None:
+        self.app = app
+        self.headers = [
+            (b"content-security-policy", CSP.encode()),
+            (b"referrer-policy", b"no-referrer"),
+            (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-frame-options", b"DENY"),
+            (b"cross-origin-opener-policy", b"same-origin"),
+            (b"cross-origin-resource-policy", b"same-origin"),
+            (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+        ]
+        if https:
+            self.headers.append((b"strict-transport-security", b"max-age=31536000"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {h for h, _ in self.headers}
+                message["headers"] = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() not in names
+                ] + self.headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class ClientRateLimit:
+    """Sliding window per client address; memory bounded by the window."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
+        self.limit, self.window, self.clock = limit, window, clock
+        self.hits: dict[str, deque[float]] = defaultdict(deque)
+
+    def allow(self, client: str) -> bool:
+        now = self.clock()
+        q = self.hits[client]
+        while q and q[0] <= now - self.window:
+            q.popleft()
+        if len(q) >= self.limit:
+            return False
+        q.append(now)
+        if len(self.hits) > 100_000:  # never grow without bound under a spray of addresses
+            for key in [k for k, v in self.hits.items() if not v]:
+                del self.hits[key]
+        return True
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _mask(address: str) -> str:
+    local, _, domain = address.partition("@")
+    return f"{local[:1]}{'•' * 3}@{domain}"
+
+
+def create_app(service: PortalService, *,
+               reply_sender: Callable[[bytes, str, str], Awaitable[None]] | None = None,
+               now: Callable[[], datetime] = _utcnow) -> Starlette:
+    settings = service.settings
+    practice = settings.practice
+    limiter = ClientRateLimit(CLIENT_POSTS, CLIENT_WINDOW, time.monotonic)
+
+    def page(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        html = _pages.get_template(name).render(practice=practice, **ctx)
+        return HTMLResponse(html, status_code=status)
+
+    def status_page(reason: str) -> HTMLResponse:
+        return page("status.html", STATUS_CODE.get(reason, 400), reason=reason)
+
+    def denied(reason: str, remaining: int | None = None) -> JSONResponse:
+        body: dict[str, Any] = {"error": reason}
+        if remaining is not None:
+            body["remaining"] = remaining
+        return JSONResponse(body, status_code=STATUS_CODE.get(reason, 400))
+
+    def set_cookie(resp: Response, name: str, value: str, max_age: int | None) -> None:
+        resp.set_cookie(name, value, max_age=max_age, path="/", secure=True, httponly=True,
+                        samesite="strict")
+
+    def csrf_token(browser: str, portal_id: str) -> str:
+        return service.secret.mac("csrf", browser, portal_id)
+
+    async def guard(request: Request) -> tuple[str, dict[str, Any]] | JSONResponse:
+        """Common checks for every POST: id shape, client rate, CSRF. Returns form fields."""
+        portal_id = request.path_params["id"]
+        if not _ID.fullmatch(portal_id):
+            return denied("missing")
+        client = request.client.host if request.client else "unknown"
+        if not limiter.allow(client):
+            return denied("rate-limited")
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_ATTACHMENT + MAX_REPLY_TEXT * 4 + 65536:
+            return denied("too-large")
+        async with request.form(max_files=1, max_fields=8, max_part_size=MAX_REPLY_TEXT * 4) \
+                as form:
+            fields: dict[str, Any] = {}
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    data = await value.read(MAX_ATTACHMENT + 1)
+                    if data or value.filename:
+                        fields[key] = (value.filename or "", value.content_type or "", data)
+                else:
+                    fields[key] = value
+        browser = request.cookies.get(BROWSER_COOKIE, "")
+        token = fields.get("csrf")
+        if not (_COOKIE_VALUE.fullmatch(browser) and isinstance(token, str)
+                and service.secret.verify(token, "csrf", browser, portal_id)):
+            return denied("csrf")
+        return portal_id, fields
+
+    async def index(request: Request) -> Response:
+        return page("index.html")
+
+    async def landing(request: Request) -> Response:
+        portal_id = request.path_params["id"]
+        if not _ID.fullmatch(portal_id):
+            return status_page("missing")
+        try:
+            row = service.check(portal_id, now())
+        except PortalDenied as exc:
+            return status_page(exc.reason)
+        browser = request.cookies.get(BROWSER_COOKIE, "")
+        if not _COOKIE_VALUE.fullmatch(browser):
+            browser = secrets.token_urlsafe(32)
+        resp = page("landing.html", portal_id=portal_id, csrf=csrf_token(browser, portal_id),
+                    masked=_mask(row.recipient), expires=row.expires.strftime("%d %B %Y"))
+        set_cookie(resp, BROWSER_COOKIE, browser, None)
+        return resp
+
+    async def send_code(request: Request) -> Response:
+        checked = await guard(request)
+        if isinstance(checked, Response):
+            return checked
+        try:
+            await service.request_code(checked[0], now=now())
+        except PortalDenied as exc:
+            return denied(exc.reason)
+        return JSONResponse({"ok": True})
+
+    async def verify(request: Request) -> Response:
+        checked = await guard(request)
+        if isinstance(checked, Response):
+            return checked
+        code = checked[1].get("code")
+        if not isinstance(code, str) or not re.fullmatch(r"\s*[0-9 ]{4,12}\s*", code):
+            return denied("bad-request")
+        try:
+            token = service.verify_code(checked[0], code, now=now())
+        except PortalDenied as exc:
+            return denied(exc.reason, exc.remaining)
+        resp = JSONResponse({"ok": True})
+        set_cookie(resp, SESSION_COOKIE, token, settings.portal.session_minutes * 60)
+        return resp
+
+    async def sealed(request: Request) -> Response:
+        portal_id = request.path_params["id"]
+        if not _ID.fullmatch(portal_id):
+            return denied("missing")
+        try:
+            row, blob = service.ciphertext(portal_id, request.cookies.get(SESSION_COOKIE),
+                                           now=now())
+        except PortalDenied as exc:
+            return denied(exc.reason)
+        # The browser needs these to rebuild the associated data (see crypto/seal.py).
+        return JSONResponse({"ciphertext": base64.b64encode(blob).decode("ascii"),
+                             "message_id": row.message_id, "recipient": row.recipient})
+
+    async def downloaded(request: Request) -> Response:
+        checked = await guard(request)
+        if isinstance(checked, Response):
+            return checked
+        try:
+            index = int(checked[1].get("index", "0"))
+            service.record_download(checked[0], request.cookies.get(SESSION_COOKIE),
+                                    index=index, now=now())
+        except ValueError:
+            return denied("bad-request")
+        except PortalDenied as exc:
+            return denied(exc.reason)
+        return JSONResponse({"ok": True})
+
+    async def reply(request: Request) -> Response:
+        checked = await guard(request)
+        if isinstance(checked, Response):
+            return checked
+        portal_id, fields = checked
+        body, subject = fields.get("body", ""), fields.get("subject", "")
+        if not isinstance(body, str) or not isinstance(subject, str):
+            return denied("bad-request")
+        if len(body) > MAX_REPLY_TEXT:
+            return denied("too-large")
+        attachment = None
+        upload = fields.get("attachment")
+        if isinstance(upload, tuple):
+            name, ctype, data = upload
+            if len(data) > MAX_ATTACHMENT:
+                return denied("too-large")
+            attachment = Attachment(name=name, content_type=ctype or "application/octet-stream",
+                                    data=data)
+        if not body.strip() and attachment is None:
+            return denied("bad-request")
+        try:
+            await service.reply(portal_id, request.cookies.get(SESSION_COOKIE), subject=subject,
+                                body=body, attachment=attachment, now=now(),
+                                reply_sender=reply_sender)
+        except PortalDenied as exc:
+            return denied(exc.reason)
+        return JSONResponse({"ok": True})
+
+    routes = [
+        Route("/", index),
+        Route("/m/{id}", landing),
+        Route("/m/{id}/code", send_code, methods=["POST"]),
+        Route("/m/{id}/verify", verify, methods=["POST"]),
+        Route("/m/{id}/sealed", sealed),
+        Route("/m/{id}/downloaded", downloaded, methods=["POST"]),
+        Route("/m/{id}/reply", reply, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
+    ]
+    app = Starlette(routes=routes)
+    https = urlsplit(settings.portal.base_url).scheme == "https"
+    app.add_middleware(SecurityHeaders, https=https)
+    return app

@@ -1,0 +1,272 @@
+"""The portal's library API: seal, notify, codes, sessions, replies, lifecycle.
+
+The pipeline calls :meth:`PortalService.seal` and
+:meth:`PortalService.notification`; the web app calls the rest. Time is
+always passed in. Errors raised to the web app are :class:`PortalDenied`
+with a ``reason`` the page can show, never a detail that helps an attacker.
+"""
+
+from __future__ import annotations
+
+import builtins
+import secrets
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from securemail.config import Settings
+from securemail.crypto.seal import associated_data, encode_key, new_key, seal
+from securemail.errors import ConfigError, RenderError, StoreError
+from securemail.notify import from_address, notification_message
+from securemail.portal.codes import CODE_MINUTES, CodeChannel, EmailCodeChannel, new_code
+from securemail.portal.content import Attachment, build_reply, sealed_plaintext
+from securemail.portal.secret import PortalSecret, load_or_create_secret
+from securemail.portal.store import PortalRow, PortalStore
+from securemail.transport import Transport
+
+__all__ = ["MAX_FAILED_CODES", "PortalDenied", "PortalService", "Sealed"]
+
+MAX_FAILED_CODES = 5
+CODES_PER_HOUR = 5  # per message: stops the portal being used to spam a mailbox
+
+ReplySender = Callable[[bytes, str, str], Awaitable[None]]
+
+
+class Audit(Protocol):
+    def record_event(self, kind: str, *, now: datetime, **fields: Any) -> Any: ...
+
+
+class Signer(Protocol):
+    def sign(self, message: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    id: str
+    url: str  # {base_url}/m/{id}#{key}: the only place the key exists
+    expires: datetime
+
+
+class PortalDenied(Exception):
+    """The request cannot go on. ``reason`` is one of: ``missing``, ``expired``,
+    ``revoked``, ``locked``, ``purged``, ``rate-limited``, ``wrong-code``,
+    ``no-session``, ``delivery-failed``."""
+
+    def __init__(self, reason: str, *, remaining: int | None = None) -> None:
+        self.reason = reason
+        self.remaining = remaining
+        super().__init__(reason)
+
+
+class PortalService:
+    def __init__(self, settings: Settings, conn: sqlite3.Connection, transport: Transport,
+                 audit: object | None = None, signer: object | None = None, *,
+                 code_channel: CodeChannel | None = None) -> None:
+        self.settings = settings
+        self.store = PortalStore(conn)
+        self.transport = transport
+        self.audit: Audit | None = audit  # type: ignore[assignment]
+        self._signer: Signer | None = signer  # type: ignore[assignment]
+        self.secret = PortalSecret(load_or_create_secret(settings.storage.data_dir))
+        if code_channel is None:
+            if settings.portal.code_channel != "email":
+                raise ConfigError(settings.path, "portal.code_channel",
+                                  f'"{settings.portal.code_channel}" needs a channel object '
+                                  "passed to PortalService(code_channel=...)")
+            code_channel = EmailCodeChannel(settings, transport, self._signer)
+        self.code_channel = code_channel
+
+    @property
+    def signer(self) -> Signer | None:
+        return self._signer
+
+    @signer.setter
+    def signer(self, signer: Signer | None) -> None:
+        # The relay swaps the DKIM signer on reload; the code emails follow it.
+        self._signer = signer
+        if isinstance(self.code_channel, EmailCodeChannel):
+            self.code_channel.signer = signer
+
+    # ------------------------------------------------------------ helpers
+
+    def _event(self, kind: str, now: datetime, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit.record_event(kind, now=now, **fields)
+
+    def _active(self, portal_id: str, now: datetime) -> PortalRow:
+        row = self.store.get(portal_id)
+        if row is None:
+            raise PortalDenied("missing")
+        state = row.state(now)
+        if state != "active":
+            if state == "expired":
+                self._event("expired", now, portal_id=row.id, recipient=row.recipient)
+            raise PortalDenied(state)
+        return row
+
+    def check(self, portal_id: str, now: datetime) -> PortalRow:
+        """The message if it can still be opened; else ``PortalDenied`` with the state."""
+        return self._active(portal_id, now)
+
+    def get(self, portal_id: str) -> PortalRow | None:
+        return self.store.get(portal_id)
+
+    # -------------------------------------------------------------- seal
+
+    def seal(self, raw: bytes, *, message_id: str, sender: str, recipient: str,
+             now: datetime, kind: str = "message", parent_id: str | None = None) -> Sealed:
+        """Seal ``raw`` for one recipient; store ciphertext + metadata only."""
+        portal_id = secrets.token_urlsafe(18)  # 144 random bits
+        key = new_key()
+        try:
+            blob = seal(sealed_plaintext(raw), key,
+                        aad=associated_data(portal_id, message_id, recipient))
+        except (ValueError, LookupError, TypeError) as exc:
+            raise RenderError(f"sealing failed ({type(exc).__name__})") from None
+        expires = now + timedelta(days=self.settings.portal.expiry_days)
+        self.store.insert(id=portal_id, kind=kind, parent_id=parent_id, message_id=message_id,
+                          sender=sender, recipient=recipient, created=now, expires=expires,
+                          ciphertext=blob)
+        url = f"{self.settings.portal.base_url.rstrip('/')}/m/{portal_id}#{encode_key(key)}"
+        return Sealed(id=portal_id, url=url, expires=expires)
+
+    def notification(self, sealed: Sealed, *, sender: str, recipient: str,
+                     now: datetime) -> bytes:
+        raw = notification_message(self.settings, url=sealed.url, expires=sealed.expires,
+                                   sender=sender, recipient=recipient, now=now)
+        self._event("notified", now, portal_id=sealed.id, mail_from=sender, recipient=recipient,
+                    expires=sealed.expires.date().isoformat())
+        return raw
+
+    # -------------------------------------------------------------- codes
+
+    async def request_code(self, portal_id: str, *, now: datetime) -> None:
+        """Send a fresh one-time code to the recipient (replaces older codes)."""
+        row = self._active(portal_id, now)
+        if self.store.codes_since(portal_id, now - timedelta(hours=1)) >= CODES_PER_HOUR:
+            raise PortalDenied("rate-limited")
+        code = new_code()
+        self.store.add_code(portal_id, self.secret.mac("code", portal_id, code), now,
+                            now + timedelta(minutes=CODE_MINUTES))
+        try:
+            await self.code_channel.deliver(recipient=row.recipient, sender=row.sender,
+                                            code=code, now=now)
+        except Exception:  # noqa: BLE001 (any channel failure: tell the user, log the kind)
+            raise PortalDenied("delivery-failed") from None
+        self._event("code-sent", now, portal_id=portal_id, recipient=row.recipient,
+                    channel=self.code_channel.name)
+
+    def verify_code(self, portal_id: str, code: str, *, now: datetime) -> str:
+        """Check ``code``; on success return a new session token (store keeps its hash)."""
+        row = self._active(portal_id, now)
+        code = code.strip().replace(" ", "")
+        match: int | None = None
+        for rowid, code_hash in self.store.live_code_hashes(portal_id, now):
+            # compare_digest on every live code: the time taken says nothing.
+            if self.secret.verify(code_hash, "code", portal_id, code):
+                match = rowid
+        if match is None or not self.store.use_code(match, now):
+            failed = self.store.fail_code(portal_id, now, MAX_FAILED_CODES)
+            locked = failed >= MAX_FAILED_CODES
+            self._event("code-failed", now, portal_id=portal_id, recipient=row.recipient,
+                        attempts=failed, status="locked" if locked else "failed")
+            if locked:
+                raise PortalDenied("locked")
+            raise PortalDenied("wrong-code", remaining=MAX_FAILED_CODES - failed)
+        self.store.reset_failures(portal_id)
+        token = secrets.token_urlsafe(32)
+        self.store.add_session(self.secret.mac("session", token), portal_id, now,
+                               now + timedelta(minutes=self.settings.portal.session_minutes))
+        return token
+
+    def session(self, portal_id: str, token: str | None, *, now: datetime) -> PortalRow:
+        """The message a valid session token opens; else ``PortalDenied``."""
+        row = self._active(portal_id, now)
+        bound = self.store.session_for(self.secret.mac("session", token), now) if token else None
+        if bound is None or not secrets.compare_digest(bound, portal_id):
+            raise PortalDenied("no-session")
+        return row
+
+    # ----------------------------------------------------------- reading
+
+    def ciphertext(self, portal_id: str, token: str | None, *, now: datetime) -> tuple[
+            PortalRow, bytes]:
+        row = self.session(portal_id, token, now=now)
+        blob = self.store.ciphertext(portal_id)
+        if blob is None:
+            raise PortalDenied("purged")
+        if self.store.mark(portal_id, "opened", now):
+            self._event("opened", now, portal_id=portal_id, recipient=row.recipient)
+        return row, blob
+
+    def record_download(self, portal_id: str, token: str | None, *, index: int,
+                        now: datetime) -> None:
+        row = self.session(portal_id, token, now=now)
+        # The position only, never the file name: a name can be PHI ("biopsy-results.pdf").
+        self._event("downloaded", now, portal_id=portal_id, recipient=row.recipient,
+                    attachment_index=index)
+
+    async def reply(self, portal_id: str, token: str | None, *, subject: str, body: str,
+                    attachment: Attachment | None, now: datetime,
+                    reply_sender: ReplySender | None) -> Sealed:
+        """Send the recipient's answer to the original sender; keep it sealed too."""
+        row = self.session(portal_id, token, now=now)
+        frm = from_address(self.settings, row.sender)
+        raw = build_reply(from_address=frm, client=row.recipient, to=row.sender,
+                          subject=subject, body=body, in_reply_to=row.message_id,
+                          attachment=attachment, now=now)
+        sealed = self.seal(raw, message_id=_message_id(raw), sender=row.recipient,
+                           recipient=row.sender, now=now, kind="reply", parent_id=portal_id)
+        try:
+            if reply_sender is not None:
+                await reply_sender(raw, frm, row.sender)
+            else:
+                signed = self.signer.sign(raw) if self.signer is not None else raw
+                result = await self.transport.send(frm, [row.sender], signed)
+                if row.sender not in result.accepted:
+                    raise PortalDenied("delivery-failed")
+        except PortalDenied:
+            raise
+        except Exception:  # noqa: BLE001 (relay refusal or outage: the page says "try again")
+            raise PortalDenied("delivery-failed") from None
+        self._event("replied", now, portal_id=portal_id, recipient=row.recipient,
+                    status="with-attachment" if attachment is not None else "ok")
+        return sealed
+
+    # --------------------------------------------------------- lifecycle
+
+    def revoke(self, portal_id: str, now: datetime, *, actor: str = "library") -> bool:
+        """Revoke and drop the ciphertext at once. False if unknown or already revoked."""
+        row = self.store.get(portal_id)
+        if row is None or not self.store.mark(portal_id, "revoked", now):
+            return False
+        self._event("revoked", now, portal_id=portal_id, recipient=row.recipient, actor=actor)
+        return True
+
+    def unlock(self, portal_id: str, now: datetime) -> bool:
+        """Re-issue a message locked by wrong codes (the sender's decision)."""
+        unlocked = self.store.get(portal_id) is not None and self.store.unlock(portal_id)
+        if unlocked:
+            self._event("unlocked", now, portal_id=portal_id, actor="cli")
+        return unlocked
+
+    def list(self, now: datetime) -> builtins.list[PortalRow]:
+        return self.store.all()
+
+    def purge(self, now: datetime) -> int:
+        """Delete the ciphertext of expired and revoked messages; keep metadata."""
+        ids = self.store.purgeable(now)
+        for portal_id in ids:
+            if self.store.mark(portal_id, "purged", now):
+                self._event("purged", now, portal_id=portal_id, count=1)
+        self.store.delete_stale_access(now)
+        return len(ids)
+
+
+def _message_id(raw: bytes) -> str:
+    for line in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"message-id:"):
+            return line.split(b":", 1)[1].strip().decode("ascii", "replace")
+    raise StoreError("reply has no Message-ID")

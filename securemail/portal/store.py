@@ -1,0 +1,273 @@
+"""SQL for the portal's three tables; no policy, no crypto.
+
+Times are stored as fixed-width UTC text (``2026-01-02T03:04:05.000006Z``) so
+that SQL string comparison orders them correctly.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from securemail.errors import StoreError
+from securemail.store.sqlite import ensure_schema
+
+__all__ = ["PortalRow", "PortalStore", "ts"]
+
+DDL = """
+CREATE TABLE IF NOT EXISTS portal_messages (
+    id           TEXT PRIMARY KEY,
+    kind         TEXT NOT NULL DEFAULT 'message',  -- message | reply
+    parent_id    TEXT,
+    message_id   TEXT NOT NULL,
+    sender       TEXT NOT NULL,
+    recipient    TEXT NOT NULL,
+    created      TEXT NOT NULL,
+    expires      TEXT NOT NULL,
+    revoked      TEXT,
+    locked       TEXT,
+    purged       TEXT,
+    opened       TEXT,
+    failed_codes INTEGER NOT NULL DEFAULT 0,
+    size         INTEGER NOT NULL,
+    ciphertext   BLOB
+);
+CREATE INDEX IF NOT EXISTS portal_messages_expires ON portal_messages (expires);
+CREATE TABLE IF NOT EXISTS portal_codes (
+    portal_id TEXT NOT NULL REFERENCES portal_messages (id) ON DELETE CASCADE,
+    code_hash TEXT NOT NULL,
+    created   TEXT NOT NULL,
+    expires   TEXT NOT NULL,
+    used      TEXT
+);
+CREATE INDEX IF NOT EXISTS portal_codes_id ON portal_codes (portal_id, created);
+CREATE TABLE IF NOT EXISTS portal_sessions (
+    token_hash TEXT PRIMARY KEY,
+    portal_id  TEXT NOT NULL REFERENCES portal_messages (id) ON DELETE CASCADE,
+    created    TEXT NOT NULL,
+    expires    TEXT NOT NULL
+);
+"""
+
+_COLUMNS = (
+    "id, kind, parent_id, message_id, sender, recipient, created, expires, revoked, "
+    "locked, purged, opened, failed_codes, size"
+)
+
+
+def ts(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("portal times must be timezone-aware")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _dt(text: str | None) -> datetime | None:
+    return None if text is None else datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class PortalRow:
+    """Metadata of one sealed message; never its content or key."""
+
+    id: str
+    kind: str
+    parent_id: str | None
+    message_id: str
+    sender: str
+    recipient: str
+    created: datetime
+    expires: datetime
+    revoked: datetime | None
+    locked: datetime | None
+    purged: datetime | None
+    opened: datetime | None
+    failed_codes: int
+    size: int
+
+    def state(self, now: datetime) -> str:
+        """``revoked`` | ``expired`` | ``purged`` | ``locked`` | ``active``."""
+        if self.revoked:
+            return "revoked"
+        if now >= self.expires:
+            return "expired"
+        if self.purged:
+            return "purged"
+        if self.locked:
+            return "locked"
+        return "active"
+
+
+def _row(r: tuple[object, ...]) -> PortalRow:
+    (id_, kind, parent, mid, sender, rcpt, created, expires, revoked, locked, purged,
+     opened, failed, size) = r
+    return PortalRow(
+        id=str(id_), kind=str(kind), parent_id=parent if isinstance(parent, str) else None,
+        message_id=str(mid), sender=str(sender), recipient=str(rcpt),
+        created=_dt(str(created)) or datetime.min, expires=_dt(str(expires)) or datetime.min,
+        revoked=_dt(revoked if isinstance(revoked, str) else None),
+        locked=_dt(locked if isinstance(locked, str) else None),
+        purged=_dt(purged if isinstance(purged, str) else None),
+        opened=_dt(opened if isinstance(opened, str) else None),
+        failed_codes=int(str(failed)), size=int(str(size)),
+    )
+
+
+class PortalStore:
+    """Thread-safe access to the portal tables over one shared connection.
+
+    The web app (event loop thread) and the pipeline may share a connection;
+    sqlite3 connections are not safe to use concurrently, hence the lock.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._lock = threading.RLock()
+        ensure_schema(conn, DDL)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.conn
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+                self.conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"portal store failed ({type(exc).__name__})") from None
+
+    # ------------------------------------------------------------ messages
+
+    def insert(self, *, id: str, kind: str, parent_id: str | None, message_id: str,
+               sender: str, recipient: str, created: datetime, expires: datetime,
+               ciphertext: bytes) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO portal_messages (id, kind, parent_id, message_id, sender, "
+                "recipient, created, expires, size, ciphertext) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (id, kind, parent_id, message_id, sender, recipient, ts(created), ts(expires),
+                 len(ciphertext), ciphertext),
+            )
+
+    def get(self, id: str) -> PortalRow | None:
+        with self._tx() as c:
+            r = c.execute(f"SELECT {_COLUMNS} FROM portal_messages WHERE id = ?",  # noqa: S608
+                          (id,)).fetchone()
+        return _row(r) if r else None
+
+    def ciphertext(self, id: str) -> bytes | None:
+        with self._tx() as c:
+            r = c.execute("SELECT ciphertext FROM portal_messages WHERE id = ?", (id,)).fetchone()
+        return bytes(r[0]) if r and r[0] is not None else None
+
+    def all(self) -> list[PortalRow]:
+        with self._tx() as c:
+            rows = c.execute(
+                f"SELECT {_COLUMNS} FROM portal_messages ORDER BY created, id"  # noqa: S608
+            ).fetchall()
+        return [_row(r) for r in rows]
+
+    def mark(self, id: str, column: str, now: datetime, *, only_if_null: bool = True) -> bool:
+        if column not in ("revoked", "locked", "opened", "purged"):
+            raise ValueError(column)
+        cond = f" AND {column} IS NULL" if only_if_null else ""
+        with self._tx() as c:
+            cur = c.execute(
+                f"UPDATE portal_messages SET {column} = ? WHERE id = ?{cond}",  # noqa: S608
+                (ts(now), id))
+            if column in ("revoked", "purged") and cur.rowcount:
+                # Nothing left to open: drop the ciphertext and any access.
+                c.execute("UPDATE portal_messages SET ciphertext = NULL WHERE id = ?", (id,))
+                c.execute("DELETE FROM portal_sessions WHERE portal_id = ?", (id,))
+                c.execute("DELETE FROM portal_codes WHERE portal_id = ?", (id,))
+        return cur.rowcount > 0
+
+    def unlock(self, id: str) -> bool:
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE portal_messages SET locked = NULL, failed_codes = 0 "
+                "WHERE id = ? AND locked IS NOT NULL AND revoked IS NULL AND purged IS NULL",
+                (id,))
+            c.execute("DELETE FROM portal_codes WHERE portal_id = ?", (id,))
+        return cur.rowcount > 0
+
+    def purgeable(self, now: datetime) -> list[str]:
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT id FROM portal_messages WHERE purged IS NULL AND "
+                "(expires <= ? OR revoked IS NOT NULL)", (ts(now),)).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def delete_stale_access(self, now: datetime) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM portal_sessions WHERE expires <= ?", (ts(now),))
+            c.execute("DELETE FROM portal_codes WHERE expires <= ? AND created <= ?",
+                      (ts(now), ts(now)))
+
+    # --------------------------------------------------------------- codes
+
+    def add_code(self, id: str, code_hash: str, now: datetime, expires: datetime) -> None:
+        with self._tx() as c:
+            # A new code replaces the old ones: only the latest code works.
+            c.execute("UPDATE portal_codes SET used = ? WHERE portal_id = ? AND used IS NULL",
+                      (ts(now), id))
+            c.execute("INSERT INTO portal_codes (portal_id, code_hash, created, expires) "
+                      "VALUES (?,?,?,?)", (id, code_hash, ts(now), ts(expires)))
+
+    def codes_since(self, id: str, since: datetime) -> int:
+        with self._tx() as c:
+            r = c.execute("SELECT COUNT(*) FROM portal_codes WHERE portal_id = ? AND created > ?",
+                          (id, ts(since))).fetchone()
+        return int(r[0])
+
+    def live_code_hashes(self, id: str, now: datetime) -> list[tuple[int, str]]:
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT rowid, code_hash FROM portal_codes WHERE portal_id = ? AND used IS NULL "
+                "AND expires > ?", (id, ts(now))).fetchall()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def use_code(self, rowid: int, now: datetime) -> bool:
+        with self._tx() as c:
+            cur = c.execute("UPDATE portal_codes SET used = ? WHERE rowid = ? AND used IS NULL",
+                            (ts(now), rowid))
+        return cur.rowcount == 1
+
+    def fail_code(self, id: str, now: datetime, limit: int) -> int:
+        """Count one wrong code; lock at ``limit``. Returns the new failure count."""
+        with self._tx() as c:
+            c.execute("UPDATE portal_messages SET failed_codes = failed_codes + 1 WHERE id = ?",
+                      (id,))
+            r = c.execute("SELECT failed_codes FROM portal_messages WHERE id = ?",
+                          (id,)).fetchone()
+            failed = int(r[0]) if r else limit
+            if failed >= limit:
+                c.execute("UPDATE portal_messages SET locked = COALESCE(locked, ?) WHERE id = ?",
+                          (ts(now), id))
+                c.execute("UPDATE portal_codes SET used = ? WHERE portal_id = ? AND used IS NULL",
+                          (ts(now), id))
+        return failed
+
+    def reset_failures(self, id: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE portal_messages SET failed_codes = 0 WHERE id = ?", (id,))
+
+    # ------------------------------------------------------------ sessions
+
+    def add_session(self, token_hash: str, id: str, now: datetime, expires: datetime) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO portal_sessions (token_hash, portal_id, created, expires) "
+                      "VALUES (?,?,?,?)", (token_hash, id, ts(now), ts(expires)))
+
+    def session_for(self, token_hash: str, now: datetime) -> str | None:
+        with self._tx() as c:
+            r = c.execute("SELECT portal_id FROM portal_sessions WHERE token_hash = ? "
+                          "AND expires > ?", (token_hash, ts(now))).fetchone()
+        return str(r[0]) if r else None

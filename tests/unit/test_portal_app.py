@@ -1,0 +1,182 @@
+"""The web app over HTTP (Starlette TestClient): headers, cookies, CSRF, limits."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+with warnings.catch_warnings():  # starlette 1.x nudges towards httpx2; httpx works
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+from securemail.portal.app import CLIENT_POSTS, create_app
+
+from .portal_helpers import CLIENT, NOW, STAFF, Rig, last_code, make_rig, original
+
+Clock = list[datetime]
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    return make_rig(tmp_path)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return [NOW]
+
+
+@pytest.fixture
+def client(rig: Rig, clock: Clock) -> Iterator[TestClient]:
+    app = create_app(rig.service, now=lambda: clock[0])
+    with TestClient(app, base_url="https://testserver") as c:
+        yield c
+
+
+def seal(rig: Rig, now: datetime = NOW) -> str:
+    return rig.service.seal(original(), message_id="<orig-1@riverside.example>", sender=STAFF,
+                            recipient=CLIENT, now=now).id
+
+
+def landing(client: TestClient, pid: str) -> str:
+    r = client.get(f"/m/{pid}")
+    assert r.status_code == 200
+    m = re.search(r'data-csrf="([0-9a-f]+)"', r.text)
+    assert m
+    return m.group(1)
+
+
+def test_security_headers_on_every_kind_of_response(rig: Rig, client: TestClient) -> None:
+    pid = seal(rig)
+    for r in (client.get(f"/m/{pid}"), client.get("/m/nope"), client.get("/"),
+              client.get("/static/portal.js"), client.get(f"/m/{pid}/sealed"),
+              client.post(f"/m/{pid}/code")):
+        csp = r.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "script-src 'self';" in csp
+        assert "frame-ancestors 'none'" in csp and "http" not in csp  # no other origins
+        assert r.headers["referrer-policy"] == "no-referrer"
+        assert r.headers["cache-control"] == "no-store"
+        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["strict-transport-security"].startswith("max-age=")
+
+
+def test_pages_have_no_inline_script(rig: Rig, client: TestClient) -> None:
+    html = client.get(f"/m/{seal(rig)}").text
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S)
+    assert scripts == [(' src="/static/portal.js"', "")]
+    assert not re.search(r"<[^>]+\son[a-z]+=", html)  # no inline event handlers
+
+
+def test_get_never_sends_or_creates_anything(rig: Rig, client: TestClient) -> None:
+    pid = seal(rig)
+    for _ in range(3):
+        client.get(f"/m/{pid}")
+        client.get(f"/m/{pid}/sealed")
+    assert rig.transport.sent == []
+    assert rig.conn.execute("SELECT COUNT(*) FROM portal_codes").fetchone()[0] == 0
+    assert rig.audit.events == []
+
+
+def test_csrf_is_required_on_every_post(rig: Rig, client: TestClient) -> None:
+    pid = seal(rig)
+    token = landing(client, pid)
+    for path in ("code", "verify", "reply", "downloaded"):
+        assert client.post(f"/m/{pid}/{path}", data={"code": "123456"}).status_code == 403
+        assert client.post(f"/m/{pid}/{path}",
+                           data={"csrf": "0" * 64, "code": "1"}).status_code == 403
+    # A token for another message does not work either.
+    other = seal(rig)
+    assert client.post(f"/m/{other}/code", data={"csrf": token}).status_code == 403
+    # Nor from a browser without the cookie the token is bound to.
+    client.cookies.clear()
+    assert client.post(f"/m/{pid}/code", data={"csrf": token}).status_code == 403
+    assert rig.transport.sent == []
+
+
+def test_cookies_are_host_prefixed_secure_strict(rig: Rig, client: TestClient) -> None:
+    pid = seal(rig)
+    r = client.get(f"/m/{pid}")
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith("__Host-sm_browser=")
+    for attr in ("HttpOnly", "Path=/", "SameSite=strict", "Secure"):
+        assert attr in cookie
+    assert "Domain" not in cookie
+    token = re.search(r'data-csrf="([0-9a-f]+)"', r.text).group(1)  # type: ignore[union-attr]
+    assert client.post(f"/m/{pid}/code", data={"csrf": token}).json() == {"ok": True}
+    r = client.post(f"/m/{pid}/verify", data={"csrf": token, "code": last_code(rig.transport)})
+    assert r.status_code == 200
+    session = r.headers["set-cookie"]
+    assert session.startswith("__Host-sm_session=") and "Max-Age=900" in session
+    for attr in ("HttpOnly", "Path=/", "SameSite=strict", "Secure"):
+        assert attr in session
+    sealed = client.get(f"/m/{pid}/sealed")
+    assert sealed.status_code == 200
+    assert set(sealed.json()) == {"ciphertext", "message_id", "recipient"}
+
+
+def test_session_timeout_over_http(rig: Rig, client: TestClient, clock: Clock) -> None:
+    pid = seal(rig)
+    token = landing(client, pid)
+    client.post(f"/m/{pid}/code", data={"csrf": token})
+    client.post(f"/m/{pid}/verify", data={"csrf": token, "code": last_code(rig.transport)})
+    assert client.get(f"/m/{pid}/sealed").status_code == 200
+    clock[0] = NOW + timedelta(minutes=16)
+    r = client.get(f"/m/{pid}/sealed")
+    assert r.status_code == 401 and r.json() == {"error": "no-session"}
+
+
+def test_status_pages(rig: Rig, client: TestClient, clock: Clock) -> None:
+    expired = seal(rig, NOW - timedelta(days=30))
+    revoked = seal(rig)
+    rig.service.revoke(revoked, NOW)
+    assert client.get(f"/m/{expired}").status_code == 410
+    assert "has expired" in client.get(f"/m/{expired}").text
+    assert "withdrawn" in client.get(f"/m/{revoked}").text
+    r = client.get("/m/AAAAAAAAAAAAAAAAAAAAAAAA")
+    assert r.status_code == 404 and "not valid" in r.text
+    assert client.get("/m/..%2f..%2fetc").status_code == 404
+
+
+def test_per_client_rate_limit(rig: Rig, client: TestClient) -> None:
+    pid = seal(rig)
+    token = landing(client, pid)
+    codes = [client.post(f"/m/{pid}/verify", data={"csrf": token, "code": "1"}).status_code
+             for _ in range(CLIENT_POSTS)]
+    assert 429 not in codes
+    assert client.post(f"/m/{pid}/code", data={"csrf": token}).status_code == 429
+    assert rig.transport.sent == []
+
+
+def test_locked_over_http(rig: Rig, client: TestClient) -> None:
+    pid = seal(rig)
+    token = landing(client, pid)
+    client.post(f"/m/{pid}/code", data={"csrf": token})
+    wrong = f"{(int(last_code(rig.transport)) + 1) % 10**6:06d}"
+    answers = [client.post(f"/m/{pid}/verify", data={"csrf": token, "code": wrong}).json()
+               for _ in range(5)]
+    assert answers[0] == {"error": "wrong-code", "remaining": 4}
+    assert answers[-1] == {"error": "locked"}
+    r = client.get(f"/m/{pid}")
+    assert r.status_code == 423 and "locked" in r.text
+
+
+def test_reply_limits(rig: Rig, client: TestClient) -> None:
+    pid = seal(rig)
+    token = landing(client, pid)
+    client.post(f"/m/{pid}/code", data={"csrf": token})
+    client.post(f"/m/{pid}/verify", data={"csrf": token, "code": last_code(rig.transport)})
+    r = client.post(f"/m/{pid}/reply", data={"csrf": token, "body": "   "})
+    assert r.status_code == 400
+    big = b"x" * (10 * 1024 * 1024 + 1)
+    r = client.post(f"/m/{pid}/reply", data={"csrf": token, "body": "hi"},
+                    files={"attachment": ("big.bin", big, "application/octet-stream")})
+    assert r.status_code == 413
+    r = client.post(f"/m/{pid}/reply", data={"csrf": token, "body": "hi"},
+                    files={"attachment": ("a.txt", b"hello", "text/plain")})
+    assert r.json() == {"ok": True}
+    assert rig.transport.sent[-1].rcpt_tos == (STAFF,)

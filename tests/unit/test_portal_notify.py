@@ -1,0 +1,71 @@
+"""The notification: complete, honest, no content, nothing that looks like phishing."""
+
+from __future__ import annotations
+
+import email
+import re
+from dataclasses import replace
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+
+from securemail.config import PortalSettings
+from securemail.portal.service import PortalService
+
+from .portal_helpers import CLIENT, NOW, SECRET_BODY, STAFF, make_rig, original
+
+
+def notification(tmp: Path, **portal: object) -> tuple[bytes, str]:
+    rig = make_rig(tmp, **portal)
+    sealed = rig.service.seal(original(), message_id="<orig-1@riverside.example>",
+                              sender=STAFF, recipient=CLIENT, now=NOW)
+    raw = rig.service.notification(sealed, sender=STAFF, recipient=CLIENT, now=NOW)
+    assert rig.audit.kinds() == ["notified"]
+    return raw, sealed.url
+
+
+def parts(raw: bytes) -> tuple[EmailMessage, str, str]:
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    text, html = (msg.get_body(preferencelist=(k,)) for k in ("plain", "html"))
+    assert text is not None and html is not None
+    return msg, text.get_content(), html.get_content()
+
+
+def test_complete_message_with_link_and_no_content(tmp_path: Path) -> None:
+    raw, url = notification(tmp_path)
+    assert b"\n" not in raw.replace(b"\r\n", b"")  # CRLF throughout
+    msg, text, html = parts(raw)
+    assert msg["From"] == f"Riverside Counselling <{STAFF}>"
+    assert msg["To"] == CLIENT and msg["Date"] and msg["Message-ID"]
+    assert msg["Subject"] == "Secure message from Riverside Counselling"
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert url in text
+    # The link's visible text is the link itself: the recipient sees the real host.
+    assert re.findall(r'<a href="([^"]+)"[^>]*>([^<]+)</a>', html) == [(url, url)]
+    for leaked in ("Jane Doe", "your results", "F41.1", "99812", "labs.pdf", SECRET_BODY):
+        assert leaked not in raw.decode()
+    assert "<img" not in html.lower()  # no tracking pixel, no remote image at all
+    # How to check it is genuine.
+    for words in ("+1 555 0100", "https://riverside.example", "https://secure.riverside.example/",
+                  STAFF):
+        assert words in text and words in html
+
+
+def test_sender_name_and_notify_from_are_used(tmp_path: Path) -> None:
+    raw, _ = notification(tmp_path, sender_name="Riverside Secure Mail",
+                          notify_from="portal@riverside.example")
+    msg, _, _ = parts(raw)
+    assert msg["From"] == "Riverside Secure Mail <portal@riverside.example>"
+
+
+def test_html_escapes_configured_text(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path)
+    settings = replace(rig.settings, practice=replace(rig.settings.practice,
+                                                      name="A&B <Clinic>"),
+                       portal=PortalSettings(base_url="https://secure.riverside.example"))
+    service = PortalService(settings, rig.conn, rig.transport, None, None)
+    sealed = service.seal(original(), message_id="<m@x>", sender=STAFF, recipient=CLIENT,
+                          now=NOW)
+    _, _, html = parts(service.notification(sealed, sender=STAFF, recipient=CLIENT, now=NOW))
+    assert "A&amp;B &lt;Clinic&gt;" in html and "<Clinic>" not in html
