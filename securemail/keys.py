@@ -238,7 +238,7 @@ class Keyring:
                 problem += " (the stored copy was removed)"
             raise KeyProblem(problem)
         return _Candidate("pgp", key.fingerprint, _addresses(key.addresses, key.fingerprint),
-                          key.algorithm, key.binary, key.created, key.usable_until)
+                          key.algorithm, key.binary, key.usable_from, key.usable_until)
 
     def _judge_cert(self, cert: x509.Certificate, now: dt.datetime) -> _Candidate:
         problem = smime.certificate_problem(cert, now)

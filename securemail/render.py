@@ -66,7 +66,7 @@ def _encrypt(relay: Relay, d: Decision, raw: bytes, now: dt.datetime) -> bytes:
         keys = relay.keyring.pgp_keys(d.address, now)
         if not keys:
             raise RenderError("no usable OpenPGP key")
-        return render_pgp_mime(raw, keys, relay.archive_key)
+        return render_pgp_mime(raw, keys, relay.archive_key, now=now)
     from securemail.crypto.smime import render_smime
 
     certs = relay.keyring.smime_certs(d.address, now)

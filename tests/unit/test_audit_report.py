@@ -144,6 +144,7 @@ def test_report_lists_keys_expiring_within_30_days(tmp_path: Path) -> None:
         armored = subprocess.run([*gpg, "--armor", "--export", uid], env=env, check=True,
                                  capture_output=True).stdout
         (tmp_path / f"{uid}.asc").write_bytes(armored)
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, check=False, capture_output=True)
     audit = AuditLog.open(make_settings(tmp_path))
     now = datetime.now(UTC)  # gpg dates keys by the real clock
     keyring = Keyring(audit.conn)

@@ -29,6 +29,9 @@ def _gpg_home(tmp_path: Path) -> Path:
         subprocess.run(["gpg", "--homedir", str(home), "--batch", "--passphrase", "",
                         "--quick-add-key", _fpr(home), "cv25519", "encr", "1y"],
                        check=True, capture_output=True)
+        # Encrypting needs only the public key: stop the agent keygen started.
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                       check=False, capture_output=True)
     return home
 
 

@@ -1,0 +1,125 @@
+"""``securemail keys import FILE...`` / ``keys list [--json]`` / ``keys remove ADDR-or-FPR``.
+
+Each import and removal is also written to the audit log (fingerprints and
+addresses only), so compliance can see when a recipient's key came in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from securemail.cli.base import EXIT_BAD_INPUT, EXIT_PROBLEM, config_option, handle_errors
+
+if TYPE_CHECKING:
+    from securemail.config import Settings
+    from securemail.keys import Keyring
+
+__all__ = ["commands", "keys_group"]
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """Recipients' OpenPGP public keys and S/MIME certificates."""
+
+
+def _open(config_path: str) -> tuple[Settings, Keyring]:
+    from securemail.config import load_settings
+    from securemail.keys import Keyring
+    from securemail.store.sqlite import open_database
+
+    settings = load_settings(config_path)
+    return settings, Keyring(open_database(settings.storage.sqlite_path))
+
+
+def _audit(settings: Settings, now: dt.datetime, kind: str,
+           events: list[dict[str, Any]]) -> None:
+    if not events:
+        return
+    from securemail.audit import AuditLog
+
+    log = AuditLog.open(settings)
+    try:
+        for fields in events:
+            log.record_event(kind, now=now, actor="cli", **fields)
+    finally:
+        log.close(now)
+
+
+@keys_group.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@config_option
+@handle_errors
+def keys_import(files: tuple[str, ...], config_path: str) -> None:
+    """Import armored OpenPGP public keys and PEM/DER S/MIME certificates.
+
+    Each FILE is all or nothing; a refused file is named with its reason and
+    the others are still imported (exit 2 if any file was refused).
+    """
+    from securemail.errors import InputError
+
+    settings, keyring = _open(config_path)
+    now = dt.datetime.now(dt.UTC)
+    refused = 0
+    events: list[dict[str, Any]] = []
+    for file in files:
+        try:
+            imported = keyring.import_file(file, now)
+        except InputError as exc:
+            click.echo(f"securemail: {exc}", err=True)
+            refused += 1
+            continue
+        for key in imported:
+            expires = f"expires {key.expires:%Y-%m-%d}" if key.expires else "no expiry"
+            verb = "updated" if key.replaced else "imported"
+            click.echo(f"{verb} {key.kind} {key.fingerprint} ({key.algorithm}, {expires}) "
+                       f"for {', '.join(key.addresses)}")
+            events.append({"fingerprint": key.fingerprint, "key_kind": key.kind,
+                           "address": ",".join(key.addresses)[:500], "file": file,
+                           "expires": key.expires.date().isoformat() if key.expires else None})
+    _audit(settings, now, "key-import", events)
+    if refused:
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+@keys_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@config_option
+@handle_errors
+def keys_list(as_json: bool, config_path: str) -> None:
+    """List stored keys: fingerprint, addresses, algorithm, expiry, usable now."""
+    _, keyring = _open(config_path)
+    infos = keyring.list(dt.datetime.now(dt.UTC))
+    if as_json:
+        click.echo(json.dumps([i.as_json() for i in infos], indent=2))
+        return
+    if not infos:
+        click.echo("no keys stored")
+    for i in infos:
+        expires = f"{i.expires:%Y-%m-%d}" if i.expires else "never"
+        state = "usable" if i.usable else "NOT usable"
+        click.echo(f"{i.kind:5} {i.fingerprint}  {i.algorithm}  expires {expires}  {state}  "
+                   f"{', '.join(i.addresses)}")
+
+
+@keys_group.command("remove")
+@click.argument("target", metavar="ADDR-or-FINGERPRINT")
+@config_option
+@handle_errors
+def keys_remove(target: str, config_path: str) -> None:
+    """Remove a key by fingerprint, or every key of an address (exit 1 if none matched)."""
+    settings, keyring = _open(config_path)
+    count = keyring.remove(target)
+    if not count:
+        click.echo(f"securemail: no stored key matches {target}", err=True)
+        raise SystemExit(EXIT_PROBLEM)
+    now = dt.datetime.now(dt.UTC)
+    field = "address" if "@" in target else "fingerprint"
+    _audit(settings, now, "key-remove", [{field: target.strip(), "count": count}])
+    click.echo(f"removed {count} key(s) for {target}")
+
+
+commands: list[click.Command] = [keys_group]

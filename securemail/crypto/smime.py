@@ -1,0 +1,148 @@
+"""S/MIME (RFC 8551) through ``cryptography``: read and judge certificates, envelope messages.
+
+Encryption is CMS EnvelopedData with AES-256-CBC and RSA key transport
+(``PKCS7EnvelopeBuilder``; RSA is what that builder supports, and what
+practically every S/MIME certificate in use holds). The content is the RFC
+9788 protected entity from :mod:`securemail.protect`, encrypted as binary so
+that its CRLF line endings and 8-bit bytes survive unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.ciphers import algorithms
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from securemail.crypto import KeyProblem
+from securemail.errors import RenderError
+from securemail.protect import protect, wrap_base64
+
+__all__ = [
+    "certificate_addresses",
+    "certificate_algorithm",
+    "certificate_fingerprint",
+    "certificate_problem",
+    "parse_certificates",
+    "render_smime",
+]
+
+MIN_RSA_BITS = 2048
+_OBSOLETE_HASHES = (hashes.MD5, hashes.SHA1)
+
+
+def parse_certificates(data: bytes) -> list[x509.Certificate]:
+    """Every certificate in ``data`` (PEM, one or more; or DER). Raises KeyProblem."""
+    if b"PRIVATE KEY-----" in data:
+        raise KeyProblem("this file holds a private key: import the certificate only")
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            return x509.load_pem_x509_certificates(data)
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise KeyProblem("not a readable PEM or DER certificate") from None
+
+
+def certificate_fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 over the DER certificate, 64 upper-case hex digits."""
+    return cert.fingerprint(hashes.SHA256()).hex().upper()
+
+
+def certificate_algorithm(cert: x509.Certificate) -> str:
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA-{key.key_size}"
+    return type(key).__name__.removeprefix("_").replace("PublicKey", "")
+
+
+def certificate_addresses(cert: x509.Certificate) -> tuple[str, ...]:
+    """Addresses from subjectAltName rfc822Name, then the subject's emailAddress."""
+    found: list[str] = []
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        found.extend(san.get_values_for_type(x509.RFC822Name))
+    except x509.ExtensionNotFound:
+        pass
+    for attr in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
+        if isinstance(attr.value, str):
+            found.append(attr.value)
+    return tuple(dict.fromkeys(found))
+
+
+def certificate_problem(cert: x509.Certificate, now: dt.datetime) -> str | None:
+    """Why this certificate must not be used for encryption at ``now`` (one line), or None."""
+    name = f"certificate {certificate_fingerprint(cert)[:16]}"
+    try:
+        sig_hash = cert.signature_hash_algorithm
+    except Exception:  # noqa: BLE001 - unknown signature algorithms are refused
+        return f"{name} has an unsupported signature algorithm"
+    if isinstance(sig_hash, _OBSOLETE_HASHES):
+        return f"{name} is signed with obsolete {sig_hash.name.upper()}"
+    key = cert.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
+        return (f"{name} holds a {certificate_algorithm(cert)} key; "
+                "S/MIME encryption here needs an RSA certificate")
+    if key.key_size < MIN_RSA_BITS:
+        return f"{name} is RSA-{key.key_size} (at least {MIN_RSA_BITS} bits needed)"
+    if not _allows_email_protection(cert):
+        return f"{name} is not valid for e-mail protection (extendedKeyUsage emailProtection)"
+    if not _allows_key_encipherment(cert):
+        return f"{name} key usage does not allow encryption (keyEncipherment)"
+    if cert.not_valid_after_utc <= now:
+        return f"{name} expired on {cert.not_valid_after_utc:%Y-%m-%d}"
+    if not certificate_addresses(cert):
+        return f"{name} names no e-mail address (subjectAltName rfc822Name or emailAddress)"
+    return None
+
+
+def _allows_email_protection(cert: x509.Certificate) -> bool:
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return ExtendedKeyUsageOID.EMAIL_PROTECTION in eku
+
+
+def _allows_key_encipherment(cert: x509.Certificate) -> bool:
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return True  # no KeyUsage extension: no restriction (RFC 5280 4.2.1.3)
+    return usage.key_encipherment
+
+
+def render_smime(raw: bytes, certs: Sequence[x509.Certificate]) -> bytes:
+    """The whole outgoing message: S/MIME EnvelopedData (AES-256) around protected ``raw``.
+
+    Raises RenderError on any failure; never returns anything in clear.
+    """
+    if not certs:
+        raise RenderError("no S/MIME recipient")
+    try:
+        inner, outer_headers = protect(raw)
+    except ValueError:
+        raise RenderError("message cannot be protected") from None
+    try:
+        builder = pkcs7.PKCS7EnvelopeBuilder().set_data(inner)
+        for cert in certs:
+            builder = builder.add_recipient(cert)
+        der = builder.set_content_encryption_algorithm(algorithms.AES256).encrypt(
+            serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
+    except Exception:  # noqa: BLE001 - fail closed, say nothing about content
+        raise RenderError("S/MIME encryption failed") from None
+    return b"".join([
+        outer_headers,
+        b"MIME-Version: 1.0\r\n",
+        b'Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"\r\n',
+        b"Content-Transfer-Encoding: base64\r\n",
+        b'Content-Disposition: attachment; filename="smime.p7m"\r\n',
+        b"Content-Description: S/MIME Encrypted Message\r\n",
+        b"\r\n",
+        wrap_base64(base64.b64encode(der), 76),
+    ])
