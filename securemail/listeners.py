@@ -1,0 +1,143 @@
+"""Open the SMTP listeners of one relay process, and drain them on shutdown.
+
+* content filter (``relay.listen``): for Postfix and trusted apps; no AUTH;
+  only ``relay.trusted_networks`` may relay.
+* submission (``[submission]``, optional): STARTTLS is required before any
+  mail command, then AUTH PLAIN/LOGIN against the users file; the
+  authenticated user may only use its own sender addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from securemail.config import Settings
+from securemail.errors import ConfigError
+from securemail.logs import install_merger
+from securemail.smtp import ListenerPolicy, RelayHandler, RelaySMTP, ServerState
+from securemail.smtp_auth import load_users
+
+__all__ = ["Listeners", "split_host_port", "start_listeners"]
+
+log = logging.getLogger("securemail.smtp")
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:2525"`` / ``"[::1]:2525"`` -> (host, port)."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class Listeners:
+    state: ServerState
+    servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
+    handlers: list[RelayHandler] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)  # for new sessions
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop taking mail: new sessions and new MAIL commands get 421; wait
+        (at most ``timeout`` s) for messages in flight, then close everything.
+        Returns False when the wait timed out."""
+        self.state.draining = True
+        try:
+            await asyncio.wait_for(self.state.idle.wait(), timeout)
+            finished = True
+        except TimeoutError:
+            finished = False
+        await self.close()
+        return finished
+
+    def apply(self, settings: Settings) -> None:
+        """SIGHUP: new trusted networks, limits and submission users take effect
+        for the next command; open sessions keep their login. Listen addresses
+        and TLS certificates need a restart."""
+        users = None
+        if settings.submission.enabled and any(h.policy.users for h in self.handlers):
+            users = load_users(settings.resolve(settings.submission.users_file))
+        nets = _networks(settings)
+        for handler in self.handlers:
+            handler.policy = replace(
+                handler.policy, trusted_networks=nets,
+                max_recipients=settings.relay.max_recipients,
+                users=users if handler.policy.users is not None else None)
+        self.options["data_size_limit"] = settings.limits.max_message_bytes
+        self.options["timeout"] = settings.relay.timeout_seconds
+        self.state.max_connections_per_client = settings.relay.max_connections_per_client
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        for protocol in list(self.state.open):
+            if protocol.transport is not None:
+                protocol.transport.close()
+        for server in self.servers:
+            await server.wait_closed()
+
+
+def _networks(settings: Settings) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in settings.relay.trusted_networks)
+
+
+def _submission_tls(settings: Settings) -> ssl.SSLContext:
+    sub = settings.submission
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(settings.resolve(sub.tls_cert), settings.resolve(sub.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(settings.path, "submission.tls_cert",
+                          f"cannot load certificate/key ({type(exc).__name__})") from None
+    return ctx
+
+
+async def start_listeners(relay: Any, settings: Settings, state: ServerState | None = None,
+                          *, reuse_port: bool = False) -> Listeners:
+    """Bind the configured listeners on the running loop (port 0 = any free port).
+    ``reuse_port``: several worker processes share the ports (SO_REUSEPORT)."""
+    loop = asyncio.get_running_loop()
+    install_merger()
+    state = state or ServerState(settings.relay.max_connections_per_client)
+    listeners = Listeners(state)
+    common = listeners.options
+    common.update({
+        "data_size_limit": settings.limits.max_message_bytes,
+        "hostname": settings.relay.hostname,
+        "ident": "securemail",
+        "timeout": settings.relay.timeout_seconds,
+        "enable_SMTPUTF8": True,
+        "loop": loop,
+    })
+    nets = _networks(settings)
+    filter_policy = ListenerPolicy("content-filter", nets, settings.relay.max_recipients)
+    filter_handler = RelayHandler(relay, filter_policy, state)
+    listeners.handlers.append(filter_handler)
+    host, port = split_host_port(settings.relay.listen)
+    server = await loop.create_server(
+        lambda: RelaySMTP(filter_handler, state, **common), host=host, port=port,
+        reuse_port=reuse_port or None)
+    listeners.servers.append(server)
+    listeners.addresses["relay"] = server.sockets[0].getsockname()[:2]
+
+    if settings.submission.enabled:
+        users = load_users(settings.resolve(settings.submission.users_file))
+        tls = _submission_tls(settings)
+        sub_policy = ListenerPolicy("submission", nets, settings.relay.max_recipients, users)
+        sub_handler = RelayHandler(relay, sub_policy, state)
+        listeners.handlers.append(sub_handler)
+        shost, sport = split_host_port(settings.submission.listen)
+        sub_server = await loop.create_server(
+            lambda: RelaySMTP(sub_handler, state, tls_context=tls, require_starttls=True,
+                              auth_require_tls=True, **common),
+            host=shost, port=sport, reuse_port=reuse_port or None)
+        listeners.servers.append(sub_server)
+        listeners.addresses["submission"] = sub_server.sockets[0].getsockname()[:2]
+    for name, (h, p) in listeners.addresses.items():
+        log.info("SMTP %s listener on %s:%s", name, h, p)
+    return listeners

@@ -1,0 +1,95 @@
+"""JSON log lines, and exactly one line per message received over SMTP.
+
+The pipeline logs its own ``message`` event (ids, actions, rule ids, timing)
+on the ``securemail.message`` logger. When the message came in over SMTP, the
+SMTP layer knows more (listener, reply code, TLS, authentication), so while a
+transaction is being handled :class:`MessageEventMerger` holds the pipeline's
+event back and the SMTP layer writes one merged line after the reply is
+decided. Library calls (no SMTP transaction) log the pipeline's line as is.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from typing import Any
+
+__all__ = ["JsonFormatter", "MessageEventMerger", "configure_logging", "held_event",
+           "holding_events"]
+
+MESSAGE_LOGGER = "securemail.message"
+
+# The pipeline event held back for the SMTP transaction in this task, if any.
+_held: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "securemail_held_event", default=None)
+
+
+class holding_events:  # noqa: N801 - used as a context manager, reads as a phrase
+    """``with holding_events(): await relay.send(...)``: hold the pipeline's line."""
+
+    def __enter__(self) -> dict[str, Any]:
+        box: dict[str, Any] = {}
+        self._token = _held.set(box)
+        return box
+
+    def __exit__(self, *exc: object) -> None:
+        _held.reset(self._token)
+
+
+def held_event(box: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline event captured in ``box`` (empty if the pipeline logged none)."""
+    event = box.get("event")
+    return dict(event) if isinstance(event, dict) else {}
+
+
+class MessageEventMerger(logging.Filter):
+    """Drops the pipeline's message line while an SMTP transaction holds it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        box = _held.get()
+        event = getattr(record, "event", None)
+        if (box is not None and isinstance(event, dict) and event.get("event") == "message"
+                and "smtp" not in event):
+            box["event"] = event
+            return False
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: the record's ``event`` dict, or level+logger+msg."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event = getattr(record, "event", None)
+        out: dict[str, Any] = dict(event) if isinstance(event, dict) else {
+            "event": "log", "msg": record.getMessage()}
+        out.setdefault("level", record.levelname.lower())
+        out.setdefault("logger", record.name)
+        out.setdefault("pid", record.process)  # which worker, with relay.workers > 1
+        out["ts"] = self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z"
+        return json.dumps(out, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """JSON lines on stderr; silence aiosmtpd's per-command log (it has addresses)."""
+    import time
+
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = JsonFormatter()
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    install_merger()
+    # aiosmtpd logs every command line with full addresses at INFO, and a
+    # deprecation warning on each AUTH: neither belongs in our logs.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def install_merger() -> None:
+    logger = logging.getLogger(MESSAGE_LOGGER)
+    if not any(isinstance(f, MessageEventMerger) for f in logger.filters):
+        logger.addFilter(MessageEventMerger())

@@ -1,0 +1,81 @@
+"""Counters for ``/metrics`` (Prometheus text format).
+
+Kept in memory per process; Prometheus scrapes and keeps history.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+__all__ = ["MessageRecord", "Metrics", "domain_of"]
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def domain_of(address: str) -> str:
+    """The domain of an address; never its local part."""
+    return address.rpartition("@")[2].lower() if "@" in address else ""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """What one SMTP transaction did: enough for the counters, nothing personal."""
+
+    reply_code: int
+    seconds: float
+    outcome: str  # delivered | blocked | malformed | deferred | refused | rejected
+    actions: tuple[str, ...] = ()  # one policy action per recipient
+
+
+@dataclass
+class Metrics:
+    messages: Counter[str] = field(default_factory=Counter)  # by outcome
+    actions: Counter[str] = field(default_factory=Counter)  # per recipient, by action
+    deferrals: int = 0
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    latency_sum: float = 0.0
+    latency_count: int = 0
+    connections: int = 0
+
+    def observe(self, record: MessageRecord) -> None:
+        self.messages[record.outcome] += 1
+        for action in record.actions:
+            self.actions[action] += 1
+        if 400 <= record.reply_code < 500:
+            self.deferrals += 1
+        self.latency_sum += record.seconds
+        self.latency_count += 1
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if record.seconds <= bound:
+                self.latency_buckets[i] += 1
+
+    def render(self) -> str:
+        lines: list[str] = []
+        lines += _counter("securemail_messages_total", "SMTP transactions by outcome.",
+                          "outcome", self.messages.items())
+        lines += _counter("securemail_recipients_total", "Recipients by policy action.",
+                          "action", self.actions.items())
+        lines += ["# HELP securemail_deferrals_total Transactions answered 4xx.",
+                  "# TYPE securemail_deferrals_total counter",
+                  f"securemail_deferrals_total {self.deferrals}"]
+        lines += ["# HELP securemail_connections Open SMTP connections.",
+                  "# TYPE securemail_connections gauge",
+                  f"securemail_connections {self.connections}"]
+        name = "securemail_message_seconds"
+        lines += [f"# HELP {name} Time from end of DATA to the reply.",
+                  f"# TYPE {name} histogram"]
+        for bound, count in zip(LATENCY_BUCKETS, self.latency_buckets, strict=True):
+            lines.append(f'{name}_bucket{{le="{bound}"}} {count}')
+        lines.append(f'{name}_bucket{{le="+Inf"}} {self.latency_count}')
+        lines.append(f"{name}_sum {self.latency_sum:.6f}")
+        lines.append(f"{name}_count {self.latency_count}")
+        return "\n".join(lines) + "\n"
+
+
+def _counter(name: str, help_text: str, label: str,
+             items: Iterable[tuple[str, int]]) -> list[str]:
+    out = [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+    out += [f'{name}{{{label}="{key}"}} {value}' for key, value in sorted(items)]
+    return out

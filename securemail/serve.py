@@ -1,0 +1,305 @@
+"""``securemail serve``: the relay, its admin endpoint and the portal in one loop.
+
+Signals: SIGTERM/SIGINT drain (in-flight messages finish, new sessions and new
+MAIL commands get 421, then exit); SIGHUP reloads config, keys, directory and
+the submission users without dropping connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from securemail.admin import start_admin
+from securemail.config import Settings, load_settings
+from securemail.errors import ConfigError
+from securemail.listeners import Listeners, split_host_port, start_listeners
+from securemail.smtp import ServerState
+
+__all__ = ["DEMO_DIR", "Services", "demo_banner", "ensure_demo", "run", "serve_forever",
+           "start_services"]
+
+log = logging.getLogger("securemail.serve")
+
+DEMO_DIR = "securemail-data"
+DRAIN_SECONDS = 60.0
+
+DEMO_CONFIG = """\
+# securemail embedded demo, created by `securemail serve` without a config.
+# Everything stays on this machine: mail "sent" lands in ./outbox (a Maildir).
+# For production, run `securemail init` and read docs/deploy.md.
+
+[practice]
+name = "Demo Practice"
+domains = ["practice.example"]           # staff mail domains
+
+[relay]
+listen = "127.0.0.1:2525"
+
+[upstream]
+url = "maildir://outbox"                 # a folder, not a mail server
+tls = "none"
+
+[storage]
+url = "sqlite:securemail.db"
+
+[portal]
+base_url = "http://127.0.0.1:8080"
+listen = "127.0.0.1:8080"
+
+# A client with an authorised contact, so the policy has someone to protect.
+[[directory.clients]]
+id = "c-1001"
+addresses = ["jane@client.example"]
+contacts = [{ address = "guardian@client.example", relation = "parent" }]
+"""
+
+
+def ensure_demo(cwd: Path) -> Path:
+    """Create ``./securemail-data/securemail.toml`` if missing; return its path."""
+    folder = cwd / DEMO_DIR
+    folder.mkdir(mode=0o700, exist_ok=True)
+    cfg = folder / "securemail.toml"
+    if not cfg.exists():
+        cfg.write_text(DEMO_CONFIG, encoding="utf-8")
+    return cfg
+
+
+def demo_banner(settings: Settings, services: Services) -> str:
+    host, port = services.listeners.addresses.get("relay", ("127.0.0.1", 2525))
+    outbox = settings.resolve(settings.upstream.url[len("maildir://"):]) / "new"
+    portal = settings.portal.base_url if services.portal_task else "(portal not running)"
+    return "\n".join([
+        "securemail demo is running",
+        f"  SMTP relay : {host}:{port}  (no password; loopback only)",
+        f"  portal     : {portal}",
+        f"  config     : {settings.path}",
+        f"  outbox     : {outbox}  (every message that would leave lands here)",
+        "",
+        "Send a message that concerns a client to a stranger too (it is blocked, 550):",
+        f"  swaks --server {host}:{port} --from dr@practice.example \\",
+        "        --to jane@client.example,someone@elsewhere.example \\",
+        '        --header "Subject: Your appointment" --body "See you Tuesday."',
+        "Send it to the client alone (it goes to the portal; the notification lands in",
+        "the outbox, open its link in a browser):",
+        f"  swaks --server {host}:{port} --from dr@practice.example \\",
+        '        --to jane@client.example --header "Subject: Your appointment" \\',
+        '        --body "See you Tuesday."',
+        "Stop with Ctrl-C.",
+    ])
+
+
+@dataclass
+class Services:
+    relay: Any
+    settings: Settings
+    listeners: Listeners
+    admin: asyncio.AbstractServer | None = None
+    portal_server: Any = None
+    portal_task: asyncio.Task[None] | None = None
+
+    async def reload(self) -> None:
+        """SIGHUP: relay config/keys/directory, then the submission users."""
+        reload = getattr(self.relay, "reload", None)
+        try:
+            if reload is not None:
+                result = reload()
+                if inspect.isawaitable(result):
+                    await result
+            self.settings = getattr(self.relay, "settings", self.settings)
+            self.listeners.apply(self.settings)
+            log.info("configuration reloaded")
+        except Exception as exc:  # noqa: BLE001 - a bad reload keeps the old config running
+            # A ConfigError names file and key; anything else only by its class.
+            why = str(exc) if isinstance(exc, ConfigError) else type(exc).__name__
+            log.error("reload failed, keeping the running configuration: %s", why)
+
+    async def stop(self, drain_seconds: float = DRAIN_SECONDS) -> None:
+        finished = await self.listeners.drain(drain_seconds)
+        if not finished:
+            log.warning("drain timed out; closing with messages still in flight")
+        if self.portal_server is not None and self.portal_task is not None:
+            self.portal_server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.portal_task
+        if self.admin is not None:
+            self.admin.close()
+            await self.admin.wait_closed()
+        await self.relay.close()
+
+
+async def start_services(relay: Any, settings: Settings, *, smtp: bool = True,
+                         portal: bool = True, admin: bool = True,
+                         reuse_port: bool = False) -> Services:
+    """Bind everything the config asks for on the running loop."""
+    state = ServerState(settings.relay.max_connections_per_client)
+    if smtp:
+        listeners = await start_listeners(relay, settings, state, reuse_port=reuse_port)
+    else:
+        listeners = Listeners(state)
+    services = Services(relay, settings, listeners)
+    if smtp and admin and settings.relay.admin_listen:
+        host, port = split_host_port(settings.relay.admin_listen)
+        services.admin = await start_admin(
+            host, port, metrics=state.metrics.render, healthy=lambda: not state.draining)
+        log.info("admin endpoint on http://%s:%s/healthz and /metrics", host, port)
+    if portal:
+        await _start_portal(services)
+    return services
+
+
+async def _start_portal(services: Services) -> None:
+    relay, settings = services.relay, services.settings
+    if getattr(relay, "portal", None) is None:
+        log.info("portal disabled in the config; not serving it")
+        return
+    try:
+        import uvicorn
+
+        from securemail.portal.app import create_app
+    except ImportError as exc:
+        log.info("portal web app not available (%s); not serving it", exc.name)
+        return
+
+    async def reply_sender(raw: bytes, mail_from: str, to: str) -> None:
+        # A recipient's reply from the portal goes through the same pipeline.
+        await relay.send(raw, mail_from=mail_from, rcpt_tos=[to])
+
+    app = create_app(relay.portal, reply_sender=reply_sender)
+    host, port = split_host_port(settings.portal.listen)
+    # log_config=None: keep our JSON handler instead of uvicorn's own formatters.
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
+                            log_config=None, proxy_headers=True, server_header=False)
+    server = _EmbeddedUvicorn(config)
+    services.portal_server = server
+    services.portal_task = asyncio.create_task(server.serve())
+    while not server.started and not services.portal_task.done():
+        await asyncio.sleep(0.01)
+    if services.portal_task.done():
+        services.portal_task.result()  # raises the bind error, if any
+    log.info("portal on %s (listening on %s:%s)", settings.portal.base_url, host, port)
+
+
+def _portal_server_class() -> type:
+    import uvicorn
+
+    class Embedded(uvicorn.Server):  # type: ignore[misc]
+        """uvicorn without its own signal handlers: ours drain the SMTP side first."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return Embedded
+
+
+def _EmbeddedUvicorn(config: Any) -> Any:  # noqa: N802 - a class factory
+    return _portal_server_class()(config)
+
+
+async def run(config_path: Path, *, smtp: bool = True, portal: bool = True, demo: bool = False,
+              admin: bool = True, reuse_port: bool = False, children: Sequence[int] = (),
+              on_ready: Callable[[Services], None] | None = None) -> None:
+    """Load the relay, serve until SIGTERM/SIGINT, drain, exit. ``children`` are
+    extra worker processes that get our SIGTERM and SIGHUP."""
+    from securemail.relay import load
+
+    relay = load(config_path)
+    settings: Settings = relay.settings
+    try:
+        services = await start_services(relay, settings, smtp=smtp, portal=portal, admin=admin,
+                                        reuse_port=reuse_port)
+    except BaseException:
+        await relay.close()  # stops the audit writer; otherwise the process cannot exit
+        raise
+    if demo:
+        print(demo_banner(settings, services), flush=True)
+    if on_ready is not None:
+        on_ready(services)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def forward(sig: int) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def on_stop(sig: int) -> None:
+        forward(sig)
+        stop.set()
+
+    def on_hup() -> None:
+        forward(signal.SIGHUP)
+        asyncio.ensure_future(services.reload())
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await stop.wait()
+        log.info("shutting down: draining messages in flight")
+    finally:
+        # Signals stay handled while draining: a second SIGTERM must not kill us mid-drain.
+        await services.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+def serve_forever(config_path: Path, *, smtp: bool = True, portal: bool = True,
+                  demo: bool = False) -> int:
+    """The ``securemail serve`` process: ``relay.workers`` processes share the SMTP
+    ports (SO_REUSEPORT); the first one also serves the portal and the admin
+    endpoint (so /metrics counts that process's messages). Workers are forked
+    before any thread or event loop exists. Returns the exit status."""
+    workers = load_settings(config_path).relay.workers if smtp else 1
+    if workers > 1:
+        # Create the store's tables and the generated secrets once, here, so the
+        # workers do not race to create them; then close it: no threads may
+        # exist when we fork.
+        from securemail.relay import load
+
+        asyncio.run(load(config_path).close())
+    children: list[int] = []
+    for index in range(1, workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: SMTP only, until its own SIGTERM
+            status = 0
+            try:
+                asyncio.run(run(config_path, smtp=True, portal=False, admin=False,
+                                reuse_port=True))
+            except BaseException as exc:  # noqa: BLE001 - a worker reports by exit status
+                tb = exc.__traceback__
+                while tb is not None and tb.tb_next is not None:
+                    tb = tb.tb_next
+                where = f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else ""
+                log.error("worker %d stopped: %s%s", index, type(exc).__name__, where)
+                status = 1
+            os._exit(status)
+        children.append(pid)
+    try:
+        asyncio.run(run(config_path, smtp=smtp, portal=portal, demo=demo,
+                        reuse_port=workers > 1, children=children))
+    except BaseException:
+        for pid in children:  # we failed: do not leave workers behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        _reap(children)
+        raise
+    return 1 if _reap(children) else 0
+
+
+def _reap(children: Sequence[int]) -> bool:
+    """Wait for the workers; True when any of them failed."""
+    failed = False
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        failed |= os.waitstatus_to_exitcode(status) != 0
+    return failed

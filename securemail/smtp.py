@@ -1,0 +1,414 @@
+"""The aiosmtpd handler: thin glue from an SMTP transaction to ``relay.send``.
+
+Every reply the relay gives is decided here and nowhere else:
+
+=====================================  =============================================
+``relay.send`` returned an Outcome     ``250 2.0.0`` when something was delivered or
+                                       sealed; ``550 5.1.0`` when upstream refused
+                                       every recipient (a partial refusal is 250:
+                                       the pipeline notifies the envelope sender);
+                                       ``451 4.3.0`` if any copy was deferred
+``Blocked`` / ``PermanentFailure``     its ``.smtp_reply`` (550 5.7.1 / 554 5.6.0)
+``TemporaryFailure`` or *anything*     ``451 4.3.0`` generic text; aiosmtpd's
+else                                   ``500 Error: (Cls) msg`` is never reachable
+bare CR or LF in DATA                  ``554 5.6.0`` (SMTP smuggling, CVE-2023-51764)
+=====================================  =============================================
+
+No open relay: a peer outside ``relay.trusted_networks`` that has not
+authenticated on the submission listener gets 554/530 at RCPT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult
+from aiosmtpd.smtp import Envelope as SMTPEnvelope
+from aiosmtpd.smtp import Session as SMTPSession
+
+from securemail.errors import (
+    Blocked,
+    MalformedMessage,
+    PermanentFailure,
+    TemporaryFailure,
+    UpstreamRefused,
+)
+from securemail.logs import MESSAGE_LOGGER, held_event, holding_events
+from securemail.metrics import MessageRecord, Metrics, domain_of
+from securemail.model import Outcome, Status, TLSInfo
+from securemail.smtp_auth import SubmissionUser, UserDirectory
+from securemail.smtp_data import read_data
+
+__all__ = [
+    "ListenerPolicy",
+    "RelayHandler",
+    "RelaySMTP",
+    "ServerState",
+    "has_bare_cr_or_lf",
+    "reply_for_outcome",
+]
+
+log = logging.getLogger("securemail.smtp")
+message_log = logging.getLogger(MESSAGE_LOGGER)
+
+TEMPFAIL = "451 4.3.0 Temporary failure, please try again later"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
+BARE_CR_LF = "554 5.6.0 Bare CR or LF in message data is not accepted (use CRLF line endings)"
+NetworkType = ipaddress.IPv4Network | ipaddress.IPv6Network
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(
+    rf"\s*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>\s*(.*)\Z", re.DOTALL)
+
+
+def has_bare_cr_or_lf(data: bytes) -> bool:
+    """True when ``data`` has a CR not followed by LF or an LF not preceded by CR.
+
+    Such line endings are how one message is smuggled inside another: servers
+    disagree on where ``<CRLF>.<CRLF>`` is. We accept only strict CRLF."""
+    crlf = data.count(b"\r\n")
+    return data.count(b"\n") != crlf or data.count(b"\r") != crlf
+
+
+def reply_for_outcome(outcome: Outcome) -> str:
+    """The SMTP reply for a pipeline run that did not raise."""
+    statuses = [r.status for r in outcome.recipients]
+    if Status.DEFERRED in statuses:
+        # The retry is safe: deliveries already accepted upstream are not repeated.
+        return TEMPFAIL
+    if outcome.delivered:
+        return f"250 2.0.0 Ok: {outcome.message_sha256[:16]} relayed"
+    if Status.REFUSED in statuses:
+        return "550 5.1.0 Upstream refused every recipient; nothing was delivered"
+    return "550 5.7.1 Nothing was relayed for any recipient"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerPolicy:
+    """How one listener treats its peers."""
+
+    name: str  # "content-filter" | "submission"
+    trusted_networks: tuple[NetworkType, ...]
+    max_recipients: int
+    users: UserDirectory | None = None  # set on the submission listener
+
+    def trusted(self, peer_ip: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(peer_ip.split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.trusted_networks)
+
+
+@dataclass
+class ServerState:
+    """Shared by every listener of one process: limits, drain flag, metrics."""
+
+    max_connections_per_client: int
+    metrics: Metrics = field(default_factory=Metrics)
+    draining: bool = False
+    in_flight: int = 0
+    per_client: Counter[str] = field(default_factory=Counter)
+    open: set[RelaySMTP] = field(default_factory=set)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def begin(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def end(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+
+class RelaySMTP(SMTP):  # type: ignore[misc]
+    """aiosmtpd's protocol plus connection limits, the drain gate and a fast DATA reader."""
+
+    # The stream reader's window: DATA is searched in pieces up to this size
+    # (command lines are still held to aiosmtpd's 512-byte command limit).
+    line_length_limit = 64 * 1024
+
+    def __init__(self, handler: RelayHandler, state: ServerState, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.state = state
+        self._client_ip: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._client_ip is None:  # not the STARTTLS re-entry
+            peer = transport.get_extra_info("peername")
+            self._client_ip = str(peer[0]) if peer else "?"
+            self.state.per_client[self._client_ip] += 1
+            self.state.open.add(self)
+            self.state.metrics.connections += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._client_ip is not None and self in self.state.open:
+            self.state.open.discard(self)
+            self.state.metrics.connections -= 1
+            self.state.per_client[self._client_ip] -= 1
+            if self.state.per_client[self._client_ip] <= 0:
+                del self.state.per_client[self._client_ip]
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self.state.draining:
+            await self._refuse(SHUTTING_DOWN)
+            return
+        if self.state.per_client[self._client_ip or "?"] > self.state.max_connections_per_client:
+            await self._refuse("421 4.7.0 Too many connections from your address")
+            return
+        await super()._handle_client()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd parses every MAIL/RCPT address with the email package's RFC 5322
+        # parser (~0.15 ms each); plain <dot-atom@domain> takes the fast path.
+        m = _PLAIN_PATH.match(arg)
+        if m is not None and not self.local_part_limit:
+            return m.group(1), m.group(2)
+        result: tuple[str | None, str | None] = super()._getaddr(arg)
+        return result
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        assert envelope is not None
+        if not envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            result = await read_data(self._reader, self.data_size_limit)
+        except asyncio.IncompleteReadError:
+            self._writer.close()
+            return
+        except asyncio.CancelledError:
+            self._writer.close()
+            raise
+        if result.too_large:
+            self.envelope = self._create_envelope()
+            await self.push("552 5.3.4 Message too big for this system")
+            return
+        envelope.content = result.content
+        envelope.original_content = result.content
+        status = await self._call_handler_hook("DATA")
+        self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
+        await self.push(status)
+
+    async def _refuse(self, reply: str) -> None:
+        try:
+            await self.push(reply)
+        finally:
+            if self.transport is not None:
+                self.transport.close()
+
+
+class RelayHandler:
+    """aiosmtpd hooks for one listener; every message goes to ``relay.send``."""
+
+    def __init__(self, relay: Any, policy: ListenerPolicy, state: ServerState) -> None:
+        self.relay = relay
+        self.policy = policy
+        self.state = state
+
+    # ---------------------------------------------------------------- AUTH
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        import base64
+        import binascii
+
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if not isinstance(blob, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = base64.b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await server.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await server.push("501 5.5.2 Cannot split AUTH PLAIN value")
+            return AuthResult(success=False, handled=True)
+        return await self._check_login(parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        import base64
+        import binascii
+
+        if len(args) == 1:
+            login = await server.challenge_auth("Username:")
+            if not isinstance(login, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                login = base64.b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await server.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth("Password:")
+        if not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        return await self._check_login(login, password)
+
+    async def _check_login(self, login: bytes, password: bytes) -> AuthResult:
+        if self.policy.users is None:
+            return AuthResult(success=False, handled=False)
+        user = await self.policy.users.authenticate(
+            login.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
+        if user is None:
+            log.info("submission login failed")
+            return AuthResult(success=False, handled=False)  # -> 535 5.7.8
+        return AuthResult(success=True, auth_data=user)
+
+    # ---------------------------------------------------------------- envelope
+
+    async def handle_MAIL(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope,
+                          address: str, mail_options: list[str]) -> str:
+        if self.state.draining:
+            return SHUTTING_DOWN
+        user = _user(session)
+        sender = "" if address == "<>" else address
+        if user is not None and not user.may_send_as(sender):
+            return "553 5.7.1 Sender address not allowed for the authenticated user"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if _user(session) is None and not self.policy.trusted(_peer_ip(session)):
+            if self.policy.users is not None:
+                return "530 5.7.0 Authentication required"
+            return "554 5.7.1 Relay access denied"
+        if len(envelope.rcpt_tos) >= self.policy.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: SMTP, session: SMTPSession,
+                          envelope: SMTPEnvelope) -> str:
+        started = time.perf_counter()
+        raw: bytes = envelope.original_content or b""
+        mail_from = "" if envelope.mail_from in (None, "<>") else str(envelope.mail_from)
+        user = _user(session)
+        tls = _tls_info(server)
+        outcome: Outcome | None = None
+        verdict: Any = None
+        error = ""
+        with holding_events() as held:
+            if has_bare_cr_or_lf(raw):
+                reply, kind = BARE_CR_LF, "rejected"
+            else:
+                self.state.begin()
+                try:
+                    outcome = await self.relay.send(
+                        raw, mail_from=mail_from, rcpt_tos=list(envelope.rcpt_tos),
+                        peer=_peer_ip(session), auth_identity=user.name if user else None,
+                        tls=tls)
+                    reply = reply_for_outcome(outcome)
+                    kind = _kind(reply, outcome)
+                    verdict = outcome.verdict
+                except PermanentFailure as exc:
+                    reply = exc.smtp_reply
+                    kind = _permanent_kind(exc, reply)
+                    verdict = getattr(exc, "verdict", None)
+                except TemporaryFailure as exc:
+                    reply, kind, error = TEMPFAIL, "deferred", type(exc).__name__
+                except Exception as exc:  # noqa: BLE001 - every fault must become a 451
+                    reply, kind, error = TEMPFAIL, "deferred", _where(exc)
+                    log.error("internal error while relaying: %s", error)
+                finally:
+                    self.state.end()
+            event = held_event(held)
+        seconds = time.perf_counter() - started
+        actions = tuple(d.action.value for d in verdict.decisions) if verdict else ()
+        self.state.metrics.observe(MessageRecord(int(reply[:3]), seconds, kind, actions))
+        if not event:  # the pipeline did not get far enough to log: say what we know
+            event = {"event": "message", "message_sha256": hashlib.sha256(raw).hexdigest()[:16]}
+            if verdict is not None:
+                event["recipients"] = [
+                    {"domain": domain_of(d.address), "action": d.action.value,
+                     "rules": list(d.rules)} for d in verdict.decisions]
+        event["smtp"] = {
+            "listener": self.policy.name, "reply": reply[:9].strip(), "outcome": kind,
+            "ms": round(seconds * 1000, 2), "sender_domain": domain_of(mail_from),
+            "recipients": len(envelope.rcpt_tos), "authenticated": user is not None,
+            "tls": tls.version if tls else None, **({"error": error} if error else {}),
+        }
+        message_log.info("message", extra={"event": event})
+        return reply
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Reached for faults outside handle_DATA (e.g. a broken TLS handshake).
+        log.warning("SMTP session error: %s", _where(error))
+        return TEMPFAIL
+
+
+def _user(session: SMTPSession) -> SubmissionUser | None:
+    data = getattr(session, "auth_data", None)
+    if getattr(session, "authenticated", False) and isinstance(data, SubmissionUser):
+        return data
+    return None
+
+
+def _peer_ip(session: SMTPSession) -> str:
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "")
+
+
+def _tls_info(server: SMTP) -> TLSInfo | None:
+    transport = getattr(server, "transport", None)
+    obj = transport.get_extra_info("ssl_object") if transport is not None else None
+    if obj is None:
+        return None
+    cipher = obj.cipher()
+    return TLSInfo(version=obj.version(), cipher=cipher[0] if cipher else None)
+
+
+def _permanent_kind(exc: PermanentFailure, reply: str) -> str:
+    if isinstance(exc, UpstreamRefused):
+        return "refused"
+    if isinstance(exc, MalformedMessage) or reply.startswith("554 5.6"):
+        return "malformed"
+    return "blocked" if isinstance(exc, Blocked) else "rejected"
+
+
+def _kind(reply: str, outcome: Outcome) -> str:
+    if reply.startswith("250"):
+        return "delivered"
+    if reply.startswith("4"):
+        return "deferred"
+    return "refused" if any(r.status is Status.REFUSED for r in outcome.recipients) else "blocked"
+
+
+def _where(exc: BaseException) -> str:
+    """Exception class and the innermost frame's file:line: enough to find the
+    bug, with none of the exception's text (which may quote content)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return type(exc).__name__
+    return f"{type(exc).__name__} at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"

@@ -1,0 +1,181 @@
+"""The real relay (``securemail.load``) behind the SMTP listener, delivering to
+real aiosmtpd upstreams: every reply path end to end, and no loss or
+duplicate across a 451 and the sender's retry."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import pytest
+
+from tests.integration.relay_support import (
+    RunningRelay,
+    Upstream,
+    make_certs,
+    message,
+    run_relay,
+    start_upstream,
+    write_config,
+)
+
+SENDER = "dr@riverside.example"
+STAFF = "colleague@riverside.example"
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    up = await start_upstream()
+    yield up
+    await up.stop()
+
+
+@pytest.fixture
+async def make_relay(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    running: list[RunningRelay] = []
+
+    async def make(upstream_url: str, **kw: Any) -> RunningRelay:
+        r = await run_relay(write_config(tmp_path, upstream_url=upstream_url, **kw))
+        running.append(r)
+        return r
+
+    yield make
+    for r in running:
+        await r.stop()
+
+
+async def send(port: int, data: bytes, rcpts: list[str]) -> tuple[int, str]:
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=15)
+    await client.connect()
+    try:
+        await client.mail(SENDER)
+        for r in rcpts:
+            await client.rcpt(r)
+        try:
+            resp = await client.data(data)
+            return resp.code, resp.message
+        except aiosmtplib.SMTPDataError as exc:
+            return exc.code, exc.message
+    finally:
+        client.close()
+
+
+def url(up: Upstream) -> str:
+    return f"smtp://127.0.0.1:{up.port}"
+
+
+async def test_staff_mail_passes_through_unchanged(make_relay: Callable[..., Any],
+                                                   upstream: Upstream) -> None:
+    r = await make_relay(url(upstream))
+    data = message(to=STAFF)
+    code, text = await send(r.port, data, [STAFF])
+    assert code == 250 and text.startswith("2.0.0")
+    assert [(m.rcpt_tos, m.data) for m in upstream.messages] == [([STAFF], data)]
+
+
+async def test_policy_block_is_550_naming_recipient_and_rule(
+        make_relay: Callable[..., Any], upstream: Upstream) -> None:
+    r = await make_relay(url(upstream))
+    data = message(to="jane@mail.example", cc="mom@other.example",
+                   subject="Your session", body="Notes from our session on Tuesday.")
+    code, text = await send(r.port, data, ["jane@mail.example", "mom@other.example"])
+    assert code == 550 and text.startswith("5.7.1")
+    assert "unauthorised-recipient" in text and "mom@other.example" in text
+    assert "session" not in text.lower()
+    assert upstream.messages == []
+
+
+async def test_upstream_without_starttls_is_451_and_gets_nothing(
+        tmp_path: Path, make_relay: Callable[..., Any], upstream: Upstream) -> None:
+    certs = make_certs(tmp_path)
+    r = await make_relay(url(upstream), upstream_tls="required", ca_file=str(certs.ca_file))
+    code, text = await send(r.port, message(to=STAFF), [STAFF])
+    assert (code, text.split()[0]) == (451, "4.3.0")
+    assert upstream.messages == []
+
+
+async def test_verified_starttls_upstream_delivers(tmp_path: Path,
+                                                   make_relay: Callable[..., Any]) -> None:
+    certs = make_certs(tmp_path)
+    up = await start_upstream(tls=certs.server_context)
+    try:
+        r = await make_relay(url(up), upstream_tls="required", ca_file=str(certs.ca_file))
+        code, _ = await send(r.port, message(to=STAFF), [STAFF])
+        assert code == 250 and len(up.messages) == 1
+    finally:
+        await up.stop()
+
+
+async def test_upstream_down_then_retry_delivers_exactly_once(
+        make_relay: Callable[..., Any]) -> None:
+    up = await start_upstream()
+    port = up.port
+    r = await make_relay(url(up))
+    await up.stop()
+    data = message(to=STAFF)
+    code, _ = await send(r.port, data, [STAFF])
+    assert code == 451
+    up = await start_upstream(port=port)
+    try:
+        code, _ = await send(r.port, data, [STAFF])  # the sender (Postfix) retries
+        assert code == 250
+        assert [m.data for m in up.messages] == [data]
+    finally:
+        await up.stop()
+
+
+async def test_partial_deferral_retry_sends_only_the_rest(
+        make_relay: Callable[..., Any], upstream: Upstream) -> None:
+    """One recipient accepted, one deferred: 451; the retry must not send the
+    accepted recipient a second copy."""
+    other = "partner@riverside.example"
+    upstream.handler.rcpt_replies[other] = "452 4.2.2 mailbox full"
+    r = await make_relay(url(upstream))
+    data = message(to=f"{STAFF}, {other}")
+    code, _ = await send(r.port, data, [STAFF, other])
+    assert code == 451
+    del upstream.handler.rcpt_replies[other]
+    code, _ = await send(r.port, data, [STAFF, other])
+    assert code == 250
+    got = sorted(rcpt for m in upstream.messages for rcpt in m.rcpt_tos)
+    assert got == sorted([STAFF, other])
+
+
+async def test_partial_refusal_is_250_and_sender_is_told(
+        make_relay: Callable[..., Any], upstream: Upstream) -> None:
+    gone = "former@riverside.example"
+    upstream.handler.rcpt_replies[gone] = "550 5.1.1 no such user"
+    r = await make_relay(url(upstream))
+    code, _ = await send(r.port, message(to=f"{STAFF}, {gone}"), [STAFF, gone])
+    assert code == 250
+    delivered = [m for m in upstream.messages if m.mail_from != "<>" and m.mail_from]
+    notices = [m for m in upstream.messages if m.mail_from in ("", "<>")]
+    assert [m.rcpt_tos for m in delivered] == [[STAFF]]
+    assert [m.rcpt_tos for m in notices] == [[SENDER]]
+    assert gone.encode() in notices[0].data
+
+
+async def test_every_recipient_refused_is_550(make_relay: Callable[..., Any],
+                                              upstream: Upstream) -> None:
+    upstream.handler.rcpt_replies[STAFF] = "550 5.1.1 no such user"
+    r = await make_relay(url(upstream))
+    code, _ = await send(r.port, message(to=STAFF), [STAFF])
+    assert code == 550
+    assert r.listeners.state.metrics.messages["refused"] == 1
+
+
+async def test_one_merged_log_line_per_message(make_relay: Callable[..., Any],
+                                               upstream: Upstream,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    r = await make_relay(url(upstream))
+    with caplog.at_level(logging.INFO, logger="securemail.message"):
+        await send(r.port, message(to=STAFF), [STAFF])
+    records = [rec for rec in caplog.records if rec.name == "securemail.message"]
+    assert len(records) == 1
+    event = records[0].event  # type: ignore[attr-defined]
+    assert event["smtp"]["reply"] == "250 2.0.0"
+    assert event["recipients"][0]["domain"] == "riverside.example"
+    assert "colleague" not in str(event) and "Lunch" not in str(event)

@@ -1,0 +1,212 @@
+"""`securemail serve` and `securemail init`: the process IT runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mailbox
+import os
+import signal
+import socket
+import stat
+import sys
+import tomllib
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+from click.testing import CliRunner
+
+from securemail.cli.serve_cmd import init
+from securemail.config import load_settings
+from securemail.serve import ensure_demo, start_services
+from tests.integration.relay_support import message, on_free_ports
+
+SECUREMAIL = str(Path(sys.executable).parent / "securemail")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_demo_config_relays_into_the_maildir_outbox(tmp_path: Path) -> None:
+    cfg = ensure_demo(tmp_path)
+    assert cfg == tmp_path / "securemail-data" / "securemail.toml"
+    assert ensure_demo(tmp_path) == cfg  # second run keeps the file
+    from securemail.relay import Relay
+
+    settings = on_free_ports(load_settings(cfg))
+    relay = Relay(settings)
+    services = await start_services(relay, settings, portal=False)
+    try:
+        port = services.listeners.addresses["relay"][1]
+        data = message(frm="dr@practice.example", to="colleague@practice.example")
+        await aiosmtplib.send(data, sender="dr@practice.example",
+                              recipients=["colleague@practice.example"],
+                              hostname="127.0.0.1", port=port, start_tls=False)
+    finally:
+        await services.stop(drain_seconds=5)
+    box = mailbox.Maildir(tmp_path / "securemail-data" / "outbox", create=False)
+    assert [m["To"] for m in box] == ["colleague@practice.example"]
+
+
+def test_init_writes_a_valid_commented_config(tmp_path: Path) -> None:
+    target = tmp_path / "etc"
+    result = CliRunner().invoke(init, [str(target), "--domain", "riverside.example",
+                                       "--name", "Riverside Counseling"])
+    assert result.exit_code == 0, result.output
+    cfg = target / "securemail.toml"
+    text = cfg.read_text()
+    sections = set(tomllib.loads(text))
+    assert {"practice", "relay", "submission", "upstream", "policy", "limits", "storage",
+            "portal", "audit", "encryption"} <= sections
+    settings = load_settings(cfg)
+    assert settings.practice.domains == ("riverside.example",)
+    assert settings.upstream.tls == "required"
+    assert settings.storage.sqlite_path.exists()
+    if settings.dkim is not None:  # DKIM helper present: key generated and record printed
+        key = settings.resolve(settings.dkim.key_file)
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert "sm1._domainkey.riverside.example" in result.output
+        assert "v=DKIM1" in result.output
+    again = CliRunner().invoke(init, [str(target)])
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+async def _wait_for_line(proc: asyncio.subprocess.Process, text: str,
+                         seen: list[dict[str, object]]) -> None:
+    """Read the JSON log (bounded) until a line whose msg starts with ``text``."""
+    assert proc.stderr is not None
+    for _ in range(200):
+        raw = await asyncio.wait_for(proc.stderr.readline(), 10)
+        if raw.startswith(b"{"):
+            event = json.loads(raw)
+            seen.append(event)
+            if str(event.get("msg", "")).startswith(text):
+                return
+    raise AssertionError(f"no log line {text!r}")
+
+
+async def test_serve_process_reloads_on_sighup_and_drains_on_sigterm(tmp_path: Path) -> None:
+    relay_port, admin_port = free_port(), free_port()
+    cfg = tmp_path / "securemail.toml"
+    cfg.write_text(f"""
+[practice]
+domains = ["riverside.example"]
+[relay]
+listen = "127.0.0.1:{relay_port}"
+admin_listen = "127.0.0.1:{admin_port}"
+[upstream]
+url = "maildir://outbox"
+[storage]
+url = "sqlite:data/securemail.db"
+[portal]
+enabled = false
+""")
+    proc = await asyncio.create_subprocess_exec(
+        SECUREMAIL, "serve", "-c", str(cfg), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen: list[dict[str, object]] = []
+    try:
+        for _ in range(100):
+            try:
+                r, w = await asyncio.open_connection("127.0.0.1", relay_port)
+                w.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        await aiosmtplib.send(message(), sender="dr@riverside.example",
+                              recipients=["colleague@riverside.example"],
+                              hostname="127.0.0.1", port=relay_port, start_tls=False)
+        reader, writer = await asyncio.open_connection("127.0.0.1", admin_port)
+        writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+        metrics = (await reader.read()).decode()
+        writer.close()
+        assert 'securemail_messages_total{outcome="delivered"} 1' in metrics
+        proc.send_signal(signal.SIGHUP)
+        good = cfg.read_text()
+        await _wait_for_line(proc, "configuration reloaded", seen)
+        cfg.write_text(good.replace("[portal]", "[portl]"))  # a typo: reload must keep running
+        proc.send_signal(signal.SIGHUP)
+        await _wait_for_line(proc, "reload failed", seen)
+        await aiosmtplib.send(message(), sender="dr@riverside.example",
+                              recipients=["colleague@riverside.example"],
+                              hostname="127.0.0.1", port=relay_port, start_tls=False)
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0
+    lines = seen + [json.loads(x) for x in err.decode().splitlines() if x.startswith("{")]
+    msgs = [str(x.get("msg", "")) for x in lines]
+    assert "configuration reloaded" in msgs
+    failed = [m for m in msgs if m.startswith("reload failed")]
+    assert failed and "portl" in failed[0] and str(cfg) in failed[0]
+    assert any(m.startswith("shutting down") for m in msgs)
+    events = [x for x in lines if x.get("event") == "message"]
+    assert len(events) == 2 and {e["smtp"]["reply"] for e in events} == {"250 2.0.0"}
+    assert "colleague" not in err.decode()
+
+
+def test_serve_with_missing_explicit_config_exits_2(tmp_path: Path) -> None:
+    from securemail.cli.serve_cmd import serve
+
+    result = CliRunner().invoke(serve, ["-c", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 2 and "nope.toml" in result.output
+
+
+@pytest.mark.parametrize("flags", [["--no-portal", "--portal-only"]])
+def test_conflicting_flags_exit_2(flags: list[str], tmp_path: Path) -> None:
+    from securemail.cli.serve_cmd import serve
+
+    result = CliRunner().invoke(serve, flags)
+    assert result.exit_code == 2
+
+
+async def test_workers_share_the_port_and_all_stop_on_sigterm(tmp_path: Path) -> None:
+    relay_port = free_port()
+    cfg = tmp_path / "securemail.toml"
+    cfg.write_text(f"""
+[practice]
+domains = ["riverside.example"]
+[relay]
+listen = "127.0.0.1:{relay_port}"
+workers = 2
+[upstream]
+url = "maildir://outbox"
+[storage]
+url = "sqlite:data/securemail.db"
+[portal]
+enabled = false
+""")
+    proc = await asyncio.create_subprocess_exec(
+        SECUREMAIL, "serve", "-c", str(cfg), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        lines: list[dict[str, object]] = []
+        for _ in range(100):  # both workers log their listener line when ready
+            raw = await asyncio.wait_for(proc.stderr.readline(), 10)  # type: ignore[union-attr]
+            if raw.startswith(b"{"):
+                lines.append(json.loads(raw))
+            if sum("listener on" in str(x.get("msg", "")) for x in lines) == 2:
+                break
+        for i in range(20):  # SO_REUSEPORT spreads new connections over the workers
+            await aiosmtplib.send(message(), sender="dr@riverside.example",
+                                  recipients=[f"c{i}@riverside.example"],
+                                  hostname="127.0.0.1", port=relay_port, start_tls=False)
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    events = lines + [json.loads(x) for x in err.decode().splitlines() if x.startswith("{")]
+    assert proc.returncode == 0, [e for e in events if e.get("level") != "info"]
+    messages = [e for e in events if e.get("event") == "message"]
+    assert len(messages) == 20
+    assert len({e["pid"] for e in messages}) == 2
+    assert len(list((tmp_path / "outbox" / "new").iterdir())) == 20

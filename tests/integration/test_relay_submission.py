@@ -1,0 +1,152 @@
+"""The submission listener: STARTTLS before AUTH, argon2 users, sender binding."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+from argon2 import PasswordHasher
+
+from securemail.errors import ConfigError
+from securemail.smtp_auth import load_users
+from tests.integration.relay_support import (
+    FakeRelay,
+    RunningRelay,
+    Upstream,
+    make_certs,
+    message,
+    run_relay,
+    start_upstream,
+    write_config,
+)
+
+# Cheap argon2 parameters: the tests check behaviour, not hashing cost.
+HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    up = await start_upstream()
+    yield up
+    await up.stop()
+
+
+@pytest.fixture
+async def relay(tmp_path: Path, upstream: Upstream
+                ) -> AsyncIterator[tuple[RunningRelay, ssl.SSLContext]]:
+    certs = make_certs(tmp_path)
+    users = tmp_path / "users.toml"
+    users.write_text(f"""
+[[users]]
+name = "frontdesk"
+password_hash = "{HASHER.hash('correct horse')}"
+addresses = ["frontdesk@riverside.example", "@billing.riverside.example"]
+""")
+    cfg = write_config(tmp_path, upstream_url=f"smtp://127.0.0.1:{upstream.port}", extra=f"""
+[submission]
+enabled = true
+listen = "127.0.0.1:10587"
+tls_cert = "{certs.cert_file}"
+tls_key = "{certs.key_file}"
+users_file = "users.toml"
+""", relay_extra='trusted_networks = ["10.0.0.0/8"]\n')
+    r = await run_relay(cfg, FakeRelay)
+    client_ctx = ssl.create_default_context(cafile=str(certs.ca_file))
+    yield r, client_ctx
+    await r.stop()
+
+
+async def _client(r: RunningRelay, ctx: ssl.SSLContext, *, tls: bool = True) -> aiosmtplib.SMTP:
+    c = aiosmtplib.SMTP(hostname="127.0.0.1", port=r.port_of("submission"), start_tls=False,
+                        tls_context=ctx, timeout=10)
+    await c.connect()
+    await c.ehlo()
+    if tls:
+        await c.starttls()
+        await c.ehlo()
+    return c
+
+
+async def test_nothing_before_starttls_and_no_auth_offered_in_clear(relay: tuple) -> None:
+    r, ctx = relay
+    c = await _client(r, ctx, tls=False)
+    assert "auth" not in c.esmtp_extensions and "starttls" in c.esmtp_extensions
+    with pytest.raises(aiosmtplib.SMTPResponseException) as exc:
+        await c.mail("frontdesk@riverside.example")
+    assert exc.value.code == 530
+    c.close()
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+async def test_authenticated_user_sends_as_own_address(
+        relay: tuple, upstream: Upstream, mechanism: str) -> None:
+    r, ctx = relay
+    c = await _client(r, ctx)
+    assert mechanism in c.supported_auth_methods or mechanism.lower() in c.server_auth_methods
+    if mechanism == "PLAIN":
+        await c.auth_plain("frontdesk", "correct horse")
+    else:
+        await c.auth_login("frontdesk", "correct horse")
+    errors, reply = await c.sendmail("frontdesk@riverside.example",
+                                     ["colleague@riverside.example"], message())
+    assert errors == {} and reply.startswith("2.0.0")
+    await c.quit()
+    call = r.relay.calls[0]
+    assert call["auth_identity"] == "frontdesk"
+    assert call["tls"] is not None and call["tls"].version in ("TLSv1.2", "TLSv1.3")
+    assert len(upstream.messages) == 1
+
+
+async def test_domain_entry_allows_any_address_in_that_domain(relay: tuple) -> None:
+    r, ctx = relay
+    c = await _client(r, ctx)
+    await c.auth_plain("frontdesk", "correct horse")
+    errors, _ = await c.sendmail("claims@billing.riverside.example",
+                                 ["colleague@riverside.example"], message())
+    assert errors == {}
+    c.close()
+
+
+async def test_other_sender_address_is_refused(relay: tuple, upstream: Upstream) -> None:
+    r, ctx = relay
+    c = await _client(r, ctx)
+    await c.auth_plain("frontdesk", "correct horse")
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as exc:
+        await c.mail("director@riverside.example")
+    assert (exc.value.code, exc.value.message.split()[0]) == (553, "5.7.1")
+    c.close()
+    assert upstream.messages == []
+
+
+async def test_wrong_password_and_unknown_user_are_535(relay: tuple) -> None:
+    r, ctx = relay
+    for user, password in (("frontdesk", "wrong"), ("nobody", "correct horse")):
+        c = await _client(r, ctx)
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError) as exc:
+            await c.auth_plain(user, password)
+        assert exc.value.code == 535
+        c.close()
+
+
+async def test_unauthenticated_submission_cannot_relay(relay: tuple, upstream: Upstream) -> None:
+    r, ctx = relay
+    c = await _client(r, ctx)
+    await c.mail("frontdesk@riverside.example")
+    with pytest.raises(aiosmtplib.SMTPRecipientRefused) as exc:
+        await c.rcpt("colleague@riverside.example")
+    assert exc.value.code == 530
+    c.close()
+    assert upstream.messages == []
+
+
+def test_users_file_errors_name_file_and_key(tmp_path: Path) -> None:
+    p = tmp_path / "users.toml"
+    p.write_text('[[users]]\nname = "a"\npassword_hash = "plain"\naddresses = ["a@x.example"]\n')
+    with pytest.raises(ConfigError) as exc:
+        load_users(p)
+    assert str(exc.value).startswith(f"{p}: users[0].password_hash:")
+    with pytest.raises(ConfigError, match="not found"):
+        load_users(tmp_path / "missing.toml")

@@ -1,0 +1,205 @@
+"""Upstream transports against real aiosmtpd servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import mailbox
+import ssl
+from pathlib import Path
+
+import pytest
+from aiosmtpd.smtp import SMTP
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from securemail.config import Settings, UpstreamSettings, parse_settings
+from securemail.errors import UpstreamUnavailable
+from securemail.transport import MemoryTransport
+from securemail.transport.factory import transport_from_settings
+from securemail.transport.maildir import MaildirTransport, read_envelope
+from securemail.transport.smtp import SMTPTransport, reply_code
+from tests.integration.relay_support import CaptureHandler, make_certs, start_upstream
+
+MSG = b"From: a@riverside.example\r\nTo: b@mail.example\r\nSubject: x\r\n\r\nhello\r\n"
+
+
+def upstream(port: int, **kw: object) -> UpstreamSettings:
+    return UpstreamSettings(url=f"smtp://127.0.0.1:{port}", **kw)  # type: ignore[arg-type]
+
+
+async def test_starttls_verified_delivery_reports_tls_facts(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    up = await start_upstream(tls=certs.server_context)
+    t = SMTPTransport(upstream(up.port, ca_file=str(certs.ca_file)))
+    try:
+        result = await t.send("a@riverside.example", ["b@mail.example"], MSG)
+    finally:
+        await t.close()
+        await up.stop()
+    assert result.accepted == ("b@mail.example",)
+    assert up.messages[0].data == MSG
+    assert result.tls is not None and result.tls.version in ("TLSv1.2", "TLSv1.3")
+    assert result.tls.cipher
+    pem = Path(certs.cert_file).read_bytes()
+    der = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+    assert result.tls.peer_cert_sha256 == hashlib.sha256(der).hexdigest()
+
+
+async def test_upstream_without_starttls_gets_nothing(tmp_path: Path) -> None:
+    up = await start_upstream(tls=None)
+    t = SMTPTransport(upstream(up.port))
+    try:
+        with pytest.raises(UpstreamUnavailable):
+            await t.send("a@riverside.example", ["b@mail.example"], MSG)
+    finally:
+        await t.close()
+        await up.stop()
+    assert up.messages == []
+
+
+async def test_unverifiable_certificate_gets_nothing(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    up = await start_upstream(tls=certs.server_context)
+    t = SMTPTransport(upstream(up.port))  # system CAs do not know the test CA
+    try:
+        with pytest.raises(UpstreamUnavailable):
+            await t.send("a@riverside.example", ["b@mail.example"], MSG)
+    finally:
+        await t.close()
+        await up.stop()
+    assert up.messages == []
+
+
+async def test_per_recipient_codes_without_upstream_text() -> None:
+    handler = CaptureHandler(rcpt_replies={
+        "gone@mail.example": "550 5.1.1 <gone@mail.example>: user unknown, secret detail",
+        "full@mail.example": "452 4.2.2 mailbox full, secret detail",
+    })
+    up = await start_upstream(handler=handler)
+    t = SMTPTransport(upstream(up.port, tls="none"))
+    try:
+        result = await t.send("a@riverside.example",
+                              ["ok@mail.example", "gone@mail.example", "full@mail.example"], MSG)
+    finally:
+        await t.close()
+        await up.stop()
+    assert result.accepted == ("ok@mail.example",)
+    assert dict(result.refused) == {"gone@mail.example": "550 5.1.1"}
+    assert dict(result.deferred) == {"full@mail.example": "452 4.2.2"}
+    assert up.messages[0].rcpt_tos == ["ok@mail.example"]
+
+
+async def test_data_refused_permanently_marks_all_refused() -> None:
+    up = await start_upstream(handler=CaptureHandler(data_reply="554 5.7.1 content rejected"))
+    t = SMTPTransport(upstream(up.port, tls="none"))
+    try:
+        result = await t.send("a@riverside.example", ["b@mail.example"], MSG)
+        up.handler.data_reply = "451 4.3.0 try later"
+        with pytest.raises(UpstreamUnavailable):
+            await t.send("a@riverside.example", ["b@mail.example"], MSG)
+    finally:
+        await t.close()
+        await up.stop()
+    assert result.accepted == () and dict(result.refused) == {"b@mail.example": "554 5.7.1"}
+
+
+async def test_connections_are_reused_and_pool_is_bounded() -> None:
+    loop = asyncio.get_running_loop()
+    handler = CaptureHandler()
+    connections = 0
+
+    def factory() -> SMTP:
+        nonlocal connections
+        connections += 1
+        return SMTP(handler, loop=loop)
+
+    server = await loop.create_server(factory, host="127.0.0.1", port=0)
+    port = server.sockets[0].getsockname()[1]
+    t = SMTPTransport(upstream(port, tls="none", pool_size=2))
+    try:
+        for _ in range(3):
+            await t.send("a@riverside.example", ["b@mail.example"], MSG)
+        assert connections == 1
+        await asyncio.gather(*(t.send("a@riverside.example", ["b@mail.example"], MSG)
+                               for _ in range(10)))
+        assert connections <= 2
+    finally:
+        await t.close()
+        server.close()
+        await server.wait_closed()
+    assert len(handler.messages) == 13
+
+
+async def test_pooled_connection_closed_by_upstream_is_replaced() -> None:
+    up = await start_upstream()
+    t = SMTPTransport(upstream(up.port, tls="none"))
+    try:
+        await t.send("a@riverside.example", ["b@mail.example"], MSG)
+        port = up.port
+        await up.stop()  # closes the listening socket; drop the idle session too
+        for session in t._idle:
+            session.client.close()
+        up = await start_upstream(port=port)
+        result = await t.send("a@riverside.example", ["b@mail.example"], MSG)
+    finally:
+        await t.close()
+        await up.stop()
+    assert result.accepted == ("b@mail.example",)
+    assert len(up.messages) == 1
+
+
+async def test_upstream_down_is_unavailable() -> None:
+    up = await start_upstream()
+    port = up.port
+    await up.stop()
+    t = SMTPTransport(upstream(port, tls="none"))
+    with pytest.raises(UpstreamUnavailable):
+        await t.send("a@riverside.example", ["b@mail.example"], MSG)
+    await t.close()
+
+
+def test_reply_code_keeps_codes_only() -> None:
+    assert reply_code(550, "5.1.1 <x@y>: no such user") == "550 5.1.1"
+    assert reply_code(421, "service not available") == "421"
+
+
+async def test_maildir_writes_exact_bytes_and_envelope_sidecar(tmp_path: Path) -> None:
+    t = MaildirTransport(tmp_path / "outbox")
+    data = MSG.replace(b"hello", "héllo".encode())
+    result = await t.send("a@riverside.example", ["b@mail.example", "c@mail.example"], data)
+    assert result.accepted == ("b@mail.example", "c@mail.example")
+    files = list((tmp_path / "outbox" / "new").iterdir())
+    assert len(files) == 1 and files[0].read_bytes() == data
+    assert list((tmp_path / "outbox" / "tmp").iterdir()) == []
+    assert read_envelope(files[0]) == ("a@riverside.example", ("b@mail.example", "c@mail.example"))
+    box = mailbox.Maildir(tmp_path / "outbox", create=False)
+    assert [m["Subject"] for m in box] == ["x"]
+
+
+async def test_maildir_unwritable_is_temporary(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UpstreamUnavailable):
+        await MaildirTransport(blocker / "outbox").send("a@x.example", ["b@y.example"], MSG)
+
+
+def _settings(tmp_path: Path, url: str, tls: str = "required") -> Settings:
+    cfg = tmp_path / "securemail.toml"
+    return parse_settings({"upstream": {"url": url, "tls": tls}}, str(cfg))
+
+
+def test_factory_builds_each_transport(tmp_path: Path) -> None:
+    t = transport_from_settings(_settings(tmp_path, "smtp://127.0.0.1:2526", "none"))
+    assert isinstance(t, SMTPTransport) and (t.host, t.port) == ("127.0.0.1", 2526)
+    t = transport_from_settings(_settings(tmp_path, "maildir://outbox"))
+    assert isinstance(t, MaildirTransport) and t.path == tmp_path.resolve() / "outbox"
+    t = transport_from_settings(_settings(tmp_path, "maildir:///var/tmp/out"))
+    assert isinstance(t, MaildirTransport) and t.path == Path("/var/tmp/out")
+    assert isinstance(transport_from_settings(_settings(tmp_path, "memory://")), MemoryTransport)
+
+
+def test_tls_context_requires_verification() -> None:
+    t = SMTPTransport(upstream(25))
+    assert t._tls_context is not None
+    assert t._tls_context.verify_mode is ssl.CERT_REQUIRED and t._tls_context.check_hostname
