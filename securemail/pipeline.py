@@ -19,7 +19,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from securemail.deliveries import DeliveryLedger
 from securemail.errors import Blocked, RenderError, TemporaryFailure, UpstreamRefused
 from securemail.model import (
     Action,
@@ -57,7 +56,7 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
 
     clean = _strip_markers(relay, raw)
     plan = _plan(verdict)
-    ledger = DeliveryLedger(relay.db)
+    ledger = relay.ledger
     done = ledger.completed(digest)  # recipients accepted on an earlier, deferred attempt
     statuses: dict[str, Status] = {a: s for a, s in done.items()}
     portal_ids: dict[str, str] = {}

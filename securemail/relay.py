@@ -24,6 +24,7 @@ from typing import Any
 
 from securemail.classify import classify
 from securemail.config import Settings, load_settings
+from securemail.deliveries import DeliveryLedger
 from securemail.directory import Directory, load_imported
 from securemail.errors import InputError
 from securemail.model import Envelope, Outcome, TLSInfo, Verdict
@@ -60,6 +61,7 @@ class Relay:
 
         self.settings = settings
         self.db = open_database(settings.storage.sqlite_path)
+        self.ledger = DeliveryLedger(self.db)
         self.directory = _build_directory(settings, self.db)
         self.detectors = Detectors(settings.policy, (n for n, _ in self.directory.client_names))
         self.plugins = load_plugins(settings.policy, settings.path)
