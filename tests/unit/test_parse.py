@@ -111,3 +111,48 @@ def test_strip_header_removes_only_that_header() -> None:
 def test_strip_header_when_it_is_the_last_header() -> None:
     raw = b"From: a@b.example\r\nX-Securemail-Restricted: part2\r\n\r\nbody\r\n"
     assert strip_header(raw, "x-securemail-restricted") == b"From: a@b.example\r\n\r\nbody\r\n"
+
+
+def _same_as_stdlib(raw: bytes) -> None:
+    import email
+
+    from securemail.parse import _HEADER_END, _parse_mime
+
+    ours, stdlib = _parse_mime(raw, _HEADER_END.search(raw)), email.message_from_bytes(raw)
+    try:
+        expected = stdlib.as_bytes()
+    except UnicodeError:  # the stdlib generator cannot write some 8-bit multiparts back
+        expected = None
+    if expected is not None:
+        assert ours.as_bytes() == expected
+    assert ours.items() == stdlib.items()
+    assert ours.is_multipart() == stdlib.is_multipart()
+    if not stdlib.is_multipart():
+        assert ours.get_payload(decode=True) == stdlib.get_payload(decode=True)
+
+
+def test_single_part_fast_path_matches_the_stdlib_parser_on_cpython_samples() -> None:
+    from tests.unit.test_corpus import CORPUS, CPYTHON_DATA
+
+    files = [*CPYTHON_DATA.glob("msg_*.txt"), *CORPUS.glob("*.eml")]
+    assert files
+    for f in files:
+        _same_as_stdlib(f.read_bytes())
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["text/plain", "text/html", "application/pdf", "multipart/mixed",
+                        "message/rfc822", "garbage"]),
+       st.sampled_from(["7bit", "base64", "quoted-printable", "8bit", ""]),
+       st.binary(max_size=400), st.sampled_from([b"\r\n", b"\n"]))
+def test_fast_path_matches_the_stdlib_parser(ctype: str, cte: str, body: bytes,
+                                             eol: bytes) -> None:
+    head = (b"From: a@b.example" + eol + b"Content-Type: " + ctype.encode()
+            + b'; boundary="b"' + eol)
+    if cte:
+        head += b"Content-Transfer-Encoding: " + cte.encode() + eol
+    _same_as_stdlib(head + eol + body)
