@@ -7,19 +7,31 @@ setting must never be silently ignored.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import ipaddress
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from securemail.config_directory import (
+    ClientEntry,
+    ContactEntry,
+    DirectorySettings,
+    PartnerEntry,
+    parse_directory,
+)
 from securemail.errors import ConfigError
-from securemail.model import Consent, Mode
+from securemail.model import Mode
+from securemail.toml_table import (
+    Table,
+    read_domain,
+    read_host_port,
+    read_section,
+)
 
 __all__ = [
     "AuditSettings",
@@ -156,34 +168,6 @@ class EncryptionSettings:
 
 
 @dataclass(frozen=True)
-class ContactEntry:
-    address: str
-    relation: str
-
-
-@dataclass(frozen=True)
-class ClientEntry:
-    id: str
-    addresses: tuple[str, ...]
-    contacts: tuple[ContactEntry, ...] = ()
-    consent_unencrypted: Consent | None = None
-    names: tuple[str, ...] = ()  # optional: lets the detectors spot a client's name
-
-
-@dataclass(frozen=True)
-class PartnerEntry:
-    name: str
-    domains: tuple[str, ...] = ()
-    addresses: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class DirectorySettings:
-    clients: tuple[ClientEntry, ...] = ()
-    partners: tuple[PartnerEntry, ...] = ()
-
-
-@dataclass(frozen=True)
 class Settings:
     path: str
     practice: PracticeSettings = field(default_factory=PracticeSettings)
@@ -206,138 +190,17 @@ class Settings:
         return p if p.is_absolute() else Path(self.path).resolve().parent / p
 
 
-# ---------------------------------------------------------------- reading
-
-
-class _Table:
-    """One TOML table; remembers which keys were read so leftovers are errors."""
-
-    def __init__(self, file: str, prefix: str, data: object) -> None:
-        self.file = file
-        self.prefix = prefix
-        if not isinstance(data, Mapping):
-            raise ConfigError(file, prefix, f"must be a table, got {_kind(data)}")
-        self.data: Mapping[str, object] = data
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def error(self, name: str, problem: str) -> ConfigError:
-        return ConfigError(self.file, self.key(name), problem)
-
-    def get(self, name: str, kind: type[T], default: T) -> T:
-        self.seen.add(name)
-        if name not in self.data:
-            return default
-        value = self.data[name]
-        if kind is int and isinstance(value, bool):
-            raise self.error(name, f"must be an integer, got {_kind(value)}")
-        if not isinstance(value, kind):
-            raise self.error(name, f"must be {_article(kind)}, got {_kind(value)}")
-        return value
-
-    def text(self, name: str, default: str) -> str:
-        return self.get(name, str, default)
-
-    def positive(self, name: str, default: int) -> int:
-        value = self.get(name, int, default)
-        if value <= 0:
-            raise self.error(name, f"must be a positive integer, got {value}")
-        return value
-
-    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.text(name, default)
-        if value not in choices:
-            options = " or ".join(f'"{c}"' for c in choices)
-            raise self.error(name, f'must be {options}, got "{value}"')
-        return value
-
-    def strings(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        value = self.get(name, list, list(default))
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise self.error(f"{name}[{i}]", f"must be a string, got {_kind(item)}")
-        return tuple(value)
-
-    def table(self, name: str) -> _Table:
-        self.seen.add(name)
-        return _Table(self.file, self.key(name), self.data.get(name, {}))
-
-    def finish(self) -> None:
-        extra = sorted(set(self.data) - self.seen)
-        if extra:
-            raise self.error(extra[0],
-                             "unknown key (check the spelling; see docs/configuration.md)")
-
-
-def _kind(value: object) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def _article(kind: type) -> str:
-    return {bool: "true or false", int: "an integer", str: "a string", list: "a list",
-            dict: "a table"}.get(kind, kind.__name__)
-
-
-def _host_port(t: _Table, name: str, default: str, *, allow_empty: bool = False) -> str:
-    value = t.text(name, default)
-    if allow_empty and not value:
-        return value
-    m = re.fullmatch(r"\[?([0-9A-Za-z.:-]+?)\]?:(\d{1,5})", value)
-    if not m or not 0 < int(m.group(2)) < 65536:
-        raise t.error(name, f'must be "HOST:PORT", got "{value}"')
-    return value
-
-
-def _date(t: _Table, name: str, value: object) -> str:
-    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, str):
-        try:
-            return dt.date.fromisoformat(value).isoformat()
-        except ValueError:
-            pass
-    raise t.error(name, f"must be a date (YYYY-MM-DD), got {value!r}")
-
-
-def _address(t: _Table, name: str, value: str) -> str:
-    from securemail.directory import AddressError, normalise_address
-
-    try:
-        return normalise_address(value)
-    except AddressError as exc:
-        raise t.error(name, str(exc)) from None
-
-
-def _domain(t: _Table, name: str, value: str) -> str:
-    from securemail.directory import AddressError, normalise_domain
-
-    try:
-        return normalise_domain(value)
-    except AddressError as exc:
-        raise t.error(name, str(exc)) from None
-
-
-def _section(root: _Table, name: str, build: Callable[[_Table], T]) -> T:
-    t = root.table(name)
-    result = build(t)
-    t.finish()
-    return result
-
-
-def _practice(t: _Table) -> PracticeSettings:
+def _practice(t: Table) -> PracticeSettings:
     domains = t.strings("domains")
     return PracticeSettings(
         name=t.text("name", PracticeSettings.name),
-        domains=tuple(_domain(t, f"domains[{i}]", d) for i, d in enumerate(domains)),
+        domains=tuple(read_domain(t, f"domains[{i}]", d) for i, d in enumerate(domains)),
         phone=t.text("phone", ""),
         website=t.text("website", ""),
     )
 
 
-def _relay(t: _Table) -> RelaySettings:
+def _relay(t: Table) -> RelaySettings:
     nets = t.strings("trusted_networks", RelaySettings.trusted_networks)
     for i, net in enumerate(nets):
         try:
@@ -345,22 +208,22 @@ def _relay(t: _Table) -> RelaySettings:
         except ValueError:
             raise t.error(f"trusted_networks[{i}]", f'not a network: "{net}"') from None
     return RelaySettings(
-        listen=_host_port(t, "listen", RelaySettings.listen),
+        listen=read_host_port(t, "listen", RelaySettings.listen),
         hostname=t.text("hostname", RelaySettings.hostname),
         trusted_networks=nets,
         max_recipients=t.positive("max_recipients", RelaySettings.max_recipients),
         max_connections_per_client=t.positive(
             "max_connections_per_client", RelaySettings.max_connections_per_client),
         timeout_seconds=t.positive("timeout_seconds", RelaySettings.timeout_seconds),
-        admin_listen=_host_port(t, "admin_listen", "", allow_empty=True),
+        admin_listen=read_host_port(t, "admin_listen", "", allow_empty=True),
         workers=t.positive("workers", 1),
     )
 
 
-def _submission(t: _Table) -> SubmissionSettings:
+def _submission(t: Table) -> SubmissionSettings:
     s = SubmissionSettings(
         enabled=t.get("enabled", bool, False),
-        listen=_host_port(t, "listen", SubmissionSettings.listen),
+        listen=read_host_port(t, "listen", SubmissionSettings.listen),
         tls_cert=t.text("tls_cert", ""),
         tls_key=t.text("tls_key", ""),
         users_file=t.text("users_file", ""),
@@ -372,7 +235,7 @@ def _submission(t: _Table) -> SubmissionSettings:
     return s
 
 
-def _upstream(t: _Table) -> UpstreamSettings:
+def _upstream(t: Table) -> UpstreamSettings:
     url = t.text("url", UpstreamSettings.url)
     parts = urlsplit(url)
     if parts.scheme not in ("smtp", "maildir", "memory"):
@@ -397,7 +260,7 @@ def _upstream(t: _Table) -> UpstreamSettings:
     )
 
 
-def _policy(t: _Table) -> PolicySettings:
+def _policy(t: Table) -> PolicySettings:
     pref = t.strings("encryption_preference", PolicySettings.encryption_preference)
     for i, p in enumerate(pref):
         if p not in ("pgp", "smime"):
@@ -427,7 +290,7 @@ def _policy(t: _Table) -> PolicySettings:
     )
 
 
-def _limits(t: _Table) -> LimitSettings:
+def _limits(t: Table) -> LimitSettings:
     d = LimitSettings()
     return LimitSettings(
         max_message_bytes=t.positive("max_message_bytes", d.max_message_bytes),
@@ -438,7 +301,7 @@ def _limits(t: _Table) -> LimitSettings:
     )
 
 
-def _storage(t: _Table) -> StorageSettings:
+def _storage(t: Table) -> StorageSettings:
     url = t.text("url", StorageSettings.url)
     if url.startswith("postgresql://"):
         raise t.error("url", "the PostgreSQL backend is not available in this release")
@@ -448,7 +311,7 @@ def _storage(t: _Table) -> StorageSettings:
     return StorageSettings(url=url)
 
 
-def _portal(t: _Table) -> PortalSettings:
+def _portal(t: Table) -> PortalSettings:
     base = t.text("base_url", PortalSettings.base_url).rstrip("/")
     parts = urlsplit(base)
     if parts.scheme not in ("https", "http") or not parts.hostname:
@@ -458,7 +321,7 @@ def _portal(t: _Table) -> PortalSettings:
     return PortalSettings(
         enabled=t.get("enabled", bool, True),
         base_url=base,
-        listen=_host_port(t, "listen", PortalSettings.listen),
+        listen=read_host_port(t, "listen", PortalSettings.listen),
         expiry_days=t.positive("expiry_days", PortalSettings.expiry_days),
         sender_name=t.text("sender_name", ""),
         notify_from=t.text("notify_from", ""),
@@ -467,7 +330,7 @@ def _portal(t: _Table) -> PortalSettings:
     )
 
 
-def _dkim(t: _Table) -> DkimSettings:
+def _dkim(t: Table) -> DkimSettings:
     for name in ("domain", "selector", "key_file"):
         if name not in t.data:
             raise t.error(name, "is required in [dkim] (remove the section to turn DKIM off)")
@@ -475,13 +338,13 @@ def _dkim(t: _Table) -> DkimSettings:
     if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})", selector):
         raise t.error("selector", f'not a valid DKIM selector: "{selector}"')
     return DkimSettings(
-        domain=_domain(t, "domain", t.text("domain", "")),
+        domain=read_domain(t, "domain", t.text("domain", "")),
         selector=selector,
         key_file=t.text("key_file", ""),
     )
 
 
-def _audit(t: _Table) -> AuditSettings:
+def _audit(t: Table) -> AuditSettings:
     d = AuditSettings()
     return AuditSettings(
         retention_days=t.positive("retention_days", d.retention_days),
@@ -491,106 +354,35 @@ def _audit(t: _Table) -> AuditSettings:
     )
 
 
-def _encryption(t: _Table) -> EncryptionSettings:
+def _encryption(t: Table) -> EncryptionSettings:
     return EncryptionSettings(archive_key_file=t.text("archive_key_file", ""))
-
-
-def _consent(t: _Table) -> Consent:
-    granted = _date(t, "granted", t.data.get("granted"))
-    t.seen.add("granted")
-    warning = t.text("warning", "")
-    if not warning:
-        raise t.error("warning", "is required: the version of the risk warning the client saw")
-    expires = t.data.get("expires")
-    t.seen.add("expires")
-    c = Consent(granted=granted, warning=warning,
-                expires=None if expires is None else _date(t, "expires", expires))
-    t.finish()
-    return c
-
-
-def _list_of_tables(t: _Table, name: str) -> list[_Table]:
-    raw = t.get(name, list, [])
-    return [_Table(t.file, f"{t.key(name)}[{i}]", item) for i, item in enumerate(raw)]
-
-
-def parse_client(c: _Table) -> ClientEntry:
-    cid = c.text("id", "")
-    if not cid:
-        raise c.error("id", "is required")
-    addresses = tuple(_address(c, f"addresses[{i}]", a)
-                      for i, a in enumerate(c.strings("addresses")))
-    if not addresses:
-        raise c.error("addresses", "needs at least one address")
-    contacts = []
-    for ct in _list_of_tables(c, "contacts"):
-        addr = ct.text("address", "")
-        if not addr:
-            raise ct.error("address", "is required")
-        contacts.append(ContactEntry(_address(ct, "address", addr), ct.text("relation", "contact")))
-        ct.finish()
-    consent = None
-    if "consent_unencrypted" in c.data:
-        consent = _consent(c.table("consent_unencrypted"))
-    names = c.strings("names")
-    c.finish()
-    return ClientEntry(cid, addresses, tuple(contacts), consent, names)
-
-
-def parse_partner(p: _Table) -> PartnerEntry:
-    name = p.text("name", "")
-    if not name:
-        raise p.error("name", "is required")
-    entry = PartnerEntry(
-        name=name,
-        domains=tuple(_domain(p, f"domains[{i}]", d) for i, d in enumerate(p.strings("domains"))),
-        addresses=tuple(_address(p, f"addresses[{i}]", a)
-                        for i, a in enumerate(p.strings("addresses"))),
-    )
-    if not entry.domains and not entry.addresses:
-        raise p.error("domains", "a partner needs at least one domain or address")
-    p.finish()
-    return entry
-
-
-def parse_directory(t: _Table) -> DirectorySettings:
-    clients = tuple(parse_client(c) for c in _list_of_tables(t, "clients"))
-    seen: dict[str, str] = {}
-    for i, c in enumerate(clients):
-        if c.id in seen:
-            raise ConfigError(t.file, f"{t.key('clients')}[{i}].id",
-                              f'duplicate client id "{c.id}"')
-        seen[c.id] = c.id
-    partners = tuple(parse_partner(p) for p in _list_of_tables(t, "partners"))
-    t.finish()
-    return DirectorySettings(clients=clients, partners=partners)
 
 
 def parse_settings(data: Mapping[str, Any], path: str, digest: str = "") -> Settings:
     """Build :class:`Settings` from already-parsed TOML (``path`` is for messages)."""
-    root = _Table(path, "", data)
+    root = Table(path, "", data)
     _check_sections(root, data)
-    dkim = _section(root, "dkim", _dkim) if "dkim" in data else None
+    dkim = read_section(root, "dkim", _dkim) if "dkim" in data else None
     root.seen.add("dkim")
     return Settings(
         path=path,
-        practice=_section(root, "practice", _practice),
-        relay=_section(root, "relay", _relay),
-        submission=_section(root, "submission", _submission),
-        upstream=_section(root, "upstream", _upstream),
-        policy=_section(root, "policy", _policy),
-        limits=_section(root, "limits", _limits),
-        storage=_section(root, "storage", _storage),
-        portal=_section(root, "portal", _portal),
+        practice=read_section(root, "practice", _practice),
+        relay=read_section(root, "relay", _relay),
+        submission=read_section(root, "submission", _submission),
+        upstream=read_section(root, "upstream", _upstream),
+        policy=read_section(root, "policy", _policy),
+        limits=read_section(root, "limits", _limits),
+        storage=read_section(root, "storage", _storage),
+        portal=read_section(root, "portal", _portal),
         dkim=dkim,
-        audit=_section(root, "audit", _audit),
-        encryption=_section(root, "encryption", _encryption),
+        audit=read_section(root, "audit", _audit),
+        encryption=read_section(root, "encryption", _encryption),
         directory=parse_directory(root.table("directory")),
         digest=digest,
     )
 
 
-def _check_sections(root: _Table, data: Mapping[str, Any]) -> None:
+def _check_sections(root: Table, data: Mapping[str, Any]) -> None:
     known = {"practice", "relay", "submission", "upstream", "policy", "limits", "storage",
              "portal", "dkim", "audit", "encryption", "directory"}
     extra = sorted(set(data) - known)

@@ -28,18 +28,19 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from securemail.config import (
+from securemail.config_directory import (
     ClientEntry,
     ContactEntry,
     DirectorySettings,
     PartnerEntry,
-    _Table,
     parse_client,
+    parse_directory,
     parse_partner,
 )
 from securemail.errors import ConfigError, InputError
 from securemail.model import Consent, Role
 from securemail.store.sqlite import ensure_schema, transaction
+from securemail.toml_table import Table
 
 __all__ = [
     "AddressError",
@@ -239,10 +240,8 @@ def read_directory_file(path: str | Path) -> DirectorySettings:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(name, "", f"TOML syntax error: {exc}") from None
         # Accept both a bare file and one that nests under [directory].
-        table = _Table(name, "directory" if "directory" in data else "",
+        table = Table(name, "directory" if "directory" in data else "",
                        data.get("directory", data))
-        from securemail.config import parse_directory
-
         return parse_directory(table)
     if p.suffix.lower() == ".csv":
         return _read_csv(name, text)
@@ -275,7 +274,7 @@ def _read_csv(name: str, text: str) -> DirectorySettings:
             data: dict[str, object] = {"name": (row.get("name") or "").strip(),
                                        "domains": items("domains"),
                                        "addresses": items("addresses")}
-            partners.append(parse_partner(_Table(name, line, data)))
+            partners.append(parse_partner(Table(name, line, data)))
             continue
         if kind != "client":
             raise ConfigError(name, f"{line}: kind", f'must be "client" or "partner", got "{kind}"')
@@ -295,7 +294,7 @@ def _read_csv(name: str, text: str) -> DirectorySettings:
             if (row.get("consent_expires") or "").strip():
                 consent["expires"] = row["consent_expires"].strip()
             client["consent_unencrypted"] = consent
-        clients.append(parse_client(_Table(name, line, client)))
+        clients.append(parse_client(Table(name, line, client)))
     return DirectorySettings(clients=tuple(clients), partners=tuple(partners))
 
 

@@ -1,0 +1,121 @@
+"""The directory part of the config: clients, contacts, consent, partners.
+
+The same readers serve ``[[directory.*]]`` in securemail.toml and the files
+``securemail directory import`` takes (TOML or CSV rows), so both give the same
+errors for the same mistakes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from securemail.errors import ConfigError
+from securemail.model import Consent
+from securemail.toml_table import Table, read_address, read_date, read_domain, read_tables
+
+__all__ = [
+    "ClientEntry",
+    "ContactEntry",
+    "DirectorySettings",
+    "PartnerEntry",
+    "parse_client",
+    "parse_directory",
+    "parse_partner",
+]
+
+
+@dataclass(frozen=True)
+class ContactEntry:
+    address: str
+    relation: str
+
+
+@dataclass(frozen=True)
+class ClientEntry:
+    id: str
+    addresses: tuple[str, ...]
+    contacts: tuple[ContactEntry, ...] = ()
+    consent_unencrypted: Consent | None = None
+    names: tuple[str, ...] = ()  # optional: lets the detectors spot a client's name
+
+
+@dataclass(frozen=True)
+class PartnerEntry:
+    name: str
+    domains: tuple[str, ...] = ()
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DirectorySettings:
+    clients: tuple[ClientEntry, ...] = ()
+    partners: tuple[PartnerEntry, ...] = ()
+
+
+
+def _consent(t: Table) -> Consent:
+    granted = read_date(t, "granted", t.data.get("granted"))
+    t.seen.add("granted")
+    warning = t.text("warning", "")
+    if not warning:
+        raise t.error("warning", "is required: the version of the risk warning the client saw")
+    expires = t.data.get("expires")
+    t.seen.add("expires")
+    c = Consent(granted=granted, warning=warning,
+                expires=None if expires is None else read_date(t, "expires", expires))
+    t.finish()
+    return c
+
+
+def parse_client(c: Table) -> ClientEntry:
+    cid = c.text("id", "")
+    if not cid:
+        raise c.error("id", "is required")
+    addresses = tuple(read_address(c, f"addresses[{i}]", a)
+                      for i, a in enumerate(c.strings("addresses")))
+    if not addresses:
+        raise c.error("addresses", "needs at least one address")
+    contacts = []
+    for ct in read_tables(c, "contacts"):
+        addr = ct.text("address", "")
+        if not addr:
+            raise ct.error("address", "is required")
+        contacts.append(ContactEntry(read_address(ct, "address", addr),
+                                     ct.text("relation", "contact")))
+        ct.finish()
+    consent = None
+    if "consent_unencrypted" in c.data:
+        consent = _consent(c.table("consent_unencrypted"))
+    names = c.strings("names")
+    c.finish()
+    return ClientEntry(cid, addresses, tuple(contacts), consent, names)
+
+
+def parse_partner(p: Table) -> PartnerEntry:
+    name = p.text("name", "")
+    if not name:
+        raise p.error("name", "is required")
+    entry = PartnerEntry(
+        name=name,
+        domains=tuple(read_domain(p, f"domains[{i}]", d)
+                      for i, d in enumerate(p.strings("domains"))),
+        addresses=tuple(read_address(p, f"addresses[{i}]", a)
+                        for i, a in enumerate(p.strings("addresses"))),
+    )
+    if not entry.domains and not entry.addresses:
+        raise p.error("domains", "a partner needs at least one domain or address")
+    p.finish()
+    return entry
+
+
+def parse_directory(t: Table) -> DirectorySettings:
+    clients = tuple(parse_client(c) for c in read_tables(t, "clients"))
+    seen: dict[str, str] = {}
+    for i, c in enumerate(clients):
+        if c.id in seen:
+            raise ConfigError(t.file, f"{t.key('clients')}[{i}].id",
+                              f'duplicate client id "{c.id}"')
+        seen[c.id] = c.id
+    partners = tuple(parse_partner(p) for p in read_tables(t, "partners"))
+    t.finish()
+    return DirectorySettings(clients=clients, partners=partners)
