@@ -20,7 +20,6 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -129,13 +128,43 @@ class Chainer:
 
 
 class _Job:
-    """Records from one async caller, waiting for the writer thread's next commit."""
+    """Records from one async caller, waiting for the writer thread's next commit.
 
-    __slots__ = ("future", "items")
+    The caller's loop future is settled from the writer thread with one
+    ``call_soon_threadsafe`` per batch and loop (one self-pipe wake-up for the
+    lot) instead of a concurrent Future + ``wrap_future`` per record.
+    """
 
-    def __init__(self, items: list[tuple[dict[str, Any], str]]) -> None:
+    __slots__ = ("future", "items", "loop")
+
+    def __init__(self, items: list[tuple[dict[str, Any], str]],
+                 loop: asyncio.AbstractEventLoop) -> None:
         self.items = items
-        self.future: Future[None] = Future()
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+
+
+def _settle(jobs: list[_Job], err: BaseException | None) -> None:
+    """Runs in the callers' loop: report the commit (or its failure) to each job."""
+    for j in jobs:
+        if j.future.done():  # the caller was cancelled meanwhile
+            continue
+        if err is None:
+            j.future.set_result(None)
+        else:
+            j.future.set_exception(err)
+
+
+def _notify(jobs: list[_Job], err: BaseException | None) -> None:
+    """From the writer thread: settle ``jobs``, one wake-up per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+    for j in jobs:
+        by_loop.setdefault(j.loop, []).append(j)
+    for loop, group in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, group, err)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            pass
 
 
 _STOP = object()
@@ -192,8 +221,8 @@ class AuditLog:
         at = format_time(now)
         bodies = message_fields(envelope, outcome, config_digest=config_digest,
                                 instance_id=instance_id)
-        job = self._submit(_Job([(b, at) for b in bodies]))
-        await asyncio.wrap_future(job.future)
+        job = self._submit(_Job([(b, at) for b in bodies], asyncio.get_running_loop()))
+        await job.future
 
     def record_event(self, kind: str, /, *, now: datetime, **fields: str | int | None) -> None:
         """A portal or admin event (see ``records.EVENT_FIELDS``); durable on return.
@@ -241,13 +270,15 @@ class AuditLog:
         self._closed = True  # refuse new records from here on
         self._queue.put(_STOP)
         self._thread.join()  # the writer commits everything queued before the stop
+        late_jobs: list[_Job] = []
         while True:  # a caller that raced with close: tell it, never leave it waiting
             try:
                 late = self._queue.get_nowait()
             except queue.Empty:
                 break
             if isinstance(late, _Job):
-                late.future.set_exception(StoreError("audit: the log is closed"))
+                late_jobs.append(late)
+        _notify(late_jobs, StoreError("audit: the log is closed"))
         try:
             at = format_time(now)
             self._transaction(lambda c: self.chainer.checkpoint(c, at, "close"))
@@ -291,8 +322,6 @@ class AuditLog:
         except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
             err = StoreError(f"audit: cannot append ({type(exc).__name__})") if isinstance(
                 exc, sqlite3.Error) else exc
-            for j in batch:
-                j.future.set_exception(err)
+            _notify(batch, err)
         else:
-            for j in batch:
-                j.future.set_result(None)
+            _notify(batch, None)
