@@ -16,6 +16,7 @@ from securemail.errors import (
     SecuremailError,
     StoreError,
     TemporaryFailure,
+    UpstreamRefused,
     UpstreamUnavailable,
 )
 from securemail.model import (
@@ -60,6 +61,7 @@ __all__ = [
     "Status",
     "StoreError",
     "TemporaryFailure",
+    "UpstreamRefused",
     "UpstreamUnavailable",
     "Verdict",
     "load",

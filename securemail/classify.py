@@ -11,8 +11,16 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from securemail.directory import AddressError, Directory, normalise_address
-from securemail.encryption_state import encryption_state
-from securemail.model import IDENTIFIER_DETECTORS, Encryption, Facts, RecipientFacts, Role, Source
+from securemail.encryption_state import claims_encryption, encryption_state
+from securemail.model import (
+    IDENTIFIER_DETECTORS,
+    Encryption,
+    Facts,
+    PhiSignal,
+    RecipientFacts,
+    Role,
+    Source,
+)
 from securemail.parse import MessageView
 from securemail.phi import Detectors, message_text
 
@@ -52,9 +60,20 @@ def classify(
     participants = {sender, *envelope, *view.addresses(
         "from", "sender", "reply-to", "to", "cc", "bcc")} - {""}
     client_ids = sorted({c for a in participants for c in directory.identify(a).client_ids})
-    signals = detectors.scan(view.subject, message_text(view.message, scan_limit))
+    encryption = encryption_state(view.message)
+    # An encrypted message's parts cannot be read, but its Subject, preamble and
+    # epilogue travel in clear: those are scanned like any other text.
+    text, truncated = message_text(view.message, scan_limit,
+                                   clear_only=encryption is not Encryption.NONE)
+    signals = detectors.scan(view.subject, text)
+    if truncated or (encryption is Encryption.NONE and claims_encryption(view.message)):
+        # Text we did not read (past the limit, or "encrypted" content that is
+        # not really ciphertext) may be PHI.
+        signals += (PhiSignal("phi-unscanned", "body"),)
     restricted_values = view.message.get_all(restricted_header) or []
-    restricted = ",".join(" ".join(str(v).split()) for v in restricted_values)[:64] or None
+    # Present counts, even empty: the practice marked the message restricted.
+    restricted = (",".join(" ".join(str(v).split()) for v in restricted_values)[:64]
+                  or "unspecified") if restricted_values else None
 
     unique = list(dict.fromkeys(envelope))  # the same RCPT twice gets one decision
     who = {a: directory.identify(a) for a in unique}
@@ -71,7 +90,7 @@ def classify(
     return Facts(
         message_id=message_id,
         sender=sender,
-        encryption=encryption_state(view.message),
+        encryption=encryption,
         recipients=recipients,
         client_ids=tuple(client_ids),
         phi_signals=signals,

@@ -115,7 +115,7 @@ class LimitSettings:
     max_mime_depth: int = 20
     max_parts: int = 500
     max_header_bytes: int = 256 * 1024
-    scan_text_bytes: int = 512 * 1024  # content detectors read at most this much text
+    scan_text_bytes: int = 2 * MiB  # detectors read at most this much text; more = PHI
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from collections.abc import Mapping
 
 from securemail.errors import StoreError
 from securemail.model import Status
@@ -41,7 +42,7 @@ class DeliveryLedger:
             raise StoreError("cannot read the delivery ledger") from None
         return {r: Status(s) for r, s in rows}
 
-    def record(self, digest: str, statuses: dict[str, Status], now: dt.datetime) -> None:
+    def record(self, digest: str, statuses: Mapping[str, Status], now: dt.datetime) -> None:
         """Durable before it returns (synchronous=FULL commit)."""
         if not statuses:
             return

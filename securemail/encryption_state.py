@@ -16,7 +16,13 @@ from email.message import Message
 
 from securemail.model import Encryption
 
-__all__ = ["encryption_state", "is_openpgp_encrypted", "is_cms_enveloped"]
+__all__ = [
+    "claims_encryption",
+    "encryption_state",
+    "is_cms_enveloped",
+    "is_openpgp_encrypted",
+    "looks_random",
+]
 
 _ARMOR = re.compile(
     rb"\A\s*-----BEGIN PGP MESSAGE-----\r?\n"
@@ -27,7 +33,6 @@ _ARMOR = re.compile(
     rb"\s*-----END PGP MESSAGE-----\s*\Z"
 )
 _ESK_TAGS = {1, 3}  # public-key / symmetric-key encrypted session key
-_DATA_TAGS = {18, 20}  # SEIPD (v1/v2), OCB encrypted data (draft/GnuPG)
 _LEGACY_DATA_TAG = 9  # SED without integrity protection: still encrypted
 
 
@@ -41,9 +46,10 @@ def dearmor(text: bytes) -> bytes | None:
         return None
 
 
-def _packets(data: bytes) -> list[int] | None:
-    """Tags of the OpenPGP packets in ``data``; None if the framing is broken."""
-    tags: list[int] = []
+def _packets(data: bytes) -> list[tuple[int, bytes]] | None:
+    """(tag, first bytes of the body) of each OpenPGP packet; None if the
+    framing is broken or a packet has an indeterminate length (old format)."""
+    packets: list[tuple[int, bytes]] = []
     i = 0
     n = len(data)
     while i < n:
@@ -53,6 +59,7 @@ def _packets(data: bytes) -> list[int] | None:
         if first & 0x40:  # new format
             tag = first & 0x3F
             i += 1
+            body_start = -1
             while True:  # partial body lengths chain until a definite length
                 if i >= n:
                     return None
@@ -73,38 +80,67 @@ def _packets(data: bytes) -> list[int] | None:
                 else:
                     length, i = 1 << (o & 0x1F), i + 1
                     partial = True
+                if body_start < 0:
+                    body_start = i
                 i += length
                 if i > n:
                     return None
                 if not partial:
                     break
+            # Partial chunks interleave length octets; a sample from the first is enough.
+            packets.append((tag, data[body_start : min(i, body_start + _SAMPLE)]))
         else:  # old format
             tag = (first >> 2) & 0x0F
             ltype = first & 0x03
             i += 1
-            if ltype == 3:  # indeterminate: runs to the end
-                tags.append(tag)
-                return tags
+            if ltype == 3:  # indeterminate length: a place to hide anything
+                return None
             size = (1, 2, 4)[ltype]
             if i + size > n:
                 return None
             length = int.from_bytes(data[i : i + size], "big")
+            body = data[i + size : i + size + length]
             i += size + length
             if i > n:
                 return None
-        tags.append(tag)
-    return tags
+            packets.append((tag, body[:_SAMPLE]))
+    return packets
+
+
+_SAMPLE = 4096
+_PRINTABLE = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+
+
+def looks_random(sample: bytes) -> bool:
+    """Ciphertext is ~38% printable bytes; text is ~100%. Wrapping clear text in
+    encrypted-packet framing therefore does not pass as encrypted."""
+    if len(sample) < 16:
+        return False
+    printable = sum(1 for b in sample if b in _PRINTABLE)
+    return printable / len(sample) < 0.75
 
 
 def is_openpgp_encrypted(data: bytes) -> bool:
-    """Binary OpenPGP: >= 1 session key packet, then exactly one encrypted data packet."""
-    tags = _packets(data)
-    if not tags or len(tags) < 2:
+    """Binary OpenPGP: session key packet(s), then one encrypted data packet whose
+    body has a valid version and looks like ciphertext."""
+    packets = _packets(data)
+    if not packets or len(packets) < 2:
         return False
-    *esks, last = tags
-    if not all(t in _ESK_TAGS for t in esks):
-        return False
-    return last in _DATA_TAGS or last == _LEGACY_DATA_TAG
+    *esks, (tag, body) = packets
+    for esk_tag, esk in esks:
+        if esk_tag == 1 and (len(esk) < 10 or esk[0] not in (3, 6)):
+            return False  # PKESK: version, key id / fingerprint, algorithm, session key
+        if esk_tag == 3 and (len(esk) < 4 or esk[0] not in (4, 5, 6)):
+            return False
+        if esk_tag not in _ESK_TAGS:
+            return False
+    if tag == 18:  # SEIPD: version 1 (CFB + MDC) or 2 (AEAD)
+        return len(body) >= 30 and body[0] in (1, 2) and looks_random(body[1:])
+    if tag == 20:  # GnuPG's OCB packet
+        return len(body) >= 20 and body[0] == 1 and looks_random(body[4:])
+    if tag == _LEGACY_DATA_TAG:
+        return len(body) >= 20 and looks_random(body)
+    return False
 
 
 def is_armored_openpgp_encrypted(text: bytes) -> bool:
@@ -153,7 +189,11 @@ def is_cms_enveloped(der: bytes) -> bool:
     if inner is None or inner[0] != 0x30:
         return False
     version = _der_header(der, inner[1])
-    return version is not None and version[0] == 0x02
+    if version is None or version[0] != 0x02:
+        return False
+    # The encrypted content comes last: it must look like ciphertext.
+    tail = der[-min(_SAMPLE, max(16, len(der) // 3)):].rstrip(b"\x00")
+    return looks_random(tail)
 
 
 def _payload_bytes(part: Message) -> bytes:
@@ -187,6 +227,19 @@ def encryption_state(message: Message) -> Encryption:
                 is_armored_openpgp_encrypted(_payload_bytes(leaf)):
             return Encryption.PGP_INLINE
     return Encryption.NONE
+
+
+def claims_encryption(message: Message) -> bool:
+    """The message says it is encrypted (whether or not it really is)."""
+    ctype = message.get_content_type()
+    if ctype == "multipart/encrypted":
+        return True
+    if ctype in ("application/pkcs7-mime", "application/x-pkcs7-mime"):
+        smime_type = message.get_param("smime-type")
+        return not (isinstance(smime_type, str) and smime_type.lower() in (
+            "signed-data", "certs-only", "compressed-data"))
+    return any(isinstance(p.get_payload(), str) and "BEGIN PGP MESSAGE" in p.get_payload()
+               for p in _leaves(message))
 
 
 def _is_pgp_mime(message: Message) -> bool:

@@ -112,6 +112,12 @@ class Blocked(PermanentFailure):
         rules = sorted({r for d in blocked for r in d.rules})
         if "malformed-message" in rules or "malformed-address" in rules:
             return f"554 5.6.0 Message not relayed: {', '.join(rules)}"
-        names = ", ".join(d.address for d in blocked[:10])
-        more = f" and {len(blocked) - 10} more" if len(blocked) > 10 else ""
-        return f"550 5.7.1 Blocked by policy ({', '.join(rules)}): {names}{more}"
+        # One reply line stays well under RFC 5321's 512 octets.
+        head = f"550 5.7.1 Blocked by policy ({', '.join(rules)})"[:200]
+        shown: list[str] = []
+        for d in blocked:
+            if len(head) + sum(len(a) + 2 for a in shown) + len(d.address) > 440:
+                break
+            shown.append(d.address)
+        more = f" and {len(blocked) - len(shown)} more" if len(blocked) > len(shown) else ""
+        return f"{head}: {', '.join(shown)}{more}"

@@ -152,8 +152,10 @@ class Facts:
         return bool(self.client_ids)
 
 
-IDENTIFIER_DETECTORS = frozenset({"phi-ssn", "phi-dob", "phi-mrn", "phi-client-name"})
-HEALTH_DETECTORS = frozenset({"phi-icd10", "phi-keyword"})
+# "phi-unscanned": text past the scan limit was not read, so it counts as both.
+IDENTIFIER_DETECTORS = frozenset({"phi-ssn", "phi-dob", "phi-mrn", "phi-client-name",
+                                  "phi-unscanned"})
+HEALTH_DETECTORS = frozenset({"phi-icd10", "phi-keyword", "phi-unscanned"})
 
 
 @dataclass(frozen=True, slots=True)

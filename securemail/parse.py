@@ -13,6 +13,7 @@ import email.policy
 import email.utils
 import re
 from dataclasses import dataclass
+from email import errors
 from email.header import decode_header, make_header
 from email.message import Message
 
@@ -22,7 +23,7 @@ from securemail.directory import AddressError, normalise_address
 __all__ = ["ADDRESS_HEADERS", "MessageView", "parse_message", "strip_header"]
 
 ADDRESS_HEADERS = ("from", "sender", "reply-to", "to", "cc", "bcc")
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
+HEADER_END = re.compile(rb"\r?\n\r?\n")
 # A header value made only of plain "addr" or "Name <addr>" items can skip the
 # slow RFC 5322 parser; anything else (quotes, comments, groups, encoded words)
 # goes through both parsers, which must agree.
@@ -59,7 +60,7 @@ def parse_message(raw: bytes, limits: LimitSettings) -> MessageView:
     """Parse ``raw`` within ``limits``; see the module docstring."""
     if len(raw) > limits.max_message_bytes:
         return _bad(raw, "malformed-message", f"message exceeds {limits.max_message_bytes} bytes")
-    end = _HEADER_END.search(raw, 0, limits.max_header_bytes + 4)
+    end = HEADER_END.search(raw, 0, limits.max_header_bytes + 4)
     header_len = end.start() if end else len(raw)
     if header_len > limits.max_header_bytes:
         return _bad(raw, "malformed-message",
@@ -75,6 +76,14 @@ def parse_message(raw: bytes, limits: LimitSettings) -> MessageView:
     raw_headers: dict[str, list[str]] = {}
     for key, value in message.raw_items():  # undecoded: keeps 8-bit (SMTPUTF8) bytes
         raw_headers.setdefault(key.lower(), []).append(value)
+    for name in _SINGLETONS:
+        if len(raw_headers.get(name, ())) > 1:
+            # Which copy counts is up to each reader: the scanner must not see a
+            # different Subject or body encoding than the recipient's mail program.
+            return _bad(raw, "malformed-message", f"more than one {name.title()} header",
+                        message)
+    if not raw_headers.get("from"):
+        return _bad(raw, "malformed-message", "the message has no From header", message)
     for name in ADDRESS_HEADERS:
         values = raw_headers.get(name, [])
         if len(values) > 1 and name in ("from", "sender", "to", "cc", "reply-to"):
@@ -111,12 +120,29 @@ def _parse_mime(raw: bytes, header_end: re.Match[bytes] | None) -> Message:
     return email.message_from_bytes(raw)
 
 
+_SINGLETONS = ("subject", "content-type", "content-transfer-encoding", "mime-version")
+# Defects after which the parser's view of headers or parts may differ from a mail
+# program's (e.g. "X-Mailer : app" ends the header block early for Python, so the
+# real Content-Type would be read as body): such a message is not scanned reliably.
+_UNSAFE_DEFECTS = (
+    errors.MissingHeaderBodySeparatorDefect,
+    errors.FirstHeaderLineIsContinuationDefect,
+    errors.StartBoundaryNotFoundDefect,
+    errors.NoBoundaryInMultipartDefect,
+    errors.MultipartInvariantViolationDefect,
+    errors.MisplacedEnvelopeHeaderDefect,
+)
+
+
 def _check_structure(message: Message, limits: LimitSettings) -> str:
-    """Walk the MIME tree without recursion; report the first limit crossed."""
+    """Walk the MIME tree without recursion; report the first limit crossed or
+    the first defect that makes the structure ambiguous."""
     count = 0
     stack: list[tuple[Message, int]] = [(message, 1)]
     while stack:
         part, depth = stack.pop()
+        if any(isinstance(d, _UNSAFE_DEFECTS) for d in part.defects):
+            return "the header or MIME structure is ambiguous"
         count += 1
         if count > limits.max_parts:
             return f"more than {limits.max_parts} MIME parts"
@@ -203,7 +229,7 @@ def _decode_subject(message: Message) -> str:
 def strip_header(raw: bytes, name: str) -> bytes:
     """Remove every occurrence of header ``name`` (with folded lines), bytes-exact
     elsewhere. Used for the practice's restricted-class marker."""
-    end = _HEADER_END.search(raw)
+    end = HEADER_END.search(raw)
     head, body = (raw[: end.start()], raw[end.start():]) if end else (raw, b"")
     lines = re.split(rb"(?<=\n)", head)
     out: list[bytes] = []

@@ -160,28 +160,43 @@ class Detectors:
 _TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
 
 
-def message_text(message: Message, limit: int) -> str:
-    """Decoded text of the text/* parts, up to ``limit`` characters in all."""
+def message_text(message: Message, limit: int, *, clear_only: bool = False
+                 ) -> tuple[str, bool]:
+    """Decoded text of the text/* parts plus every multipart preamble and epilogue
+    (some mail programs show them), up to ``limit`` characters in all.
+
+    Returns ``(text, truncated)``; a caller must treat text it did not see as
+    possibly PHI. ``clear_only`` reads only preambles and epilogues (for an
+    encrypted message, whose parts cannot be read).
+    """
     chunks: list[str] = []
     size = 0
+
+    def add(text: str) -> bool:
+        nonlocal size
+        chunks.append(text[: limit - size])
+        size += len(chunks[-1])
+        return len(text) > len(chunks[-1])
+
     for part in message.walk():
         if part.is_multipart():
+            for extra in (part.preamble, part.epilogue):
+                if extra and extra.strip() and add(extra):
+                    return "\n".join(chunks), True
             continue
         ctype = part.get_content_type()
-        if not ctype.startswith("text/"):
+        if clear_only or not ctype.startswith("text/"):
             continue
         payload = part.get_payload(decode=True)
         if not isinstance(payload, bytes):
             continue
         charset = part.get_content_charset() or "utf-8"
         try:
-            text = payload[: limit * 4].decode(charset, errors="replace")
+            text = payload.decode(charset, errors="replace")
         except LookupError:
-            text = payload[: limit * 4].decode("utf-8", errors="replace")
+            text = payload.decode("utf-8", errors="replace")
         if ctype == "text/html":
             text = html.unescape(_TAG.sub(" ", text))
-        chunks.append(text[: limit - size])
-        size += len(chunks[-1])
-        if size >= limit:
-            break
-    return "\n".join(chunks)
+        if add(text):
+            return "\n".join(chunks), True
+    return "\n".join(chunks), False

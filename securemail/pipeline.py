@@ -32,7 +32,7 @@ from securemail.model import (
     Verdict,
 )
 from securemail.notices import recipients_notice
-from securemail.parse import strip_header
+from securemail.parse import HEADER_END, strip_header
 from securemail.render import Output, render_protected
 
 if TYPE_CHECKING:
@@ -84,23 +84,32 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
         tls = out_tls or tls
         for d in output.recipients:
             status, reply = per_rcpt[d.address]
-            if status is Status.DELIVERED and d.action is Action.PORTAL:
-                status = Status.SEALED
-                if output.portal_id:
+            if d.action is Action.PORTAL and output.portal_id:
+                if status is Status.DELIVERED:
+                    status = Status.SEALED
                     portal_ids[d.address] = output.portal_id
+                else:  # the notice did not leave: its sealed copy must not outlive it
+                    _discard_seal(relay, output.portal_id, now)
             statuses[d.address] = status
             if reply:
                 replies[d.address] = reply
 
     outcome = _finish(verdict, digest, statuses, portal_ids, replies, tls)
+    accepted = {r.address: r.status for r in outcome.recipients
+                if r.status in (Status.DELIVERED, Status.SEALED)}
     deferred = [r.address for r in outcome.recipients if r.status is Status.DEFERRED]
-    if deferred:
-        # Remember what upstream already took, so the sender's retry sends only the rest.
-        ledger.record(digest, {r.address: r.status for r in outcome.recipients
-                               if r.status in (Status.DELIVERED, Status.SEALED)}, now)
-    await _audit(relay, envelope, outcome, now)
+    try:
+        for portal_id in portal_ids.values():
+            relay.portal.notified(portal_id, now=now)
+        await _audit(relay, envelope, outcome, now)
+    except TemporaryFailure:
+        # Upstream already holds some copies: remember them, so that the sender's
+        # retry after this 451 sends only what is missing.
+        ledger.record(digest, accepted, now)
+        raise
     _log(relay, outcome, started)
     if deferred:
+        ledger.record(digest, accepted, now)
         raise TemporaryFailure("some recipients could not be handled yet")
     if not outcome.delivered:
         raise UpstreamRefused("no recipient accepted the message")
@@ -110,6 +119,14 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
     if done:
         ledger.forget(digest)
     return outcome
+
+
+def _discard_seal(relay: Relay, portal_id: str, now: dt.datetime) -> None:
+    try:
+        relay.portal.revoke(portal_id, now, actor="relay")
+    except TemporaryFailure:
+        log.warning("could not revoke an undelivered portal message",
+                    extra={"event": {"notice": "revoke-failed"}})
 
 
 def _all_blocked(verdict: Verdict) -> bool:
@@ -126,11 +143,19 @@ def _plan(verdict: Verdict) -> tuple[Decision, ...]:
     return verdict.decisions
 
 
+_NEVER_SENT = (b"bcc", b"resent-bcc")
+
+
 def _strip_markers(relay: Relay, raw: bytes) -> bytes:
-    header = relay.settings.policy.restricted_header
-    if header.lower().encode() + b":" not in raw[:relay.settings.limits.max_header_bytes].lower():
-        return raw
-    return strip_header(raw, header)
+    """Drop what must never leave: the practice's restricted-class marker and the
+    Bcc list (one Bcc recipient must not learn who else was copied)."""
+    head = raw[: relay.settings.limits.max_header_bytes].lower()
+    end = HEADER_END.search(head)
+    head = head[: end.start()] if end else head
+    for name in (relay.settings.policy.restricted_header.lower().encode(), *_NEVER_SENT):
+        if head.startswith(name + b":") or b"\n" + name + b":" in head:
+            raw = strip_header(raw, name.decode())
+    return raw
 
 
 async def _deliver(relay: Relay, envelope: Envelope, output: Output
@@ -181,12 +206,13 @@ async def _audit(relay: Relay, envelope: Envelope, outcome: Outcome, now: dt.dat
 async def _notify_sender(relay: Relay, envelope: Envelope, verdict: Verdict,
                          undelivered: Sequence[RecipientOutcome], now: dt.datetime) -> None:
     """Tell the sender which recipients did not get the message (no content)."""
-    data = recipients_notice(relay.settings, envelope.mail_from, verdict, undelivered, now)
-    if relay.signer is not None:
-        data = relay.signer.sign(data)
     try:
+        data = recipients_notice(relay.settings, envelope.mail_from, verdict, undelivered, now)
+        if relay.signer is not None:
+            data = relay.signer.sign(data)
         await relay.transport.send("", [envelope.mail_from], data)
     except TemporaryFailure:
+        # The message itself was delivered and audited: never turn that into a 451.
         log.warning("sender notice could not be sent", extra={"event": {"notice": "deferred"}})
 
 

@@ -82,7 +82,7 @@ def decide(
     today = now.date().isoformat()
     offenders = [r for r in facts.recipients
                  if concerns and r.role is Role.THIRD_PARTY
-                 and facts.encryption is Encryption.NONE]
+                 and not _sealed_whole(facts)]
     whole_message_blocked = bool(offenders) and policy.unauthorised_recipients == "block"
 
     decisions = []
@@ -107,7 +107,7 @@ def _default_rule(facts: Facts, r: RecipientFacts, policy: PolicySettings, today
 
     if r.role is Role.STAFF:
         return make(Action.DELIVER, ("staff-recipient",), "recipient is practice staff")
-    if facts.encryption is not Encryption.NONE:
+    if _sealed_whole(facts):
         return make(Action.DELIVER, ("already-encrypted",),
                     f"the message is already encrypted ({facts.encryption.value})")
     if not (facts.client_related or facts.phi):
@@ -131,6 +131,12 @@ def _default_rule(facts: Facts, r: RecipientFacts, policy: PolicySettings, today
     return make(Action.BLOCK, (*noted, "portal-disabled"),
                 "protected content, no usable key for the recipient and the portal is "
                 "disabled; import the recipient's key or enable the portal")
+
+
+def _sealed_whole(facts: Facts) -> bool:
+    """Encrypted, and nothing that travels in clear (Subject, preamble) is PHI:
+    only then can nobody without the key read anything that matters."""
+    return facts.encryption is not Encryption.NONE and not facts.phi
 
 
 def _unauthorised_reason(facts: Facts) -> str:

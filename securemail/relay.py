@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import email.message
 import email.policy
+import email.utils
 import os
 import secrets
 from collections.abc import Sequence
@@ -135,6 +136,9 @@ class Relay:
                 mail_from = senders[0] if senders else ""
             if rcpt_tos is None:
                 rcpt_tos = list(dict.fromkeys(view.addresses("to", "cc", "bcc")))
+                if not rcpt_tos and view.malformed and view.message is not None:
+                    # Only for reporting: every recipient of a malformed message is blocked.
+                    rcpt_tos = _loose_recipients(view.message)
         return Envelope(mail_from=mail_from, rcpt_tos=tuple(rcpt_tos), **extra)
 
     # -------------------------------------------------------------- send
@@ -184,6 +188,11 @@ def _as_bytes(message: bytes | email.message.Message) -> bytes:
         return message.as_bytes(policy=policy)
     raise InputError(f"message must be bytes or an email.message.Message, "
                      f"not {type(message).__name__}")
+
+
+def _loose_recipients(message: email.message.Message) -> list[str]:
+    values = [str(v) for n in ("to", "cc", "bcc") for v in message.get_all(n) or []]
+    return list(dict.fromkeys(a for _, a in email.utils.getaddresses(values) if a))
 
 
 def _archive_key(settings: Settings) -> Any:

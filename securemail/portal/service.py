@@ -134,11 +134,17 @@ class PortalService:
 
     def notification(self, sealed: Sealed, *, sender: str, recipient: str,
                      now: datetime) -> bytes:
-        raw = notification_message(self.settings, url=sealed.url, expires=sealed.expires,
-                                   sender=sender, recipient=recipient, now=now)
-        self._event("notified", now, portal_id=sealed.id, mail_from=sender, recipient=recipient,
-                    expires=sealed.expires.date().isoformat())
-        return raw
+        """The notice for ``sealed``. Record it with :meth:`notified` once upstream
+        has accepted it (a deferred notice must not look delivered in the audit)."""
+        return notification_message(self.settings, url=sealed.url, expires=sealed.expires,
+                                    sender=sender, recipient=recipient, now=now)
+
+    def notified(self, portal_id: str, *, now: datetime) -> None:
+        """Audit that the notification for ``portal_id`` was accepted upstream."""
+        row = self.store.get(portal_id)
+        if row is not None:
+            self._event("notified", now, portal_id=portal_id, mail_from=row.sender,
+                        recipient=row.recipient, expires=row.expires.date().isoformat())
 
     # -------------------------------------------------------------- codes
 

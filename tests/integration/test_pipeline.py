@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -237,3 +238,55 @@ async def test_library_accepts_an_email_message_object(relay, capture) -> None:
     outcome = await relay.send(msg, now=NOW)
     assert outcome.delivered == ("nurse@riverside.example",)
     assert b"Shift swap on Friday." in capture.sent[0].data
+
+
+async def test_bcc_list_never_leaves(relay, capture) -> None:
+    raw = build_message(sender=DR, to=["vendor@supplies.example"],
+                        bcc=["nurse@riverside.example", "office@riverside.example"],
+                        body="Office closed Monday.")
+    await relay.send(raw, now=NOW)
+    assert capture.sent
+    for sent in capture.sent:
+        assert b"\nbcc:" not in sent.data.lower() and not sent.data.lower().startswith(b"bcc:")
+        assert b"nurse@riverside.example" not in sent.data
+
+
+async def test_audit_failure_after_delivery_does_not_duplicate_on_retry(
+        config_path: Path) -> None:
+    upstream = FlakyUpstream(down_for=[])
+    relay = securemail.load(config_path, transport=upstream)
+    real = relay.audit.record_outcome
+    calls = 0
+
+    async def failing_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise securemail.StoreError("database is locked")
+        return await real(*args, **kwargs)
+
+    relay.audit.record_outcome = failing_once
+    raw = build_message(sender=DR, to=["nurse@riverside.example"])
+    with pytest.raises(TemporaryFailure):
+        await relay.send(raw, now=NOW)
+    await relay.send(raw, now=NOW)
+    await relay.close()
+    assert [r for r, _ in upstream.accepted] == ["nurse@riverside.example"]
+
+
+async def test_undelivered_notification_revokes_its_seal(config_path: Path) -> None:
+    upstream = FlakyUpstream(down_for=["jane@mail.example"])
+    relay = securemail.load(config_path, transport=upstream)
+    raw = build_message(sender=DR, to=["jane@mail.example"], body=PHI_BODY)
+    with pytest.raises(TemporaryFailure):
+        await relay.send(raw, now=NOW)
+    outcome = await relay.send(raw, now=NOW)
+    rows = relay.portal.list(NOW)
+    live = [r for r in rows if r.revoked is None]
+    assert len(rows) == 2 and len(live) == 1
+    assert live[0].id == outcome.recipients[0].portal_id
+    await relay.close()
+    conn = sqlite3.connect(relay.settings.storage.sqlite_path)
+    bodies = [b for (b,) in conn.execute("SELECT body FROM audit_records WHERE kind != 'message'")]
+    assert sum('"notified"' in b for b in bodies) == 1  # only the notice that left
+    assert sum('"revoked"' in b for b in bodies) == 1

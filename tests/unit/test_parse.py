@@ -116,9 +116,9 @@ def test_strip_header_when_it_is_the_last_header() -> None:
 def _same_as_stdlib(raw: bytes) -> None:
     import email
 
-    from securemail.parse import _HEADER_END, _parse_mime
+    from securemail.parse import HEADER_END, _parse_mime
 
-    ours, stdlib = _parse_mime(raw, _HEADER_END.search(raw)), email.message_from_bytes(raw)
+    ours, stdlib = _parse_mime(raw, HEADER_END.search(raw)), email.message_from_bytes(raw)
     try:
         expected = stdlib.as_bytes()
     except UnicodeError:  # the stdlib generator cannot write some 8-bit multiparts back

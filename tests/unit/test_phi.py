@@ -84,5 +84,6 @@ def test_custom_keywords_extend_health_terms() -> None:
 
 
 def test_detector_ids_are_classified() -> None:
-    assert {"phi-ssn", "phi-dob", "phi-mrn", "phi-client-name"} == IDENTIFIER_DETECTORS
-    assert {"phi-icd10", "phi-keyword"} == HEALTH_DETECTORS
+    assert {"phi-ssn", "phi-dob", "phi-mrn", "phi-client-name", "phi-unscanned"} == \
+        IDENTIFIER_DETECTORS
+    assert {"phi-icd10", "phi-keyword", "phi-unscanned"} == HEALTH_DETECTORS

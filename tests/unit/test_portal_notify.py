@@ -20,6 +20,8 @@ def notification(tmp: Path, **portal: object) -> tuple[bytes, str]:
     sealed = rig.service.seal(original(), message_id="<orig-1@riverside.example>",
                               sender=STAFF, recipient=CLIENT, now=NOW)
     raw = rig.service.notification(sealed, sender=STAFF, recipient=CLIENT, now=NOW)
+    assert rig.audit.kinds() == []  # recorded only once upstream accepts it
+    rig.service.notified(sealed.id, now=NOW)
     assert rig.audit.kinds() == ["notified"]
     return raw, sealed.url
 
