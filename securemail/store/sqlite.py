@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,13 +28,35 @@ def open_database(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connect
     p = Path(path)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(p, timeout=timeout, isolation_level=None, check_same_thread=False)
+    except OSError as exc:
+        raise StoreError(f"{p.parent}: cannot create the store's folder ({exc.strerror})") \
+            from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return _connect(p, timeout)
+        except sqlite3.OperationalError as exc:
+            # Switching a new file to WAL while another process does the same can
+            # report "locked" without SQLite's busy handler ever waiting: retry.
+            if "locked" not in str(exc) and "busy" not in str(exc) \
+                    or time.monotonic() > deadline:
+                raise StoreError(f"{p}: cannot open the store ({type(exc).__name__})") \
+                    from None
+            time.sleep(0.02)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{p}: cannot open the store ({type(exc).__name__})") from None
+
+
+def _connect(p: Path, timeout: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(p, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-    except (OSError, sqlite3.Error) as exc:
-        raise StoreError(f"{p}: cannot open the store ({type(exc).__name__})") from None
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
