@@ -66,7 +66,7 @@ def classify(
     text, truncated = message_text(view.message, scan_limit,
                                    clear_only=encryption is not Encryption.NONE)
     signals = detectors.scan(view.subject, text)
-    if truncated or (encryption is Encryption.NONE and claims_encryption(view.message)):
+    if truncated or (encryption is Encryption.NONE and claims_encryption(view.message, view.raw)):
         # Text we did not read (past the limit, or "encrypted" content that is
         # not really ciphertext) may be PHI.
         signals += (PhiSignal("phi-unscanned", "body"),)

@@ -229,7 +229,7 @@ def encryption_state(message: Message) -> Encryption:
     return Encryption.NONE
 
 
-def claims_encryption(message: Message) -> bool:
+def claims_encryption(message: Message, raw: bytes) -> bool:
     """The message says it is encrypted (whether or not it really is)."""
     ctype = message.get_content_type()
     if ctype == "multipart/encrypted":
@@ -238,8 +238,7 @@ def claims_encryption(message: Message) -> bool:
         smime_type = message.get_param("smime-type")
         return not (isinstance(smime_type, str) and smime_type.lower() in (
             "signed-data", "certs-only", "compressed-data"))
-    return any(isinstance(p.get_payload(), str) and "BEGIN PGP MESSAGE" in p.get_payload()
-               for p in _leaves(message))
+    return b"-----BEGIN PGP MESSAGE-----" in raw
 
 
 def _is_pgp_mime(message: Message) -> bool:

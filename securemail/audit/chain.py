@@ -85,7 +85,12 @@ def signature_valid(public_key: Ed25519PublicKey, signature: object, message: by
     if not isinstance(signature, str):
         return False
     try:
-        public_key.verify(base64.b64decode(signature, validate=True), message)
+        raw = base64.b64decode(signature, validate=True)
+        # Only the one canonical spelling: base64's unused padding bits could
+        # otherwise be flipped without changing the decoded signature.
+        if base64.b64encode(raw).decode("ascii") != signature:
+            return False
+        public_key.verify(raw, message)
     except (InvalidSignature, ValueError):
         return False
     return True

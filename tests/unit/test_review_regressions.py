@@ -111,3 +111,21 @@ def test_policy_reply_stays_under_512_octets() -> None:
     reply = Blocked(Verdict("<m>", Mode.ENFORCE, False, True, decisions)).smtp_reply
     assert reply.startswith("550 5.7.1 ") and len(reply) < 512
     assert reply.endswith("more")
+
+
+def test_signature_with_altered_base64_padding_bits_is_rejected() -> None:
+    """Found by hypothesis: a flipped bit in base64's unused bits kept an export valid."""
+    import base64 as b64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from securemail.audit.chain import signature_valid
+
+    key = Ed25519PrivateKey.generate()
+    good = b64.b64encode(key.sign(b"manifest")).decode()
+    assert good.endswith("==") and signature_valid(key.public_key(), good, b"manifest")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = good[-3]
+    twin = good[:-3] + alphabet[alphabet.index(last) ^ 1] + "=="  # same decoded bytes
+    assert b64.b64decode(twin) == b64.b64decode(good)
+    assert not signature_valid(key.public_key(), twin, b"manifest")
