@@ -16,7 +16,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from securemail.errors import Blocked, RenderError, TemporaryFailure, UpstreamRefused
@@ -99,9 +99,8 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
                 if r.status in (Status.DELIVERED, Status.SEALED)}
     deferred = [r.address for r in outcome.recipients if r.status is Status.DEFERRED]
     try:
-        for portal_id in portal_ids.values():
-            relay.portal.notified(portal_id, now=now)
-        await _audit(relay, envelope, outcome, now)
+        notified = [relay.portal.notified_event(pid) for pid in portal_ids.values()]
+        await _audit(relay, envelope, outcome, now, [e for e in notified if e is not None])
     except TemporaryFailure:
         # Upstream already holds some copies: remember them, so that the sender's
         # retry after this 451 sends only what is missing.
@@ -198,9 +197,10 @@ def _finish(verdict: Verdict, digest: str, statuses: dict[str, Status],
                    upstream_tls=tls)
 
 
-async def _audit(relay: Relay, envelope: Envelope, outcome: Outcome, now: dt.datetime) -> None:
+async def _audit(relay: Relay, envelope: Envelope, outcome: Outcome, now: dt.datetime,
+                 events: Sequence[tuple[str, Mapping[str, str | int | None]]] = ()) -> None:
     await relay.audit.record_outcome(envelope, outcome, config_digest=relay.settings.digest,
-                                     instance_id=relay.instance_id, now=now)
+                                     instance_id=relay.instance_id, now=now, events=events)
 
 
 async def _notify_sender(relay: Relay, envelope: Envelope, verdict: Verdict,

@@ -19,7 +19,7 @@ import hashlib
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -216,11 +216,16 @@ class AuditLog:
     # ------------------------------------------------------------ writing
 
     async def record_outcome(self, envelope: Envelope, outcome: Outcome, *, config_digest: str,
-                             instance_id: str, now: datetime) -> None:
-        """One record per recipient; returns once they are durable (group-committed)."""
+                             instance_id: str, now: datetime,
+                             events: Sequence[tuple[str, Mapping[str, str | int | None]]] = (),
+                             ) -> None:
+        """One record per recipient, plus ``events`` (portal events that belong to
+        this message, e.g. "notified"); returns once all are durable, committed
+        together with other messages' records (group commit)."""
         at = format_time(now)
         bodies = message_fields(envelope, outcome, config_digest=config_digest,
                                 instance_id=instance_id)
+        bodies += [event_fields(kind, dict(fields)) for kind, fields in events]
         job = self._submit(_Job([(b, at) for b in bodies], asyncio.get_running_loop()))
         await job.future
 

@@ -139,12 +139,21 @@ class PortalService:
         return notification_message(self.settings, url=sealed.url, expires=sealed.expires,
                                     sender=sender, recipient=recipient, now=now)
 
+    def notified_event(self, portal_id: str) -> tuple[str, dict[str, str | int | None]] | None:
+        """The audit event for a notification upstream accepted; the pipeline
+        commits it together with the message's own records."""
+        row = self.store.get(portal_id)
+        if row is None:
+            return None
+        return ("notified", {"portal_id": portal_id, "mail_from": row.sender,
+                             "recipient": row.recipient,
+                             "expires": row.expires.date().isoformat()})
+
     def notified(self, portal_id: str, *, now: datetime) -> None:
         """Audit that the notification for ``portal_id`` was accepted upstream."""
-        row = self.store.get(portal_id)
-        if row is not None:
-            self._event("notified", now, portal_id=portal_id, mail_from=row.sender,
-                        recipient=row.recipient, expires=row.expires.date().isoformat())
+        event = self.notified_event(portal_id)
+        if event is not None:
+            self._event(event[0], now, **event[1])
 
     # -------------------------------------------------------------- codes
 
