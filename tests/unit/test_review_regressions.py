@@ -129,3 +129,25 @@ def test_signature_with_altered_base64_padding_bits_is_rejected() -> None:
     twin = good[:-3] + alphabet[alphabet.index(last) ^ 1] + "=="  # same decoded bytes
     assert b64.b64decode(twin) == b64.b64decode(good)
     assert not signature_valid(key.public_key(), twin, b"manifest")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_scalars = (st.none() | st.booleans() | st.integers(-(2**53), 2**53)
+            | st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=40))
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                       | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=12), _values, max_size=12))
+def test_canonical_audit_encoding_equals_the_stdlib_reference(record: dict) -> None:
+    """Verifiers may re-encode with the standard library: the bytes must agree."""
+    import json
+
+    from securemail.audit.chain import canonical
+
+    body = {k: v for k, v in record.items() if k != "hash"}
+    assert canonical(record) == json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                           ensure_ascii=False).encode()
