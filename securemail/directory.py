@@ -46,6 +46,7 @@ __all__ = [
     "AddressError",
     "Directory",
     "Identity",
+    "domain_of",
     "import_directory_file",
     "load_imported",
     "normalise_address",
@@ -108,7 +109,9 @@ def normalise_address(address: str) -> str:
 
 
 def domain_of(address: str) -> str:
-    return address.rpartition("@")[2]
+    """The domain of an address, lower-case; "" when there is none (so a log line
+    that shows domains can never show a bare local part)."""
+    return address.rpartition("@")[2].lower() if "@" in address else ""
 
 
 def _show(text: str) -> str:

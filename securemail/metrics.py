@@ -9,14 +9,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["MessageRecord", "Metrics", "domain_of"]
+__all__ = ["MessageRecord", "Metrics"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-def domain_of(address: str) -> str:
-    """The domain of an address; never its local part."""
-    return address.rpartition("@")[2].lower() if "@" in address else ""
 
 
 @dataclass(frozen=True, slots=True)

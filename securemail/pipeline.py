@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from securemail.directory import domain_of
 from securemail.errors import Blocked, RenderError, TemporaryFailure, UpstreamRefused
 from securemail.model import (
     Action,
@@ -216,10 +217,6 @@ async def _notify_sender(relay: Relay, envelope: Envelope, verdict: Verdict,
         log.warning("sender notice could not be sent", extra={"event": {"notice": "deferred"}})
 
 
-def _domain(address: str) -> str:
-    return address.rpartition("@")[2]
-
-
 def _log(relay: Relay, outcome: Outcome, started: float) -> None:
     """One line per message: ids, actions, rules, timing. No local parts, no content."""
     event = {
@@ -229,7 +226,7 @@ def _log(relay: Relay, outcome: Outcome, started: float) -> None:
         "mode": outcome.verdict.mode.value,
         "ms": round((time.perf_counter() - started) * 1000, 2),
         "recipients": [
-            {"domain": _domain(r.address), "action": r.action.value, "status": r.status.value,
+            {"domain": domain_of(r.address), "action": r.action.value, "status": r.status.value,
              "rules": list(outcome.verdict.decision_for(r.address).rules)}
             for r in outcome.recipients
         ],

@@ -34,6 +34,7 @@ from aiosmtpd.smtp import SMTP, AuthResult
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 from aiosmtpd.smtp import Session as SMTPSession
 
+from securemail.directory import domain_of
 from securemail.errors import (
     Blocked,
     MalformedMessage,
@@ -42,7 +43,7 @@ from securemail.errors import (
     UpstreamRefused,
 )
 from securemail.logs import MESSAGE_LOGGER, held_event, holding_events
-from securemail.metrics import MessageRecord, Metrics, domain_of
+from securemail.metrics import MessageRecord, Metrics
 from securemail.model import Outcome, Status, TLSInfo
 from securemail.smtp_auth import SubmissionUser, UserDirectory
 from securemail.smtp_data import read_data

@@ -27,13 +27,6 @@ STAFF = "colleague@riverside.example"
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    up = await start_upstream()
-    yield up
-    await up.stop()
-
-
-@pytest.fixture
 async def make_relay(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     running: list[RunningRelay] = []
 

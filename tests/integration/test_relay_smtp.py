@@ -31,18 +31,10 @@ from tests.integration.relay_support import (
     Upstream,
     message,
     run_relay,
-    start_upstream,
     write_config,
 )
 
 SENDER, RCPT = "dr@riverside.example", "colleague@riverside.example"
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    up = await start_upstream()
-    yield up
-    await up.stop()
 
 
 @pytest.fixture

@@ -19,19 +19,11 @@ from tests.integration.relay_support import (
     make_certs,
     message,
     run_relay,
-    start_upstream,
     write_config,
 )
 
 # Cheap argon2 parameters: the tests check behaviour, not hashing cost.
 HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    up = await start_upstream()
-    yield up
-    await up.stop()
 
 
 @pytest.fixture
