@@ -18,6 +18,7 @@ Choices (see docs/dkim.md):
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -162,6 +163,22 @@ class DkimSigner:
         Raises :class:`RenderError` (generic text, no content) when the message
         cannot be signed; the caller then defers rather than send it unsigned.
         """
+        pending = self._prepare(message, now)
+        return pending.finish(self._signature(pending.signed_data))
+
+    async def sign_async(self, message: bytes, *, now: dt.datetime | None = None) -> bytes:
+        """:meth:`sign` for the event loop: the RSA operation runs in the loop's
+        default thread pool (cryptography releases the GIL for it), so the loop
+        keeps serving other connections meanwhile. Ed25519 is cheap: signed inline.
+        """
+        pending = self._prepare(message, now)
+        if isinstance(self._key, ed25519.Ed25519PrivateKey):
+            return pending.finish(self._signature(pending.signed_data))
+        loop = asyncio.get_running_loop()
+        signature = await loop.run_in_executor(None, self._signature, pending.signed_data)
+        return pending.finish(signature)
+
+    def _prepare(self, message: bytes, now: dt.datetime | None) -> _Pending:
         wire = _crlf(message)
         try:
             headers, body = split_message(wire)
@@ -171,13 +188,15 @@ class DkimSigner:
             raise RenderError("DKIM signing failed: the message has no From header")
         include = _header_list(headers)
         try:
-            header = self._signature_header(headers, body, include, now)
+            value, signed_data = self._signature_value(headers, body, include, now)
         except Exception:  # noqa: BLE001 - any library fault must fail closed, quietly
             raise RenderError("DKIM signing failed") from None
-        return header + wire
+        return _Pending(wire, value, signed_data)
 
-    def _signature_header(self, headers: list[list[bytes]], body: bytes,
-                          include: Sequence[bytes], now: dt.datetime | None) -> bytes:
+    def _signature_value(self, headers: list[list[bytes]], body: bytes,
+                         include: Sequence[bytes], now: dt.datetime | None
+                         ) -> tuple[bytes, bytes]:
+        """The DKIM-Signature value up to ``b=``, and the header data it signs."""
         body_hash = hashlib.sha256(relaxed_body(body)).digest()
         when = int((now or dt.datetime.now(dt.UTC)).timestamp())
         tags = [
@@ -191,8 +210,13 @@ class DkimSigner:
         signed_data = _HeaderData()
         dkim.hash_headers(signed_data, _RELAXED, _RELAXED.canonicalize_headers(headers),
                           list(include), (_FIELD_NAME, value), {})
-        signature = self._sign_bytes(signed_data.value())
-        return _FIELD_NAME + b":" + value + _fold_b64(base64.b64encode(signature)) + b"\r\n"
+        return value, signed_data.value()
+
+    def _signature(self, data: bytes) -> bytes:
+        try:
+            return self._sign_bytes(data)
+        except Exception:  # noqa: BLE001 - any library fault must fail closed, quietly
+            raise RenderError("DKIM signing failed") from None
 
     def _sign_bytes(self, data: bytes) -> bytes:
         if isinstance(self._key, ed25519.Ed25519PrivateKey):
@@ -200,6 +224,21 @@ class DkimSigner:
             return self._key.sign(hashlib.sha256(data).digest())
         # RSASSA-PKCS1-v1_5 with SHA-256 over the same data, as dkimpy computes it.
         return self._key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+
+
+class _Pending:
+    """A message whose signature header lacks only the ``b=`` value."""
+
+    __slots__ = ("signed_data", "value", "wire")
+
+    def __init__(self, wire: bytes, value: bytes, signed_data: bytes) -> None:
+        self.wire = wire
+        self.value = value
+        self.signed_data = signed_data
+
+    def finish(self, signature: bytes) -> bytes:
+        return (_FIELD_NAME + b":" + self.value + _fold_b64(base64.b64encode(signature))
+                + b"\r\n" + self.wire)
 
 
 class _HeaderData:

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,40 +66,57 @@ class Chainer:
     checkpoint_seconds: int
     instance_id: str = ""
     kid: str = field(init=False)
+    _head: store.Head | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.kid = key_id(self.key.public_key())
 
     def append(self, conn: sqlite3.Connection, items: list[tuple[dict[str, Any], str]]) -> int:
-        """Chain ``(fields, at)`` items after the head; add due checkpoints; sign the head."""
-        h = store.head(conn)
+        """Chain ``(fields, at)`` items after the head; add due checkpoints; sign the head.
+
+        The head this writer last wrote is kept in memory and the update is
+        guarded by it (``advance_head``), which saves reading it back on every
+        transaction; when the store moved on meanwhile (another process
+        appended, or our last transaction rolled back), the guard fails and the
+        items are chained again after the stored head.
+        """
+        cached = self._head
+        h = cached if cached is not None else store.head(conn)
+        rows, new = self._chain(h, items)
+        if cached is None or not store.advance_head(conn, cached, new):
+            if cached is not None:
+                h = store.head(conn)
+                rows, new = self._chain(h, items)
+            store.set_head(conn, new)
+        store.insert(conn, rows)
+        self._head = new
+        return new.seq
+
+    def _chain(self, h: store.Head, items: list[tuple[dict[str, Any], str]]
+               ) -> tuple[list[tuple[int, str, str, str, str, str]], store.Head]:
         seq, prev = h.seq, h.hash
         cp_seq, cp_at = h.last_checkpoint_seq, h.last_checkpoint_at
+        cp_due_at = self._due_at(cp_at)
         rows: list[tuple[int, str, str, str, str, str]] = []
-
-        def add(fields: dict[str, Any], at: str) -> None:
-            nonlocal seq, prev
-            seq += 1
-            record = dict(fields)
-            record.update(v=RECORD_VERSION, seq=seq, at=at, prev_hash=prev)
-            encoded = canonical(record)  # encoded once: hashed, then stored as is
-            digest = hashlib.sha256(encoded).hexdigest()
-            rows.append((seq, str(fields["kind"]), at, prev, digest, encoded.decode()))
-            prev = digest
-
         for fields, at in items:
-            add(fields, at)
+            seq, prev = _link(rows, fields, seq, prev, at)
             if not cp_at:
                 cp_at = at  # the interval runs from the first record of a new store
+                cp_due_at = self._due_at(cp_at)
             due_count = seq - cp_seq >= self.checkpoint_every
-            due_time = (_parse_time(at) - _parse_time(cp_at)).total_seconds() >= (
-                self.checkpoint_seconds)
-            if due_count or due_time:
-                add(self.checkpoint_fields(seq, prev, "count" if due_count else "interval"), at)
+            if due_count or at >= cp_due_at:
+                cp = self.checkpoint_fields(seq, prev, "count" if due_count else "interval")
+                seq, prev = _link(rows, cp, seq, prev, at)
                 cp_seq, cp_at = seq, at
-        store.insert(conn, rows)
-        self.set_head(conn, seq, prev, cp_seq, cp_at)
-        return seq
+                cp_due_at = self._due_at(cp_at)
+        return rows, self.signed_head(seq, prev, cp_seq, cp_at)
+
+    def _due_at(self, cp_at: str) -> str:
+        """When the next interval checkpoint is due, as record time text (which
+        sorts in time order): compared as strings, not parsed per record."""
+        if not cp_at:
+            return ""
+        return format_time(_parse_time(cp_at) + timedelta(seconds=self.checkpoint_seconds))
 
     def checkpoint_fields(self, covers_seq: int, covers_hash: str, reason: str) -> dict[str, Any]:
         return {
@@ -108,10 +125,13 @@ class Chainer:
             "signature": sign(self.key, checkpoint_message(covers_seq, covers_hash)),
         }
 
+    def signed_head(self, seq: int, digest: str, cp_seq: int, cp_at: str) -> store.Head:
+        return store.Head(seq, digest, sign(self.key, head_message(seq, digest)), cp_seq, cp_at)
+
     def set_head(self, conn: sqlite3.Connection, seq: int, digest: str, cp_seq: int,
                  cp_at: str) -> None:
-        signature = sign(self.key, head_message(seq, digest))
-        store.set_head(conn, store.Head(seq, digest, signature, cp_seq, cp_at))
+        self._head = None  # written outside append: read it back next time
+        store.set_head(conn, self.signed_head(seq, digest, cp_seq, cp_at))
 
     def checkpoint(self, conn: sqlite3.Connection, at: str, reason: str) -> bool:
         """Sign the head as a checkpoint record if records follow the last checkpoint."""
@@ -125,6 +145,17 @@ class Chainer:
         store.insert(conn, [(seq, "checkpoint", at, h.hash, digest, canonical(record).decode())])
         self.set_head(conn, seq, digest, seq, at)
         return True
+
+
+def _link(rows: list[tuple[int, str, str, str, str, str]], fields: Mapping[str, Any], seq: int,
+          prev: str, at: str) -> tuple[int, str]:
+    """Append one record after ``(seq, prev)``; returns the new ``(seq, hash)``."""
+    seq += 1
+    # Encoded once: hashed, then stored as is.
+    encoded = canonical({**fields, "v": RECORD_VERSION, "seq": seq, "at": at, "prev_hash": prev})
+    digest = hashlib.sha256(encoded).hexdigest()
+    rows.append((seq, str(fields["kind"]), at, prev, digest, encoded.decode()))
+    return seq, digest
 
 
 class _Job:

@@ -108,7 +108,10 @@ def format_time(now: datetime) -> str:
     """UTC, microseconds, ``Z`` suffix: sorts as text in time order."""
     if now.tzinfo is None:
         raise ValueError("audit times must be timezone-aware (pass datetime.now(UTC))")
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if now.utcoffset():
+        now = now.astimezone(UTC)
+    # isoformat is several times cheaper than strftime and gives the same text.
+    return now.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _status_for(address: str, action: str, outcomes: dict[str, RecipientOutcome]) -> str:

@@ -24,7 +24,10 @@ from securemail.audit.chain import GENESIS_HASH
 from securemail.errors import StoreError
 from securemail.store.sqlite import ensure_schema
 
-__all__ = ["DDL", "Head", "StoredRecord", "head", "iter_records", "prepare", "transaction"]
+__all__ = [
+    "DDL", "Head", "StoredRecord", "advance_head", "head", "iter_records", "prepare",
+    "transaction",
+]
 
 DDL = """
 CREATE TABLE IF NOT EXISTS audit_records (
@@ -122,6 +125,19 @@ def set_head(conn: sqlite3.Connection, new: Head) -> None:
         " last_checkpoint_at=excluded.last_checkpoint_at",
         (new.seq, new.hash, new.signature, new.last_checkpoint_seq, new.last_checkpoint_at),
     )
+
+
+def advance_head(conn: sqlite3.Connection, expected: Head, new: Head) -> bool:
+    """Move the head from ``expected`` to ``new``; False (nothing changed) when the
+    stored head is no longer ``expected`` (another writer appended, or a
+    transaction that set it was rolled back)."""
+    cursor = conn.execute(
+        "UPDATE audit_head SET seq=?, hash=?, signature=?, last_checkpoint_seq=?,"
+        " last_checkpoint_at=? WHERE id = 1 AND seq = ? AND hash = ?",
+        (new.seq, new.hash, new.signature, new.last_checkpoint_seq, new.last_checkpoint_at,
+         expected.seq, expected.hash),
+    )
+    return cursor.rowcount == 1
 
 
 def iter_records(

@@ -22,13 +22,14 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import aiosmtplib
+from aiosmtplib.response import SMTPResponse
 
 from securemail.config import UpstreamSettings
 from securemail.errors import UpstreamUnavailable
 from securemail.model import TLSInfo
 from securemail.transport import DeliveryResult
 
-__all__ = ["SMTPTransport", "reply_code"]
+__all__ = ["SMTPTransport", "reply_code", "wire_data"]
 
 _ENHANCED = re.compile(r"\s*([245]\.\d{1,3}\.\d{1,3})\b")
 
@@ -138,59 +139,59 @@ class SMTPTransport:
     ) -> DeliveryResult:
         client = session.client
         utf8 = not (mail_from.isascii() and all(r.isascii() for r in rcpt_tos))
-        options = []
+        options: list[bytes] = []
         if not data.isascii() and client.supports_extension("8bitmime"):
-            options.append("BODY=8BITMIME")
+            options.append(b"BODY=8BITMIME")
         if utf8:
             if not client.supports_extension("smtputf8"):
                 return DeliveryResult(accepted=(), refused={r: "553 5.6.7" for r in rcpt_tos},
                                       tls=session.tls)
-            options.append("SMTPUTF8")
+            options.append(b"SMTPUTF8")
         encoding = "utf-8" if utf8 else "ascii"
         try:
-            await client.mail(mail_from, options=options, encoding=encoding)
-        except aiosmtplib.SMTPSenderRefused as exc:
-            await _rset(client)
-            if exc.code >= 500:
-                code = reply_code(exc.code, exc.message)
-                return DeliveryResult(accepted=(), refused={r: code for r in rcpt_tos},
-                                      tls=session.tls)
-            raise UpstreamUnavailable(f"upstream deferred MAIL ({exc.code})") from None
+            reply = await client.execute_command(b"MAIL", b"FROM:" + _path(mail_from, encoding),
+                                                 *options)
         except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
             # Nothing of this message reached upstream yet: safe to retry.
             raise _StaleSession() from None
-        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError, ValueError) as exc:
             client.close()
             raise UpstreamUnavailable(f"upstream failed at MAIL ({type(exc).__name__})") from None
+        if reply.code != 250:
+            await _rset(client)
+            if reply.code >= 500:
+                code = reply_code(reply.code, reply.message)
+                return DeliveryResult(accepted=(), refused={r: code for r in rcpt_tos},
+                                      tls=session.tls)
+            raise UpstreamUnavailable(f"upstream deferred MAIL ({reply.code})")
 
         accepted: list[str] = []
         refused: dict[str, str] = {}
         deferred: dict[str, str] = {}
         try:
             for rcpt in rcpt_tos:
-                try:
-                    await client.rcpt(rcpt, encoding=encoding)
+                reply = await client.execute_command(b"RCPT", b"TO:" + _path(rcpt, encoding))
+                if reply.code in (250, 251):
                     accepted.append(rcpt)
-                except aiosmtplib.SMTPRecipientRefused as exc:
-                    target = refused if exc.code >= 500 else deferred
-                    target[rcpt] = reply_code(exc.code, exc.message)
+                else:
+                    target = refused if reply.code >= 500 else deferred
+                    target[rcpt] = reply_code(reply.code, reply.message)
             if not accepted:
                 await _rset(client)
                 return DeliveryResult(accepted=(), refused=refused, deferred=deferred,
                                       tls=session.tls)
-            try:
-                await client.data(data)
-            except aiosmtplib.SMTPDataError as exc:
+            reply = await _data(client, data, self.settings.timeout_seconds)
+            if reply.code != 250:
                 await _rset(client)
-                if exc.code >= 500:
-                    code = reply_code(exc.code, exc.message)
+                if reply.code >= 500:
+                    code = reply_code(reply.code, reply.message)
                     refused.update({r: code for r in accepted})
                     return DeliveryResult(accepted=(), refused=refused, deferred=deferred,
                                           tls=session.tls)
-                raise UpstreamUnavailable(f"upstream deferred DATA ({exc.code})") from None
+                raise UpstreamUnavailable(f"upstream deferred DATA ({reply.code})")
         except UpstreamUnavailable:
             raise
-        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError, ValueError) as exc:
             client.close()
             raise UpstreamUnavailable(f"upstream failed ({type(exc).__name__})") from None
         return DeliveryResult(accepted=tuple(accepted), refused=refused, deferred=deferred,
@@ -206,6 +207,49 @@ class SMTPTransport:
                 pass
             finally:
                 session.client.close()
+
+
+def _path(address: str, encoding: str) -> bytes:
+    """``<address>`` for MAIL/RCPT. Addresses reaching the transport were parsed
+    strictly already; anything that could break out of the command is refused."""
+    if any(c in address for c in "<>\r\n\0") or not address.isprintable():
+        raise ValueError("address not usable in an SMTP command")
+    return b"<" + address.encode(encoding) + b">"
+
+
+def wire_data(message: bytes) -> bytes:
+    """The DATA payload as it goes on the wire (RFC 5321 4.5.2): CRLF line endings
+    (a lone CR or LF becomes CRLF, as aiosmtplib would do), a leading dot doubled,
+    and the terminating ``.CRLF``. Byte operations only: aiosmtplib's two regular
+    expressions cost more than the rest of the upstream transaction."""
+    crlf = message.count(b"\r\n")
+    if crlf != message.count(b"\n") or crlf != message.count(b"\r"):
+        message = message.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    if message.startswith(b"."):
+        message = b"." + message
+    return message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+async def _data(client: aiosmtplib.SMTP, message: bytes, timeout: float) -> SMTPResponse:
+    """``DATA``, then the message as :func:`wire_data` prepares it; the final reply.
+
+    A 354 that does not come back is returned as the reply (no body is sent);
+    a lost connection or a timeout raises (the caller closes the session).
+    """
+    start = await client.execute_command(b"DATA")
+    if start.code != 354:
+        return start
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("upstream closed the connection")
+    try:
+        protocol.write(wire_data(message))
+        return await protocol.read_response(timeout=timeout)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        client.close()
+        raise
 
 
 class _StaleSession(Exception):

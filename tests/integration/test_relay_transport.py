@@ -10,16 +10,24 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.smtp import SMTP
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from securemail.config import Settings, UpstreamSettings, parse_settings
 from securemail.errors import UpstreamUnavailable
 from securemail.transport import MemoryTransport
 from securemail.transport.factory import transport_from_settings
 from securemail.transport.maildir import MaildirTransport, read_envelope
-from securemail.transport.smtp import SMTPTransport, reply_code
-from tests.integration.relay_support import CaptureHandler, make_certs, start_upstream
+from securemail.transport.smtp import SMTPTransport, reply_code, wire_data
+from tests.integration.relay_support import (
+    CaptureHandler,
+    Upstream,
+    make_certs,
+    start_upstream,
+)
 
 MSG = b"From: a@riverside.example\r\nTo: b@mail.example\r\nSubject: x\r\n\r\nhello\r\n"
 
@@ -203,3 +211,37 @@ def test_tls_context_requires_verification() -> None:
     t = SMTPTransport(upstream(25))
     assert t._tls_context is not None
     assert t._tls_context.verify_mode is ssl.CERT_REQUIRED and t._tls_context.check_hostname
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b".", b"..", b"a", b" ", b"\r", b"\n", b"\r\n", b"\r\n.",
+                                 b"\xc3\xbc", b"x" * 40]), max_size=30).map(b"".join))
+def test_wire_data_is_what_aiosmtplib_would_send(message: bytes) -> None:
+    # aiosmtplib's own DATA preparation is the reference: same endings, same stuffing.
+    expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
+    assert wire_data(message) == expected
+
+
+async def test_dot_lines_and_bare_line_endings_arrive_as_sent_lines(upstream: Upstream) -> None:
+    body = b"From: a@riverside.example\nSubject: x\n\n.\n..two\n.hidden\r\nend"
+    t = SMTPTransport(UpstreamSettings(url=f"smtp://127.0.0.1:{upstream.port}", tls="none"))
+    try:
+        result = await t.send("a@riverside.example", ["b@mail.example"], body)
+    finally:
+        await t.close()
+    assert result.accepted == ("b@mail.example",)
+    # aiosmtpd undoes the dot-stuffing: the lines are the sender's, in CRLF form.
+    assert upstream.messages[0].data == (b"From: a@riverside.example\r\nSubject: x\r\n\r\n"
+                                         b".\r\n..two\r\n.hidden\r\nend\r\n")
+
+
+async def test_addresses_that_could_break_out_of_the_command_are_not_sent(
+        upstream: Upstream) -> None:
+    t = SMTPTransport(UpstreamSettings(url=f"smtp://127.0.0.1:{upstream.port}", tls="none"))
+    try:
+        with pytest.raises(UpstreamUnavailable):
+            await t.send("a@riverside.example>\r\nRCPT TO:<x@evil.example", ["b@mail.example"],
+                         MSG)
+    finally:
+        await t.close()
+    assert upstream.messages == []

@@ -8,14 +8,17 @@ import json
 import sqlite3
 import stat
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from securemail.audit import AuditLog, signing_key_path, store, verify_store
 from securemail.audit.log import Chainer
+from securemail.audit.records import event_fields, format_time
 from securemail.errors import StoreError
 from securemail.model import Action, Encryption, Facts, PhiSignal, Role, Source, Verdict
 from tests.unit.test_audit_support import (
@@ -123,6 +126,37 @@ def test_two_writers_on_one_store_never_fork_the_chain(tmp_path: Path) -> None:
     assert report.records - report.checkpoints == 120
     for w in writers:
         w.close(T0)
+
+
+def test_a_rolled_back_append_leaves_no_gap_in_the_chain(tmp_path: Path) -> None:
+    audit = AuditLog.open(make_settings(tmp_path))
+    audit.record_event("opened", now=T0, portal_id="first")
+
+    def append_then_fail(conn: sqlite3.Connection) -> None:
+        audit.chainer.append(conn, [(event_fields("opened", {"portal_id": "lost"}),
+                                     format_time(T0))])
+        raise RuntimeError("the commit did not happen")
+
+    # The writer remembers the head it wrote; after a rollback that head is not
+    # the store's, and the next append must chain after the stored one.
+    with pytest.raises(RuntimeError):
+        audit.run_in_transaction(append_then_fail)
+    audit.record_event("opened", now=T0, portal_id="second")
+    report = verify_store(audit.conn, audit.public_key)
+    assert report.ok, report.summary()
+    assert [json.loads(body).get("portal_id") for _, _, body in _rows(
+        make_settings(tmp_path).storage.sqlite_path)] == ["first", "second"]
+    audit.close(T0)
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 30),
+                    timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7)),
+                                               timezone(timedelta(hours=5, minutes=30))])))
+def test_record_times_are_utc_text_that_sorts_in_time_order(when: datetime) -> None:
+    text = format_time(when)
+    assert text == when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").rjust(27, "0")
+    later = format_time(when + timedelta(microseconds=1))
+    assert later > text
 
 
 def test_close_writes_a_final_checkpoint_and_refuses_more(tmp_path: Path) -> None:
