@@ -70,13 +70,17 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
             statuses[d.address] = Status.BLOCKED
     passthrough = tuple(d for d in pending if d.action is Action.DELIVER)
     outputs: list[Output] = [Output(passthrough, clean)] if passthrough else []
-    for d in pending:
-        if d.action in (Action.DELIVER, Action.BLOCK):
-            continue
-        try:
-            outputs.append(render_protected(relay, d, clean, verdict, envelope, now))
-        except TemporaryFailure:
+    protected = [d for d in pending if d.action not in (Action.DELIVER, Action.BLOCK)]
+    rendered = await asyncio.gather(
+        *(render_protected(relay, d, clean, verdict, envelope, now) for d in protected),
+        return_exceptions=True)  # portal seals commit together
+    for d, result in zip(protected, rendered, strict=True):
+        if isinstance(result, Output):
+            outputs.append(result)
+        elif isinstance(result, TemporaryFailure):
             statuses[d.address] = Status.DEFERRED  # fail closed: nothing sent for them
+        else:
+            raise result
 
     results = await asyncio.gather(
         *(_deliver(relay, envelope, o) for o in outputs), return_exceptions=False

@@ -175,6 +175,8 @@ class Relay:
 
     async def close(self) -> None:
         await self.transport.close()
+        if self.portal is not None:
+            self.portal.close()
         self.audit.close(_utcnow())
         self.db.close()
 

@@ -34,8 +34,8 @@ class Output:
     portal_id: str | None = None
 
 
-def render_protected(relay: Relay, d: Decision, raw: bytes, verdict: Verdict,
-                     envelope: Envelope, now: dt.datetime) -> Output:
+async def render_protected(relay: Relay, d: Decision, raw: bytes, verdict: Verdict,
+                           envelope: Envelope, now: dt.datetime) -> Output:
     try:
         if d.action in (Action.ENCRYPT_PGP, Action.ENCRYPT_SMIME):
             try:
@@ -45,11 +45,11 @@ def render_protected(relay: Relay, d: Decision, raw: bytes, verdict: Verdict,
                     raise
                 log.warning("encryption failed; sending through the portal instead",
                             extra={"event": {"action": d.action.value}})
-                return _portal(relay, d, raw, verdict, envelope, now)
+                return await _portal(relay, d, raw, verdict, envelope, now)
         if d.action is Action.PORTAL:
             if relay.portal is None:
                 raise RenderError("the portal is disabled")
-            return _portal(relay, d, raw, verdict, envelope, now)
+            return await _portal(relay, d, raw, verdict, envelope, now)
     except TemporaryFailure:
         raise
     except Exception as exc:  # noqa: BLE001 - fail closed on any library fault
@@ -75,10 +75,12 @@ def _encrypt(relay: Relay, d: Decision, raw: bytes, now: dt.datetime) -> bytes:
     return render_smime(raw, certs)
 
 
-def _portal(relay: Relay, d: Decision, raw: bytes, verdict: Verdict, envelope: Envelope,
-            now: dt.datetime) -> Output:
-    sealed = relay.portal.seal(raw, message_id=verdict.message_id, sender=envelope.mail_from,
-                               recipient=d.address, now=now)
+async def _portal(relay: Relay, d: Decision, raw: bytes, verdict: Verdict, envelope: Envelope,
+                  now: dt.datetime) -> Output:
+    # Durable before the notice can leave: a link must never point at nothing.
+    sealed = await relay.portal.seal_async(raw, message_id=verdict.message_id,
+                                           sender=envelope.mail_from, recipient=d.address,
+                                           now=now)
     notice = relay.portal.notification(sealed, sender=envelope.mail_from, recipient=d.address,
                                        now=now)
     return Output((Decision(d.address, d.source, d.role, Action.PORTAL, d.rules, d.reason),),

@@ -7,6 +7,10 @@ pixels, no remote images.
 
 from __future__ import annotations
 
+import binascii
+import functools
+import re
+import secrets
 from datetime import datetime
 from email import policy
 from email.headerregistry import Address
@@ -50,20 +54,61 @@ def _context(settings: Settings, sender: str, now: datetime) -> dict[str, object
 
 def _message(settings: Settings, *, sender: str, recipient: str, subject: str,
              template: str, context: dict[str, object], now: datetime) -> bytes:
+    """multipart/alternative (text, HTML), quoted-printable, CRLF.
+
+    Assembled from bytes: only the From, To and Subject fields go through the
+    email package (cached), which costs ~1 ms a message when it builds the
+    whole thing. A test holds the result to what ``EmailMessage`` would give.
+    """
     frm = from_address(settings, sender)
+    boundary = b"==securemail_" + secrets.token_hex(12).encode()
+    text = _env.get_template(f"{template}.txt").render(context)
+    html = _env.get_template(f"{template}.html").render(context)
+    return b"".join((
+        _header_fields(_display_name(settings), frm, subject),
+        _to_field(recipient),
+        b"Date: ", format_datetime(now).encode(), b"\r\n",
+        b"Message-ID: ", make_msgid(domain=frm.rpartition("@")[2] or None).encode(), b"\r\n",
+        # Keeps vacation auto-replies from answering a machine-made message.
+        b"Auto-Submitted: auto-generated\r\n",
+        b"MIME-Version: 1.0\r\n",
+        b'Content-Type: multipart/alternative;\r\n boundary="', boundary, b'"\r\n',
+        b"\r\n",
+        _part(boundary, b"text/plain", text),
+        _part(boundary, b"text/html", html),
+        b"--", boundary, b"--\r\n",
+    ))
+
+
+def _part(boundary: bytes, content_type: bytes, content: str) -> bytes:
+    body = content.replace("\r\n", "\n").encode("utf-8")
+    if not body.endswith(b"\n"):
+        body += b"\n"
+    encoded = binascii.b2a_qp(body, istext=True).replace(b"\n", b"\r\n")
+    # The CRLF before the next boundary belongs to the boundary, not to the body.
+    return (b"--" + boundary + b"\r\nContent-Type: " + content_type
+            + b'; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+            + encoded + b"\r\n")
+
+
+@functools.lru_cache(maxsize=256)
+def _header_fields(display_name: str, frm: str, subject: str) -> bytes:
+    """``From:`` and ``Subject:`` as the email package encodes and folds them."""
     msg = EmailMessage(policy=policy.SMTP)
-    msg["From"] = Address(display_name=_display_name(settings), addr_spec=frm)
-    msg["To"] = recipient
+    msg["From"] = Address(display_name=display_name, addr_spec=frm)
     msg["Subject"] = subject
-    msg["Date"] = format_datetime(now)
-    msg["Message-ID"] = make_msgid(domain=frm.rpartition("@")[2] or None)
-    # Keeps vacation auto-replies from answering a machine-made message.
-    msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(_env.get_template(f"{template}.txt").render(context),
-                    cte="quoted-printable")
-    msg.add_alternative(_env.get_template(f"{template}.html").render(context), subtype="html",
-                        cte="quoted-printable")
-    return msg.as_bytes(policy=policy.SMTP)
+    return msg.as_bytes(policy=policy.SMTP).split(b"\r\n\r\n", 1)[0] + b"\r\n"
+
+
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+")
+
+
+def _to_field(recipient: str) -> bytes:
+    if _PLAIN_ADDRESS.fullmatch(recipient) and len(recipient) < 900:
+        return b"To: " + recipient.encode("ascii") + b"\r\n"
+    msg = EmailMessage(policy=policy.SMTP)  # anything else: the email package decides
+    msg["To"] = recipient
+    return msg.as_bytes(policy=policy.SMTP).split(b"\r\n\r\n", 1)[0] + b"\r\n"
 
 
 def notification_message(settings: Settings, *, url: str, expires: datetime, sender: str,

@@ -118,6 +118,22 @@ class PortalService:
     def seal(self, raw: bytes, *, message_id: str, sender: str, recipient: str,
              now: datetime, kind: str = "message", parent_id: str | None = None) -> Sealed:
         """Seal ``raw`` for one recipient; store ciphertext + metadata only."""
+        sealed, row = self._sealed(raw, message_id=message_id, sender=sender,
+                                   recipient=recipient, now=now, kind=kind, parent_id=parent_id)
+        self.store.insert(**row)
+        return sealed
+
+    async def seal_async(self, raw: bytes, *, message_id: str, sender: str, recipient: str,
+                         now: datetime) -> Sealed:
+        """:meth:`seal` for the relay: the row is group-committed with other
+        messages' (one fsync for many), and durable when this returns."""
+        sealed, row = self._sealed(raw, message_id=message_id, sender=sender,
+                                   recipient=recipient, now=now, kind="message", parent_id=None)
+        await self.store.insert_async(**row)
+        return sealed
+
+    def _sealed(self, raw: bytes, *, message_id: str, sender: str, recipient: str,
+                now: datetime, kind: str, parent_id: str | None) -> tuple[Sealed, dict[str, Any]]:
         portal_id = secrets.token_urlsafe(18)  # 144 random bits
         key = new_key()
         try:
@@ -126,11 +142,15 @@ class PortalService:
         except (ValueError, LookupError, TypeError) as exc:
             raise RenderError(f"sealing failed ({type(exc).__name__})") from None
         expires = now + timedelta(days=self.settings.portal.expiry_days)
-        self.store.insert(id=portal_id, kind=kind, parent_id=parent_id, message_id=message_id,
-                          sender=sender, recipient=recipient, created=now, expires=expires,
-                          ciphertext=blob)
+        row = {"id": portal_id, "kind": kind, "parent_id": parent_id, "message_id": message_id,
+               "sender": sender, "recipient": recipient, "created": now, "expires": expires,
+               "ciphertext": blob}
         url = f"{self.settings.portal.base_url.rstrip('/')}/m/{portal_id}#{encode_key(key)}"
-        return Sealed(id=portal_id, url=url, expires=expires)
+        return Sealed(id=portal_id, url=url, expires=expires), row
+
+    def close(self) -> None:
+        """Finish pending group commits (the relay calls this when it stops)."""
+        self.store.close()
 
     def notification(self, sealed: Sealed, *, sender: str, recipient: str,
                      now: datetime) -> bytes:

@@ -6,10 +6,16 @@ import email
 import re
 from dataclasses import replace
 from email import policy
+from email.headerregistry import Address
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
-from securemail.config import PortalSettings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from securemail.config import PortalSettings, Settings
+from securemail.notify import notification_message
 from securemail.portal.service import PortalService
 
 from .portal_helpers import CLIENT, NOW, SECRET_BODY, STAFF, make_rig, original
@@ -71,3 +77,51 @@ def test_html_escapes_configured_text(tmp_path: Path) -> None:
                           now=NOW)
     _, _, html = parts(service.notification(sealed, sender=STAFF, recipient=CLIENT, now=NOW))
     assert "A&amp;B &lt;Clinic&gt;" in html and "<Clinic>" not in html
+
+
+def _reference(name: str, recipient: str, raw: bytes) -> EmailMessage:
+    """What the email package itself builds from the same fields and bodies."""
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    ref = EmailMessage(policy=policy.SMTP)
+    ref["From"] = Address(display_name=name, addr_spec=STAFF)
+    ref["To"] = recipient
+    ref["Subject"] = f"Secure message from {name}"
+    _, text, html = parts(raw)
+    ref.set_content(text, cte="quoted-printable")
+    ref.add_alternative(html, subtype="html", cte="quoted-printable")
+    return ref
+
+
+_RIGS: dict[str, Settings] = {}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=60)
+       .filter(lambda s: s.strip() == s and s.strip()),
+       recipient=st.sampled_from([CLIENT, "o'brien+x@mail.example", "jürgen@例え.jp",
+                                  "a.b-c@sub.mail.example"]))
+def test_notification_reads_as_the_email_package_would_build_it(tmp_path_factory: Any,
+                                                                name: str,
+                                                                recipient: str) -> None:
+    if "rig" not in _RIGS:
+        _RIGS["rig"] = make_rig(tmp_path_factory.mktemp("n")).settings
+    base = _RIGS["rig"]
+    s = replace(base, practice=replace(base.practice, name=name))
+    raw = notification_message(s, url="https://secure.riverside.example/m/abc#k", expires=NOW,
+                               sender=STAFF, recipient=recipient, now=NOW)
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+    head, body = raw.split(b"\r\n\r\n", 1)
+    # Header fields are folded by the email package (RFC 5322's hard limit holds);
+    # the bodies and our own fields keep to 78.
+    assert max(len(line) for line in head.split(b"\r\n")) <= 998
+    assert max(len(line) for line in body.split(b"\r\n")) <= 78
+    msg, text, html = parts(raw)
+    assert not msg.defects and not any(p.defects for p in msg.walk())
+    ref, ref_text, ref_html = parts(_reference(name, recipient, raw).as_bytes(
+        policy=policy.SMTP))
+    for field in ("From", "To", "Subject"):
+        assert msg[field] == ref[field]
+    assert (text, html) == (ref_text, ref_html)
+    assert "https://secure.riverside.example/m/abc#k" in text
+    assert msg["Date"] and msg["Message-ID"] and msg["Auto-Submitted"] == "auto-generated"
