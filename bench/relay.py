@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -266,14 +267,37 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run_case(name: str, port: int, data: bytes, rcpt: str,
-                   args: argparse.Namespace) -> dict[str, Any]:
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU of process ``pid`` (all its threads), or of this process
+    (the clients) for None; None where /proc is not there to tell."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run_case(name: str, port: int, data: bytes, rcpt: str, args: argparse.Namespace,
+                   servers: dict[str, int | None]) -> dict[str, Any]:
+    """``servers``: label -> pid of each server process whose CPU is reported
+    per message (the clients' own CPU is reported too)."""
     # Warm-up: first connections, caches, sqlite pages.
     await drive(port, data, rcpt, clients=min(4, args.clients), messages=40, seconds=10)
+    watched = {"clients": None, **servers}
+    before = {k: cpu_seconds(pid) for k, pid in watched.items()}
     rate, lat, failures = await drive(port, data, rcpt, clients=args.clients,
                                       messages=args.messages, seconds=args.seconds)
+    cpu: dict[str, float] = {}
+    for k, pid in watched.items():
+        start, end = before[k], cpu_seconds(pid)
+        if start is not None and end is not None and lat:
+            cpu[k] = (end - start) / len(lat) * 1000  # ms of CPU per message
     return {"name": name, "rate": rate, "p50": pct(lat, 0.5), "p99": pct(lat, 0.99),
-            "n": len(lat), "failures": failures, "mean": statistics.fmean(lat) if lat else 0}
+            "n": len(lat), "failures": failures, "mean": statistics.fmean(lat) if lat else 0,
+            "cpu": cpu}
 
 
 def main() -> None:
@@ -298,7 +322,8 @@ def main() -> None:
         client_msg = body_10k("Your appointment", "jane@mail.example")
         def baseline() -> dict[str, Any]:
             return asyncio.run(run_case("(a) bare aiosmtpd sink", sink_port, staff_msg,
-                                        "colleague@riverside.example", args))
+                                        "colleague@riverside.example", args,
+                                        {"sink": sink.pid}))
 
         baselines.append(baseline())
         dkim_key = _dkim_key(tmp)
@@ -328,7 +353,9 @@ def main() -> None:
                 print(f"{name}: could not start ({type(exc).__name__}: {exc})")
                 continue
             procs.append(proc)
-            result = asyncio.run(run_case(name, port, data, rcpt, args))
+            relay_pid = proc.pid if isinstance(proc, mp.Process) else None
+            result = asyncio.run(run_case(name, port, data, rcpt, args,
+                                          {"relay": relay_pid, "sink": sink.pid}))
             proc.terminate()
             # On a shared machine the load drifts: compare each case with the
             # baseline measured right before and right after it.
@@ -394,6 +421,11 @@ def report(results: list[dict[str, Any]], baselines: list[dict[str, Any]],
               f"{r['rate'] / base['rate']:6.2f} {r['p50'] * 1000:8.2f} {r['p99'] * 1000:8.2f} "
               f"{(r['p50'] - base['p50']) * 1000:8.2f} {(r['p99'] - base['p99']) * 1000:8.2f} "
               f"{r['n']:6d} {r['failures']:5d}")
+    print("\nCPU per message (ms; all threads of each process; 2 cores are shared by all):")
+    for r in [baselines[0], *results]:
+        parts = "  ".join(f"{k} {v:.2f}" for k, v in r.get("cpu", {}).items())
+        total = sum(r.get("cpu", {}).values())
+        print(f"  {r['name']:28} {parts}  total {total:.2f}")
     b = next((r for r in results if r["name"].startswith("(b)")), None)
     if b is not None:
         ratio = b["rate"] / b["base"]["rate"]

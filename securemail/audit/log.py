@@ -52,9 +52,10 @@ def signing_key_path(settings: Settings) -> Path:
     return settings.storage.data_dir / "audit-signing.key"
 
 
-@functools.lru_cache(maxsize=64)  # a batch mostly shares one time: parse it once
-def _parse_time(at: str) -> datetime:
-    return datetime.fromisoformat(at)  # our format ends in "Z", which 3.11 reads as UTC
+@functools.lru_cache(maxsize=16)  # the last checkpoint's time: computed once per checkpoint
+def _due_text(cp_at: str, seconds: int) -> str:
+    # Our format ends in "Z", which 3.11's fromisoformat reads as UTC.
+    return format_time(datetime.fromisoformat(cp_at) + timedelta(seconds=seconds))
 
 
 @dataclass(slots=True)
@@ -116,12 +117,12 @@ class Chainer:
         sorts in time order): compared as strings, not parsed per record."""
         if not cp_at:
             return ""
-        return format_time(_parse_time(cp_at) + timedelta(seconds=self.checkpoint_seconds))
+        return _due_text(cp_at, self.checkpoint_seconds)
 
     def checkpoint_fields(self, covers_seq: int, covers_hash: str, reason: str) -> dict[str, Any]:
-        return {
-            "kind": "checkpoint", "reason": reason, "covers_seq": covers_seq,
-            "covers_hash": covers_hash, "key_id": self.kid, "instance_id": self.instance_id,
+        return {  # keys in sorted order (cheaper to encode canonically)
+            "covers_hash": covers_hash, "covers_seq": covers_seq, "instance_id": self.instance_id,
+            "key_id": self.kid, "kind": "checkpoint", "reason": reason,
             "signature": sign(self.key, checkpoint_message(covers_seq, covers_hash)),
         }
 
@@ -152,7 +153,7 @@ def _link(rows: list[tuple[int, str, str, str, str, str]], fields: Mapping[str, 
     """Append one record after ``(seq, prev)``; returns the new ``(seq, hash)``."""
     seq += 1
     # Encoded once: hashed, then stored as is.
-    encoded = canonical({**fields, "v": RECORD_VERSION, "seq": seq, "at": at, "prev_hash": prev})
+    encoded = canonical({**fields, "at": at, "prev_hash": prev, "seq": seq, "v": RECORD_VERSION})
     digest = hashlib.sha256(encoded).hexdigest()
     rows.append((seq, str(fields["kind"]), at, prev, digest, encoded.decode()))
     return seq, digest

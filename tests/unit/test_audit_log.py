@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from securemail.audit import AuditLog, signing_key_path, store, verify_store
 from securemail.audit.log import Chainer
-from securemail.audit.records import event_fields, format_time
+from securemail.audit.records import event_fields, format_time, message_fields
 from securemail.errors import StoreError
 from securemail.model import Action, Encryption, Facts, PhiSignal, Role, Source, Verdict
 from tests.unit.test_audit_support import (
@@ -263,3 +263,13 @@ def test_a_failing_batch_fails_its_callers_and_the_writer_keeps_going(tmp_path: 
     report = verify_store(audit.conn, audit.public_key)
     assert report.ok and report.records == 1
     audit.close(T0)
+
+
+def test_record_bodies_are_built_in_canonical_key_order() -> None:
+    # Not needed for correctness (canonical() sorts), but sorted input is what
+    # keeps the per-record encoding cheap; a reordered literal would slow every append.
+    ds = [decision("c@mail.example", Action.DELIVER, ("client-consented",)),
+          decision("o@mail.example", Action.BLOCK, ("unauthorised-recipient",))]
+    rows = message_fields(envelope(ds), outcome(ds), config_digest="c" * 64, instance_id="i")
+    rows.append(event_fields("opened", {"portal_id": "p", "recipient": "c@mail.example"}))
+    assert len(rows) == 3 and all(list(r) == sorted(r) for r in rows)
