@@ -26,6 +26,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import format_datetime, make_msgid
+from typing import Any
 
 __all__ = ["Attachment", "build_reply", "sealed_plaintext"]
 
@@ -73,9 +74,30 @@ def _leaves(part: Message) -> list[Message]:
     return [part]
 
 
+_MISSING = object()
+
+
+class _ReadOnlyMessage(EmailMessage):
+    """An ``EmailMessage`` that parses each header field once.
+
+    The email package parses a field again on every access, and reading one
+    message for the portal asks for Content-Type about ten times (get_body,
+    attachments, charset): most of the cost of sealing. Used only to read a
+    parsed message, never to change one.
+    """
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        cache: dict[str, Any] = self.__dict__.setdefault("_fields", {})
+        key = name.lower()
+        value = cache.get(key, _MISSING)
+        if value is _MISSING:
+            value = cache[key] = super().get(name, _MISSING)
+        return failobj if value is _MISSING else value
+
+
 def sealed_plaintext(raw: bytes) -> bytes:
     """The JSON document described in the module docstring, as UTF-8 bytes."""
-    msg = BytesParser(policy=policy.default).parsebytes(raw)
+    msg = BytesParser(_class=_ReadOnlyMessage, policy=policy.default).parsebytes(raw)
     text_part = msg.get_body(preferencelist=("plain",))
     html_part = msg.get_body(preferencelist=("html",))
     attachments: list[dict[str, object]] = []

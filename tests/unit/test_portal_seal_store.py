@@ -132,3 +132,33 @@ def test_html_and_forwarded_message_extraction(tmp_path: Path) -> None:
     doc = json.loads(sealed_plaintext(raw))
     assert doc["text"] == "plain\nline\n" and doc["html"].strip() == "<p>rich</p>"
     assert [a["name"] for a in doc["attachments"]] == ["passwd", "attachment-2.png"]
+
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus"
+
+
+def _messages() -> list[bytes]:
+    forwarded = (b"From: a@riverside.example\r\nTo: b@mail.example\r\nSubject: fwd\r\n"
+                 b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n"
+                 b"--b\r\nContent-Type: text/html; charset=\"iso-8859-1\"\r\n\r\n<p>caf\xe9</p>\r\n"
+                 b"--b\r\nContent-Type: message/rfc822\r\n\r\n"
+                 b"From: c@x.example\r\nSubject: inner\r\n\r\ninner body\r\n"
+                 b"--b\r\nContent-Type: text/plain; charset=\"x-unknown\"\r\n"
+                 b"Content-Disposition: attachment; filename=\"../../notes.txt\"\r\n\r\nnotes\r\n"
+                 b"--b--\r\n")
+    return [original(), forwarded, *(p.read_bytes() for p in sorted(CORPUS.glob("*.eml")))]
+
+
+@pytest.mark.parametrize("index", range(len(_messages())))
+def test_sealed_document_is_what_the_email_package_reads(index: int,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # The header cache must not change what is read: compare with plain EmailMessage.
+    from email.message import EmailMessage
+
+    from securemail.portal import content
+
+    raw = _messages()[index]
+    fast = content.sealed_plaintext(raw)
+    monkeypatch.setattr(content, "_ReadOnlyMessage", EmailMessage)
+    assert fast == content.sealed_plaintext(raw)
+    assert json.loads(fast)["v"] == 1
