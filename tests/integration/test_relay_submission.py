@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -142,3 +143,30 @@ def test_users_file_errors_name_file_and_key(tmp_path: Path) -> None:
     assert str(exc.value).startswith(f"{p}: users[0].password_hash:")
     with pytest.raises(ConfigError, match="not found"):
         load_users(tmp_path / "missing.toml")
+
+
+async def test_commands_pipelined_behind_starttls_in_clear_are_discarded(relay: tuple) -> None:
+    # CVE-2011-0411 family: plaintext injected after STARTTLS must never be read as
+    # if it had come through TLS.
+    r, ctx = relay
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port_of("submission"))
+
+    async def reply() -> list[bytes]:
+        lines = [await asyncio.wait_for(reader.readline(), 10)]
+        while lines[-1][3:4] == b"-":
+            lines.append(await asyncio.wait_for(reader.readline(), 10))
+        return lines
+
+    assert (await reply())[0].startswith(b"220")
+    writer.write(b"EHLO attacker.example\r\n")
+    await reply()
+    writer.write(b"STARTTLS\r\nNOOP injected\r\nRSET\r\n")
+    assert (await reply())[0].startswith(b"220")
+    await writer.start_tls(ctx, server_hostname="localhost")
+    writer.write(b"EHLO client.example\r\n")
+    first = await reply()
+    assert first[0].startswith(b"250-"), first  # the EHLO reply, nothing injected before it
+    assert any(b"AUTH" in line for line in first)
+    writer.write(b"QUIT\r\n")
+    assert (await reply())[0].startswith(b"221")
+    writer.close()
