@@ -268,16 +268,35 @@ def pct(values: list[float], q: float) -> float:
 
 
 def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU of process ``pid`` (all its threads), or of this process
-    (the clients) for None; None where /proc is not there to tell."""
+    """User + system CPU of process ``pid`` and its children (all threads), or of
+    this process (the clients) for None; None where /proc is not there to tell."""
     if pid is None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in _process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            if p == pid:
+                return None
+            continue  # a child that just exited
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``securemail serve`` with relay.workers > 1)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo.extend(int(c) for c in children.read_text().split())
+            except OSError:
+                pass
+    return found
 
 
 async def run_case(name: str, port: int, data: bytes, rcpt: str, args: argparse.Namespace,
@@ -353,7 +372,7 @@ def main() -> None:
                 print(f"{name}: could not start ({type(exc).__name__}: {exc})")
                 continue
             procs.append(proc)
-            relay_pid = proc.pid if isinstance(proc, mp.Process) else None
+            relay_pid = proc.pid if isinstance(proc, mp.Process) else proc.popen.pid
             result = asyncio.run(run_case(name, port, data, rcpt, args,
                                           {"relay": relay_pid, "sink": sink.pid}))
             proc.terminate()
