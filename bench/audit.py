@@ -7,9 +7,8 @@ so every commit is fsync'ed) in the same folder, in the same run, with the
 exact same row bytes: the raw side inserts the rows the audit side produced.
 What the ratio measures is everything the audit log adds on top of a plain
 INSERT + COMMIT: building the canonical encoding, SHA-256 chaining, the
-signed head (an Ed25519 signature at most every audit.head_sign_ms, default
-1000; the run also shows head_sign_ms = 0, a signature in every transaction),
-periodic checkpoints, and the hand-off to the writer thread.
+signed head (one Ed25519 signature per transaction), periodic checkpoints,
+and the hand-off to the writer thread.
 
 Loops stop after --max records or --seconds, whichever comes first.
 Targets (issue 5): chaining and hashing cost <= 25% over the raw insert;
@@ -25,7 +24,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from securemail.audit import AuditLog
 from securemail.audit.chain import canonical, head_message, sign
-from securemail.audit.log import Chainer
 from securemail.audit.records import message_fields
 from securemail.config import AuditSettings, Settings, StorageSettings
 from securemail.model import (
@@ -81,98 +79,64 @@ def timed(step: Callable[[], int], seconds: float, limit: int) -> tuple[float, i
     return count / (time.perf_counter() - start), count
 
 
-def audit_log(folder: Path, name: str, head_sign_ms: int = AuditSettings.head_sign_ms
-              ) -> AuditLog:
+def audit_log(folder: Path, name: str) -> AuditLog:
     settings = Settings(path=str(folder / "securemail.toml"),
                         storage=StorageSettings(url=f"sqlite://{folder / name}"),
-                        audit=AuditSettings(checkpoint_every=1000, checkpoint_seconds=300,
-                                            head_sign_ms=head_sign_ms))
+                        audit=AuditSettings(checkpoint_every=1000, checkpoint_seconds=300))
     return AuditLog.open(settings)
-
-
-HEAD_SIGNATURES = [0]  # head signatures made, counted by the wrapper below
-_sign = Chainer._sign
-
-
-def _counted_sign(self: Chainer, *args: Any) -> None:
-    HEAD_SIGNATURES[0] += 1
-    _sign(self, *args)
-
-
-Chainer._sign = _counted_sign  # type: ignore[method-assign]
 
 
 @dataclass
 class Totals:
     """Seconds spent and records written by each side of an interleaved run."""
 
-    records: int = 0  # by the audit side; each other side writes the same rows
+    records: int = 0
     transactions: int = 0
-    head_signatures: int = 0
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SIDES, 0.0))
-    written: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIDES, 0))
+    audit: float = 0.0
+    plain: float = 0.0
+    raw: float = 0.0
 
     def rates(self) -> tuple[float, float, float]:
-        audit, plain, raw = (self.written[k] / self.seconds[k] for k in SIDES)
-        return audit, plain, raw
-
-
-SIDES = ("audit", "plain", "raw")
+        return (self.records / self.audit, self.records / self.plain, self.records / self.raw)
 
 
 def interleaved(folder: Path, tag: str, body: dict[str, Any], batch: int, seconds: float,
-                limit: int, head_sign_ms: int = AuditSettings.head_sign_ms) -> Totals:
-    """Audit, plain and raw transactions take turns, in a rotating order, so all
-    three see the same disk. The raw and plain sides insert the very rows the
-    audit side wrote in its previous transaction (checkpoints included).
+                limit: int) -> Totals:
+    """Audit, plain and raw transactions take turns, so all three see the same disk.
 
     (fsync speed on a shared machine drifts by several times within a minute;
-    measuring the sides one after the other compares the drift, not the code;
-    and which file is fsync'ed right after which matters too.)
+    measuring the sides one after the other compares the drift, not the code.)
     """
-    log = audit_log(folder, f"audit-{tag}.db", head_sign_ms)
-    signatures_before = HEAD_SIGNATURES[0]
+    log = audit_log(folder, f"audit-{tag}.db")
     raw, plain = open_database(folder / f"raw-{tag}.db"), open_database(folder / f"plain-{tag}.db")
     for conn in (raw, plain):
         conn.executescript(RAW_DDL)
     t = Totals()
     last = 0
-    rows: list[Any] = []
-    records: list[dict[str, Any]] = []
-
-    def insert(conn: Any, values: list[tuple[Any, ...]]) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT INTO raw VALUES (?,?,?,?,?,?)", values)
-        conn.execute("COMMIT")
-
     deadline = time.perf_counter() + seconds
-    turn = 0
     while t.records < limit and time.perf_counter() < deadline:
-        order = SIDES[turn % 3:] + SIDES[:turn % 3]
-        turn += 1
-        written = rows
-        for side in order:
-            start = time.perf_counter()
-            if side == "audit":
-                log.append_many([body] * batch, now=NOW)
-            elif not written:
-                continue
-            elif side == "raw":
-                insert(raw, written)
-            else:
-                insert(plain, [(r[0], r[1], r[2], "", "", json.dumps(rec))
-                               for r, rec in zip(written, records, strict=True)])
-            t.seconds[side] += time.perf_counter() - start
-            t.written[side] += len(written) if side != "audit" else 0
-        # What the audit side just wrote (checkpoints included), read untimed.
-        fresh = log.conn.execute("SELECT seq, kind, at, prev_hash, hash, body FROM audit_records"
-                                 " WHERE seq > ? ORDER BY seq", (last,)).fetchall()
-        last = fresh[-1][0]
-        t.written["audit"] += len(fresh)
-        t.records += len(fresh)
+        start = time.perf_counter()
+        log.append_many([body] * batch, now=NOW)
+        t.audit += time.perf_counter() - start
+        # The very rows the audit side wrote (checkpoints included), read untimed.
+        rows = log.conn.execute("SELECT seq, kind, at, prev_hash, hash, body FROM audit_records"
+                                " WHERE seq > ? ORDER BY seq", (last,)).fetchall()
+        last = rows[-1][0]
+        records = [json.loads(r[5]) for r in rows]
+        start = time.perf_counter()
+        raw.execute("BEGIN IMMEDIATE")
+        raw.executemany("INSERT INTO raw VALUES (?,?,?,?,?,?)", rows)
+        raw.execute("COMMIT")
+        t.raw += time.perf_counter() - start
+        start = time.perf_counter()
+        plain.execute("BEGIN IMMEDIATE")
+        plain.executemany("INSERT INTO raw VALUES (?,?,?,?,?,?)",
+                          [(r[0], r[1], r[2], "", "", json.dumps(rec))
+                           for r, rec in zip(rows, records, strict=True)])
+        plain.execute("COMMIT")
+        t.plain += time.perf_counter() - start
+        t.records += len(rows)
         t.transactions += 1
-        rows, records = fresh, [json.loads(r[5]) for r in fresh]
-    t.head_signatures = HEAD_SIGNATURES[0] - signatures_before
     log.close(NOW)
     raw.close()
     plain.close()
@@ -192,7 +156,7 @@ def chain_cpu(body: dict[str, Any], count: int = 20000) -> float:
 
 
 def head_signature_cpu(count: int = 2000) -> float:
-    """Microseconds of CPU for one Ed25519 head signature."""
+    """Microseconds of CPU for the one Ed25519 signature each transaction adds."""
     key = Ed25519PrivateKey.generate()
     start = time.perf_counter()
     for seq in range(count):
@@ -217,8 +181,6 @@ def main() -> None:
         print(f"stores in {folder}; WAL + synchronous=FULL; loops capped at {args.max} records"
               f" or {args.seconds:g} s; record body {len(canonical(body))} bytes")
         single = interleaved(folder, "single", body, 1, args.seconds, args.max)
-        every_tx = interleaved(folder, "single-signed", body, 1, args.seconds, args.max,
-                               head_sign_ms=0)
         batched = interleaved(folder, "batch", body, args.batch, args.seconds, args.max)
 
         group = audit_log(folder, "group.db")
@@ -235,12 +197,10 @@ def main() -> None:
 
     chain_us, sign_us = chain_cpu(body), head_signature_cpu()
     print(f"  canonical JSON + SHA-256 chaining alone: {chain_us:.1f} us of CPU per record;"
-          f" Ed25519 head signature: {sign_us:.1f} us each")
+          f" Ed25519 head signature: {sign_us:.1f} us per transaction")
     worst = 0.0
-    for label, t, counted in (
-            ("single durable appends (1 record/tx)", single, True),
-            (f"batches ({args.batch} records/tx)", batched, True),
-            ("single appends, head_sign_ms = 0 (a head signature in every tx)", every_tx, False)):
+    for label, t in (("single durable appends (1 record/tx)", single),
+                     (f"batches ({args.batch} records/tx)", batched)):
         audit, plain, raw = t.rates()
         print(f"  {label}, {t.records} records each side, interleaved:")
         print(f"    audit (chained, signed head)        {audit:10,.0f} records/s")
@@ -248,17 +208,15 @@ def main() -> None:
               f"   audit cost over it: {(plain / audit - 1) * 100:+6.1f}%")
         print(f"    raw INSERT + COMMIT, stored bytes   {raw:10,.0f} records/s"
               f"   audit cost over it: {(raw / audit - 1) * 100:+6.1f}%")
-        if counted:
-            worst = max(worst, raw / audit - 1)
-        head_us = sign_us * t.head_signatures / max(1, t.records)
+        worst = max(worst, raw / audit - 1)
+        per_tx = t.records / max(1, t.transactions)
         raw_us, audit_us = 1e6 / raw, 1e6 / audit
         print(f"    per record: raw {raw_us:.1f} us, audit {audit_us:.1f} us; of the difference,"
               f" chaining + hashing {chain_us:.1f} us ({chain_us / raw_us * 100:.0f}% of raw),"
-              f" {t.head_signatures} head signature(s) for {t.transactions} transactions"
-              f" {head_us:.1f} us ({head_us / raw_us * 100:.0f}%)")
+              f" head signature {sign_us / per_tx:.1f} us ({sign_us / per_tx / raw_us * 100:.0f}%)")
     print(f"  audit, {args.inflight} concurrent record_outcome (group commit):"
           f" {a_group:,.0f} records/s ({n_group} records)")
-    print(f"target: chaining + hashing <= 25% over the raw insert (default settings): "
+    print(f"target: chaining + hashing <= 25% over the raw insert: "
           f"{'meets' if worst <= 0.25 else 'MISSES'} (worst {worst * 100:+.1f}%)")
     in_batches = batched.rates()[0]
     print(f"target: >= 5,000 records/s in batches: {'meets' if in_batches >= 5000 else 'MISSES'}"

@@ -159,9 +159,6 @@ class AuditSettings:
     retention_days: int = 6 * 366
     checkpoint_every: int = 1000
     checkpoint_seconds: int = 300
-    # The signed chain head trails the newest record by at most this long under
-    # sustained load (0: a signature in every transaction).
-    head_sign_ms: int = 1000
     signing_key_file: str = ""  # default: audit-signing.key beside the store
 
 
@@ -353,16 +350,8 @@ def _audit(t: Table) -> AuditSettings:
         retention_days=t.positive("retention_days", d.retention_days),
         checkpoint_every=t.positive("checkpoint_every", d.checkpoint_every),
         checkpoint_seconds=t.positive("checkpoint_seconds", d.checkpoint_seconds),
-        head_sign_ms=_milliseconds(t, "head_sign_ms", d.head_sign_ms),
         signing_key_file=t.text("signing_key_file", ""),
     )
-
-
-def _milliseconds(t: Table, name: str, default: int) -> int:
-    value = t.get(name, int, default)
-    if not 0 <= value <= 3_600_000:
-        raise t.error(name, f"must be 0 to 3600000 milliseconds, got {value}")
-    return value
 
 
 def _encryption(t: Table) -> EncryptionSettings:

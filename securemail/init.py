@@ -93,7 +93,6 @@ session_minutes = 15
 retention_days = 2196                    # 6 years (HIPAA documentation retention)
 checkpoint_every = 1000                  # signed checkpoint every N records...
 checkpoint_seconds = 300                 # ...or every N seconds
-head_sign_ms = 1000                      # signed head at most this far behind (0: every append)
 signing_key_file = ""                    # "" = audit-signing.key beside the store (generated)
 
 [encryption]

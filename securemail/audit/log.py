@@ -16,12 +16,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import logging
-import math
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,9 +43,7 @@ from securemail.errors import StoreError
 from securemail.model import Envelope, Outcome
 from securemail.store.sqlite import open_database
 
-__all__ = ["AuditLog", "Chainer", "Tip", "signing_key_path"]
-
-log = logging.getLogger("securemail.audit")
+__all__ = ["AuditLog", "Chainer", "signing_key_path"]
 
 
 def signing_key_path(settings: Settings) -> Path:
@@ -63,80 +58,45 @@ def _due_text(cp_at: str, seconds: int) -> str:
     return format_time(datetime.fromisoformat(cp_at) + timedelta(seconds=seconds))
 
 
-@dataclass(frozen=True, slots=True)
-class Tip:
-    """Where the chain ends: the newest record and the last checkpoint."""
-
-    seq: int  # 0 for an empty store
-    hash: str
-    checkpoint_seq: int
-    checkpoint_at: str  # "" until the store has a record
-
-
 @dataclass(slots=True)
 class Chainer:
-    """Appends records inside an open transaction; knows the checkpoint and the
-    head-signature policy.
-
-    An append writes its records and nothing else, unless it signs the head:
-    it does when this writer's last head signature is ``head_sign_seconds``
-    old or more (at a practice's pace, every append), or when the append adds
-    a checkpoint. Under sustained load one head signature a period covers all
-    of that period's transactions, and the writer thread signs the newest
-    record when the period ends (``sign_pending``). ``head_sign_seconds = 0``
-    signs every transaction.
-    """
+    """Appends records inside an open transaction; knows the checkpoint policy."""
 
     key: Ed25519PrivateKey
     checkpoint_every: int
     checkpoint_seconds: int
     instance_id: str = ""
-    head_sign_seconds: float = 0.0
     kid: str = field(init=False)
-    unsigned_since: float | None = field(init=False, default=None)  # monotonic time
-    _tip: Tip | None = field(init=False, default=None)
-    _signed_at: float = field(init=False, default=-math.inf)
+    _head: store.Head | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.kid = key_id(self.key.public_key())
 
-    def tip(self, conn: sqlite3.Connection) -> Tip:
-        """Where the stored chain ends, read inside the caller's transaction.
-
-        The tip this writer last wrote is kept in memory and checked against
-        the newest stored record (one indexed read): when another process
-        appended meanwhile, or our last transaction rolled back, it is read
-        again, the checkpoint part from the signed head row (which every
-        checkpoint rewrites).
-        """
-        cached = self._tip
-        last = store.last_record(conn)
-        if cached is not None and last == (cached.seq, cached.hash):
-            return cached
-        h = store.head(conn)
-        if last is None:
-            return Tip(h.seq, h.hash, h.last_checkpoint_seq, h.last_checkpoint_at)
-        return Tip(last[0], last[1], h.last_checkpoint_seq,
-                   h.last_checkpoint_at or store.first_at(conn))
-
     def append(self, conn: sqlite3.Connection, items: list[tuple[dict[str, Any], str]]) -> int:
-        """Chain ``(fields, at)`` items after the tip, with due checkpoints; sign the
-        head when due."""
-        rows, tip = self._chain(self.tip(conn), items)
-        store.insert(conn, rows)
-        now = time.monotonic()
-        if now - self._signed_at >= self.head_sign_seconds or any(
-                r[1] == "checkpoint" for r in rows):
-            self._sign(conn, tip, now)
-        elif self.unsigned_since is None:
-            self.unsigned_since = now
-        self._tip = tip
-        return tip.seq
+        """Chain ``(fields, at)`` items after the head; add due checkpoints; sign the head.
 
-    def _chain(self, tip: Tip, items: list[tuple[dict[str, Any], str]]
-               ) -> tuple[list[tuple[int, str, str, str, str, str]], Tip]:
-        seq, prev = tip.seq, tip.hash
-        cp_seq, cp_at = tip.checkpoint_seq, tip.checkpoint_at
+        The head this writer last wrote is kept in memory and the update is
+        guarded by it (``advance_head``), which saves reading it back on every
+        transaction; when the store moved on meanwhile (another process
+        appended, or our last transaction rolled back), the guard fails and the
+        items are chained again after the stored head.
+        """
+        cached = self._head
+        h = cached if cached is not None else store.head(conn)
+        rows, new = self._chain(h, items)
+        if cached is None or not store.advance_head(conn, cached, new):
+            if cached is not None:
+                h = store.head(conn)
+                rows, new = self._chain(h, items)
+            store.set_head(conn, new)
+        store.insert(conn, rows)
+        self._head = new
+        return new.seq
+
+    def _chain(self, h: store.Head, items: list[tuple[dict[str, Any], str]]
+               ) -> tuple[list[tuple[int, str, str, str, str, str]], store.Head]:
+        seq, prev = h.seq, h.hash
+        cp_seq, cp_at = h.last_checkpoint_seq, h.last_checkpoint_at
         cp_due_at = self._due_at(cp_at)
         rows: list[tuple[int, str, str, str, str, str]] = []
         for fields, at in items:
@@ -150,7 +110,7 @@ class Chainer:
                 seq, prev = _link(rows, cp, seq, prev, at)
                 cp_seq, cp_at = seq, at
                 cp_due_at = self._due_at(cp_at)
-        return rows, Tip(seq, prev, cp_seq, cp_at)
+        return rows, self.signed_head(seq, prev, cp_seq, cp_at)
 
     def _due_at(self, cp_at: str) -> str:
         """When the next interval checkpoint is due, as record time text (which
@@ -166,46 +126,24 @@ class Chainer:
             "signature": sign(self.key, checkpoint_message(covers_seq, covers_hash)),
         }
 
-    def _sign(self, conn: sqlite3.Connection, tip: Tip, now: float) -> None:
-        store.set_head(conn, store.Head(tip.seq, tip.hash,
-                                        sign(self.key, head_message(tip.seq, tip.hash)),
-                                        tip.checkpoint_seq, tip.checkpoint_at))
-        self._signed_at, self.unsigned_since = now, None
+    def signed_head(self, seq: int, digest: str, cp_seq: int, cp_at: str) -> store.Head:
+        return store.Head(seq, digest, sign(self.key, head_message(seq, digest)), cp_seq, cp_at)
 
     def set_head(self, conn: sqlite3.Connection, seq: int, digest: str, cp_seq: int,
                  cp_at: str) -> None:
-        """Sign ``(seq, digest)`` as the head after a record written outside ``append``."""
-        tip = Tip(seq, digest, cp_seq, cp_at)
-        self._sign(conn, tip, time.monotonic())
-        self._tip = tip
-
-    def sign_pending(self, conn: sqlite3.Connection) -> bool:
-        """Sign the newest record as the head if the signed head trails it; True if it did."""
-        self.unsigned_since = None
-        tip = self.tip(conn)
-        if tip.seq == 0 or store.head(conn).seq == tip.seq:
-            return False
-        self._sign(conn, tip, time.monotonic())
-        self._tip = tip
-        return True
-
-    def forget(self) -> None:
-        """After a rolled-back transaction: read the tip again, sign the next append."""
-        self._tip = None
-        self._signed_at = -math.inf
+        self._head = None  # written outside append: read it back next time
+        store.set_head(conn, self.signed_head(seq, digest, cp_seq, cp_at))
 
     def checkpoint(self, conn: sqlite3.Connection, at: str, reason: str) -> bool:
         """Sign the head as a checkpoint record if records follow the last checkpoint."""
-        tip = self.tip(conn)
-        if tip.seq == tip.checkpoint_seq:
-            self.sign_pending(conn)  # e.g. records after a crash, never signed
+        h = store.head(conn)
+        if h.seq == h.last_checkpoint_seq:
             return False
-        seq = tip.seq + 1
-        record = {**self.checkpoint_fields(tip.seq, tip.hash, reason), "v": RECORD_VERSION,
-                  "seq": seq, "at": at, "prev_hash": tip.hash}
+        seq = h.seq + 1
+        record = {**self.checkpoint_fields(h.seq, h.hash, reason), "v": RECORD_VERSION,
+                  "seq": seq, "at": at, "prev_hash": h.hash}
         digest = record_hash(record)
-        store.insert(conn, [(seq, "checkpoint", at, tip.hash, digest,
-                             canonical(record).decode())])
+        store.insert(conn, [(seq, "checkpoint", at, h.hash, digest, canonical(record).decode())])
         self.set_head(conn, seq, digest, seq, at)
         return True
 
@@ -262,7 +200,6 @@ def _notify(jobs: list[_Job], err: BaseException | None) -> None:
 
 
 _STOP = object()
-_WAKE = object()  # a synchronous append left the head unsigned: schedule its signature
 
 
 class AuditLog:
@@ -285,7 +222,7 @@ class AuditLog:
              instance_id: str = "") -> AuditLog:
         key = ensure_signing_key(signing_key_path(settings))
         chainer = Chainer(key, settings.audit.checkpoint_every, settings.audit.checkpoint_seconds,
-                          instance_id, settings.audit.head_sign_ms / 1000)
+                          instance_id)
         if conn is None:
             path = settings.storage.sqlite_path
             write, read = open_database(path), open_database(path)
@@ -342,13 +279,7 @@ class AuditLog:
     def _append_now(self, items: list[tuple[dict[str, Any], str]]) -> None:
         # Synchronous callers commit in their own thread (no hand-off to the
         # writer); the lock keeps them and the writer off the connection at once.
-        def append(conn: sqlite3.Connection) -> bool:
-            was_signed = self.chainer.unsigned_since is None
-            self.chainer.append(conn, items)
-            return was_signed and self.chainer.unsigned_since is not None
-
-        if self.run_in_transaction(append):
-            self._queue.put(_WAKE)  # the writer thread signs the head when the period ends
+        self.run_in_transaction(lambda conn: self.chainer.append(conn, items))
 
     def checkpoint(self, now: datetime, *, reason: str = "requested") -> bool:
         at = format_time(now)
@@ -366,11 +297,8 @@ class AuditLog:
             try:
                 with store.transaction(self._write) as conn:
                     return call(conn)
-            except BaseException as exc:
-                self.chainer.forget()  # what it cached may have been rolled back
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"audit: cannot append ({type(exc).__name__})") from None
-                raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"audit: cannot append ({type(exc).__name__})") from None
 
     def close(self, now: datetime) -> None:
         """Commit what is queued, write a final checkpoint, close our connections."""
@@ -405,14 +333,10 @@ class AuditLog:
 
     def _run(self) -> None:
         while True:
-            try:
-                first = self._queue.get(timeout=self._sign_due_in())
-            except queue.Empty:
-                self._sign_pending()
-                continue
+            first = self._queue.get()
             if first is _STOP:
                 return
-            batch: list[_Job] = [] if first is _WAKE else [first]
+            batch: list[_Job] = [first]
             stop = False
             while True:  # take everything that queued up while we were busy
                 try:
@@ -422,29 +346,10 @@ class AuditLog:
                 if nxt is _STOP:
                     stop = True
                     break
-                if nxt is not _WAKE:
-                    batch.append(nxt)
-            if batch:
-                self._commit(batch)
+                batch.append(nxt)
+            self._commit(batch)
             if stop:
                 return
-
-    def _sign_due_in(self) -> float | None:
-        """Seconds until the unsigned part of the head must be signed (None: nothing is)."""
-        since = self.chainer.unsigned_since
-        if since is None:
-            return None
-        return max(0.0, since + self.chainer.head_sign_seconds - time.monotonic())
-
-    def _sign_pending(self) -> None:
-        try:
-            with self._lock, store.transaction(self._write) as conn:
-                self.chainer.sign_pending(conn)
-        except Exception:  # noqa: BLE001 - try again next period; the records are durable
-            self.chainer.forget()
-            self.chainer.unsigned_since = time.monotonic()
-            log.warning("audit: could not sign the chain head; retrying",
-                        extra={"event": {"notice": "audit-head-sign-failed"}})
 
     def _commit(self, batch: list[_Job]) -> None:
         items = [item for j in batch for item in j.items]
@@ -452,7 +357,6 @@ class AuditLog:
             with self._lock, store.transaction(self._write) as conn:
                 self.chainer.append(conn, items)
         except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
-            self.chainer.forget()
             err = StoreError(f"audit: cannot append ({type(exc).__name__})") if isinstance(
                 exc, sqlite3.Error) else exc
             _notify(batch, err)

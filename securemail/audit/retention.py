@@ -39,7 +39,7 @@ def prune(audit: AuditLog, *, now: datetime, retention_days: int,
 
     def run(conn: sqlite3.Connection) -> PruneResult:
         lo, _hi = store.bounds(conn)
-        h = audit.chainer.tip(conn)
+        h = store.head(conn)
         if lo is None:
             return PruneResult(cutoff, 0, None, dry_run)
         keep = store.first_seq_at_or_after(conn, cutoff)

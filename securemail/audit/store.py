@@ -8,13 +8,9 @@ Tables:
 - ``audit_records``: the chain. ``body`` is the record's canonical JSON (the
   exact bytes that were hashed); ``kind`` and ``at`` are copies for queries
   and are checked against ``body`` by the verifier.
-- ``audit_head``: one row, the signed head: a record's seq and hash signed with
-  the audit key. The writer renews it in the transaction of an append when its
-  last one is ``audit.head_sign_ms`` old (so at a practice's pace, in every
-  transaction), and otherwise signs the newest record once that period ends.
-  It is what reveals a tail cut off the store after its last checkpoint. The
-  newest record and the last checkpoint are read from ``audit_records`` itself
-  (``tip``), so an append writes no page but its own records.
+- ``audit_head``: one row, the latest record's seq and hash signed with the
+  audit key, updated in the same transaction as every append. It is what
+  reveals a tail cut off the store after its last checkpoint.
 """
 
 from __future__ import annotations
@@ -29,8 +25,8 @@ from securemail.errors import StoreError
 from securemail.store.sqlite import ensure_schema
 
 __all__ = [
-    "DDL", "Head", "StoredRecord", "first_at", "head", "iter_records", "last_record",
-    "prepare", "set_head", "transaction",
+    "DDL", "Head", "StoredRecord", "advance_head", "head", "iter_records", "prepare",
+    "transaction",
 ]
 
 DDL = """
@@ -131,16 +127,17 @@ def set_head(conn: sqlite3.Connection, new: Head) -> None:
     )
 
 
-def last_record(conn: sqlite3.Connection) -> tuple[int, str] | None:
-    """``(seq, hash)`` of the newest record (None for an empty store)."""
-    row = conn.execute(
-        "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1").fetchone()
-    return None if row is None else (int(row[0]), str(row[1]))
-
-
-def first_at(conn: sqlite3.Connection) -> str:
-    row = conn.execute("SELECT at FROM audit_records ORDER BY seq LIMIT 1").fetchone()
-    return "" if row is None else str(row[0])
+def advance_head(conn: sqlite3.Connection, expected: Head, new: Head) -> bool:
+    """Move the head from ``expected`` to ``new``; False (nothing changed) when the
+    stored head is no longer ``expected`` (another writer appended, or a
+    transaction that set it was rolled back)."""
+    cursor = conn.execute(
+        "UPDATE audit_head SET seq=?, hash=?, signature=?, last_checkpoint_seq=?,"
+        " last_checkpoint_at=? WHERE id = 1 AND seq = ? AND hash = ?",
+        (new.seq, new.hash, new.signature, new.last_checkpoint_seq, new.last_checkpoint_at,
+         expected.seq, expected.hash),
+    )
+    return cursor.rowcount == 1
 
 
 def iter_records(

@@ -4,12 +4,8 @@ Checks, record by record: the hash matches the canonical encoding (a flipped
 bit), the seq is the next one (a deleted, inserted or reordered record), the
 prev_hash is the previous record's hash (the chain), and every checkpoint and
 prune record is signed by the expected key over the hash it claims to cover.
-At the end the chain must reach the record the signed head (store) or the
-signed export manifest names: otherwise the tail was cut. Records after the
-one the store's signed head names (written within ``audit.head_sign_ms``
-before the writer stopped, or still being written) are counted as
-``head_lag`` and named in the summary: the chain covers them, no signature
-does yet.
+At the end the last record must be the one the signed head (store) or the
+signed export manifest names: otherwise the tail was cut.
 
 A last export line that was cut short is reported as ``incomplete-tail``,
 distinct from ``tampered``.
@@ -56,7 +52,6 @@ class VerifyReport:
     first_seq: int | None
     last_seq: int | None  # last record that verified
     unsigned_tail: int = 0  # records after the last checkpoint (covered by the head/manifest)
-    head_lag: int = 0  # store only: records after the one the head signature covers
     first_bad_seq: int | None = None
     first_bad_line: int | None = None  # exports only: 1-based line number
     problem: str = ""
@@ -70,8 +65,7 @@ class VerifyReport:
             "source": self.source, "status": self.status, "ok": self.ok,
             "records": self.records, "checkpoints": self.checkpoints,
             "first_seq": self.first_seq, "last_seq": self.last_seq,
-            "unsigned_tail": self.unsigned_tail, "head_lag": self.head_lag,
-            "first_bad_seq": self.first_bad_seq,
+            "unsigned_tail": self.unsigned_tail, "first_bad_seq": self.first_bad_seq,
             "first_bad_line": self.first_bad_line, "problem": self.problem,
         }
 
@@ -80,11 +74,6 @@ class VerifyReport:
             span = f"records {self.first_seq}..{self.last_seq}" if self.records else "no records"
             tail = (f"; {self.unsigned_tail} record(s) after the last checkpoint"
                     if self.unsigned_tail else "")
-            if self.head_lag:
-                tail += (f"; the last {self.head_lag} record(s) are chained but not covered by"
-                         " the signed head: written within audit.head_sign_ms before the writer"
-                         " stopped (or still being written), or appended without the signing"
-                         " key")
             return (f"OK: {self.source}: {span} verified, {self.checkpoints} signed"
                     f" checkpoint(s){tail}")
         where = f"record {self.first_bad_seq}" if self.first_bad_seq is not None else "record ?"
@@ -117,8 +106,6 @@ class _Chain:
         self.checkpoints = 0
         self.since_checkpoint = 0
         self.prune_start: tuple[int, str] | None = None
-        self.watch: int | None = None  # a seq whose hash is wanted afterwards
-        self.watched_hash: str | None = None
 
     def feed(self, rec: dict[str, Any]) -> None:
         seq, prev, digest = rec.get("seq"), rec.get("prev_hash"), rec.get("hash")
@@ -149,8 +136,6 @@ class _Chain:
         self.count += 1
         self.last_seq, self.last_hash = seq, digest
         self.expected = (seq + 1, digest)
-        if seq == self.watch:
-            self.watched_hash = digest
 
     def _next_seq(self) -> int | None:
         return self.expected[0] if self.expected else None
@@ -179,13 +164,12 @@ class _Chain:
 
 
 def _report(source: str, chain: _Chain, status: str = OK, bad: _Bad | None = None,
-            line: int | None = None, head_lag: int = 0) -> VerifyReport:
+            line: int | None = None) -> VerifyReport:
     return VerifyReport(
         source=source, status=status, records=chain.count, checkpoints=chain.checkpoints,
         first_seq=chain.first_seq, last_seq=chain.last_seq,
-        unsigned_tail=chain.since_checkpoint, head_lag=head_lag,
-        first_bad_seq=bad.seq if bad else None, first_bad_line=line,
-        problem=bad.problem if bad else "",
+        unsigned_tail=chain.since_checkpoint, first_bad_seq=bad.seq if bad else None,
+        first_bad_line=line, problem=bad.problem if bad else "",
     )
 
 
@@ -218,18 +202,16 @@ def verify_store(conn: sqlite3.Connection, public_key: Ed25519PublicKey) -> Veri
     if own_snapshot:
         conn.execute("BEGIN")
     try:
-        h = store.head(conn)
-        chain.watch = h.seq
         for rec in _stored(store.iter_records(conn)):
             chain.feed(rec)
         _check_start(chain)
-        lag = _check_head(h, chain, public_key)
+        _check_head(conn, chain, public_key)
     except _Bad as bad:
         return _report(source, chain, TAMPERED, bad)
     finally:
         if own_snapshot:
             conn.execute("COMMIT")
-    return _report(source, chain, head_lag=lag)
+    return _report(source, chain)
 
 
 def _check_start(chain: _Chain) -> None:
@@ -250,21 +232,21 @@ def _check_start(chain: _Chain) -> None:
         raise _Bad(first, "the first record is not the one the prune checkpoint names")
 
 
-def _check_head(h: store.Head, chain: _Chain, key: Ed25519PublicKey) -> int:
-    """Check the signed head against the chain; returns how many records follow
-    the one it names."""
+def _check_head(conn: sqlite3.Connection, chain: _Chain, key: Ed25519PublicKey) -> None:
+    h = store.head(conn)
     if h.seq == 0 and not h.signature:
         if chain.last_seq is not None:
             raise _Bad(1, "the signed head is missing (the audit tables were rewritten)")
-        return 0
+        return
     if not signature_valid(key, h.signature, head_message(h.seq, h.hash)):
         raise _Bad(h.seq, "the signed head does not verify (signed by another key or altered)")
     last = chain.last_seq or 0
     if h.seq > last:
         raise _Bad(last + 1, f"tail cut: records {last + 1}..{h.seq} were removed")
-    if chain.watched_hash != h.hash:
-        raise _Bad(h.seq, "the record the signed head names is not the one in the chain")
-    return last - h.seq
+    if h.seq < last:
+        raise _Bad(h.seq + 1, f"records {h.seq + 1}..{last} were added without the signing key")
+    if h.hash != chain.last_hash:
+        raise _Bad(h.seq, "the last record is not the one the signed head names")
 
 
 # ------------------------------------------------------------------ export
