@@ -44,8 +44,10 @@ from securemail.toml_table import Table
 
 __all__ = [
     "AddressError",
+    "ConsentChange",
     "Directory",
     "Identity",
+    "consent_changes",
     "domain_of",
     "import_directory_file",
     "load_imported",
@@ -178,6 +180,26 @@ class Directory:
             self.staff_domains,
             DirectorySettings(clients=tuple(clients.values()), partners=tuple(partners.values())),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentChange:
+    """A client's consent to unencrypted email as it is now (``None``: withdrawn)."""
+
+    client_id: str
+    consent: Consent | None
+
+
+def consent_changes(old: Directory, new: Directory) -> list[ConsentChange]:
+    """Clients whose consent differs between two directories (for the audit log)."""
+    changes = []
+    for cid in sorted(old.clients.keys() | new.clients.keys()):
+        before, after = old.clients.get(cid), new.clients.get(cid)
+        was = before.consent_unencrypted if before else None
+        now = after.consent_unencrypted if after else None
+        if was != now:
+            changes.append(ConsentChange(cid, now))
+    return changes
 
 
 # ---------------------------------------------------------------- store import

@@ -17,23 +17,27 @@ import datetime as dt
 import email.message
 import email.policy
 import email.utils
+import logging
 import os
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from securemail.audit.admin_events import record_config_loaded, record_consent_changes
 from securemail.classify import classify
 from securemail.config import Settings, load_settings
 from securemail.deliveries import DeliveryLedger
-from securemail.directory import Directory, load_imported
-from securemail.errors import InputError
+from securemail.directory import Directory, consent_changes, load_imported
+from securemail.errors import InputError, StoreError
 from securemail.model import Envelope, Outcome, TLSInfo, Verdict
 from securemail.parse import parse_message
 from securemail.phi import Detectors
 from securemail.policy import decide, load_plugins
 from securemail.store.sqlite import open_database
 from securemail.transport import Transport
+
+log = logging.getLogger("securemail.relay")
 
 __all__ = ["Relay", "load"]
 
@@ -90,10 +94,23 @@ class Relay:
 
         signer = DkimSigner.from_settings(settings)
         # Swap only after everything loaded: a broken config keeps the old one.
+        old_directory = self.directory
         self.settings, self.directory, self.detectors = settings, directory, detectors
         self.plugins, self.signer = plugins, signer
         if self.portal is not None:
             self.portal.signer = signer
+        try:
+            self.record_config_loaded("reload")
+            record_consent_changes(self.audit, consent_changes(old_directory, directory),
+                                   actor="reload", now=_utcnow(), file=str(settings.path))
+        except StoreError as exc:  # the new config is in force; say so, do not undo it
+            log.error("reloaded, but could not audit it: %s", exc)
+
+    def record_config_loaded(self, reason: str, status: str = "ok") -> None:
+        """Audit which configuration is in force (``securemail serve`` start and reload)."""
+        record_config_loaded(self.audit, config_sha256=self.settings.digest,
+                             instance_id=self.instance_id, reason=reason, status=status,
+                             now=_utcnow())
 
     # -------------------------------------------------------------- check
 

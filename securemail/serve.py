@@ -121,6 +121,7 @@ class Services:
             # A ConfigError names file and key; anything else only by its class.
             why = str(exc) if isinstance(exc, ConfigError) else type(exc).__name__
             log.error("reload failed, keeping the running configuration: %s", why)
+            _audit_config(self.relay, "reload", "failed")
 
     async def stop(self, drain_seconds: float = DRAIN_SECONDS) -> None:
         finished = await self.listeners.drain(drain_seconds)
@@ -220,6 +221,7 @@ async def run(config_path: Path, *, smtp: bool = True, portal: bool = True, demo
     except BaseException:
         await relay.close()  # stops the audit writer; otherwise the process cannot exit
         raise
+    _audit_config(relay, "start", "ok")
     if demo:
         print(demo_banner(settings, services), flush=True)
     if on_ready is not None:
@@ -251,6 +253,17 @@ async def run(config_path: Path, *, smtp: bool = True, portal: bool = True, demo
         await services.stop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+def _audit_config(relay: Any, reason: str, status: str) -> None:
+    """Record which configuration is in force; the relay keeps serving if it cannot."""
+    record = getattr(relay, "record_config_loaded", None)
+    if record is None:
+        return
+    try:
+        record(reason, status)
+    except Exception as exc:  # noqa: BLE001 - the next message's own record will fail closed
+        log.error("could not audit the configuration change (%s)", type(exc).__name__)
 
 
 def serve_forever(config_path: Path, *, smtp: bool = True, portal: bool = True,

@@ -14,11 +14,16 @@ Compliance verifies the store or an export with :func:`verify_store` and
 
 from __future__ import annotations
 
-from securemail.audit.chain import ensure_signing_key, load_public_key, public_key_pem
+from securemail.audit.chain import (
+    ensure_signing_key,
+    load_public_key,
+    load_signing_key,
+    public_key_pem,
+)
 from securemail.audit.export import CSV_COLUMNS, export_csv, export_jsonl
 from securemail.audit.log import AuditLog, signing_key_path
 from securemail.audit.records import ADMIN_EVENTS, EVENT_FIELDS, PORTAL_EVENTS
-from securemail.audit.retention import PruneResult, prune
+from securemail.audit.retention import PruneResult, prune, prune_preview
 from securemail.audit.verify import VerifyReport, verify_export, verify_store
 
 __all__ = [
@@ -33,7 +38,9 @@ __all__ = [
     "export_csv",
     "export_jsonl",
     "load_public_key",
+    "load_signing_key",
     "prune",
+    "prune_preview",
     "public_key_pem",
     "signing_key_path",
     "verify_export",

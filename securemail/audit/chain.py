@@ -30,12 +30,14 @@ from securemail.errors import InputError
 __all__ = [
     "GENESIS_HASH",
     "canonical",
+    "canonical_object",
     "checkpoint_message",
     "ensure_signing_key",
     "export_message",
     "head_message",
     "key_id",
     "load_public_key",
+    "load_signing_key",
     "prune_message",
     "public_key_pem",
     "record_hash",
@@ -56,10 +58,15 @@ def canonical(record: Mapping[str, Any]) -> bytes:
     so a verifier needs nothing but the standard library; orjson is ~8x faster.
     """
     body = {k: v for k, v in record.items() if k != "hash"} if "hash" in record else record
+    return canonical_object(body)
+
+
+def canonical_object(obj: Mapping[str, Any]) -> bytes:
+    """The same encoding of every key of ``obj``: what each export line is, byte for byte."""
     try:
-        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # anything orjson will not take: the reference encoder decides
-        return _ENCODER.encode(body).encode()
+        return _ENCODER.encode(obj).encode()
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
@@ -165,8 +172,16 @@ def ensure_signing_key(path: Path) -> Ed25519PrivateKey:
             pass  # another process won the race; use its key
         finally:
             tmp.unlink()
+    return load_signing_key(path)
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    """Load the audit signing key; never creates one (read commands use this)."""
     try:
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no audit signing key here (audit.signing_key_file; it is"
+                         " created when the relay first starts)") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read the audit signing key ({exc.strerror})") from None
     except ValueError:

@@ -54,12 +54,16 @@ def iter_export_records(conn: sqlite3.Connection, since: str | None = None,
 def export_jsonl(conn: sqlite3.Connection, key: Ed25519PrivateKey, out: IO[str], *,
                  now: datetime, since: str | None = None, until: str | None = None) -> int:
     """Write a signed JSONL export; returns the number of records written."""
-    # Read in one snapshot so the manifest and the lines agree while writers append.
-    conn.execute("BEGIN")
+    # Read in one snapshot so the manifest and the lines agree while writers append
+    # (the caller's, when it already holds one: then what it verified is what we export).
+    own_snapshot = not conn.in_transaction
+    if own_snapshot:
+        conn.execute("BEGIN")
     try:
         records = list(iter_export_records(conn, since, until))
     finally:
-        conn.execute("COMMIT")
+        if own_snapshot:
+            conn.execute("COMMIT")
     manifest: dict[str, Any] = {
         "format": "securemail-audit-export", "version": 1, "created": format_time(now),
         "key_id": key_id(key.public_key()), "since": since, "until": until,

@@ -56,6 +56,7 @@ class ReportData:
     open_hours: list[float] = field(default_factory=list)
     portal_events: Counter[str] = field(default_factory=Counter)
     keys_expiring: list[KeyExpiry] | None = None  # None: key store not available
+    integrity: str = ""  # the verification summary of the store the figures come from
 
     @property
     def pickup_rate(self) -> float | None:
@@ -176,6 +177,9 @@ def render_html(data: ReportData, *, practice: str = "") -> str:
     parts.append(f"<h1>Audit report{' — ' + escape(practice) if practice else ''}</h1>"
                  f"<p>Generated {escape(data.generated)} from the audit records; period:"
                  f" {escape(period)}.</p>")
+    if data.integrity:
+        parts.append(f"<p data-metric=\"integrity\">Integrity check: {escape(data.integrity)}"
+                     "</p>")
     parts.append("<h2>Summary</h2><table><tbody>")
     for label, metric, value in (
         ("Messages", "messages", str(data.messages)),
@@ -185,7 +189,7 @@ def render_html(data: ReportData, *, practice: str = "") -> str:
         ("Portal messages sealed", "sealed", str(data.sealed)),
         ("Portal messages opened", "opened", str(data.opened)),
         ("Portal pickup rate", "pickup-rate", _pct(data.pickup_rate)),
-        ("Median time to open (hours)", "median-open-hours", _num(data.median_open_hours)),
+        ("Median time to open", "median-open-hours", _duration(data.median_open_hours)),
     ):
         parts.append(f"<tr><th>{label}</th><td data-metric=\"{metric}\">{value}</td></tr>")
     parts.append("</tbody></table>")
@@ -201,8 +205,18 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v * 100:.1f}%"
 
 
-def _num(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.1f}"
+def _duration(hours: float | None) -> str:
+    """Readable at any scale: a 26-second open is not "0.0 hours"."""
+    if hours is None:
+        return "n/a"
+    seconds = hours * 3600
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if hours < 48:
+        return f"{hours:.1f} h"
+    return f"{hours / 24:.1f} days"
 
 
 def _per_day(data: ReportData) -> str:

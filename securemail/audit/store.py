@@ -25,8 +25,8 @@ from securemail.errors import StoreError
 from securemail.store.sqlite import ensure_schema
 
 __all__ = [
-    "DDL", "Head", "StoredRecord", "advance_head", "head", "iter_records", "prepare",
-    "transaction",
+    "DDL", "Head", "StoredRecord", "advance_head", "has_audit_tables", "head", "iter_records",
+    "prepare", "transaction",
 ]
 
 DDL = """
@@ -72,6 +72,14 @@ class StoredRecord:
 
 def prepare(conn: sqlite3.Connection) -> None:
     ensure_schema(conn, DDL)
+
+
+def has_audit_tables(conn: sqlite3.Connection) -> bool:
+    """Whether the audit tables exist (read commands check, they never create them)."""
+    found = {r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'"
+        " AND name IN ('audit_records', 'audit_head')")}
+    return found == {"audit_records", "audit_head"}
 
 
 class transaction:  # noqa: N801 - used like a function: ``with transaction(conn):``

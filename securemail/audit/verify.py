@@ -26,6 +26,7 @@ from securemail.audit import store
 from securemail.audit.chain import (
     GENESIS_HASH,
     canonical,
+    canonical_object,
     checkpoint_message,
     export_message,
     head_message,
@@ -52,6 +53,7 @@ class VerifyReport:
     first_seq: int | None
     last_seq: int | None  # last record that verified
     unsigned_tail: int = 0  # records after the last checkpoint (covered by the head/manifest)
+    signed_seq: int | None = None  # last record a valid signature vouches for
     first_bad_seq: int | None = None
     first_bad_line: int | None = None  # exports only: 1-based line number
     problem: str = ""
@@ -65,7 +67,8 @@ class VerifyReport:
             "source": self.source, "status": self.status, "ok": self.ok,
             "records": self.records, "checkpoints": self.checkpoints,
             "first_seq": self.first_seq, "last_seq": self.last_seq,
-            "unsigned_tail": self.unsigned_tail, "first_bad_seq": self.first_bad_seq,
+            "unsigned_tail": self.unsigned_tail, "signed_seq": self.signed_seq,
+            "first_bad_seq": self.first_bad_seq,
             "first_bad_line": self.first_bad_line, "problem": self.problem,
         }
 
@@ -80,8 +83,19 @@ class VerifyReport:
         if self.first_bad_line is not None:
             where += f" (line {self.first_bad_line})"
         label = "INCOMPLETE TAIL" if self.status == INCOMPLETE else "TAMPERED"
-        good = f"; records up to {self.last_seq} verify" if self.last_seq is not None else ""
-        return f"{label}: {self.source}: first bad {where}: {self.problem}{good}"
+        return f"{label}: {self.source}: first bad {where}: {self.problem}{self._proven()}"
+
+    def _proven(self) -> str:
+        """What still holds before the first bad record: chained is not signed."""
+        last, signed = self.last_seq, self.signed_seq
+        if last is None:
+            return ""
+        if signed == last:
+            return f"; records up to {last} verify"
+        chained = f"{signed + 1}..{last}" if signed else f"{self.first_seq}..{last}"
+        vouched = f"records up to {signed} verify; " if signed else ""
+        return (f"; {vouched}records {chained} chain correctly but no valid signature"
+                " vouches for them")
 
 
 class _Bad(Exception):
@@ -105,6 +119,7 @@ class _Chain:
         self.count = 0
         self.checkpoints = 0
         self.since_checkpoint = 0
+        self.signed_seq: int | None = None
         self.prune_start: tuple[int, str] | None = None
 
     def feed(self, rec: dict[str, Any]) -> None:
@@ -117,10 +132,9 @@ class _Chain:
         if self.expected is not None:
             want_seq, want_prev = self.expected
             if seq > want_seq:
-                span = f"records {want_seq}..{seq - 1} are" if seq - 1 > want_seq else (
-                    f"record {want_seq} is")
-                raise _Bad(want_seq, f"missing: {span} not where they belong (found seq {seq}):"
-                           " deleted or reordered")
+                span = f"records {want_seq}..{seq - 1} are not where they belong" if (
+                    seq - 1 > want_seq) else f"record {want_seq} is not where it belongs"
+                raise _Bad(want_seq, f"missing: {span} (found seq {seq}): deleted or reordered")
             if seq < want_seq:
                 raise _Bad(seq, f"out of order: seq {seq} appears where {want_seq} belongs"
                            " (a record was inserted, duplicated or reordered)")
@@ -159,16 +173,20 @@ class _Chain:
             raise _Bad(seq, "checkpoint signature does not verify (forged or altered)")
         if start is not None:
             self.prune_start = start
+        self.signed_seq = seq
         self.checkpoints += 1
         self.since_checkpoint = 0
 
 
 def _report(source: str, chain: _Chain, status: str = OK, bad: _Bad | None = None,
             line: int | None = None) -> VerifyReport:
+    if status == OK:  # the signed head or manifest vouches for everything up to the end
+        chain.signed_seq = chain.last_seq
     return VerifyReport(
         source=source, status=status, records=chain.count, checkpoints=chain.checkpoints,
         first_seq=chain.first_seq, last_seq=chain.last_seq,
-        unsigned_tail=chain.since_checkpoint, first_bad_seq=bad.seq if bad else None,
+        unsigned_tail=chain.since_checkpoint, signed_seq=chain.signed_seq,
+        first_bad_seq=bad.seq if bad else None,
         first_bad_line=line, problem=bad.problem if bad else "",
     )
 
@@ -194,7 +212,9 @@ def _stored(rows: Iterable[store.StoredRecord]) -> Iterator[dict[str, Any]]:
 def verify_store(conn: sqlite3.Connection, public_key: Ed25519PublicKey) -> VerifyReport:
     """Verify the whole chain in the store against the signed head."""
     source = "store"
-    store.prepare(conn)
+    if not store.has_audit_tables(conn):
+        raise InputError("the store has no audit tables: it is not a securemail audit store"
+                         " (check storage.url)")
     chain = _Chain(public_key, None)
     # One read snapshot: records and head must be seen as of the same commit,
     # or a writer appending meanwhile would look like a cut tail.
@@ -263,18 +283,25 @@ def verify_export(path: str | Path, public_key: Ed25519PublicKey) -> VerifyRepor
     complete = data.endswith(b"\n")
     if complete:
         lines.pop()
+    lines = [line.removesuffix(b"\r") for line in lines]  # line endings converted in transit
     chain = _Chain(public_key, None)
     if not lines or not lines[0]:
         return _report(source, chain, TAMPERED, _Bad(None, "empty file: no export manifest"), 1)
     try:
         manifest = _manifest(lines[0], public_key)
     except _Bad as bad:
+        if len(lines) == 1 and not complete:
+            cut = _Bad(None, "incomplete: the file ends inside its manifest line")
+            return _report(source, chain, INCOMPLETE, cut, 1)
         return _report(source, chain, TAMPERED, bad, 1)
     count = int(manifest["records"])
     if count:
         chain.expected = (int(manifest["first_seq"]), str(manifest["first_prev_hash"]))
     for number, raw in enumerate(lines[1:], start=2):
         last_line = number == len(lines)
+        if not raw:
+            return _report(source, chain, TAMPERED,
+                           _Bad(None, "an empty line (an export has none)"), number)
         try:
             rec = json.loads(raw.decode("utf-8"))
             if not isinstance(rec, dict):
@@ -286,6 +313,14 @@ def verify_export(path: str | Path, public_key: Ed25519PublicKey) -> VerifyRepor
             return _report(source, chain, TAMPERED,
                            _Bad(chain._next_seq(), "altered: the line is not a JSON record"),
                            number)
+        if canonical_object(rec) != raw:
+            # Duplicate keys, other key order or spacing: two parsers could read
+            # different values from this line, so it is not the line we wrote.
+            seq = rec.get("seq")
+            return _report(source, chain, TAMPERED, _Bad(
+                seq if isinstance(seq, int) else chain._next_seq(),
+                "altered: the line is not in canonical form (duplicate keys, key order or"
+                " spacing differ from what securemail writes)"), number)
         try:
             chain.feed(rec)
         except _Bad as broken:
@@ -304,6 +339,8 @@ def _manifest(raw: bytes, key: Ed25519PublicKey) -> dict[str, Any]:
         int(manifest["records"])
     except (ValueError, KeyError, TypeError):
         raise _Bad(None, "the first line is not a securemail audit export manifest") from None
+    if canonical_object(top) != raw:
+        raise _Bad(None, "the manifest line is not in canonical form (altered)")
     if manifest.get("key_id") != key_id(key):
         raise _Bad(None, f"export signed by another key (key id {manifest.get('key_id')},"
                    f" expected {key_id(key)})")

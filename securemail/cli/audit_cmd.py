@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,37 @@ def _settings(config_path: str) -> Any:
     if not Path(config_path).exists():
         raise ConfigError(config_path, "", "file not found (use -c PATH or run `securemail init`)")
     return load_settings(config_path)
+
+
+def _existing_store(settings: Any) -> sqlite3.Connection:
+    """The store named by the config, opened for reading. Read commands never
+    create a store, its tables or a signing key: a mistyped path is an error."""
+    from securemail.audit import store
+    from securemail.store.sqlite import open_database
+
+    path = settings.storage.sqlite_path
+    if not path.is_file():
+        raise InputError(f"{path}: no store here (storage.url in {settings.path}); check -c,"
+                         " or start the relay once to create it")
+    conn = open_database(path)
+    if not store.has_audit_tables(conn):
+        conn.close()
+        raise InputError(f"{path}: this store holds no audit records (storage.url in"
+                         f" {settings.path})")
+    return conn
+
+
+def _signing_key(settings: Any) -> Any:
+    from securemail.audit import load_signing_key, signing_key_path
+
+    return load_signing_key(signing_key_path(settings))
+
+
+def _time_range(since: str | None, until: str | None) -> tuple[str | None, str | None]:
+    lo, hi = _time_option(since, "--since"), _time_option(until, "--until")
+    if lo is not None and hi is not None and lo >= hi:
+        raise InputError(f"--since ({since}) must be before --until ({until})")
+    return lo, hi
 
 
 def _time_option(value: str | None, option: str) -> str | None:
@@ -53,14 +85,17 @@ def audit_group() -> None:
 def export_cmd(config_path: str, fmt: str, since: str | None, until: str | None,
                output: str | None) -> None:
     """Export records; JSONL exports verify offline with the public key."""
-    from securemail.audit import AuditLog, export_csv, export_jsonl, verify_store
+    from securemail.audit import export_csv, export_jsonl, verify_store
     from securemail.audit.export import write_atomically
 
-    lo, hi = _time_option(since, "--since"), _time_option(until, "--until")
-    audit = AuditLog.open(_settings(config_path))
+    lo, hi = _time_range(since, until)
+    settings = _settings(config_path)
+    key = _signing_key(settings)
+    conn = _existing_store(settings)
     try:
+        conn.execute("BEGIN")  # one snapshot: what is verified is what is exported
         # Signing an export vouches for it: never sign a store that fails verification.
-        report = verify_store(audit.conn, audit.public_key)
+        report = verify_store(conn, key.public_key())
         if not report.ok:
             click.echo(report.summary(), err=True)
             click.echo("securemail: export refused: the store does not verify", err=True)
@@ -69,12 +104,12 @@ def export_cmd(config_path: str, fmt: str, since: str | None, until: str | None,
 
         def write(f: IO[str]) -> int:
             if fmt == "csv":
-                return export_csv(audit.conn, f, since=lo, until=hi)
-            return export_jsonl(audit.conn, audit.chainer.key, f, now=now, since=lo, until=hi)
+                return export_csv(conn, f, since=lo, until=hi)
+            return export_jsonl(conn, key, f, now=now, since=lo, until=hi)
 
         count = write_atomically(Path(output), write) if output else write(sys.stdout)
     finally:
-        audit.close(datetime.now(UTC))
+        conn.close()  # read only: nothing to commit
     if output:
         click.echo(f"{count} record(s) written to {output}", err=True)
 
@@ -90,12 +125,14 @@ def verify_cmd(config_path: str, export: str | None, public_key: str | None,
                as_json: bool) -> None:
     """Verify the store, or an EXPORT.jsonl; exit 1 naming the first bad record."""
     from securemail.audit import load_public_key, signing_key_path, verify_export, verify_store
-    from securemail.store.sqlite import open_database
 
     settings = None
     if public_key:
         key = load_public_key(public_key)
     else:
+        if export and not Path(config_path).exists():
+            raise InputError(f"{export}: pass --public-key FILE (the key from `securemail audit"
+                             " public-key`) to verify an export away from the relay")
         settings = _settings(config_path)
         path = signing_key_path(settings)
         if not path.exists():
@@ -104,8 +141,7 @@ def verify_cmd(config_path: str, export: str | None, public_key: str | None,
     if export:
         report = verify_export(export, key)
     else:
-        settings = settings or _settings(config_path)
-        conn = open_database(settings.storage.sqlite_path)
+        conn = _existing_store(settings or _settings(config_path))
         try:
             report = verify_store(conn, key)
         finally:
@@ -123,21 +159,26 @@ def verify_cmd(config_path: str, export: str | None, public_key: str | None,
               show_default=True)
 @handle_errors
 def report_cmd(config_path: str, since: str | None, until: str | None, output: str) -> None:
-    """Write a self-contained HTML report for compliance."""
+    """Write a self-contained HTML report for compliance (of a store that verifies)."""
+    from securemail.audit import verify_store
     from securemail.audit.export import write_atomically
     from securemail.audit.report import render_html, report_data
-    from securemail.store.sqlite import open_database
 
+    lo, hi = _time_range(since, until)
     settings = _settings(config_path)
-    conn = open_database(settings.storage.sqlite_path)
+    key = _signing_key(settings)
+    conn = _existing_store(settings)
     try:
-        from securemail.audit import store
-
-        store.prepare(conn)
-        data = report_data(conn, now=datetime.now(UTC), since=_time_option(since, "--since"),
-                           until=_time_option(until, "--until"))
+        conn.execute("BEGIN")  # the figures come from the records that were verified
+        verified = verify_store(conn, key.public_key())
+        if not verified.ok:
+            click.echo(verified.summary(), err=True)
+            click.echo("securemail: report refused: the store does not verify", err=True)
+            sys.exit(EXIT_PROBLEM)
+        data = report_data(conn, now=datetime.now(UTC), since=lo, until=hi)
     finally:
         conn.close()
+    data.integrity = verified.summary()
     page = render_html(data, practice=settings.practice.name)
     write_atomically(Path(output), lambda f: f.write(page))
     click.echo(f"report written to {output}", err=True)
@@ -149,10 +190,10 @@ def report_cmd(config_path: str, since: str | None, until: str | None, output: s
 @handle_errors
 def public_key_cmd(config_path: str, output: str | None) -> None:
     """Print the Ed25519 public key that verifies checkpoints and exports."""
-    from securemail.audit import ensure_signing_key, public_key_pem, signing_key_path
+    from securemail.audit import public_key_pem
     from securemail.audit.chain import key_id
 
-    public = ensure_signing_key(signing_key_path(_settings(config_path))).public_key()
+    public = _signing_key(_settings(config_path)).public_key()
     pem = public_key_pem(public)
     if output:
         Path(output).write_text(pem, encoding="ascii")
@@ -170,16 +211,24 @@ def public_key_cmd(config_path: str, output: str | None) -> None:
 @handle_errors
 def prune_cmd(config_path: str, retention_days: int | None, dry_run: bool) -> None:
     """Delete records older than the retention period (a signed prune checkpoint remains)."""
-    from securemail.audit import AuditLog, prune
+    from securemail.audit import AuditLog, prune, prune_preview
 
     settings = _settings(config_path)
-    audit = AuditLog.open(settings)
-    try:
-        result = prune(audit, now=datetime.now(UTC),
-                       retention_days=retention_days or settings.audit.retention_days,
-                       dry_run=dry_run)
-    finally:
-        audit.close(datetime.now(UTC))
+    days = retention_days or settings.audit.retention_days
+    _signing_key(settings)  # both must exist already: never create them here
+    conn = _existing_store(settings)
+    if dry_run:
+        try:
+            result = prune_preview(conn, now=datetime.now(UTC), retention_days=days)
+        finally:
+            conn.close()
+    else:
+        conn.close()
+        audit = AuditLog.open(settings)
+        try:
+            result = prune(audit, now=datetime.now(UTC), retention_days=days)
+        finally:
+            audit.close(datetime.now(UTC))
     verb = "would delete" if result.dry_run else "deleted"
     click.echo(f"{verb} {result.deleted} record(s) older than {result.cutoff}")
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import click
 
 from securemail.cli.base import config_option, handle_errors
+
+if TYPE_CHECKING:
+    from securemail.directory import ConsentChange, Directory
 
 
 @click.group("directory")
@@ -30,23 +34,34 @@ def _open(config_path: str):  # type: ignore[no-untyped-def]
 @handle_errors
 def directory_import(file: str, config_path: str) -> None:
     """Import clients/partners from a CSV or TOML FILE (upsert by id / name)."""
-    from securemail.directory import read_directory_file, store_entries
+    from securemail.directory import consent_changes, read_directory_file, store_entries
 
     entries = read_directory_file(file)  # validate before opening anything
     settings, conn = _open(config_path)
     now = dt.datetime.now(dt.UTC)
+    before = _directory(settings, conn)
     count = store_entries(conn, entries, now.isoformat())
-    _audit(settings, now, count, file)
+    _audit(settings, now, count, file, consent_changes(before, _directory(settings, conn)))
     click.echo(f"imported {len(entries.clients)} client(s) and {len(entries.partners)} "
                f"partner(s) from {file}")
 
 
-def _audit(settings, now: dt.datetime, count: int, file: str) -> None:  # type: ignore[no-untyped-def]
+def _directory(settings, conn) -> Directory:  # type: ignore[no-untyped-def]
+    from securemail.directory import Directory, load_imported
+
+    return Directory(settings.practice.domains, settings.directory).with_imported(
+        load_imported(conn))
+
+
+def _audit(settings, now: dt.datetime, count: int, file: str,  # type: ignore[no-untyped-def]
+           changes: list[ConsentChange]) -> None:
     from securemail.audit import AuditLog
+    from securemail.audit.admin_events import record_consent_changes
 
     log = AuditLog.open(settings)
     try:
         log.record_event("directory-import", now=now, count=count, file=file, actor="cli")
+        record_consent_changes(log, changes, actor="cli", now=now, file=file)
     finally:
         log.close(now)
 

@@ -8,6 +8,7 @@ import mailbox
 import os
 import signal
 import socket
+import sqlite3
 import stat
 import sys
 import tomllib
@@ -125,8 +126,14 @@ enabled = false
         metrics = (await reader.read()).decode()
         writer.close()
         assert 'securemail_messages_total{outcome="delivered"} 1' in metrics
+        good = cfg.read_text() + """
+[[directory.clients]]
+id = "c-1001"
+addresses = ["jane@mail.example"]
+consent_unencrypted = { granted = "2026-01-10", warning = "v1" }
+"""
+        cfg.write_text(good)  # the reload brings a client's consent: audited
         proc.send_signal(signal.SIGHUP)
-        good = cfg.read_text()
         await _wait_for_line(proc, "configuration reloaded", seen)
         cfg.write_text(good.replace("[portal]", "[portl]"))  # a typo: reload must keep running
         proc.send_signal(signal.SIGHUP)
@@ -150,6 +157,17 @@ enabled = false
     events = [x for x in lines if x.get("event") == "message"]
     assert len(events) == 2 and {e["smtp"]["reply"] for e in events} == {"250 2.0.0"}
     assert "colleague" not in err.decode()
+    with sqlite3.connect(tmp_path / "data" / "securemail.db") as db:
+        admin = [json.loads(b) for (b,) in db.execute(
+            "SELECT body FROM audit_records WHERE kind IN ('config-loaded', 'consent-change')"
+            " ORDER BY seq")]
+    assert [(r["kind"], r.get("reason_code"), r.get("status"), r.get("client_id"),
+             r.get("consent")) for r in admin] == [
+        ("config-loaded", "start", "ok", None, None),
+        ("config-loaded", "reload", "ok", None, None),
+        ("consent-change", None, None, "c-1001", "granted"),
+        ("config-loaded", "reload", "failed", None, None)]
+    assert admin[0]["config_sha256"] != admin[1]["config_sha256"]
 
 
 def test_serve_with_missing_explicit_config_exits_2(tmp_path: Path) -> None:

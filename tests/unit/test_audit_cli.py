@@ -80,3 +80,77 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
     assert code == 2 and "--since" in out
     code, out = run("verify", str(tmp_path / "missing.jsonl"), "--public-key", str(cfg))
     assert code == 2 and "Ed25519" in out
+
+
+def _max_seq(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT MAX(seq) FROM audit_records").fetchone()[0])
+
+
+def test_read_commands_on_a_mistyped_store_create_nothing(tmp_path: Path) -> None:
+    cfg = _store(tmp_path)
+    elsewhere = tmp_path / "typo"
+    elsewhere.mkdir()
+    wrong = elsewhere / "securemail.toml"
+    wrong.write_text(cfg.read_text().replace("store.db", "stroe.db"))  # beside the config
+    assert "stroe.db" in wrong.read_text()
+    for args in (("verify",), ("export", "-o", str(tmp_path / "x.jsonl")),
+                 ("report", "-o", str(tmp_path / "x.html")), ("public-key",),
+                 ("prune", "--dry-run"), ("prune",)):
+        code, out = run(*args, "-c", str(wrong))
+        assert code == 2, (args, out)
+        assert "stroe.db" in out or "audit-signing.key" in out, (args, out)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["securemail.toml"]
+
+
+def test_export_report_and_dry_run_leave_the_store_as_it_was(tmp_path: Path) -> None:
+    cfg = _store(tmp_path)
+    audit = AuditLog.open(load_settings(cfg))
+    record_messages(audit, 2)  # records after the last checkpoint, as a running relay has
+    db = tmp_path / "store.db"
+    before = _max_seq(db)
+    assert run("export", "-c", str(cfg), "-o", str(tmp_path / "e.jsonl"))[0] == 0
+    assert run("export", "-c", str(cfg), "--format", "csv", "-o", str(tmp_path / "e.csv"))[0] == 0
+    assert run("report", "-c", str(cfg), "-o", str(tmp_path / "r.html"))[0] == 0
+    code, out = run("prune", "-c", str(cfg), "--retention-days", "1", "--dry-run")
+    assert code == 0 and "would delete" in out
+    assert _max_seq(db) == before
+    with (tmp_path / "e.csv").open(newline="") as f:
+        assert len(list(csv.DictReader(f))) == before  # the CSV and JSONL agree
+    assert len((tmp_path / "e.jsonl").read_text().splitlines()) == before + 1
+    audit.close(T0)
+
+
+def test_report_refuses_a_store_that_does_not_verify(tmp_path: Path) -> None:
+    cfg = _store(tmp_path)
+    code, _ = run("report", "-c", str(cfg), "-o", str(tmp_path / "ok.html"))
+    page = (tmp_path / "ok.html").read_text()
+    assert code == 0 and 'data-metric="integrity">Integrity check: OK: store' in page
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        changed = db.execute("UPDATE audit_records SET body = replace(body, '\"action\":"
+                             "\"block\"', '\"action\":\"deliver\"') WHERE seq = 2").rowcount
+        assert changed == 1 and '"action":"deliver"' in db.execute(
+            "SELECT body FROM audit_records WHERE seq = 2").fetchone()[0]
+    code, out = run("report", "-c", str(cfg), "-o", str(tmp_path / "bad.html"))
+    assert code == 1 and "TAMPERED" in out and "report refused" in out
+    assert not (tmp_path / "bad.html").exists()
+
+
+def test_export_lines_must_be_canonical(tmp_path: Path) -> None:
+    """A duplicate key: json.loads keeps the last value, grep and other parsers the first."""
+    cfg = _store(tmp_path)
+    run("public-key", "-c", str(cfg), "-o", str(tmp_path / "audit.pub"))
+    run("export", "-c", str(cfg), "-o", str(tmp_path / "e.jsonl"))
+    lines = (tmp_path / "e.jsonl").read_text().splitlines(keepends=True)
+    assert lines[2].startswith('{"action":')
+    lines[2] = '{"recipient":"nobody@else.example",' + lines[2][1:]
+    (tmp_path / "e.jsonl").write_text("".join(lines))
+    code, out = run("verify", str(tmp_path / "e.jsonl"), "--public-key",
+                    str(tmp_path / "audit.pub"))
+    assert code == 1 and "line 3" in out and "canonical form" in out, out
+
+
+def test_time_range_must_not_be_reversed(tmp_path: Path) -> None:
+    cfg = _store(tmp_path)
+    code, out = run("export", "-c", str(cfg), "--since", "2026-11-30", "--until", "2026-11-29")
+    assert code == 2 and "--since" in out and "before --until" in out

@@ -95,6 +95,11 @@ def test_export_inserted_record_even_with_recomputed_hashes(
     report = _tampered(export, lines, audit)
     # Without the private key the forger cannot re-sign the next checkpoint.
     assert report.first_bad_seq == 12 and "signature" in report.problem
+    # Records 1..11 chain, but the forgery sits among them: only what a valid
+    # signature covers is claimed to verify.
+    assert report.signed_seq is None and report.last_seq == 11
+    assert "records 1..11 chain correctly but no valid signature vouches" in report.summary()
+    assert "records up to 11 verify" not in report.summary()
 
 
 def test_export_inserted_record_keeping_hashes(audit: AuditLog, export: Path) -> None:

@@ -84,3 +84,33 @@ def test_csv_error_names_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         read_directory_file(f)
     assert str(exc.value).startswith(f"{f}: line 2.addresses[0]:")
+
+
+def test_directory_import_audits_each_consent_change(tmp_path: Path) -> None:
+    import json
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from securemail.cli.directory_cmd import directory_group
+    from tests.unit.test_audit_support import write_config
+
+    cfg = write_config(tmp_path)
+    csv_file = tmp_path / "clients.csv"
+    header = "kind,id,name,addresses,domains,contacts,consent_granted,consent_warning\n"
+
+    def import_rows(*rows: str) -> list[tuple[str, str, str | None]]:
+        csv_file.write_text(header + "".join(r + "\n" for r in rows), encoding="utf-8")
+        result = CliRunner().invoke(directory_group, ["import", str(csv_file), "-c", str(cfg)])
+        assert result.exit_code == 0, result.output
+        with sqlite3.connect(tmp_path / "store.db") as db:
+            bodies = [json.loads(b) for (b,) in db.execute(
+                "SELECT body FROM audit_records WHERE kind = 'consent-change' ORDER BY seq")]
+        return [(b["client_id"], b["consent"], b.get("warning")) for b in bodies]
+
+    granted = "client,c-2001,,ann@mail.example,,,2026-02-01,v2"
+    assert import_rows(granted, "client,c-2002,,bo@mail.example,,,,") == [
+        ("c-2001", "granted", "v2")]
+    assert import_rows(granted) == [("c-2001", "granted", "v2")]  # unchanged: nothing new
+    assert import_rows("client,c-2001,,ann@mail.example,,,,") == [
+        ("c-2001", "granted", "v2"), ("c-2001", "withdrawn", None)]
