@@ -65,9 +65,11 @@ _HINTS = {
 # The scanned form of a text: lower case, every separator (all but letters,
 # digits, hyphen and apostrophe) a space, every digit "9", and the same length
 # as the original, so a match at i in the padded form is text[i - 1] there.
-_SEPARATORS = "\t\n\r\x0b\x0c !\"#$%&()*+,./:;<=>?@[\\]^_`{|}~\u00a0"
+_SEPARATORS = ("\t\n\r\x0b\x0c !\"#$%&()*+,./:;<=>?@[\\]^_`{|}~\u00a0\x85\u1680"
+               "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+               "\u2028\u2029\u202f\u205f\u3000")  # Unicode spaces too
 _TABLE = str.maketrans({**{c: " " for c in _SEPARATORS}, **{d: "9" for d in "0123456789"}})
-_ASCII_FROM = _SEPARATORS.replace("\u00a0", "").encode("ascii") + b"0123456789"
+_ASCII_FROM = "".join(c for c in _SEPARATORS if c.isascii()).encode("ascii") + b"0123456789"
 _ASCII_TABLE = bytes.maketrans(_ASCII_FROM, b" " * (len(_ASCII_FROM) - 10) + b"9" * 10)
 _SSN_SHAPES = ("999-99-9999", "999 99 9999")
 
@@ -80,6 +82,15 @@ def _scanned(lowered: str) -> str:
 
 def _phrase(text: str) -> str:
     return " ".join(text.lower().translate(_TABLE).split())
+
+
+def _continues(scanned: str, at: int, rest: str) -> bool:
+    """Whether the words of ``rest`` (``" w2 w3 "``) follow ``scanned[at]`` (the space
+    after a first word), with any run of separators counting as one space."""
+    window = scanned[at:at + 4 * len(rest) + 64]
+    while "  " in window:
+        window = window.replace("  ", " ")
+    return window.startswith(rest)
 
 
 def _valid_ssn(area: str, group: str, serial: str) -> bool:
@@ -107,10 +118,23 @@ class Detectors:
             groups[hint] = {_phrase(w) for w in words}
         patterns: list[str] = []
         self._group_of: list[str] = []
+        # A phrase of several words ("Jane Roe", "mental health") is found by its
+        # first word, then checked word by word across any run of separators: a
+        # line break, two spaces or a removed HTML tag must not split it.
+        self._rest_of: dict[int, list[tuple[str, str]]] = {}
+        first_words: dict[str, int] = {}
         for group, phrases in groups.items():
             for p in sorted(phrases - {""}):
-                patterns.append(f" {p} ")
-                self._group_of.append(group)
+                first, _, rest = p.partition(" ")
+                if not rest:
+                    patterns.append(f" {p} ")
+                    self._group_of.append(group)
+                    continue
+                if first not in first_words:
+                    first_words[first] = len(patterns)
+                    patterns.append(f" {first} ")
+                    self._group_of.append("phrase")
+                self._rest_of.setdefault(first_words[first], []).append((f" {rest} ", group))
         for shape in _SSN_SHAPES:
             patterns.append(shape)
             self._group_of.append("ssn-shape")
@@ -132,10 +156,14 @@ class Detectors:
         scanned = _scanned(lowered)
         groups: set[str] = set()
         ssn = False
-        for i, start, _ in self._automaton.find_matches_as_indexes(scanned, overlapping=True):
+        for i, start, end in self._automaton.find_matches_as_indexes(scanned, overlapping=True):
             group = self._group_of[i]
             if group == "ssn-shape":
                 ssn = ssn or _ssn_at(text, scanned, start)
+            elif group == "phrase":
+                for rest, phrase_group in self._rest_of[i]:
+                    if phrase_group not in groups and _continues(scanned, end - 1, rest):
+                        groups.add(phrase_group)
             else:
                 groups.add(group)
         hits = []

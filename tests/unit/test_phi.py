@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from securemail.config import PolicySettings
 from securemail.model import HEALTH_DETECTORS, IDENTIFIER_DETECTORS, Encryption, Facts
@@ -87,3 +89,36 @@ def test_detector_ids_are_classified() -> None:
     assert {"phi-ssn", "phi-dob", "phi-mrn", "phi-client-name", "phi-unscanned"} == \
         IDENTIFIER_DETECTORS
     assert {"phi-icd10", "phi-keyword", "phi-unscanned"} == HEALTH_DETECTORS
+
+
+@pytest.mark.parametrize("body", [
+    "our client Jane\r\nRoe: her depression is improving",   # a line break inside the name
+    "our client Jane  Roe has depression",                    # two spaces
+    "our client Jane \r\nRoe has depression",                 # format=flowed soft break
+    "our client Jane\u2003Roe has depression",                # a Unicode space
+    "our client Jane,\r\n  Roe has depression",               # folded with punctuation
+])
+def test_a_name_split_across_separators_is_still_one_name(body: str) -> None:
+    assert kinds(body=body) >= {"phi-client-name", "phi-keyword"}
+    assert is_phi(body=body)
+
+
+def test_phrases_split_by_an_html_tag_are_found() -> None:
+    import email
+
+    from securemail.phi import message_text
+
+    msg = email.message_from_string(
+        "Content-Type: text/html; charset=utf-8\n\n"
+        "<p>Our client Jane <b>Roe</b> has a mental<br>health plan; social <i>security</i>"
+        " 078051120</p>")
+    text, truncated = message_text(msg, 100_000)
+    assert not truncated
+    assert kinds(body=text) >= {"phi-client-name", "phi-keyword", "phi-ssn"}
+
+
+@given(st.lists(st.sampled_from([" ", "\r\n", "\t", ",", ".", "\u00a0", "\u2003", "(", "\n> "]),
+                min_size=1, max_size=12))
+def test_any_run_of_separators_inside_a_name_is_one_space(run: list[str]) -> None:
+    body = f"we saw Jane{''.join(run)}Roe about her depression today"
+    assert kinds(body=body) >= {"phi-client-name", "phi-keyword"}
