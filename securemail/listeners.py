@@ -40,6 +40,8 @@ class Listeners:
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     handlers: list[RelayHandler] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)  # for new sessions
+    bound: dict[str, str] = field(default_factory=dict)  # config key -> address it bound
+    tls_context: ssl.SSLContext | None = None  # the submission listener's
 
     async def drain(self, timeout: float) -> bool:
         """Stop taking mail: new sessions and new MAIL commands get 421; wait
@@ -56,8 +58,19 @@ class Listeners:
 
     def apply(self, settings: Settings) -> None:
         """SIGHUP: new trusted networks, limits and submission users take effect
-        for the next command; open sessions keep their login. Listen addresses
-        and TLS certificates need a restart."""
+        for the next command; open sessions keep their login. A renewed TLS
+        certificate serves the next handshake. Listen addresses need a restart
+        (a warning says so)."""
+        wanted = {"relay.listen": settings.relay.listen}
+        if settings.submission.enabled:
+            wanted["submission.listen"] = settings.submission.listen
+        if wanted != self.bound:
+            log.warning("listen addresses changed in %s (%s); they apply after a restart,"
+                        " still listening on %s", settings.path,
+                        ", ".join(f"{k} = {v}" for k, v in wanted.items()),
+                        ", ".join(f"{k} = {v}" for k, v in self.bound.items()))
+        if self.tls_context is not None and settings.submission.enabled:
+            _load_certificate(self.tls_context, settings)
         users = None
         if settings.submission.enabled and any(h.policy.users for h in self.handlers):
             users = load_users(settings.resolve(settings.submission.users_file))
@@ -86,15 +99,19 @@ def _networks(settings: Settings) -> tuple[ipaddress.IPv4Network | ipaddress.IPv
 
 
 def _submission_tls(settings: Settings) -> ssl.SSLContext:
-    sub = settings.submission
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_certificate(ctx, settings)
+    return ctx
+
+
+def _load_certificate(ctx: ssl.SSLContext, settings: Settings) -> None:
+    sub = settings.submission
     try:
         ctx.load_cert_chain(settings.resolve(sub.tls_cert), settings.resolve(sub.tls_key))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(settings.path, "submission.tls_cert",
                           f"cannot load certificate/key ({type(exc).__name__})") from None
-    return ctx
 
 
 async def start_listeners(relay: Any, settings: Settings, state: ServerState | None = None,
@@ -124,6 +141,7 @@ async def start_listeners(relay: Any, settings: Settings, state: ServerState | N
         reuse_port=reuse_port or None)
     listeners.servers.append(server)
     listeners.addresses["relay"] = server.sockets[0].getsockname()[:2]
+    listeners.bound["relay.listen"] = settings.relay.listen
 
     if settings.submission.enabled:
         users = load_users(settings.resolve(settings.submission.users_file))
@@ -138,6 +156,8 @@ async def start_listeners(relay: Any, settings: Settings, state: ServerState | N
             host=shost, port=sport, reuse_port=reuse_port or None)
         listeners.servers.append(sub_server)
         listeners.addresses["submission"] = sub_server.sockets[0].getsockname()[:2]
+        listeners.bound["submission.listen"] = settings.submission.listen
+        listeners.tls_context = tls
     for name, (h, p) in listeners.addresses.items():
         log.info("SMTP %s listener on %s:%s", name, h, p)
     return listeners

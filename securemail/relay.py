@@ -74,6 +74,9 @@ class Relay:
         self.signer = DkimSigner.from_settings(settings)
         self.archive_key = _archive_key(settings)
         self.transport: Transport = transport or transport_from_settings(settings)
+        self._own_transport = transport is None  # ours to rebuild when [upstream] changes
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._retired: list[Transport] = []  # replaced on reload, closed a little later
         self.instance_id = _instance_id(settings)
         self.audit = AuditLog.open(settings, instance_id=self.instance_id)
         self.portal: Any = None
@@ -85,26 +88,56 @@ class Relay:
     # -------------------------------------------------------------- reload
 
     def reload(self) -> None:
-        """Re-read config, directory and plugins (SIGHUP). Keeps the transport."""
+        """Re-read config, directory, plugins and DKIM key (SIGHUP). A changed
+        ``[upstream]`` gets a new transport (a stricter ``tls`` applies to the next
+        message); the old one is closed once its deliveries had time to finish."""
         settings = load_settings(self.settings.path)
         directory = _build_directory(settings, self.db)
         detectors = Detectors(settings.policy, (n for n, _ in directory.client_names))
         plugins = load_plugins(settings.policy, settings.path)
         from securemail.dkim import DkimSigner
+        from securemail.transport.factory import transport_from_settings
 
         signer = DkimSigner.from_settings(settings)
+        transport = None
+        if self._own_transport and settings.upstream != self.settings.upstream:
+            transport = transport_from_settings(settings)
         # Swap only after everything loaded: a broken config keeps the old one.
         old_directory = self.directory
         self.settings, self.directory, self.detectors = settings, directory, detectors
         self.plugins, self.signer = plugins, signer
         if self.portal is not None:
             self.portal.signer = signer
+        if transport is not None:
+            self._retire(self.transport)
+            self.transport = transport
+            if self.portal is not None:
+                self.portal.use_transport(transport)
         try:
             self.record_config_loaded("reload")
             record_consent_changes(self.audit, consent_changes(old_directory, directory),
                                    actor="reload", now=_utcnow(), file=str(settings.path))
         except StoreError as exc:  # the new config is in force; say so, do not undo it
             log.error("reloaded, but could not audit it: %s", exc)
+
+    def _retire(self, transport: Transport) -> None:
+        """Close a replaced transport after the SMTP timeout (its pooled connections
+        may be in the middle of a delivery); at once when no loop is running."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(transport.close())
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(self.settings.relay.timeout_seconds)
+            self._retired.remove(transport)
+            await transport.close()
+
+        self._retired.append(transport)
+        task = loop.create_task(later())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def record_config_loaded(self, reason: str, status: str = "ok") -> None:
         """Audit which configuration is in force (``securemail serve`` start and reload)."""
@@ -191,6 +224,10 @@ class Relay:
         return asyncio.run(self.send(message, **kwargs))
 
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        for old in self._retired:
+            await old.close()
         await self.transport.close()
         if self.portal is not None:
             self.portal.close()

@@ -34,7 +34,7 @@ from aiosmtpd.smtp import SMTP, AuthResult
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 from aiosmtpd.smtp import Session as SMTPSession
 
-from securemail.directory import domain_of
+from securemail.directory import AddressError, domain_of, normalise_address
 from securemail.errors import (
     Blocked,
     MalformedMessage,
@@ -209,9 +209,16 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
             return
         envelope.content = result.content
         envelope.original_content = result.content
-        status = await self._call_handler_hook("DATA")
-        self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
-        await self.push(status)
+        # In flight until the reply is written: a drain (SIGTERM) must not close
+        # the connection between "delivered upstream" and the client's 250, or the
+        # client retries and the message goes out twice.
+        self.state.begin()
+        try:
+            status = await self._call_handler_hook("DATA")
+            self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
+            await self.push(status)
+        finally:
+            self.state.end()
 
     async def _refuse(self, reply: str) -> None:
         try:
@@ -302,6 +309,10 @@ class RelayHandler:
             return "554 5.7.1 Relay access denied"
         if len(envelope.rcpt_tos) >= self.policy.max_recipients:
             return "452 4.5.3 Too many recipients"
+        try:
+            normalise_address(address)
+        except AddressError:  # refuse this one now, not the whole message after DATA
+            return "553 5.1.3 Recipient address not accepted: a plain address@domain is needed"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"
@@ -320,7 +331,6 @@ class RelayHandler:
             if has_bare_cr_or_lf(raw):
                 reply, kind = BARE_CR_LF, "rejected"
             else:
-                self.state.begin()
                 try:
                     outcome = await self.relay.send(
                         raw, mail_from=mail_from, rcpt_tos=list(envelope.rcpt_tos),
@@ -338,8 +348,6 @@ class RelayHandler:
                 except Exception as exc:  # noqa: BLE001 - every fault must become a 451
                     reply, kind, error = TEMPFAIL, "deferred", _where(exc)
                     log.error("internal error while relaying: %s", error)
-                finally:
-                    self.state.end()
             event = held_event(held)
         seconds = time.perf_counter() - started
         actions = tuple(d.action.value for d in verdict.decisions) if verdict else ()

@@ -89,6 +89,12 @@ class PortalService:
         if isinstance(self.code_channel, EmailCodeChannel):
             self.code_channel.signer = signer
 
+    def use_transport(self, transport: Transport) -> None:
+        """The relay swapped its upstream on reload: notices and codes follow it."""
+        self.transport = transport
+        if isinstance(self.code_channel, EmailCodeChannel):
+            self.code_channel.transport = transport
+
     # ------------------------------------------------------------ helpers
 
     def _event(self, kind: str, now: datetime, **fields: Any) -> None:

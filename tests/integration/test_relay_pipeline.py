@@ -90,6 +90,20 @@ async def test_upstream_without_starttls_is_451_and_gets_nothing(
     assert upstream.messages == []
 
 
+async def test_a_reload_that_requires_upstream_tls_applies_to_the_next_message(
+        tmp_path: Path, make_relay: Callable[..., Any], upstream: Upstream) -> None:
+    r = await make_relay(url(upstream))  # tls = "none": allowed on loopback
+    assert (await send(r.port, message(to=STAFF), [STAFF]))[0] == 250
+    cfg = tmp_path / "securemail.toml"
+    cfg.write_text(cfg.read_text().replace('tls = "none"', 'tls = "required"'))
+    old_transport = r.relay.transport
+    r.relay.reload()  # what SIGHUP does
+    assert r.relay.transport is not old_transport
+    code, text = await send(r.port, message(to=STAFF), [STAFF])
+    assert (code, text.split()[0]) == (451, "4.3.0")  # no STARTTLS upstream: nothing sent
+    assert len(upstream.messages) == 1
+
+
 async def test_verified_starttls_upstream_delivers(tmp_path: Path,
                                                    make_relay: Callable[..., Any]) -> None:
     certs = make_certs(tmp_path)

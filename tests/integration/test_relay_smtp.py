@@ -188,6 +188,21 @@ async def _raw_session(port: int, chunks: list[bytes]) -> list[bytes]:
     return replies
 
 
+async def test_a_malformed_recipient_is_refused_alone_at_rcpt(
+        make_relay: Callable[..., Any], upstream: Upstream) -> None:
+    r = await make_relay()
+    replies = await _raw_session(r.port, [
+        b"EHLO client.test\r\n", b"MAIL FROM:<dr@riverside.example>\r\n",
+        b"RCPT TO:<postmaster>\r\n", b"RCPT TO:<a@[192.0.2.1]>\r\n",
+        b"RCPT TO:<colleague@riverside.example>\r\n", b"DATA\r\n",
+        b"From: dr@riverside.example\r\nTo: colleague@riverside.example\r\n"
+        b"Subject: rota\r\n\r\nhello\r\n.\r\n", b"QUIT\r\n"])
+    codes = [line[:9] for line in replies if line[3:4] == b" "]
+    assert codes[3:5] == [b"553 5.1.3", b"553 5.1.3"]  # each bad one, on its own
+    assert codes[5] == b"250 2.1.5" and codes[7].startswith(b"250")
+    assert len(upstream.messages) == 1
+
+
 async def test_smuggling_with_bare_lf_is_rejected_and_nothing_leaves(
         make_relay: Callable[..., Any], upstream: Upstream) -> None:
     r = await make_relay()
