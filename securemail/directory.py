@@ -50,6 +50,7 @@ __all__ = [
     "consent_changes",
     "domain_of",
     "import_directory_file",
+    "imported_version",
     "load_imported",
     "normalise_address",
     "normalise_domain",
@@ -213,6 +214,13 @@ CREATE TABLE IF NOT EXISTS directory_entries (
     PRIMARY KEY (kind, key)
 );
 """
+
+
+def imported_version(conn: sqlite3.Connection) -> tuple[int, str]:
+    """Changes whenever ``directory import`` stores something (cheap to ask)."""
+    ensure_schema(conn, _DDL)
+    row = conn.execute("SELECT COUNT(*), MAX(imported_at) FROM directory_entries").fetchone()
+    return int(row[0]), str(row[1] or "")
 
 
 def load_imported(conn: sqlite3.Connection) -> DirectorySettings:

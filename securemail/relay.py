@@ -20,6 +20,7 @@ import email.utils
 import logging
 import os
 import secrets
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from securemail.audit.admin_events import record_config_loaded, record_consent_c
 from securemail.classify import classify
 from securemail.config import Settings, load_settings
 from securemail.deliveries import DeliveryLedger
-from securemail.directory import Directory, consent_changes, load_imported
+from securemail.directory import Directory, consent_changes, imported_version, load_imported
 from securemail.errors import InputError, StoreError
 from securemail.model import Envelope, Outcome, TLSInfo, Verdict
 from securemail.parse import parse_message
@@ -37,6 +38,7 @@ from securemail.policy import decide, load_plugins
 from securemail.store.sqlite import open_database
 from securemail.transport import Transport
 
+DIRECTORY_CHECK_SECONDS = 1.0  # how stale an imported directory may be
 log = logging.getLogger("securemail.relay")
 
 __all__ = ["Relay", "load"]
@@ -67,6 +69,8 @@ class Relay:
         self.settings = settings
         self.db = open_database(settings.storage.sqlite_path)
         self.ledger = DeliveryLedger(self.db)
+        self._directory_version = imported_version(self.db)
+        self._directory_checked = time.monotonic()
         self.directory = _build_directory(settings, self.db)
         self.detectors = Detectors(settings.policy, (n for n, _ in self.directory.client_names))
         self.plugins = load_plugins(settings.policy, settings.path)
@@ -92,6 +96,7 @@ class Relay:
         ``[upstream]`` gets a new transport (a stricter ``tls`` applies to the next
         message); the old one is closed once its deliveries had time to finish."""
         settings = load_settings(self.settings.path)
+        version = imported_version(self.db)
         directory = _build_directory(settings, self.db)
         detectors = Detectors(settings.policy, (n for n, _ in directory.client_names))
         plugins = load_plugins(settings.policy, settings.path)
@@ -105,6 +110,7 @@ class Relay:
         # Swap only after everything loaded: a broken config keeps the old one.
         old_directory = self.directory
         self.settings, self.directory, self.detectors = settings, directory, detectors
+        self._directory_version = version
         self.plugins, self.signer = plugins, signer
         if self.portal is not None:
             self.portal.signer = signer
@@ -161,7 +167,22 @@ class Relay:
         envelope = self.envelope_for(raw, mail_from, rcpt_tos)
         return self.evaluate(raw, envelope, now or _utcnow())
 
+    def _refresh_directory(self) -> None:
+        """Pick up ``securemail directory import`` (any process) within a second,
+        as keys are: a new client's mail must not wait for a SIGHUP."""
+        checked = time.monotonic()
+        if checked - self._directory_checked < DIRECTORY_CHECK_SECONDS:
+            return
+        self._directory_checked = checked
+        version = imported_version(self.db)
+        if version != self._directory_version:
+            directory = _build_directory(self.settings, self.db)
+            self.detectors = Detectors(self.settings.policy,
+                                       (n for n, _ in directory.client_names))
+            self.directory, self._directory_version = directory, version
+
     def evaluate(self, raw: bytes, envelope: Envelope, now: dt.datetime) -> Verdict:
+        self._refresh_directory()
         view = parse_message(raw, self.settings.limits)
         facts = classify(
             view,

@@ -186,3 +186,26 @@ async def test_one_merged_log_line_per_message(make_relay: Callable[..., Any],
     assert event["smtp"]["reply"] == "250 2.0.0"
     assert event["recipients"][0]["domain"] == "riverside.example"
     assert "colleague" not in str(event) and "Lunch" not in str(event)
+
+
+async def test_a_directory_import_reaches_the_running_relay_without_a_reload(
+        tmp_path: Path, make_relay: Callable[..., Any], upstream: Upstream,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import securemail.relay as relay_module
+    from securemail.directory import read_directory_file, store_entries
+    from securemail.store.sqlite import open_database
+
+    monkeypatch.setattr(relay_module, "DIRECTORY_CHECK_SECONDS", 0.0)
+    r = await make_relay(url(upstream))
+    to_mom = message(to="jane@mail.example", cc="mom@mail.example")
+    code, text = await send(r.port, to_mom, ["jane@mail.example", "mom@mail.example"])
+    assert code == 550 and "unauthorised-recipient" in text  # mom is nobody yet
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text("id,addresses,contacts\nc-1001,jane@mail.example,"
+                        "mom@mail.example (mother)\n")
+    other_process = open_database(r.settings.storage.sqlite_path)  # what the CLI does
+    store_entries(other_process, read_directory_file(contacts), "2026-06-01T00:00:00+00:00")
+    other_process.close()
+    code, text = await send(r.port, to_mom, ["jane@mail.example", "mom@mail.example"])
+    # Now an authorised contact: client mail, which needs the portal (disabled here).
+    assert code == 550 and "unauthorised-recipient" not in text and "portal-disabled" in text
