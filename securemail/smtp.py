@@ -21,6 +21,7 @@ authenticated on the submission listener gets 554/530 at RCPT.
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import hashlib
 import ipaddress
 import logging
@@ -28,6 +29,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult
@@ -45,6 +47,7 @@ from securemail.errors import (
 from securemail.logs import MESSAGE_LOGGER, held_event, holding_events
 from securemail.metrics import MessageRecord, Metrics
 from securemail.model import Outcome, Status, TLSInfo
+from securemail.parse import parse_address_list
 from securemail.smtp_auth import SubmissionUser, UserDirectory
 from securemail.smtp_data import read_data
 
@@ -62,12 +65,15 @@ message_log = logging.getLogger(MESSAGE_LOGGER)
 
 TEMPFAIL = "451 4.3.0 Temporary failure, please try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
+FROM_NOT_ALLOWED = "553 5.7.1 From: address not allowed for the authenticated user"
 BARE_CR_LF = "554 5.6.0 Bare CR or LF in message data is not accepted (use CRLF line endings)"
 NetworkType = ipaddress.IPv4Network | ipaddress.IPv6Network
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_PATH = re.compile(
     rf"\s*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>\s*(.*)\Z", re.DOTALL)
 
+
+MAX_AUTH_FAILURES = 3  # failed AUTH attempts before a session is closed (421)
 
 def has_bare_cr_or_lf(data: bytes) -> bool:
     """True when ``data`` has a CR not followed by LF or an LF not preceded by CR.
@@ -146,6 +152,7 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         super().__init__(handler, **kwargs)
         self.state = state
         self._client_ip: str | None = None
+        self.auth_failures = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._client_ip is None:  # not the STARTTLS re-entry
@@ -256,7 +263,7 @@ class RelayHandler:
         if len(parts) != 3:
             await server.push("501 5.5.2 Cannot split AUTH PLAIN value")
             return AuthResult(success=False, handled=True)
-        return await self._check_login(parts[1], parts[2])
+        return await self._check_login(server, parts[1], parts[2])
 
     async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
         import base64
@@ -275,15 +282,25 @@ class RelayHandler:
         password = await server.challenge_auth("Password:")
         if not isinstance(password, bytes):
             return AuthResult(success=False, handled=True)
-        return await self._check_login(login, password)
+        return await self._check_login(server, login, password)
 
-    async def _check_login(self, login: bytes, password: bytes) -> AuthResult:
+    async def _check_login(self, server: SMTP, login: bytes, password: bytes) -> AuthResult:
         if self.policy.users is None:
             return AuthResult(success=False, handled=False)
         user = await self.policy.users.authenticate(
             login.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
         if user is None:
-            log.info("submission login failed")
+            failures = 1
+            if isinstance(server, RelaySMTP):
+                server.auth_failures += 1
+                failures = server.auth_failures
+            peer = _peer_ip(server.session) if server.session is not None else "?"
+            log.info("submission login failed from %s (%d in this session)", peer, failures)
+            if failures >= MAX_AUTH_FAILURES:  # password guessing: end the session
+                await server.push("421 4.7.0 Too many failed logins; closing the connection")
+                if server.transport is not None:
+                    server.transport.close()
+                return AuthResult(success=False, handled=True)
             return AuthResult(success=False, handled=False)  # -> 535 5.7.8
         return AuthResult(success=True, auth_data=user)
 
@@ -330,6 +347,8 @@ class RelayHandler:
         with holding_events() as held:
             if has_bare_cr_or_lf(raw):
                 reply, kind = BARE_CR_LF, "rejected"
+            elif user is not None and not _from_allowed(raw, user):
+                reply, kind = FROM_NOT_ALLOWED, "rejected"
             else:
                 try:
                     outcome = await self.relay.send(
@@ -371,6 +390,21 @@ class RelayHandler:
         # Reached for faults outside handle_DATA (e.g. a broken TLS handshake).
         log.warning("SMTP session error: %s", _where(error))
         return TEMPFAIL
+
+
+def _from_allowed(raw: bytes, user: SubmissionUser) -> bool:
+    """Whether every ``From:`` address is one the authenticated user may send as
+    (the envelope sender is checked at MAIL). We DKIM-sign what leaves, so a
+    login must not put someone else's name on a message. A header that cannot
+    be parsed is left to the pipeline, which refuses it as malformed."""
+    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+    addresses: list[str] = []
+    for value in headers.get_all("From") or []:
+        try:
+            addresses.extend(parse_address_list(str(value)))
+        except AddressError:
+            return True
+    return all(user.may_send_as(a) for a in addresses)
 
 
 def _user(session: SMTPSession) -> SubmissionUser | None:

@@ -84,7 +84,8 @@ async def test_authenticated_user_sends_as_own_address(
     else:
         await c.auth_login("frontdesk", "correct horse")
     errors, reply = await c.sendmail("frontdesk@riverside.example",
-                                     ["colleague@riverside.example"], message())
+                                     ["colleague@riverside.example"],
+                                     message(frm="Front Desk <frontdesk@riverside.example>"))
     assert errors == {} and reply.startswith("2.0.0")
     await c.quit()
     call = r.relay.calls[0]
@@ -98,8 +99,42 @@ async def test_domain_entry_allows_any_address_in_that_domain(relay: tuple) -> N
     c = await _client(r, ctx)
     await c.auth_plain("frontdesk", "correct horse")
     errors, _ = await c.sendmail("claims@billing.riverside.example",
-                                 ["colleague@riverside.example"], message())
+                                 ["colleague@riverside.example"],
+                                 message(frm="claims@billing.riverside.example"))
     assert errors == {}
+    c.close()
+
+
+async def test_a_from_header_the_user_may_not_use_is_refused(
+        relay: tuple, upstream: Upstream) -> None:
+    """The envelope is the user's own, the visible From is the director's: 553."""
+    r, ctx = relay
+    c = await _client(r, ctx)
+    await c.auth_plain("frontdesk", "correct horse")
+    for frm in ("director@riverside.example",
+                "frontdesk@riverside.example, director@riverside.example"):
+        with pytest.raises(aiosmtplib.SMTPDataError) as exc:
+            await c.sendmail("frontdesk@riverside.example", ["colleague@riverside.example"],
+                             message(frm=frm))
+        assert (exc.value.code, exc.value.message.split()[0]) == (553, "5.7.1")
+    c.close()
+    assert upstream.messages == []
+
+
+async def test_repeated_failed_logins_end_the_session(relay: tuple) -> None:
+    r, ctx = relay
+    c = await _client(r, ctx)
+    codes = []
+    for _ in range(3):
+        try:
+            await c.auth_plain("frontdesk", "guess")
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            codes.append(exc.code)
+        except aiosmtplib.SMTPException:
+            codes.append(-1)
+    assert codes[:2] == [535, 535] and codes[2] in (421, -1)
+    with pytest.raises(aiosmtplib.SMTPException):
+        await c.auth_plain("frontdesk", "correct horse")  # the connection is gone
     c.close()
 
 
