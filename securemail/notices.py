@@ -40,12 +40,22 @@ def recipients_notice(settings: Settings, sender: str, verdict: Verdict,
         "practice's IT or privacy officer.",
     ]
     msg = EmailMessage()
-    host = settings.relay.hostname
-    msg["From"] = f"Mail Delivery System <MAILER-DAEMON@{host}>"
+    domain = _notice_domain(settings)
+    msg["From"] = f"Mail Delivery System <MAILER-DAEMON@{domain}>"
     msg["To"] = sender
     msg["Subject"] = "Some recipients did not receive your message"
     msg["Date"] = email.utils.format_datetime(now)
-    msg["Message-ID"] = email.utils.make_msgid(domain=host)
+    msg["Message-ID"] = email.utils.make_msgid(domain=domain)
     msg["Auto-Submitted"] = "auto-replied"
     msg.set_content("\n".join(lines))
     return msg.as_bytes(policy=SMTP)
+
+
+def _notice_domain(settings: Settings) -> str:
+    """The DKIM signing domain (so the notice passes DMARC alignment), else the
+    practice's first domain, else our host name."""
+    if settings.dkim is not None:
+        return settings.dkim.domain
+    if settings.practice.domains:
+        return settings.practice.domains[0]
+    return settings.relay.hostname

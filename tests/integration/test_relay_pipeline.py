@@ -163,6 +163,8 @@ async def test_partial_refusal_is_250_and_sender_is_told(
     assert [m.rcpt_tos for m in delivered] == [[STAFF]]
     assert [m.rcpt_tos for m in notices] == [[SENDER]]
     assert gone.encode() in notices[0].data
+    # From the practice's domain (what DKIM signs for: DMARC alignment), not the host name.
+    assert b"From: Mail Delivery System <MAILER-DAEMON@riverside.example>" in notices[0].data
 
 
 async def test_every_recipient_refused_is_550(make_relay: Callable[..., Any],
