@@ -20,7 +20,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from securemail.directory import domain_of
-from securemail.errors import Blocked, RenderError, TemporaryFailure, UpstreamRefused
+from securemail.errors import (
+    Blocked,
+    RenderError,
+    TemporaryFailure,
+    UpstreamRefused,
+    UpstreamUnavailable,
+)
 from securemail.model import (
     Action,
     Decision,
@@ -79,6 +85,7 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
             outputs.append(result)
         elif isinstance(result, TemporaryFailure):
             statuses[d.address] = Status.DEFERRED  # fail closed: nothing sent for them
+            _deferred("render", result)
         else:
             raise result
 
@@ -125,6 +132,16 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
     return outcome
 
 
+def _deferred(step: str, exc: TemporaryFailure) -> None:
+    """Say why recipients were deferred (451), so an operator can tell a down
+    upstream from a TLS problem or a key that no longer works. The texts are
+    our own (no content, no addresses); anything else is named by its class."""
+    ours = isinstance(exc, (UpstreamUnavailable, RenderError))
+    cause = str(exc) if ours else type(exc).__name__
+    log.warning("deferred at %s: %s", step, cause,
+                extra={"event": {"notice": "deferred", "step": step, "cause": cause}})
+
+
 def _discard_seal(relay: Relay, portal_id: str, now: dt.datetime) -> None:
     try:
         relay.portal.revoke(portal_id, now, actor="relay")
@@ -168,12 +185,14 @@ async def _deliver(relay: Relay, envelope: Envelope, output: Output
     if relay.signer is not None:
         try:
             data = await relay.signer.sign_async(data)
-        except RenderError:
+        except RenderError as exc:
+            _deferred("dkim", exc)
             return {d.address: (Status.DEFERRED, None) for d in output.recipients}, None
     rcpts = [d.address for d in output.recipients]
     try:
         result = await relay.transport.send(envelope.mail_from, rcpts, data)
-    except TemporaryFailure:
+    except TemporaryFailure as exc:
+        _deferred("upstream", exc)
         return {a: (Status.DEFERRED, None) for a in rcpts}, None
     per: dict[str, tuple[Status, str | None]] = {}
     for a in rcpts:

@@ -82,12 +82,16 @@ async def test_policy_block_is_550_naming_recipient_and_rule(
 
 
 async def test_upstream_without_starttls_is_451_and_gets_nothing(
-        tmp_path: Path, make_relay: Callable[..., Any], upstream: Upstream) -> None:
+        tmp_path: Path, make_relay: Callable[..., Any], upstream: Upstream,
+        caplog: pytest.LogCaptureFixture) -> None:
     certs = make_certs(tmp_path)
     r = await make_relay(url(upstream), upstream_tls="required", ca_file=str(certs.ca_file))
-    code, text = await send(r.port, message(to=STAFF), [STAFF])
+    with caplog.at_level(logging.WARNING, logger="securemail.message"):
+        code, text = await send(r.port, message(to=STAFF), [STAFF])
     assert (code, text.split()[0]) == (451, "4.3.0")
     assert upstream.messages == []
+    # The operator learns why (the sender only gets the generic 451).
+    assert "deferred at upstream: upstream does not offer STARTTLS" in caplog.messages
 
 
 async def test_a_reload_that_requires_upstream_tls_applies_to_the_next_message(
