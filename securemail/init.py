@@ -73,7 +73,7 @@ max_message_bytes = 26214400             # 25 MiB; advertised as SIZE
 max_mime_depth = 20
 max_parts = 500
 max_header_bytes = 262144
-scan_text_bytes = 524288                 # content detectors read at most this much text
+scan_text_bytes = 2097152                # content detectors read at most this much text
 
 [storage]
 url = "sqlite:securemail.db"             # or "sqlite:///var/lib/securemail/securemail.db"

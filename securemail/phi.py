@@ -185,6 +185,29 @@ class Detectors:
         return hits
 
 
+# Attachments that are text in all but name: exports of patient lists are
+# typically CSV, JSON or XML, often sent as application/octet-stream.
+_TEXT_LIKE = re.compile(r"application/(json|xml|csv|x-csv|yaml|x-yaml|[\w.+-]+\+(json|xml))")
+_TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".xml", ".yaml", ".yml", ".md", ".log")
+
+
+def _readable(ctype: str, name: str) -> bool:
+    if ctype.startswith("text/") or _TEXT_LIKE.fullmatch(ctype):
+        return True
+    return ctype == "application/octet-stream" and name.lower().endswith(_TEXT_SUFFIXES)
+
+
+def _filename(part: Message) -> str:
+    if part.get("content-disposition") is None and "name" not in str(
+            part.get("content-type", "")).lower():
+        return ""  # the common body part: skip the parameter parsing
+    try:
+        name = part.get_filename()
+    except (ValueError, LookupError, TypeError):  # a broken RFC 2231 parameter
+        return ""
+    return str(name) if name else ""
+
+
 _TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
 
 
@@ -213,7 +236,10 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False
                     return "\n".join(chunks), True
             continue
         ctype = part.get_content_type()
-        if clear_only or not ctype.startswith("text/"):
+        name = _filename(part)
+        if name and add(name):  # "Jane_Roe_discharge.pdf" says as much as the text
+            return "\n".join(chunks), True
+        if clear_only or not _readable(ctype, name):
             continue
         payload = part.get_payload(decode=True)
         if not isinstance(payload, bytes):

@@ -122,3 +122,37 @@ def test_phrases_split_by_an_html_tag_are_found() -> None:
 def test_any_run_of_separators_inside_a_name_is_one_space(run: list[str]) -> None:
     body = f"we saw Jane{''.join(run)}Roe about her depression today"
     assert kinds(body=body) >= {"phi-client-name", "phi-keyword"}
+
+
+@pytest.mark.parametrize(("ctype", "filename"), [
+    ("text/csv", "list.csv"), ("application/json", "export.json"),
+    ("application/xml", "ccd.xml"), ("application/fhir+json", "bundle.json"),
+    ("application/octet-stream", "patients.csv"), ("application/vnd.ms-excel", "x.csv")])
+def test_text_like_attachments_are_scanned(ctype: str, filename: str) -> None:
+    from email.message import EmailMessage
+
+    from securemail.phi import message_text
+
+    msg = EmailMessage()
+    msg.set_content("see attached")
+    maintype, subtype = ctype.split("/")
+    msg.add_attachment(b"name,dx\nJane Roe,depression F32.1\n", maintype=maintype,
+                       subtype=subtype, filename=filename)
+    text, _ = message_text(msg, 100_000)
+    if ctype == "application/vnd.ms-excel":  # may be binary: only its name is read
+        assert "Jane" not in text and filename in text
+    else:
+        assert kinds(body=text) >= {"phi-client-name", "phi-keyword"}
+
+
+def test_an_attachment_name_is_scanned() -> None:
+    from email.message import EmailMessage
+
+    from securemail.phi import message_text
+
+    msg = EmailMessage()
+    msg.set_content("see attached")
+    msg.add_attachment(b"%PDF-1.7 ...", maintype="application", subtype="pdf",
+                       filename="Jane_Roe depression intake.pdf")
+    text, _ = message_text(msg, 100_000)
+    assert kinds(body=text) >= {"phi-client-name", "phi-keyword"}
