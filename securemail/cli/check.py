@@ -59,6 +59,20 @@ def format_table(verdict: Verdict) -> str:
     return "\n".join(lines)
 
 
+def _check_addresses(mail_from: str | None, rcpt_tos: tuple[str, ...]) -> None:
+    """``--from`` / ``--to`` are bad input (exit 2) when they are not plain addresses."""
+    from securemail.directory import AddressError, normalise_address
+
+    given = [("--to", a) for a in rcpt_tos]
+    if mail_from:  # "" is the null sender (bounces)
+        given.insert(0, ("--from", mail_from))
+    for option, value in given:
+        try:
+            normalise_address(value)
+        except AddressError as exc:
+            raise InputError(f"{option}: {exc}") from None
+
+
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=True, allow_dash=True))
 @click.option("--from", "mail_from", metavar="ADDR", help="Envelope sender (default: From:).")
@@ -70,6 +84,7 @@ def format_table(verdict: Verdict) -> str:
 def check(file: str, mail_from: str | None, rcpt_tos: tuple[str, ...], as_json: bool,
           config_path: str) -> None:
     """Evaluate the policy for FILE (.eml) without sending. Exit 1 if any recipient is blocked."""
+    _check_addresses(mail_from, rcpt_tos)
     raw = read_message(file)
     relay = load_relay(config_path)
     verdict = relay.check(raw, mail_from=mail_from, rcpt_tos=list(rcpt_tos) or None)
@@ -93,6 +108,7 @@ def send(file: str, mail_from: str | None, rcpt_tos: tuple[str, ...], config_pat
     """Push FILE through the same pipeline as the relay. Exit 1 if blocked or deferred."""
     import asyncio
 
+    _check_addresses(mail_from, rcpt_tos)
     raw = read_message(file)
     relay = load_relay(config_path)
 

@@ -63,6 +63,14 @@ def test_check_unreadable_file_exits_2_with_one_line(config_path: Path, tmp_path
     assert "Traceback" not in r.stderr
 
 
+def test_a_bad_envelope_address_is_bad_input(config_path: Path, tmp_path: Path) -> None:
+    msg = eml(tmp_path, to=["jane@mail.example"])
+    for option in ("--to", "--from"):
+        r = run("check", msg, option, "bad address", "-c", config_path)
+        assert r.returncode == 2, r.stdout  # not 1 ("blocked")
+        assert r.stderr.startswith(f"securemail: {option}: not a plain email address")
+
+
 def test_check_with_broken_config_names_file_and_key(tmp_path: Path) -> None:
     cfg = tmp_path / "securemail.toml"
     cfg.write_text('[policy]\nunauthorised_recipients = "stripp"\n')
