@@ -87,12 +87,25 @@ def protect(raw: bytes) -> tuple[bytes, bytes]:
             outer.append(value)
     outer.append(b"Subject: " + OBSCURED_SUBJECT + b"\r\n")
     if not any(v[:13].lower() == b"content-type:" for v in content):
-        charset = b"us-ascii" if body.isascii() else b"utf-8"
-        content.insert(0, _mark_protected(b"Content-Type: text/plain; charset=" + charset
+        content.insert(0, _mark_protected(b"Content-Type: text/plain" + _charset_of(body)
                                           + b"\r\n"))
     hp_outer = [b"HP-Outer: " + v for v in outer]
     entity = b"".join([*content, *inner, *hp_outer, b"\r\n", crlf(body)])
     return entity, b"".join(outer)
+
+
+def _charset_of(body: bytes) -> bytes:
+    """The charset parameter for a body that had no Content-Type: only what the
+    bytes prove. 8-bit text that is not UTF-8 (Latin-1 from an old program) gets
+    none, so the reader's client guesses as it would have for the original,
+    instead of being told "utf-8" and showing replacement characters."""
+    if body.isascii():
+        return b"; charset=us-ascii"
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return b""
+    return b"; charset=utf-8"
 
 
 def _mark_protected(content_type: bytes) -> bytes:

@@ -83,3 +83,16 @@ def test_wrap_base64_round_trips(data: bytes, width: int) -> None:
     lines = wrapped.split(b"\r\n")
     assert lines[-1] == b"" and all(0 < len(line) <= width for line in lines[:-1])
     assert base64.b64decode(b"".join(lines)) == data
+
+
+@pytest.mark.parametrize(("body", "label"), [
+    (b"Gruesse\r\n", b"Content-Type: text/plain; charset=us-ascii"),
+    ("Grüße, Frau Müller\r\n".encode(), b"Content-Type: text/plain; charset=utf-8"),
+    ("Grüße, Frau Müller\r\n".encode("latin-1"), b"Content-Type: text/plain;\r\n hp="),
+])
+def test_a_body_without_content_type_is_labelled_only_as_its_bytes_prove(
+        body: bytes, label: bytes) -> None:
+    raw = b"From: reed@riverside.example\r\nTo: jane@mail.example\r\nSubject: x\r\n\r\n" + body
+    inner, _ = protect(raw)
+    assert inner.startswith(label)  # Latin-1 is not called utf-8: no charset, reader guesses
+    assert inner.endswith(body)
