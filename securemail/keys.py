@@ -37,7 +37,7 @@ from securemail.store.sqlite import ensure_schema, transaction
 if TYPE_CHECKING:
     from securemail.crypto.pgp import PgpKey, PgpRecipient
 
-__all__ = ["ImportedKey", "KeyInfo", "Keyring"]
+__all__ = ["ImportedKey", "KeyInfo", "KeyWithdrawn", "Keyring"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keyring_keys (
@@ -70,6 +70,19 @@ class ImportedKey:
     algorithm: str
     expires: dt.datetime | None
     replaced: bool  # the same fingerprint was stored before (now updated)
+
+
+class KeyWithdrawn(InputError):
+    """A re-imported key can no longer be used, so its stored copy was removed.
+
+    ``str()`` is the usual ``FILE: reason`` line, ending in "(the stored copy
+    was removed)"; ``removed`` holds the fingerprint(s) deleted, so that the
+    caller can record the removal (``key-remove``) like any other.
+    """
+
+    def __init__(self, message: str, removed: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.removed = removed
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +199,11 @@ class Keyring:
         """Read, judge and store every key in ``path``; all or nothing per file.
 
         Raises InputError ``FILE: reason`` for any key that cannot be used now.
+        When such a key is already stored (same fingerprint), the file is the
+        owner's newer word on it (revoked, revoked or expired encryption
+        subkey, shortened expiry, ...): the stored copy is removed at once, so
+        mail to its addresses falls back to the portal, and the error is a
+        :class:`KeyWithdrawn` naming what was removed.
         """
         name = str(path)
         try:
@@ -195,6 +213,8 @@ class Keyring:
                 from None
         try:
             candidates = self._judge(data, _aware(now))
+        except _Withdrawn as exc:
+            raise KeyWithdrawn(f"{name}: {exc}", exc.removed) from None
         except KeyProblem as exc:
             raise InputError(f"{name}: {exc}") from None
         return self._store(candidates, now)
@@ -233,9 +253,16 @@ class Keyring:
     def _judge_pgp(self, key: PgpKey, now: dt.datetime) -> _Candidate:
         problem = key.problem(now)
         if problem:
-            # A revocation that arrives later must stop the stored copy at once.
-            if key.revoked and self._remove_fingerprint(key.fingerprint):
-                problem += " (the stored copy was removed)"
+            stored = self._stored_pgp(key.fingerprint)
+            if (stored is not None and stored.signed_at is not None and key.signed_at is not None
+                    and stored.signed_at > key.signed_at
+                    and key.revoked_keys <= stored.revoked_keys):
+                # An older copy of a key we hold (say, a file from before the owner
+                # extended its expiry) that revokes nothing new: keep the stored copy.
+                # A revocation is final, however old the copy that brings it.
+                raise KeyProblem(f"{problem} (an older copy: the stored copy, signed "
+                                 f"{stored.signed_at:%Y-%m-%d}, is newer and was kept)")
+            self._withdraw(key.fingerprint, problem)
             raise KeyProblem(problem)
         return _Candidate("pgp", key.fingerprint, _addresses(key.addresses, key.fingerprint),
                           key.algorithm, key.binary, key.usable_from, key.usable_until)
@@ -243,6 +270,9 @@ class Keyring:
     def _judge_cert(self, cert: x509.Certificate, now: dt.datetime) -> _Candidate:
         problem = smime.certificate_problem(cert, now)
         if problem:
+            # Same fingerprint, same certificate: only a rule it now fails (or
+            # time) can refuse it again, and then the stored copy must go too.
+            self._withdraw(smime.certificate_fingerprint(cert), problem)
             raise KeyProblem(problem)
         from cryptography.hazmat.primitives import serialization
 
@@ -251,6 +281,33 @@ class Keyring:
                           smime.certificate_algorithm(cert),
                           cert.public_bytes(serialization.Encoding.DER),
                           cert.not_valid_before_utc, cert.not_valid_after_utc)
+
+    def _stored_pgp(self, fingerprint: str) -> PgpKey | None:
+        rows = self._query("SELECT material FROM keyring_keys WHERE fingerprint = :fpr"
+                           " AND kind = 'pgp'", {"fpr": fingerprint})
+        return self._pgp_key(fingerprint, bytes(rows[0][0])) if rows else None
+
+    def _withdraw(self, fingerprint: str, problem: str) -> None:
+        """Remove the stored copy of a key that a re-import shows to be unusable.
+
+        A revocation, a revoked or expired encryption subkey or a shortened
+        expiry that arrives later must stop the stored copy at once: the new
+        copy is the owner's current word on the key (an import replaces the
+        stored copy when it is usable, and removes it when it is not).
+        Raises :class:`_Withdrawn` if there was a stored copy.
+        """
+        try:
+            with transaction(self._conn) as conn:
+                conn.execute("DELETE FROM keyring_addresses WHERE fingerprint = ?",
+                             (fingerprint,))
+                removed = conn.execute("DELETE FROM keyring_keys WHERE fingerprint = ?",
+                                       (fingerprint,)).rowcount
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot remove keys ({type(exc).__name__})") from None
+        if removed:
+            self._pgp_cache.pop(fingerprint, None)
+            self._cert_cache.pop(fingerprint, None)
+            raise _Withdrawn(f"{problem} (the stored copy was removed)", (fingerprint,))
 
     def _store(self, candidates: builtins.list[_Candidate],
                now: dt.datetime) -> builtins.list[ImportedKey]:
@@ -330,6 +387,14 @@ class Keyring:
             return self._conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read keys ({type(exc).__name__})") from None
+
+
+class _Withdrawn(KeyProblem):
+    """A refused key whose stored copy :meth:`Keyring._withdraw` removed."""
+
+    def __init__(self, message: str, removed: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.removed = removed
 
 
 def _addresses(raw: Iterable[str], fingerprint: str) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ import email
 import email.policy
 import email.utils
 import re
+import unicodedata
 from dataclasses import dataclass
 from email import errors
 from email.header import decode_header, make_header
@@ -20,7 +21,7 @@ from email.message import Message
 from securemail.config import LimitSettings
 from securemail.directory import AddressError, normalise_address
 
-__all__ = ["ADDRESS_HEADERS", "MessageView", "parse_message", "strip_header"]
+__all__ = ["ADDRESS_HEADERS", "MessageView", "loose_recipients", "parse_message", "strip_header"]
 
 ADDRESS_HEADERS = ("from", "sender", "reply-to", "to", "cc", "bcc")
 HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -30,7 +31,7 @@ HEADER_END = re.compile(rb"\r?\n\r?\n")
 _PLAIN_ADDR = r"[^<>()\",;:\\\s@]+@[A-Za-z0-9.-]+"
 _SIMPLE_ITEM = rf"\s*(?:[A-Za-z0-9 ._'-]*<{_PLAIN_ADDR}>|{_PLAIN_ADDR})\s*"
 _SIMPLE_LIST = re.compile(rf"{_SIMPLE_ITEM}(?:,{_SIMPLE_ITEM})*")
-_ADDR_IN_ITEM = re.compile(r"<([^<>]+)>\s*$|^\s*(\S+)\s*$")
+_ADDR_IN_ITEM = re.compile(r"<([^<>]+)>\s*$|^\s*([^<>\s]+)\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +160,10 @@ def parse_address_list(value: str) -> list[str]:
     """Strictly parse one address header value into normalised addr-specs.
 
     Raises AddressError when the value has CR/LF, when Python's RFC 5322 parser
-    reports any defect, or when it and ``email.utils.getaddresses`` disagree.
+    reports any defect other than a UTF-8 local part (RFC 6532), when it and
+    ``email.utils.getaddresses`` disagree, or when a UTF-8 address could be
+    read two ways (see ``_addr_spec``). The fast path for plain lists and the
+    full parse give the same result for every value both can take.
     """
     unfolded = re.sub(r"\r?\n[ \t]", " ", value)
     if "\r" in unfolded or "\n" in unfolded or "\x00" in unfolded:
@@ -167,18 +171,33 @@ def parse_address_list(value: str) -> list[str]:
     if not unfolded.strip():
         return []
     if _SIMPLE_LIST.fullmatch(unfolded):
-        out = []
-        for item in unfolded.split(","):
-            m = _ADDR_IN_ITEM.search(item)
-            if m is None:
-                raise AddressError("unreadable address")
-            out.append(normalise_address(m.group(1) or m.group(2)))
-        return out
+        return _parse_simple(unfolded)
+    return _parse_full(unfolded)
+
+
+def _parse_simple(unfolded: str) -> list[str]:
+    """The fast path: ``unfolded`` matches ``_SIMPLE_LIST``."""
+    out = []
+    for item in unfolded.split(","):
+        m = _ADDR_IN_ITEM.search(item)
+        if m is None:
+            raise AddressError("unreadable address")
+        out.append(_addr_spec(m.group(1) or m.group(2)))
+    return out
+
+
+# RFC 6532 allows UTF-8 in local parts; Python's parser flags it as a defect but
+# reads the address the same way as without it. Every other defect is fatal.
+_TOLERATED_DEFECTS = (errors.NonASCIILocalPartDefect,)
+
+
+def _parse_full(unfolded: str) -> list[str]:
+    """Both stdlib parsers; they must agree and the strict one must see no defect."""
     try:
         header = email.policy.default.header_factory("to", unfolded)
     except Exception:  # noqa: BLE001 - the stdlib parser crashes on some inputs ("0@")
         raise AddressError("address header cannot be parsed") from None
-    if header.defects:  # type: ignore[attr-defined]
+    if any(not isinstance(d, _TOLERATED_DEFECTS) for d in header.defects):  # type: ignore[attr-defined]
         raise AddressError("address header has defects")
     strict = []
     for addr in header.addresses:  # type: ignore[attr-defined]
@@ -186,7 +205,7 @@ def parse_address_list(value: str) -> list[str]:
             raise AddressError("control character in a display name")
         if not addr.username or not addr.domain:
             raise AddressError("incomplete address")
-        strict.append(normalise_address(f"{addr.username}@{addr.domain}"))
+        strict.append(_addr_spec(f"{addr.username}@{addr.domain}"))
     loose = []
     try:
         pairs = email.utils.getaddresses([unfolded])
@@ -195,7 +214,7 @@ def parse_address_list(value: str) -> list[str]:
     for _name, spec in pairs:
         if spec:
             try:
-                loose.append(normalise_address(spec))
+                loose.append(_addr_spec(spec))
             except AddressError:
                 loose.append(spec)
     if sorted(strict) != sorted(loose):
@@ -203,12 +222,80 @@ def parse_address_list(value: str) -> list[str]:
     return strict
 
 
-def _utf8_header(value: object) -> str:
-    """Header text; raw 8-bit bytes (SMTPUTF8 mail) must be valid UTF-8."""
+def _addr_spec(spec: str) -> str:
+    """``normalise_address`` for a header address, after the UTF-8 checks.
+
+    An ASCII address is only normalised. A UTF-8 (RFC 6531/6532) one must also
+    be readable one way only, or it is rejected rather than guessed at:
+
+    * local part: NFC, and no non-ASCII control, format (e.g. bidi, zero-width),
+      unassigned, private-use or separator character, nor one whose compatibility
+      form holds ASCII punctuation (a full-width "@" or "<" reads as the ASCII
+      one to anything that applies NFKC);
+    * domain: NFC, and its IDNA A-label must decode back to the same U-label.
+      This rejects the IDNA 2003/2008 deviations ("faß" is "fass" for one and
+      "xn--fa-hia" for the other), full-width dots, and other mappings a
+      resolver or the next MTA may apply differently.
+
+    The result is ``normalise_address(spec)``: the domain in lower-case A-label
+    form, so "bücher.example" and "xn--bcher-kva.example" compare equal.
+    """
+    if not spec.isascii():
+        local, at, domain = spec.rpartition("@")
+        if at and not local.isascii():
+            _check_utf8_local(local)
+        if at and not domain.isascii():
+            _check_u_label_domain(domain)
+    return normalise_address(spec)
+
+
+def _check_utf8_local(local: str) -> None:
+    if not unicodedata.is_normalized("NFC", local):
+        raise AddressError("UTF-8 local part is not in NFC form")
+    for c in local:
+        if c.isascii():
+            continue
+        if unicodedata.category(c)[0] in "CZ":
+            raise AddressError("invisible, control or space character in a local part")
+        if any(k.isascii() and not k.isalnum() for k in unicodedata.normalize("NFKC", c)):
+            raise AddressError("look-alike of an ASCII delimiter in a local part")
+
+
+def _check_u_label_domain(domain: str) -> None:
+    if not unicodedata.is_normalized("NFC", domain):
+        raise AddressError("IDN domain is not in NFC form")
+    try:
+        back = domain.encode("idna").decode("idna")
+    except (UnicodeError, ValueError):
+        raise AddressError("invalid IDN domain") from None
+    # Per character: str.lower() of a whole word turns a final "Σ" into "ς",
+    # which IDNA (like RFC 5890 case mapping) reads as "σ".
+    if back.lower() != "".join(c.lower() for c in domain):
+        raise AddressError("IDN domain does not round-trip through its A-label")
+
+
+def loose_recipients(message: Message) -> list[str]:
+    """To/Cc/Bcc addresses of a message that failed strict parsing, read as
+    ``email.utils.getaddresses`` does, unnormalised: for reports only, never
+    for routing. 8-bit (SMTPUTF8) header bytes are decoded as UTF-8, and only
+    bytes that are not UTF-8 become U+FFFD."""
+    values = [_utf8_header(v, lossy=True) for k, v in message.raw_items()
+              if k.lower() in ("to", "cc", "bcc")]
+    try:
+        pairs = email.utils.getaddresses(values)
+    except Exception:  # noqa: BLE001 - reporting only
+        return []
+    return list(dict.fromkeys(a for _, a in pairs if a))
+
+
+def _utf8_header(value: object, *, lossy: bool = False) -> str:
+    """Header text; raw 8-bit bytes (SMTPUTF8 mail) must be valid UTF-8, unless
+    ``lossy``, where bytes that are not become U+FFFD."""
     text = str(value)
     if not text.isascii() and any("\udc80" <= c <= "\udcff" for c in text):
         try:
-            return text.encode("ascii", "surrogateescape").decode("utf-8")
+            return text.encode("ascii", "surrogateescape").decode(
+                "utf-8", "replace" if lossy else "strict")
         except UnicodeError:
             raise AddressError("8-bit address header is not UTF-8") from None
     return text

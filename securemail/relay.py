@@ -32,7 +32,7 @@ from securemail.deliveries import DeliveryLedger
 from securemail.directory import Directory, consent_changes, imported_version, load_imported
 from securemail.errors import InputError, StoreError
 from securemail.model import Envelope, Outcome, TLSInfo, Verdict
-from securemail.parse import parse_message
+from securemail.parse import loose_recipients, parse_message
 from securemail.phi import Detectors
 from securemail.policy import decide, load_plugins
 from securemail.store.sqlite import open_database
@@ -209,7 +209,7 @@ class Relay:
                 rcpt_tos = list(dict.fromkeys(view.addresses("to", "cc", "bcc")))
                 if not rcpt_tos and view.malformed and view.message is not None:
                     # Only for reporting: every recipient of a malformed message is blocked.
-                    rcpt_tos = _loose_recipients(view.message)
+                    rcpt_tos = loose_recipients(view.message)
         return Envelope(mail_from=mail_from, rcpt_tos=tuple(rcpt_tos), **extra)
 
     # -------------------------------------------------------------- send
@@ -265,11 +265,6 @@ def _as_bytes(message: bytes | email.message.Message) -> bytes:
         return message.as_bytes(policy=policy)
     raise InputError(f"message must be bytes or an email.message.Message, "
                      f"not {type(message).__name__}")
-
-
-def _loose_recipients(message: email.message.Message) -> list[str]:
-    values = [str(v) for n in ("to", "cc", "bcc") for v in message.get_all(n) or []]
-    return list(dict.fromkeys(a for _, a in email.utils.getaddresses(values) if a))
 
 
 def _archive_key(settings: Settings) -> Any:

@@ -60,14 +60,22 @@ def keys_import(files: tuple[str, ...], config_path: str) -> None:
     the others are still imported (exit 2 if any file was refused).
     """
     from securemail.errors import InputError
+    from securemail.keys import KeyWithdrawn
 
     settings, keyring = _open(config_path)
     now = dt.datetime.now(dt.UTC)
     refused = 0
     events: list[dict[str, Any]] = []
+    withdrawn: list[dict[str, Any]] = []
     for file in files:
         try:
             imported = keyring.import_file(file, now)
+        except KeyWithdrawn as exc:  # the owner revoked or expired it: the stored copy went
+            click.echo(f"securemail: {exc}", err=True)
+            refused += 1
+            withdrawn += [{"fingerprint": fpr, "count": 1, "file": file,
+                           "reason_code": "withdrawn-by-reimport"} for fpr in exc.removed]
+            continue
         except InputError as exc:
             click.echo(f"securemail: {exc}", err=True)
             refused += 1
@@ -81,6 +89,7 @@ def keys_import(files: tuple[str, ...], config_path: str) -> None:
                            "address": ",".join(key.addresses)[:500], "file": file,
                            "expires": key.expires.date().isoformat() if key.expires else None})
     _audit(settings, now, "key-import", events)
+    _audit(settings, now, "key-remove", withdrawn)
     if refused:
         raise SystemExit(EXIT_BAD_INPUT)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.utils import CryptographyDeprecationWarning
 
 from securemail.crypto import KeyProblem
@@ -57,6 +58,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import pgpy
     from pgpy.constants import (
+        EllipticCurveOID,
         HashAlgorithm,
         KeyFlags,
         PubKeyAlgorithm,
@@ -85,8 +87,13 @@ _OBSOLETE_ALGORITHMS = {
 }
 _OBSOLETE_HASHES = {HashAlgorithm.MD5, HashAlgorithm.SHA1, HashAlgorithm.RIPEMD160}
 _ENCRYPT_FLAGS = {KeyFlags.EncryptCommunications, KeyFlags.EncryptStorage}
-# What PGPy can encrypt a session key to (RSA, and ECDH on Curve25519 / NIST / Brainpool).
+# What PGPy can encrypt a session key to (RSA, and ECDH on the curves below).
 _ENCRYPTING = {PubKeyAlgorithm.RSAEncryptOrSign, PubKeyAlgorithm.ECDH}
+_ELLIPTIC = {PubKeyAlgorithm.ECDH, PubKeyAlgorithm.ECDSA, PubKeyAlgorithm.EdDSA}
+# Curves PGPy 0.6 can verify and encrypt with on the cryptography we run on. Its
+# Brainpool curves cannot be used (they fail inside PGPy), so they are refused by name.
+_CURVES = {EllipticCurveOID.Curve25519, EllipticCurveOID.Ed25519, EllipticCurveOID.NIST_P256,
+           EllipticCurveOID.NIST_P384, EllipticCurveOID.NIST_P521, EllipticCurveOID.SECP256K1}
 _ALGORITHM_NAMES = {PubKeyAlgorithm.EdDSA: "Ed25519", PubKeyAlgorithm.ECDH: "ECDH",
                     PubKeyAlgorithm.ECDSA: "ECDSA"}
 
@@ -126,6 +133,10 @@ class PgpKey:
     encryption_keys: tuple[_EncryptionKey, ...] = ()
     subkey_refusal: str = ""  # why no subkey qualifies, when none does
     handle: Any = field(default=None, repr=False, compare=False)  # the pgpy primary key
+    # Newest signature the owner made on this key (self-signature, binding or
+    # revocation): which of two copies of the same key is the more recent word.
+    signed_at: dt.datetime | None = None
+    revoked_keys: frozenset[str] = frozenset()  # key ids (primary or sub) with a revocation
 
     @property
     def usable_from(self) -> dt.datetime:
@@ -227,7 +238,8 @@ def _read_key(key: Any) -> PgpKey:
         warnings.simplefilter("ignore")
         binary = bytes(key)
     return PgpKey(fingerprint, tuple(dict.fromkeys(addresses)), algorithm, key.created, expires,
-                  binary, revoked, refusal, tuple(enc), subkey_refusal, key)
+                  binary, revoked, refusal, tuple(enc), subkey_refusal, key,
+                  signed_at=_newest_own_signature(key), revoked_keys=_revoked_keys(key))
 
 
 def _encryption_keys(key: Any, primary_sig: Any) -> tuple[list[_EncryptionKey], str]:
@@ -259,6 +271,20 @@ def _encryption_keys(key: Any, primary_sig: Any) -> tuple[list[_EncryptionKey], 
     return found, reason
 
 
+def _newest_own_signature(key: Any) -> dt.datetime | None:
+    keyid = key.fingerprint.keyid
+    subjects = [key, *key.userids, *key.subkeys.values()]
+    return max((s.created for subject in subjects for s in subject._signatures
+                if s.signer == keyid), default=None)
+
+
+def _revoked_keys(key: Any) -> frozenset[str]:
+    found = {str(key.fingerprint.keyid)} if _sigs(key, SignatureType.KeyRevocation, key) else set()
+    found.update(str(sub.fingerprint.keyid) for sub in key.subkeys.values()
+                 if _sigs(sub, SignatureType.SubkeyRevocation, key))
+    return frozenset(found)
+
+
 def _sigs(subject: Any, kind: Any, primary: Any) -> list[Any]:
     keyid = primary.fingerprint.keyid
     return [s for s in subject._signatures if s.type == kind and s.signer == keyid]
@@ -271,10 +297,21 @@ def _revoked_uid(key: Any, uid: Any) -> bool:
 
 
 def _verifies(key: Any, subject: Any, sig: Any) -> bool:
+    """Whether ``sig`` is a valid signature by ``key`` over ``subject``, at any time.
+
+    This is the signature check of PGPy's ``key.verify`` without its judgement
+    of the key: PGPy fails every signature of a key that is expired by the
+    wall clock, which would turn "expired on DATE" into "no self-signed user
+    id" and would hide a shortened expiry. Expiry and revocation are judged
+    here, against the ``now`` passed in.
+    """
+    if sig.signer != key.fingerprint.keyid:
+        return False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return bool(key.verify(subject, sig))
+            hash_algorithm = getattr(hashes, sig.hash_algorithm.name)()
+            return key._key.verify(sig.hashdata(subject), sig.__sig__, hash_algorithm) is True
     except Exception:  # noqa: BLE001 - an unverifiable signature is a bad one
         return False
 
@@ -287,7 +324,15 @@ def _algorithm_refusal(key: Any, what: str) -> str:
         return f"{what} is RSA-{key.key_size} (at least {MIN_RSA_BITS} bits needed)"
     if alg not in _RSA and alg not in _ALGORITHM_NAMES:
         return f"{what} uses unsupported algorithm {getattr(alg, 'name', alg)}"
+    if alg in _ELLIPTIC and key.key_size not in _CURVES:
+        return f"{what} uses an elliptic curve we cannot use ({_curve_name(key.key_size)})"
     return ""
+
+
+def _curve_name(curve: Any) -> str:
+    """``brainpoolP256r1`` for PGPy's curve OID enum (its cryptography curve's name)."""
+    name = getattr(getattr(curve, "curve", None), "name", None)
+    return str(name or getattr(curve, "name", None) or curve)
 
 
 def _algorithm_name(key: Any) -> str:

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, PublicKeyAlgorithmOID
 
 from securemail.crypto import KeyProblem
 from securemail.errors import RenderError
@@ -58,6 +58,8 @@ def certificate_algorithm(cert: x509.Certificate) -> str:
     key = cert.public_key()
     if isinstance(key, rsa.RSAPublicKey):
         return f"RSA-{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC ({key.curve.name})"
     return type(key).__name__.removeprefix("_").replace("PublicKey", "")
 
 
@@ -84,10 +86,18 @@ def certificate_problem(cert: x509.Certificate, now: dt.datetime) -> str | None:
         return f"{name} has an unsupported signature algorithm"
     if isinstance(sig_hash, _OBSOLETE_HASHES):
         return f"{name} is signed with obsolete {sig_hash.name.upper()}"
+    if cert.public_key_algorithm_oid == PublicKeyAlgorithmOID.RSASSA_PSS:
+        # cryptography reads an id-RSASSA-PSS key as a plain RSA key, and the envelope
+        # would then use PKCS#1 v1.5 key transport that the recipient cannot decrypt.
+        return (f"{name} holds an RSA-PSS key; RSA-PSS keys are for signatures only: "
+                "ask for an rsaEncryption certificate")
     key = cert.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
-        return (f"{name} holds a {certificate_algorithm(cert)} key; "
+        return (f"{name} holds a key of type {certificate_algorithm(cert)}; "
                 "S/MIME encryption here needs an RSA certificate")
+    if cert.public_key_algorithm_oid != PublicKeyAlgorithmOID.RSAES_PKCS1_v1_5:
+        return (f"{name} holds an RSA key of type {cert.public_key_algorithm_oid.dotted_string}; "
+                "ask for an rsaEncryption certificate")
     if key.key_size < MIN_RSA_BITS:
         return f"{name} is RSA-{key.key_size} (at least {MIN_RSA_BITS} bits needed)"
     if not _allows_email_protection(cert):

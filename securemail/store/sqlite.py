@@ -9,6 +9,7 @@ everywhere.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -48,6 +49,10 @@ def open_database(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connect
 
 
 def _connect(p: Path, timeout: float) -> sqlite3.Connection:
+    if not p.exists():
+        # Owner-only from the first byte (it holds addresses and audit records);
+        # SQLite gives the -wal and -shm files the same mode.
+        os.close(os.open(p, os.O_WRONLY | os.O_CREAT, 0o600))
     conn = sqlite3.connect(p, timeout=timeout, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")

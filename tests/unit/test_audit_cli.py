@@ -154,3 +154,9 @@ def test_time_range_must_not_be_reversed(tmp_path: Path) -> None:
     cfg = _store(tmp_path)
     code, out = run("export", "-c", str(cfg), "--since", "2026-11-30", "--until", "2026-11-29")
     assert code == 2 and "--since" in out and "before --until" in out
+
+
+def test_the_store_is_owner_only(tmp_path: Path) -> None:
+    _store(tmp_path)
+    for f in tmp_path.glob("store.db*"):
+        assert f.stat().st_mode & 0o777 == 0o600, f
