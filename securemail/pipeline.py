@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from securemail.directory import domain_of
+from securemail.directory import AddressError, domain_of, normalise_address
 from securemail.errors import (
     Blocked,
     RenderError,
@@ -188,23 +188,38 @@ async def _deliver(relay: Relay, envelope: Envelope, output: Output
         except RenderError as exc:
             _deferred("dkim", exc)
             return {d.address: (Status.DEFERRED, None) for d in output.recipients}, None
-    rcpts = [d.address for d in output.recipients]
+    as_given = _as_given(envelope)
+    rcpts = [as_given.get(d.address, d.address) for d in output.recipients]
     try:
         result = await relay.transport.send(envelope.mail_from, rcpts, data)
     except TemporaryFailure as exc:
         _deferred("upstream", exc)
-        return {a: (Status.DEFERRED, None) for a in rcpts}, None
+        return {d.address: (Status.DEFERRED, None) for d in output.recipients}, None
     per: dict[str, tuple[Status, str | None]] = {}
-    for a in rcpts:
+    for d, a in zip(output.recipients, rcpts, strict=True):
         if a in result.refused:
-            per[a] = (Status.REFUSED, result.refused[a])
+            per[d.address] = (Status.REFUSED, result.refused[a])
         elif a in result.deferred:
-            per[a] = (Status.DEFERRED, result.deferred[a])
+            per[d.address] = (Status.DEFERRED, result.deferred[a])
         elif a in result.accepted:
-            per[a] = (Status.DELIVERED, None)
+            per[d.address] = (Status.DELIVERED, None)
         else:  # upstream said nothing about it: do not claim delivery
-            per[a] = (Status.DEFERRED, None)
+            per[d.address] = (Status.DEFERRED, None)
     return per, result.tls
+
+
+def _as_given(envelope: Envelope) -> dict[str, str]:
+    """Normalised recipient -> the address to put on the wire: the local part as
+    the client wrote it (RFC 5321 2.4: relays must preserve its case), the
+    domain in its normalised A-label form (which needs no SMTPUTF8)."""
+    out: dict[str, str] = {}
+    for given in envelope.rcpt_tos:
+        try:
+            normal = normalise_address(given)
+        except AddressError:
+            continue  # never decided on: the policy blocked it
+        out.setdefault(normal, f"{given.rpartition('@')[0]}@{normal.rpartition('@')[2]}")
+    return out
 
 
 def _finish(verdict: Verdict, digest: str, statuses: dict[str, Status],

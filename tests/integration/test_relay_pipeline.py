@@ -215,3 +215,13 @@ async def test_a_directory_import_reaches_the_running_relay_without_a_reload(
     code, text = await send(r.port, to_mom, ["jane@mail.example", "mom@mail.example"])
     # Now an authorised contact: client mail, which needs the portal (disabled here).
     assert code == 550 and "unauthorised-recipient" not in text and "portal-disabled" in text
+
+
+async def test_the_recipient_local_part_keeps_its_case_upstream(
+        make_relay: Callable[..., Any], upstream: Upstream) -> None:
+    """RFC 5321 2.4: a relay preserves the local part's case; the domain may be folded."""
+    r = await make_relay(url(upstream))
+    given = "Colleague.Name@Riverside.Example"
+    code, _ = await send(r.port, message(to=given), [given])
+    assert code == 250
+    assert [m.rcpt_tos for m in upstream.messages] == [["Colleague.Name@riverside.example"]]
