@@ -147,6 +147,10 @@ class SMTPTransport:
                 return DeliveryResult(accepted=(), refused={r: "553 5.6.7" for r in rcpt_tos},
                                       tls=session.tls)
             options.append(b"SMTPUTF8")
+        elif _utf8_headers(data) and client.supports_extension("smtputf8"):
+            # An internationalised message (RFC 6532 headers) says so (RFC 6531);
+            # a server without SMTPUTF8 still gets it, as 8-bit mail, as before.
+            options.append(b"SMTPUTF8")
         encoding = "utf-8" if utf8 else "ascii"
         try:
             reply = await client.execute_command(b"MAIL", b"FROM:" + _path(mail_from, encoding),
@@ -274,3 +278,10 @@ def _tls_info(client: aiosmtplib.SMTP) -> TLSInfo:
         cipher=cipher[0] if cipher else None,
         peer_cert_sha256=hashlib.sha256(der).hexdigest() if der else None,
     )
+
+
+def _utf8_headers(data: bytes) -> bool:
+    """Whether the header section carries non-ASCII bytes (UTF-8 header fields)."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]
+    return not head.isascii()

@@ -24,6 +24,7 @@ class Captured:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    mail_options: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -47,7 +48,7 @@ class CaptureHandler:
         if self.data_reply:
             return self.data_reply
         self.messages.append(Captured(envelope.mail_from, list(envelope.rcpt_tos),
-                                      envelope.original_content))
+                                      envelope.original_content, list(envelope.mail_options)))
         self.received.set()
         return "250 OK captured"
 

@@ -98,6 +98,21 @@ async def test_per_recipient_codes_without_upstream_text() -> None:
     assert up.messages[0].rcpt_tos == ["ok@mail.example"]
 
 
+async def test_utf8_headers_are_announced_with_smtputf8() -> None:
+    up = await start_upstream()  # advertises SMTPUTF8
+    t = SMTPTransport(upstream(up.port, tls="none"))
+    intl = ("From: a@riverside.example\r\nTo: Zoë <zoe@mail.example>\r\nSubject: Grüße\r\n"
+            "\r\nhello\r\n").encode()
+    try:
+        await t.send("a@riverside.example", ["zoe@mail.example"], intl)
+        await t.send("a@riverside.example", ["zoe@mail.example"], MSG)
+    finally:
+        await t.close()
+        await up.stop()
+    assert "SMTPUTF8" in up.messages[0].mail_options
+    assert "SMTPUTF8" not in up.messages[1].mail_options
+
+
 async def test_data_refused_permanently_marks_all_refused() -> None:
     up = await start_upstream(handler=CaptureHandler(data_reply="554 5.7.1 content rejected"))
     t = SMTPTransport(upstream(up.port, tls="none"))
