@@ -242,7 +242,8 @@ class Keyring:
 
     def _judge(self, data: bytes, now: dt.datetime) -> builtins.list[_Candidate]:
         stripped = data.lstrip()
-        if b"-----BEGIN CERTIFICATE-----" in data or stripped[:1] == b"\x30":
+        if (b"-----BEGIN CERTIFICATE-----" in data or b"-----BEGIN PKCS7-----" in data
+                or stripped[:1] == b"\x30"):
             return [self._judge_cert(c, now) for c in smime.parse_certificates(data)]
         if b"-----BEGIN PGP" in data or (stripped[:1] and stripped[0] & 0x80):
             from securemail.crypto.pgp import parse_public_keys

@@ -38,15 +38,32 @@ _OBSOLETE_HASHES = (hashes.MD5, hashes.SHA1)
 
 
 def parse_certificates(data: bytes) -> list[x509.Certificate]:
-    """Every certificate in ``data`` (PEM, one or more; or DER). Raises KeyProblem."""
+    """The recipient certificates in ``data``: PEM (one or more), DER, or a PKCS#7
+    bundle (``.p7b``, PEM or DER). CA certificates that come along with a
+    recipient's (a chain file, as CAs hand them out) are left out. Raises KeyProblem."""
     if b"PRIVATE KEY-----" in data:
         raise KeyProblem("this file holds a private key: import the certificate only")
     try:
         if b"-----BEGIN CERTIFICATE-----" in data:
-            return x509.load_pem_x509_certificates(data)
-        return [x509.load_der_x509_certificate(data)]
+            certs = x509.load_pem_x509_certificates(data)
+        elif b"-----BEGIN PKCS7-----" in data:
+            certs = pkcs7.load_pem_pkcs7_certificates(data)
+        else:
+            try:
+                certs = [x509.load_der_x509_certificate(data)]
+            except ValueError:
+                certs = pkcs7.load_der_pkcs7_certificates(data)
     except ValueError:
-        raise KeyProblem("not a readable PEM or DER certificate") from None
+        raise KeyProblem("not a readable PEM, DER or PKCS#7 certificate") from None
+    recipients = [c for c in certs if not _is_ca(c)]
+    return recipients or certs  # only CA certificates: judged (and refused) as they are
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def certificate_fingerprint(cert: x509.Certificate) -> str:

@@ -192,3 +192,34 @@ def test_the_cli_audits_a_key_withdrawn_by_reimport(tmp_path: Path) -> None:
     assert [k["kind"] for k in kinds] == ["key-import", "key-remove"]
     assert kinds[1]["reason_code"] == "withdrawn-by-reimport"
     assert kinds[1]["fingerprint"] == kinds[0]["fingerprint"]
+
+
+def _ca_certificate() -> x509.Certificate:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Practice CA")])
+    now = dt.datetime.now(dt.UTC)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - DAY).not_valid_after(now + 365 * DAY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+
+
+@pytest.mark.parametrize("form", ["chain-pem", "p7b-pem", "p7b-der"])
+def test_a_certificate_with_its_ca_imports_the_recipient_certificate(
+        ring: Keyring, tmp_path: Path, form: str) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+
+    ident = smime_identity("sam@mail.example")
+    ca = _ca_certificate()
+    data = {"chain-pem": ident.cert_pem + ca.public_bytes(Encoding.PEM),
+            "p7b-pem": pkcs7.serialize_certificates([ident.cert, ca], Encoding.PEM),
+            "p7b-der": pkcs7.serialize_certificates([ident.cert, ca], Encoding.DER)}[form]
+    (tmp_path / "sam.bundle").write_bytes(data)
+    [key] = ring.import_file(tmp_path / "sam.bundle", NOW)
+    assert key.addresses == ("sam@mail.example",)
+    assert ring.smime_certs("sam@mail.example", NOW) == [ident.cert]
