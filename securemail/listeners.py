@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -57,32 +58,44 @@ class Listeners:
         return finished
 
     def apply(self, settings: Settings) -> None:
-        """SIGHUP: new trusted networks, limits and submission users take effect
-        for the next command; open sessions keep their login. A renewed TLS
-        certificate serves the next handshake. Listen addresses need a restart
-        (a warning says so)."""
+        """SIGHUP: see :meth:`prepare`; loads and switches in one go."""
+        self.prepare(settings)()
+
+    def prepare(self, settings: Settings) -> Callable[[], None]:
+        """Load what a reload needs (users file, networks, TLS certificate) and
+        return the switch. Anything that fails raises here, before anything
+        changed: new trusted networks, limits and users take effect for the next
+        command (open sessions keep their login), a renewed certificate for the
+        next handshake. Listen addresses need a restart (a warning says so)."""
         wanted = {"relay.listen": settings.relay.listen}
         if settings.submission.enabled:
             wanted["submission.listen"] = settings.submission.listen
-        if wanted != self.bound:
-            log.warning("listen addresses changed in %s (%s); they apply after a restart,"
-                        " still listening on %s", settings.path,
-                        ", ".join(f"{k} = {v}" for k, v in wanted.items()),
-                        ", ".join(f"{k} = {v}" for k, v in self.bound.items()))
+        tls = None
         if self.tls_context is not None and settings.submission.enabled:
-            _load_certificate(self.tls_context, settings)
+            tls = _submission_tls(settings)  # a fresh context: the live one stays intact
         users = None
         if settings.submission.enabled and any(h.policy.users for h in self.handlers):
             users = load_users(settings.resolve(settings.submission.users_file))
         nets = _networks(settings)
-        for handler in self.handlers:
-            handler.policy = replace(
-                handler.policy, trusted_networks=nets,
-                max_recipients=settings.relay.max_recipients,
-                users=users if handler.policy.users is not None else None)
-        self.options["data_size_limit"] = settings.limits.max_message_bytes
-        self.options["timeout"] = settings.relay.timeout_seconds
-        self.state.max_connections_per_client = settings.relay.max_connections_per_client
+
+        def switch() -> None:
+            if wanted != self.bound:
+                log.warning("listen addresses changed in %s (%s); they apply after a restart,"
+                            " still listening on %s", settings.path,
+                            ", ".join(f"{k} = {v}" for k, v in wanted.items()),
+                            ", ".join(f"{k} = {v}" for k, v in self.bound.items()))
+            if tls is not None:
+                self.tls_context = tls
+            for handler in self.handlers:
+                handler.policy = replace(
+                    handler.policy, trusted_networks=nets,
+                    max_recipients=settings.relay.max_recipients,
+                    users=users if handler.policy.users is not None else None)
+            self.options["data_size_limit"] = settings.limits.max_message_bytes
+            self.options["timeout"] = settings.relay.timeout_seconds
+            self.state.max_connections_per_client = settings.relay.max_connections_per_client
+
+        return switch
 
     async def close(self) -> None:
         for server in self.servers:
@@ -101,17 +114,13 @@ def _networks(settings: Settings) -> tuple[ipaddress.IPv4Network | ipaddress.IPv
 def _submission_tls(settings: Settings) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load_certificate(ctx, settings)
-    return ctx
-
-
-def _load_certificate(ctx: ssl.SSLContext, settings: Settings) -> None:
     sub = settings.submission
     try:
         ctx.load_cert_chain(settings.resolve(sub.tls_cert), settings.resolve(sub.tls_key))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(settings.path, "submission.tls_cert",
                           f"cannot load certificate/key ({type(exc).__name__})") from None
+    return ctx
 
 
 async def start_listeners(relay: Any, settings: Settings, state: ServerState | None = None,
@@ -151,8 +160,8 @@ async def start_listeners(relay: Any, settings: Settings, state: ServerState | N
         listeners.handlers.append(sub_handler)
         shost, sport = split_host_port(settings.submission.listen)
         sub_server = await loop.create_server(
-            lambda: RelaySMTP(sub_handler, state, tls_context=tls, require_starttls=True,
-                              auth_require_tls=True, **common),
+            lambda: RelaySMTP(sub_handler, state, tls_context=listeners.tls_context,
+                              require_starttls=True, auth_require_tls=True, **common),
             host=shost, port=sport, reuse_port=reuse_port or None)
         listeners.servers.append(sub_server)
         listeners.addresses["submission"] = sub_server.sockets[0].getsockname()[:2]

@@ -110,12 +110,15 @@ class Services:
         """SIGHUP: relay config/keys/directory, then the submission users."""
         reload = getattr(self.relay, "reload", None)
         try:
+            # Everything that can fail is loaded before anything switches: a bad
+            # users file or certificate must not leave the relay half reloaded.
+            switch_listeners = self.listeners.prepare(load_settings(self.settings.path))
             if reload is not None:
                 result = reload()
                 if inspect.isawaitable(result):
                     await result
             self.settings = getattr(self.relay, "settings", self.settings)
-            self.listeners.apply(self.settings)
+            switch_listeners()
             log.info("configuration reloaded")
         except Exception as exc:  # noqa: BLE001 - a bad reload keeps the old config running
             # A ConfigError names file and key; anything else only by its class.

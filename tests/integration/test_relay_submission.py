@@ -205,3 +205,22 @@ async def test_commands_pipelined_behind_starttls_in_clear_are_discarded(relay: 
     writer.write(b"QUIT\r\n")
     assert (await reply())[0].startswith(b"221")
     writer.close()
+
+
+async def test_a_bad_certificate_on_reload_keeps_the_running_one(
+        relay: tuple, tmp_path: Path) -> None:
+    from securemail.config import load_settings
+    from securemail.errors import ConfigError
+
+    r, ctx = relay
+    cfg = tmp_path / "securemail.toml"
+    (tmp_path / "other").mkdir()
+    other = make_certs(tmp_path / "other")  # a renewed certificate whose key is not there yet
+    lines = [f'tls_cert = "{other.cert_file}"' if line.startswith("tls_cert") else line
+             for line in cfg.read_text().splitlines()]
+    cfg.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="submission.tls_cert"):
+        r.listeners.prepare(load_settings(cfg))  # cert and key do not match
+    c = await _client(r, ctx)  # STARTTLS still works with the running certificate
+    await c.auth_plain("frontdesk", "correct horse")
+    c.close()
