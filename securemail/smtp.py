@@ -47,7 +47,7 @@ from securemail.errors import (
 from securemail.logs import MESSAGE_LOGGER, held_event, holding_events
 from securemail.metrics import MessageRecord, Metrics
 from securemail.model import Outcome, Status, TLSInfo
-from securemail.parse import parse_address_list
+from securemail.parse import _utf8_header, parse_address_list
 from securemail.smtp_auth import SubmissionUser, UserDirectory
 from securemail.smtp_data import read_data
 
@@ -393,18 +393,23 @@ class RelayHandler:
 
 
 def _from_allowed(raw: bytes, user: SubmissionUser) -> bool:
-    """Whether every ``From:`` address is one the authenticated user may send as
-    (the envelope sender is checked at MAIL). We DKIM-sign what leaves, so a
-    login must not put someone else's name on a message. A header that cannot
-    be parsed is left to the pipeline, which refuses it as malformed."""
+    """Whether every ``From:`` and ``Sender:`` address is one the authenticated user
+    may send as (the envelope sender is checked at MAIL). We DKIM-sign what
+    leaves, so a login must not put someone else's name on a message. Read as
+    the pipeline reads it (8-bit headers as UTF-8); a header that cannot be
+    read, or a From with no address at all, is refused: fail closed."""
     headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
-    addresses: list[str] = []
-    for value in headers.get_all("From") or []:
-        try:
-            addresses.extend(parse_address_list(str(value)))
-        except AddressError:
-            return True
-    return all(user.may_send_as(a) for a in addresses)
+    authors: list[str] = []
+    try:
+        for name, value in headers.raw_items():
+            if name.lower() in ("from", "sender"):
+                found = parse_address_list(_utf8_header(value))
+                if name.lower() == "from" and not found:
+                    return False  # "From: undisclosed:;" names no author
+                authors.extend(found)
+    except AddressError:
+        return False
+    return all(user.may_send_as(a) for a in authors)
 
 
 def _user(session: SMTPSession) -> SubmissionUser | None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from securemail.directory import AddressError, normalise_address, normalise_domain
 from securemail.errors import ConfigError
 
 __all__ = ["SubmissionUser", "UserDirectory", "load_users"]
@@ -44,9 +45,11 @@ class SubmissionUser:
     addresses: tuple[str, ...]
 
     def may_send_as(self, address: str) -> bool:
-        """True when ``address`` is one of this user's, or in one of its @domains."""
-        addr = address.strip().lower()
-        if not addr or "@" not in addr:
+        """True when ``address`` is one of this user's, or in one of its @domains
+        (compared normalised: case, and IDN domains in either spelling)."""
+        try:
+            addr = normalise_address(address.strip())
+        except AddressError:
             return False
         domain = "@" + addr.rpartition("@")[2]
         return any(a == addr or a == domain for a in self.addresses)
@@ -111,5 +114,17 @@ def load_users(path: str | Path) -> UserDirectory:
                 or not all(isinstance(a, str) and "@" in a for a in addrs)):
             raise ConfigError(name, f"{users_key}.addresses",
                               'needs at least one address or "@domain"')
-        users[uname] = SubmissionUser(uname, hashed, tuple(a.strip().lower() for a in addrs))
+        try:
+            normalised = tuple(_normalise_entry(a) for a in addrs)
+        except AddressError as exc:
+            raise ConfigError(name, f"{users_key}.addresses", str(exc)) from None
+        users[uname] = SubmissionUser(uname, hashed, normalised)
     return UserDirectory(users)
+
+
+def _normalise_entry(entry: str) -> str:
+    """``user@domain`` or ``@domain``, in the form addresses are compared in."""
+    entry = entry.strip()
+    if entry.startswith("@"):
+        return "@" + normalise_domain(entry[1:])
+    return normalise_address(entry)

@@ -112,11 +112,18 @@ async def test_a_from_header_the_user_may_not_use_is_refused(
     c = await _client(r, ctx)
     await c.auth_plain("frontdesk", "correct horse")
     for frm in ("director@riverside.example",
-                "frontdesk@riverside.example, director@riverside.example"):
+                "frontdesk@riverside.example, director@riverside.example",
+                "ceo@bänk.example",        # 8-bit (SMTPUTF8) header: read as UTF-8, refused
+                "undisclosed:;"):          # no author address at all
         with pytest.raises(aiosmtplib.SMTPDataError) as exc:
             await c.sendmail("frontdesk@riverside.example", ["colleague@riverside.example"],
                              message(frm=frm))
-        assert (exc.value.code, exc.value.message.split()[0]) == (553, "5.7.1")
+        assert (exc.value.code, exc.value.message.split()[0]) == (553, "5.7.1"), frm
+    sender = message(frm="frontdesk@riverside.example").replace(
+        b"\r\nTo:", b"\r\nSender: director@riverside.example\r\nTo:")
+    with pytest.raises(aiosmtplib.SMTPDataError) as exc:
+        await c.sendmail("frontdesk@riverside.example", ["colleague@riverside.example"], sender)
+    assert exc.value.code == 553
     c.close()
     assert upstream.messages == []
 
@@ -224,3 +231,15 @@ async def test_a_bad_certificate_on_reload_keeps_the_running_one(
     c = await _client(r, ctx)  # STARTTLS still works with the running certificate
     await c.auth_plain("frontdesk", "correct horse")
     c.close()
+
+
+def test_user_addresses_compare_in_either_idn_spelling() -> None:
+    from securemail.smtp_auth import SubmissionUser, _normalise_entry
+
+    user = SubmissionUser("dr", "$argon2id$x", tuple(
+        _normalise_entry(a) for a in ("Dr@Zahnärzte.example", "@Bücher.example")))
+    assert user.may_send_as("dr@xn--zahnrzte-3za.example")
+    assert user.may_send_as("DR@zahnärzte.example")
+    assert user.may_send_as("anyone@xn--bcher-kva.example")
+    assert not user.may_send_as("dr@zahnarzte.example")
+    assert not user.may_send_as("not an address")
