@@ -84,13 +84,19 @@ def _phrase(text: str) -> str:
     return " ".join(text.lower().translate(_TABLE).split())
 
 
-def _continues(scanned: str, at: int, rest: str) -> bool:
-    """Whether the words of ``rest`` (``" w2 w3 "``) follow ``scanned[at]`` (the space
-    after a first word), with any run of separators counting as one space."""
-    window = scanned[at:at + 4 * len(rest) + 64]
-    while "  " in window:
-        window = window.replace("  ", " ")
-    return window.startswith(rest)
+_NEXT_WORD = re.compile(r" +([^ ]+)")
+_SPACES = re.compile(r" +")
+
+
+def _continues(scanned: str, at: int, words: tuple[str, ...]) -> bool:
+    """Whether ``words`` follow ``scanned[at:]`` one by one, each after any run of
+    separators (spaces in the scanned form), as whole words."""
+    for word in words:
+        run = _SPACES.match(scanned, at)
+        if run is None or not scanned.startswith(word, run.end()):
+            return False
+        at = run.end() + len(word)
+    return scanned[at:at + 1] == " "
 
 
 def _valid_ssn(area: str, group: str, serial: str) -> bool:
@@ -121,11 +127,13 @@ class Detectors:
         # A phrase of several words ("Jane Roe", "mental health") is found by its
         # first word, then checked word by word across any run of separators: a
         # line break, two spaces or a removed HTML tag must not split it.
-        self._rest_of: dict[int, list[tuple[str, str]]] = {}
+        # Indexed by first word, then by second word: a hit costs one look-up,
+        # however many clients share a first name.
+        self._rest_of: dict[int, dict[str, list[tuple[tuple[str, ...], str]]]] = {}
         first_words: dict[str, int] = {}
         for group, phrases in groups.items():
             for p in sorted(phrases - {""}):
-                first, _, rest = p.partition(" ")
+                first, *rest = p.split(" ")
                 if not rest:
                     patterns.append(f" {p} ")
                     self._group_of.append(group)
@@ -134,7 +142,8 @@ class Detectors:
                     first_words[first] = len(patterns)
                     patterns.append(f" {first} ")
                     self._group_of.append("phrase")
-                self._rest_of.setdefault(first_words[first], []).append((f" {rest} ", group))
+                by_second = self._rest_of.setdefault(first_words[first], {})
+                by_second.setdefault(rest[0], []).append((tuple(rest[1:]), group))
         for shape in _SSN_SHAPES:
             patterns.append(shape)
             self._group_of.append("ssn-shape")
@@ -161,8 +170,11 @@ class Detectors:
             if group == "ssn-shape":
                 ssn = ssn or _ssn_at(text, scanned, start)
             elif group == "phrase":
-                for rest, phrase_group in self._rest_of[i]:
-                    if phrase_group not in groups and _continues(scanned, end - 1, rest):
+                second = _NEXT_WORD.match(scanned, end - 1)  # across any run of separators
+                if second is None:
+                    continue
+                for rest, phrase_group in self._rest_of[i].get(second.group(1), ()):
+                    if phrase_group not in groups and _continues(scanned, second.end(), rest):
                         groups.add(phrase_group)
             else:
                 groups.add(group)
@@ -194,7 +206,15 @@ _TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".xml", ".yaml", ".yml", ".md
 def _readable(ctype: str, name: str) -> bool:
     if ctype.startswith("text/") or _TEXT_LIKE.fullmatch(ctype):
         return True
-    return ctype == "application/octet-stream" and name.lower().endswith(_TEXT_SUFFIXES)
+    # Windows labels a .csv application/vnd.ms-excel; many tools octet-stream.
+    return ctype.startswith("application/") and name.lower().endswith(_TEXT_SUFFIXES)
+
+
+def _bom_charset(payload: bytes) -> str:
+    """No charset given: a byte-order mark says UTF-16 (Excel's "Unicode text")."""
+    if payload[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    return "utf-8-sig" if payload[:3] == b"\xef\xbb\xbf" else "utf-8"
 
 
 def _filename(part: Message) -> str:
@@ -244,7 +264,7 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False
         payload = part.get_payload(decode=True)
         if not isinstance(payload, bytes):
             continue
-        charset = part.get_content_charset() or "utf-8"
+        charset = part.get_content_charset() or _bom_charset(payload)
         try:
             text = payload.decode(charset, errors="replace")
         except LookupError:
