@@ -213,14 +213,19 @@ CREATE TABLE IF NOT EXISTS directory_entries (
     imported_at TEXT NOT NULL,
     PRIMARY KEY (kind, key)
 );
+CREATE TABLE IF NOT EXISTS directory_version (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n INTEGER NOT NULL
+);
 """
 
 
-def imported_version(conn: sqlite3.Connection) -> tuple[int, str]:
-    """Changes whenever ``directory import`` stores something (cheap to ask)."""
+def imported_version(conn: sqlite3.Connection) -> int:
+    """A counter every ``directory import`` raises in its transaction (cheap to ask;
+    unlike a time stamp it cannot stand still when the clock steps back)."""
     ensure_schema(conn, _DDL)
-    row = conn.execute("SELECT COUNT(*), MAX(imported_at) FROM directory_entries").fetchone()
-    return int(row[0]), str(row[1] or "")
+    row = conn.execute("SELECT n FROM directory_version WHERE id = 1").fetchone()
+    return int(row[0]) if row else 0
 
 
 def load_imported(conn: sqlite3.Connection) -> DirectorySettings:
@@ -254,6 +259,8 @@ def store_entries(conn: sqlite3.Connection, entries: DirectorySettings, now_iso:
             "imported_at=excluded.imported_at",
             [(k, key, data, now_iso) for k, key, data in rows],
         )
+        conn.execute("INSERT INTO directory_version (id, n) VALUES (1, 1)"
+                     " ON CONFLICT(id) DO UPDATE SET n = n + 1")
     return len(rows)
 
 

@@ -114,3 +114,17 @@ def test_directory_import_audits_each_consent_change(tmp_path: Path) -> None:
     assert import_rows(granted) == [("c-2001", "granted", "v2")]  # unchanged: nothing new
     assert import_rows("client,c-2001,,ann@mail.example,,,,") == [
         ("c-2001", "granted", "v2"), ("c-2001", "withdrawn", None)]
+
+
+def test_every_import_moves_the_version_even_at_the_same_time(tmp_path: Path) -> None:
+    """A relay notices a consent withdrawal even if the clock stood still or stepped back."""
+    from securemail.directory import imported_version
+
+    conn = open_database(tmp_path / "store.db")
+    f = tmp_path / "c.csv"
+    f.write_text("id,addresses,consent_granted,consent_warning\nc-1,a@mail.example,2026-01-01,v1\n")
+    store_entries(conn, read_directory_file(f), "2026-06-01T00:00:00+00:00")
+    first = imported_version(conn)
+    f.write_text("id,addresses\nc-1,a@mail.example\n")  # consent withdrawn, same count
+    store_entries(conn, read_directory_file(f), "2026-06-01T00:00:00+00:00")  # same stamp
+    assert imported_version(conn) == first + 1
