@@ -21,7 +21,10 @@ from email.message import Message
 from securemail.config import LimitSettings
 from securemail.directory import AddressError, normalise_address
 
-__all__ = ["ADDRESS_HEADERS", "MessageView", "loose_recipients", "parse_message", "strip_header"]
+__all__ = [
+    "ADDRESS_HEADERS", "MessageView", "loose_recipients", "parse_address_list", "parse_message",
+    "strip_header", "utf8_header",
+]
 
 ADDRESS_HEADERS = ("from", "sender", "reply-to", "to", "cc", "bcc")
 HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -92,7 +95,7 @@ def parse_message(raw: bytes, limits: LimitSettings) -> MessageView:
         found: list[str] = []
         for value in values:
             try:
-                found.extend(parse_address_list(_utf8_header(value)))
+                found.extend(parse_address_list(utf8_header(value)))
             except AddressError:
                 return _bad(raw, "malformed-address",
                             f"{name.title()} header cannot be parsed unambiguously", message)
@@ -279,7 +282,7 @@ def loose_recipients(message: Message) -> list[str]:
     ``email.utils.getaddresses`` does, unnormalised: for reports only, never
     for routing. 8-bit (SMTPUTF8) header bytes are decoded as UTF-8, and only
     bytes that are not UTF-8 become U+FFFD."""
-    values = [_utf8_header(v, lossy=True) for k, v in message.raw_items()
+    values = [utf8_header(v, lossy=True) for k, v in message.raw_items()
               if k.lower() in ("to", "cc", "bcc")]
     try:
         pairs = email.utils.getaddresses(values)
@@ -288,7 +291,7 @@ def loose_recipients(message: Message) -> list[str]:
     return list(dict.fromkeys(a for _, a in pairs if a))
 
 
-def _utf8_header(value: object, *, lossy: bool = False) -> str:
+def utf8_header(value: object, *, lossy: bool = False) -> str:
     """Header text; raw 8-bit bytes (SMTPUTF8 mail) must be valid UTF-8, unless
     ``lossy``, where bytes that are not become U+FFFD."""
     text = str(value)

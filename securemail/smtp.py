@@ -47,7 +47,7 @@ from securemail.errors import (
 from securemail.logs import MESSAGE_LOGGER, held_event, holding_events
 from securemail.metrics import MessageRecord, Metrics
 from securemail.model import Outcome, Status, TLSInfo
-from securemail.parse import _utf8_header, parse_address_list
+from securemail.parse import parse_address_list, utf8_header
 from securemail.smtp_auth import SubmissionUser, UserDirectory
 from securemail.smtp_data import read_data
 
@@ -403,7 +403,7 @@ def _from_allowed(raw: bytes, user: SubmissionUser) -> bool:
     try:
         for name, value in headers.raw_items():
             if name.lower() in ("from", "sender"):
-                found = parse_address_list(_utf8_header(value))
+                found = parse_address_list(utf8_header(value))
                 if name.lower() == "from" and not found:
                     return False  # "From: undisclosed:;" names no author
                 authors.extend(found)
