@@ -48,6 +48,7 @@ __all__ = [
     "Directory",
     "Identity",
     "consent_changes",
+    "current_directory",
     "domain_of",
     "import_directory_file",
     "imported_version",
@@ -226,6 +227,12 @@ def imported_version(conn: sqlite3.Connection) -> int:
     ensure_schema(conn, _DDL)
     row = conn.execute("SELECT n FROM directory_version WHERE id = 1").fetchone()
     return int(row[0]) if row else 0
+
+
+def current_directory(staff_domains: Iterable[str], settings: DirectorySettings,
+                      conn: sqlite3.Connection) -> Directory:
+    """The config's directory with the imported entries over it (what the relay uses)."""
+    return Directory(staff_domains, settings).with_imported(load_imported(conn))
 
 
 def load_imported(conn: sqlite3.Connection) -> DirectorySettings:

@@ -57,10 +57,6 @@ class Listeners:
         await self.close()
         return finished
 
-    def apply(self, settings: Settings) -> None:
-        """SIGHUP: see :meth:`prepare`; loads and switches in one go."""
-        self.prepare(settings)()
-
     def prepare(self, settings: Settings) -> Callable[[], None]:
         """Load what a reload needs (users file, networks, TLS certificate) and
         return the switch. Anything that fails raises here, before anything

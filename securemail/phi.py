@@ -125,10 +125,9 @@ class Detectors:
         patterns: list[str] = []
         self._group_of: list[str] = []
         # A phrase of several words ("Jane Roe", "mental health") is found by its
-        # first word, then checked word by word across any run of separators: a
-        # line break, two spaces or a removed HTML tag must not split it.
-        # Indexed by first word, then by second word: a hit costs one look-up,
-        # however many clients share a first name.
+        # first word, looked up by its second (one look-up however many clients
+        # share a first name), then checked word by word across any run of
+        # separators: a line break, two spaces or a removed HTML tag must not split it.
         self._rest_of: dict[int, dict[str, list[tuple[tuple[str, ...], str]]]] = {}
         first_words: dict[str, int] = {}
         for group, phrases in groups.items():

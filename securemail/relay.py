@@ -29,7 +29,12 @@ from securemail.audit.admin_events import record_config_loaded, record_consent_c
 from securemail.classify import classify
 from securemail.config import Settings, load_settings
 from securemail.deliveries import DeliveryLedger
-from securemail.directory import Directory, consent_changes, imported_version, load_imported
+from securemail.directory import (
+    Directory,
+    consent_changes,
+    current_directory,
+    imported_version,
+)
 from securemail.errors import InputError, StoreError
 from securemail.model import Envelope, Outcome, TLSInfo, Verdict
 from securemail.parse import loose_recipients, parse_message
@@ -69,18 +74,16 @@ class Relay:
         self.settings = settings
         self.db = open_database(settings.storage.sqlite_path)
         self.ledger = DeliveryLedger(self.db)
-        self._directory_version = imported_version(self.db)
+        self._directory_version, self.directory, self.detectors = _load_directory(
+            settings, self.db)
         self._directory_checked = time.monotonic()
-        self.directory = _build_directory(settings, self.db)
-        self.detectors = Detectors(settings.policy, (n for n, _ in self.directory.client_names))
         self.plugins = load_plugins(settings.policy, settings.path)
         self.keyring = Keyring(self.db)
         self.signer = DkimSigner.from_settings(settings)
         self.archive_key = _archive_key(settings)
         self.transport: Transport = transport or transport_from_settings(settings)
         self._own_transport = transport is None  # ours to rebuild when [upstream] changes
-        self._retiring: set[asyncio.Task[None]] = set()
-        self._retired: list[Transport] = []  # replaced on reload, closed a little later
+        self._retired: dict[Transport, asyncio.Task[None]] = {}  # replaced, closed later
         self.instance_id = _instance_id(settings)
         self.audit = AuditLog.open(settings, instance_id=self.instance_id)
         self.portal: Any = None
@@ -96,9 +99,7 @@ class Relay:
         ``[upstream]`` gets a new transport (a stricter ``tls`` applies to the next
         message); the old one is closed once its deliveries had time to finish."""
         settings = load_settings(self.settings.path)
-        version = imported_version(self.db)
-        directory = _build_directory(settings, self.db)
-        detectors = Detectors(settings.policy, (n for n, _ in directory.client_names))
+        version, directory, detectors = _load_directory(settings, self.db)
         plugins = load_plugins(settings.policy, settings.path)
         from securemail.dkim import DkimSigner
         from securemail.transport.factory import transport_from_settings
@@ -137,13 +138,10 @@ class Relay:
 
         async def later() -> None:
             await asyncio.sleep(self.settings.relay.timeout_seconds)
-            self._retired.remove(transport)
+            del self._retired[transport]
             await transport.close()
 
-        self._retired.append(transport)
-        task = loop.create_task(later())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retired[transport] = loop.create_task(later())
 
     def record_config_loaded(self, reason: str, status: str = "ok") -> None:
         """Audit which configuration is in force (``securemail serve`` start and reload)."""
@@ -174,12 +172,9 @@ class Relay:
         if checked - self._directory_checked < DIRECTORY_CHECK_SECONDS:
             return
         self._directory_checked = checked
-        version = imported_version(self.db)
-        if version != self._directory_version:
-            directory = _build_directory(self.settings, self.db)
-            self.detectors = Detectors(self.settings.policy,
-                                       (n for n, _ in directory.client_names))
-            self.directory, self._directory_version = directory, version
+        if imported_version(self.db) != self._directory_version:
+            self._directory_version, self.directory, self.detectors = _load_directory(
+                self.settings, self.db)
 
     def evaluate(self, raw: bytes, envelope: Envelope, now: dt.datetime) -> Verdict:
         self._refresh_directory()
@@ -245,9 +240,8 @@ class Relay:
         return asyncio.run(self.send(message, **kwargs))
 
     async def close(self) -> None:
-        for task in list(self._retiring):
+        for old, task in list(self._retired.items()):
             task.cancel()
-        for old in self._retired:
             await old.close()
         await self.transport.close()
         if self.portal is not None:
@@ -276,9 +270,13 @@ def _archive_key(settings: Settings) -> Any:
     return load_archive_key(settings.resolve(settings.encryption.archive_key_file))
 
 
-def _build_directory(settings: Settings, conn: Any) -> Directory:
-    base = Directory(settings.practice.domains, settings.directory)
-    return base.with_imported(load_imported(conn))
+def _load_directory(settings: Settings, conn: Any) -> tuple[int, Directory, Detectors]:
+    """The config's directory plus imported entries, its version, and the content
+    detectors that know its client names."""
+    version = imported_version(conn)  # read first: a later import is seen next time
+    directory = current_directory(settings.practice.domains, settings.directory, conn)
+    return version, directory, Detectors(settings.policy,
+                                         (n for n, _ in directory.client_names))
 
 
 def _instance_id(settings: Settings) -> str:

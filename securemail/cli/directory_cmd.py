@@ -47,10 +47,9 @@ def directory_import(file: str, config_path: str) -> None:
 
 
 def _directory(settings, conn) -> Directory:  # type: ignore[no-untyped-def]
-    from securemail.directory import Directory, load_imported
+    from securemail.directory import current_directory
 
-    return Directory(settings.practice.domains, settings.directory).with_imported(
-        load_imported(conn))
+    return current_directory(settings.practice.domains, settings.directory, conn)
 
 
 def _audit(settings, now: dt.datetime, count: int, file: str,  # type: ignore[no-untyped-def]
@@ -72,11 +71,8 @@ def _audit(settings, now: dt.datetime, count: int, file: str,  # type: ignore[no
 @handle_errors
 def directory_list(as_json: bool, config_path: str) -> None:
     """List the directory: config entries plus imported ones."""
-    from securemail.directory import Directory, load_imported
-
     settings, conn = _open(config_path)
-    d = Directory(settings.practice.domains, settings.directory).with_imported(
-        load_imported(conn))
+    d = _directory(settings, conn)
     if as_json:
         click.echo(json.dumps({
             "staff_domains": sorted(d.staff_domains),

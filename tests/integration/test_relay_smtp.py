@@ -388,8 +388,8 @@ async def test_reload_applies_new_limits_and_networks_to_open_listeners(
 
     r = await make_relay(relay_extra="max_recipients = 1\n")
     s = r.settings
-    r.listeners.apply(replace(s, relay=replace(s.relay, max_recipients=3,
-                                               trusted_networks=("10.0.0.0/8",))))
+    r.listeners.prepare(replace(s, relay=replace(s.relay, max_recipients=3,
+                                               trusted_networks=("10.0.0.0/8",))))()
     client = aiosmtplib.SMTP(hostname="127.0.0.1", port=r.port, start_tls=False)
     await client.connect()
     await client.mail(SENDER)
@@ -397,7 +397,7 @@ async def test_reload_applies_new_limits_and_networks_to_open_listeners(
         await client.rcpt(RCPT)  # loopback is no longer trusted
     assert exc.value.code == 554
     client.close()
-    r.listeners.apply(replace(s, relay=replace(s.relay, max_recipients=3)))
+    r.listeners.prepare(replace(s, relay=replace(s.relay, max_recipients=3)))()
     code, _ = await send(r.port, message(), ["a@riverside.example", "b@riverside.example",
                                              "c@riverside.example"])
     assert code == 250
