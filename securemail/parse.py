@@ -29,10 +29,10 @@ __all__ = [
 ADDRESS_HEADERS = ("from", "sender", "reply-to", "to", "cc", "bcc")
 HEADER_END = re.compile(rb"\r?\n\r?\n")
 # A header value made only of plain "addr" or "Name <addr>" items can skip the
-# slow RFC 5322 parser; anything else (quotes, comments, groups, encoded words)
-# goes through both parsers, which must agree.
+# slow RFC 5322 parser; anything else (quotes, comments, groups, encoded words,
+# a period in a name) goes through both parsers, which must agree.
 _PLAIN_ADDR = r"[^<>()\",;:\\\s@]+@[A-Za-z0-9.-]+"
-_SIMPLE_ITEM = rf"\s*(?:[A-Za-z0-9 ._'-]*<{_PLAIN_ADDR}>|{_PLAIN_ADDR})\s*"
+_SIMPLE_ITEM = rf"\s*(?:[A-Za-z0-9 _'-]*<{_PLAIN_ADDR}>|{_PLAIN_ADDR})\s*"
 _SIMPLE_LIST = re.compile(rf"{_SIMPLE_ITEM}(?:,{_SIMPLE_ITEM})*")
 _ADDR_IN_ITEM = re.compile(r"<([^<>]+)>\s*$|^\s*([^<>\s]+)\s*$")
 
@@ -190,8 +190,19 @@ def _parse_simple(unfolded: str) -> list[str]:
 
 
 # RFC 6532 allows UTF-8 in local parts; Python's parser flags it as a defect but
-# reads the address the same way as without it. Every other defect is fatal.
+# reads the address the same way as without it. Every other defect is fatal,
+# except the one below.
 _TOLERATED_DEFECTS = (errors.NonASCIILocalPartDefect,)
+# A period in an unquoted display name ("Dr. J. Doe <j@x>", "Smith Jr. <s@x>")
+# is RFC 5322's obs-phrase, which receivers must accept (section 4.1): the
+# address is still delimited by "<>", so nothing is ambiguous. Python's parser
+# reports it, only inside a display name, with these two texts.
+_OBS_PHRASE = frozenset({"period in 'phrase'", "comment found without atom"})
+
+
+def _tolerated(defect: Exception) -> bool:
+    return isinstance(defect, _TOLERATED_DEFECTS) or (
+        isinstance(defect, errors.ObsoleteHeaderDefect) and str(defect) in _OBS_PHRASE)
 
 
 def _parse_full(unfolded: str) -> list[str]:
@@ -200,7 +211,7 @@ def _parse_full(unfolded: str) -> list[str]:
         header = email.policy.default.header_factory("to", unfolded)
     except Exception:  # noqa: BLE001 - the stdlib parser crashes on some inputs ("0@")
         raise AddressError("address header cannot be parsed") from None
-    if any(not isinstance(d, _TOLERATED_DEFECTS) for d in header.defects):  # type: ignore[attr-defined]
+    if not all(_tolerated(d) for d in header.defects):  # type: ignore[attr-defined]
         raise AddressError("address header has defects")
     strict = []
     for addr in header.addresses:  # type: ignore[attr-defined]
