@@ -18,7 +18,6 @@ Choices (see docs/dkim.md):
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -165,18 +164,6 @@ class DkimSigner:
         """
         pending = self._prepare(message, now)
         return pending.finish(self._signature(pending.signed_data))
-
-    async def sign_async(self, message: bytes, *, now: dt.datetime | None = None) -> bytes:
-        """:meth:`sign` for the event loop: the RSA operation runs in the loop's
-        default thread pool (cryptography releases the GIL for it), so the loop
-        keeps serving other connections meanwhile. Ed25519 is cheap: signed inline.
-        """
-        pending = self._prepare(message, now)
-        if isinstance(self._key, ed25519.Ed25519PrivateKey):
-            return pending.finish(self._signature(pending.signed_data))
-        loop = asyncio.get_running_loop()
-        signature = await loop.run_in_executor(None, self._signature, pending.signed_data)
-        return pending.finish(signature)
 
     def _prepare(self, message: bytes, now: dt.datetime | None) -> _Pending:
         wire = _crlf(message)

@@ -184,7 +184,7 @@ async def _deliver(relay: Relay, envelope: Envelope, output: Output
     data = output.data
     if relay.signer is not None:
         try:
-            data = await relay.signer.sign_async(data)
+            data = relay.signer.sign(data)
         except RenderError as exc:
             _deferred("dkim", exc)
             return {d.address: (Status.DEFERRED, None) for d in output.recipients}, None
@@ -248,7 +248,7 @@ async def _notify_sender(relay: Relay, envelope: Envelope, verdict: Verdict,
     try:
         data = recipients_notice(relay.settings, envelope.mail_from, verdict, undelivered, now)
         if relay.signer is not None:
-            data = await relay.signer.sign_async(data)
+            data = relay.signer.sign(data)
         await relay.transport.send("", [envelope.mail_from], data)
     except TemporaryFailure:
         # The message itself was delivered and audited: never turn that into a 451.

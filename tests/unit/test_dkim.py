@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import os
 import re
@@ -96,21 +95,6 @@ def test_dkimpy_verifies_the_exact_bytes_and_the_rest_is_unchanged(keys: Keys) -
     assert signed.endswith(MESSAGE)  # the message itself is not touched
     assert signed.count(b"DKIM-Signature:") == 1
     assert verify(keys, signed)
-
-
-def test_signing_off_the_event_loop_gives_a_signature_dkimpy_verifies(keys: Keys) -> None:
-    async def sign_many() -> list[bytes]:
-        # Several at once, as the relay does: each RSA operation runs in a worker
-        # thread while the loop goes on; every result must still verify.
-        messages = [MESSAGE.replace(b"Monday", b"day %d" % i) for i in range(8)]
-        return list(await asyncio.gather(*(keys.signer.sign_async(m, now=NOW)
-                                           for m in messages)))
-
-    signed = asyncio.run(sign_many())
-    assert all(verify(keys, s) for s in signed)
-    assert [s.split(b"\r\n\r\n", 1)[1] for s in signed] == [
-        MESSAGE.replace(b"Monday", b"day %d" % i).split(b"\r\n\r\n", 1)[1] for i in range(8)]
-    assert signed[0][signed[0].index(b"From:"):] == MESSAGE.replace(b"Monday", b"day 0")
 
 
 def test_signature_tags(keys: Keys) -> None:
@@ -208,7 +192,7 @@ def test_a_library_fault_while_signing_is_a_render_error(
     assert info.value.smtp_reply.startswith("451")
 
 
-def test_a_library_fault_in_the_worker_thread_is_a_render_error(
+def test_a_library_fault_while_signing_with_rsa_is_a_render_error(
         monkeypatch: pytest.MonkeyPatch) -> None:
     rsa_keys = Keys("rsa")
 
@@ -217,7 +201,7 @@ def test_a_library_fault_in_the_worker_thread_is_a_render_error(
 
     monkeypatch.setattr(DkimSigner, "_sign_bytes", broken)
     with pytest.raises(RenderError) as info:
-        asyncio.run(rsa_keys.signer.sign_async(MESSAGE))
+        rsa_keys.signer.sign(MESSAGE)
     assert "diagnosis" not in str(info.value)
 
 
