@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult
+from aiosmtpd.smtp import SMTP, AuthResult, syntax
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 from aiosmtpd.smtp import Session as SMTPSession
 
@@ -181,6 +181,24 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
             return
         await super()._handle_client()
 
+    def _syntax_available(self, method: Any) -> bool:
+        # HELP lists AUTH only where users can log in (the submission listener).
+        if getattr(method, "__name__", "") == "smtp_AUTH" and not self._offers_auth:
+            return False
+        return bool(super()._syntax_available(method))
+
+    @property
+    def _offers_auth(self) -> bool:
+        return self.event_handler.policy.users is not None
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not self._offers_auth:
+            await self.push("502 5.5.1 AUTH is not offered on this port;"
+                            " apps and mail clients log in on the submission port")
+            return
+        await super().smtp_AUTH(arg)
+
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd parses every MAIL/RCPT address with the email package's RFC 5322
         # parser (~0.15 ms each); plain <dot-atom@domain> takes the fast path.
@@ -190,6 +208,7 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         result: tuple[str | None, str | None] = super()._getaddr(arg)
         return result
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return

@@ -416,3 +416,23 @@ def test_fast_address_path_agrees_with_the_rfc5322_parser(arg: str) -> None:
         return  # aiosmtpd's own parser handles it
     addr, rest = get_angle_addr(arg)
     assert (m.group(1), m.group(2)) == (addr.addr_spec, rest)
+
+
+async def test_the_content_filter_port_neither_lists_nor_accepts_auth(
+        make_relay: Callable[..., Any]) -> None:
+    # AUTH belongs to the submission listener; on the content-filter port HELP
+    # must not offer it and AUTH must say where to go, not ask for a password.
+    r = await make_relay()
+
+    def talk() -> tuple[bytes, tuple[int, bytes], tuple[int, bytes]]:
+        with smtplib.SMTP("127.0.0.1", r.port, timeout=10) as s:
+            s.ehlo()
+            code, help_text = s.docmd("HELP")
+            assert code == 250
+            return help_text, s.docmd("AUTH", "PLAIN AGZvbwBiYXI="), s.docmd("HELP", "AUTH")
+
+    help_text, auth, help_auth = await asyncio.to_thread(talk)
+    commands = help_text.decode().split(":", 1)[1].split()
+    assert "AUTH" not in commands and {"MAIL", "RCPT", "DATA", "EHLO"} <= set(commands)
+    assert auth[0] == 502 and b"submission" in auth[1]
+    assert help_auth[0] == 501

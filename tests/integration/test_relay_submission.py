@@ -243,3 +243,11 @@ def test_user_addresses_compare_in_either_idn_spelling() -> None:
     assert user.may_send_as("anyone@xn--bcher-kva.example")
     assert not user.may_send_as("dr@zahnarzte.example")
     assert not user.may_send_as("not an address")
+
+
+async def test_help_on_the_submission_port_lists_auth(relay: tuple) -> None:
+    r, ctx = relay
+    c = await _client(r, ctx)
+    reply = await c.execute_command(b"HELP")
+    assert reply.code == 250 and "AUTH" in reply.message.split(":", 1)[1].split()
+    c.close()
