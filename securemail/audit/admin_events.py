@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from securemail.audit.log import AuditLog
+from securemail.audit.log import AdminEvent, AuditLog
 from securemail.directory import ConsentChange
 
-__all__ = ["record_config_loaded", "record_consent_changes"]
+__all__ = ["consent_change_events", "record_config_loaded", "record_consent_changes"]
 
 
 def record_config_loaded(audit: AuditLog, *, config_sha256: str, instance_id: str, reason: str,
@@ -25,10 +25,19 @@ def record_config_loaded(audit: AuditLog, *, config_sha256: str, instance_id: st
 
 def record_consent_changes(audit: AuditLog, changes: Sequence[ConsentChange], *, actor: str,
                            now: datetime, file: str | None = None) -> None:
+    for kind, fields in consent_change_events(changes, actor=actor, file=file):
+        audit.record_event(kind, now=now, **fields)
+
+
+def consent_change_events(changes: Sequence[ConsentChange], *, actor: str,
+                          file: str | None = None) -> list[AdminEvent]:
+    """One ``consent-change`` event per client whose consent changed."""
+    events: list[AdminEvent] = []
     for change in changes:
         consent = change.consent
-        audit.record_event(
-            "consent-change", now=now, client_id=change.client_id, actor=actor, file=file,
-            consent="granted" if consent is not None else "withdrawn",
-            warning=consent.warning if consent is not None else None,
-            expires=consent.expires if consent is not None else None)
+        events.append(("consent-change", {
+            "client_id": change.client_id, "actor": actor, "file": file,
+            "consent": "granted" if consent is not None else "withdrawn",
+            "warning": consent.warning if consent is not None else None,
+            "expires": consent.expires if consent is not None else None}))
+    return events

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securemail.audit import store
 from securemail.audit.chain import export_message, key_id, sign
 from securemail.audit.records import format_time
+from securemail.errors import InputError
 
 __all__ = ["CSV_COLUMNS", "export_csv", "export_jsonl", "iter_export_records", "write_atomically"]
 
@@ -110,16 +111,31 @@ def export_csv(conn: sqlite3.Connection, out: IO[str], *, since: str | None = No
     return count
 
 
-def write_atomically(path: Path, write: Any) -> Any:
-    """Call ``write(file)`` on a temporary file, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def write_atomically(path: Path, write: Any, *, mode: int = 0o600) -> Any:
+    """Call ``write(file)`` on a temporary file, then rename it over ``path``.
+
+    The file gets ``mode`` (0600 by default: exports and reports name patients'
+    addresses). A missing folder or a file that cannot be written is an
+    :class:`InputError` naming the path; a mistyped folder is not created.
+    """
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: folder {path.parent} does not exist")
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({exc.strerror or type(exc).__name__})") \
+            from None
+    try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             result = write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot write ({exc.strerror or type(exc).__name__})") \
+                from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

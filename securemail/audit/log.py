@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import json
 import queue
 import sqlite3
 import threading
@@ -23,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -34,22 +35,74 @@ from securemail.audit.chain import (
     ensure_signing_key,
     head_message,
     key_id,
+    load_signing_key,
     record_hash,
     sign,
+    signature_valid,
 )
 from securemail.audit.records import RECORD_VERSION, event_fields, format_time, message_fields
 from securemail.config import Settings
-from securemail.errors import StoreError
+from securemail.errors import ConfigError, StoreError
 from securemail.model import Envelope, Outcome
 from securemail.store.sqlite import open_database
 
-__all__ = ["AuditLog", "Chainer", "signing_key_path"]
+__all__ = ["AdminEvent", "AuditLog", "Chainer", "signing_key_path"]
+
+_T = TypeVar("_T")
+AdminEvent = tuple[str, Mapping[str, str | int | None]]  # (kind, fields) of one event
 
 
 def signing_key_path(settings: Settings) -> Path:
     if settings.audit.signing_key_file:
         return settings.resolve(settings.audit.signing_key_file)
     return settings.storage.data_dir / "audit-signing.key"
+
+
+def _signing_key_for(conn: sqlite3.Connection, path: Path, db: Path | None
+                     ) -> Ed25519PrivateKey:
+    """The key that goes on signing this store's chain.
+
+    A new key is generated only for a store with no records yet. A store that
+    holds records must go on with the key that signed them: a key generated in
+    place of a lost one, or another installation's key, would sign checkpoints
+    that make the whole history fail verification (and so refuse export and
+    report). That is an operator error to fix, named with the file at fault.
+    """
+    h = store.head(conn)
+    if h.seq == 0:
+        return ensure_signing_key(path)
+    where = f"the store {db}" if db is not None else "this store"
+    if not path.exists():
+        raise ConfigError(str(path), "", (
+            f"the audit signing key is missing, but {where} holds {h.seq} records signed"
+            " with it: restore the key file from your backup (a new key would make the"
+            " existing history fail verification). If the key is lost for good, see"
+            " 'Lost signing key' in docs/compliance.md"))
+    key = load_signing_key(path)
+    expected = _last_signer(conn, h)
+    found = key_id(key.public_key())
+    signed_by_key = expected == found if expected else signature_valid(
+        key.public_key(), h.signature, head_message(h.seq, h.hash))
+    if not signed_by_key:
+        raise ConfigError(str(path), "", (
+            f"this audit signing key (key id {found}) did not sign {where}"
+            + (f" (its last checkpoint names key id {expected})" if expected else "")
+            + ": configure the key that did, or see 'Lost signing key' in docs/compliance.md"))
+    return key
+
+
+def _last_signer(conn: sqlite3.Connection, h: store.Head) -> str:
+    """The key id named by the store's last checkpoint ("" when there is none)."""
+    if not h.last_checkpoint_seq:
+        return ""
+    for rec in store.iter_records(conn, first_seq=h.last_checkpoint_seq,
+                                  last_seq=h.last_checkpoint_seq):
+        try:
+            body = json.loads(rec.body)
+        except ValueError:
+            return ""
+        return str(body.get("key_id", "")) if isinstance(body, dict) else ""
+    return ""
 
 
 @functools.lru_cache(maxsize=16)  # the last checkpoint's time: computed once per checkpoint
@@ -79,8 +132,12 @@ class Chainer:
         guarded by it (``advance_head``), which saves reading it back on every
         transaction; when the store moved on meanwhile (another process
         appended, or our last transaction rolled back), the guard fails and the
-        items are chained again after the stored head.
+        items are chained again after the stored head. No items: nothing is
+        written (a head signed over no new record would change nothing but the
+        signature, and on an empty store would name a record that is not there).
         """
+        if not items:
+            return store.head(conn).seq
         cached = self._head
         h = cached if cached is not None else store.head(conn)
         rows, new = self._chain(h, items)
@@ -220,9 +277,6 @@ class AuditLog:
     @classmethod
     def open(cls, settings: Settings, *, conn: sqlite3.Connection | None = None,
              instance_id: str = "") -> AuditLog:
-        key = ensure_signing_key(signing_key_path(settings))
-        chainer = Chainer(key, settings.audit.checkpoint_every, settings.audit.checkpoint_seconds,
-                          instance_id)
         if conn is None:
             path = settings.storage.sqlite_path
             write, read = open_database(path), open_database(path)
@@ -238,7 +292,16 @@ class AuditLog:
             else:  # in-memory store (tests): one connection, used only by our thread for writes
                 write = read = conn
                 owns = ()
-        store.prepare(write)
+        try:
+            store.prepare(write)
+            key = _signing_key_for(write, signing_key_path(settings),
+                                   settings.storage.sqlite_path if conn is None else None)
+        except BaseException:
+            for c in owns:
+                c.close()
+            raise
+        chainer = Chainer(key, settings.audit.checkpoint_every, settings.audit.checkpoint_seconds,
+                          instance_id)
         return cls(write, read, chainer, owns=owns)
 
     @property
@@ -258,6 +321,8 @@ class AuditLog:
         bodies = message_fields(envelope, outcome, config_digest=config_digest,
                                 instance_id=instance_id)
         bodies += [event_fields(kind, dict(fields)) for kind, fields in events]
+        if not bodies:
+            return
         job = self._submit(_Job([(b, at) for b in bodies], asyncio.get_running_loop()))
         await job.future
 
@@ -271,12 +336,37 @@ class AuditLog:
         body = event_fields(kind, fields)
         self._append_now([(body, format_time(now))])
 
+    def change_and_record(
+        self, change: Callable[[sqlite3.Connection], tuple[_T, Sequence[AdminEvent]]], *,
+        now: datetime,
+    ) -> _T:
+        """Run ``change(conn)`` and append the events it returns in ONE durable
+        transaction on the store: an administrative change (directory or key
+        import) and its audit records are committed together or not at all.
+
+        ``change`` writes through ``conn`` (``store.sqlite.transaction`` inside
+        it becomes a savepoint) and returns ``(result, [(kind, fields), ...])``.
+        """
+        at = format_time(now)
+
+        def call(conn: sqlite3.Connection) -> _T:
+            result, events = change(conn)
+            items = [(event_fields(kind, dict(fields)), at) for kind, fields in events]
+            if items:
+                self.chainer.append(conn, items)
+            return result
+
+        out: _T = self.run_in_transaction(call)
+        return out
+
     def append_many(self, bodies: list[dict[str, Any]], *, now: datetime) -> None:
         """Append prepared record bodies in one transaction (bench and import tools)."""
         at = format_time(now)
         self._append_now([(b, at) for b in bodies])
 
     def _append_now(self, items: list[tuple[dict[str, Any], str]]) -> None:
+        if not items:
+            return  # nothing to record: no transaction, no head signed over nothing
         # Synchronous callers commit in their own thread (no hand-off to the
         # writer); the lock keeps them and the writer off the connection at once.
         self.run_in_transaction(lambda conn: self.chainer.append(conn, items))

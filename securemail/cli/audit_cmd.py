@@ -196,7 +196,9 @@ def public_key_cmd(config_path: str, output: str | None) -> None:
     public = _signing_key(_settings(config_path)).public_key()
     pem = public_key_pem(public)
     if output:
-        Path(output).write_text(pem, encoding="ascii")
+        from securemail.audit.export import write_atomically
+
+        write_atomically(Path(output), lambda f: f.write(pem), mode=0o644)  # public
         click.echo(f"public key {key_id(public)} written to {output}", err=True)
     else:
         click.echo(pem, nl=False)
@@ -211,12 +213,20 @@ def public_key_cmd(config_path: str, output: str | None) -> None:
 @handle_errors
 def prune_cmd(config_path: str, retention_days: int | None, dry_run: bool) -> None:
     """Delete records older than the retention period (a signed prune checkpoint remains)."""
-    from securemail.audit import AuditLog, prune, prune_preview
+    from securemail.audit import AuditLog, prune, prune_preview, verify_store
 
     settings = _settings(config_path)
     days = retention_days or settings.audit.retention_days
-    _signing_key(settings)  # both must exist already: never create them here
+    key = _signing_key(settings)  # both must exist already: never create them here
     conn = _existing_store(settings)
+    # A prune signs a new start for the chain: never over a store that fails
+    # verification, which would delete the evidence of what was done to it.
+    verified = verify_store(conn, key.public_key())
+    if not verified.ok:
+        conn.close()
+        click.echo(verified.summary(), err=True)
+        click.echo("securemail: prune refused: the store does not verify", err=True)
+        sys.exit(EXIT_PROBLEM)
     if dry_run:
         try:
             result = prune_preview(conn, now=datetime.now(UTC), retention_days=days)

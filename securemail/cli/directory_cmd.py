@@ -12,7 +12,10 @@ import click
 from securemail.cli.base import config_option, handle_errors
 
 if TYPE_CHECKING:
-    from securemail.directory import ConsentChange, Directory
+    import sqlite3
+
+    from securemail.audit.log import AdminEvent
+    from securemail.directory import Directory
 
 
 @click.group("directory")
@@ -34,14 +37,30 @@ def _open(config_path: str):  # type: ignore[no-untyped-def]
 @handle_errors
 def directory_import(file: str, config_path: str) -> None:
     """Import clients/partners from a CSV or TOML FILE (upsert by id / name)."""
+    from securemail.audit import AuditLog
+    from securemail.audit.admin_events import consent_change_events
+    from securemail.config import load_settings
     from securemail.directory import consent_changes, read_directory_file, store_entries
 
     entries = read_directory_file(file)  # validate before opening anything
-    settings, conn = _open(config_path)
+    settings = load_settings(config_path)
     now = dt.datetime.now(dt.UTC)
-    before = _directory(settings, conn)
-    count = store_entries(conn, entries, now.isoformat())
-    _audit(settings, now, count, file, consent_changes(before, _directory(settings, conn)))
+    log = AuditLog.open(settings)  # a store whose signing key is wrong stops here
+
+    def change(conn: sqlite3.Connection) -> tuple[int, list[AdminEvent]]:
+        # The import and its audit records commit together, or not at all.
+        before = _directory(settings, conn)
+        count = store_entries(conn, entries, now.isoformat())
+        events: list[AdminEvent] = [("directory-import", {"count": count, "file": file,
+                                                          "actor": "cli"})]
+        events += consent_change_events(consent_changes(before, _directory(settings, conn)),
+                                        actor="cli", file=file)
+        return count, events
+
+    try:
+        log.change_and_record(change, now=now)
+    finally:
+        log.close(now)
     click.echo(f"imported {len(entries.clients)} client(s) and {len(entries.partners)} "
                f"partner(s) from {file}")
 
@@ -50,19 +69,6 @@ def _directory(settings, conn) -> Directory:  # type: ignore[no-untyped-def]
     from securemail.directory import current_directory
 
     return current_directory(settings.practice.domains, settings.directory, conn)
-
-
-def _audit(settings, now: dt.datetime, count: int, file: str,  # type: ignore[no-untyped-def]
-           changes: list[ConsentChange]) -> None:
-    from securemail.audit import AuditLog
-    from securemail.audit.admin_events import record_consent_changes
-
-    log = AuditLog.open(settings)
-    try:
-        log.record_event("directory-import", now=now, count=count, file=file, actor="cli")
-        record_consent_changes(log, changes, actor="cli", now=now, file=file)
-    finally:
-        log.close(now)
 
 
 @directory_group.command("list")

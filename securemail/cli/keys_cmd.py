@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from securemail.cli.base import EXIT_BAD_INPUT, EXIT_PROBLEM, config_option, handle_errors
 
 if TYPE_CHECKING:
+    from securemail.audit.log import AdminEvent
     from securemail.config import Settings
     from securemail.keys import Keyring
+
+_T = TypeVar("_T")
 
 __all__ = ["commands", "keys_group"]
 
@@ -35,16 +39,16 @@ def _open(config_path: str) -> tuple[Settings, Keyring]:
     return settings, Keyring(open_database(settings.storage.sqlite_path))
 
 
-def _audit(settings: Settings, now: dt.datetime, kind: str,
-           events: list[dict[str, Any]]) -> None:
-    if not events:
-        return
+def _change_and_record(config_path: str, now: dt.datetime,
+                       change: Callable[[Keyring], tuple[_T, list[AdminEvent]]]) -> _T:
+    """Run ``change`` on the keyring and commit it with its audit events, together."""
     from securemail.audit import AuditLog
+    from securemail.config import load_settings
+    from securemail.keys import Keyring
 
-    log = AuditLog.open(settings)
+    log = AuditLog.open(load_settings(config_path))  # a wrong signing key stops here
     try:
-        for fields in events:
-            log.record_event(kind, now=now, actor="cli", **fields)
+        return log.change_and_record(lambda conn: change(Keyring(conn)), now=now)
     finally:
         log.close(now)
 
@@ -62,34 +66,41 @@ def keys_import(files: tuple[str, ...], config_path: str) -> None:
     from securemail.errors import InputError
     from securemail.keys import KeyWithdrawn
 
-    settings, keyring = _open(config_path)
     now = dt.datetime.now(dt.UTC)
-    refused = 0
-    events: list[dict[str, Any]] = []
-    withdrawn: list[dict[str, Any]] = []
-    for file in files:
-        try:
-            imported = keyring.import_file(file, now)
-        except KeyWithdrawn as exc:  # the owner revoked or expired it: the stored copy went
-            click.echo(f"securemail: {exc}", err=True)
-            refused += 1
-            withdrawn += [{"fingerprint": fpr, "count": 1, "file": file,
-                           "reason_code": "withdrawn-by-reimport"} for fpr in exc.removed]
-            continue
-        except InputError as exc:
-            click.echo(f"securemail: {exc}", err=True)
-            refused += 1
-            continue
-        for key in imported:
-            expires = f"expires {key.expires:%Y-%m-%d}" if key.expires else "no expiry"
-            verb = "updated" if key.replaced else "imported"
-            click.echo(f"{verb} {key.kind} {key.fingerprint} ({key.algorithm}, {expires}) "
-                       f"for {', '.join(key.addresses)}")
-            events.append({"fingerprint": key.fingerprint, "key_kind": key.kind,
-                           "address": ",".join(key.addresses)[:500], "file": file,
-                           "expires": key.expires.date().isoformat() if key.expires else None})
-    _audit(settings, now, "key-import", events)
-    _audit(settings, now, "key-remove", withdrawn)
+
+    def change(keyring: Keyring) -> tuple[tuple[list[str], list[str]], list[AdminEvent]]:
+        done: list[str] = []
+        refused: list[str] = []
+        events: list[AdminEvent] = []
+        for file in files:
+            try:
+                imported = keyring.import_file(file, now)
+            except KeyWithdrawn as exc:  # the owner revoked or expired it: the stored copy went
+                refused.append(str(exc))
+                events += [("key-remove", {"fingerprint": fpr, "count": 1, "file": file,
+                                           "reason_code": "withdrawn-by-reimport",
+                                           "actor": "cli"}) for fpr in exc.removed]
+                continue
+            except InputError as exc:
+                refused.append(str(exc))
+                continue
+            for key in imported:
+                expires = f"expires {key.expires:%Y-%m-%d}" if key.expires else "no expiry"
+                verb = "updated" if key.replaced else "imported"
+                done.append(f"{verb} {key.kind} {key.fingerprint} ({key.algorithm}, {expires}) "
+                            f"for {', '.join(key.addresses)}")
+                events.append(("key-import", {
+                    "fingerprint": key.fingerprint, "key_kind": key.kind,
+                    "address": ",".join(key.addresses)[:500], "file": file, "actor": "cli",
+                    "expires": key.expires.date().isoformat() if key.expires else None}))
+        return (done, refused), events
+
+    # Reported once the keys and their audit records are committed together.
+    done, refused = _change_and_record(config_path, now, change)
+    for line in done:
+        click.echo(line)
+    for problem in refused:
+        click.echo(f"securemail: {problem}", err=True)
     if refused:
         raise SystemExit(EXIT_BAD_INPUT)
 
@@ -120,14 +131,18 @@ def keys_list(as_json: bool, config_path: str) -> None:
 @handle_errors
 def keys_remove(target: str, config_path: str) -> None:
     """Remove a key by fingerprint, or every key of an address (exit 1 if none matched)."""
-    settings, keyring = _open(config_path)
-    count = keyring.remove(target)
+    now = dt.datetime.now(dt.UTC)
+    field = "address" if "@" in target else "fingerprint"
+
+    def change(keyring: Keyring) -> tuple[int, list[AdminEvent]]:
+        count = keyring.remove(target)
+        return count, ([("key-remove", {field: target.strip(), "count": count,
+                                        "actor": "cli"})] if count else [])
+
+    count = _change_and_record(config_path, now, change)
     if not count:
         click.echo(f"securemail: no stored key matches {target}", err=True)
         raise SystemExit(EXIT_PROBLEM)
-    now = dt.datetime.now(dt.UTC)
-    field = "address" if "@" in target else "fingerprint"
-    _audit(settings, now, "key-remove", [{field: target.strip(), "count": count}])
     click.echo(f"removed {count} key(s) for {target}")
 
 

@@ -66,16 +66,50 @@ def _connect(p: Path, timeout: float) -> sqlite3.Connection:
 
 
 def ensure_schema(conn: sqlite3.Connection, ddl: str) -> None:
-    """Run ``CREATE ... IF NOT EXISTS`` statements (idempotent)."""
+    """Run ``CREATE ... IF NOT EXISTS`` statements (idempotent).
+
+    Inside an open transaction the statements join it (``executescript`` would
+    commit it first), cut where SQLite itself sees a statement end.
+    """
     try:
-        conn.executescript(ddl)
+        if conn.in_transaction:
+            for statement in _statements(ddl):
+                conn.execute(statement)
+        else:
+            conn.executescript(ddl)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot create tables ({type(exc).__name__})") from None
 
 
+def _statements(script: str) -> Iterator[str]:
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if pending.strip():
+        yield pending
+
+
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (durable on return), rollback on error."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (durable on return), rollback on error.
+
+    Inside a transaction already open on ``conn`` this is a savepoint: its
+    writes commit with the outer transaction (an admin change and its audit
+    record, together), and an error undoes only its own part.
+    """
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT nested")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK TO nested")
+            conn.execute("RELEASE nested")
+            raise
+        conn.execute("RELEASE nested")
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn

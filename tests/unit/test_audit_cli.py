@@ -160,3 +160,30 @@ def test_the_store_is_owner_only(tmp_path: Path) -> None:
     _store(tmp_path)
     for f in tmp_path.glob("store.db*"):
         assert f.stat().st_mode & 0o777 == 0o600, f
+
+
+def test_prune_refuses_a_store_that_does_not_verify(tmp_path: Path) -> None:
+    cfg = _store(tmp_path)
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        db.execute("UPDATE audit_records SET body = replace(body, 'client3', 'clienX')"
+                   " WHERE seq = 8")
+    for extra in ([], ["--dry-run"]):
+        code, out = run("prune", "-c", str(cfg), "--retention-days", "1", *extra)
+        assert code == 1 and "prune refused" in out, out
+    with sqlite3.connect(tmp_path / "store.db") as db:  # the evidence is still there
+        assert db.execute("SELECT COUNT(*) FROM audit_records WHERE seq = 8").fetchone()[0] == 1
+
+
+def test_an_output_path_that_cannot_be_written_is_exit_2_naming_it(tmp_path: Path) -> None:
+    cfg = _store(tmp_path)
+    for args in (["export", "-o"], ["report", "-o"], ["public-key", "-o"]):
+        target = tmp_path / "no-such-folder" / "out.file"
+        code, out = run(*args, str(target), "-c", str(cfg))
+        assert code == 2 and str(target) in out and "Traceback" not in out, out
+        assert not target.parent.exists()  # a mistyped folder is not created
+    code, out = run("public-key", "-o", str(tmp_path), "-c", str(cfg))  # a folder
+    assert code == 2 and "Traceback" not in out, out
+    code, out = run("public-key", "-o", str(tmp_path / "audit.pub"), "-c", str(cfg))
+    assert code == 0 and (tmp_path / "audit.pub").stat().st_mode & 0o777 == 0o644
+    code, out = run("export", "-o", str(tmp_path / "e.jsonl"), "-c", str(cfg))
+    assert code == 0 and (tmp_path / "e.jsonl").stat().st_mode & 0o777 == 0o600

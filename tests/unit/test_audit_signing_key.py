@@ -1,0 +1,76 @@
+"""The key that signs a store's chain: never silently replaced once records exist."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from securemail.audit import AuditLog, signing_key_path, verify_store
+from securemail.audit.chain import ensure_signing_key, key_id
+from securemail.config import load_settings
+from securemail.errors import ConfigError
+from tests.unit.test_audit_support import T0, make_settings, record_messages, write_config
+
+
+def _used_store(tmp_path: Path, *, checkpoint_every: int = 1000) -> Path:
+    settings = make_settings(tmp_path, checkpoint_every=checkpoint_every)
+    audit = AuditLog.open(settings)
+    record_messages(audit, 3)
+    audit.close(T0)
+    return signing_key_path(settings)
+
+
+@pytest.mark.parametrize("checkpointed", [True, False])
+def test_a_missing_key_is_not_regenerated_for_a_store_with_records(
+        tmp_path: Path, checkpointed: bool) -> None:
+    key = _used_store(tmp_path, checkpoint_every=2 if checkpointed else 1000)
+    key.rename(tmp_path / "backup.key")
+    with pytest.raises(ConfigError) as info:
+        AuditLog.open(make_settings(tmp_path))
+    assert info.value.file == str(key)
+    assert "missing" in str(info.value) and "restore" in str(info.value)
+    assert not key.exists()  # no stand-in key was written
+    # Putting the key back is all it takes: the chain goes on and verifies.
+    (tmp_path / "backup.key").rename(key)
+    audit = AuditLog.open(make_settings(tmp_path))
+    record_messages(audit, 1)
+    assert verify_store(audit.conn, audit.public_key).ok
+    audit.close(T0)
+
+
+def test_another_installations_key_is_refused_naming_both_key_ids(tmp_path: Path) -> None:
+    key = _used_store(tmp_path)
+    original = key_id(ensure_signing_key(key).public_key())
+    other = tmp_path / "other" / "audit-signing.key"
+    stranger = key_id(ensure_signing_key(other).public_key())
+    shutil.copy(other, key)
+    with pytest.raises(ConfigError) as info:
+        AuditLog.open(make_settings(tmp_path))
+    assert stranger in str(info.value) and original in str(info.value)
+
+
+def test_a_new_store_still_gets_a_new_key(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    audit = AuditLog.open(settings)
+    assert signing_key_path(settings).exists()
+    audit.close(T0)
+
+
+def test_cli_writers_exit_2_and_leave_the_store_alone(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    audit = AuditLog.open(load_settings(cfg))
+    record_messages(audit, 2)
+    audit.close(T0)
+    key = signing_key_path(load_settings(cfg))
+    key.unlink()
+    contacts = tmp_path / "dir.toml"
+    contacts.write_text('[[clients]]\nid = "c-9"\naddresses = ["pat@mail.example"]\n')
+    result = subprocess.run([sys.executable, "-m", "securemail", "directory", "import", "-c",
+                             str(cfg), str(contacts)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert str(key) in result.stderr and "Traceback" not in result.stderr
+    assert not key.exists()
