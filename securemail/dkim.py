@@ -31,7 +31,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from dkim.canonicalization import CanonicalizationPolicy
 
+from securemail.directory import AddressError
 from securemail.errors import ConfigError, RenderError
+from securemail.parse import parse_address_list, utf8_header
 
 if TYPE_CHECKING:
     from securemail.config import Settings
@@ -157,22 +159,48 @@ class DkimSigner:
             raise problem(f"{path}: {exc}") from None
 
     def sign(self, message: bytes, *, now: dt.datetime | None = None) -> bytes:
-        """``message`` with a DKIM-Signature header prepended.
+        """``message`` with a DKIM-Signature header prepended, if it is ours.
 
-        Raises :class:`RenderError` (generic text, no content) when the message
-        cannot be signed; the caller then defers rather than send it unsigned.
+        Only a message whose every From address is in our domain (``domain`` or
+        a subdomain of it, which DMARC's relaxed alignment accepts) is signed;
+        any other is returned unsigned (in CRLF form): a signature vouches for
+        the From, and a filter that also sees a forged or foreign From must not
+        lend it ours (OpenDKIM's default, too).
+
+        Raises :class:`RenderError` (generic text, no content) when a message
+        of ours cannot be signed; the caller then defers rather than send it
+        unsigned.
         """
-        pending = self._prepare(message, now)
-        return pending.finish(self._signature(pending.signed_data))
-
-    def _prepare(self, message: bytes, now: dt.datetime | None) -> _Pending:
         wire = _crlf(message)
-        try:
-            headers, body = split_message(wire)
-        except (dkim.MessageFormatError, IndexError):  # IndexError: starts with a folded line
-            raise RenderError("DKIM signing failed: the header block cannot be parsed") from None
+        headers, body = _split(wire)
         if not any(name.lower() == b"from" for name, _ in headers):
             raise RenderError("DKIM signing failed: the message has no From header")
+        if not self.signs_for(headers):
+            return wire
+        pending = self._prepare(wire, headers, body, now)
+        return pending.finish(self._signature(pending.signed_data))
+
+    def signs_for(self, headers: list[list[bytes]]) -> bool:
+        """Whether every address in every From header is in our domain."""
+        ours = self._domain.decode("ascii").lower()
+        found = False
+        for name, value in headers:
+            if name.lower() != b"from":
+                continue
+            try:
+                addresses = parse_address_list(utf8_header(value.decode(
+                    "ascii", "surrogateescape")).strip())
+            except AddressError:
+                return False
+            for address in addresses:
+                domain = address.rpartition("@")[2]
+                if domain != ours and not domain.endswith("." + ours):
+                    return False
+                found = True
+        return found
+
+    def _prepare(self, wire: bytes, headers: list[list[bytes]], body: bytes,
+                 now: dt.datetime | None) -> _Pending:
         include = _header_list(headers)
         try:
             value, signed_data = self._signature_value(headers, body, include, now)
@@ -241,6 +269,13 @@ class _HeaderData:
 
     def value(self) -> bytes:
         return b"".join(self._parts)
+
+
+def _split(wire: bytes) -> tuple[list[list[bytes]], bytes]:
+    try:
+        return split_message(wire)
+    except (dkim.MessageFormatError, IndexError):  # IndexError: starts with a folded line
+        raise RenderError("DKIM signing failed: the header block cannot be parsed") from None
 
 
 def split_message(wire: bytes) -> tuple[list[list[bytes]], bytes]:

@@ -11,17 +11,19 @@ from securemail.errors import InputError
 __all__ = ["InitResult", "initialise", "production_config"]
 
 
-def production_config(*, domain: str, practice_name: str, selector: str, dkim: bool) -> str:
+def production_config(*, domain: str, practice_name: str, selector: str, dkim: bool,
+                      storage_url: str = "sqlite:securemail.db") -> str:
     """Every section of the config, commented. Values are the defaults unless noted."""
     dkim_block = f"""[dkim]
 domain = "{domain}"
 selector = "{selector}"
-key_file = "dkim.key"                    # private key; keep it 0600, never in git
+key_file = "dkim.key"                    # private key: readable only by the service user, never in git
 """ if dkim else f"""# [dkim]                                 # no key was generated: add one with
 # domain = "{domain}"              # `securemail dkim keygen`, then uncomment
 # selector = "{selector}"
 # key_file = "dkim.key"
 """
+    pad = " " * max(1, 41 - len(f'url = "{storage_url}"'))
     return f"""\
 # securemail configuration. Every key is documented in docs/configuration.md.
 # Relative paths are relative to this file's folder. Check it with
@@ -52,7 +54,9 @@ users_file = ""                          # TOML [[users]] name, password_hash, a
 
 [upstream]
 url = "smtp://127.0.0.1:10026"           # Postfix reinjection, or your smarthost
-tls = "required"                         # required | none (none only for a loopback upstream)
+# Postfix's reinjection listener (docs/deploy.md) is loopback and offers no
+# STARTTLS: "none". A smarthost over the network: "required" (verified TLS).
+tls = "none"                             # required | none (none only for a loopback upstream)
 ca_file = ""                             # CA bundle for an internal server; "" = system CAs
 timeout_seconds = 60
 pool_size = 4                            # upstream connections kept open
@@ -76,7 +80,7 @@ max_header_bytes = 262144
 scan_text_bytes = 2097152                # content detectors read at most this much text
 
 [storage]
-url = "sqlite:securemail.db"             # or "sqlite:///var/lib/securemail/securemail.db"
+url = "{storage_url}"{pad}# the store; generated secrets live beside it
 
 [portal]
 enabled = true
@@ -135,8 +139,15 @@ class InitResult:
 
 
 def initialise(directory: Path, *, domain: str, practice_name: str, selector: str,
-               dkim_kind: str = "rsa") -> InitResult:
+               dkim_kind: str = "rsa", data_dir: Path | None = None) -> InitResult:
+    """``data_dir``: where the store and its generated secrets go (default:
+    beside the config). Created here, so no secret is left in the wrong place."""
     directory.mkdir(parents=True, exist_ok=True)
+    storage_url = "sqlite:securemail.db"
+    if data_dir is not None:
+        data_dir = data_dir.resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        storage_url = f"sqlite://{data_dir / 'securemail.db'}"
     cfg = directory / "securemail.toml"
     if cfg.exists():
         raise InputError(f"{cfg}: already exists; not overwriting it")
@@ -162,7 +173,7 @@ def initialise(directory: Path, *, domain: str, practice_name: str, selector: st
             record = f"{selector}._domainkey.{domain}. IN TXT ( {chunks} )"
             notes.append(f"Generated DKIM key {key_file} (mode 0600)")
     text = production_config(domain=domain, practice_name=practice_name, selector=selector,
-                             dkim=key_file.exists())
+                             dkim=key_file.exists(), storage_url=storage_url)
     cfg.write_text(text, encoding="utf-8")
     notes.append(_create_store(cfg))
     return InitResult(cfg, record, notes)

@@ -60,14 +60,19 @@ def serve(config_path: str | None, no_portal: bool, portal_only: bool) -> None:
 @click.option("--selector", default="sm1", show_default=True, help="DKIM selector.")
 @click.option("--dkim-kind", type=click.Choice(["rsa", "ed25519"]), default="rsa",
               show_default=True, help="DKIM key type (RSA is understood everywhere).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the store and its generated secrets (audit signing key,"
+                   " portal secret); default: DIRECTORY.")
 @handle_errors
-def init(directory: str, domain: str, practice_name: str, selector: str, dkim_kind: str) -> None:
+def init(directory: str, domain: str, practice_name: str, selector: str, dkim_kind: str,
+         data_dir: str | None) -> None:
     """Write a commented production securemail.toml into DIRECTORY, create the
     store and a DKIM key, and print the DNS record to publish."""
     from securemail.init import initialise
 
     result = initialise(Path(directory), domain=domain, practice_name=practice_name,
-                        selector=selector, dkim_kind=dkim_kind)
+                        selector=selector, dkim_kind=dkim_kind,
+                        data_dir=Path(data_dir) if data_dir else None)
     click.echo(result.report())
 
 

@@ -65,7 +65,8 @@ def test_init_writes_a_valid_commented_config(tmp_path: Path) -> None:
             "portal", "audit", "encryption"} <= sections
     settings = load_settings(cfg)
     assert settings.practice.domains == ("riverside.example",)
-    assert settings.upstream.tls == "required"
+    # Postfix's loopback reinjection listener (docs/deploy.md) has no STARTTLS.
+    assert settings.upstream.url == "smtp://127.0.0.1:10026" and settings.upstream.tls == "none"
     assert settings.storage.sqlite_path.exists()
     if settings.dkim is not None:  # DKIM helper present: key generated and record printed
         key = settings.resolve(settings.dkim.key_file)
@@ -74,6 +75,18 @@ def test_init_writes_a_valid_commented_config(tmp_path: Path) -> None:
         assert "v=DKIM1" in result.output
     again = CliRunner().invoke(init, [str(target)])
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_init_puts_the_store_and_its_secrets_in_the_data_dir(tmp_path: Path) -> None:
+    result = CliRunner().invoke(init, [str(tmp_path / "etc"), "--data-dir",
+                                       str(tmp_path / "var")])
+    assert result.exit_code == 0, result.output
+    settings = load_settings(tmp_path / "etc" / "securemail.toml")
+    assert settings.storage.sqlite_path == tmp_path / "var" / "securemail.db"
+    made = {p.name for p in (tmp_path / "var").iterdir()}
+    assert {"securemail.db", "audit-signing.key"} <= made
+    # Nothing the relay generates is left beside the config.
+    assert {p.name for p in (tmp_path / "etc").iterdir()} <= {"securemail.toml", "dkim.key"}
 
 
 async def _wait_for_line(proc: asyncio.subprocess.Process, text: str,

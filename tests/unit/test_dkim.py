@@ -402,3 +402,28 @@ def test_keygen_rejects_bad_options(tmp_path: Path, args: list[str]) -> None:
     code, _ = run(["keygen", *args], tmp_path)
     assert code == 2
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sender", [
+    "ceo@evil.example",                       # a foreign domain
+    "ceo@riverside.example.evil.example",     # ours as a prefix only
+    "Front Desk <desk@riverside.example>, outsider@evil.example",  # one of two
+])
+def test_mail_from_another_domain_is_not_signed(keys: Keys, sender: str) -> None:
+    # A signature vouches for the From: a filter that also sees forged or
+    # foreign mail must not lend it the practice's domain.
+    message = MESSAGE.replace(b"From: Dr Ada <ada@riverside.example>",
+                              b"From: " + sender.encode())
+    assert b"From: " + sender.encode() in message
+    out = keys.signer.sign(message)
+    assert b"DKIM-Signature" not in out and out == message
+
+
+@pytest.mark.parametrize("sender", ["ada@riverside.example",
+                                    "Billing <billing@mail.riverside.example>"])
+def test_mail_from_our_domain_or_a_subdomain_is_signed(keys: Keys,
+                                                       sender: str) -> None:
+    message = MESSAGE.replace(b"From: Dr Ada <ada@riverside.example>",
+                              b"From: " + sender.encode())
+    signed = keys.signer.sign(message)
+    assert signed.startswith(b"DKIM-Signature:") and verify(keys, signed)
