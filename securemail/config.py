@@ -28,6 +28,7 @@ from securemail.errors import ConfigError
 from securemail.model import Mode
 from securemail.toml_table import (
     Table,
+    read_address,
     read_domain,
     read_host_port,
     read_section,
@@ -193,10 +194,10 @@ class Settings:
 def _practice(t: Table) -> PracticeSettings:
     domains = t.strings("domains")
     return PracticeSettings(
-        name=t.text("name", PracticeSettings.name),
+        name=t.line("name", PracticeSettings.name),
         domains=tuple(read_domain(t, f"domains[{i}]", d) for i, d in enumerate(domains)),
-        phone=t.text("phone", ""),
-        website=t.text("website", ""),
+        phone=t.line("phone", ""),
+        website=t.line("website", ""),
     )
 
 
@@ -209,7 +210,7 @@ def _relay(t: Table) -> RelaySettings:
             raise t.error(f"trusted_networks[{i}]", f'not a network: "{net}"') from None
     return RelaySettings(
         listen=read_host_port(t, "listen", RelaySettings.listen),
-        hostname=t.text("hostname", RelaySettings.hostname),
+        hostname=t.line("hostname", RelaySettings.hostname),
         trusted_networks=nets,
         max_recipients=t.positive("max_recipients", RelaySettings.max_recipients),
         max_connections_per_client=t.positive(
@@ -242,6 +243,16 @@ def _upstream(t: Table) -> UpstreamSettings:
         raise t.error("url", f'must start with "smtp://" or "maildir://", got "{url}"')
     if parts.scheme == "smtp" and not parts.hostname:
         raise t.error("url", f'needs a host, e.g. "smtp://127.0.0.1:10026", got "{url}"')
+    if parts.scheme == "smtp":
+        try:
+            port = parts.port
+        except ValueError:
+            raise t.error("url", f'port must be 1-65535, in "{url}"') from None
+        if port is None:
+            raise t.error("url", f'needs a port, e.g. "smtp://{parts.hostname}:587" (a smarthost)'
+                                 ' or ":10026" (Postfix reinjection), got "{url}"')
+        if port == 0:
+            raise t.error("url", f'port must be 1-65535, in "{url}"')
     tls = t.choice("tls", ("required", "none"), "required")
     if parts.scheme == "smtp" and tls == "none":
         host = parts.hostname or ""
@@ -311,6 +322,11 @@ def _storage(t: Table) -> StorageSettings:
     return StorageSettings(url=url)
 
 
+def _notify_from(t: Table) -> str:
+    value = t.line("notify_from", "")
+    return read_address(t, "notify_from", value) if value else ""
+
+
 def _portal(t: Table) -> PortalSettings:
     base = t.text("base_url", PortalSettings.base_url).rstrip("/")
     parts = urlsplit(base)
@@ -323,8 +339,8 @@ def _portal(t: Table) -> PortalSettings:
         base_url=base,
         listen=read_host_port(t, "listen", PortalSettings.listen),
         expiry_days=t.positive("expiry_days", PortalSettings.expiry_days),
-        sender_name=t.text("sender_name", ""),
-        notify_from=t.text("notify_from", ""),
+        sender_name=t.line("sender_name", ""),
+        notify_from=_notify_from(t),
         code_channel=t.choice("code_channel", ("email", "webhook"), "email"),
         session_minutes=t.positive("session_minutes", PortalSettings.session_minutes),
     )

@@ -17,7 +17,7 @@ def production_config(*, domain: str, practice_name: str, selector: str, dkim: b
     dkim_block = f"""[dkim]
 domain = "{domain}"
 selector = "{selector}"
-key_file = "dkim.key"                    # private key: readable only by the service user, never in git
+key_file = "dkim.key"                    # private key: service user only, never in git
 """ if dkim else f"""# [dkim]                                 # no key was generated: add one with
 # domain = "{domain}"              # `securemail dkim keygen`, then uncomment
 # selector = "{selector}"

@@ -57,6 +57,15 @@ class Table:
     def text(self, name: str, default: str) -> str:
         return self.get(name, str, default)
 
+    def line(self, name: str, default: str) -> str:
+        """Text that goes into a mail header or an SMTP greeting: one line, no
+        control characters (a CR/LF would start a header of its own)."""
+        value = self.text(name, default)
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise self.error(name, "must be one line of text (no line breaks or control"
+                                   " characters)")
+        return value
+
     def positive(self, name: str, default: int) -> int:
         value = self.get(name, int, default)
         if value <= 0:
@@ -103,8 +112,10 @@ def read_host_port(t: Table, name: str, default: str, *, allow_empty: bool = Fal
     if allow_empty and not value:
         return value
     m = re.fullmatch(r"\[?([0-9A-Za-z.:-]+?)\]?:(\d{1,5})", value)
-    if not m or not 0 < int(m.group(2)) < 65536:
+    if not m:
         raise t.error(name, f'must be "HOST:PORT", got "{value}"')
+    if not 0 < int(m.group(2)) < 65536:
+        raise t.error(name, f"port must be 1-65535, got {m.group(2)}")
     return value
 
 

@@ -46,7 +46,7 @@ from securemail.errors import ConfigError, StoreError
 from securemail.model import Envelope, Outcome
 from securemail.store.sqlite import open_database
 
-__all__ = ["AdminEvent", "AuditLog", "Chainer", "signing_key_path"]
+__all__ = ["AdminEvent", "AuditLog", "Chainer", "check_signing_key", "signing_key_path"]
 
 _T = TypeVar("_T")
 AdminEvent = tuple[str, Mapping[str, str | int | None]]  # (kind, fields) of one event
@@ -68,9 +68,20 @@ def _signing_key_for(conn: sqlite3.Connection, path: Path, db: Path | None
     that make the whole history fail verification (and so refuse export and
     report). That is an operator error to fix, named with the file at fault.
     """
+    key = check_signing_key(conn, path, db)
+    return key if key is not None else ensure_signing_key(path)
+
+
+def check_signing_key(conn: sqlite3.Connection, path: Path, db: Path | None
+                      ) -> Ed25519PrivateKey | None:
+    """The key at ``path`` if it is the one that signed the records in the store
+    on ``conn``; None when the store has no records yet (any key will do, and
+    none is created here). Raises :class:`ConfigError` otherwise."""
+    if not store.has_audit_tables(conn):
+        return None
     h = store.head(conn)
     if h.seq == 0:
-        return ensure_signing_key(path)
+        return None
     where = f"the store {db}" if db is not None else "this store"
     if not path.exists():
         raise ConfigError(str(path), "", (

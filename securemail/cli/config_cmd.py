@@ -16,16 +16,14 @@ def config_group() -> None:
 @config_option
 @handle_errors
 def config_check(config_path: str) -> None:
-    """Validate the config; exit 2 with FILE: key: problem."""
+    """Validate the config and everything `serve` loads from it (users file,
+    certificates, DKIM key, store and audit key), changing nothing; exit 2 with
+    FILE: key: problem. Run it as the service user to check its permissions."""
     from securemail.config import load_settings
-    from securemail.policy import load_plugins
+    from securemail.preflight import check_runtime
 
     settings = load_settings(config_path)
-    load_plugins(settings.policy, settings.path)
-    if settings.dkim is not None:
-        from securemail.dkim import DkimSigner
-
-        DkimSigner.from_settings(settings)
+    check_runtime(settings)
     n = len(settings.directory.clients)
     click.echo(f"{config_path}: OK ({n} client(s) inline, mode {settings.policy.mode.value}, "
                f"upstream {settings.upstream.url.split('://')[0]})")

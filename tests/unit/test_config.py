@@ -111,3 +111,26 @@ def test_bad_plugin_spec(tmp_path: Path) -> None:
 def test_bad_regex(tmp_path: Path) -> None:
     assert "policy.mrn_pattern: not a valid regular expression" in error(
         tmp_path, '[policy]\nmrn_pattern = "(unclosed"\n')
+
+
+@pytest.mark.parametrize(("text", "key", "problem"), [
+    ('[portal]\nnotify_from = "not an address"\n', "portal.notify_from", ""),
+    ('[practice]\nname = "Riverside\\nBcc: evil@attacker.example"\n', "practice.name",
+     "one line"),
+    ('[portal]\nsender_name = "Front\\r\\nDesk"\n', "portal.sender_name", "one line"),
+    ('[relay]\nhostname = "mx\\u0000.example"\n', "relay.hostname", "one line"),
+    ('[upstream]\nurl = "smtp://127.0.0.1:99999"\ntls = "none"\n', "upstream.url", "1-65535"),
+    ('[upstream]\nurl = "smtp://127.0.0.1"\ntls = "none"\n', "upstream.url", "needs a port"),
+    ('[relay]\nlisten = "127.0.0.1:70000"\n', "relay.listen", "port must be 1-65535"),
+])
+def test_values_that_would_break_headers_or_delivery_are_refused(
+        tmp_path: Path, text: str, key: str, problem: str) -> None:
+    # Each of these used to pass `config check` and then defer mail forever
+    # (an unusable notification header) or fail only at the first delivery.
+    message = error(tmp_path, text)
+    assert f": {key}: " in message and problem in message
+
+
+def test_notify_from_is_kept_as_an_address(tmp_path: Path) -> None:
+    cfg = write(tmp_path, '[portal]\nnotify_from = "Notify@Riverside.example"\n')
+    assert load_settings(cfg).portal.notify_from == "notify@riverside.example"

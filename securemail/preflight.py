@@ -1,0 +1,102 @@
+"""What ``securemail serve`` will load, checked without starting it.
+
+``securemail config check`` runs this, so that a config which parses but
+cannot run (a users file that does not load, a certificate the service cannot
+read, a store it cannot write, a signing key that does not match the store)
+is reported by the check, with the file and key at fault, and not by the first
+start or SIGHUP. Nothing is created or changed here: run the check as the
+service user to test its permissions.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import ssl
+from pathlib import Path
+
+from securemail.config import Settings
+from securemail.errors import ConfigError
+
+__all__ = ["check_runtime"]
+
+
+def check_runtime(settings: Settings) -> None:
+    """Raise :class:`ConfigError` for the first thing ``serve`` could not load."""
+    from securemail.policy import load_plugins
+
+    load_plugins(settings.policy, settings.path)
+    if settings.dkim is not None:
+        from securemail.dkim import DkimSigner
+
+        DkimSigner.from_settings(settings)
+    if settings.submission.enabled:
+        _check_submission(settings)
+    if settings.portal.enabled and settings.portal.code_channel != "email":
+        raise ConfigError(settings.path, "portal.code_channel",
+                          f'"{settings.portal.code_channel}" works only from the library (a'
+                          " channel object passed to PortalService); `securemail serve`"
+                          ' sends codes by email: use "email"')
+    _check_store(settings)
+
+
+def _check_submission(settings: Settings) -> None:
+    from securemail.smtp_auth import load_users
+
+    sub = settings.submission
+    load_users(settings.resolve(sub.users_file))
+    for key in ("tls_cert", "tls_key"):
+        path = settings.resolve(getattr(sub, key))
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(settings.path, f"submission.{key}",
+                              f"{path}: cannot read ({exc.strerror or type(exc).__name__})"
+                              ) from None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(settings.resolve(sub.tls_cert), settings.resolve(sub.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(settings.path, "submission.tls_cert",
+                          f"{settings.resolve(sub.tls_cert)} with {settings.resolve(sub.tls_key)}:"
+                          f" not a PEM certificate chain and its private key"
+                          f" ({type(exc).__name__})") from None
+
+
+def _check_store(settings: Settings) -> None:
+    """The store is readable and writable by this user (or can be created), and
+    a store with audit records still has the key that signed them."""
+    path = settings.storage.sqlite_path
+    if not path.exists():
+        folder = _nearest_existing(path.parent)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(settings.path, "storage.url",
+                              f"{path} does not exist and {folder} is not writable by this"
+                              " user: create the folder for the service user")
+        return
+    for target in (path, path.parent):  # SQLite writes its WAL beside the store
+        if not os.access(target, os.R_OK | os.W_OK):
+            raise ConfigError(settings.path, "storage.url",
+                              f"{target}: not readable and writable by this user (uid"
+                              f" {os.getuid()}); give it to the service user")
+    from securemail.audit import signing_key_path
+    from securemail.audit.log import check_signing_key
+
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise ConfigError(settings.path, "storage.url",
+                          f"{path}: cannot open the store ({type(exc).__name__})") from None
+    try:
+        check_signing_key(conn, signing_key_path(settings), path)
+    except sqlite3.Error as exc:
+        raise ConfigError(settings.path, "storage.url",
+                          f"{path}: not a readable store ({type(exc).__name__})") from None
+    finally:
+        conn.close()
+
+
+def _nearest_existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
