@@ -25,6 +25,8 @@ from securemail.audit.records import format_time
 __all__ = ["KeyExpiry", "ReportData", "UNAUTHORISED_RULE", "render_html", "report_data"]
 
 UNAUTHORISED_RULE = "unauthorised-recipient"
+UNAUTHORISED_ROLE = "third-party"
+UNAUTHORISED_COLUMNS = ("at", "mail_from", "recipient", "source", "action", "mode", "outcome")
 ACTIONS = ("deliver", "encrypt-pgp", "encrypt-smime", "portal", "block")
 COLOURS = {"deliver": "#4e79a7", "encrypt-pgp": "#59a14f", "encrypt-smime": "#8cd17d",
            "portal": "#f28e2b", "block": "#e15759"}
@@ -50,7 +52,8 @@ class ReportData:
     per_day: dict[str, Counter[str]] = field(default_factory=dict)
     by_action: Counter[str] = field(default_factory=Counter)
     blocks_by_rule: Counter[str] = field(default_factory=Counter)
-    unauthorised: list[dict[str, Any]] = field(default_factory=list)
+    unauthorised: list[dict[str, Any]] = field(default_factory=list)  # the people not allowed
+    blocked_with_unauthorised: int = 0  # authorised recipients of those messages, blocked too
     sealed: int = 0  # distinct portal ids sealed in the period
     opened: int = 0  # of those, opened at least once
     open_hours: list[float] = field(default_factory=list)
@@ -120,8 +123,12 @@ def _count_message(data: ReportData, rec: dict[str, Any], hashes: set[str],
         for rule in rules:
             data.blocks_by_rule[rule] += 1
     if UNAUTHORISED_RULE in rules:
-        data.unauthorised.append({k: rec.get(k) for k in
-                                  ("at", "mail_from", "recipient", "action", "mode", "outcome")})
+        # The rule is on every recipient the whole-message block stopped; only a
+        # third party is the unauthorised person (the client copied is not).
+        if rec.get("role") == UNAUTHORISED_ROLE:
+            data.unauthorised.append({k: rec.get(k) for k in UNAUTHORISED_COLUMNS})
+        else:
+            data.blocked_with_unauthorised += 1
     pid = rec.get("portal_id")
     if rec.get("outcome") == "sealed" and isinstance(pid, str):
         sealed_at.setdefault(pid, str(rec["at"]))
@@ -186,6 +193,8 @@ def render_html(data: ReportData, *, practice: str = "") -> str:
         ("Recipient decisions", "recipient-records", str(data.recipient_records)),
         ("Blocked recipients", "blocked", str(data.by_action.get("block", 0))),
         ("Unauthorised-recipient events", "unauthorised", str(len(data.unauthorised))),
+        ("Recipients blocked with an unauthorised one", "blocked-with-unauthorised",
+         str(data.blocked_with_unauthorised)),
         ("Portal messages sealed", "sealed", str(data.sealed)),
         ("Portal messages opened", "opened", str(data.opened)),
         ("Portal pickup rate", "pickup-rate", _pct(data.pickup_rate)),
@@ -278,15 +287,18 @@ def _blocks(data: ReportData) -> str:
 
 
 def _unauthorised(data: ReportData) -> str:
-    out = [f"<h2>Unauthorised-recipient events ({len(data.unauthorised)})</h2>"]
+    out = [f"<h2>Unauthorised-recipient events ({len(data.unauthorised)})</h2>",
+           "<p>Each row is one person who was sent client mail without being the client"
+           " or an authorised contact. Other recipients of the same messages that were"
+           f" blocked with them (the client, staff): {data.blocked_with_unauthorised}.</p>"]
     if not data.unauthorised:
-        return out[0] + "<p>None in this period.</p>"
+        return "".join(out) + "<p>None in this period.</p>"
     out.append("<table><thead><tr><th>Time (UTC)</th><th>Sender</th><th>Recipient</th>"
-               "<th>Action</th><th>Mode</th><th>Outcome</th></tr></thead><tbody>")
+               "<th>Copied as</th><th>Action</th><th>Mode</th><th>Outcome</th></tr></thead>"
+               "<tbody>")
     for ev in data.unauthorised[:MAX_LISTED]:
         out.append("<tr data-metric=\"unauthorised-row\">" + "".join(
-            f"<td>{escape(str(ev.get(k) or ''))}</td>"
-            for k in ("at", "mail_from", "recipient", "action", "mode", "outcome")) + "</tr>")
+            f"<td>{escape(str(ev.get(k) or ''))}</td>" for k in UNAUTHORISED_COLUMNS) + "</tr>")
     out.append("</tbody></table>")
     if len(data.unauthorised) > MAX_LISTED:
         out.append(f"<p>First {MAX_LISTED} shown; export the records for the full list.</p>")

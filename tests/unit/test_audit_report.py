@@ -58,9 +58,12 @@ def _populate(audit: AuditLog) -> None:
             for j in range(rng.randint(1, 3)):
                 action = rng.choice(list(RULES))
                 rules = RULES[action]
+                role = Role.CLIENT
                 if action is Action.BLOCK and rng.random() < 0.3:
                     rules = ("phi-restricted",)
-                ds.append(decision(f"r{i}-{j}@mail.example", action, rules, role=Role.CLIENT,
+                elif action is Action.BLOCK and rng.random() < 0.6:
+                    role = Role.THIRD_PARTY  # the person not allowed; else a client blocked too
+                ds.append(decision(f"r{i}-{j}@mail.example", action, rules, role=role,
                                    source=Source.TO))
             pids = {d.address: f"p{i}-{n}" for n, d in enumerate(ds) if d.action is Action.PORTAL}
             await audit.record_outcome(envelope(ds), outcome(ds, sha=f"{i:064x}", portal_ids=pids),
@@ -94,8 +97,11 @@ def test_report_figures_equal_counts_from_the_records(tmp_path: Path) -> None:
             assert int(page.metric("day-action", day=day, action=action)) == per_day[(day, action)]
     blocks = Counter(rule for r in messages if r["action"] == "block" for rule in r["rules"])
     assert blocks and all(int(page.metric("block-rule", rule=k)) == v for k, v in blocks.items())
-    unauthorised = [r for r in messages if "unauthorised-recipient" in r["rules"]]
+    flagged = [r for r in messages if "unauthorised-recipient" in r["rules"]]
+    unauthorised = [r for r in flagged if r["role"] == "third-party"]
+    assert unauthorised and len(unauthorised) < len(flagged)  # both kinds in the data
     assert int(page.metric("unauthorised")) == len(unauthorised) == page.rows["unauthorised-row"]
+    assert int(page.metric("blocked-with-unauthorised")) == len(flagged) - len(unauthorised)
 
     sealed = {r["portal_id"] for r in messages if r["outcome"] == "sealed"}
     opened = {r["portal_id"] for r in records if r["kind"] == "opened"}
