@@ -107,7 +107,10 @@ class PortalService:
             raise PortalDenied("missing")
         state = row.state(now)
         if state != "active":
-            if state == "expired":
+            # Once per message: every later visit to a dead link would otherwise
+            # be another durable, signed audit transaction (anyone holding the
+            # link could flood the log).
+            if state == "expired" and self.store.mark(row.id, "expiry_noted", now):
                 self._event("expired", now, portal_id=row.id, recipient=row.recipient)
             raise PortalDenied(state)
         return row

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS portal_messages (
     locked       TEXT,
     purged       TEXT,
     opened       TEXT,
+    expiry_noted TEXT,              -- when the audit log got this message's "expired" event
     failed_codes INTEGER NOT NULL DEFAULT 0,
     size         INTEGER NOT NULL,
     ciphertext   BLOB
@@ -141,6 +142,9 @@ class PortalStore:
         self._lock = threading.RLock()
         self._committer: GroupCommitter | None = None
         ensure_schema(conn, DDL)
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(portal_messages)")}
+        if "expiry_noted" not in columns:  # a store made by an earlier release
+            conn.execute("ALTER TABLE portal_messages ADD COLUMN expiry_noted TEXT")
 
     def close(self) -> None:
         """Stop the group-commit writer (after committing what it holds)."""
@@ -221,7 +225,7 @@ class PortalStore:
         return [_row(r) for r in rows]
 
     def mark(self, id: str, column: str, now: datetime, *, only_if_null: bool = True) -> bool:
-        if column not in ("revoked", "locked", "opened", "purged"):
+        if column not in ("revoked", "locked", "opened", "purged", "expiry_noted"):
             raise ValueError(column)
         cond = f" AND {column} IS NULL" if only_if_null else ""
         with self._tx() as c:

@@ -154,6 +154,12 @@ async def test_expired_message_refuses_codes_and_records_it(tmp_path: Path) -> N
     with pytest.raises(PortalDenied, match="expired"):
         await rig.service.request_code(pid, now=NOW + timedelta(days=1))
     assert rig.transport.sent == [] and rig.audit.kinds() == ["expired"]
+    # Later visits to the dead link are refused the same way but not recorded
+    # again: one event per message, however often the link is tried.
+    for day in (2, 3, 30):
+        with pytest.raises(PortalDenied, match="expired"):
+            rig.service.check(pid, NOW + timedelta(days=day))
+    assert rig.audit.kinds() == ["expired"]
 
 
 async def test_reply_goes_to_sender_and_is_sealed(tmp_path: Path) -> None:

@@ -162,3 +162,17 @@ def test_sealed_document_is_what_the_email_package_reads(index: int,
     monkeypatch.setattr(content, "_ReadOnlyMessage", EmailMessage)
     assert fast == content.sealed_plaintext(raw)
     assert json.loads(fast)["v"] == 1
+
+
+def test_a_store_from_an_earlier_release_gets_the_new_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    from securemail.portal.store import DDL, PortalStore
+
+    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    conn.executescript(DDL.replace(
+        "    expiry_noted TEXT,              -- when the audit log got this message's"
+        " \"expired\" event\n", ""))
+    assert "expiry_noted" not in {r[1] for r in conn.execute("PRAGMA table_info(portal_messages)")}
+    PortalStore(conn)
+    assert "expiry_noted" in {r[1] for r in conn.execute("PRAGMA table_info(portal_messages)")}
