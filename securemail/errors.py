@@ -58,6 +58,9 @@ class ConfigError(SecuremailError):
         where = f"{file}: {key}: " if key else f"{file}: "
         super().__init__(f"{where}{problem}")
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str, str]]:
+        return (type(self), (self.file, self.key, self.problem))  # picklable (Celery, pools)
+
 
 class InputError(SecuremailError):
     """A command was given input it cannot use (unreadable file, bad option)."""
@@ -106,6 +109,9 @@ class Blocked(PermanentFailure):
         self.verdict = verdict
         super().__init__(self.smtp_reply)
 
+    def __reduce__(self) -> tuple[type[Blocked], tuple[Verdict]]:
+        return (type(self), (self.verdict,))  # picklable (Celery, process pools)
+
     @property
     def smtp_reply(self) -> str:  # type: ignore[override]
         blocked = [d for d in self.verdict.decisions if d.action.value == "block"]
@@ -114,10 +120,25 @@ class Blocked(PermanentFailure):
             return f"554 5.6.0 Message not relayed: {', '.join(rules)}"
         # One reply line stays well under RFC 5321's 512 octets.
         head = f"550 5.7.1 Blocked by policy ({', '.join(rules)})"[:200]
-        shown: list[str] = []
-        for d in blocked:
-            if len(head) + sum(len(a) + 2 for a in shown) + len(d.address) > 440:
-                break
-            shown.append(d.address)
-        more = f" and {len(blocked) - len(shown)} more" if len(blocked) > len(shown) else ""
-        return f"{head}: {', '.join(shown)}{more}"
+        # A whole-message block names who caused it first, so the sender knows
+        # which address to take off; the others were held back with them.
+        cause = [d for d in blocked
+                 if d.role.value == "third-party" and "unauthorised-recipient" in d.rules]
+        held = [d for d in blocked if d not in cause]
+        if cause and held:
+            groups = [("not authorised: ", cause), ("; blocked with them: ", held)]
+        else:
+            groups = [("", blocked)]
+        text, budget = head + ":", 440 - len(head)
+        for label, decisions in groups:
+            shown: list[str] = []
+            for d in decisions:
+                if sum(len(a) + 2 for a in shown) + len(d.address) + len(label) > budget:
+                    break
+                shown.append(d.address)
+            more = f" and {len(decisions) - len(shown)} more" if len(decisions) > len(shown) \
+                else ""
+            part = f"{label}{', '.join(shown)}{more}"
+            text += (" " if not label.startswith(";") else "") + part
+            budget -= len(part)
+        return text

@@ -1,0 +1,56 @@
+"""The errors practice software and mail servers see: replies that say what to
+fix, and exceptions that survive pickling (Celery, process pools)."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from securemail.errors import Blocked, ConfigError
+from securemail.model import Action, Decision, Mode, Role, Source, Verdict
+
+CLIENT = Decision("pat@client.example", Source.TO, Role.CLIENT, Action.BLOCK,
+                  ("unauthorised-recipient",), "the whole message is blocked")
+STRANGER = Decision("stranger@other.example", Source.CC, Role.THIRD_PARTY, Action.BLOCK,
+                    ("unauthorised-recipient",), "not an authorised contact of client c-1")
+
+
+def test_a_whole_message_block_names_who_caused_it_first() -> None:
+    reply = Blocked(Verdict("<m@x>", Mode.ENFORCE, False, True, (CLIENT, STRANGER))).smtp_reply
+    assert reply == ("550 5.7.1 Blocked by policy (unauthorised-recipient): not authorised:"
+                     " stranger@other.example; blocked with them: pat@client.example")
+
+
+def test_a_block_without_a_cause_lists_the_recipients() -> None:
+    restricted = Decision("pat@client.example", Source.TO, Role.CLIENT, Action.BLOCK,
+                          ("phi-restricted",), "restricted")
+    reply = Blocked(Verdict("<m@x>", Mode.ENFORCE, False, True, (restricted,))).smtp_reply
+    assert reply == "550 5.7.1 Blocked by policy (phi-restricted): pat@client.example"
+
+
+@given(st.integers(0, 30), st.integers(0, 30), st.integers(1, 60))
+def test_every_policy_reply_is_one_line_under_512_octets(causes: int, held: int,
+                                                         width: int) -> None:
+    decisions = tuple(
+        Decision(f"{'c' * width}{i}@x.example", Source.TO, Role.THIRD_PARTY, Action.BLOCK,
+                 ("unauthorised-recipient",), "r") for i in range(causes)) + tuple(
+        Decision(f"{'h' * width}{i}@x.example", Source.TO, Role.CLIENT, Action.BLOCK,
+                 ("unauthorised-recipient",), "r") for i in range(held))
+    if not decisions:
+        return
+    reply = Blocked(Verdict("<m>", Mode.ENFORCE, False, True, decisions)).smtp_reply
+    assert reply.startswith("550 5.7.1 ") and len(reply.encode()) < 512 and "\n" not in reply
+
+
+@pytest.mark.parametrize("error", [
+    ConfigError("/etc/securemail/securemail.toml", "upstream.url", "needs a port"),
+    Blocked(Verdict("<m@x>", Mode.ENFORCE, False, True, (CLIENT, STRANGER))),
+])
+def test_errors_survive_pickling(error: Exception) -> None:
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error) and str(copy) == str(error)
+    if isinstance(error, Blocked):
+        assert isinstance(copy, Blocked) and copy.verdict == error.verdict
