@@ -74,6 +74,42 @@ _PLAIN_PATH = re.compile(
 
 
 MAX_AUTH_FAILURES = 3  # failed AUTH attempts before a session is closed (421)
+# Across sessions: reconnecting must not reset a password guesser's budget.
+MAX_AUTH_FAILURES_PER_ADDRESS = 10
+AUTH_FAILURE_WINDOW_SECONDS = 15 * 60
+_AUTH_TRACKED_ADDRESSES = 10_000  # memory bound: the oldest client addresses are forgotten
+TOO_MANY_LOGINS = "421 4.7.0 Too many failed logins from your address; try again later"
+
+
+class LoginFailures:
+    """Failed logins per client IP address in a sliding window (one process)."""
+
+    def __init__(self, limit: int = MAX_AUTH_FAILURES_PER_ADDRESS,
+                 window: float = AUTH_FAILURE_WINDOW_SECONDS) -> None:
+        self.limit = limit
+        self.window = window
+        self._seen: dict[str, list[float]] = {}
+
+    def blocked(self, ip: str, now: float) -> bool:
+        return len(self._recent(ip, now)) >= self.limit
+
+    def add(self, ip: str, now: float) -> int:
+        recent = self._recent(ip, now)
+        recent.append(now)
+        self._seen.pop(ip, None)
+        self._seen[ip] = recent  # most recent last (insertion order)
+        while len(self._seen) > _AUTH_TRACKED_ADDRESSES:
+            del self._seen[next(iter(self._seen))]
+        return len(recent)
+
+    def _recent(self, ip: str, now: float) -> list[float]:
+        return [t for t in self._seen.get(ip, ()) if now - t < self.window]
+
+def _shown_login(login: bytes) -> str:
+    """A login name for the log: printable, bounded (it is what the client typed)."""
+    text = login.decode("utf-8", "replace")[:64]
+    return "".join(c if c.isprintable() and not c.isspace() else "?" for c in text) or '""'
+
 
 def has_bare_cr_or_lf(data: bytes) -> bool:
     """True when ``data`` has a CR not followed by LF or an LF not preceded by CR.
@@ -125,6 +161,7 @@ class ServerState:
     draining: bool = False
     in_flight: int = 0
     per_client: Counter[str] = field(default_factory=Counter)
+    login_failures: LoginFailures = field(default_factory=LoginFailures)
     open: set[RelaySMTP] = field(default_factory=set)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -196,6 +233,11 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         if not self._offers_auth:
             await self.push("502 5.5.1 AUTH is not offered on this port;"
                             " apps and mail clients log in on the submission port")
+            return
+        if self.state.login_failures.blocked(self._client_ip or "?", time.monotonic()):
+            log.warning("submission login refused from %s: too many failed logins",
+                        self._client_ip)
+            await self._refuse(TOO_MANY_LOGINS)
             return
         await super().smtp_AUTH(arg)
 
@@ -314,7 +356,10 @@ class RelayHandler:
                 server.auth_failures += 1
                 failures = server.auth_failures
             peer = _peer_ip(server.session) if server.session is not None else "?"
-            log.info("submission login failed from %s (%d in this session)", peer, failures)
+            from_address = self.state.login_failures.add(peer, time.monotonic())
+            log.warning("submission login failed for user %s from %s (%d in this session,"
+                        " %d from this address in %d min)", _shown_login(login), peer,
+                        failures, from_address, AUTH_FAILURE_WINDOW_SECONDS // 60)
             if failures >= MAX_AUTH_FAILURES:  # password guessing: end the session
                 await server.push("421 4.7.0 Too many failed logins; closing the connection")
                 if server.transport is not None:
@@ -332,6 +377,8 @@ class RelayHandler:
         user = _user(session)
         sender = "" if address == "<>" else address
         if user is not None and not user.may_send_as(sender):
+            log.warning("submission sender refused: user %s may not send as an address at %s"
+                        " (from %s)", user.name, domain_of(sender) or "<>", _peer_ip(session))
             return "553 5.7.1 Sender address not allowed for the authenticated user"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -368,6 +415,8 @@ class RelayHandler:
                 reply, kind = BARE_CR_LF, "rejected"
             elif user is not None and not _from_allowed(raw, user):
                 reply, kind = FROM_NOT_ALLOWED, "rejected"
+                log.warning("submission message refused: its From/Sender is not user %s's"
+                            " (from %s)", user.name, _peer_ip(session))
             else:
                 try:
                     outcome = await self.relay.send(

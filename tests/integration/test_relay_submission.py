@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -145,15 +146,48 @@ async def test_repeated_failed_logins_end_the_session(relay: tuple) -> None:
     c.close()
 
 
-async def test_other_sender_address_is_refused(relay: tuple, upstream: Upstream) -> None:
+async def test_failed_logins_count_across_sessions_from_one_address(
+        relay: tuple, caplog: pytest.LogCaptureFixture) -> None:
+    # Reconnecting must not reset a password guesser's budget: after 10 failures
+    # from one address in 15 minutes, AUTH is refused even with the right password.
+    from securemail.smtp import MAX_AUTH_FAILURES_PER_ADDRESS
+
+    r, ctx = relay
+    failures = 0
+    with caplog.at_level(logging.WARNING, logger="securemail"):
+        while failures < MAX_AUTH_FAILURES_PER_ADDRESS:
+            c = await _client(r, ctx)
+            for _ in range(2):  # stay under the per-session limit
+                with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+                    await c.auth_plain("frontdesk", f"guess {failures}")
+                failures += 1
+            c.close()
+        c = await _client(r, ctx)
+        with pytest.raises(aiosmtplib.SMTPException) as exc:
+            await c.auth_plain("frontdesk", "correct horse")
+        c.close()
+    assert getattr(exc.value, "code", None) in (421, None)
+    logged = [rec.getMessage() for rec in caplog.records]
+    assert sum("login failed for user frontdesk from 127.0.0.1" in m for m in logged) == failures
+    assert any("too many failed logins" in m for m in logged)
+    assert not any("guess" in m for m in logged)  # the password is never logged
+
+
+async def test_other_sender_address_is_refused(relay: tuple, upstream: Upstream,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     r, ctx = relay
     c = await _client(r, ctx)
     await c.auth_plain("frontdesk", "correct horse")
-    with pytest.raises(aiosmtplib.SMTPSenderRefused) as exc:
+    with caplog.at_level(logging.WARNING, logger="securemail"), \
+            pytest.raises(aiosmtplib.SMTPSenderRefused) as exc:
         await c.mail("director@riverside.example")
     assert (exc.value.code, exc.value.message.split()[0]) == (553, "5.7.1")
     c.close()
     assert upstream.messages == []
+    # The attempt is logged for the operator: who tried, which domain, no local part.
+    logged = " ".join(rec.getMessage() for rec in caplog.records)
+    assert "user frontdesk may not send as an address at riverside.example" in logged
+    assert "director" not in logged
 
 
 async def test_wrong_password_and_unknown_user_are_535(relay: tuple) -> None:
