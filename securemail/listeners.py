@@ -20,7 +20,7 @@ from typing import Any
 from securemail.config import Settings
 from securemail.errors import ConfigError
 from securemail.logs import install_merger
-from securemail.smtp import ListenerPolicy, RelayHandler, RelaySMTP, ServerState
+from securemail.smtp import SHUTTING_DOWN, ListenerPolicy, RelayHandler, RelaySMTP, ServerState
 from securemail.smtp_auth import load_users
 
 __all__ = ["Listeners", "split_host_port", "start_listeners"]
@@ -97,8 +97,12 @@ class Listeners:
         for server in self.servers:
             server.close()
         for protocol in list(self.state.open):
-            if protocol.transport is not None:
-                protocol.transport.close()
+            transport = protocol.transport
+            if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+                # RFC 5321 4.2.2: a server that shuts down says so with 421 (the
+                # client retries elsewhere or later) rather than just hanging up.
+                transport.write(f"{SHUTTING_DOWN}\r\n".encode())
+                transport.close()
         for server in self.servers:
             await server.wait_closed()
 

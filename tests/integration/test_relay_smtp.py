@@ -305,6 +305,22 @@ async def test_drain_finishes_in_flight_and_answers_new_sessions_421(
     assert len(upstream.messages) == 1
 
 
+async def test_sessions_left_open_at_the_end_of_a_drain_get_421_not_a_hang_up(
+        make_relay: Callable[..., Any]) -> None:
+    r = await make_relay()
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+    assert (await reader.readline()).startswith(b"220")
+    writer.write(b"EHLO client.example\r\n")
+    while not (await reader.readline()).startswith(b"250 "):
+        pass
+    assert await r.listeners.drain(timeout=10) is True
+    # RFC 5321 4.2.2: the client learns why the session ends and retries later.
+    line = await asyncio.wait_for(reader.readline(), 5)
+    assert line.startswith(b"421 4.3.2")
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
 async def test_one_json_log_line_per_message_without_local_parts(
         make_relay: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
     r = await make_relay()
