@@ -179,6 +179,18 @@ def seq_range(conn: sqlite3.Connection, since: str | None, until: str | None) ->
     return (int(lo), int(hi))
 
 
+def timed_outside(conn: sqlite3.Connection, since: str | None, until: str | None) -> int:
+    """Records inside the stretch ``seq_range`` cuts that are timed outside the window."""
+    lo, hi = seq_range(conn, since, until)
+    if hi < lo:
+        return 0
+    row = conn.execute(
+        "SELECT COUNT(*) FROM audit_records WHERE seq BETWEEN ? AND ?"
+        " AND kind NOT IN ('checkpoint', 'prune') AND (at < ? OR at >= ?)",
+        (lo, hi, since or "", until or "\uffff")).fetchone()
+    return int(row[0])
+
+
 def record_before(conn: sqlite3.Connection, seq: int) -> StoredRecord | None:
     found = list(iter_records(conn, first_seq=seq - 1, last_seq=seq - 1))
     return found[0] if found else None

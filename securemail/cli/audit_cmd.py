@@ -86,6 +86,7 @@ def export_cmd(config_path: str, fmt: str, since: str | None, until: str | None,
                output: str | None) -> None:
     """Export records; JSONL exports verify offline with the public key."""
     from securemail.audit import export_csv, export_jsonl, verify_store
+    from securemail.audit import store as audit_store
     from securemail.audit.export import write_atomically
 
     lo, hi = _time_range(since, until)
@@ -108,10 +109,15 @@ def export_cmd(config_path: str, fmt: str, since: str | None, until: str | None,
             return export_jsonl(conn, key, f, now=now, since=lo, until=hi)
 
         count = write_atomically(Path(output), write) if output else write(sys.stdout)
+        outside = audit_store.timed_outside(conn, lo, hi) if lo or hi else 0
     finally:
         conn.close()  # read only: nothing to commit
     if output:
         click.echo(f"{count} record(s) written to {output}", err=True)
+    if outside:
+        click.echo(f"note: {outside} of them are timed outside --since/--until: they were"
+                   " committed among the window's records (out of time order) and are kept"
+                   " so that the export verifies", err=True)
 
 
 @audit_group.command("verify")

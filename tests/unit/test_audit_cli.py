@@ -187,3 +187,20 @@ def test_an_output_path_that_cannot_be_written_is_exit_2_naming_it(tmp_path: Pat
     assert code == 0 and (tmp_path / "audit.pub").stat().st_mode & 0o777 == 0o644
     code, out = run("export", "-o", str(tmp_path / "e.jsonl"), "-c", str(cfg))
     assert code == 0 and (tmp_path / "e.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_export_window_says_when_it_carries_records_timed_outside_it(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    cfg = write_config(tmp_path)
+    audit = AuditLog.open(load_settings(cfg))
+    record_messages(audit, 2, start=T0)
+    record_messages(audit, 1, start=T0 - timedelta(days=40))  # a clock that was wrong
+    record_messages(audit, 2, start=T0 + timedelta(minutes=5))
+    audit.close(T0)
+    code, out = run("export", "-c", str(cfg), "-o", str(tmp_path / "w.jsonl"),
+                    "--since", T0.date().isoformat())
+    assert code == 0, out
+    assert "note: 2 of them are timed outside --since/--until" in out  # 2 recipients
+    code, out = run("verify", str(tmp_path / "w.jsonl"), "-c", str(cfg))
+    assert code == 0, out

@@ -166,3 +166,27 @@ def test_report_lists_keys_expiring_within_30_days(tmp_path: Path) -> None:
     page.feed(html)
     assert page.rows["key-expiring"] == 1
     assert "soon@mail.example" in html and "later@mail.example" not in html
+
+
+def test_a_windowed_report_counts_only_records_timed_in_the_window(tmp_path: Path) -> None:
+    # Records can commit out of time order (a clock step, a library caller's
+    # `now`): a one-day report must not count the other days among them.
+    audit = AuditLog.open(make_settings(tmp_path))
+    day = [decision("jane@mail.example", Action.DELIVER, ("client-consented",))]
+
+    async def run() -> None:
+        for i, when in enumerate([T0, T0 + timedelta(days=9), T0 + timedelta(hours=5),
+                                  T0 - timedelta(days=40), T0 + timedelta(hours=6)]):
+            await audit.record_outcome(envelope(day), outcome(day, sha=f"{i:064x}"),
+                                       config_digest="", instance_id="", now=when)
+
+    asyncio.run(run())
+    since, until = T0.strftime("%Y-%m-%dT00:00:00.000000Z"), \
+        (T0 + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00.000000Z")
+    data = report_data(audit.conn, now=T0, since=since, until=until)
+    audit.close(T0)
+    assert data.messages == 3 and data.recipient_records == 3
+    assert list(data.per_day) == [T0.strftime("%Y-%m-%d")]
+    assert data.outside_window == 2
+    html = render_html(data, practice="Riverside")
+    assert '"outside-window">2</span> record(s) written among' in html
