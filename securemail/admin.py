@@ -15,7 +15,10 @@ _MAX_HEAD = 8192
 
 
 async def start_admin(host: str, port: int, *, metrics: Callable[[], str],
-                      healthy: Callable[[], bool]) -> asyncio.AbstractServer:
+                      healthy: Callable[[], bool],
+                      not_ready: Callable[[], str] = lambda: "") -> asyncio.AbstractServer:
+    """``/healthz``: the process serves (503 while draining). ``/readyz``: mail
+    is getting through; ``not_ready()`` returns why not ("" when ready)."""
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
@@ -27,6 +30,10 @@ async def start_admin(host: str, port: int, *, metrics: Callable[[], str],
                 ok = healthy()
                 status = "200 OK" if ok else "503 Service Unavailable"
                 body, ctype = ("ok\n" if ok else "draining\n"), "text/plain"
+            elif path == "/readyz":
+                reason = "draining" if not healthy() else not_ready()
+                status = "503 Service Unavailable" if reason else "200 OK"
+                body, ctype = (f"{reason}\n" if reason else "ready\n"), "text/plain"
             elif path == "/metrics":
                 status, body = "200 OK", metrics()
                 ctype = "text/plain; version=0.0.4; charset=utf-8"

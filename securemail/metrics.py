@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 
 __all__ = ["MessageRecord", "Metrics"]
 
+OUTCOMES = ("delivered", "blocked", "malformed", "deferred", "refused", "rejected")
+ACTIONS = ("deliver", "encrypt-pgp", "encrypt-smime", "portal", "block")
+# /readyz turns 503 after this many transactions in a row were deferred (4xx).
+READY_DEFERRAL_STREAK = 5
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -33,6 +37,7 @@ class Metrics:
     latency_sum: float = 0.0
     latency_count: int = 0
     connections: int = 0
+    deferral_streak: int = 0  # transactions answered 4xx since the last 2xx/5xx
 
     def observe(self, record: MessageRecord) -> None:
         self.messages[record.outcome] += 1
@@ -40,18 +45,36 @@ class Metrics:
             self.actions[action] += 1
         if 400 <= record.reply_code < 500:
             self.deferrals += 1
+            self.deferral_streak += 1
+        else:
+            self.deferral_streak = 0
         self.latency_sum += record.seconds
         self.latency_count += 1
         for i, bound in enumerate(LATENCY_BUCKETS):
             if record.seconds <= bound:
                 self.latency_buckets[i] += 1
 
+    def not_ready(self) -> str:
+        """Why mail is not getting through ("" when it is): for ``/readyz``."""
+        if self.deferral_streak >= READY_DEFERRAL_STREAK:
+            return (f"deferring: the last {self.deferral_streak} messages were answered 4xx"
+                    " (upstream down or refusing? the log's message lines name the cause)")
+        return ""
+
     def render(self) -> str:
         lines: list[str] = []
+        # Every label value is present from the start (at 0): a rate() or an
+        # alert on "blocked" works before the first block.
+        outcomes = {o: 0 for o in OUTCOMES} | dict(self.messages)
+        actions = {a: 0 for a in ACTIONS} | dict(self.actions)
         lines += _counter("securemail_messages_total", "SMTP transactions by outcome.",
-                          "outcome", self.messages.items())
+                          "outcome", outcomes.items())
         lines += _counter("securemail_recipients_total", "Recipients by policy action.",
-                          "action", self.actions.items())
+                          "action", actions.items())
+        lines += ["# HELP securemail_deferral_streak Transactions answered 4xx in a row"
+                  " (0 after any 2xx or 5xx).",
+                  "# TYPE securemail_deferral_streak gauge",
+                  f"securemail_deferral_streak {self.deferral_streak}"]
         lines += ["# HELP securemail_deferrals_total Transactions answered 4xx.",
                   "# TYPE securemail_deferrals_total counter",
                   f"securemail_deferrals_total {self.deferrals}"]

@@ -153,7 +153,8 @@ async def start_services(relay: Any, settings: Settings, *, smtp: bool = True,
     if smtp and admin and settings.relay.admin_listen:
         host, port = split_host_port(settings.relay.admin_listen)
         services.admin = await start_admin(
-            host, port, metrics=state.metrics.render, healthy=lambda: not state.draining)
+            host, port, metrics=state.metrics.render, healthy=lambda: not state.draining,
+            not_ready=state.metrics.not_ready)
         log.info("admin endpoint on http://%s:%s/healthz and /metrics", host, port)
     if portal:
         await _start_portal(services)

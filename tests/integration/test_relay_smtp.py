@@ -21,7 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securemail.admin import start_admin
-from securemail.errors import Blocked, MalformedMessage, StoreError
+from securemail.errors import Blocked, MalformedMessage, StoreError, UpstreamUnavailable
+from securemail.metrics import READY_DEFERRAL_STREAK
 from securemail.model import Action, Decision, Mode, Role, Source, Verdict
 from securemail.smtp import has_bare_cr_or_lf
 from securemail.smtp_data import DataResult, read_data
@@ -339,7 +340,8 @@ async def test_admin_endpoint_serves_health_and_metrics(make_relay: Callable[...
     r = await make_relay()
     state = r.listeners.state
     admin = await start_admin("127.0.0.1", 0, metrics=state.metrics.render,
-                              healthy=lambda: not state.draining)
+                              healthy=lambda: not state.draining,
+                              not_ready=state.metrics.not_ready)
     port = admin.sockets[0].getsockname()[1]
     await send(r.port, message())
 
@@ -357,9 +359,30 @@ async def test_admin_endpoint_serves_health_and_metrics(make_relay: Callable[...
     assert 'securemail_messages_total{outcome="delivered"} 1' in body
     assert 'securemail_recipients_total{action="deliver"} 1' in body
     assert "securemail_message_seconds_count 1" in body
+    status, body = await get("/readyz")
+    assert status.endswith("200 OK") and body == "ready\n"
+    # Every label value is there before it is first counted (alerts can use it).
+    assert 'securemail_messages_total{outcome="blocked"} 0' in (await get("/metrics"))[1]
+
+    def upstream_down(_: bytes) -> None:
+        raise UpstreamUnavailable("upstream unavailable (ConnectionRefusedError)")
+
+    r.relay.behaviour = upstream_down
+    for _ in range(READY_DEFERRAL_STREAK):
+        assert (await send(r.port, message()))[0] == 451
+    status, body = await get("/readyz")
+    assert "503" in status and body.startswith(f"deferring: the last {READY_DEFERRAL_STREAK}")
+    status, _ = await get("/healthz")
+    assert status.endswith("200 OK")  # the process itself is fine: no restart wanted
+    assert f"securemail_deferral_streak {READY_DEFERRAL_STREAK}" in (await get("/metrics"))[1]
+    r.relay.behaviour = None
+    assert (await send(r.port, message()))[0] == 250
+    assert (await get("/readyz"))[0].endswith("200 OK")
+
     state.draining = True
     status, _ = await get("/healthz")
     assert "503" in status
+    assert "503" in (await get("/readyz"))[0]
     admin.close()
     await admin.wait_closed()
 

@@ -30,7 +30,12 @@ def test_inner_body_is_the_original_and_outer_hides_subject(subject: str, body: 
     inner, outer = protect(message(subject, body))
     header, _, inner_body = inner.partition(b"\r\n\r\n")
     assert inner_body == crlf(body)
-    assert subject.encode() not in outer
+    # The outer headers carry a placeholder Subject; the real one is only inside.
+    # (A bare substring test would trip on a subject like "rive" in the domain.)
+    outer_subjects = [line for line in outer.split(b"\r\n") if line.startswith(b"Subject:")]
+    assert outer_subjects == [b"Subject: ..."]
+    if len(subject.strip()) >= 8:  # long enough not to occur in the fixed headers by chance
+        assert subject.encode() not in outer
     assert b"X-Client-Id" not in outer and b"hidden@" not in outer and b"hidden@" not in inner
     assert b"Received:" not in inner
     assert b"Subject: " + subject.encode() + b"\r\n" in header + b"\r\n"
