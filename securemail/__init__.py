@@ -35,7 +35,7 @@ from securemail.model import (
     Verdict,
 )
 from securemail.policy import RuleHit
-from securemail.relay import Relay, load
+from securemail.relay import Relay, RelayClosed, UsageError, load
 
 __all__ = [
     "Action",
@@ -53,6 +53,7 @@ __all__ = [
     "RecipientFacts",
     "RecipientOutcome",
     "Relay",
+    "RelayClosed",
     "RenderError",
     "Role",
     "RuleHit",
@@ -63,6 +64,7 @@ __all__ = [
     "TemporaryFailure",
     "UpstreamRefused",
     "UpstreamUnavailable",
+    "UsageError",
     "Verdict",
     "load",
 ]

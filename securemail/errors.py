@@ -5,7 +5,9 @@ in the pipeline maps to exactly one answer on the wire::
 
     SecuremailError
     ├── ConfigError              bad configuration (names file and key); CLI exit 2
-    ├── InputError               unreadable input to a command; CLI exit 2
+    ├── InputError               unusable input (no recipients, unreadable file); CLI exit 2
+    │   └── UsageError           (securemail.relay) a call that cannot work; fix the code
+    │       └── RelayClosed      any call after Relay.close()
     ├── TemporaryFailure         451 4.3.0: try again later (store, upstream, crypto)
     │   ├── UpstreamUnavailable  upstream down, refused TLS, timed out
     │   ├── RenderError          encryption / signing / sealing failed

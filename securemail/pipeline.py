@@ -202,7 +202,7 @@ async def _deliver(relay: Relay, envelope: Envelope, output: Output
         elif a in result.deferred:
             per[d.address] = (Status.DEFERRED, result.deferred[a])
         elif a in result.accepted:
-            per[d.address] = (Status.DELIVERED, None)
+            per[d.address] = (Status.DELIVERED, result.accepted_reply)
         else:  # upstream said nothing about it: do not claim delivery
             per[d.address] = (Status.DEFERRED, None)
     return per, result.tls
@@ -273,3 +273,4 @@ def _log(relay: Relay, outcome: Outcome, started: float) -> None:
     metrics = getattr(relay, "metrics", None)
     if metrics is not None:
         metrics.observe(outcome, time.perf_counter() - started)
+

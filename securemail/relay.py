@@ -3,10 +3,12 @@
 A Relay holds everything the data path needs, built once from the config:
 settings, store, directory, key ring, DKIM signer, audit log, portal and the
 upstream transport. The daemon and practice software use the same object.
+One relay may serve several threads and event loops at once (see
+docs/library.md); close it when done (``close``, ``close_sync``, or ``with``).
 
->>> relay = securemail.load("securemail.toml")            # doctest: +SKIP
->>> relay.check(raw, mail_from="dr@riverside.example",    # doctest: +SKIP
-...             rcpt_tos=["jane@mail.example"]).blocked
+>>> with securemail.load("securemail.toml") as relay:     # doctest: +SKIP
+...     relay.check(raw, mail_from="dr@riverside.example",
+...                 rcpt_tos=["jane@mail.example"]).blocked
 False
 """
 
@@ -20,15 +22,16 @@ import email.utils
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from securemail.audit.admin_events import record_config_loaded, record_consent_changes
 from securemail.classify import classify
 from securemail.config import Settings, load_settings
-from securemail.deliveries import DeliveryLedger
 from securemail.directory import (
     Directory,
     consent_changes,
@@ -36,9 +39,11 @@ from securemail.directory import (
     imported_version,
 )
 from securemail.errors import InputError, StoreError
+from securemail.in_flight import InFlight, ThreadSafeLedger
 from securemail.model import Envelope, Outcome, TLSInfo, Verdict
 from securemail.parse import loose_recipients, parse_message
 from securemail.phi import Detectors
+from securemail.pipeline import process
 from securemail.policy import decide, load_plugins
 from securemail.store.sqlite import open_database
 from securemail.transport import Transport
@@ -46,7 +51,20 @@ from securemail.transport import Transport
 DIRECTORY_CHECK_SECONDS = 1.0  # how stale an imported directory may be
 log = logging.getLogger("securemail.relay")
 
-__all__ = ["Relay", "load"]
+__all__ = ["Relay", "RelayClosed", "UsageError", "load"]
+
+
+class UsageError(InputError):
+    """The relay was called in a way that cannot work (``send_sync`` inside a
+    running event loop, any call after ``close``). Fix the calling code:
+    retrying the same call will not help. Not a TemporaryFailure."""
+
+
+class RelayClosed(UsageError):
+    """The relay was closed; build a new one with :func:`load`."""
+
+    def __init__(self) -> None:
+        super().__init__("the relay is closed: build a new one with securemail.load()")
 
 
 def load(path: str | os.PathLike[str], *, transport: Transport | None = None) -> Relay:
@@ -73,7 +91,9 @@ class Relay:
 
         self.settings = settings
         self.db = open_database(settings.storage.sqlite_path)
-        self.ledger = DeliveryLedger(self.db)
+        # A connection of its own, one thread at a time: relay threads must not
+        # interleave transactions on one sqlite3 connection.
+        self.ledger = ThreadSafeLedger(open_database(settings.storage.sqlite_path))
         self._directory_version, self.directory, self.detectors = _load_directory(
             settings, self.db)
         self._directory_checked = time.monotonic()
@@ -85,6 +105,9 @@ class Relay:
         self._own_transport = transport is None  # ours to rebuild when [upstream] changes
         self._retired: dict[Transport, asyncio.Task[None]] = {}  # replaced, closed later
         self.instance_id = _instance_id(settings)
+        self._closed = False
+        self._closing_lock = threading.Lock()
+        self.in_flight = InFlight(self.ledger)  # sends on any loop, shielded
         self.audit = AuditLog.open(settings, instance_id=self.instance_id)
         self.portal: Any = None
         if settings.portal.enabled:
@@ -160,7 +183,13 @@ class Relay:
         now: dt.datetime | None = None,
     ) -> Verdict:
         """Evaluate the policy without sending. Envelope defaults come from the
-        headers: sender from ``From:``, recipients from ``To:`` + ``Cc:`` + ``Bcc:``."""
+        headers: sender from ``From:``, recipients from ``To:`` + ``Cc:`` + ``Bcc:``.
+
+        Raises :class:`~securemail.errors.InputError` when there is no recipient
+        (no ``rcpt_tos`` and no To/Cc/Bcc that can be read), :class:`RelayClosed`
+        after :meth:`close`.
+        """
+        self._ensure_open()
         raw = _as_bytes(message)
         envelope = self.envelope_for(raw, mail_from, rcpt_tos)
         return self.evaluate(raw, envelope, now or _utcnow())
@@ -195,6 +224,10 @@ class Relay:
 
     def envelope_for(self, raw: bytes, mail_from: str | None,
                      rcpt_tos: Sequence[str] | None, **extra: Any) -> Envelope:
+        """The envelope, with defaults read from the headers. A message nobody
+        could receive is the caller's mistake (InputError), not a policy verdict."""
+        if isinstance(rcpt_tos, str | bytes):
+            raise TypeError("rcpt_tos must be a list of addresses, not a single string")
         if mail_from is None or rcpt_tos is None:
             view = parse_message(raw, self.settings.limits)
             if mail_from is None:
@@ -205,6 +238,8 @@ class Relay:
                 if not rcpt_tos and view.malformed and view.message is not None:
                     # Only for reporting: every recipient of a malformed message is blocked.
                     rcpt_tos = loose_recipients(view.message)
+        if not rcpt_tos:
+            raise InputError(NO_RECIPIENTS)
         return Envelope(mail_from=mail_from, rcpt_tos=tuple(rcpt_tos), **extra)
 
     # -------------------------------------------------------------- send
@@ -223,42 +258,146 @@ class Relay:
         """Push the message through the whole pipeline.
 
         Returns the :class:`Outcome` when every output was accepted (or sealed)
-        and audited. Raises :class:`~securemail.Blocked` (policy),
-        :class:`~securemail.errors.MalformedMessage` or
+        and audited. Raises :class:`~securemail.Blocked` (the policy blocked
+        every recipient, or the message is malformed: ``exc.verdict``),
+        :class:`~securemail.UpstreamRefused` (upstream refused every recipient),
         :class:`~securemail.TemporaryFailure` (try again later; nothing was
-        lost and nothing already accepted will be sent twice).
-        """
-        from securemail.pipeline import process
+        lost and nothing already accepted will be sent twice),
+        :class:`~securemail.errors.InputError` (no recipient) or
+        :class:`RelayClosed`. See docs/library.md.
 
+        Once the message is being processed, cancelling the caller (e.g.
+        ``asyncio.wait_for``) does not interrupt delivery and audit: the caller
+        gets CancelledError, the work finishes, and a retry of the same bytes
+        sends nothing twice.
+        """
+        self._ensure_open()
         raw = _as_bytes(message)
         envelope = self.envelope_for(raw, mail_from, rcpt_tos, peer=peer,
                                      auth_identity=auth_identity, tls=tls)
-        return await process(self, raw, envelope, now or _utcnow())
+        when = now or _utcnow()
+        return await self.in_flight.run(lambda: process(self, raw, envelope, when), raw, when)
 
-    def send_sync(self, message: bytes | email.message.Message, **kwargs: Any) -> Outcome:
-        """Blocking :meth:`send` for code without an event loop."""
-        return asyncio.run(self.send(message, **kwargs))
+    def send_sync(
+        self,
+        message: bytes | email.message.Message,
+        *,
+        mail_from: str | None = None,
+        rcpt_tos: Sequence[str] | None = None,
+        peer: str | None = None,
+        auth_identity: str | None = None,
+        tls: TLSInfo | None = None,
+        now: dt.datetime | None = None,
+    ) -> Outcome:
+        """Blocking :meth:`send` for code without an event loop (each call runs
+        its own; any thread may call it). Inside a running event loop it raises
+        :class:`UsageError`: use ``await relay.send(...)`` there."""
+        _refuse_inside_a_loop("send_sync", "await relay.send(...)")
+        return asyncio.run(self.send(message, mail_from=mail_from, rcpt_tos=rcpt_tos, peer=peer,
+                                     auth_identity=auth_identity, tls=tls, now=now))
+
+    # -------------------------------------------------------------- close
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise RelayClosed()
 
     async def close(self) -> None:
-        for old, task in list(self._retired.items()):
-            task.cancel()
-            await old.close()
-        await self.transport.close()
-        if self.portal is not None:
-            self.portal.close()
-        self.audit.close(_utcnow())
-        self.db.close()
+        """Finish messages in flight (up to the upstream timeout), then close the
+        transport, portal, audit log (final checkpoint) and store. Idempotent;
+        afterwards every call raises :class:`RelayClosed`."""
+        with self._closing_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            await self.in_flight.wait(self.settings.upstream.timeout_seconds)
+            for old, task in list(self._retired.items()):
+                _cancel(task)
+                await old.close()
+            await self.transport.close()
+        finally:
+            try:
+                if self.portal is not None:
+                    self.portal.close()
+            finally:
+                try:
+                    self.audit.close(_utcnow())  # the final checkpoint
+                finally:
+                    self.ledger.close()
+                    self.db.close()
+
+    def close_sync(self) -> None:
+        """Blocking :meth:`close` for code without an event loop."""
+        _refuse_inside_a_loop("close_sync", "await relay.close() or async with")
+        asyncio.run(self.close())
+
+    def __enter__(self) -> Relay:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close_sync()
+
+    async def __aenter__(self) -> Relay:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+
+NO_RECIPIENTS = "no recipients: pass rcpt_tos= or give the message To/Cc/Bcc"
+
+
+def _refuse_inside_a_loop(name: str, instead: str) -> None:
+    """Checked before any coroutine exists, so none is left never awaited."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise UsageError(f"{name}() cannot run inside a running event loop: use {instead}")
+
+
+def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` from any thread (Task.cancel is for its own loop only)."""
+    loop = task.get_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is running:
+        task.cancel()
+        return
+    try:
+        loop.call_soon_threadsafe(task.cancel)
+    except RuntimeError:  # that loop is closed: the task will never run again
+        pass
+
+
+_ADDRESS_HEADERS = ("from", "sender", "reply-to", "to", "cc", "bcc", "resent-from",
+                    "resent-sender", "resent-to", "resent-cc", "resent-bcc")
 
 
 def _as_bytes(message: bytes | email.message.Message) -> bytes:
+    """The message's bytes. An EmailMessage with an internationalised address
+    (RFC 6532) is written with ``SMTPUTF8``, which keeps UTF-8 headers as they
+    are: ``SMTP`` would turn the address into an RFC 2047 encoded word, which
+    is not an address any more (the message would be blocked as malformed)."""
     if isinstance(message, bytes | bytearray | memoryview):
         return bytes(message)
+    if isinstance(message, email.message.EmailMessage):
+        utf8 = _has_utf8_address(message)
+        return message.as_bytes(policy=email.policy.SMTPUTF8 if utf8 else email.policy.SMTP)
     if isinstance(message, email.message.Message):
-        policy = email.policy.SMTP if isinstance(message, email.message.EmailMessage) \
-            else email.policy.compat32.clone(linesep="\r\n")
-        return message.as_bytes(policy=policy)
+        return message.as_bytes(policy=email.policy.compat32.clone(linesep="\r\n"))
     raise InputError(f"message must be bytes or an email.message.Message, "
                      f"not {type(message).__name__}")
+
+
+def _has_utf8_address(message: email.message.Message) -> bool:
+    values = [str(v) for name in _ADDRESS_HEADERS for v in message.get_all(name) or ()]
+    return any(not address.isascii() for _, address in email.utils.getaddresses(values))
 
 
 def _archive_key(settings: Settings) -> Any:

@@ -87,9 +87,16 @@ def check(file: str, mail_from: str | None, rcpt_tos: tuple[str, ...], as_json: 
     _check_addresses(mail_from, rcpt_tos)
     raw = read_message(file)
     relay = load_relay(config_path)
-    verdict = relay.check(raw, mail_from=mail_from, rcpt_tos=list(rcpt_tos) or None)
+    try:
+        verdict = relay.check(raw, mail_from=mail_from, rcpt_tos=list(rcpt_tos) or None)
+    except InputError as exc:
+        if _is_no_recipients(exc):
+            raise _no_recipients(file) from None
+        raise
+    finally:
+        relay.close_sync()
     if not verdict.decisions:
-        raise InputError(f"{file}: no recipients (give --to ADDR or add To:/Cc:/Bcc: headers)")
+        raise _no_recipients(file)
     if as_json:
         click.echo(json.dumps(verdict.to_json(), indent=2, ensure_ascii=False))
     else:
@@ -115,6 +122,10 @@ def send(file: str, mail_from: str | None, rcpt_tos: tuple[str, ...], config_pat
     async def run() -> int:
         try:
             outcome = await relay.send(raw, mail_from=mail_from, rcpt_tos=list(rcpt_tos) or None)
+        except InputError as exc:
+            if _is_no_recipients(exc):
+                raise _no_recipients(file) from None
+            raise
         except Blocked as exc:
             click.echo(format_table(exc.verdict))
             click.echo(exc.smtp_reply, err=True)
@@ -127,6 +138,16 @@ def send(file: str, mail_from: str | None, rcpt_tos: tuple[str, ...], config_pat
         return EXIT_OK
 
     raise SystemExit(asyncio.run(run()))
+
+
+def _is_no_recipients(exc: InputError) -> bool:
+    from securemail.relay import NO_RECIPIENTS
+
+    return str(exc) == NO_RECIPIENTS
+
+
+def _no_recipients(file: str) -> InputError:
+    return InputError(f"{file}: no recipients (give --to ADDR or add To:/Cc:/Bcc: headers)")
 
 
 commands: list[click.Command] = [check, send]

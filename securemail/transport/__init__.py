@@ -21,14 +21,18 @@ class DeliveryResult:
     """What upstream did with one message.
 
     ``refused`` are permanent per-recipient refusals (5xx); ``deferred`` are
-    temporary ones (4xx). Values are the reply code and enhanced code only
-    (``"550 5.1.1"``), never upstream's free text.
+    temporary ones (4xx); ``accepted_reply`` is upstream's final reply to the
+    message for the ``accepted`` recipients (``"250 2.0.0"``; None where there
+    is no upstream server, e.g. a Maildir or in-memory transport). Replies are
+    the reply code and enhanced code only (``"550 5.1.1"``), never upstream's
+    free text.
     """
 
     accepted: tuple[str, ...]
     refused: Mapping[str, str] = field(default_factory=dict)
     deferred: Mapping[str, str] = field(default_factory=dict)
     tls: TLSInfo | None = None
+    accepted_reply: str | None = None
 
 
 @runtime_checkable

@@ -15,10 +15,13 @@ STARTTLS, or whose certificate does not verify, gets nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
+import socket
 import ssl
-from collections.abc import Sequence
+import threading
+from collections.abc import AsyncGenerator, Sequence
 from urllib.parse import urlsplit
 
 import aiosmtplib
@@ -48,8 +51,75 @@ class _Session:
         self.tls = tls
 
 
+class _LoopPool:
+    """The idle sessions and delivery slots of one event loop.
+
+    An aiosmtplib session and an asyncio.Semaphore belong to the loop they were
+    made on: using them on another loop fails ("Event loop is closed", "bound to
+    a different event loop"). So each loop that sends gets a pool of its own.
+    ``finaliser`` is an async generator started on that loop: the loop's
+    shutdown (``asyncio.run``, ``asyncio.Runner``) closes it, which closes the
+    pool's sessions while the loop can still do so.
+    """
+
+    __slots__ = ("finaliser", "idle", "loop", "slots")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self.loop = loop
+        self.idle: list[_Session] = []
+        self.slots = asyncio.Semaphore(size)
+        self.finaliser: AsyncGenerator[None, None] | None = None
+
+    async def quit_idle(self) -> None:
+        """QUIT and close the idle sessions (on this pool's own loop)."""
+        idle, self.idle = self.idle, []
+        for session in idle:
+            try:
+                await asyncio.wait_for(session.client.quit(), timeout=2)
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
+                pass
+            finally:
+                session.client.close()
+
+    def close_idle(self) -> None:
+        """Close the idle sessions at once (on this pool's own loop, no QUIT)."""
+        idle, self.idle = self.idle, []
+        for session in idle:
+            session.client.close()
+
+    def abandon(self) -> None:
+        """The pool's loop is closed: nothing can be awaited on it any more. Shut
+        the sockets down (upstream sees the connections end now; the file
+        descriptors go with the transports) and end the finaliser here."""
+        idle, self.idle = self.idle, []
+        for session in idle:
+            transport = session.client.transport
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        finaliser, self.finaliser = self.finaliser, None
+        if finaliser is not None:
+            # Its ``finally`` awaits nothing once ``idle`` is empty, so it runs to
+            # the end without a loop; a finished generator is never handed to the
+            # dead loop's finaliser hook later (which would raise in the GC).
+            closing = finaliser.aclose()
+            try:
+                closing.send(None)
+            except StopIteration:
+                pass
+            except RuntimeError:  # already running or closed: nothing to end
+                pass
+
+
 class SMTPTransport:
-    """Delivers to ``upstream.url`` (``smtp://host:port``)."""
+    """Delivers to ``upstream.url`` (``smtp://host:port``).
+
+    Safe to share between event loops and threads: each loop uses its own pool
+    of up to ``pool_size`` sessions, and a loop's sessions are closed when that
+    loop shuts down (or, if it was closed without shutting down, the next time
+    this transport makes a pool or is closed).
+    """
 
     def __init__(self, settings: UpstreamSettings, *, local_hostname: str | None = None) -> None:
         parts = urlsplit(settings.url)
@@ -61,8 +131,9 @@ class SMTPTransport:
         self.require_tls = settings.tls != "none"
         self.local_hostname = local_hostname
         self._tls_context = self._make_tls_context() if self.require_tls else None
-        self._idle: list[_Session] = []
-        self._slots = asyncio.Semaphore(settings.pool_size)
+        self._pools: dict[asyncio.AbstractEventLoop, _LoopPool] = {}
+        self._pools_lock = threading.Lock()
+        self._pool: _LoopPool | None = None  # the last one used: the one-loop fast path
         self._closed = False
 
     def _make_tls_context(self) -> ssl.SSLContext:
@@ -71,6 +142,53 @@ class SMTPTransport:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         # create_default_context already sets CERT_REQUIRED + check_hostname.
         return ctx
+
+    # ------------------------------------------------------------ pools
+
+    async def _pool_here(self) -> _LoopPool:
+        loop = asyncio.get_running_loop()
+        pool = self._pool
+        if pool is not None and pool.loop is loop:
+            return pool
+        dead: list[_LoopPool] = []
+        with self._pools_lock:
+            pool = self._pools.get(loop)
+            if pool is None:
+                dead = [p for p in self._pools.values() if p.loop.is_closed()]
+                for p in dead:
+                    del self._pools[p.loop]
+                pool = self._pools[loop] = _LoopPool(loop, self.settings.pool_size)
+                pool.finaliser = self._until_loop_ends(pool)
+                started = pool.finaliser.__anext__()  # registers it with this loop
+            else:
+                started = None
+        for p in dead:
+            p.abandon()
+        if started is not None:
+            await started  # runs to the generator's first yield at once
+        self._pool = pool
+        return pool
+
+    async def _until_loop_ends(self, pool: _LoopPool) -> AsyncGenerator[None, None]:
+        """Suspended for the pool's life; its ``finally`` runs when the loop shuts
+        down its async generators (or when the transport is closed)."""
+        try:
+            yield
+        finally:
+            pool.finaliser = None  # the pool is over: sessions in use close on return
+            with self._pools_lock:
+                if self._pools.get(pool.loop) is pool:
+                    del self._pools[pool.loop]
+            if self._pool is pool:
+                self._pool = None
+            if pool.idle:
+                await pool.quit_idle()
+
+    @property
+    def _idle(self) -> list[_Session]:
+        """The running loop's idle sessions (for tests)."""
+        pool = self._pools.get(asyncio.get_running_loop())
+        return pool.idle if pool is not None else []
 
     # ------------------------------------------------------------ connections
 
@@ -99,40 +217,54 @@ class SMTPTransport:
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             client.close()
             raise UpstreamUnavailable(f"upstream unavailable ({type(exc).__name__})") from None
+        except BaseException:  # cancelled: the half-open session is nobody's
+            client.close()
+            raise
 
-    async def _checkout(self) -> tuple[_Session, bool]:
-        while self._idle:
-            session = self._idle.pop()
+    async def _checkout(self, pool: _LoopPool) -> tuple[_Session, bool]:
+        while pool.idle:
+            session = pool.idle.pop()
             if session.client.is_connected:
                 return session, True
         return await self._connect(), False
 
-    def _checkin(self, session: _Session) -> None:
-        if self._closed or not session.client.is_connected:
+    def _checkin(self, pool: _LoopPool, session: _Session) -> None:
+        if self._closed or not session.client.is_connected or pool.finaliser is None:
             session.client.close()
         else:
-            self._idle.append(session)
+            pool.idle.append(session)
 
     # ------------------------------------------------------------ delivery
 
     async def send(self, mail_from: str, rcpt_tos: Sequence[str], data: bytes) -> DeliveryResult:
         if self._closed:
             raise UpstreamUnavailable("transport closed")
-        async with self._slots:
-            session, reused = await self._checkout()
+        pool = self._pool
+        if pool is None or pool.loop is not asyncio.get_running_loop():
+            pool = await self._pool_here()
+        async with pool.slots:
+            session, reused = await self._checkout(pool)
             try:
-                return await self._transaction(session, mail_from, rcpt_tos, data)
-            except _StaleSession:
-                if not reused:
-                    raise UpstreamUnavailable("upstream closed the connection") from None
-                session.client.close()
-                session = await self._connect()
                 try:
                     return await self._transaction(session, mail_from, rcpt_tos, data)
                 except _StaleSession:
-                    raise UpstreamUnavailable("upstream closed the connection") from None
+                    if not reused:
+                        raise UpstreamUnavailable("upstream closed the connection") from None
+                    session.client.close()
+                    session = await self._connect()
+                    try:
+                        return await self._transaction(session, mail_from, rcpt_tos, data)
+                    except _StaleSession:
+                        raise UpstreamUnavailable("upstream closed the connection") from None
+            except UpstreamUnavailable:
+                raise  # the transaction closed the session if it is not reusable
+            except BaseException:
+                # Cancelled mid-transaction: what upstream has seen is unknown, so
+                # the session must never carry another message.
+                session.client.close()
+                raise
             finally:
-                self._checkin(session)
+                self._checkin(pool, session)
 
     async def _transaction(
         self, session: _Session, mail_from: str, rcpt_tos: Sequence[str], data: bytes
@@ -199,18 +331,32 @@ class SMTPTransport:
             client.close()
             raise UpstreamUnavailable(f"upstream failed ({type(exc).__name__})") from None
         return DeliveryResult(accepted=tuple(accepted), refused=refused, deferred=deferred,
-                              tls=session.tls)
+                              tls=session.tls,
+                              accepted_reply=reply_code(reply.code, reply.message))
 
     async def close(self) -> None:
+        """Close every pool's sessions: on this loop with QUIT; on another loop
+        that still runs, by that loop (no QUIT); on a loop already closed, by
+        shutting the sockets down. Never raises because another loop is gone."""
         self._closed = True
-        idle, self._idle = self._idle, []
-        for session in idle:
-            try:
-                await asyncio.wait_for(session.client.quit(), timeout=2)
-            except (TimeoutError, aiosmtplib.SMTPException, OSError):
-                pass
-            finally:
-                session.client.close()
+        with self._pools_lock:
+            pools = list(self._pools.values())
+            self._pools.clear()
+        self._pool = None
+        here = asyncio.get_running_loop()
+        for pool in pools:
+            if pool.loop is here:
+                await pool.quit_idle()
+                finaliser, pool.finaliser = pool.finaliser, None
+                if finaliser is not None:
+                    await finaliser.aclose()
+            elif pool.loop.is_closed():
+                pool.abandon()
+            else:
+                try:
+                    pool.loop.call_soon_threadsafe(pool.close_idle)
+                except RuntimeError:  # closed meanwhile
+                    pool.abandon()
 
 
 def _path(address: str, encoding: str) -> bytes:

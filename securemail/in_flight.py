@@ -1,0 +1,149 @@
+"""Messages being processed, on any event loop or thread, and the delivery
+ledger they share.
+
+:class:`InFlight` runs the pipeline shielded from its caller's cancellation,
+on whichever event loop the caller uses; :class:`ThreadSafeLedger` keeps the
+delivery ledger's transactions from interleaving across threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as dt
+import hashlib
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+from securemail.deliveries import DeliveryLedger
+from securemail.errors import StoreError
+from securemail.model import Outcome, Status
+
+__all__ = ["InFlight", "ThreadSafeLedger"]
+
+log = logging.getLogger("securemail.message")
+
+
+class ThreadSafeLedger:
+    """The delivery ledger on a connection of its own, one thread at a time:
+    relay threads must not interleave transactions on one sqlite3 connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._ledger = DeliveryLedger(conn)
+        self._lock = threading.Lock()
+
+    def completed(self, digest: str) -> dict[str, Status]:
+        with self._lock:
+            return self._ledger.completed(digest)
+
+    def record(self, digest: str, statuses: Mapping[str, Status], now: dt.datetime) -> None:
+        with self._lock:
+            self._ledger.record(digest, statuses, now)
+
+    def forget(self, digest: str) -> None:
+        with self._lock:
+            self._ledger.forget(digest)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class InFlight:
+    """The messages being processed, on any event loop or thread.
+
+    Each runs as a task of its own, shielded from its caller: once processing
+    has begun, a cancelled caller (a timeout, a client that hung up) does not
+    stop delivery and audit half way, which could leave a delivered copy with
+    no audit record. What upstream accepted for a caller that stopped waiting
+    goes into the delivery ledger, so that the caller's retry of the same
+    bytes sends nothing twice; a retry that comes sooner waits for it.
+    """
+
+    def __init__(self, ledger: ThreadSafeLedger) -> None:
+        self._ledger = ledger
+        self._lock = threading.Lock()
+        self._tasks: set[asyncio.Task[Outcome]] = set()
+        # Work whose caller stopped waiting, by SHA-256 of the message bytes.
+        self._unreported: dict[str, concurrent.futures.Future[None]] = {}
+
+    async def run(self, start: Callable[[], Coroutine[Any, Any, Outcome]], raw: bytes,
+                  now: dt.datetime) -> Outcome:
+        """``await start()``, shielded; it processes ``raw`` at time ``now``."""
+        if self._unreported:
+            await self._after_unreported(hashlib.sha256(raw).hexdigest())
+        task = asyncio.get_running_loop().create_task(start())
+        with self._lock:
+            self._tasks.add(task)
+        task.add_done_callback(self._forget)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._remember_when_done(task, raw, now)
+            raise
+
+    def _forget(self, task: asyncio.Task[Outcome]) -> None:
+        with self._lock:
+            self._tasks.discard(task)
+
+    async def _after_unreported(self, digest: str) -> None:
+        with self._lock:
+            pending = self._unreported.get(digest)
+        if pending is not None:
+            await asyncio.wrap_future(pending)
+
+    def _remember_when_done(self, task: asyncio.Task[Outcome], raw: bytes,
+                            now: dt.datetime) -> None:
+        digest = hashlib.sha256(raw).hexdigest()
+        settled: concurrent.futures.Future[None] = concurrent.futures.Future()
+        settled.set_running_or_notify_cancel()  # a waiter's cancellation must not cancel it
+        with self._lock:
+            self._unreported[digest] = settled
+
+        def remember(done: asyncio.Task[Outcome]) -> None:
+            try:
+                if not done.cancelled() and done.exception() is None:
+                    self._record_accepted(done.result(), now)
+            finally:
+                with self._lock:
+                    if self._unreported.get(digest) is settled:
+                        del self._unreported[digest]
+                settled.set_result(None)
+
+        task.add_done_callback(remember)
+
+    def _record_accepted(self, outcome: Outcome, now: dt.datetime) -> None:
+        accepted = {r.address: r.status for r in outcome.recipients
+                    if r.status in (Status.DELIVERED, Status.SEALED)}
+        try:
+            self._ledger.record(outcome.message_sha256, accepted, now)
+        except StoreError:
+            log.error("a message delivered after its sender stopped waiting could not be "
+                      "noted in the delivery ledger; a retry may send it again",
+                      extra={"event": {"notice": "ledger-failed"}})
+
+    async def wait(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` seconds) for the work in flight on every loop."""
+        with self._lock:
+            tasks = list(self._tasks)
+        here = asyncio.get_running_loop()
+        waits: list[asyncio.Future[Any]] = []
+        for task in tasks:
+            loop = task.get_loop()
+            if loop is here:
+                waits.append(task)
+                continue
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+            done.set_running_or_notify_cancel()
+            try:  # Task.add_done_callback belongs to the task's own loop thread
+                loop.call_soon_threadsafe(task.add_done_callback,
+                                          lambda _t, done=done: done.set_result(None))
+            except RuntimeError:  # that loop is closed: its work is over
+                continue
+            waits.append(asyncio.wrap_future(done))
+        if waits:
+            await asyncio.wait(waits, timeout=timeout)
