@@ -143,6 +143,10 @@ class Relay:
             self.transport = transport
             if self.portal is not None:
                 self.portal.use_transport(transport)
+        else:  # same upstream: new connections see its current configuration
+            recycle = getattr(self.transport, "recycle", None)
+            if recycle is not None:
+                recycle()
         try:
             self.record_config_loaded("reload")
             record_consent_changes(self.audit, consent_changes(old_directory, directory),

@@ -21,6 +21,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import AsyncGenerator, Sequence
 from urllib.parse import urlsplit
 
@@ -43,12 +44,25 @@ def reply_code(code: int, message: str) -> str:
     return f"{code} {m.group(1)}" if m else str(code)
 
 
+# Like Postfix's smtp_connection_reuse_time_limit: a pooled session is not
+# reused after this long, so the upstream's own configuration changes (a
+# `postfix reload` restarts smtpd processes only as their clients leave) reach
+# our mail within minutes.
+SESSION_REUSE_SECONDS = 300.0
+
+
 class _Session:
     """One open upstream connection and what we learnt about it."""
+
+    __slots__ = ("client", "opened", "tls")
 
     def __init__(self, client: aiosmtplib.SMTP, tls: TLSInfo | None) -> None:
         self.client = client
         self.tls = tls
+        self.opened = time.monotonic()
+
+    def reusable(self, now: float) -> bool:
+        return self.client.is_connected and now - self.opened < SESSION_REUSE_SECONDS
 
 
 class _LoopPool:
@@ -222,11 +236,25 @@ class SMTPTransport:
             raise
 
     async def _checkout(self, pool: _LoopPool) -> tuple[_Session, bool]:
+        now = time.monotonic()
         while pool.idle:
             session = pool.idle.pop()
-            if session.client.is_connected:
+            if session.reusable(now):
                 return session, True
+            session.client.close()  # dead, or old enough to be replaced
         return await self._connect(), False
+
+    def recycle(self) -> None:
+        """Forget the idle sessions of the running loop's pool (SIGHUP): the next
+        messages open fresh connections, which see the upstream's current
+        configuration. Sessions in use finish their message first."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        pool = self._pools.get(loop)
+        if pool is not None:
+            pool.close_idle()
 
     def _checkin(self, pool: _LoopPool, session: _Session) -> None:
         if self._closed or not session.client.is_connected or pool.finaliser is None:

@@ -154,6 +154,42 @@ async def test_connections_are_reused_and_pool_is_bounded() -> None:
     assert len(handler.messages) == 13
 
 
+async def test_old_sessions_and_a_reload_give_fresh_connections(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A `postfix reload` changes what new smtpd processes do; a session kept
+    # open forever would never see it. Sessions are replaced after a while,
+    # and SIGHUP (recycle) drops the idle ones at once.
+    import securemail.transport.smtp as smtp_transport
+
+    loop = asyncio.get_running_loop()
+    handler = CaptureHandler()
+    connections = 0
+
+    def factory() -> SMTP:
+        nonlocal connections
+        connections += 1
+        return SMTP(handler, loop=loop)
+
+    server = await loop.create_server(factory, host="127.0.0.1", port=0)
+    t = SMTPTransport(upstream(server.sockets[0].getsockname()[1], tls="none"))
+    monkeypatch.setattr(smtp_transport, "SESSION_REUSE_SECONDS", 0.3)
+    try:
+        await t.send("a@riverside.example", ["b@mail.example"], MSG)
+        await t.send("a@riverside.example", ["b@mail.example"], MSG)
+        assert connections == 1  # reused while young
+        await asyncio.sleep(0.4)
+        await t.send("a@riverside.example", ["b@mail.example"], MSG)
+        assert connections == 2  # too old: replaced
+        t.recycle()
+        await t.send("a@riverside.example", ["b@mail.example"], MSG)
+        assert connections == 3  # dropped by the reload
+    finally:
+        await t.close()
+        server.close()
+        await server.wait_closed()
+    assert len(handler.messages) == 4
+
+
 async def test_pooled_connection_closed_by_upstream_is_replaced() -> None:
     up = await start_upstream()
     t = SMTPTransport(upstream(up.port, tls="none"))
@@ -260,3 +296,33 @@ async def test_addresses_that_could_break_out_of_the_command_are_not_sent(
     finally:
         await t.close()
     assert upstream.messages == []
+
+
+async def test_sighup_with_the_same_upstream_opens_fresh_connections(tmp_path: Path) -> None:
+    from securemail.relay import load
+    from tests.integration.relay_support import write_config
+
+    loop = asyncio.get_running_loop()
+    handler = CaptureHandler()
+    connections = 0
+
+    def factory() -> SMTP:
+        nonlocal connections
+        connections += 1
+        return SMTP(handler, loop=loop)
+
+    server = await loop.create_server(factory, host="127.0.0.1", port=0)
+    port = server.sockets[0].getsockname()[1]
+    relay = load(write_config(tmp_path, upstream_url=f"smtp://127.0.0.1:{port}"))
+    try:
+        for n in range(2):
+            await relay.send(MSG.replace(b"Subject:", b"X-N: %d\r\nSubject:" % n),
+                             mail_from="a@riverside.example", rcpt_tos=["b@riverside.example"])
+        assert connections == 1
+        relay.reload()  # what SIGHUP does; [upstream] unchanged
+        await relay.send(MSG, mail_from="a@riverside.example", rcpt_tos=["b@riverside.example"])
+        assert connections == 2
+    finally:
+        await relay.close()
+        server.close()
+        await server.wait_closed()
