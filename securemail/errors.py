@@ -9,6 +9,7 @@ in the pipeline maps to exactly one answer on the wire::
     │   └── UsageError           (securemail.relay) a call that cannot work; fix the code
     │       └── RelayClosed      any call after Relay.close()
     ├── TemporaryFailure         451 4.3.0: try again later (store, upstream, crypto)
+    │   ├── RecipientsDeferred   some recipients deferred (carries the Outcome)
     │   ├── UpstreamUnavailable  upstream down, refused TLS, timed out
     │   ├── RenderError          encryption / signing / sealing failed
     │   └── StoreError           the database could not be used
@@ -27,7 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from securemail.model import Verdict
+    from securemail.model import Outcome, Verdict
 
 __all__ = [
     "Blocked",
@@ -35,6 +36,7 @@ __all__ = [
     "InputError",
     "MalformedMessage",
     "PermanentFailure",
+    "RecipientsDeferred",
     "RenderError",
     "SecuremailError",
     "StoreError",
@@ -72,6 +74,29 @@ class TemporaryFailure(SecuremailError):
     """Something failed that may work later; the sender keeps the message."""
 
     smtp_reply = "451 4.3.0 Temporary failure, please try again later"
+
+
+class RecipientsDeferred(TemporaryFailure):
+    """Some recipients could not be handled yet (upstream down, a key or seal
+    failed). ``outcome`` says, per recipient, what happened: ``deferred`` ones
+    go out on a retry of the same bytes, ``accepted`` ones are not sent again.
+    """
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        super().__init__("some recipients could not be handled yet")
+
+    @property
+    def deferred(self) -> tuple[str, ...]:
+        return tuple(r.address for r in self.outcome.recipients if r.status.value == "deferred")
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        return tuple(r.address for r in self.outcome.recipients
+                     if r.status.value in ("delivered", "sealed"))
+
+    def __reduce__(self) -> tuple[type[RecipientsDeferred], tuple[Outcome]]:
+        return (type(self), (self.outcome,))
 
 
 class UpstreamUnavailable(TemporaryFailure):

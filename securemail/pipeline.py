@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from securemail.directory import AddressError, domain_of, normalise_address
 from securemail.errors import (
     Blocked,
+    RecipientsDeferred,
     RenderError,
     TemporaryFailure,
     UpstreamRefused,
@@ -121,7 +122,7 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
     _log(relay, outcome, started)
     if deferred:
         ledger.record(digest, accepted, now)
-        raise TemporaryFailure("some recipients could not be handled yet")
+        raise RecipientsDeferred(outcome)
     if not outcome.delivered:
         raise UpstreamRefused("no recipient accepted the message")
     undelivered = [r for r in outcome.recipients if r.status in (Status.BLOCKED, Status.REFUSED)]

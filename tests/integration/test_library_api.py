@@ -527,3 +527,31 @@ async def test_delivered_recipients_carry_the_upstream_reply_code(
     [record] = [r for r in records if r.get("kind") == "message"]
     assert record["recipient"] == STAFF and record["upstream_reply"] == expected
     assert "queued" not in result.output and "captured" not in result.output
+
+
+# ----------------------------------------------------------------- deferrals say what
+
+
+async def test_a_deferral_says_which_recipients_wait_and_survives_pickling(
+        tmp_path: Path) -> None:
+    import pickle
+    import socket
+
+    from securemail.errors import RecipientsDeferred
+    from securemail.relay import load
+
+    with socket.socket() as s:  # a port nobody listens on: the upstream is down
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    relay = load(write_config(tmp_path, upstream_url=f"smtp://127.0.0.1:{port}"))
+    try:
+        with pytest.raises(RecipientsDeferred) as info:
+            await relay.send(numbered(1), rcpt_tos=[STAFF])
+    finally:
+        await relay.close()
+    exc = info.value
+    assert isinstance(exc, TemporaryFailure)  # retry-later code keeps working
+    assert exc.deferred == (STAFF,) and exc.accepted == ()
+    assert [r.status for r in exc.outcome.recipients] == [Status.DEFERRED]
+    copy = pickle.loads(pickle.dumps(exc))
+    assert isinstance(copy, RecipientsDeferred) and copy.deferred == (STAFF,)
