@@ -92,6 +92,9 @@ class Envelope:
     peer: str | None = None
     auth_identity: str | None = None
     tls: TLSInfo | None = None
+    # A "Received:" trace header (CRLF-terminated) to put on what leaves: set by
+    # the submission listener, where securemail is the first server (RFC 5321 4.4).
+    trace: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,8 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
         raise Blocked(verdict)
 
     clean = _strip_markers(relay, raw)
+    if envelope.trace:  # after the digest: a retry of the same bytes is the same message
+        clean = envelope.trace.encode("ascii") + clean
     plan = _plan(verdict)
     ledger = relay.ledger
     done = ledger.completed(digest)  # recipients accepted on an earlier, deferred attempt

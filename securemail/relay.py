@@ -258,6 +258,7 @@ class Relay:
         auth_identity: str | None = None,
         tls: TLSInfo | None = None,
         now: dt.datetime | None = None,
+        trace: str | None = None,
     ) -> Outcome:
         """Push the message through the whole pipeline.
 
@@ -278,7 +279,7 @@ class Relay:
         self._ensure_open()
         raw = _as_bytes(message)
         envelope = self.envelope_for(raw, mail_from, rcpt_tos, peer=peer,
-                                     auth_identity=auth_identity, tls=tls)
+                                     auth_identity=auth_identity, tls=tls, trace=trace)
         when = now or _utcnow()
         return await self.in_flight.run(lambda: process(self, raw, envelope, when), raw, when)
 
@@ -292,13 +293,15 @@ class Relay:
         auth_identity: str | None = None,
         tls: TLSInfo | None = None,
         now: dt.datetime | None = None,
+        trace: str | None = None,
     ) -> Outcome:
         """Blocking :meth:`send` for code without an event loop (each call runs
         its own; any thread may call it). Inside a running event loop it raises
         :class:`UsageError`: use ``await relay.send(...)`` there."""
         _refuse_inside_a_loop("send_sync", "await relay.send(...)")
         return asyncio.run(self.send(message, mail_from=mail_from, rcpt_tos=rcpt_tos, peer=peer,
-                                     auth_identity=auth_identity, tls=tls, now=now))
+                                     auth_identity=auth_identity, tls=tls, now=now,
+                                     trace=trace))
 
     # -------------------------------------------------------------- close
 

@@ -21,7 +21,9 @@ authenticated on the submission listener gets 554/530 at RCPT.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import email.policy
+import email.utils
 import hashlib
 import ipaddress
 import logging
@@ -419,10 +421,14 @@ class RelayHandler:
                             " (from %s)", user.name, _peer_ip(session))
             else:
                 try:
+                    trace = received_header(
+                        self.relay.settings.relay.hostname, session.host_name,
+                        _peer_ip(session), tls is not None, user is not None,
+                    ) if self.policy.name == "submission" else None
                     outcome = await self.relay.send(
                         raw, mail_from=mail_from, rcpt_tos=list(envelope.rcpt_tos),
                         peer=_peer_ip(session), auth_identity=user.name if user else None,
-                        tls=tls)
+                        tls=tls, trace=trace)
                     reply = reply_for_outcome(outcome)
                     kind = _kind(reply, outcome)
                     verdict = outcome.verdict
@@ -485,6 +491,22 @@ def _user(session: SMTPSession) -> SubmissionUser | None:
     if getattr(session, "authenticated", False) and isinstance(data, SubmissionUser):
         return data
     return None
+
+
+_HELO_NAME = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
+
+
+def received_header(hostname: str, helo: str | None, ip: str, tls: bool, authenticated: bool,
+                    now: dt.datetime | None = None) -> str:
+    """The trace line for a message securemail received first (RFC 5321 4.4,
+    protocol names from RFC 3848). No user name and no recipient ("for"):
+    the trace must not reveal a login or a Bcc."""
+    address = f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
+    client = helo if helo and _HELO_NAME.fullmatch(helo) else "unknown"
+    protocol = "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
+    when = email.utils.format_datetime(now or dt.datetime.now(dt.UTC))
+    return (f"Received: from {client} ({address})\r\n\tby {hostname} (securemail)"
+            f" with {protocol};\r\n\t{when}\r\n")
 
 
 def _peer_ip(session: SMTPSession) -> str:

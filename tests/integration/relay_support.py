@@ -216,7 +216,8 @@ class FakeRelay:
 
     async def send(self, message: bytes, *, mail_from: str | None = None,
                    rcpt_tos: Any = None, peer: str | None = None,
-                   auth_identity: str | None = None, tls: Any = None, now: Any = None) -> Any:
+                   auth_identity: str | None = None, tls: Any = None, now: Any = None,
+                   trace: str | None = None) -> Any:
         import hashlib
 
         from securemail.model import (

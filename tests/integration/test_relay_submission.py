@@ -285,3 +285,63 @@ async def test_help_on_the_submission_port_lists_auth(relay: tuple) -> None:
     reply = await c.execute_command(b"HELP")
     assert reply.code == 250 and "AUTH" in reply.message.split(":", 1)[1].split()
     c.close()
+
+
+async def test_the_submission_port_adds_a_trace_header_without_login_or_recipients(
+        tmp_path: Path, upstream: Upstream) -> None:
+    # securemail is the first server for submitted mail: RFC 5321 4.4 wants a
+    # Received line; it must not reveal the login name or a Bcc recipient.
+    import hashlib
+
+    from securemail.audit.export import iter_export_records
+    from securemail.store.sqlite import open_database
+    from tests.integration.relay_support import run_relay
+
+    certs = make_certs(tmp_path)
+    (tmp_path / "users.toml").write_text(
+        f'[[users]]\nname = "frontdesk"\npassword_hash = "{HASHER.hash("pw")}"\n'
+        'addresses = ["frontdesk@riverside.example"]\n')
+    cfg = write_config(tmp_path, upstream_url=f"smtp://127.0.0.1:{upstream.port}", extra=f"""
+[submission]
+enabled = true
+listen = "127.0.0.1:10587"
+tls_cert = "{certs.cert_file}"
+tls_key = "{certs.key_file}"
+users_file = "users.toml"
+""")
+    r = await run_relay(cfg)
+    try:
+        client_ctx = ssl.create_default_context(cafile=str(certs.ca_file))
+        c = await _client(r, client_ctx)
+        await c.auth_plain("frontdesk", "pw")
+        data = message(frm="frontdesk@riverside.example")
+        await c.sendmail("frontdesk@riverside.example",
+                         ["colleague@riverside.example", "hidden@riverside.example"], data)
+        c.close()
+    finally:
+        await r.stop()
+    sent = upstream.messages[0].data
+    trace = sent.split(b"\r\n", 3)[:3]
+    assert trace[0].startswith(b"Received: from ") and trace[0].endswith(b" ([127.0.0.1])")
+    assert trace[1] == b"\tby relay.test (securemail) with ESMTPSA;"
+    assert b"frontdesk" not in b"".join(trace) and b"hidden" not in b"".join(trace)
+    assert sent.endswith(data)  # the rest is what the client sent
+    # The audit still names the client's bytes: a retry of them is the same message.
+    conn = open_database(tmp_path / "data" / "securemail.db")
+    records = [rec for rec in iter_export_records(conn) if rec.get("kind") == "message"]
+    conn.close()
+    assert {rec["message_sha256"] for rec in records} == {hashlib.sha256(data).hexdigest()}
+
+
+def test_the_trace_header_is_one_safe_header() -> None:
+    import datetime as dt
+
+    from securemail.smtp import received_header
+
+    when = dt.datetime(2026, 11, 29, 10, 0, tzinfo=dt.UTC)
+    v6 = received_header("mx.riverside.example", "laptop", "2001:db8::7", True, False, when)
+    assert v6 == ("Received: from laptop ([IPv6:2001:db8::7])\r\n\tby mx.riverside.example"
+                  " (securemail) with ESMTPS;\r\n\tSun, 29 Nov 2026 10:00:00 +0000\r\n")
+    odd = received_header("mx", "evil\r\nBcc: x@y", "10.0.0.1", False, True, when)
+    assert odd.startswith("Received: from unknown ([10.0.0.1])") and "Bcc" not in odd
+    assert odd.count("\r\n") == 3 and "with ESMTPA;" in odd
