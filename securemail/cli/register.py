@@ -16,6 +16,7 @@ MODULES = [
     "securemail.cli.audit_cmd",
     "securemail.cli.portal_cmd",
     "securemail.cli.serve_cmd",
+    "securemail.cli.users_cmd",
 ]
 
 

@@ -1,0 +1,102 @@
+"""``securemail users add FILE NAME --address A`` / ``users hash``: the submission
+users file without hand-made argon2 hashes.
+
+The password is read from the terminal (twice, not echoed) or, with
+``--password-stdin``, from one line of standard input (for provisioning tools).
+It is never taken from the command line, where other users could see it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from securemail.cli.base import handle_errors
+from securemail.errors import ConfigError, InputError
+
+__all__ = ["commands", "users_group"]
+
+MIN_PASSWORD_LENGTH = 12
+
+
+@click.group("users")
+def users_group() -> None:
+    """Accounts of the submission listener (apps and mail clients)."""
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise InputError("the two passwords differ")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InputError(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
+    return password
+
+
+def _hash(password: str) -> str:
+    from argon2 import PasswordHasher
+
+    return str(PasswordHasher().hash(password))
+
+
+@users_group.command("add")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("name")
+@click.option("--address", "addresses", multiple=True, required=True, metavar="ADDR",
+              help='An address the user may send as, or "@domain"; repeat for more.')
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+@handle_errors
+def users_add(file: str, name: str, addresses: tuple[str, ...], password_stdin: bool) -> None:
+    """Add user NAME to the users FILE (created, mode 0640, if missing).
+
+    The file is checked as `serve` reads it, before and after; reload the relay
+    (`systemctl reload securemail`) to use the new account.
+    """
+    from securemail.smtp_auth import load_users
+
+    path = Path(file)
+    if path.exists():
+        users = load_users(path)  # a broken file is reported, not appended to
+        if name in users.users:
+            raise InputError(f"{file}: user {name!r} already exists")
+    if not name or not name.isprintable() or any(c.isspace() for c in name):
+        raise InputError(f"user name {name!r}: use letters, digits and punctuation, no spaces")
+    entry = (f"\n[[users]]\nname = {json.dumps(name)}\n"
+             f"password_hash = {json.dumps(_hash(_read_password(password_stdin)))}\n"
+             f"addresses = [{', '.join(json.dumps(a) for a in addresses)}]\n")
+    before = path.read_text(encoding="utf-8") if path.exists() else ""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(before + entry)
+        try:
+            load_users(tmp)  # the result must load exactly as serve will read it
+        except ConfigError as exc:
+            raise ConfigError(file, exc.key, exc.problem) from None
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    click.echo(f"added user {name} to {file}; reload the relay to use it", err=True)
+
+
+@users_group.command("hash")
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+@handle_errors
+def users_hash(password_stdin: bool) -> None:
+    """Print the argon2 hash of a password, for a users file's password_hash."""
+    click.echo(_hash(_read_password(password_stdin)))
+
+
+commands: list[click.Command] = [users_group]

@@ -1,0 +1,60 @@
+"""`securemail users add|hash`: accounts an operator makes work for real logins."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+from securemail.smtp_auth import load_users
+
+
+def users(*args: str, password: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "securemail", "users", *args,
+                           "--password-stdin"], input=password + "\n", capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_an_added_user_can_log_in_and_nothing_else_can(tmp_path: Path) -> None:
+    file = tmp_path / "users.toml"
+    r = users("add", str(file), "ehr-app", "--address", "appointments@riverside.example",
+              "--address", "@billing.riverside.example", password="correct horse battery")
+    assert r.returncode == 0, r.stderr
+    r = users("add", str(file), "desk", "--address", "desk@riverside.example",
+              password="another long password")
+    assert r.returncode == 0, r.stderr
+    assert file.stat().st_mode & 0o777 == 0o640
+    assert "correct horse" not in file.read_text()
+    directory = load_users(file)  # exactly how serve reads it
+    ok = asyncio.run(directory.authenticate("ehr-app", "correct horse battery"))
+    assert ok is not None and ok.may_send_as("invoices@billing.riverside.example")
+    assert asyncio.run(directory.authenticate("ehr-app", "another long password")) is None
+    assert asyncio.run(directory.authenticate("desk", "another long password")) is not None
+
+
+def test_refusals_leave_the_file_as_it_was(tmp_path: Path) -> None:
+    file = tmp_path / "users.toml"
+    assert users("add", str(file), "desk", "--address", "desk@riverside.example",
+                 password="another long password").returncode == 0
+    before = file.read_bytes()
+    for args, password, expected in [
+        (["desk", "--address", "x@riverside.example"], "yet another password", "already exists"),
+        (["new", "--address", "x@riverside.example"], "short", "at least 12"),
+        (["new", "--address", "not an address"], "yet another password", "users[1].addresses"),
+        (["two words", "--address", "x@riverside.example"], "yet another password", "no spaces"),
+    ]:
+        r = users("add", str(file), *args, password=password)
+        assert r.returncode == 2 and expected in r.stderr, r.stderr
+        assert str(file) in r.stderr or expected in ("at least 12", "no spaces")
+    assert file.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["users.toml"]  # no temp file left
+
+
+def test_hash_prints_a_hash_the_users_file_accepts(tmp_path: Path) -> None:
+    r = users("hash", password="correct horse battery")
+    assert r.returncode == 0 and r.stdout.startswith("$argon2id$")
+    file = tmp_path / "users.toml"
+    file.write_text(f'[[users]]\nname = "x"\npassword_hash = "{r.stdout.strip()}"\n'
+                    'addresses = ["x@riverside.example"]\n')
+    assert asyncio.run(load_users(file).authenticate("x", "correct horse battery")) is not None
