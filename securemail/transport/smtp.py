@@ -150,6 +150,10 @@ class SMTPTransport:
         self._pool: _LoopPool | None = None  # the last one used: the one-loop fast path
         self._closed = False
 
+    @property
+    def _where(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
     def _make_tls_context(self) -> ssl.SSLContext:
         cafile = self.settings.ca_file or None
         ctx = ssl.create_default_context(cafile=cafile)
@@ -217,7 +221,8 @@ class SMTPTransport:
             tls: TLSInfo | None = None
             if self.require_tls:
                 if not client.supports_extension("starttls"):
-                    raise UpstreamUnavailable("upstream does not offer STARTTLS")
+                    raise UpstreamUnavailable(
+                        f"upstream {self._where} does not offer STARTTLS (tls = \"required\")")
                 await client.starttls(tls_context=self._tls_context)
                 await client.ehlo()  # RFC 3207: forget what we learnt before TLS
                 tls = _tls_info(client)
@@ -227,10 +232,12 @@ class SMTPTransport:
             raise
         except ssl.SSLError as exc:
             client.close()
-            raise UpstreamUnavailable(f"upstream TLS failed ({type(exc).__name__})") from None
+            raise UpstreamUnavailable(
+                f"upstream {self._where} TLS failed ({_reason(exc)})") from None
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             client.close()
-            raise UpstreamUnavailable(f"upstream unavailable ({type(exc).__name__})") from None
+            raise UpstreamUnavailable(
+                f"upstream {self._where} unavailable ({_reason(exc)})") from None
         except BaseException:  # cancelled: the half-open session is nobody's
             client.close()
             raise
@@ -385,6 +392,24 @@ class SMTPTransport:
                     pool.loop.call_soon_threadsafe(pool.close_idle)
                 except RuntimeError:  # closed meanwhile
                     pool.abandon()
+
+
+def _reason(exc: BaseException) -> str:
+    """The exception's class and, for an OS error, its errno name (our own text:
+    never a server's reply, which could echo message content)."""
+    import errno as errno_names
+
+    if isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None):
+        return f"{type(exc).__name__}: {exc.reason}"
+    seen: BaseException | None = exc
+    for _ in range(3):  # aiosmtplib wraps the OSError that says what happened
+        if seen is None:
+            break
+        code = getattr(seen, "errno", None)
+        if isinstance(code, int) and code in errno_names.errorcode:
+            return f"{type(exc).__name__}: {errno_names.errorcode[code]}"
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
 
 
 def _path(address: str, encoding: str) -> bytes:

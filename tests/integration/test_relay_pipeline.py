@@ -91,7 +91,23 @@ async def test_upstream_without_starttls_is_451_and_gets_nothing(
     assert (code, text.split()[0]) == (451, "4.3.0")
     assert upstream.messages == []
     # The operator learns why (the sender only gets the generic 451).
-    assert "deferred at upstream: upstream does not offer STARTTLS" in caplog.messages
+    assert (f"deferred at upstream: upstream 127.0.0.1:{upstream.port} does not offer STARTTLS"
+            ' (tls = "required")') in caplog.messages
+
+
+async def test_an_upstream_that_is_down_is_named_in_the_deferral_log(
+        make_relay: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = await make_relay(f"smtp://127.0.0.1:{port}")
+    with caplog.at_level(logging.WARNING, logger="securemail.message"):
+        code, _ = await send(r.port, message(to=STAFF), [STAFF])
+    assert code == 451
+    assert any(m.startswith(f"deferred at upstream: upstream 127.0.0.1:{port} unavailable (")
+               and "ECONNREFUSED" in m for m in caplog.messages), caplog.messages
 
 
 async def test_a_reload_that_requires_upstream_tls_applies_to_the_next_message(
