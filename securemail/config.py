@@ -248,9 +248,6 @@ def _upstream(t: Table) -> UpstreamSettings:
             port = parts.port
         except ValueError:
             raise t.error("url", f'port must be 1-65535, in "{url}"') from None
-        if port is None:
-            raise t.error("url", f'needs a port, e.g. "smtp://{parts.hostname}:587" (a smarthost)'
-                                 ' or ":10026" (Postfix reinjection), got "{url}"')
         if port == 0:
             raise t.error("url", f'port must be 1-65535, in "{url}"')
     tls = t.choice("tls", ("required", "none"), "required")

@@ -172,6 +172,11 @@ class DkimSigner:
         unsigned.
         """
         wire = _crlf(message)
+        if wire[:5].lower() in (b"from ", b"from\t"):
+            # An mbox "From " / obsolete "From :" first line: dkimpy skips it,
+            # mail programs may show it. Never sign what two readers see apart.
+            raise RenderError("DKIM signing failed: the message starts with a From line"
+                              " without a colon")
         headers, body = _split(wire)
         if not any(name.lower() == b"from" for name, _ in headers):
             raise RenderError("DKIM signing failed: the message has no From header")

@@ -28,6 +28,7 @@ __all__ = [
 
 ADDRESS_HEADERS = ("from", "sender", "reply-to", "to", "cc", "bcc")
 HEADER_END = re.compile(rb"\r?\n\r?\n")
+_MBOX_FROM_LINE = re.compile(rb"(?i)from[ \t]")
 # A header value made only of plain "addr" or "Name <addr>" items can skip the
 # slow RFC 5322 parser; anything else (quotes, comments, groups, encoded words,
 # a period in a name) goes through both parsers, which must agree.
@@ -69,6 +70,13 @@ def parse_message(raw: bytes, limits: LimitSettings) -> MessageView:
     if header_len > limits.max_header_bytes:
         return _bad(raw, "malformed-message",
                     f"header block exceeds {limits.max_header_bytes} bytes")
+    if _MBOX_FROM_LINE.match(raw):
+        # "From x" or "From : x" as the first line: mail programs read an
+        # obsolete From header (RFC 5322 4.5.1 allows space before the colon);
+        # Python's parser and dkimpy skip it as an mbox envelope line. Never
+        # part of SMTP data: refuse rather than let two readings differ.
+        return _bad(raw, "malformed-message",
+                    'the first header line is an mbox "From " line or "From :"')
     try:
         message = _parse_mime(raw, end)
     except Exception:  # noqa: BLE001 - any parser fault is a malformed message
@@ -210,7 +218,13 @@ def _parse_full(unfolded: str) -> list[str]:
     try:
         header = email.policy.default.header_factory("to", unfolded)
     except Exception:  # noqa: BLE001 - the stdlib parser crashes on some inputs ("0@")
-        raise AddressError("address header cannot be parsed") from None
+        # It crashes on a display name ending in "." right before "<" ("Smith
+        # Jr.<s@x>"): a space there is only folding white space, so retry once
+        # with one (outside quotes and comments; both parsers read the same text).
+        spaced = _space_before_angle(unfolded)
+        if spaced == unfolded:
+            raise AddressError("address header cannot be parsed") from None
+        return _parse_full(spaced)
     if not all(_tolerated(d) for d in header.defects):  # type: ignore[attr-defined]
         raise AddressError("address header has defects")
     strict = []
@@ -234,6 +248,29 @@ def _parse_full(unfolded: str) -> list[str]:
     if sorted(strict) != sorted(loose):
         raise AddressError("address parsers disagree")
     return strict
+
+
+def _space_before_angle(value: str) -> str:
+    """``value`` with a space between a "." and a following "<", outside quoted
+    strings and comments (RFC 5322: white space there changes nothing)."""
+    out: list[str] = []
+    quoted = escaped = False
+    depth = 0
+    for c in value:
+        if escaped:
+            escaped = False
+        elif c == "\\" and (quoted or depth):
+            escaped = True
+        elif c == '"' and not depth:
+            quoted = not quoted
+        elif not quoted and c == "(":
+            depth += 1
+        elif not quoted and c == ")" and depth:
+            depth -= 1
+        elif c == "<" and not quoted and not depth and out and out[-1] == ".":
+            out.append(" ")
+        out.append(c)
+    return "".join(out)
 
 
 def _addr_spec(spec: str) -> str:

@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import logging
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -92,9 +93,17 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
         else:
             raise result
 
-    results = await asyncio.gather(
-        *(_deliver(relay, envelope, o) for o in outputs), return_exceptions=False
-    )
+    # What upstream has accepted in this attempt, as each delivery returns: if
+    # we are stopped half way (a caller's timeout, its event loop shutting
+    # down), those copies are noted before we go (see _interrupted).
+    progress = _Progress()
+    try:
+        results = await asyncio.gather(
+            *(_deliver(relay, envelope, o, progress) for o in outputs), return_exceptions=False
+        )
+    except asyncio.CancelledError:
+        _interrupted(relay, envelope, verdict, digest, statuses, progress, now)
+        raise
     for output, (per_rcpt, out_tls) in zip(outputs, results, strict=True):
         tls = out_tls or tls
         for d in output.recipients:
@@ -120,6 +129,11 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
         # Upstream already holds some copies: remember them, so that the sender's
         # retry after this 451 sends only what is missing.
         ledger.record(digest, accepted, now)
+        raise
+    except asyncio.CancelledError:
+        # The record is queued with the audit writer, which commits it; the
+        # ledger keeps a retry from sending these copies again.
+        _note_in_ledger(relay, digest, accepted, now)
         raise
     _log(relay, outcome, started)
     if deferred:
@@ -182,7 +196,51 @@ def _strip_markers(relay: Relay, raw: bytes) -> bytes:
     return raw
 
 
-async def _deliver(relay: Relay, envelope: Envelope, output: Output
+class _Progress:
+    """Recipients upstream accepted so far in this attempt (and their portal ids)."""
+
+    __slots__ = ("accepted", "portal_ids")
+
+    def __init__(self) -> None:
+        self.accepted: dict[str, Status] = {}
+        self.portal_ids: dict[str, str] = {}
+
+
+def _interrupted(relay: Relay, envelope: Envelope, verdict: Verdict, digest: str,
+                 statuses: Mapping[str, Status], progress: _Progress,
+                 now: dt.datetime) -> None:
+    """We were cancelled while delivering: note, synchronously (nothing can be
+    awaited any more), the copies upstream already accepted, in the delivery
+    ledger (a retry sends only the rest) and in the audit log (they left, so
+    they are on record; the rest as deferred). A transaction cut in the middle
+    is unknowable either way, as after a crash."""
+    if not progress.accepted:
+        return
+    _note_in_ledger(relay, digest, progress.accepted, now)
+    known = {**{d.address: Status.DEFERRED for d in verdict.decisions}, **statuses,
+             **progress.accepted}
+    outcome = _finish(verdict, digest, known, progress.portal_ids)
+    try:
+        relay.audit.record_outcome_now(envelope, outcome, config_digest=relay.settings.digest,
+                                       instance_id=relay.instance_id, now=now)
+    except (TemporaryFailure, sqlite3.Error) as exc:
+        log.error("a message interrupted after upstream accepted copies could not be"
+                  " audited: %s", exc, extra={"event": {"notice": "audit-failed"}})
+
+
+def _note_in_ledger(relay: Relay, digest: str, accepted: Mapping[str, Status],
+                    now: dt.datetime) -> None:
+    if not accepted:
+        return
+    try:
+        relay.ledger.record(digest, accepted, now)
+    except (TemporaryFailure, sqlite3.Error) as exc:
+        log.error("copies upstream accepted could not be noted in the delivery ledger; a"
+                  " retry may send them again: %s", exc,
+                  extra={"event": {"notice": "ledger-failed"}})
+
+
+async def _deliver(relay: Relay, envelope: Envelope, output: Output, progress: _Progress
                    ) -> tuple[dict[str, tuple[Status, str | None]], TLSInfo | None]:
     data = output.data
     if relay.signer is not None:
@@ -206,6 +264,11 @@ async def _deliver(relay: Relay, envelope: Envelope, output: Output
             per[d.address] = (Status.DEFERRED, result.deferred[a])
         elif a in result.accepted:
             per[d.address] = (Status.DELIVERED, result.accepted_reply)
+            if d.action is Action.PORTAL and output.portal_id:
+                progress.accepted[d.address] = Status.SEALED
+                progress.portal_ids[d.address] = output.portal_id
+            else:
+                progress.accepted[d.address] = Status.DELIVERED
         else:  # upstream said nothing about it: do not claim delivery
             per[d.address] = (Status.DEFERRED, None)
     return per, result.tls

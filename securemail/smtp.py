@@ -84,28 +84,62 @@ TOO_MANY_LOGINS = "421 4.7.0 Too many failed logins from your address; try again
 
 
 class LoginFailures:
-    """Failed logins per client IP address in a sliding window (one process)."""
+    """Failed logins per client in a sliding window (one process).
+
+    A client is its IPv4 address, or its IPv6 /64 (one subscriber gets a whole
+    /64: counting single IPv6 addresses would give a guesser unlimited tries).
+    The table is bounded; when full, expired entries go first, then the
+    clients that are not blocked, so a flood of new addresses cannot free a
+    blocked one.
+    """
 
     def __init__(self, limit: int = MAX_AUTH_FAILURES_PER_ADDRESS,
-                 window: float = AUTH_FAILURE_WINDOW_SECONDS) -> None:
+                 window: float = AUTH_FAILURE_WINDOW_SECONDS,
+                 capacity: int = _AUTH_TRACKED_ADDRESSES) -> None:
         self.limit = limit
         self.window = window
+        self.capacity = capacity
         self._seen: dict[str, list[float]] = {}
 
     def blocked(self, ip: str, now: float) -> bool:
-        return len(self._recent(ip, now)) >= self.limit
+        return len(self._recent(client_key(ip), now)) >= self.limit
 
     def add(self, ip: str, now: float) -> int:
-        recent = self._recent(ip, now)
+        key = client_key(ip)
+        recent = self._recent(key, now)
         recent.append(now)
-        self._seen.pop(ip, None)
-        self._seen[ip] = recent  # most recent last (insertion order)
-        while len(self._seen) > _AUTH_TRACKED_ADDRESSES:
-            del self._seen[next(iter(self._seen))]
+        self._seen.pop(key, None)
+        self._seen[key] = recent  # most recent last (insertion order)
+        if len(self._seen) > self.capacity:
+            self._evict(now)
         return len(recent)
 
-    def _recent(self, ip: str, now: float) -> list[float]:
-        return [t for t in self._seen.get(ip, ()) if now - t < self.window]
+    def _evict(self, now: float) -> None:
+        for key in [k for k, times in self._seen.items() if now - times[-1] >= self.window]:
+            del self._seen[key]
+        for key in list(self._seen):  # oldest first; blocked clients stay
+            if len(self._seen) <= self.capacity:
+                return
+            if len(self._recent(key, now)) < self.limit:
+                del self._seen[key]
+        while len(self._seen) > self.capacity:  # all blocked: the oldest goes
+            del self._seen[next(iter(self._seen))]
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        return [t for t in self._seen.get(key, ()) if now - t < self.window]
+
+
+def client_key(ip: str) -> str:
+    """The unit a login throttle counts: an IPv4 address, or an IPv6 /64."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%")[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    return str(addr)
 
 def _shown_login(login: bytes) -> str:
     """A login name for the log: printable, bounded (it is what the client typed)."""
@@ -350,6 +384,13 @@ class RelayHandler:
     async def _check_login(self, server: SMTP, login: bytes, password: bytes) -> AuthResult:
         if self.policy.users is None:
             return AuthResult(success=False, handled=False)
+        peer_ip = _peer_ip(server.session) if server.session is not None else "?"
+        if self.state.login_failures.blocked(peer_ip, time.monotonic()):
+            # Parallel sessions that were already past the AUTH check.
+            await server.push(TOO_MANY_LOGINS)
+            if server.transport is not None:
+                server.transport.close()
+            return AuthResult(success=False, handled=True)
         user = await self.policy.users.authenticate(
             login.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
         if user is None:

@@ -337,6 +337,15 @@ class AuditLog:
         job = self._submit(_Job([(b, at) for b in bodies], asyncio.get_running_loop()))
         await job.future
 
+    def record_outcome_now(self, envelope: Envelope, outcome: Outcome, *, config_digest: str,
+                           instance_id: str, now: datetime) -> None:
+        """:meth:`record_outcome` committed in the calling thread, for a caller
+        that can no longer await (an interrupted delivery)."""
+        at = format_time(now)
+        bodies = message_fields(envelope, outcome, config_digest=config_digest,
+                                instance_id=instance_id)
+        self._append_now([(b, at) for b in bodies])
+
     def record_event(self, kind: str, /, *, now: datetime, **fields: str | int | None) -> None:
         """A portal or admin event (see ``records.EVENT_FIELDS``); durable on return.
 

@@ -54,15 +54,17 @@ SESSION_REUSE_SECONDS = 300.0
 class _Session:
     """One open upstream connection and what we learnt about it."""
 
-    __slots__ = ("client", "opened", "tls")
+    __slots__ = ("client", "generation", "opened", "tls")
 
-    def __init__(self, client: aiosmtplib.SMTP, tls: TLSInfo | None) -> None:
+    def __init__(self, client: aiosmtplib.SMTP, tls: TLSInfo | None, generation: int) -> None:
         self.client = client
         self.tls = tls
         self.opened = time.monotonic()
+        self.generation = generation  # the transport's recycle count when opened
 
-    def reusable(self, now: float) -> bool:
-        return self.client.is_connected and now - self.opened < SESSION_REUSE_SECONDS
+    def reusable(self, now: float, generation: int) -> bool:
+        return (self.client.is_connected and self.generation == generation
+                and now - self.opened < SESSION_REUSE_SECONDS)
 
 
 class _LoopPool:
@@ -149,6 +151,7 @@ class SMTPTransport:
         self._pools_lock = threading.Lock()
         self._pool: _LoopPool | None = None  # the last one used: the one-loop fast path
         self._closed = False
+        self._generation = 0  # raised by recycle(): older sessions are not reused
 
     @property
     def _where(self) -> str:
@@ -226,7 +229,7 @@ class SMTPTransport:
                 await client.starttls(tls_context=self._tls_context)
                 await client.ehlo()  # RFC 3207: forget what we learnt before TLS
                 tls = _tls_info(client)
-            return _Session(client, tls)
+            return _Session(client, tls, self._generation)
         except UpstreamUnavailable:
             client.close()
             raise
@@ -246,15 +249,18 @@ class SMTPTransport:
         now = time.monotonic()
         while pool.idle:
             session = pool.idle.pop()
-            if session.reusable(now):
+            if session.reusable(now, self._generation):
                 return session, True
-            session.client.close()  # dead, or old enough to be replaced
+            session.client.close()  # dead, too old, or from before a recycle
         return await self._connect(), False
 
     def recycle(self) -> None:
-        """Forget the idle sessions of the running loop's pool (SIGHUP): the next
-        messages open fresh connections, which see the upstream's current
-        configuration. Sessions in use finish their message first."""
+        """Stop reusing every session opened so far (SIGHUP): the next messages
+        open fresh connections, which see the upstream's current configuration.
+        Idle sessions of the running loop close now; sessions in use finish
+        their message and close instead of going back to the pool; other
+        loops' idle sessions are passed over at their next checkout."""
+        self._generation += 1
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -264,7 +270,8 @@ class SMTPTransport:
             pool.close_idle()
 
     def _checkin(self, pool: _LoopPool, session: _Session) -> None:
-        if self._closed or not session.client.is_connected or pool.finaliser is None:
+        if (self._closed or not session.client.is_connected or pool.finaliser is None
+                or session.generation != self._generation):  # busy during a recycle
             session.client.close()
         else:
             pool.idle.append(session)

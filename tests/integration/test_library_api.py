@@ -555,3 +555,42 @@ async def test_a_deferral_says_which_recipients_wait_and_survives_pickling(
     assert [r.status for r in exc.outcome.recipients] == [Status.DEFERRED]
     copy = pickle.loads(pickle.dumps(exc))
     assert isinstance(copy, RecipientsDeferred) and copy.deferred == (STAFF,)
+
+
+class _SlowForJane(CaptureHandler):
+    """Accepts the colleague's copy at once; the client's portal notice takes 1 s."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if "jane@mail.example" in envelope.rcpt_tos:
+            await asyncio.sleep(1.0)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_send_cut_off_by_its_event_loop_ending_leaves_a_record_and_no_duplicate(
+        tmp_path: Path) -> None:
+    # asyncio.run() cancels every task left when main() returns, the shielded
+    # pipeline included. The copies upstream accepted by then must be on record
+    # (audit) and in the ledger (the retry sends only the rest).
+    up = UpstreamThread(_SlowForJane())
+    try:
+        cfg = write_config(tmp_path, upstream_url=up.url, portal=True)
+        raw = message(to="jane@mail.example", cc=STAFF,
+                      body="Diagnosis F32.1 for Jane, SSN 123-45-6789.")
+        relay = securemail.load(cfg)
+
+        async def impatient() -> None:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(relay.send(raw), 0.4)
+
+        asyncio.run(impatient())
+        assert eventually(lambda: any(STAFF in m.rcpt_tos for m in up.messages))
+        first = message_records(cfg, raw)
+        assert {(r["recipient"], r["outcome"]) for r in first} == {
+            (STAFF, "delivered"), ("jane@mail.example", "deferred")}
+        outcome = relay.send_sync(raw)  # the caller's retry
+        assert {r.address: r.status for r in outcome.recipients} == {
+            STAFF: Status.DELIVERED, "jane@mail.example": Status.SEALED}
+        relay.close_sync()
+        assert sum(STAFF in m.rcpt_tos for m in up.messages) == 1  # not sent twice
+    finally:
+        up.stop()

@@ -7,6 +7,7 @@ import hashlib
 import mailbox
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP
@@ -324,5 +325,42 @@ async def test_sighup_with_the_same_upstream_opens_fresh_connections(tmp_path: P
         assert connections == 2
     finally:
         await relay.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_session_busy_during_a_recycle_is_not_reused() -> None:
+    # On a busy relay every session is in use when SIGHUP comes: those must
+    # close after their message instead of going back to the pool.
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Event()
+
+    class Slow(CaptureHandler):
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            if not gate.is_set():
+                await gate.wait()
+            return await super().handle_DATA(server, session, envelope)
+
+    handler = Slow()
+    connections = 0
+
+    def factory() -> SMTP:
+        nonlocal connections
+        connections += 1
+        return SMTP(handler, loop=loop)
+
+    server = await loop.create_server(factory, host="127.0.0.1", port=0)
+    t = SMTPTransport(upstream(server.sockets[0].getsockname()[1], tls="none", pool_size=1))
+    try:
+        busy = asyncio.create_task(t.send("a@riverside.example", ["b@mail.example"], MSG))
+        while not connections:
+            await asyncio.sleep(0.01)
+        t.recycle()  # SIGHUP while the only session is in the middle of DATA
+        gate.set()
+        await busy
+        await t.send("a@riverside.example", ["b@mail.example"], MSG)
+        assert connections == 2
+    finally:
+        await t.close()
         server.close()
         await server.wait_closed()

@@ -120,7 +120,6 @@ def test_bad_regex(tmp_path: Path) -> None:
     ('[portal]\nsender_name = "Front\\r\\nDesk"\n', "portal.sender_name", "one line"),
     ('[relay]\nhostname = "mx\\u0000.example"\n', "relay.hostname", "one line"),
     ('[upstream]\nurl = "smtp://127.0.0.1:99999"\ntls = "none"\n', "upstream.url", "1-65535"),
-    ('[upstream]\nurl = "smtp://127.0.0.1"\ntls = "none"\n', "upstream.url", "needs a port"),
     ('[relay]\nlisten = "127.0.0.1:70000"\n', "relay.listen", "port must be 1-65535"),
 ])
 def test_values_that_would_break_headers_or_delivery_are_refused(
@@ -129,6 +128,13 @@ def test_values_that_would_break_headers_or_delivery_are_refused(
     # (an unusable notification header) or fail only at the first delivery.
     message = error(tmp_path, text)
     assert f": {key}: " in message and problem in message
+
+
+def test_an_upstream_url_without_a_port_means_port_25(tmp_path: Path) -> None:
+    from securemail.transport.smtp import SMTPTransport
+
+    cfg = write(tmp_path, '[upstream]\nurl = "smtp://smarthost.example"\n')
+    assert SMTPTransport(load_settings(cfg).upstream).port == 25
 
 
 def test_notify_from_is_kept_as_an_address(tmp_path: Path) -> None:

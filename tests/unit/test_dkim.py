@@ -427,3 +427,13 @@ def test_mail_from_our_domain_or_a_subdomain_is_signed(keys: Keys,
                               b"From: " + sender.encode())
     signed = keys.signer.sign(message)
     assert signed.startswith(b"DKIM-Signature:") and verify(keys, signed)
+
+
+@pytest.mark.parametrize("first", [b"From : CEO <ceo@evil.example>",
+                                   b"From ceo@evil.example Sat Jan  3 00:00:00 2026",
+                                   b"FROM\t: ceo@evil.example"])
+def test_a_first_line_that_readers_disagree_on_is_never_signed(keys: Keys, first: bytes) -> None:
+    # dkimpy (and Python's parser) skip it as an mbox line; a mail program may
+    # show it as the From: signing would lend our name to the hidden sender.
+    with pytest.raises(RenderError):
+        keys.signer.sign(first + b"\r\n" + MESSAGE)

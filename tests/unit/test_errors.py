@@ -54,3 +54,4 @@ def test_errors_survive_pickling(error: Exception) -> None:
     assert type(copy) is type(error) and str(copy) == str(error)
     if isinstance(error, Blocked):
         assert isinstance(copy, Blocked) and copy.verdict == error.verdict
+

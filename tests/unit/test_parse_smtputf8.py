@@ -212,6 +212,8 @@ def test_fast_path_and_full_parse_agree(value: str) -> None:
     ("J.Doe <john@x.example>, St. Clair <sc@x.example>", ["john@x.example", "sc@x.example"]),
     ("John Smith Jr. <js@x.example>", ["js@x.example"]),
     ("Jane D. <jd@x.example>, Ann <ann@x.example>", ["ann@x.example", "jd@x.example"]),
+    ("Smith Jr.<s@x.example>", ["s@x.example"]),  # no space before "<"
+    ('Dr.<a@x.example>, "Doe, J.<x" <j@x.example>', ["a@x.example", "j@x.example"]),
 ])
 def test_a_period_in_a_display_name_is_read_as_a_name(value: str, addresses: list[str]) -> None:
     # RFC 5322 obs-phrase: "Dr. Jane Smith" is a display name, never an address.
@@ -235,7 +237,20 @@ def test_a_message_to_dr_smith_and_a_quoted_name_is_not_malformed() -> None:
 @pytest.mark.parametrize("value", [
     "a.b@c.example <x@y.example>",  # an address where a display name should be
     ".<a@x.example>",
+    "a.<b@x.example>@y.example",  # the space trick must not make a new address
 ])
 def test_a_period_does_not_excuse_other_defects(value: str) -> None:
     with pytest.raises(AddressError):
         _parse_full(value)
+
+
+@pytest.mark.parametrize("first", [b"From : Evil CEO <ceo@evil.example>",
+                                   b"From ceo@evil.example Sat Jan  3 00:00:00 2026",
+                                   b"from\t: ceo@evil.example"])
+def test_a_first_header_line_without_a_colon_after_from_is_malformed(first: bytes) -> None:
+    # Python's parser drops it as an mbox envelope line and would read only
+    # the second From; a mail program may show this one.
+    raw = first + (b"\r\nFrom: a@riverside.example\r\nTo: b@mail.example\r\n"
+                   b"Subject: x\r\n\r\nhello\r\n")
+    view = parse_message(raw, LIMITS)
+    assert view.malformed == "malformed-message"
