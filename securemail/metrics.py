@@ -5,6 +5,7 @@ Kept in memory per process; Prometheus scrapes and keeps history.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ OUTCOMES = ("delivered", "blocked", "malformed", "deferred", "refused", "rejecte
 ACTIONS = ("deliver", "encrypt-pgp", "encrypt-smime", "portal", "block")
 # /readyz turns 503 after this many transactions in a row were deferred (4xx).
 READY_DEFERRAL_STREAK = 5
+READY_QUIET_SECONDS = 300.0
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -38,6 +40,7 @@ class Metrics:
     latency_count: int = 0
     connections: int = 0
     deferral_streak: int = 0  # transactions answered 4xx since the last 2xx/5xx
+    last_deferral: float = 0.0  # time.monotonic() of the last 4xx
 
     def observe(self, record: MessageRecord) -> None:
         self.messages[record.outcome] += 1
@@ -46,6 +49,7 @@ class Metrics:
         if 400 <= record.reply_code < 500:
             self.deferrals += 1
             self.deferral_streak += 1
+            self.last_deferral = time.monotonic()
         else:
             self.deferral_streak = 0
         self.latency_sum += record.seconds
@@ -54,9 +58,12 @@ class Metrics:
             if record.seconds <= bound:
                 self.latency_buckets[i] += 1
 
-    def not_ready(self) -> str:
-        """Why mail is not getting through ("" when it is): for ``/readyz``."""
-        if self.deferral_streak >= READY_DEFERRAL_STREAK:
+    def not_ready(self, now: float | None = None) -> str:
+        """Why mail is not getting through ("" when it is): for ``/readyz``.
+        A streak with no deferral for READY_QUIET_SECONDS no longer counts (no
+        traffic to prove recovery; a probe must not keep an instance out)."""
+        quiet = (now if now is not None else time.monotonic()) - self.last_deferral
+        if self.deferral_streak >= READY_DEFERRAL_STREAK and quiet < READY_QUIET_SECONDS:
             return (f"deferring: the last {self.deferral_streak} messages were answered 4xx"
                     " (upstream down or refusing? the log's message lines name the cause)")
         return ""

@@ -37,6 +37,10 @@ def check_runtime(settings: Settings) -> None:
                           f'"{settings.portal.code_channel}" works only from the library (a'
                           " channel object passed to PortalService); `securemail serve`"
                           ' sends codes by email: use "email"')
+    from securemail.transport.factory import transport_from_settings
+
+    if settings.upstream.url.startswith("smtp://"):
+        transport_from_settings(settings)  # builds the upstream TLS context (CA bundle)
     _check_store(settings)
 
 

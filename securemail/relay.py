@@ -129,8 +129,11 @@ class Relay:
 
         signer = DkimSigner.from_settings(settings)
         transport = None
+        tls_context = None
         if self._own_transport and settings.upstream != self.settings.upstream:
             transport = transport_from_settings(settings)
+        elif hasattr(self.transport, "fresh_tls_context"):
+            tls_context = self.transport.fresh_tls_context()  # the CA file may be renewed
         # Swap only after everything loaded: a broken config keeps the old one.
         old_directory = self.directory
         self.settings, self.directory, self.detectors = settings, directory, detectors
@@ -146,7 +149,7 @@ class Relay:
         else:  # same upstream: new connections see its current configuration
             recycle = getattr(self.transport, "recycle", None)
             if recycle is not None:
-                recycle()
+                recycle(tls_context)
         try:
             self.record_config_loaded("reload")
             record_consent_changes(self.audit, consent_changes(old_directory, directory),

@@ -18,9 +18,14 @@ def transport_from_settings(settings: Settings) -> Transport:
     url = settings.upstream.url
     scheme = urlsplit(url).scheme
     if scheme == "smtp":
+        from dataclasses import replace
+
         from securemail.transport.smtp import SMTPTransport
 
-        return SMTPTransport(settings.upstream, local_hostname=settings.relay.hostname)
+        upstream = settings.upstream
+        if upstream.ca_file:  # relative to the config file, like every path in it
+            upstream = replace(upstream, ca_file=str(settings.resolve(upstream.ca_file)))
+        return SMTPTransport(upstream, local_hostname=settings.relay.hostname)
     if scheme == "maildir":
         from securemail.transport.maildir import MaildirTransport
 

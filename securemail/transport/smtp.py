@@ -29,7 +29,7 @@ import aiosmtplib
 from aiosmtplib.response import SMTPResponse
 
 from securemail.config import UpstreamSettings
-from securemail.errors import UpstreamUnavailable
+from securemail.errors import ConfigError, UpstreamUnavailable
 from securemail.model import TLSInfo
 from securemail.transport import DeliveryResult
 
@@ -159,7 +159,12 @@ class SMTPTransport:
 
     def _make_tls_context(self) -> ssl.SSLContext:
         cafile = self.settings.ca_file or None
-        ctx = ssl.create_default_context(cafile=cafile)
+        try:
+            ctx = ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError(str(cafile), "upstream.ca_file",
+                              f"cannot load the CA bundle ({reason})") from None
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         # create_default_context already sets CERT_REQUIRED + check_hostname.
         return ctx
@@ -254,13 +259,20 @@ class SMTPTransport:
             session.client.close()  # dead, too old, or from before a recycle
         return await self._connect(), False
 
-    def recycle(self) -> None:
+    def fresh_tls_context(self) -> ssl.SSLContext | None:
+        """A new TLS context from the CA bundle as it is now (for a reload: a
+        renewed internal CA applies without a restart). Raises ConfigError."""
+        return self._make_tls_context() if self.require_tls else None
+
+    def recycle(self, tls_context: ssl.SSLContext | None = None) -> None:
         """Stop reusing every session opened so far (SIGHUP): the next messages
         open fresh connections, which see the upstream's current configuration.
         Idle sessions of the running loop close now; sessions in use finish
         their message and close instead of going back to the pool; other
         loops' idle sessions are passed over at their next checkout."""
         self._generation += 1
+        if tls_context is not None:
+            self._tls_context = tls_context
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

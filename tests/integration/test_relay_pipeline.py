@@ -136,6 +136,39 @@ async def test_verified_starttls_upstream_delivers(tmp_path: Path,
         await up.stop()
 
 
+async def test_a_renewed_internal_ca_applies_on_reload(tmp_path: Path,
+                                                      make_relay: Callable[..., Any]) -> None:
+    # The CA file keeps its path but gets the new CA: SIGHUP must use it.
+    import trustme
+
+    certs = make_certs(tmp_path)
+    up = await start_upstream(tls=certs.server_context)
+    bundle = tmp_path / "internal-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))  # not the CA that signed upstream
+    try:
+        r = await make_relay(url(up), upstream_tls="required", ca_file="internal-ca.pem")
+        code, _ = await send(r.port, message(to=STAFF), [STAFF])
+        assert code == 451 and up.messages == []  # unverified: nothing sent
+        bundle.write_bytes(certs.ca_file.read_bytes())
+        r.relay.reload()  # what SIGHUP does; [upstream] itself is unchanged
+        code, _ = await send(r.port, message(to=STAFF), [STAFF])
+        assert code == 250 and len(up.messages) == 1
+    finally:
+        await up.stop()
+
+
+def test_config_check_names_an_unreadable_upstream_ca(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = write_config(tmp_path, upstream_url="smtp://127.0.0.1:2587", upstream_tls="required",
+                       ca_file="missing-ca.pem")
+    r = subprocess.run([sys.executable, "-m", "securemail", "config", "check", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "upstream.ca_file" in r.stderr and str(tmp_path / "missing-ca.pem") in r.stderr
+
+
 async def test_upstream_down_then_retry_delivers_exactly_once(
         make_relay: Callable[..., Any]) -> None:
     up = await start_upstream()

@@ -3,31 +3,42 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from securemail.audit import AuditLog, signing_key_path, verify_store
+from securemail.audit import AuditLog, signing_key_path, store, verify_store
 from securemail.audit.chain import ensure_signing_key, key_id
+from securemail.audit.log import _STOP
 from securemail.config import load_settings
 from securemail.errors import ConfigError
 from tests.unit.test_audit_support import T0, make_settings, record_messages, write_config
 
 
-def _used_store(tmp_path: Path, *, checkpoint_every: int = 1000) -> Path:
-    settings = make_settings(tmp_path, checkpoint_every=checkpoint_every)
+def _used_store(tmp_path: Path, *, checkpointed: bool = True) -> Path:
+    settings = make_settings(tmp_path)
     audit = AuditLog.open(settings)
     record_messages(audit, 3)
-    audit.close(T0)
+    if checkpointed:
+        audit.close(T0)  # writes the final checkpoint
+    else:  # the writer stops as in a crash: records and signed head, no checkpoint
+        audit._queue.put(_STOP)
+        audit._thread.join()
+        for conn in audit._owns:
+            conn.close()
+        with sqlite3.connect(settings.storage.sqlite_path) as conn:
+            h = store.head(conn)
+        assert h.seq > 0 and h.last_checkpoint_seq == 0
     return signing_key_path(settings)
 
 
 @pytest.mark.parametrize("checkpointed", [True, False])
 def test_a_missing_key_is_not_regenerated_for_a_store_with_records(
         tmp_path: Path, checkpointed: bool) -> None:
-    key = _used_store(tmp_path, checkpoint_every=2 if checkpointed else 1000)
+    key = _used_store(tmp_path, checkpointed=checkpointed)
     key.rename(tmp_path / "backup.key")
     with pytest.raises(ConfigError) as info:
         AuditLog.open(make_settings(tmp_path))
@@ -40,6 +51,21 @@ def test_a_missing_key_is_not_regenerated_for_a_store_with_records(
     record_messages(audit, 1)
     assert verify_store(audit.conn, audit.public_key).ok
     audit.close(T0)
+
+
+def test_another_installations_key_is_refused_for_a_store_without_checkpoints(
+        tmp_path: Path) -> None:
+    key = _used_store(tmp_path, checkpointed=False)  # judged by the head's signature
+    shutil.copy(_other_key(tmp_path), key)
+    with pytest.raises(ConfigError) as info:
+        AuditLog.open(make_settings(tmp_path))
+    assert "did not sign" in str(info.value)
+
+
+def _other_key(tmp_path: Path) -> Path:
+    other = tmp_path / "other" / "audit-signing.key"
+    ensure_signing_key(other)
+    return other
 
 
 def test_another_installations_key_is_refused_naming_both_key_ids(tmp_path: Path) -> None:
