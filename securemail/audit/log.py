@@ -46,7 +46,8 @@ from securemail.errors import ConfigError, StoreError
 from securemail.model import Envelope, Outcome
 from securemail.store.sqlite import open_database
 
-__all__ = ["AdminEvent", "AuditLog", "Chainer", "check_signing_key", "signing_key_path"]
+__all__ = ["AdminEvent", "AuditLog", "Chainer", "check_signing_key", "last_signer",
+           "signing_key_path"]
 
 _T = TypeVar("_T")
 AdminEvent = tuple[str, Mapping[str, str | int | None]]  # (kind, fields) of one event
@@ -90,7 +91,7 @@ def check_signing_key(conn: sqlite3.Connection, path: Path, db: Path | None
             " existing history fail verification). If the key is lost for good, see"
             " 'Lost signing key' in docs/compliance.md"))
     key = load_signing_key(path)
-    expected = _last_signer(conn, h)
+    expected = last_signer(conn, h)
     found = key_id(key.public_key())
     signed_by_key = expected == found if expected else signature_valid(
         key.public_key(), h.signature, head_message(h.seq, h.hash))
@@ -102,7 +103,7 @@ def check_signing_key(conn: sqlite3.Connection, path: Path, db: Path | None
     return key
 
 
-def _last_signer(conn: sqlite3.Connection, h: store.Head) -> str:
+def last_signer(conn: sqlite3.Connection, h: store.Head) -> str:
     """The key id named by the store's last checkpoint ("" when there is none)."""
     if not h.last_checkpoint_seq:
         return ""

@@ -38,6 +38,7 @@ PORTAL_EVENTS = frozenset({
 })
 ADMIN_EVENTS = frozenset({
     "key-import", "key-remove", "directory-import", "consent-change", "config-loaded",
+    "chain-start",
 })
 
 # Field names ``record_event`` accepts (documented in docs/compliance.md).
@@ -67,6 +68,9 @@ EVENT_FIELDS = frozenset({
     "reason_code",      # stable id, never free text
     "config_sha256",
     "instance_id",
+    "previous_seq",     # chain-start: the last seq of the archived chain
+    "previous_hash",    # chain-start: its head hash
+    "previous_signer",  # chain-start: the key id that signed it
 })
 
 # Even if someone adds a name above by mistake, these never pass.

@@ -249,4 +249,26 @@ def prune_cmd(config_path: str, retention_days: int | None, dry_run: bool) -> No
     click.echo(f"{verb} {result.deleted} record(s) older than {result.cutoff}")
 
 
+@audit_group.command("new-chain")
+@config_option
+@click.option("--reason", type=click.Choice(["lost-key", "rotation"]), required=True,
+              help="lost-key: the signing key is gone; rotation: you moved the old key away.")
+@handle_errors
+def new_chain_cmd(config_path: str, reason: str) -> None:
+    """Archive the audit chain and start a new one (stop the relay first).
+
+    For a store whose signing key is lost: the old chain moves, unchanged, to
+    an archive file beside the store (it verifies with the old public key);
+    the new chain starts with a record naming where the old one ended, signed
+    with the key at [audit] signing_key_file (generated if missing).
+    """
+    from securemail.audit.new_chain import start_new_chain
+
+    result = start_new_chain(_settings(config_path), reason=reason, now=datetime.now(UTC))
+    click.echo(f"archived {result.archived_records} record(s) (seq up to {result.previous_seq},"
+               f" signed by {result.previous_signer or 'unknown'}) to {result.archive}")
+    click.echo(f"new chain started, signed by key {result.signer}: give compliance the new"
+               " public key (`securemail audit public-key`)")
+
+
 commands: list[click.Command] = [audit_group]

@@ -204,3 +204,16 @@ def test_an_export_window_says_when_it_carries_records_timed_outside_it(tmp_path
     assert "note: 2 of them are timed outside --since/--until" in out  # 2 recipients
     code, out = run("verify", str(tmp_path / "w.jsonl"), "-c", str(cfg))
     assert code == 0, out
+
+
+def test_new_chain_from_the_command_line(tmp_path: Path) -> None:
+    cfg = _store(tmp_path)
+    (tmp_path / "audit-signing.key").unlink()
+    code, out = run("verify", "-c", str(cfg))
+    assert code == 2  # read commands need the key too: nothing to verify against
+    code, out = run("new-chain", "-c", str(cfg), "--reason", "lost-key")
+    assert code == 0, out
+    assert "archived" in out and "new chain started" in out
+    code, out = run("verify", "-c", str(cfg))
+    assert code == 0 and out.startswith("OK"), out
+    assert len(list(tmp_path.glob("audit-archive-*.db"))) == 1

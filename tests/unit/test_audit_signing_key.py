@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -100,3 +101,45 @@ def test_cli_writers_exit_2_and_leave_the_store_alone(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert str(key) in result.stderr and "Traceback" not in result.stderr
     assert not key.exists()
+
+
+def test_a_lost_key_is_recovered_by_starting_a_new_chain(tmp_path: Path) -> None:
+    # The documented way out when the key is gone for good: the old chain is
+    # archived unchanged (it verifies with the old public key), the store
+    # starts a new chain whose first record names where the old one ended.
+    from securemail.audit import load_signing_key
+    from securemail.audit.new_chain import start_new_chain
+
+    key = _used_store(tmp_path)
+    old_public = load_signing_key(key).public_key()
+    settings = make_settings(tmp_path)
+    with sqlite3.connect(settings.storage.sqlite_path) as conn:
+        old_head = store.head(conn)
+    key.unlink()  # lost
+    with pytest.raises(ConfigError):
+        AuditLog.open(settings)
+    result = start_new_chain(settings, reason="lost-key", now=T0)
+    assert result.previous_seq == old_head.seq and result.archived_records == old_head.seq
+    archive = sqlite3.connect(result.archive)
+    assert verify_store(archive, old_public).ok  # the old chain, as it was
+    archive.close()
+    assert oct(result.archive.stat().st_mode & 0o777) == "0o600"
+    audit = AuditLog.open(settings)  # the relay starts again
+    record_messages(audit, 1)
+    assert verify_store(audit.conn, audit.public_key).ok
+    first = audit.conn.execute("SELECT kind, body FROM audit_records ORDER BY seq").fetchone()
+    audit.close(T0)
+    assert first[0] == "chain-start"
+    body = json.loads(first[1])
+    assert (body["previous_seq"], body["previous_hash"]) == (old_head.seq, old_head.hash)
+    assert body["previous_signer"] == key_id(old_public) and body["reason_code"] == "lost-key"
+    assert result.signer != key_id(old_public)
+
+
+def test_new_chain_refuses_a_store_without_records(tmp_path: Path) -> None:
+    from securemail.audit.new_chain import start_new_chain
+    from securemail.errors import InputError
+
+    AuditLog.open(make_settings(tmp_path)).close(T0)  # a checkpoint-less, empty store
+    with pytest.raises(InputError):
+        start_new_chain(make_settings(tmp_path), reason="rotation", now=T0)
