@@ -15,6 +15,7 @@ from argon2 import PasswordHasher
 from securemail.errors import ConfigError
 from securemail.smtp_auth import load_users
 from tests.integration.relay_support import (
+    Certs,
     FakeRelay,
     RunningRelay,
     Upstream,
@@ -28,9 +29,8 @@ from tests.integration.relay_support import (
 HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
-@pytest.fixture
-async def relay(tmp_path: Path, upstream: Upstream
-                ) -> AsyncIterator[tuple[RunningRelay, ssl.SSLContext]]:
+def submission_config(tmp_path: Path, upstream: Upstream) -> tuple[Path, Certs]:
+    """A config with the submission listener and one user, frontdesk."""
     certs = make_certs(tmp_path)
     users = tmp_path / "users.toml"
     users.write_text(f"""
@@ -47,6 +47,13 @@ tls_cert = "{certs.cert_file}"
 tls_key = "{certs.key_file}"
 users_file = "users.toml"
 """, relay_extra='trusted_networks = ["10.0.0.0/8"]\n')
+    return cfg, certs
+
+
+@pytest.fixture
+async def relay(tmp_path: Path, upstream: Upstream
+                ) -> AsyncIterator[tuple[RunningRelay, ssl.SSLContext]]:
+    cfg, certs = submission_config(tmp_path, upstream)
     r = await run_relay(cfg, FakeRelay)
     client_ctx = ssl.create_default_context(cafile=str(certs.ca_file))
     yield r, client_ctx
@@ -297,23 +304,12 @@ async def test_the_submission_port_adds_a_trace_header_without_login_or_recipien
     from securemail.store.sqlite import open_database
     from tests.integration.relay_support import run_relay
 
-    certs = make_certs(tmp_path)
-    (tmp_path / "users.toml").write_text(
-        f'[[users]]\nname = "frontdesk"\npassword_hash = "{HASHER.hash("pw")}"\n'
-        'addresses = ["frontdesk@riverside.example"]\n')
-    cfg = write_config(tmp_path, upstream_url=f"smtp://127.0.0.1:{upstream.port}", extra=f"""
-[submission]
-enabled = true
-listen = "127.0.0.1:10587"
-tls_cert = "{certs.cert_file}"
-tls_key = "{certs.key_file}"
-users_file = "users.toml"
-""")
+    cfg, certs = submission_config(tmp_path, upstream)
     r = await run_relay(cfg)
     try:
         client_ctx = ssl.create_default_context(cafile=str(certs.ca_file))
         c = await _client(r, client_ctx)
-        await c.auth_plain("frontdesk", "pw")
+        await c.auth_plain("frontdesk", "correct horse")
         data = message(frm="frontdesk@riverside.example")
         await c.sendmail("frontdesk@riverside.example",
                          ["colleague@riverside.example", "hidden@riverside.example"], data)

@@ -128,31 +128,47 @@ async def test_data_refused_permanently_marks_all_refused() -> None:
     assert result.accepted == () and dict(result.refused) == {"b@mail.example": "554 5.7.1"}
 
 
+class CountingUpstream:
+    """A capturing aiosmtpd upstream that counts the connections made to it."""
+
+    def __init__(self, handler: CaptureHandler, server: asyncio.AbstractServer) -> None:
+        self.handler = handler
+        self.server = server
+        self.connections = 0
+        self.port = int(server.sockets[0].getsockname()[1])
+
+    @classmethod
+    async def start(cls, handler: CaptureHandler | None = None) -> CountingUpstream:
+        loop = asyncio.get_running_loop()
+        handler = handler or CaptureHandler()
+        up: CountingUpstream
+
+        def factory() -> SMTP:
+            up.connections += 1
+            return SMTP(handler, loop=loop)
+
+        up = cls(handler, await loop.create_server(factory, host="127.0.0.1", port=0))
+        return up
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
 async def test_connections_are_reused_and_pool_is_bounded() -> None:
-    loop = asyncio.get_running_loop()
-    handler = CaptureHandler()
-    connections = 0
-
-    def factory() -> SMTP:
-        nonlocal connections
-        connections += 1
-        return SMTP(handler, loop=loop)
-
-    server = await loop.create_server(factory, host="127.0.0.1", port=0)
-    port = server.sockets[0].getsockname()[1]
-    t = SMTPTransport(upstream(port, tls="none", pool_size=2))
+    up = await CountingUpstream.start()
+    t = SMTPTransport(upstream(up.port, tls="none", pool_size=2))
     try:
         for _ in range(3):
             await t.send("a@riverside.example", ["b@mail.example"], MSG)
-        assert connections == 1
+        assert up.connections == 1
         await asyncio.gather(*(t.send("a@riverside.example", ["b@mail.example"], MSG)
                                for _ in range(10)))
-        assert connections <= 2
+        assert up.connections <= 2
     finally:
         await t.close()
-        server.close()
-        await server.wait_closed()
-    assert len(handler.messages) == 13
+        await up.stop()
+    assert len(up.handler.messages) == 13
 
 
 async def test_old_sessions_and_a_reload_give_fresh_connections(
@@ -162,33 +178,23 @@ async def test_old_sessions_and_a_reload_give_fresh_connections(
     # and SIGHUP (recycle) drops the idle ones at once.
     import securemail.transport.smtp as smtp_transport
 
-    loop = asyncio.get_running_loop()
-    handler = CaptureHandler()
-    connections = 0
-
-    def factory() -> SMTP:
-        nonlocal connections
-        connections += 1
-        return SMTP(handler, loop=loop)
-
-    server = await loop.create_server(factory, host="127.0.0.1", port=0)
-    t = SMTPTransport(upstream(server.sockets[0].getsockname()[1], tls="none"))
+    up = await CountingUpstream.start()
+    t = SMTPTransport(upstream(up.port, tls="none"))
     monkeypatch.setattr(smtp_transport, "SESSION_REUSE_SECONDS", 0.3)
     try:
         await t.send("a@riverside.example", ["b@mail.example"], MSG)
         await t.send("a@riverside.example", ["b@mail.example"], MSG)
-        assert connections == 1  # reused while young
+        assert up.connections == 1  # reused while young
         await asyncio.sleep(0.4)
         await t.send("a@riverside.example", ["b@mail.example"], MSG)
-        assert connections == 2  # too old: replaced
+        assert up.connections == 2  # too old: replaced
         t.recycle()
         await t.send("a@riverside.example", ["b@mail.example"], MSG)
-        assert connections == 3  # dropped by the reload
+        assert up.connections == 3  # dropped by the reload
     finally:
         await t.close()
-        server.close()
-        await server.wait_closed()
-    assert len(handler.messages) == 4
+        await up.stop()
+    assert len(up.handler.messages) == 4
 
 
 async def test_pooled_connection_closed_by_upstream_is_replaced() -> None:
@@ -303,36 +309,24 @@ async def test_sighup_with_the_same_upstream_opens_fresh_connections(tmp_path: P
     from securemail.relay import load
     from tests.integration.relay_support import write_config
 
-    loop = asyncio.get_running_loop()
-    handler = CaptureHandler()
-    connections = 0
-
-    def factory() -> SMTP:
-        nonlocal connections
-        connections += 1
-        return SMTP(handler, loop=loop)
-
-    server = await loop.create_server(factory, host="127.0.0.1", port=0)
-    port = server.sockets[0].getsockname()[1]
-    relay = load(write_config(tmp_path, upstream_url=f"smtp://127.0.0.1:{port}"))
+    up = await CountingUpstream.start()
+    relay = load(write_config(tmp_path, upstream_url=f"smtp://127.0.0.1:{up.port}"))
     try:
         for n in range(2):
             await relay.send(MSG.replace(b"Subject:", b"X-N: %d\r\nSubject:" % n),
                              mail_from="a@riverside.example", rcpt_tos=["b@riverside.example"])
-        assert connections == 1
+        assert up.connections == 1
         relay.reload()  # what SIGHUP does; [upstream] unchanged
         await relay.send(MSG, mail_from="a@riverside.example", rcpt_tos=["b@riverside.example"])
-        assert connections == 2
+        assert up.connections == 2
     finally:
         await relay.close()
-        server.close()
-        await server.wait_closed()
+        await up.stop()
 
 
 async def test_a_session_busy_during_a_recycle_is_not_reused() -> None:
     # On a busy relay every session is in use when SIGHUP comes: those must
     # close after their message instead of going back to the pool.
-    loop = asyncio.get_running_loop()
     gate = asyncio.Event()
 
     class Slow(CaptureHandler):
@@ -341,26 +335,17 @@ async def test_a_session_busy_during_a_recycle_is_not_reused() -> None:
                 await gate.wait()
             return await super().handle_DATA(server, session, envelope)
 
-    handler = Slow()
-    connections = 0
-
-    def factory() -> SMTP:
-        nonlocal connections
-        connections += 1
-        return SMTP(handler, loop=loop)
-
-    server = await loop.create_server(factory, host="127.0.0.1", port=0)
-    t = SMTPTransport(upstream(server.sockets[0].getsockname()[1], tls="none", pool_size=1))
+    up = await CountingUpstream.start(Slow())
+    t = SMTPTransport(upstream(up.port, tls="none", pool_size=1))
     try:
         busy = asyncio.create_task(t.send("a@riverside.example", ["b@mail.example"], MSG))
-        while not connections:
+        while not up.connections:
             await asyncio.sleep(0.01)
         t.recycle()  # SIGHUP while the only session is in the middle of DATA
         gate.set()
         await busy
         await t.send("a@riverside.example", ["b@mail.example"], MSG)
-        assert connections == 2
+        assert up.connections == 2
     finally:
         await t.close()
-        server.close()
-        await server.wait_closed()
+        await up.stop()
