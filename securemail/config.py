@@ -201,6 +201,14 @@ def _practice(t: Table) -> PracticeSettings:
     )
 
 
+def _hostname(t: Table) -> str:
+    value = t.line("hostname", RelaySettings.hostname)
+    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", value):
+        raise t.error("hostname", f'must be a host name (letters, digits, "." and "-"; an'
+                                  f' IDN in its xn-- form), got "{value}"')
+    return value
+
+
 def _relay(t: Table) -> RelaySettings:
     nets = t.strings("trusted_networks", RelaySettings.trusted_networks)
     for i, net in enumerate(nets):
@@ -210,7 +218,7 @@ def _relay(t: Table) -> RelaySettings:
             raise t.error(f"trusted_networks[{i}]", f'not a network: "{net}"') from None
     return RelaySettings(
         listen=read_host_port(t, "listen", RelaySettings.listen),
-        hostname=t.line("hostname", RelaySettings.hostname),
+        hostname=_hostname(t),
         trusted_networks=nets,
         max_recipients=t.positive("max_recipients", RelaySettings.max_recipients),
         max_connections_per_client=t.positive(

@@ -64,8 +64,6 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
         raise Blocked(verdict)
 
     clean = _strip_markers(relay, raw)
-    if envelope.trace:  # after the digest: a retry of the same bytes is the same message
-        clean = envelope.trace.encode("ascii") + clean
     plan = _plan(verdict)
     ledger = relay.ledger
     done = ledger.completed(digest)  # recipients accepted on an earlier, deferred attempt
@@ -102,7 +100,7 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
             *(_deliver(relay, envelope, o, progress) for o in outputs), return_exceptions=False
         )
     except asyncio.CancelledError:
-        _interrupted(relay, envelope, verdict, digest, statuses, progress, now)
+        _interrupted(relay, envelope, verdict, digest, statuses, progress, outputs, now)
         raise
     for output, (per_rcpt, out_tls) in zip(outputs, results, strict=True):
         tls = out_tls or tls
@@ -208,12 +206,17 @@ class _Progress:
 
 def _interrupted(relay: Relay, envelope: Envelope, verdict: Verdict, digest: str,
                  statuses: Mapping[str, Status], progress: _Progress,
-                 now: dt.datetime) -> None:
+                 outputs: Sequence[Output], now: dt.datetime) -> None:
     """We were cancelled while delivering: note, synchronously (nothing can be
     awaited any more), the copies upstream already accepted, in the delivery
     ledger (a retry sends only the rest) and in the audit log (they left, so
-    they are on record; the rest as deferred). A transaction cut in the middle
-    is unknowable either way, as after a crash."""
+    they are on record; the rest as deferred). A sealed portal copy whose
+    notice was not accepted is withdrawn (the retry seals anew), so no PHI copy
+    stays active without a link. A transaction cut in the middle is unknowable
+    either way, as after a crash."""
+    for output in outputs:
+        if output.portal_id and output.portal_id not in progress.portal_ids.values():
+            _discard_seal(relay, output.portal_id, now)
     if not progress.accepted:
         return
     _note_in_ledger(relay, digest, progress.accepted, now)
@@ -243,6 +246,8 @@ def _note_in_ledger(relay: Relay, digest: str, accepted: Mapping[str, Status],
 async def _deliver(relay: Relay, envelope: Envelope, output: Output, progress: _Progress
                    ) -> tuple[dict[str, tuple[Status, str | None]], TLSInfo | None]:
     data = output.data
+    if envelope.trace:  # on every copy that leaves (after the digest: a retry is the same)
+        data = envelope.trace.encode("ascii", "replace") + data
     if relay.signer is not None:
         try:
             data = relay.signer.sign(data)

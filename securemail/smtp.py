@@ -114,6 +114,12 @@ class LoginFailures:
             self._evict(now)
         return len(recent)
 
+    def forgive(self, ip: str, stamp: float) -> None:
+        """Take back one failure counted at ``stamp`` (the login succeeded)."""
+        times = self._seen.get(client_key(ip))
+        if times is not None and stamp in times:
+            times.remove(stamp)
+
     def _evict(self, now: float) -> None:
         for key in [k for k, times in self._seen.items() if now - times[-1] >= self.window]:
             del self._seen[key]
@@ -231,6 +237,9 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         if self._client_ip is None:  # not the STARTTLS re-entry
             peer = transport.get_extra_info("peername")
             self._client_ip = str(peer[0]) if peer else "?"
+            # Counted per client (an IPv6 /64 is one): one site cannot open
+            # unlimited sessions from its many addresses.
+            self._client_ip = client_key(self._client_ip)
             self.state.per_client[self._client_ip] += 1
             self.state.open.add(self)
             self.state.metrics.connections += 1
@@ -385,21 +394,26 @@ class RelayHandler:
         if self.policy.users is None:
             return AuthResult(success=False, handled=False)
         peer_ip = _peer_ip(server.session) if server.session is not None else "?"
-        if self.state.login_failures.blocked(peer_ip, time.monotonic()):
+        started = time.monotonic()
+        if self.state.login_failures.blocked(peer_ip, started):
             # Parallel sessions that were already past the AUTH check.
             await server.push(TOO_MANY_LOGINS)
             if server.transport is not None:
                 server.transport.close()
             return AuthResult(success=False, handled=True)
+        # Counted as a failure before the (slow) password check and forgiven on
+        # success: parallel sessions cannot all slip in under the limit.
+        from_address = self.state.login_failures.add(peer_ip, started)
         user = await self.policy.users.authenticate(
             login.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
-        if user is None:
+        if user is not None:
+            self.state.login_failures.forgive(peer_ip, started)
+        else:
             failures = 1
             if isinstance(server, RelaySMTP):
                 server.auth_failures += 1
                 failures = server.auth_failures
-            peer = _peer_ip(server.session) if server.session is not None else "?"
-            from_address = self.state.login_failures.add(peer, time.monotonic())
+            peer = peer_ip
             log.warning("submission login failed for user %s from %s (%d in this session,"
                         " %d from this address in %d min)", _shown_login(login), peer,
                         failures, from_address, AUTH_FAILURE_WINDOW_SECONDS // 60)

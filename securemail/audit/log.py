@@ -14,13 +14,16 @@ and never fork the chain.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import hashlib
 import json
+import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -42,12 +45,12 @@ from securemail.audit.chain import (
 )
 from securemail.audit.records import RECORD_VERSION, event_fields, format_time, message_fields
 from securemail.config import Settings
-from securemail.errors import ConfigError, StoreError
+from securemail.errors import ConfigError, InputError, StoreError
 from securemail.model import Envelope, Outcome
 from securemail.store.sqlite import open_database
 
-__all__ = ["AdminEvent", "AuditLog", "Chainer", "check_signing_key", "last_signer",
-           "signing_key_path"]
+__all__ = ["AdminEvent", "AuditLog", "Chainer", "check_signing_key", "exclusive_writer_lock",
+           "last_signer", "signing_key_path"]
 
 _T = TypeVar("_T")
 AdminEvent = tuple[str, Mapping[str, str | int | None]]  # (kind, fields) of one event
@@ -71,6 +74,36 @@ def _signing_key_for(conn: sqlite3.Connection, path: Path, db: Path | None
     """
     key = check_signing_key(conn, path, db)
     return key if key is not None else ensure_signing_key(path)
+
+
+def _shared_writer_lock(db: Path) -> int:
+    """A shared flock on the store file, held while this log is open: every
+    writer holds one; ``audit new-chain`` needs the file to itself. (SQLite's
+    own locks are fcntl locks: on Linux the two kinds do not interact.)"""
+    fd = os.open(db, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError("audit: the store is being moved to a new chain (audit new-chain);"
+                         " try again when it has finished") from None
+    return fd
+
+
+@contextmanager
+def exclusive_writer_lock(db: Path) -> Iterator[None]:
+    """Held by ``audit new-chain``: refuses while any other process (a running
+    relay, a CLI import) has the audit log open, and keeps them out meanwhile."""
+    fd = os.open(db, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{db}: another securemail process has the audit log open"
+                             " (a running relay?): stop it first") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def check_signing_key(conn: sqlite3.Connection, path: Path, db: Path | None
@@ -275,11 +308,13 @@ class AuditLog:
     """The audit API used by the pipeline, the portal and the CLI."""
 
     def __init__(self, write_conn: sqlite3.Connection, read_conn: sqlite3.Connection,
-                 chainer: Chainer, *, owns: tuple[sqlite3.Connection, ...] = ()) -> None:
+                 chainer: Chainer, *, owns: tuple[sqlite3.Connection, ...] = (),
+                 writer_lock: int | None = None) -> None:
         self._write = write_conn
         self.conn = read_conn  # for exports, verification and reports
         self.chainer = chainer
         self._owns = owns
+        self._writer_lock = writer_lock  # shared flock on the store file while open
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()
@@ -289,10 +324,12 @@ class AuditLog:
     @classmethod
     def open(cls, settings: Settings, *, conn: sqlite3.Connection | None = None,
              instance_id: str = "") -> AuditLog:
+        lock: int | None = None
         if conn is None:
             path = settings.storage.sqlite_path
             write, read = open_database(path), open_database(path)
             owns: tuple[sqlite3.Connection, ...] = (write, read)
+            lock = _shared_writer_lock(path)
         else:
             # Never share the caller's connection with our thread: its transactions
             # would interleave with ours. Open our own on the same file.
@@ -311,10 +348,12 @@ class AuditLog:
         except BaseException:
             for c in owns:
                 c.close()
+            if lock is not None:
+                os.close(lock)
             raise
         chainer = Chainer(key, settings.audit.checkpoint_every, settings.audit.checkpoint_seconds,
                           instance_id)
-        return cls(write, read, chainer, owns=owns)
+        return cls(write, read, chainer, owns=owns, writer_lock=lock)
 
     @property
     def public_key(self) -> Ed25519PublicKey:
@@ -433,6 +472,9 @@ class AuditLog:
         finally:
             for c in self._owns:
                 c.close()
+            if self._writer_lock is not None:
+                os.close(self._writer_lock)  # releases the shared lock
+                self._writer_lock = None
 
     def _submit(self, job: _Job) -> _Job:
         if self._closed:

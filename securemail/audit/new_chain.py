@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from securemail.audit import store
 from securemail.audit.chain import ensure_signing_key, key_id
-from securemail.audit.log import Chainer, last_signer, signing_key_path
+from securemail.audit.log import Chainer, exclusive_writer_lock, last_signer, signing_key_path
 from securemail.audit.records import event_fields, format_time
 from securemail.config import Settings
 from securemail.errors import InputError
@@ -42,7 +44,9 @@ class NewChain:
 
 
 def start_new_chain(settings: Settings, *, reason: str, now: datetime) -> NewChain:
-    """Archive the store's chain and start a new one (stop the relay first)."""
+    """Archive the store's chain and start a new one. Refused while any other
+    securemail process has the audit log open (a running relay would go on
+    signing with the key it holds)."""
     if reason not in REASONS:
         raise InputError(f"reason must be one of {', '.join(REASONS)}")
     db = settings.storage.sqlite_path
@@ -51,51 +55,69 @@ def start_new_chain(settings: Settings, *, reason: str, now: datetime) -> NewCha
     archive = db.parent / f"audit-archive-{now:%Y%m%dT%H%M%SZ}.db"
     if archive.exists():
         raise InputError(f"{archive} already exists; try again in a second")
-    conn = open_database(db)
-    try:
+    with exclusive_writer_lock(db):
+        key_path = signing_key_path(settings)
+        key = ensure_signing_key(key_path)  # before anything moves
+        _give_to_store_owner(key_path, db)
+        conn = open_database(db)
+        try:
+            return _archive_and_restart(settings, conn, archive, key, reason, now)
+        finally:
+            conn.close()
+
+
+def _archive_and_restart(settings: Settings, conn: sqlite3.Connection, archive: Path,
+                         key: Ed25519PrivateKey, reason: str, now: datetime) -> NewChain:
+    db = settings.storage.sqlite_path
+    chainer = Chainer(key, settings.audit.checkpoint_every, settings.audit.checkpoint_seconds)
+    at = format_time(now)
+    # One write transaction on the store from the head we archive to the new
+    # chain's first record: nothing can be appended in between.
+    with transaction(conn):
         if not store.has_audit_tables(conn) or store.head(conn).seq == 0:
             raise InputError(f"{db}: no audit records: there is no chain to archive")
         head = store.head(conn)
         previous_signer = last_signer(conn, head)
-        copied = _copy_to(archive, conn)
-        key = ensure_signing_key(signing_key_path(settings))
-        chainer = Chainer(key, settings.audit.checkpoint_every,
-                          settings.audit.checkpoint_seconds)
-        at = format_time(now)
-        with transaction(conn):  # the old chain goes and the new one starts together
-            conn.execute("DELETE FROM audit_records")
-            conn.execute("DELETE FROM audit_head")
-            chainer.append(conn, [(event_fields("chain-start", {
-                "previous_seq": head.seq, "previous_hash": head.hash,
-                "previous_signer": previous_signer, "file": archive.name,
-                "reason_code": reason, "actor": "cli"}), at)])
-            chainer.checkpoint(conn, at, "chain-start")
-    finally:
-        conn.close()
+        copied = _copy_to(archive, conn, db)  # committed in the archive file first
+        conn.execute("DELETE FROM audit_records")
+        conn.execute("DELETE FROM audit_head")
+        chainer.append(conn, [(event_fields("chain-start", {
+            "previous_seq": head.seq, "previous_hash": head.hash,
+            "previous_signer": previous_signer, "file": archive.name,
+            "reason_code": reason, "actor": "cli"}), at)])
+        chainer.checkpoint(conn, at, "chain-start")
     return NewChain(archive, copied, head.seq, previous_signer, key_id(key.public_key()))
 
 
-def _copy_to(archive: Path, conn: sqlite3.Connection) -> int:
-    """Copy the audit tables into a new file and check it holds them all. Its
-    own commit, before anything leaves the store: a crash in between leaves
-    the store as it was (and a spare archive)."""
+def _copy_to(archive: Path, conn: sqlite3.Connection, db: Path) -> int:
+    """Copy the audit tables (read inside the caller's transaction) into a new
+    file, committed there before the store changes; check it holds them all."""
     fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)
+    _give_to_store_owner(archive, db)
     target = open_database(archive)
     try:
         store.prepare(target)
+        with transaction(target):
+            rows = conn.execute("SELECT seq, kind, at, prev_hash, hash, body FROM audit_records"
+                                " ORDER BY seq")
+            while batch := rows.fetchmany(1000):
+                target.executemany("INSERT INTO audit_records VALUES (?,?,?,?,?,?)", batch)
+            target.executemany("INSERT INTO audit_head VALUES (?,?,?,?,?,?)",
+                               conn.execute("SELECT id, seq, hash, signature, last_checkpoint_seq,"
+                                            " last_checkpoint_at FROM audit_head").fetchall())
+        count = int(target.execute("SELECT COUNT(*) FROM audit_records").fetchone()[0])
     finally:
         target.close()
-    conn.execute("ATTACH DATABASE ? AS archive", (str(archive),))
-    try:
-        with transaction(conn):
-            conn.execute("INSERT INTO archive.audit_records SELECT * FROM main.audit_records")
-            conn.execute("INSERT INTO archive.audit_head SELECT * FROM main.audit_head")
-        count = conn.execute("SELECT COUNT(*) FROM archive.audit_records").fetchone()[0]
-        expected = conn.execute("SELECT COUNT(*) FROM main.audit_records").fetchone()[0]
-    finally:
-        conn.execute("DETACH DATABASE archive")
+    expected = int(conn.execute("SELECT COUNT(*) FROM audit_records").fetchone()[0])
     if count != expected:
         raise InputError(f"{archive}: the copy holds {count} of {expected} records; nothing"
                          " was changed in the store")
-    return int(count)
+    return count
+
+
+def _give_to_store_owner(path: Path, db: Path) -> None:
+    """Run as root for a service user: the files we make belong to the store's owner."""
+    if os.geteuid() == 0:
+        st = db.stat()
+        os.chown(path, st.st_uid, st.st_gid)

@@ -267,8 +267,11 @@ def new_chain_cmd(config_path: str, reason: str) -> None:
     result = start_new_chain(_settings(config_path), reason=reason, now=datetime.now(UTC))
     click.echo(f"archived {result.archived_records} record(s) (seq up to {result.previous_seq},"
                f" signed by {result.previous_signer or 'unknown'}) to {result.archive}")
-    click.echo(f"new chain started, signed by key {result.signer}: give compliance the new"
-               " public key (`securemail audit public-key`)")
+    if result.signer == result.previous_signer:
+        click.echo(f"new chain started, signed by the same key {result.signer}")
+    else:
+        click.echo(f"new chain started, signed by key {result.signer}: give compliance the"
+                   " new public key (`securemail audit public-key`)")
 
 
 commands: list[click.Command] = [audit_group]

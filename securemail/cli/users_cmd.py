@@ -41,6 +41,11 @@ def _read_password(from_stdin: bool) -> str:
     return password
 
 
+def _toml(text: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's, with non-ASCII kept as is)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def _hash(password: str) -> str:
     from argon2 import PasswordHasher
 
@@ -69,21 +74,29 @@ def users_add(file: str, name: str, addresses: tuple[str, ...], password_stdin: 
             raise InputError(f"{file}: user {name!r} already exists")
     if not name or not name.isprintable() or any(c.isspace() for c in name):
         raise InputError(f"user name {name!r}: use letters, digits and punctuation, no spaces")
-    entry = (f"\n[[users]]\nname = {json.dumps(name)}\n"
-             f"password_hash = {json.dumps(_hash(_read_password(password_stdin)))}\n"
-             f"addresses = [{', '.join(json.dumps(a) for a in addresses)}]\n")
-    before = path.read_text(encoding="utf-8") if path.exists() else ""
+    before = path.read_bytes() if path.exists() else b""
+    eol = b"\r\n" if b"\r\n" in before else b"\n"  # keep the file's line endings
+    lines = ["", "[[users]]", f"name = {_toml(name)}",
+             f"password_hash = {_toml(_hash(_read_password(password_stdin)))}",
+             f"addresses = [{', '.join(_toml(a) for a in addresses)}]", ""]
+    if before and not before.endswith(b"\n"):
+        before += eol
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(before + entry)
+        with os.fdopen(fd, "wb") as f:
+            f.write(before + eol.join(line.encode("utf-8") for line in lines))
         try:
             load_users(tmp)  # the result must load exactly as serve will read it
         except ConfigError as exc:
             raise ConfigError(file, exc.key, exc.problem) from None
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
+        if path.exists():  # same mode, owner and group as before (root:securemail 0640)
+            st = path.stat()
+            os.chmod(tmp, st.st_mode & 0o777)
+            if os.geteuid() == 0:
+                os.chown(tmp, st.st_uid, st.st_gid)
+        else:
+            os.chmod(tmp, 0o640)  # whatever the umask
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

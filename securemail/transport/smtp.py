@@ -219,6 +219,7 @@ class SMTPTransport:
     # ------------------------------------------------------------ connections
 
     async def _connect(self) -> _Session:
+        generation = self._generation  # a recycle while we connect retires this one too
         client = aiosmtplib.SMTP(
             hostname=self.host, port=self.port, timeout=self.settings.timeout_seconds,
             start_tls=False, use_tls=False, local_hostname=self.local_hostname,
@@ -234,7 +235,7 @@ class SMTPTransport:
                 await client.starttls(tls_context=self._tls_context)
                 await client.ehlo()  # RFC 3207: forget what we learnt before TLS
                 tls = _tls_info(client)
-            return _Session(client, tls, self._generation)
+            return _Session(client, tls, generation)
         except UpstreamUnavailable:
             client.close()
             raise

@@ -590,6 +590,13 @@ def test_a_send_cut_off_by_its_event_loop_ending_leaves_a_record_and_no_duplicat
         outcome = relay.send_sync(raw)  # the caller's retry
         assert {r.address: r.status for r in outcome.recipients} == {
             STAFF: Status.DELIVERED, "jane@mail.example": Status.SEALED}
+        # The first attempt's sealed copy, whose notice never left, was withdrawn:
+        # one active copy (the retry's), the one the notice links to.
+        import datetime as dt
+
+        now = dt.datetime.now(dt.UTC)
+        active = [row.id for row in relay.portal.list(now) if row.state(now) == "active"]
+        assert active == [r.portal_id for r in outcome.recipients if r.portal_id]
         relay.close_sync()
         assert sum(STAFF in m.rcpt_tos for m in up.messages) == 1  # not sent twice
     finally:

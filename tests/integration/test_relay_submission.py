@@ -341,3 +341,50 @@ def test_the_trace_header_is_one_safe_header() -> None:
     odd = received_header("mx", "evil\r\nBcc: x@y", "10.0.0.1", False, True, when)
     assert odd.startswith("Received: from unknown ([10.0.0.1])") and "Bcc" not in odd
     assert odd.count("\r\n") == 3 and "with ESMTPA;" in odd
+
+
+async def test_parallel_sessions_cannot_guess_past_the_per_client_limit(relay: tuple) -> None:
+    # Each attempt is counted before the (slow) password check: fifteen
+    # sessions guessing at once get at most the limit of password checks.
+    from securemail.smtp import MAX_AUTH_FAILURES_PER_ADDRESS
+
+    r, ctx = relay
+    clients = [await _client(r, ctx) for _ in range(15)]
+
+    async def guess(c: aiosmtplib.SMTP, n: int) -> int:
+        try:
+            await c.auth_plain("frontdesk", f"guess {n}")
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            return exc.code
+        except aiosmtplib.SMTPException:
+            return -1  # refused and disconnected (421)
+        return 235
+
+    codes = await asyncio.gather(*(guess(c, n) for n, c in enumerate(clients)))
+    for c in clients:
+        c.close()
+    assert codes.count(535) <= MAX_AUTH_FAILURES_PER_ADDRESS
+    assert 235 not in codes and len(codes) == 15
+
+
+async def test_the_trace_header_is_on_encrypted_and_portal_copies_too(
+        tmp_path: Path, upstream: Upstream) -> None:
+    # Every copy that leaves carries it, not only the pass-through one.
+    cfg, certs = submission_config(tmp_path, upstream)
+    cfg.write_text(cfg.read_text().replace("[portal]\nenabled = false", "[portal]\nenabled = true"))
+    r = await run_relay(cfg)
+    try:
+        c = await _client(r, ssl.create_default_context(cafile=str(certs.ca_file)))
+        await c.auth_plain("frontdesk", "correct horse")
+        data = message(frm="frontdesk@riverside.example", to="jane@mail.example",
+                       cc="colleague@riverside.example",
+                       body="Diagnosis F32.1 for Jane, SSN 123-45-6789.")
+        await c.sendmail("frontdesk@riverside.example",
+                         ["jane@mail.example", "colleague@riverside.example"], data)
+        c.close()
+    finally:
+        await r.stop()
+    by_rcpt = {m.rcpt_tos[0]: m.data for m in upstream.messages}
+    assert set(by_rcpt) == {"jane@mail.example", "colleague@riverside.example"}
+    for copy in by_rcpt.values():  # the portal notice and the pass-through copy
+        assert copy.startswith(b"Received: from ") and b"(securemail) with ESMTPSA;" in copy

@@ -58,3 +58,37 @@ def test_hash_prints_a_hash_the_users_file_accepts(tmp_path: Path) -> None:
     file.write_text(f'[[users]]\nname = "x"\npassword_hash = "{r.stdout.strip()}"\n'
                     'addresses = ["x@riverside.example"]\n')
     assert asyncio.run(load_users(file).authenticate("x", "correct horse battery")) is not None
+
+
+def test_adding_keeps_the_files_owner_mode_and_line_endings(tmp_path: Path) -> None:
+    import os
+
+    file = tmp_path / "users.toml"
+    file.write_bytes(b"# accounts for the front desk\r\n[[users]]\r\nname = \"desk\"\r\n"
+                     b"password_hash = \"$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaA\"\r\n"
+                     b"addresses = [\"desk@riverside.example\"]")  # no final newline
+    file.chmod(0o640)
+    if os.geteuid() == 0:
+        os.chown(file, 0, 1)  # root:daemon, like root:securemail
+    r = users("add", str(file), "zoë", "--address", "zoe@riverside.example",
+              password="correct horse battery")
+    assert r.returncode == 0, r.stderr
+    data = file.read_bytes()
+    assert b"\n" not in data.replace(b"\r\n", b"")  # CRLF throughout
+    assert data.startswith(b"# accounts for the front desk\r\n")
+    st = file.stat()
+    assert st.st_mode & 0o777 == 0o640
+    if os.geteuid() == 0:
+        assert (st.st_uid, st.st_gid) == (0, 1)
+    names = set(load_users(file).users)
+    assert names == {"desk", "zoë"}
+
+
+def test_a_new_file_is_0640_whatever_the_umask(tmp_path: Path) -> None:
+    file = tmp_path / "users.toml"
+    r = subprocess.run(["sh", "-c", f"umask 077; {sys.executable} -m securemail users add"
+                        f" {file} desk --address desk@riverside.example --password-stdin"],
+                       input="correct horse battery\n", capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert file.stat().st_mode & 0o777 == 0o640

@@ -143,3 +143,25 @@ def test_new_chain_refuses_a_store_without_records(tmp_path: Path) -> None:
     AuditLog.open(make_settings(tmp_path)).close(T0)  # a checkpoint-less, empty store
     with pytest.raises(InputError):
         start_new_chain(make_settings(tmp_path), reason="rotation", now=T0)
+
+
+def test_new_chain_is_refused_while_a_writer_has_the_log_open(tmp_path: Path) -> None:
+    # A running relay would go on appending, signing with the key it holds:
+    # records would fall between the archive and the new chain.
+    from securemail.audit.log import exclusive_writer_lock
+    from securemail.audit.new_chain import start_new_chain
+    from securemail.errors import InputError, StoreError
+
+    _used_store(tmp_path)
+    settings = make_settings(tmp_path)
+    running = AuditLog.open(settings)
+    try:
+        with pytest.raises(InputError, match="stop it first"):
+            start_new_chain(settings, reason="rotation", now=T0)
+    finally:
+        running.close(T0)
+    with sqlite3.connect(settings.storage.sqlite_path) as conn:
+        assert store.head(conn).seq > 0  # nothing was moved
+    # And while new-chain holds the store, a relay cannot start appending.
+    with exclusive_writer_lock(settings.storage.sqlite_path), pytest.raises(StoreError):
+        AuditLog.open(settings)

@@ -119,6 +119,7 @@ def test_bad_regex(tmp_path: Path) -> None:
      "one line"),
     ('[portal]\nsender_name = "Front\\r\\nDesk"\n', "portal.sender_name", "one line"),
     ('[relay]\nhostname = "mx\\u0000.example"\n', "relay.hostname", "one line"),
+    ('[relay]\nhostname = "relais.zürich.example"\n', "relay.hostname", "xn--"),
     ('[upstream]\nurl = "smtp://127.0.0.1:99999"\ntls = "none"\n', "upstream.url", "1-65535"),
     ('[relay]\nlisten = "127.0.0.1:70000"\n', "relay.listen", "port must be 1-65535"),
 ])
