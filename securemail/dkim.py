@@ -172,11 +172,12 @@ class DkimSigner:
         unsigned.
         """
         wire = _crlf(message)
-        if wire[:5].lower() in (b"from ", b"from\t"):
-            # An mbox "From " / obsolete "From :" first line: dkimpy skips it,
+        end = wire.find(b"\r\n\r\n")
+        if _FROM_WITHOUT_COLON.search(wire, 0, end if end >= 0 else len(wire)):
+            # An mbox "From " / obsolete "From :" header line: dkimpy skips it,
             # mail programs may show it. Never sign what two readers see apart.
-            raise RenderError("DKIM signing failed: the message starts with a From line"
-                              " without a colon")
+            raise RenderError("DKIM signing failed: a header line starts with From but no"
+                              " colon")
         headers, body = _split(wire)
         if not any(name.lower() == b"from" for name, _ in headers):
             raise RenderError("DKIM signing failed: the message has no From header")
@@ -274,6 +275,9 @@ class _HeaderData:
 
     def value(self) -> bytes:
         return b"".join(self._parts)
+
+
+_FROM_WITHOUT_COLON = re.compile(rb"(?im)^from[ \t]")
 
 
 def _split(wire: bytes) -> tuple[list[list[bytes]], bytes]:

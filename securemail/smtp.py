@@ -81,6 +81,7 @@ MAX_AUTH_FAILURES_PER_ADDRESS = 10
 AUTH_FAILURE_WINDOW_SECONDS = 15 * 60
 _AUTH_TRACKED_ADDRESSES = 10_000  # memory bound: the oldest client addresses are forgotten
 TOO_MANY_LOGINS = "421 4.7.0 Too many failed logins from your address; try again later"
+AUTH_QUEUE_SECONDS = 30.0  # how long a login waits for parallel checks from its client
 
 
 class LoginFailures:
@@ -100,9 +101,25 @@ class LoginFailures:
         self.window = window
         self.capacity = capacity
         self._seen: dict[str, list[float]] = {}
+        self._checking: Counter[str] = Counter()  # password checks in progress
 
     def blocked(self, ip: str, now: float) -> bool:
         return len(self._recent(client_key(ip), now)) >= self.limit
+
+    def busy(self, ip: str, now: float) -> bool:
+        """Failures plus checks in progress reach the limit: the next check
+        waits (so parallel sessions cannot all guess at once)."""
+        key = client_key(ip)
+        return len(self._recent(key, now)) + self._checking[key] >= self.limit
+
+    def begin(self, ip: str) -> None:
+        self._checking[client_key(ip)] += 1
+
+    def end(self, ip: str) -> None:
+        key = client_key(ip)
+        self._checking[key] -= 1
+        if self._checking[key] <= 0:
+            del self._checking[key]
 
     def add(self, ip: str, now: float) -> int:
         key = client_key(ip)
@@ -113,12 +130,6 @@ class LoginFailures:
         if len(self._seen) > self.capacity:
             self._evict(now)
         return len(recent)
-
-    def forgive(self, ip: str, stamp: float) -> None:
-        """Take back one failure counted at ``stamp`` (the login succeeded)."""
-        times = self._seen.get(client_key(ip))
-        if times is not None and stamp in times:
-            times.remove(stamp)
 
     def _evict(self, now: float) -> None:
         for key in [k for k, times in self._seen.items() if now - times[-1] >= self.window]:
@@ -394,21 +405,29 @@ class RelayHandler:
         if self.policy.users is None:
             return AuthResult(success=False, handled=False)
         peer_ip = _peer_ip(server.session) if server.session is not None else "?"
-        started = time.monotonic()
-        if self.state.login_failures.blocked(peer_ip, started):
-            # Parallel sessions that were already past the AUTH check.
+        throttle = self.state.login_failures
+        # Checks in progress count towards the limit: a check that would exceed
+        # it waits for the others (bounded), so parallel sessions cannot all
+        # guess at once, while parallel logins with the right password go through.
+        waited = 0.0
+        while (not throttle.blocked(peer_ip, time.monotonic())
+               and throttle.busy(peer_ip, time.monotonic()) and waited < AUTH_QUEUE_SECONDS):
+            await asyncio.sleep(0.05)
+            waited += 0.05
+        if throttle.busy(peer_ip, time.monotonic()):
+            log.warning("submission login refused from %s: too many failed logins", peer_ip)
             await server.push(TOO_MANY_LOGINS)
             if server.transport is not None:
                 server.transport.close()
             return AuthResult(success=False, handled=True)
-        # Counted as a failure before the (slow) password check and forgiven on
-        # success: parallel sessions cannot all slip in under the limit.
-        from_address = self.state.login_failures.add(peer_ip, started)
-        user = await self.policy.users.authenticate(
-            login.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
-        if user is not None:
-            self.state.login_failures.forgive(peer_ip, started)
-        else:
+        throttle.begin(peer_ip)
+        try:
+            user = await self.policy.users.authenticate(
+                login.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
+        finally:
+            throttle.end(peer_ip)
+        if user is None:
+            from_address = throttle.add(peer_ip, time.monotonic())
             failures = 1
             if isinstance(server, RelaySMTP):
                 server.auth_failures += 1

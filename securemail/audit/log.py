@@ -76,11 +76,34 @@ def _signing_key_for(conn: sqlite3.Connection, path: Path, db: Path | None
     return key if key is not None else ensure_signing_key(path)
 
 
+def _writers_lock_file(db: Path) -> int:
+    """The lock file beside the store, opened for locking (created 0644 if
+    missing, and given to the store's owner when made by root). Never the
+    store file itself: closing any descriptor of a file drops all of a
+    process's POSIX locks on it, SQLite's included."""
+    path = db.with_name(db.name + ".writers")
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open the audit writers' lock file"
+                         f" ({exc.strerror or type(exc).__name__})") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and st.st_mode & 0o777 != 0o644:
+            os.fchmod(fd, 0o644)  # readable by the service user whatever the umask
+        if os.geteuid() == 0 and st.st_uid == 0:
+            owner = db.stat()
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+    except OSError:
+        pass  # locking still works; only the convenience failed
+    return fd
+
+
 def _shared_writer_lock(db: Path) -> int:
-    """A shared flock on the store file, held while this log is open: every
-    writer holds one; ``audit new-chain`` needs the file to itself. (SQLite's
-    own locks are fcntl locks: on Linux the two kinds do not interact.)"""
-    fd = os.open(db, os.O_RDONLY)
+    """A shared flock held while this log is open: every writer holds one;
+    ``audit new-chain`` needs it to itself."""
+    fd = _writers_lock_file(db)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -94,7 +117,7 @@ def _shared_writer_lock(db: Path) -> int:
 def exclusive_writer_lock(db: Path) -> Iterator[None]:
     """Held by ``audit new-chain``: refuses while any other process (a running
     relay, a CLI import) has the audit log open, and keeps them out meanwhile."""
-    fd = os.open(db, os.O_RDONLY)
+    fd = _writers_lock_file(db)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -327,9 +350,13 @@ class AuditLog:
         lock: int | None = None
         if conn is None:
             path = settings.storage.sqlite_path
-            write, read = open_database(path), open_database(path)
+            lock = _shared_writer_lock(path)  # first: nothing to leak if it is refused
+            try:
+                write, read = open_database(path), open_database(path)
+            except BaseException:
+                os.close(lock)
+                raise
             owns: tuple[sqlite3.Connection, ...] = (write, read)
-            lock = _shared_writer_lock(path)
         else:
             # Never share the caller's connection with our thread: its transactions
             # would interleave with ours. Open our own on the same file.

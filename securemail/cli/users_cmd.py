@@ -67,7 +67,9 @@ def users_add(file: str, name: str, addresses: tuple[str, ...], password_stdin: 
     """
     from securemail.smtp_auth import load_users
 
-    path = Path(file)
+    path = Path(os.path.realpath(file))  # a symlinked file is updated where it lives
+    if not path.parent.is_dir():
+        raise InputError(f"{file}: folder {path.parent} does not exist")
     if path.exists():
         users = load_users(path)  # a broken file is reported, not appended to
         if name in users.users:
@@ -88,8 +90,9 @@ def users_add(file: str, name: str, addresses: tuple[str, ...], password_stdin: 
             f.write(before + eol.join(line.encode("utf-8") for line in lines))
         try:
             load_users(tmp)  # the result must load exactly as serve will read it
-        except ConfigError as exc:
-            raise ConfigError(file, exc.key, exc.problem) from None
+        except ConfigError as exc:  # only the new entry can be at fault: it was loaded before
+            option = "--address" if exc.key.endswith(".addresses") else "the new user"
+            raise InputError(f"{option}: {exc.problem}") from None
         if path.exists():  # same mode, owner and group as before (root:securemail 0640)
             st = path.stat()
             os.chmod(tmp, st.st_mode & 0o777)

@@ -388,3 +388,21 @@ async def test_the_trace_header_is_on_encrypted_and_portal_copies_too(
     assert set(by_rcpt) == {"jane@mail.example", "colleague@riverside.example"}
     for copy in by_rcpt.values():  # the portal notice and the pass-through copy
         assert copy.startswith(b"Received: from ") and b"(securemail) with ESMTPSA;" in copy
+
+
+async def test_parallel_logins_with_the_right_password_all_go_through(relay: tuple) -> None:
+    # An app's connection pool or an office behind one NAT: checks in progress
+    # make later ones wait, they do not refuse them.
+    r, ctx = relay
+    clients = [await _client(r, ctx) for _ in range(15)]
+
+    async def login(c: aiosmtplib.SMTP) -> int:
+        try:
+            return (await c.auth_plain("frontdesk", "correct horse")).code
+        except aiosmtplib.SMTPException as exc:
+            return getattr(exc, "code", -1)
+
+    codes = await asyncio.gather(*(login(c) for c in clients))
+    for c in clients:
+        c.close()
+    assert codes == [235] * 15

@@ -165,3 +165,29 @@ def test_new_chain_is_refused_while_a_writer_has_the_log_open(tmp_path: Path) ->
     # And while new-chain holds the store, a relay cannot start appending.
     with exclusive_writer_lock(settings.storage.sqlite_path), pytest.raises(StoreError):
         AuditLog.open(settings)
+
+
+def test_opening_and_closing_a_second_log_keeps_sqlites_locks(tmp_path: Path) -> None:
+    # Closing any descriptor of the store file would drop all of this process's
+    # POSIX locks on it, SQLite's included: another process could then delete a
+    # WAL that the first log still commits to. The writers' lock is a separate file.
+    import os
+    import subprocess
+    import sys
+
+    settings = make_settings(tmp_path)
+    first = AuditLog.open(settings)
+    record_messages(first, 1)
+    AuditLog.open(settings).close(T0)  # a second log in the same process
+    db = settings.storage.sqlite_path
+    # Another process opens and closes the store: with our locks intact it must
+    # not see itself as the last connection (which checkpoints and removes the WAL).
+    subprocess.run([sys.executable, "-c", f"import sqlite3; c = sqlite3.connect({str(db)!r});"
+                    " c.execute('SELECT COUNT(*) FROM audit_records').fetchone(); c.close()"],
+                   check=True, timeout=60)
+    assert os.path.exists(f"{db}-wal")
+    record_messages(first, 2, start=T0)
+    first.close(T0)
+    with sqlite3.connect(db) as conn:
+        kinds = [r[0] for r in conn.execute("SELECT kind FROM audit_records")]
+    assert kinds.count("message") == 6  # 3 messages x 2 recipients: none lost

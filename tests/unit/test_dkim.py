@@ -429,11 +429,20 @@ def test_mail_from_our_domain_or_a_subdomain_is_signed(keys: Keys,
     assert signed.startswith(b"DKIM-Signature:") and verify(keys, signed)
 
 
-@pytest.mark.parametrize("first", [b"From : CEO <ceo@evil.example>",
-                                   b"From ceo@evil.example Sat Jan  3 00:00:00 2026",
-                                   b"FROM\t: ceo@evil.example"])
-def test_a_first_line_that_readers_disagree_on_is_never_signed(keys: Keys, first: bytes) -> None:
+@pytest.mark.parametrize("lines", [
+    b"From : CEO <ceo@evil.example>\r\n",
+    b"From ceo@evil.example Sat Jan  3 00:00:00 2026\r\n",
+    # After a trace header, as the relay signs it: still caught.
+    b"Received: from x ([127.0.0.1])\r\n\tby relay (securemail);\r\n\tSun, 29 Nov 2026\r\n"
+    b"From : CEO <ceo@evil.example>\r\n",
+])
+def test_a_from_line_that_readers_disagree_on_is_never_signed(keys: Keys, lines: bytes) -> None:
     # dkimpy (and Python's parser) skip it as an mbox line; a mail program may
     # show it as the From: signing would lend our name to the hidden sender.
     with pytest.raises(RenderError):
-        keys.signer.sign(first + b"\r\n" + MESSAGE)
+        keys.signer.sign(lines + MESSAGE)
+
+
+def test_from_in_the_body_does_not_stop_signing(keys: Keys) -> None:
+    signed = keys.signer.sign(MESSAGE + b"From here on, see below.\r\n")
+    assert verify(keys, signed)
