@@ -424,6 +424,12 @@ class RelayHandler:
         try:
             user = await self.policy.users.authenticate(
                 login.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
+        except asyncio.CancelledError:
+            # The client hung up mid-check: the check runs on regardless (a
+            # thread cannot be stopped), so it counts as a failed attempt, or
+            # hanging up would buy unlimited password checks.
+            throttle.add(peer_ip, time.monotonic())
+            raise
         finally:
             throttle.end(peer_ip)
         if user is None:

@@ -81,7 +81,8 @@ def _writers_lock_file(db: Path) -> int:
     missing, and given to the store's owner when made by root). Never the
     store file itself: closing any descriptor of a file drops all of a
     process's POSIX locks on it, SQLite's included."""
-    path = db.with_name(db.name + ".writers")
+    real = Path(os.path.realpath(db))  # one lock per store, whatever path names it
+    path = real.with_name(real.name + ".writers")
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
@@ -110,6 +111,9 @@ def _shared_writer_lock(db: Path) -> int:
         os.close(fd)
         raise StoreError("audit: the store is being moved to a new chain (audit new-chain);"
                          " try again when it has finished") from None
+    except OSError as exc:
+        os.close(fd)
+        raise StoreError(f"audit: cannot lock {db}.writers ({exc.strerror})") from None
     return fd
 
 
@@ -124,6 +128,8 @@ def exclusive_writer_lock(db: Path) -> Iterator[None]:
         except BlockingIOError:
             raise InputError(f"{db}: another securemail process has the audit log open"
                              " (a running relay?): stop it first") from None
+        except OSError as exc:
+            raise StoreError(f"audit: cannot lock {db}.writers ({exc.strerror})") from None
         yield
     finally:
         os.close(fd)

@@ -70,10 +70,12 @@ def users_add(file: str, name: str, addresses: tuple[str, ...], password_stdin: 
     path = Path(os.path.realpath(file))  # a symlinked file is updated where it lives
     if not path.parent.is_dir():
         raise InputError(f"{file}: folder {path.parent} does not exist")
+    existing = 0
     if path.exists():
         users = load_users(path)  # a broken file is reported, not appended to
         if name in users.users:
             raise InputError(f"{file}: user {name!r} already exists")
+        existing = len(users.users)
     if not name or not name.isprintable() or any(c.isspace() for c in name):
         raise InputError(f"user name {name!r}: use letters, digits and punctuation, no spaces")
     before = path.read_bytes() if path.exists() else b""
@@ -84,15 +86,22 @@ def users_add(file: str, name: str, addresses: tuple[str, ...], password_stdin: 
     if before and not before.endswith(b"\n"):
         before += eol
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise InputError(f"{file}: cannot write beside it"
+                         f" ({exc.strerror or type(exc).__name__})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(before + eol.join(line.encode("utf-8") for line in lines))
         try:
             load_users(tmp)  # the result must load exactly as serve will read it
-        except ConfigError as exc:  # only the new entry can be at fault: it was loaded before
-            option = "--address" if exc.key.endswith(".addresses") else "the new user"
-            raise InputError(f"{option}: {exc.problem}") from None
+        except ConfigError as exc:
+            if exc.key.startswith(f"users[{existing}]"):  # the new entry
+                option = "--address" if exc.key.endswith(".addresses") else "the new user"
+                raise InputError(f"{option}: {exc.problem}") from None
+            raise ConfigError(file, exc.key, f"{exc.problem} (the file must use [[users]]"
+                                             " tables for users add to append to it)") from None
         if path.exists():  # same mode, owner and group as before (root:securemail 0640)
             st = path.stat()
             os.chmod(tmp, st.st_mode & 0o777)
@@ -101,6 +110,10 @@ def users_add(file: str, name: str, addresses: tuple[str, ...], password_stdin: 
         else:
             os.chmod(tmp, 0o640)  # whatever the umask
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"{file}: cannot write ({exc.strerror or type(exc).__name__})") \
+            from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -49,17 +49,15 @@ def open_database(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connect
 
 
 def _connect(p: Path, timeout: float) -> sqlite3.Connection:
-    new = not p.exists()
+    # Owner-only from the first byte (it holds addresses and audit records);
+    # SQLite gives the -wal and -shm files the same mode. Only a file we create
+    # here (O_EXCL: a new inode no SQLite connection holds) is opened and closed
+    # by us: closing any descriptor of a file drops this process's POSIX locks
+    # on it, SQLite's included.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     conn = sqlite3.connect(p, timeout=timeout, isolation_level=None, check_same_thread=False)
     try:
-        if new:
-            # Owner-only before anything is written (it holds addresses and audit
-            # records); SQLite gives the -wal and -shm files the same mode. Not by
-            # opening the file ourselves: closing any descriptor of it would drop
-            # this process's POSIX locks on it, SQLite's included.
-            conn.execute("PRAGMA user_version").fetchone()  # the file exists now
-            with contextlib.suppress(OSError):
-                os.chmod(p, 0o600)
         conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import ssl
 from collections.abc import AsyncIterator
@@ -406,3 +407,32 @@ async def test_parallel_logins_with_the_right_password_all_go_through(relay: tup
     for c in clients:
         c.close()
     assert codes == [235] * 15
+
+
+async def test_hanging_up_during_the_password_check_still_counts(
+        relay: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The argon2 check cannot be stopped once it runs: a client that hangs up
+    # mid-check must not get unlimited, uncounted password checks.
+    from securemail.smtp import MAX_AUTH_FAILURES_PER_ADDRESS
+
+    r, ctx = relay
+    users = next(h for h in r.listeners.handlers if h.policy.name == "submission").policy.users
+    check = users.authenticate
+
+    async def slow(name: str, password: str) -> object:
+        await asyncio.sleep(0.3)
+        return await check(name, password)
+
+    monkeypatch.setattr(users, "authenticate", slow)
+    for n in range(MAX_AUTH_FAILURES_PER_ADDRESS):
+        c = await _client(r, ctx)
+        assert c.protocol is not None
+        c.protocol.write(b"AUTH PLAIN " + base64.b64encode(b"\0frontdesk\0guess %d" % n)
+                         + b"\r\n")
+        await asyncio.sleep(0.05)
+        c.close()  # hang up while the check runs
+    await asyncio.sleep(0.5)
+    c = await _client(r, ctx)
+    with pytest.raises(aiosmtplib.SMTPException):
+        await c.auth_plain("frontdesk", "correct horse")  # blocked for this window
+    c.close()

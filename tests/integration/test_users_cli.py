@@ -111,3 +111,13 @@ def test_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     r = users("add", str(tmp_path / "nope" / "users.toml"), "desk", "--address",
               "desk@riverside.example", password="another long password")
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_file_in_another_layout_is_named_not_the_new_user(tmp_path: Path) -> None:
+    file = tmp_path / "users.toml"
+    file.write_text('users = [{ name = "desk", password_hash = "$argon2id$v=19$m=65536,t=3,'
+                    'p=4$c2FsdHNhbHQ$aGFzaA", addresses = ["desk@riverside.example"] }]\n')
+    r = users("add", str(file), "bob", "--address", "bob@riverside.example",
+              password="correct horse battery")
+    assert r.returncode == 2 and str(file) in r.stderr and "[[users]]" in r.stderr, r.stderr
+    assert "the new user" not in r.stderr and "Traceback" not in r.stderr

@@ -191,3 +191,18 @@ def test_opening_and_closing_a_second_log_keeps_sqlites_locks(tmp_path: Path) ->
     with sqlite3.connect(db) as conn:
         kinds = [r[0] for r in conn.execute("SELECT kind FROM audit_records")]
     assert kinds.count("message") == 6  # 3 messages x 2 recipients: none lost
+
+
+def test_the_writers_lock_is_one_per_store_whatever_path_names_it(tmp_path: Path) -> None:
+    from securemail.audit.log import exclusive_writer_lock
+    from securemail.errors import InputError
+
+    settings = make_settings(tmp_path)  # the store at tmp_path/store.db
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link" / "store.db").symlink_to(settings.storage.sqlite_path)
+    running = AuditLog.open(settings)
+    try:
+        with pytest.raises(InputError), exclusive_writer_lock(tmp_path / "link" / "store.db"):
+            pass
+    finally:
+        running.close(T0)
