@@ -15,6 +15,7 @@ False
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import email.message
 import email.policy
@@ -84,13 +85,29 @@ class Relay:
     """See the module docstring. Build with :func:`load`."""
 
     def __init__(self, settings: Settings, *, transport: Transport | None = None) -> None:
+        self.settings = settings
+        self.db = open_database(settings.storage.sqlite_path)
+        try:
+            self._build(settings, transport)
+        except BaseException:
+            # A relay that did not come up leaves nothing open (a caller may retry).
+            audit = self.__dict__.get("audit")
+            if audit is not None:
+                with contextlib.suppress(Exception):
+                    audit.close(_utcnow())
+            ledger = self.__dict__.get("ledger")
+            if ledger is not None:
+                with contextlib.suppress(Exception):
+                    ledger.close()
+            self.db.close()
+            raise
+
+    def _build(self, settings: Settings, transport: Transport | None) -> None:
         from securemail.audit import AuditLog
         from securemail.dkim import DkimSigner
         from securemail.keys import Keyring
         from securemail.transport.factory import transport_from_settings
 
-        self.settings = settings
-        self.db = open_database(settings.storage.sqlite_path)
         # A connection of its own, one thread at a time: relay threads must not
         # interleave transactions on one sqlite3 connection.
         self.ledger = ThreadSafeLedger(open_database(settings.storage.sqlite_path))

@@ -601,3 +601,24 @@ def test_a_send_cut_off_by_its_event_loop_ending_leaves_a_record_and_no_duplicat
         assert sum(STAFF in m.rcpt_tos for m in up.messages) == 1  # not sent twice
     finally:
         up.stop()
+
+
+def test_a_relay_that_cannot_start_leaves_nothing_open(tmp_path: Path) -> None:
+    # A caller retrying load() (its key file is being restored, say) must not
+    # pile up open store connections, lock files or writer threads.
+    import os
+    import threading
+
+    cfg = write_config(tmp_path, upstream_url="smtp://127.0.0.1:9")
+    first = securemail.load(cfg)
+    first.record_config_loaded("start")  # a store with records and a signing key
+    first.close_sync()
+    key = tmp_path / "data" / "audit-signing.key"
+    key.rename(tmp_path / "saved.key")
+    fds_before = len(os.listdir("/proc/self/fd"))
+    threads_before = threading.active_count()
+    for _ in range(5):
+        with pytest.raises(securemail.ConfigError):
+            securemail.load(cfg)
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert threading.active_count() == threads_before
