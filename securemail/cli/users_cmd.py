@@ -42,8 +42,13 @@ def _read_password(from_stdin: bool) -> str:
 
 
 def _toml(text: str) -> str:
-    """A TOML basic string (JSON's escapes are TOML's, with non-ASCII kept as is)."""
-    return json.dumps(text, ensure_ascii=False)
+    """A TOML basic string (JSON's escapes are TOML's, with non-ASCII kept as is;
+    DEL, which JSON leaves alone and TOML refuses, escaped too)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeError:
+        raise InputError(f"{text!r}: not valid UTF-8 text") from None
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _hash(password: str) -> str:
@@ -97,7 +102,7 @@ def users_add(file: str, name: str, addresses: tuple[str, ...], password_stdin: 
         try:
             load_users(tmp)  # the result must load exactly as serve will read it
         except ConfigError as exc:
-            if exc.key.startswith(f"users[{existing}]"):  # the new entry
+            if exc.key.startswith(f"users[{existing}]") or not before.strip():  # the new entry
                 option = "--address" if exc.key.endswith(".addresses") else "the new user"
                 raise InputError(f"{option}: {exc.problem}") from None
             raise ConfigError(file, exc.key, f"{exc.problem} (the file must use [[users]]"

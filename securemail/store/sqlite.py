@@ -54,8 +54,8 @@ def _connect(p: Path, timeout: float) -> sqlite3.Connection:
     # here (O_EXCL: a new inode no SQLite connection holds) is opened and closed
     # by us: closing any descriptor of a file drops this process's POSIX locks
     # on it, SQLite's included.
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    with contextlib.suppress(FileExistsError):  # the real file (a symlinked store too)
+        os.close(os.open(os.path.realpath(p), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     conn = sqlite3.connect(p, timeout=timeout, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")

@@ -121,3 +121,10 @@ def test_a_file_in_another_layout_is_named_not_the_new_user(tmp_path: Path) -> N
               password="correct horse battery")
     assert r.returncode == 2 and str(file) in r.stderr and "[[users]]" in r.stderr, r.stderr
     assert "the new user" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_control_characters_in_an_address_are_named_as_the_address(tmp_path: Path) -> None:
+    r = users("add", str(tmp_path / "users.toml"), "bob", "--address",
+              "bo\x7fb@riverside.example", password="correct horse battery")
+    assert r.returncode == 2 and r.stderr.startswith("securemail: --address:"), r.stderr
+    assert not (tmp_path / "users.toml").exists()

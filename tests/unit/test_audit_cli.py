@@ -220,3 +220,20 @@ def test_new_chain_from_the_command_line(tmp_path: Path) -> None:
     code, out = run("verify", "-c", str(cfg))
     assert code == 0 and out.startswith("OK"), out
     assert len(list(tmp_path.glob("audit-archive-*.db"))) == 1
+
+
+def test_a_new_store_behind_a_symlink_is_owner_only_too(tmp_path: Path) -> None:
+    import os
+
+    from securemail.store.sqlite import open_database
+
+    (tmp_path / "volume").mkdir()
+    link = tmp_path / "store.db"
+    link.symlink_to(tmp_path / "volume" / "store.db")  # dangling until the first start
+    old = os.umask(0o022)
+    try:
+        open_database(link).execute("CREATE TABLE t (x)").connection.close()
+    finally:
+        os.umask(old)
+    for f in (tmp_path / "volume").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o600, f
