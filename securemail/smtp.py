@@ -438,9 +438,8 @@ class RelayHandler:
             if isinstance(server, RelaySMTP):
                 server.auth_failures += 1
                 failures = server.auth_failures
-            peer = peer_ip
             log.warning("submission login failed for user %s from %s (%d in this session,"
-                        " %d from this address in %d min)", _shown_login(login), peer,
+                        " %d from this address in %d min)", _shown_login(login), peer_ip,
                         failures, from_address, AUTH_FAILURE_WINDOW_SECONDS // 60)
             if failures >= MAX_AUTH_FAILURES:  # password guessing: end the session
                 await server.push("421 4.7.0 Too many failed logins; closing the connection")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno as errno_names
 import hashlib
 import re
 import socket
@@ -417,8 +418,6 @@ class SMTPTransport:
 def _reason(exc: BaseException) -> str:
     """The exception's class and, for an OS error, its errno name (our own text:
     never a server's reply, which could echo message content)."""
-    import errno as errno_names
-
     if isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None):
         return f"{type(exc).__name__}: {exc.reason}"
     seen: BaseException | None = exc
