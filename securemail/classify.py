@@ -65,7 +65,7 @@ def classify(
     # epilogue travel in clear: those are scanned like any other text.
     text, truncated = message_text(view.message, scan_limit,
                                    clear_only=encryption is not Encryption.NONE)
-    signals = detectors.scan(view.subject, text)
+    signals, named = detectors.scan_named(view.subject, text)
     if truncated or (encryption is Encryption.NONE and claims_encryption(view.message, view.raw)):
         # Text we did not read (past the limit, or "encrypted" content that is
         # not really ciphertext) may be PHI.
@@ -95,6 +95,7 @@ def classify(
         client_ids=tuple(client_ids),
         phi_signals=signals,
         restricted=restricted,
+        named_client_ids=tuple(sorted(named)),
     )
 
 

@@ -140,6 +140,7 @@ class Facts:
     recipients: tuple[RecipientFacts, ...]
     client_ids: tuple[str, ...] = ()  # clients the message concerns
     phi_signals: tuple[PhiSignal, ...] = ()
+    named_client_ids: tuple[str, ...] = ()  # clients whose directory names are in the text
     restricted: str | None = None  # restricted class from the practice header
     malformed: str | None = None  # "malformed-message" | "malformed-address"
     malformed_detail: str = ""  # what limit or header, never content

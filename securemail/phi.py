@@ -15,9 +15,12 @@ regular expressions); digit shapes are found on a digit-folded copy with
 
 from __future__ import annotations
 
+import email
 import html
 import re
+import unicodedata
 from collections.abc import Iterable
+from email.header import decode_header, make_header
 from email.message import Message
 
 import ahocorasick_rs
@@ -62,16 +65,22 @@ _HINTS = {
     "mrn": ("mrn", "medical record"),
     "icd": ("dx", "icd", "icd-10", "icd10", "impression"),
 }
-# The scanned form of a text: lower case, every separator (all but letters,
-# digits, hyphen and apostrophe) a space, every digit "9", and the same length
-# as the original, so a match at i in the padded form is text[i - 1] there.
-_SEPARATORS = ("\t\n\r\x0b\x0c !\"#$%&()*+,./:;<=>?@[\\]^_`{|}~\u00a0\x85\u1680"
-               "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
-               "\u2028\u2029\u202f\u205f\u3000")  # Unicode spaces too
-_TABLE = str.maketrans({**{c: " " for c in _SEPARATORS}, **{d: "9" for d in "0123456789"}})
-_ASCII_FROM = "".join(c for c in _SEPARATORS if c.isascii()).encode("ascii") + b"0123456789"
+# The scanned form of a text: lower case, every separator a space, every ASCII
+# digit "9", and the same length as the original, so a match at i in the padded
+# form is text[i - 1] there. A separator is anything but a letter, a combining
+# mark or a digit: spaces, punctuation and symbols, the apostrophe of "Roe's",
+# the hyphen of "post-therapy" and the curly quotes and dashes that Outlook and
+# Word type for '"- included ("Jane Roe’s anxiety", "Jane Roe—anxiety").
+def _is_separator(c: str) -> bool:
+    return unicodedata.category(c)[0] in "PSZ" or c in "\t\n\r\x0b\x0c\x85"
+
+
+# Every separator of the Basic Multilingual Plane (about 6,000 entries).
+_TABLE = str.maketrans({**{chr(c): " " for c in range(0x10000) if _is_separator(chr(c))},
+                        **{d: "9" for d in "0123456789"}})
+_ASCII_FROM = bytes(c for c in range(128) if not chr(c).isalnum()) + b"0123456789"
 _ASCII_TABLE = bytes.maketrans(_ASCII_FROM, b" " * (len(_ASCII_FROM) - 10) + b"9" * 10)
-_SSN_SHAPES = ("999-99-9999", "999 99 9999")
+_SSN_SHAPES = ("999 99 9999",)  # "123-45-6789" too: the hyphen is a separator
 
 
 def _scanned(lowered: str) -> str:
@@ -103,32 +112,46 @@ def _valid_ssn(area: str, group: str, serial: str) -> bool:
     return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
 
 
-def _ssn_at(text: str, scanned: str, start: int) -> bool:
+def _ssn_at(lowered: str, scanned: str, start: int) -> bool:
     """``scanned[start:start + 11]`` has an SSN shape; check bounds and ranges."""
-    if scanned[start - 1] in "9-" or scanned[start + 11] in "9-":
+    i = start - 1  # position in ``lowered``
+    before, after = lowered[i - 1:i] if i else "", lowered[i + 11:i + 12]
+    if scanned[start - 1] == "9" or scanned[start + 11] == "9" or "-" in (before, after):
         return False  # part of a longer number
-    i = start - 1  # position in the original text
-    return _valid_ssn(text[i:i + 3], text[i + 4:i + 6], text[i + 7:i + 11])
+    return _valid_ssn(lowered[i:i + 3], lowered[i + 4:i + 6], lowered[i + 7:i + 11])
 
 
 class Detectors:
-    """Compiled once per configuration; ``scan`` is called per message."""
+    """Compiled once per configuration; ``scan`` is called per message.
 
-    def __init__(self, policy: PolicySettings, client_names: Iterable[str] = ()) -> None:
+    ``client_names`` are identifiers; ``name_owners`` are ``(name, client id)``
+    pairs from the directory: identifiers too, and :meth:`scan_named` says
+    which clients a message names (so consent given by one client never
+    releases another client's PHI).
+    """
+
+    def __init__(self, policy: PolicySettings, client_names: Iterable[str] = (), *,
+                 name_owners: Iterable[tuple[str, str]] = ()) -> None:
+        owners: dict[str, set[str]] = {}
+        for name, client_id in name_owners:
+            if len(name.strip()) >= 3:
+                owners.setdefault(_phrase(name), set()).add(client_id)
+        self._owners = {p: frozenset(ids) for p, ids in owners.items()}
         groups: dict[str, set[str]] = {
             "health": {_phrase(t) for t in (*HEALTH_TERMS, *policy.health_keywords)},
             "identifier": {_phrase(n) for n in (*client_names, *policy.identifier_keywords)
-                           if len(n.strip()) >= 3},
+                           if len(n.strip()) >= 3} | set(self._owners),
         }
         for hint, words in _HINTS.items():
             groups[hint] = {_phrase(w) for w in words}
         patterns: list[str] = []
         self._group_of: list[str] = []
+        self._phrase_of: list[str] = []
         # A phrase of several words ("Jane Roe", "mental health") is found by its
         # first word, looked up by its second (one look-up however many clients
         # share a first name), then checked word by word across any run of
         # separators: a line break, two spaces or a removed HTML tag must not split it.
-        self._rest_of: dict[int, dict[str, list[tuple[tuple[str, ...], str]]]] = {}
+        self._rest_of: dict[int, dict[str, list[tuple[tuple[str, ...], str, str]]]] = {}
         first_words: dict[str, int] = {}
         for group, phrases in groups.items():
             for p in sorted(phrases - {""}):
@@ -136,47 +159,67 @@ class Detectors:
                 if not rest:
                     patterns.append(f" {p} ")
                     self._group_of.append(group)
+                    self._phrase_of.append(p)
                     continue
                 if first not in first_words:
                     first_words[first] = len(patterns)
                     patterns.append(f" {first} ")
                     self._group_of.append("phrase")
+                    self._phrase_of.append("")
                 by_second = self._rest_of.setdefault(first_words[first], {})
-                by_second.setdefault(rest[0], []).append((tuple(rest[1:]), group))
+                by_second.setdefault(rest[0], []).append((tuple(rest[1:]), group, p))
         for shape in _SSN_SHAPES:
             patterns.append(shape)
             self._group_of.append("ssn-shape")
+            self._phrase_of.append("")
         patterns.append(" diagn")  # any word starting so: diagnosis, Diagnose, diagnóstico
         self._group_of.append("icd")
+        self._phrase_of.append("")
         self._automaton = ahocorasick_rs.AhoCorasick(patterns)
         self._custom_mrn = policy.mrn_pattern != PolicySettings.mrn_pattern
         self._mrn = re.compile(policy.mrn_pattern, re.IGNORECASE)
 
     def scan(self, subject: str, body: str) -> tuple[PhiSignal, ...]:
+        return self.scan_named(subject, body)[0]
+
+    def scan_named(self, subject: str, body: str
+                   ) -> tuple[tuple[PhiSignal, ...], frozenset[str]]:
+        """The detector hits, and the ids of the directory clients whose names appear."""
         found: list[PhiSignal] = []
+        named: set[str] = set()
         for where, text in (("subject", subject), ("body", body)):
             if text:
-                found.extend(PhiSignal(d, where) for d in self._scan_one(text))
-        return tuple(found)
+                hits, names = self._scan_one(text)
+                found.extend(PhiSignal(d, where) for d in hits)
+                for name in names:
+                    named |= self._owners.get(name, frozenset())
+        return tuple(found), frozenset(named)
 
-    def _scan_one(self, text: str) -> list[str]:
+    def _scan_one(self, text: str) -> tuple[list[str], set[str]]:
         lowered = text.lower()
         scanned = _scanned(lowered)
         groups: set[str] = set()
+        names: set[str] = set()  # identifier phrases found (to name their clients)
         ssn = False
         for i, start, end in self._automaton.find_matches_as_indexes(scanned, overlapping=True):
             group = self._group_of[i]
             if group == "ssn-shape":
-                ssn = ssn or _ssn_at(text, scanned, start)
+                ssn = ssn or _ssn_at(lowered, scanned, start)
             elif group == "phrase":
                 second = _NEXT_WORD.match(scanned, end - 1)  # across any run of separators
                 if second is None:
                     continue
-                for rest, phrase_group in self._rest_of[i].get(second.group(1), ()):
-                    if phrase_group not in groups and _continues(scanned, second.end(), rest):
+                for rest, phrase_group, phrase in self._rest_of[i].get(second.group(1), ()):
+                    if phrase_group == "identifier":
+                        if phrase not in names and _continues(scanned, second.end(), rest):
+                            groups.add(phrase_group)
+                            names.add(phrase)
+                    elif phrase_group not in groups and _continues(scanned, second.end(), rest):
                         groups.add(phrase_group)
             else:
                 groups.add(group)
+                if group == "identifier":
+                    names.add(self._phrase_of[i])
         hits = []
         if ssn or ("ssn" in groups and any(
                 _valid_ssn(d[0:3], d[3:5], d[5:9])
@@ -193,7 +236,7 @@ class Detectors:
             hits.append("phi-icd10")
         if "health" in groups:
             hits.append("phi-keyword")
-        return hits
+        return hits, names
 
 
 # Attachments that are text in all but name: exports of patient lists are
@@ -230,10 +273,30 @@ def _filename(part: Message) -> str:
 _TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
 
 
-def message_text(message: Message, limit: int, *, clear_only: bool = False
-                 ) -> tuple[str, bool]:
+# What a mail program shows of a forwarded message (Forward as attachment).
+_SHOWN_HEADERS = ("subject", "from", "to", "cc", "reply-to")
+_MAX_NESTING = 4  # forwarded messages inside forwarded messages, read this deep
+
+
+def _shown_headers(inner: Message) -> str:
+    values = []
+    for name in _SHOWN_HEADERS:
+        for value in inner.get_all(name) or ():
+            try:
+                values.append(str(make_header(decode_header(str(value)))))
+            except Exception:  # noqa: BLE001 - undecodable encoded words: the raw text
+                values.append(str(value))
+    return "\n".join(values)
+
+
+def message_text(message: Message, limit: int, *, clear_only: bool = False,
+                 _depth: int = 0) -> tuple[str, bool]:
     """Decoded text of the text/* parts plus every multipart preamble and epilogue
     (some mail programs show them), up to ``limit`` characters in all.
+
+    A forwarded message counts with what a mail program shows of it: its
+    Subject, From, To, Cc and Reply-To, whether it is a ``message/rfc822``
+    part or an ``.eml`` file attached as anything else.
 
     Returns ``(text, truncated)``; a caller must treat text it did not see as
     possibly PHI. ``clear_only`` reads only preambles and epilogues (for an
@@ -253,12 +316,30 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False
             for extra in (part.preamble, part.epilogue):
                 if extra and extra.strip() and add(extra):
                     return "\n".join(chunks), True
+            if not clear_only and part.get_content_maintype() == "message":
+                inner = part.get_payload(0) if part.get_payload() else None
+                if isinstance(inner, Message) and add(_shown_headers(inner)):
+                    return "\n".join(chunks), True
             continue
         ctype = part.get_content_type()
         name = _filename(part)
         if name and add(name):  # "Jane_Roe_discharge.pdf" says as much as the text
             return "\n".join(chunks), True
-        if clear_only or not _readable(ctype, name):
+        if clear_only:
+            continue
+        if name.lower().endswith(".eml") and ctype.startswith("application/"):
+            # A forwarded message saved to a file and attached as octet-stream.
+            payload = part.get_payload(decode=True)
+            if not isinstance(payload, bytes):
+                continue
+            if _depth >= _MAX_NESTING:
+                return "\n".join(chunks), True  # not read: counts as unscanned
+            inner_message = email.message_from_bytes(payload)
+            inner_text, cut = message_text(inner_message, limit - size, _depth=_depth + 1)
+            if add(_shown_headers(inner_message)) or add(inner_text) or cut:
+                return "\n".join(chunks), True
+            continue
+        if not _readable(ctype, name):
             continue
         payload = part.get_payload(decode=True)
         if not isinstance(payload, bytes):

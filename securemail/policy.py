@@ -6,8 +6,10 @@ Default rules (ids are stable; docs/policy.md explains each):
 2. ``already-encrypted``        the whole message is encrypted -> deliver
 3. ``no-phi``                   not client-related, no PHI signal -> deliver
 4. client / contact / partner of a PHI or client-related message:
-   ``consent-unencrypted``      consent on file for that exact client address -> deliver
+   ``consent-unencrypted``      consent on file for that exact client address, used by
+                                that client alone, and the message names no other client -> deliver
    ``restricted-class``         (noted when a restricted class overrides consent)
+   ``consent-other-client``     (noted when the message names another client)
    ``protected-pgp`` / ``protected-smime``  usable key -> encrypt (preference order)
    ``protected-portal``         no usable key -> portal
    ``portal-disabled``          no key and the portal is off -> block
@@ -114,23 +116,45 @@ def _default_rule(facts: Facts, r: RecipientFacts, policy: PolicySettings, today
         return make(Action.DELIVER, ("no-phi",),
                     "the message concerns no client and no PHI was detected")
     noted: tuple[str, ...] = ()
-    if r.role is Role.CLIENT and r.consent is not None and r.consent.valid_on(today):
+    others = [c for c in facts.named_client_ids if c not in r.client_ids]
+    if r.role is Role.CLIENT and r.consent is not None and r.consent.valid_on(today) \
+            and not others:
+        # Consent covers the client's own information only: a message that
+        # names another client goes protected (see ``others`` below).
         if facts.restricted is None:
             return make(Action.DELIVER, ("consent-unencrypted",),
-                        f"client consented to unencrypted email on {r.consent.granted} "
-                        f"(warning {r.consent.warning})")
+                        f"client {', '.join(r.client_ids)} consented to unencrypted email on "
+                        f"{r.consent.granted} (warning {r.consent.warning})")
         noted = ("restricted-class",)
+    elif r.role is Role.CLIENT and r.consent is not None and r.consent.valid_on(today):
+        noted = ("consent-other-client",)
+    why = _why_not_consent(r, today, others)
     for kind in policy.encryption_preference:
         if kind in r.key_kinds:
             return make(_KIND_ACTION[kind], (*noted, f"protected-{kind}"),
-                        f"protected content; the recipient has a usable {_KIND_NAME[kind]} key")
+                        f"protected content; the recipient has a usable {_KIND_NAME[kind]} key"
+                        + why)
     if portal_enabled:
         return make(Action.PORTAL, (*noted, "protected-portal"),
                     "protected content and no usable key for the recipient: "
-                    "sent through the secure portal")
+                    "sent through the secure portal" + why)
     return make(Action.BLOCK, (*noted, "portal-disabled"),
                 "protected content, no usable key for the recipient and the portal is "
-                "disabled; import the recipient's key or enable the portal")
+                "disabled; import the recipient's key or enable the portal" + why)
+
+
+def _why_not_consent(r: RecipientFacts, today: str, others: Sequence[str]) -> str:
+    """Why a client's consent on file did not let the message go in clear ("" if none)."""
+    if r.role is not Role.CLIENT or r.consent is None:
+        return ""
+    if today < r.consent.granted:
+        return f" (consent to unencrypted email starts on {r.consent.granted})"
+    if r.consent.expires is not None and today > r.consent.expires:
+        return f" (consent to unencrypted email expired on {r.consent.expires})"
+    if others:
+        return (f" (consent does not cover other clients' information: the message names"
+                f" client{'s' if len(others) > 1 else ''} {', '.join(others[:5])})")
+    return ""
 
 
 def _sealed_whole(facts: Facts) -> bool:

@@ -442,7 +442,7 @@ def _load_directory(settings: Settings, conn: Any) -> tuple[int, Directory, Dete
     version = imported_version(conn)  # read first: a later import is seen next time
     directory = current_directory(settings.practice.domains, settings.directory, conn)
     return version, directory, Detectors(settings.policy,
-                                         (n for n, _ in directory.client_names))
+                                         name_owners=directory.client_names)
 
 
 def _instance_id(settings: Settings) -> str:

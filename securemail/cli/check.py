@@ -40,7 +40,9 @@ def format_table(verdict: Verdict) -> str:
         f"PHI: {'yes' if verdict.phi else 'no'}"
         + (f" ({', '.join(sorted({s.detector for s in facts.phi_signals}))})"
            if facts and facts.phi_signals else "")
-        + (f"   Clients: {', '.join(facts.client_ids)}" if facts and facts.client_ids else ""),
+        + (f"   Clients: {', '.join(facts.client_ids)}" if facts and facts.client_ids else "")
+        + (f"   Named: {', '.join(facts.named_client_ids)}"
+           if facts and facts.named_client_ids else ""),
         "",
     ]
     rows = [("RECIPIENT", "SOURCE", "ROLE", "ACTION", "RULES")]

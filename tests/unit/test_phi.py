@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import email
+from email.message import EmailMessage, Message
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from securemail.config import PolicySettings
 from securemail.model import HEALTH_DETECTORS, IDENTIFIER_DETECTORS, Encryption, Facts
-from securemail.phi import Detectors
+from securemail.phi import Detectors, message_text
 
 DET = Detectors(PolicySettings(), client_names=["Jane Roe"])
 
@@ -184,3 +187,71 @@ def test_an_attachment_name_is_scanned() -> None:
                        filename="Jane_Roe depression intake.pdf")
     text, _ = message_text(msg, 100_000)
     assert kinds(body=text) >= {"phi-client-name", "phi-keyword"}
+
+
+# Words end at any punctuation, ASCII or typographic: what Outlook and Word type.
+@pytest.mark.parametrize("text", [
+    "Jane Roe's therapy is going well, less depression.",
+    "Jane Roe\u2019s anxiety",
+    "\u201cJane Roe\u201d \u2013 anxiety",
+    "Jane Roe\u2014anxiety",
+    "Re: Jane Roe--anxiety",
+    "Jane Roe: post-therapy check-in, anxiety-related",
+    "JANE ROE\u2019S ANXIETY",
+    "\u2022 Jane Roe \u2022 depression",
+])
+def test_punctuation_never_hides_a_name_or_term(text: str) -> None:
+    assert is_phi(body=text)
+    assert is_phi(subject=text)
+
+
+def test_names_with_apostrophes_and_hyphens_match_either_spelling() -> None:
+    det = Detectors(PolicySettings(), client_names=["Mary-Jane O'Brien"])
+    for text in ("Mary-Jane O'Brien, anxiety", "Mary-Jane O\u2019Brien anxiety",
+                 "mary jane o brien: anxiety"):
+        assert {s.detector for s in det.scan("", text)} == {"phi-client-name", "phi-keyword"}
+
+
+@pytest.mark.parametrize("longer", ["12-123-45-6789", "123-45-6789-1", "1123-45-6789"])
+def test_an_ssn_shape_inside_a_longer_number_is_not_an_ssn(longer: str) -> None:
+    assert "phi-ssn" not in kinds(body=f"order {longer} shipped")
+
+
+def test_scan_named_says_which_clients_a_message_names() -> None:
+    det = Detectors(PolicySettings(), name_owners=[("Jane Roe", "c-1"), ("Tommy Smith", "c-2"),
+                                                   ("Jane Roe", "c-3")])
+    signals, named = det.scan_named("Tommy Smith\u2019s plan", "and Jane Roe too, anxiety")
+    assert named == {"c-1", "c-2", "c-3"}
+    assert {s.detector for s in signals} == {"phi-client-name", "phi-keyword"}
+    assert det.scan_named("", "nobody named; anxiety")[1] == frozenset()
+
+
+def _forward(inner: bytes, *, as_file: bool) -> Message:
+    outer = EmailMessage()
+    outer["Subject"] = "FYI"
+    outer.set_content("See attached.")
+    if as_file:  # webmail: the forward saved as a file, labelled octet-stream
+        outer.add_attachment(inner, maintype="application", subtype="octet-stream",
+                             filename="Follow-up.eml")
+    else:  # "Forward as attachment"
+        outer.add_attachment(email.message_from_bytes(inner))
+    return email.message_from_bytes(outer.as_bytes())
+
+
+INNER = (b"From: Jane Roe <jane@mail.example>\r\nTo: dr@riverside.example\r\n"
+         b"Subject: Jane Roe - depression treatment plan\r\n\r\nSee you Tuesday.\r\n")
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_a_forwarded_messages_headers_and_text_are_read(as_file: bool) -> None:
+    text, truncated = message_text(_forward(INNER, as_file=as_file), 100_000)
+    assert "Jane Roe - depression treatment plan" in text and "See you Tuesday." in text
+    assert not truncated
+    assert is_phi(body=text)
+
+
+def test_forwards_nested_too_deep_count_as_unscanned() -> None:
+    message = email.message_from_bytes(INNER)
+    for _ in range(6):
+        message = _forward(message.as_bytes(), as_file=True)
+    assert message_text(message, 100_000)[1] is True

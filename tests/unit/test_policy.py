@@ -70,10 +70,21 @@ def test_preference_can_put_smime_first(make_config) -> None:
 
 
 def test_consent_covers_the_client_address_only(config_path: Path) -> None:
-    raw = msg(to=["sam@mail.example"], body=PHI_BODY)
+    raw = msg(to=["sam@mail.example"], body="SSN 123-45-6789, diagnosis F32.1. See you Tuesday.")
     v = verdict_for(config_path, raw, DR, ["sam@mail.example"])
     assert actions(v) == {"sam@mail.example": "deliver"}
     assert v.decisions[0].rules == ("consent-unencrypted",)
+    assert "c-1002" in v.decisions[0].reason  # whose consent it is
+
+
+def test_consent_never_releases_another_clients_phi(config_path: Path) -> None:
+    # Misdirected mail: Jane Roe's (c-1001) notes to Sam, who consented for himself.
+    raw = msg(to=["sam@mail.example"], body=PHI_BODY)
+    v = verdict_for(config_path, raw, DR, ["sam@mail.example"])
+    d = v.decisions[0]
+    assert (d.action, d.rules) == (Action.PORTAL, ("consent-other-client", "protected-portal"))
+    assert "names client c-1001" in d.reason
+    assert v.facts is not None and v.facts.named_client_ids == ("c-1001",)
 
 
 def test_consent_never_covers_contacts(config_path: Path) -> None:
@@ -211,3 +222,46 @@ def test_duplicate_envelope_recipient_gets_one_decision(config_path: Path) -> No
     v = verdict_for(config_path, msg(to=["jane@mail.example"]), DR,
                     ["jane@mail.example", "JANE@Mail.Example"])
     assert [d.address for d in v.decisions] == ["jane@mail.example"]
+
+
+FAMILY = """
+[[directory.clients]]
+id = "c-2001"
+addresses = ["family@home.example"]
+consent_unencrypted = { granted = "2026-01-10", warning = "v1" }
+
+[[directory.clients]]
+id = "c-2002"
+addresses = ["family@home.example"]
+names = ["Sam Family"]
+
+[[directory.clients]]
+id = "c-2003"
+addresses = ["pat.parent@home.example"]
+consent_unencrypted = { granted = "2026-01-10", warning = "v1" }
+
+[[directory.clients]]
+id = "c-2004"
+addresses = ["robin@home.example"]
+contacts = [{ address = "pat.parent@home.example", relation = "parent" }]
+"""
+
+
+@pytest.mark.parametrize("address", [
+    "family@home.example",  # shared with c-2002, who did not consent
+    "pat.parent@home.example",  # a client, and also the parent (contact) of c-2004
+])
+def test_consent_is_not_used_for_an_address_that_may_get_someone_elses_phi(
+        make_config, address: str) -> None:
+    cfg = make_config(extra=FAMILY)
+    raw = msg(to=[address], body="SSN 123-45-6789: PTSD treatment plan attached.")
+    v = verdict_for(cfg, raw, DR, [address])
+    assert (v.decisions[0].action, v.decisions[0].rules) == (Action.PORTAL, ("protected-portal",))
+
+
+def test_expired_consent_is_named_in_the_reason(config_path: Path) -> None:
+    # kim (c-1003) consented until 2026-03-01; the tests' clock is later.
+    v = verdict_for(config_path, msg(to=["kim@bücher.example"], body=PHI_BODY), DR,
+                    ["kim@bücher.example"])
+    assert v.decisions[0].action is Action.PORTAL
+    assert "consent to unencrypted email expired on 2026-03-01" in v.decisions[0].reason
