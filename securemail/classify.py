@@ -45,15 +45,17 @@ def classify(
     now: dt.datetime,
 ) -> Facts:
     message_id = view.message_id
+    if view.malformed or view.message is None:
+        # The message's own fault first: with no --to, the recipients of a
+        # malformed message are read loosely, and may not be addresses at all.
+        return _malformed(view, view.malformed or "malformed-message", view.malformed_detail,
+                          _printable(mail_from) if mail_from else "", rcpt_tos)
     try:
         sender = normalise_address(mail_from) if mail_from else ""
         envelope = [normalise_address(r) for r in rcpt_tos]
     except AddressError:
         return _malformed(view, "malformed-address", "an envelope address is invalid",
                           mail_from, rcpt_tos)
-    if view.malformed or view.message is None:
-        return _malformed(view, view.malformed or "malformed-message", view.malformed_detail,
-                          sender, envelope)
 
     to = set(view.addresses("to"))
     cc = set(view.addresses("cc"))

@@ -144,7 +144,12 @@ class Blocked(PermanentFailure):
         blocked = [d for d in self.verdict.decisions if d.action.value == "block"]
         rules = sorted({r for d in blocked for r in d.rules})
         if "malformed-message" in rules or "malformed-address" in rules:
-            return f"554 5.6.0 Message not relayed: {', '.join(rules)}"
+            # The detail names a header or a limit, never content: the sender
+            # learns what to fix ("To header cannot be parsed unambiguously").
+            facts = self.verdict.facts
+            detail = " ".join(facts.malformed_detail.split())[:160] if facts else ""
+            return (f"554 5.6.0 Message not relayed: {', '.join(rules)}"
+                    + (f" ({detail})" if detail else ""))
         # One reply line stays well under RFC 5321's 512 octets.
         head = f"550 5.7.1 Blocked by policy ({', '.join(rules)})"[:200]
         # A whole-message block names who caused it first, so the sender knows

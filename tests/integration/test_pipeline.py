@@ -65,6 +65,21 @@ async def test_malformed_message_gets_554(relay, capture) -> None:
     assert capture.sent == []
 
 
+async def test_malformed_reply_says_which_header_and_the_check_agrees(relay, capture) -> None:
+    # Outlook-style "Last, First <addr>" unquoted: two readings, so refused;
+    # the sender learns which header, and no recipient is reported as invalid.
+    raw = (b"From: dr.lee@riverside.example\r\nTo: Roe, Jane <jane@mail.example>\r\n"
+           b"Subject: x\r\n\r\nhello\r\n")
+    with pytest.raises(securemail.Blocked) as exc:
+        await relay.send(raw, now=NOW)
+    assert exc.value.smtp_reply == ("554 5.6.0 Message not relayed: malformed-address"
+                                    " (To header cannot be parsed unambiguously)")
+    verdict = relay.check(raw)
+    assert {d.reason for d in verdict.decisions} == {
+        "message not relayed: To header cannot be parsed unambiguously"}
+    assert capture.sent == []
+
+
 async def test_portal_recipient_gets_a_notification_not_the_message(relay, capture) -> None:
     raw = build_message(sender=DR, to=["jane@mail.example"], subject=PHI_SUBJECT, body=PHI_BODY)
     outcome = await relay.send(raw, now=NOW)
