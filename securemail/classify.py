@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from email.message import Message
+from email.utils import getaddresses
 from typing import Protocol
 
 from securemail.directory import AddressError, Directory, normalise_address
@@ -59,14 +61,18 @@ def classify(
 
     to = set(view.addresses("to"))
     cc = set(view.addresses("cc"))
-    participants = {sender, *envelope, *view.addresses(
-        "from", "sender", "reply-to", "to", "cc", "bcc")} - {""}
-    client_ids = sorted({c for a in participants for c in directory.identify(a).client_ids})
     encryption = encryption_state(view.message)
     # An encrypted message's parts cannot be read, but its Subject, preamble and
     # epilogue travel in clear: those are scanned like any other text.
-    text, truncated = message_text(view.message, scan_limit,
+    forwarded: list[Message] = []
+    text, truncated = message_text(view.message, scan_limit, forwarded=forwarded,
                                    clear_only=encryption is not Encryption.NONE)
+    # A client's own email forwarded on is about that client as much as a
+    # message to or from them.
+    participants = {sender, *envelope, *view.addresses(
+        "from", "sender", "reply-to", "to", "cc", "bcc"), *_forwarded_addresses(forwarded)} - {""}
+    identities = {a: directory.identify(a) for a in participants}
+    client_ids = sorted({c for who in identities.values() for c in who.client_ids})
     signals, named = detectors.scan_named(view.subject, text)
     if truncated or (encryption is Encryption.NONE and claims_encryption(view.message, view.raw)):
         # Text we did not read (past the limit, or "encrypted" content that is
@@ -78,7 +84,7 @@ def classify(
                   or "unspecified") if restricted_values else None
 
     unique = list(dict.fromkeys(envelope))  # the same RCPT twice gets one decision
-    who = {a: directory.identify(a) for a in unique}
+    who = {a: identities[a] for a in unique}  # every envelope address is a participant
     # Keys matter only for protected recipients of a client-related or PHI message.
     needs_key = [a for a in unique if who[a].role is not Role.STAFF]
     concerned = bool(client_ids) or any(s.detector in IDENTIFIER_DETECTORS for s in signals)
@@ -99,6 +105,21 @@ def classify(
         restricted=restricted,
         named_client_ids=tuple(sorted(named)),
     )
+
+
+def _forwarded_addresses(forwarded: Sequence[Message]) -> set[str]:
+    """Addresses in the headers of forwarded messages, read loosely: they can
+    only make a message client-related (stricter), never less so."""
+    found: set[str] = set()
+    for inner in forwarded:
+        values = [str(v) for name in ("from", "sender", "reply-to", "to", "cc")
+                  for v in inner.get_all(name) or ()]
+        for _, address in getaddresses(values):
+            try:
+                found.add(normalise_address(address))
+            except AddressError:
+                continue
+    return found
 
 
 def _malformed(view: MessageView, kind: str, detail: str, sender: str,

@@ -290,7 +290,8 @@ def _shown_headers(inner: Message) -> str:
 
 
 def message_text(message: Message, limit: int, *, clear_only: bool = False,
-                 _depth: int = 0) -> tuple[str, bool]:
+                 forwarded: list[Message] | None = None, _depth: int = 0
+                 ) -> tuple[str, bool]:
     """Decoded text of the text/* parts plus every multipart preamble and epilogue
     (some mail programs show them), up to ``limit`` characters in all.
 
@@ -300,7 +301,8 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
 
     Returns ``(text, truncated)``; a caller must treat text it did not see as
     possibly PHI. ``clear_only`` reads only preambles and epilogues (for an
-    encrypted message, whose parts cannot be read).
+    encrypted message, whose parts cannot be read). The forwarded messages
+    read are appended to ``forwarded`` when it is given.
     """
     chunks: list[str] = []
     size = 0
@@ -318,8 +320,11 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
                     return "\n".join(chunks), True
             if not clear_only and part.get_content_maintype() == "message":
                 inner = part.get_payload(0) if part.get_payload() else None
-                if isinstance(inner, Message) and add(_shown_headers(inner)):
-                    return "\n".join(chunks), True
+                if isinstance(inner, Message):
+                    if forwarded is not None:
+                        forwarded.append(inner)
+                    if add(_shown_headers(inner)):
+                        return "\n".join(chunks), True
             continue
         ctype = part.get_content_type()
         name = _filename(part)
@@ -335,7 +340,10 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
             if _depth >= _MAX_NESTING:
                 return "\n".join(chunks), True  # not read: counts as unscanned
             inner_message = email.message_from_bytes(payload)
-            inner_text, cut = message_text(inner_message, limit - size, _depth=_depth + 1)
+            if forwarded is not None:
+                forwarded.append(inner_message)
+            inner_text, cut = message_text(inner_message, limit - size, forwarded=forwarded,
+                                           _depth=_depth + 1)
             if add(_shown_headers(inner_message)) or add(inner_text) or cut:
                 return "\n".join(chunks), True
             continue

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import email
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -265,3 +267,17 @@ def test_expired_consent_is_named_in_the_reason(config_path: Path) -> None:
                     ["kim@bücher.example"])
     assert v.decisions[0].action is Action.PORTAL
     assert "consent to unencrypted email expired on 2026-03-01" in v.decisions[0].reason
+
+
+def test_a_clients_forwarded_email_is_client_mail(config_path: Path) -> None:
+    # Jane's own email, forwarded as an attachment to someone outside: no name,
+    # no health word, but it is Jane's correspondence with the practice.
+    inner = (b"From: jane@mail.example\r\nTo: dr.lee@riverside.example\r\n"
+             b"Subject: Tuesday\r\n\r\nCan we move Tuesday?\r\n")
+    outer = EmailMessage()
+    outer["From"], outer["To"], outer["Subject"] = DR, "coach@school.example", "FYI"
+    outer.set_content("See below.")
+    outer.add_attachment(email.message_from_bytes(inner))
+    v = verdict_for(config_path, outer.as_bytes(), DR, ["coach@school.example"])
+    assert actions(v) == {"coach@school.example": "block"}
+    assert v.decisions[0].reason == "not an authorised contact of client c-1001"
