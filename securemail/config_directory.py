@@ -7,6 +7,7 @@ errors for the same mistakes.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 from securemail.errors import ConfigError
@@ -53,6 +54,27 @@ class DirectorySettings:
 
 
 
+def _visible(t: Table, name: str, value: str, what: str) -> str:
+    """Refuse invisible and control characters (zero-width space, soft hyphen,
+    bidi controls, NBSP...): an address or id with one can never match the
+    mail it is meant for (message headers with them are refused), and it looks
+    like the right one on screen."""
+    for i, ch in enumerate(value):
+        if not ch.isprintable():  # categories C* and Z* except the ASCII space
+            label = unicodedata.name(ch, "unnamed character")
+            raise t.error(name, f"contains an invisible or control character U+{ord(ch):04X}"
+                                f" ({label}) at position {i + 1}; retype the {what}")
+    return value
+
+
+def _address(t: Table, name: str, value: str) -> str:
+    return read_address(t, name, _visible(t, name, value, "address"))
+
+
+def _domain(t: Table, name: str, value: str) -> str:
+    return read_domain(t, name, _visible(t, name, value, "domain"))
+
+
 def _consent(t: Table) -> Consent:
     granted = read_date(t, "granted", t.data.get("granted"))
     t.seen.add("granted")
@@ -71,7 +93,8 @@ def parse_client(c: Table) -> ClientEntry:
     cid = c.text("id", "")
     if not cid:
         raise c.error("id", "is required")
-    addresses = tuple(read_address(c, f"addresses[{i}]", a)
+    _visible(c, "id", cid, "id")
+    addresses = tuple(_address(c, f"addresses[{i}]", a)
                       for i, a in enumerate(c.strings("addresses")))
     if not addresses:
         raise c.error("addresses", "needs at least one address")
@@ -80,7 +103,7 @@ def parse_client(c: Table) -> ClientEntry:
         addr = ct.text("address", "")
         if not addr:
             raise ct.error("address", "is required")
-        contacts.append(ContactEntry(read_address(ct, "address", addr),
+        contacts.append(ContactEntry(_address(ct, "address", addr),
                                      ct.text("relation", "contact")))
         ct.finish()
     consent = None
@@ -97,9 +120,9 @@ def parse_partner(p: Table) -> PartnerEntry:
         raise p.error("name", "is required")
     entry = PartnerEntry(
         name=name,
-        domains=tuple(read_domain(p, f"domains[{i}]", d)
+        domains=tuple(_domain(p, f"domains[{i}]", d)
                       for i, d in enumerate(p.strings("domains"))),
-        addresses=tuple(read_address(p, f"addresses[{i}]", a)
+        addresses=tuple(_address(p, f"addresses[{i}]", a)
                         for i, a in enumerate(p.strings("addresses"))),
     )
     if not entry.domains and not entry.addresses:
@@ -117,5 +140,12 @@ def parse_directory(t: Table) -> DirectorySettings:
                               f'duplicate client id "{c.id}"')
         seen[c.id] = c.id
     partners = tuple(parse_partner(p) for p in read_tables(t, "partners"))
+    names: dict[str, int] = {}
+    for i, p in enumerate(partners):
+        if p.name in names:
+            raise ConfigError(t.file, f"{t.key('partners')}[{i}].name",
+                              f'duplicate partner name "{p.name}"'
+                              f" (also {t.key('partners')}[{names[p.name]}])")
+        names[p.name] = i
     t.finish()
     return DirectorySettings(clients=clients, partners=partners)

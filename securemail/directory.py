@@ -146,10 +146,16 @@ class Directory:
         for c in self.clients.values():
             for a in c.addresses:
                 self._client_addr.setdefault(a, []).append(c.id)
-                if c.consent_unencrypted is not None:
-                    self._consent[a] = c.consent_unencrypted
             for ct in c.contacts:
                 self._contact_addr.setdefault(ct.address, []).append(c.id)
+        # Consent covers one client's own information at that client's own
+        # address. An address several clients share, or that is also another
+        # client's authorised contact (a parent who is a client too), may
+        # receive someone else's PHI: consent on file is not used for it.
+        for a, owners in self._client_addr.items():
+            consent = self.clients[owners[0]].consent_unencrypted
+            if consent is not None and len(owners) == 1 and a not in self._contact_addr:
+                self._consent[a] = consent
         self._partner_addr = {a: p.name for p in self.partners for a in p.addresses}
         self._partner_domain = {d: p.name for p in self.partners for d in p.domains}
         self.client_names = tuple(
@@ -254,6 +260,22 @@ def load_imported(conn: sqlite3.Connection) -> DirectorySettings:
     return DirectorySettings(clients=tuple(clients), partners=tuple(partners))
 
 
+@dataclass(frozen=True, slots=True)
+class RemovedEntries:
+    """Imported entries a ``directory remove`` or ``import --replace`` deleted."""
+
+    clients: tuple[str, ...] = ()
+    partners: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.clients) + len(self.partners)
+
+
+def _bump_version(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO directory_version (id, n) VALUES (1, 1)"
+                 " ON CONFLICT(id) DO UPDATE SET n = n + 1")
+
+
 def store_entries(conn: sqlite3.Connection, entries: DirectorySettings, now_iso: str) -> int:
     """Upsert clients (by id) and partners (by name) in one transaction."""
     ensure_schema(conn, _DDL)
@@ -266,22 +288,72 @@ def store_entries(conn: sqlite3.Connection, entries: DirectorySettings, now_iso:
             "imported_at=excluded.imported_at",
             [(k, key, data, now_iso) for k, key, data in rows],
         )
-        conn.execute("INSERT INTO directory_version (id, n) VALUES (1, 1)"
-                     " ON CONFLICT(id) DO UPDATE SET n = n + 1")
+        _bump_version(conn)
     return len(rows)
+
+
+def imported_keys(conn: sqlite3.Connection) -> RemovedEntries:
+    """Ids of the imported clients and names of the imported partners (sorted)."""
+    ensure_schema(conn, _DDL)
+    rows = conn.execute("SELECT kind, key FROM directory_entries ORDER BY kind, key").fetchall()
+    return RemovedEntries(clients=tuple(k for kind, k in rows if kind == "client"),
+                          partners=tuple(k for kind, k in rows if kind == "partner"))
+
+
+def remove_entries(conn: sqlite3.Connection, clients: Iterable[str] = (),
+                   partners: Iterable[str] = ()) -> RemovedEntries:
+    """Delete imported clients (by id) and partners (by name) in one transaction.
+
+    Only imported entries can be removed; the config file's ``[[directory.*]]``
+    entries stay (an imported entry that shadowed one makes it visible again).
+    Returns what was there and is now gone; names that matched nothing are left out.
+    """
+    ensure_schema(conn, _DDL)
+    gone_clients: list[str] = []
+    gone_partners: list[str] = []
+    with transaction(conn):
+        for kind, keys, gone in (("client", clients, gone_clients),
+                                 ("partner", partners, gone_partners)):
+            for key in dict.fromkeys(keys):
+                cur = conn.execute("DELETE FROM directory_entries WHERE kind = ? AND key = ?",
+                                   (kind, key))
+                if cur.rowcount:
+                    gone.append(key)
+        if gone_clients or gone_partners:
+            _bump_version(conn)
+    return RemovedEntries(tuple(gone_clients), tuple(gone_partners))
+
+
+def replace_entries(conn: sqlite3.Connection, entries: DirectorySettings,
+                    now_iso: str) -> tuple[int, RemovedEntries]:
+    """Make the imported entries exactly ``entries``: upsert them and delete every
+    other imported client and partner, in one transaction (``import --replace``)."""
+    keep_clients = {c.id for c in entries.clients}
+    keep_partners = {p.name for p in entries.partners}
+    with transaction(conn):
+        present = imported_keys(conn)
+        removed = remove_entries(
+            conn, [c for c in present.clients if c not in keep_clients],
+            [p for p in present.partners if p not in keep_partners])
+        count = store_entries(conn, entries, now_iso)
+    return count, removed
 
 
 def read_directory_file(path: str | Path) -> DirectorySettings:
     """Parse a TOML (``[[clients]]``/``[[partners]]``) or CSV directory file."""
     p = Path(path)
     name = str(path)
+    suffix = p.suffix.lower()
+    if suffix not in (".toml", ".csv"):
+        raise InputError(f"{name}: must be a .toml or .csv file")
     try:
-        text = p.read_text(encoding="utf-8-sig")
+        raw = p.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{name}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{name}: cannot read ({type(exc).__name__})") from None
-    if p.suffix.lower() == ".toml":
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    if suffix == ".toml":
+        text = _decode(name, raw, 'save it as UTF-8 text')
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -290,59 +362,197 @@ def read_directory_file(path: str | Path) -> DirectorySettings:
         table = Table(name, "directory" if "directory" in data else "",
                        data.get("directory", data))
         return parse_directory(table)
-    if p.suffix.lower() == ".csv":
-        return _read_csv(name, text)
-    raise InputError(f"{name}: must be a .toml or .csv file")
+    return _read_csv(name, _decode(name, raw, _SAVE_AS_CSV, utf16=True))
 
 
+_SAVE_AS_CSV = 'in Excel use Save As > "CSV UTF-8 (Comma delimited) (*.csv)"'
+
+
+def _decode(name: str, raw: bytes, fix: str, *, utf16: bool = False) -> str:
+    """UTF-8 (with or without a BOM); UTF-16 with a BOM when ``utf16``. Anything
+    else is refused with a message that says how to save the file instead."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        if not utf16:
+            raise InputError(f"{name}: is UTF-16 text, not UTF-8; {fix}")
+        try:
+            return raw.decode("utf-16")  # the BOM says which byte order
+        except UnicodeDecodeError:
+            raise InputError(f"{name}: is not valid UTF-16 text; {fix}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise InputError(f"{name}: line {line}: is not UTF-8 text (byte 0x{raw[exc.start]:02x},"
+                         f" perhaps a Windows or Mac character set); {fix}") from None
+    if "\x00" in text:
+        raise InputError(f"{name}: contains NUL bytes (UTF-16 without a byte-order mark?);"
+                         f" {fix}")
+    return text
+
+
+# The CSV columns, in the order docs/configuration.md lists them.
+CSV_COLUMNS = ("kind", "id", "name", "addresses", "domains", "contacts", "consent_granted",
+               "consent_warning", "consent_expires", "names")
+_CLIENT_ONLY = ("id", "contacts", "consent_granted", "consent_warning", "consent_expires",
+                "names")
+_PARTNER_ONLY = ("name", "domains")
 _CONTACT = re.compile(r"^\s*(?P<address>[^\s()]+)\s*(?:\((?P<relation>[^()]*)\))?\s*$")
 
 
+def _column(header: str) -> str:
+    """``" Consent Granted "`` -> ``consent_granted``: case, surrounding blanks and
+    inner spaces or hyphens do not matter."""
+    return re.sub(r"[\s\-_]+", "_", header.strip().lower())
+
+
+def _csv_key(line: int, key: str) -> str:
+    """A TOML-style key from the shared readers as the CSV column it came from."""
+    if key.startswith("consent_unencrypted"):
+        field = key.partition(".")[2] or "granted"
+        return f"line {line}: consent_{field}"
+    column = re.sub(r"[\[.].*", "", key)  # contacts[0].address -> contacts
+    return f"line {line}: {column}"
+
+
 def _read_csv(name: str, text: str) -> DirectorySettings:
-    """CSV columns: kind,id,name,addresses,domains,contacts,consent_granted,
-    consent_warning,consent_expires,names. Lists are ``;``-separated; a contact
-    is ``address (relation)``. ``kind`` is ``client`` (default) or ``partner``."""
-    reader = csv.DictReader(io.StringIO(text))
-    known = {"kind", "id", "name", "addresses", "domains", "contacts", "consent_granted",
-             "consent_warning", "consent_expires", "names"}
-    unknown = sorted(set(reader.fieldnames or ()) - known)
+    """Read a directory CSV (format: docs/configuration.md, "Directory files").
+
+    One row per client or partner; the first line names the columns (any case,
+    any order). Lists are ``;``-separated; a contact is ``address (relation)``;
+    ``kind`` is ``client`` (default) or ``partner``. Errors read
+    ``FILE: line N: column: problem``.
+    """
+    accepted = ", ".join(CSV_COLUMNS)
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise ConfigError(name, "line 1", f"not a readable CSV line ({exc})") from None
+    if not header or not any(h.strip() for h in header):
+        raise ConfigError(name, "line 1", f"must name the columns (accepted: {accepted})")
+    columns: list[str] = [_column(h) for h in header]
+    unknown = [h.strip() for h, col in zip(header, columns, strict=True)
+               if col and col not in CSV_COLUMNS]
+    for raw_name in unknown:
+        if ";" in raw_name or "\t" in raw_name:
+            sep = "a semicolon" if ";" in raw_name else "a tab"
+            raise ConfigError(name, "line 1", f"the columns are separated by {sep}, not a"
+                              f' comma; {_SAVE_AS_CSV}, or put "," between columns (";"'
+                              " separates the items of a list inside one column)")
     if unknown:
-        raise ConfigError(name, "line 1", f'unknown column "{unknown[0]}"')
+        shown = ", ".join(f'"{_show(u)}"' for u in unknown)
+        raise ConfigError(name, "line 1", f"unknown column{'s' if len(unknown) > 1 else ''}"
+                          f" {shown} (accepted columns: {accepted})")
+    for i, col in enumerate(columns):
+        if col and col in columns[:i]:
+            raise ConfigError(name, "line 1", f'column "{col}" appears twice (columns'
+                              f" {columns.index(col) + 1} and {i + 1})")
+    if "kind" not in columns:
+        missing = [c for c in ("id", "addresses") if c not in columns]
+        if missing:
+            raise ConfigError(name, "line 1", f'missing column "{missing[0]}" (required:'
+                              f" id, addresses; accepted columns: {accepted})")
+
     clients: list[ClientEntry] = []
     partners: list[PartnerEntry] = []
-    for row in reader:
-        line = f"line {reader.line_num}"
+    client_lines: dict[str, int] = {}
+    partner_lines: dict[str, int] = {}
+    end = reader.line_num
+    while True:
+        start = end + 1  # a quoted value may span lines: report where the row starts
+        try:
+            cells = next(reader, None)
+        except csv.Error as exc:
+            raise ConfigError(name, f"line {start}", f"not a readable CSV line ({exc})") \
+                from None
+        end = reader.line_num
+        if cells is None:
+            break
+        if not any(c.strip() for c in cells):
+            continue  # a blank line or a row of empty cells (spreadsheets leave them)
+        row: dict[str, str] = {}
+        for i, cell in enumerate(cells):
+            value = cell.strip()
+            if i >= len(columns):
+                if value:
+                    raise ConfigError(name, f"line {start}", f"has {len(cells)} values but"
+                                      f" line 1 names {len(columns)} columns; put a value that"
+                                      ' contains "," in double quotes, and separate list items'
+                                      ' with ";"')
+            elif not columns[i]:
+                if value:
+                    raise ConfigError(name, f"line {start}", f"a value in column {i + 1},"
+                                      " which has no name on line 1")
+            else:
+                row[columns[i]] = value
+        entry = _csv_row(name, start, row)
+        if isinstance(entry, PartnerEntry):
+            first = partner_lines.setdefault(entry.name, start)
+            if first != start:
+                raise ConfigError(name, f"line {start}: name", f'duplicate partner name'
+                                  f' "{_show(entry.name)}" (also on line {first})')
+            partners.append(entry)
+        else:
+            first = client_lines.setdefault(entry.id, start)
+            if first != start:
+                raise ConfigError(name, f"line {start}: id", f'duplicate client id'
+                                  f' "{_show(entry.id)}" (also on line {first})')
+            clients.append(entry)
+    return DirectorySettings(clients=tuple(clients), partners=tuple(partners))
 
-        def items(col: str, row: dict[str, str] = row) -> list[str]:
-            return [x.strip() for x in (row.get(col) or "").split(";") if x.strip()]
 
-        kind = (row.get("kind") or "client").strip()
-        if kind == "partner":
-            data: dict[str, object] = {"name": (row.get("name") or "").strip(),
-                                       "domains": items("domains"),
-                                       "addresses": items("addresses")}
-            partners.append(parse_partner(Table(name, line, data)))
-            continue
-        if kind != "client":
-            raise ConfigError(name, f"{line}: kind", f'must be "client" or "partner", got "{kind}"')
+def _csv_row(name: str, line: int, row: dict[str, str]) -> ClientEntry | PartnerEntry:
+    def items(col: str) -> list[str]:
+        value = row.get(col, "")
+        if col in ("addresses", "domains") and "," in value:
+            raise ConfigError(name, f"line {line}: {col}",
+                              f'separate several {col} with ";", not ","')
+        return [x.strip() for x in value.split(";") if x.strip()]
+
+    def refuse(cols: tuple[str, ...], what: str) -> None:
+        for col in cols:
+            if row.get(col):
+                raise ConfigError(name, f"line {line}: {col}", f"is not used for {what}"
+                                  " (see the kind column)")
+
+    kind = row.get("kind", "").lower() or "client"
+    data: dict[str, object]
+    if kind == "partner":
+        refuse(_CLIENT_ONLY, "a partner")
+        data = {"name": row.get("name", ""), "domains": items("domains"),
+                "addresses": items("addresses")}
+    elif kind == "client":
+        refuse(_PARTNER_ONLY, 'a client (a client\'s names go in "names")')
         contacts = []
         for item in items("contacts"):
             m = _CONTACT.match(item)
             if not m:
-                raise ConfigError(name, f"{line}: contacts", f'expected "address (relation)", '
-                                  f'got "{_show(item)}"')
+                raise ConfigError(name, f"line {line}: contacts", f'expected "address'
+                                  f' (relation)", several separated by ";", got "{_show(item)}"')
             contacts.append({"address": m["address"], "relation": m["relation"] or "contact"})
-        client: dict[str, object] = {"id": (row.get("id") or "").strip(),
-                                     "addresses": items("addresses"), "contacts": contacts,
-                                     "names": items("names")}
-        if (row.get("consent_granted") or "").strip():
-            consent: dict[str, str] = {"granted": row["consent_granted"].strip(),
-                                       "warning": (row.get("consent_warning") or "").strip()}
-            if (row.get("consent_expires") or "").strip():
-                consent["expires"] = row["consent_expires"].strip()
-            client["consent_unencrypted"] = consent
-        clients.append(parse_client(Table(name, line, client)))
-    return DirectorySettings(clients=tuple(clients), partners=tuple(partners))
+        data = {"id": row.get("id", ""), "addresses": items("addresses"),
+                "contacts": contacts, "names": items("names")}
+        if row.get("consent_granted"):
+            consent: dict[str, str] = {"granted": row["consent_granted"],
+                                       "warning": row.get("consent_warning", "")}
+            if row.get("consent_expires"):
+                consent["expires"] = row["consent_expires"]
+            data["consent_unencrypted"] = consent
+        else:
+            for col in ("consent_warning", "consent_expires"):
+                if row.get(col):
+                    raise ConfigError(name, f"line {line}: consent_granted",
+                                      f"is required when {col} is given (the date the client"
+                                      " consented, YYYY-MM-DD)")
+    else:
+        raise ConfigError(name, f"line {line}: kind",
+                          f'must be "client" or "partner", got "{_show(kind)}"')
+    try:
+        if kind == "partner":
+            return parse_partner(Table(name, "", data))
+        return parse_client(Table(name, "", data))
+    except ConfigError as exc:
+        raise ConfigError(name, _csv_key(line, exc.key), exc.problem) from None
 
 
 def import_directory_file(conn: sqlite3.Connection, path: str | Path, now_iso: str) -> int:

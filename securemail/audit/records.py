@@ -37,8 +37,8 @@ PORTAL_EVENTS = frozenset({
     "revoked", "expired", "purged", "unlocked",
 })
 ADMIN_EVENTS = frozenset({
-    "key-import", "key-remove", "directory-import", "consent-change", "config-loaded",
-    "chain-start",
+    "key-import", "key-remove", "directory-import", "directory-remove", "consent-change",
+    "config-loaded", "chain-start",
 })
 
 # Field names ``record_event`` accepts (documented in docs/compliance.md).
@@ -51,6 +51,7 @@ EVENT_FIELDS = frozenset({
     "mail_from",
     "sender",
     "client_id",
+    "partner",          # a business associate removed from the directory (its name)
     "channel",          # code channel: email | sms | webhook
     "attachment_index", # position of a downloaded attachment (never its file name)
     "attempts",
