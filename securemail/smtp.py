@@ -67,7 +67,9 @@ message_log = logging.getLogger(MESSAGE_LOGGER)
 
 TEMPFAIL = "451 4.3.0 Temporary failure, please try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
-FROM_NOT_ALLOWED = "553 5.7.1 From: address not allowed for the authenticated user"
+FROM_NOT_ALLOWED = "553 5.7.1 {header}: address not allowed for the authenticated user"
+SENDER_NOT_ALLOWED = "553 5.7.1 Sender address not allowed for the authenticated user"
+AUTH_REQUIRED = "530 5.7.0 Authentication required"
 BARE_CR_LF = "554 5.6.0 Bare CR or LF in message data is not accepted (use CRLF line endings)"
 NetworkType = ipaddress.IPv4Network | ipaddress.IPv6Network
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -290,12 +292,39 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
             await self.push("502 5.5.1 AUTH is not offered on this port;"
                             " apps and mail clients log in on the submission port")
             return
+        if self.envelope is not None and self.envelope.mail_from is not None:
+            # RFC 4954 section 4: not during a mail transaction (the sender
+            # given before the login would escape the login's sender check).
+            await self.push("503 5.5.1 AUTH is not permitted during a mail transaction")
+            return
         if self.state.login_failures.blocked(self._client_ip or "?", time.monotonic()):
             log.warning("submission login refused from %s: too many failed logins",
                         self._client_ip)
             await self._refuse(TOO_MANY_LOGINS)
             return
         await super().smtp_AUTH(arg)
+
+    def _getparams(self, params: Any) -> dict[str, str | bool] | None:
+        result: dict[str, str | bool] | None = super()._getparams(params)
+        if result is not None and self._offers_auth:
+            # RFC 4954 section 5: a server that offers AUTH must accept MAIL's
+            # AUTH= parameter (Postfix and Exim send AUTH=<>); it is ignored.
+            result.pop("AUTH", None)
+        return result
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:
+            await self.push("503 5.5.1 TLS is already active")
+            return
+        await super().smtp_STARTTLS(arg)
+
+    def _timeout_cb(self) -> None:
+        # RFC 5321 4.5.3.2: tell the client why, then close (aiosmtpd just closes).
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(b"421 4.4.2 Idle timeout, closing the connection\r\n")
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd parses every MAIL/RCPT address with the email package's RFC 5322
@@ -312,6 +341,9 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
             return
         envelope = self.envelope
         assert envelope is not None
+        if envelope.mail_from is None:
+            await self.push("503 5.5.1 Error: need MAIL command")
+            return
         if not envelope.rcpt_tos:
             await self.push("503 5.5.1 Error: need RCPT command")
             return
@@ -457,6 +489,9 @@ class RelayHandler:
             return SHUTTING_DOWN
         user = _user(session)
         sender = "" if address == "<>" else address
+        if user is None and self.policy.users is not None \
+                and not self.policy.trusted(_peer_ip(session)):
+            return AUTH_REQUIRED  # log in first: the sender is checked against the login
         if user is not None and not user.may_send_as(sender):
             log.warning("submission sender refused: user %s may not send as an address at %s"
                         " (from %s)", user.name, domain_of(sender) or "<>", _peer_ip(session))
@@ -469,7 +504,7 @@ class RelayHandler:
                           address: str, rcpt_options: list[str]) -> str:
         if _user(session) is None and not self.policy.trusted(_peer_ip(session)):
             if self.policy.users is not None:
-                return "530 5.7.0 Authentication required"
+                return AUTH_REQUIRED
             return "554 5.7.1 Relay access denied"
         if len(envelope.rcpt_tos) >= self.policy.max_recipients:
             return "452 4.5.3 Too many recipients"
@@ -494,10 +529,13 @@ class RelayHandler:
         with holding_events() as held:
             if has_bare_cr_or_lf(raw):
                 reply, kind = BARE_CR_LF, "rejected"
-            elif user is not None and not _from_allowed(raw, user):
-                reply, kind = FROM_NOT_ALLOWED, "rejected"
-                log.warning("submission message refused: its From/Sender is not user %s's"
-                            " (from %s)", user.name, _peer_ip(session))
+            elif user is not None and not user.may_send_as(mail_from):
+                # Checked at MAIL too; again here, whatever the order of commands.
+                reply, kind = SENDER_NOT_ALLOWED, "rejected"
+            elif user is not None and (refused_header := _author_not_allowed(raw, user)):
+                reply, kind = FROM_NOT_ALLOWED.format(header=refused_header), "rejected"
+                log.warning("submission message refused: its %s is not user %s's"
+                            " (from %s)", refused_header, user.name, _peer_ip(session))
             else:
                 try:
                     trace = received_header(
@@ -545,24 +583,27 @@ class RelayHandler:
         return TEMPFAIL
 
 
-def _from_allowed(raw: bytes, user: SubmissionUser) -> bool:
-    """Whether every ``From:`` and ``Sender:`` address is one the authenticated user
-    may send as (the envelope sender is checked at MAIL). We DKIM-sign what
-    leaves, so a login must not put someone else's name on a message. Read as
-    the pipeline reads it (8-bit headers as UTF-8); a header that cannot be
-    read, or a From with no address at all, is refused: fail closed."""
+def _author_not_allowed(raw: bytes, user: SubmissionUser) -> str:
+    """The header ("From" or "Sender") holding an address the authenticated user
+    may not send as; "" when every author address is the user's (the envelope
+    sender is checked at MAIL and DATA). We DKIM-sign what leaves, so a login
+    must not put someone else's name on a message. Read as the pipeline reads
+    it (8-bit headers as UTF-8); a header that cannot be read, or a From with
+    no address at all, is refused: fail closed."""
     headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
-    authors: list[str] = []
-    try:
-        for name, value in headers.raw_items():
-            if name.lower() in ("from", "sender"):
-                found = parse_address_list(utf8_header(value))
-                if name.lower() == "from" and not found:
-                    return False  # "From: undisclosed:;" names no author
-                authors.extend(found)
-    except AddressError:
-        return False
-    return all(user.may_send_as(a) for a in authors)
+    for name, value in headers.raw_items():
+        header = name.lower()
+        if header not in ("from", "sender"):
+            continue
+        try:
+            found = parse_address_list(utf8_header(value))
+        except AddressError:
+            return header.title()
+        if header == "from" and not found:
+            return "From"  # "From: undisclosed:;" names no author
+        if not all(user.may_send_as(a) for a in found):
+            return header.title()
+    return ""
 
 
 def _user(session: SMTPSession) -> SubmissionUser | None:

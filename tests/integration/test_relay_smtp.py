@@ -475,3 +475,16 @@ async def test_the_content_filter_port_neither_lists_nor_accepts_auth(
     assert "AUTH" not in commands and {"MAIL", "RCPT", "DATA", "EHLO"} <= set(commands)
     assert auth[0] == 502 and b"submission" in auth[1]
     assert help_auth[0] == 501
+
+
+async def test_an_idle_client_is_told_why_before_the_connection_closes(
+        make_relay: Callable[..., Any]) -> None:
+    r = await make_relay(relay_extra="timeout_seconds = 1\n")
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+    try:
+        greeting = await asyncio.wait_for(reader.readline(), 5)
+        assert greeting.startswith(b"220")
+        rest = await asyncio.wait_for(reader.read(), 10)  # until the server closes
+        assert rest == b"421 4.4.2 Idle timeout, closing the connection\r\n"
+    finally:
+        writer.close()

@@ -133,8 +133,58 @@ async def test_a_from_header_the_user_may_not_use_is_refused(
     with pytest.raises(aiosmtplib.SMTPDataError) as exc:
         await c.sendmail("frontdesk@riverside.example", ["colleague@riverside.example"], sender)
     assert exc.value.code == 553
+    assert exc.value.message.startswith("5.7.1 Sender: ")  # names the header at fault
     c.close()
     assert upstream.messages == []
+
+
+async def test_a_sender_given_before_the_login_cannot_escape_its_check(
+        relay: tuple, upstream: Upstream) -> None:
+    r, ctx = relay
+    c = await _client(r, ctx)
+    for sender in ("ceo@riverside.example", ""):
+        code, text = await c.execute_command(f"MAIL FROM:<{sender}>".encode())
+        assert (code, text) == (530, "5.7.0 Authentication required")
+    await c.auth_plain("frontdesk", "correct horse")
+    await c.mail("frontdesk@riverside.example")
+    # RFC 4954 4: no AUTH inside a transaction (a second login could swap identities).
+    code, text = await c.execute_command(b"AUTH PLAIN AGZyb250ZGVzawBjb3JyZWN0IGhvcnNl")
+    assert (code, text.split()[0]) == (503, "5.5.1")
+    c.close()
+    assert upstream.messages == []
+
+
+async def test_mail_from_with_the_auth_parameter_is_accepted(
+        relay: tuple, upstream: Upstream) -> None:
+    # RFC 4954 5: Postfix (smtp_send_dummy_mail_auth) and Exim send AUTH=<>.
+    r, ctx = relay
+    c = await _client(r, ctx)
+    await c.auth_plain("frontdesk", "correct horse")
+    for params in (["AUTH=<>"], ["AUTH=frontdesk@riverside.example", "SIZE=300"]):
+        await c.mail("frontdesk@riverside.example", options=params)
+        await c.rcpt("colleague@riverside.example")
+        code, _ = await c.data(message(frm="frontdesk@riverside.example"))
+        assert code == 250
+    c.close()
+    assert len(upstream.messages) == 2
+
+
+async def test_starttls_twice_is_refused_and_the_session_goes_on(relay: tuple) -> None:
+    r, ctx = relay
+    c = await _client(r, ctx)
+    code, text = await c.execute_command(b"STARTTLS")
+    assert (code, text) == (503, "5.5.1 TLS is already active")
+    assert (await c.noop())[0] == 250
+    c.close()
+
+
+async def test_data_before_mail_says_mail_is_needed(relay: tuple) -> None:
+    r, ctx = relay
+    c = await _client(r, ctx)
+    await c.auth_plain("frontdesk", "correct horse")
+    code, text = await c.execute_command(b"DATA")
+    assert (code, text) == (503, "5.5.1 Error: need MAIL command")
+    c.close()
 
 
 async def test_repeated_failed_logins_end_the_session(relay: tuple) -> None:
@@ -211,10 +261,14 @@ async def test_wrong_password_and_unknown_user_are_535(relay: tuple) -> None:
 async def test_unauthenticated_submission_cannot_relay(relay: tuple, upstream: Upstream) -> None:
     r, ctx = relay
     c = await _client(r, ctx)
-    await c.mail("frontdesk@riverside.example")
-    with pytest.raises(aiosmtplib.SMTPRecipientRefused) as exc:
-        await c.rcpt("colleague@riverside.example")
+    # Refused at MAIL already: a sender given before a login would escape the
+    # login's sender check.
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as exc:
+        await c.mail("frontdesk@riverside.example")
     assert exc.value.code == 530
+    with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
+        await c.rcpt("colleague@riverside.example")
+    assert refused.value.code == 503  # no transaction was opened
     c.close()
     assert upstream.messages == []
 
