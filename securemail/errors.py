@@ -123,10 +123,37 @@ class MalformedMessage(PermanentFailure):
     smtp_reply = "554 5.6.0 Message is malformed and was not relayed"
 
 
-class UpstreamRefused(PermanentFailure):
-    """The upstream server permanently refused every recipient."""
+_PASSED_ON = ("550", "551", "552", "553", "554")  # reply codes a client reads as "this message"
 
-    smtp_reply = "550 5.0.0 The receiving server refused every recipient of this message"
+
+class UpstreamRefused(PermanentFailure):
+    """The upstream server permanently refused every recipient.
+
+    ``replies`` are upstream's reply codes (``"552 5.3.4"``: code and enhanced
+    code only, never its text); the SMTP reply passes them on, so the sender
+    learns "too big" or "policy" rather than "bad addresses".
+    """
+
+    def __init__(self, message: str = "no recipient accepted the message",
+                 replies: tuple[str, ...] = ()) -> None:
+        self.replies = tuple(dict.fromkeys(r for r in replies if r))
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[UpstreamRefused], tuple[str, tuple[str, ...]]]:
+        return (type(self), (str(self), self.replies))  # picklable
+
+    @property
+    def smtp_reply(self) -> str:  # type: ignore[override]
+        text = "The receiving server refused every recipient of this message"
+        if not self.replies:
+            return f"550 5.0.0 {text}"
+        shown = ", ".join(self.replies[:4])
+        code, _, enhanced = self.replies[0].partition(" ")
+        if len(self.replies) > 1 or code not in _PASSED_ON:
+            code = "550" if len(self.replies) > 1 else "554"
+        if len(self.replies) > 1 or not enhanced.startswith("5."):
+            enhanced = "5.0.0"
+        return f"{code} {enhanced} {text} (it replied {shown})"
 
 
 class Blocked(PermanentFailure):

@@ -138,7 +138,9 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
         ledger.record(digest, accepted, now)
         raise RecipientsDeferred(outcome)
     if not outcome.delivered:
-        raise UpstreamRefused("no recipient accepted the message")
+        raise UpstreamRefused("no recipient accepted the message", tuple(
+            r.upstream_reply for r in outcome.recipients
+            if r.status is Status.REFUSED and r.upstream_reply))
     undelivered = [r for r in outcome.recipients if r.status in (Status.BLOCKED, Status.REFUSED)]
     if undelivered and envelope.mail_from:
         await _notify_sender(relay, envelope, verdict, undelivered, now)

@@ -224,9 +224,27 @@ async def test_every_recipient_refused_is_550(make_relay: Callable[..., Any],
                                               upstream: Upstream) -> None:
     upstream.handler.rcpt_replies[STAFF] = "550 5.1.1 no such user"
     r = await make_relay(url(upstream))
-    code, _ = await send(r.port, message(to=STAFF), [STAFF])
-    assert code == 550
+    code, text = await send(r.port, message(to=STAFF), [STAFF])
+    assert (code, text) == (550, "5.1.1 The receiving server refused every recipient of"
+                                 " this message (it replied 550 5.1.1)")
     assert r.listeners.state.metrics.messages["refused"] == 1
+
+
+@pytest.mark.parametrize(("upstream_said", "expected"), [
+    ("552 5.3.4 Message size exceeds fixed limit", (552, "5.3.4")),
+    ("554 5.7.1 Rejected as spam", (554, "5.7.1")),
+    ("500 Line too long", (554, "5.0.0")),  # a syntax code would blame the client's command
+])
+async def test_a_message_refused_after_its_data_passes_the_reason_on(
+        make_relay: Callable[..., Any], upstream: Upstream, upstream_said: str,
+        expected: tuple[int, str]) -> None:
+    upstream.handler.data_reply = upstream_said
+    r = await make_relay(url(upstream))
+    code, text = await send(r.port, message(to=STAFF), [STAFF])
+    assert (code, text.split()[0]) == expected
+    assert text.endswith(f"(it replied {upstream_said.split()[0]}"
+                         f"{' ' + upstream_said.split()[1] if upstream_said[4] == '5' else ''})")
+    assert "spam" not in text and "Line too long" not in text  # upstream's own text stays out
 
 
 async def test_one_merged_log_line_per_message(make_relay: Callable[..., Any],

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from securemail.errors import Blocked, ConfigError
+from securemail.errors import Blocked, ConfigError, UpstreamRefused
 from securemail.model import Action, Decision, Mode, Role, Source, Verdict
 
 CLIENT = Decision("pat@client.example", Source.TO, Role.CLIENT, Action.BLOCK,
@@ -48,10 +48,12 @@ def test_every_policy_reply_is_one_line_under_512_octets(causes: int, held: int,
 @pytest.mark.parametrize("error", [
     ConfigError("/etc/securemail/securemail.toml", "upstream.url", "needs a port"),
     Blocked(Verdict("<m@x>", Mode.ENFORCE, False, True, (CLIENT, STRANGER))),
+    UpstreamRefused("no recipient accepted the message", ("552 5.3.4",)),
 ])
 def test_errors_survive_pickling(error: Exception) -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is type(error) and str(copy) == str(error)
+    assert getattr(copy, "smtp_reply", None) == getattr(error, "smtp_reply", None)
     if isinstance(error, Blocked):
         assert isinstance(copy, Blocked) and copy.verdict == error.verdict
 
