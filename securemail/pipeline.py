@@ -43,6 +43,7 @@ from securemail.model import (
 from securemail.notices import recipients_notice
 from securemail.parse import HEADER_END, strip_header
 from securemail.render import Output, render_protected
+from securemail.submission_headers import complete_headers
 
 if TYPE_CHECKING:
     from securemail.relay import Relay
@@ -55,6 +56,8 @@ log = logging.getLogger("securemail.message")
 async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime) -> Outcome:
     started = time.perf_counter()
     digest = hashlib.sha256(raw).hexdigest()
+    if envelope.trace:  # securemail is the first server (submission): RFC 6409 section 8
+        raw = complete_headers(raw, digest, relay.settings.relay.hostname, now)
     verdict = relay.evaluate(raw, envelope, now)  # parse, classify, decide
 
     if verdict.malformed or (verdict.mode is Mode.ENFORCE and _all_blocked(verdict)):

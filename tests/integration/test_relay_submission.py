@@ -490,3 +490,31 @@ async def test_hanging_up_during_the_password_check_still_counts(
     with pytest.raises(aiosmtplib.SMTPException):
         await c.auth_plain("frontdesk", "correct horse")  # blocked for this window
     c.close()
+
+
+async def test_a_bare_message_from_an_app_leaves_with_date_and_message_id(
+        tmp_path: Path, upstream: Upstream) -> None:
+    # RFC 6409 8: scripts often submit without Date or Message-ID; RFC 5321 4.4:
+    # Return-Path is set at final delivery, never by the originator.
+    import email
+    import hashlib
+
+    from tests.integration.relay_support import run_relay
+
+    cfg, certs = submission_config(tmp_path, upstream)
+    r = await run_relay(cfg)
+    bare = (b"Return-Path: <bounce@elsewhere.example>\r\nFrom: frontdesk@riverside.example\r\n"
+            b"To: colleague@riverside.example\r\nSubject: Lunch\r\n\r\nSee you at noon.\r\n")
+    try:
+        c = await _client(r, ssl.create_default_context(cafile=str(certs.ca_file)))
+        await c.auth_plain("frontdesk", "correct horse")
+        await c.sendmail("frontdesk@riverside.example", ["colleague@riverside.example"], bare)
+        c.close()
+    finally:
+        await r.stop()
+    sent = email.message_from_bytes(upstream.messages[0].data)
+    assert sent["Message-ID"] == f"<{hashlib.sha256(bare).hexdigest()[:32]}@relay.test>"
+    assert email.utils.parsedate_to_datetime(sent["Date"]) is not None
+    assert sent.get_all("Date") and len(sent.get_all("Date")) == 1
+    assert sent["Return-Path"] is None
+    assert sent.get_payload() == "See you at noon.\r\n"
