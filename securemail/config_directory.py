@@ -96,8 +96,6 @@ def parse_client(c: Table) -> ClientEntry:
     _visible(c, "id", cid, "id")
     addresses = tuple(_address(c, f"addresses[{i}]", a)
                       for i, a in enumerate(c.strings("addresses")))
-    if not addresses:
-        raise c.error("addresses", "needs at least one address")
     contacts = []
     for ct in read_tables(c, "contacts"):
         addr = ct.text("address", "")
@@ -106,8 +104,15 @@ def parse_client(c: Table) -> ClientEntry:
         contacts.append(ContactEntry(_address(ct, "address", addr),
                                      ct.text("relation", "contact")))
         ct.finish()
+    if not addresses and not contacts:
+        raise c.error("addresses", "needs at least one address (a client with no email of"
+                                   " their own, such as a young child, needs at least one"
+                                   " contact instead)")
     consent = None
     if "consent_unencrypted" in c.data:
+        if not addresses:
+            raise c.error("consent_unencrypted", "consent covers the client's own addresses,"
+                                                 " and this client has none")
         consent = _consent(c.table("consent_unencrypted"))
     names = c.strings("names")
     c.finish()

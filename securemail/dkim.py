@@ -323,7 +323,7 @@ def relaxed_body(body: bytes) -> bytes:
 
 
 def _crlf(message: bytes) -> bytes:
-    if b"\n" not in message.replace(b"\r\n", b""):
+    if message.count(b"\n") == message.count(b"\r\n"):  # every LF has its CR: no copy
         return message
     return message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 

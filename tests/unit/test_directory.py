@@ -128,3 +128,34 @@ def test_every_import_moves_the_version_even_at_the_same_time(tmp_path: Path) ->
     f.write_text("id,addresses\nc-1,a@mail.example\n")  # consent withdrawn, same count
     store_entries(conn, read_directory_file(f), "2026-06-01T00:00:00+00:00")  # same stamp
     assert imported_version(conn) == first + 1
+
+
+def test_a_child_with_no_email_is_listed_through_a_guardian(make_config, tmp_path: Path
+                                                           ) -> None:
+    cfg = make_config(extra="""
+[[directory.clients]]
+id = "c-3001"
+names = ["Robin Young"]
+contacts = [{ address = "parent@home.example", relation = "guardian" }]
+""")
+    s = load_settings(cfg)
+    d = Directory(s.practice.domains, s.directory)
+    guardian = d.identify("parent@home.example")
+    assert (guardian.role, guardian.client_ids) == (Role.CONTACT, ("c-3001",))
+    assert ("Robin Young", "c-3001") in d.client_names
+    csv_file = tmp_path / "kids.csv"
+    csv_file.write_text("id,addresses,contacts\nc-3002,,dad@home.example (father)\n"
+                        "c-3003,,\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"line 3: addresses: needs at least one address"):
+        read_directory_file(csv_file)
+
+
+def test_consent_needs_an_address_of_the_clients_own(make_config) -> None:
+    cfg = make_config(extra="""
+[[directory.clients]]
+id = "c-3001"
+contacts = [{ address = "parent@home.example", relation = "guardian" }]
+consent_unencrypted = { granted = "2026-01-10", warning = "v1" }
+""")
+    with pytest.raises(ConfigError, match="consent_unencrypted: consent covers the client's own"):
+        load_settings(cfg)
