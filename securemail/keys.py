@@ -11,6 +11,7 @@ Tables (SQLite, beside the directory's)::
 
     keyring_keys       one row per key/certificate, keyed by fingerprint
     keyring_addresses  (address, fingerprint): every address a key names
+    keyring_revocations  every OpenPGP (sub)key revocation ever seen, kept for good
 
 Addresses are indexed in the form :func:`securemail.directory.normalise_address`
 gives, which is also how the policy asks.
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+import functools
 import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +37,7 @@ from securemail.errors import InputError, StoreError
 from securemail.store.sqlite import ensure_schema, transaction
 
 if TYPE_CHECKING:
-    from securemail.crypto.pgp import PgpKey, PgpRecipient
+    from securemail.crypto.pgp import PgpKey, PgpRecipient, Revocation
 
 __all__ = ["ImportedKey", "KeyInfo", "KeyWithdrawn", "Keyring"]
 
@@ -55,6 +57,16 @@ CREATE TABLE IF NOT EXISTS keyring_addresses (
     PRIMARY KEY (address, fingerprint)
 );
 CREATE INDEX IF NOT EXISTS keyring_addresses_by_key ON keyring_addresses(fingerprint);
+-- Revocations outlive the keys they revoke: "a revocation is final", so an older
+-- copy of a key (or of a subkey) can never make it usable again. Added to older
+-- stores by ensure_schema (a new table); their stored copies still carry their own
+-- revocations, which are read from the stored copy as well.
+CREATE TABLE IF NOT EXISTS keyring_revocations (
+    revoked      TEXT PRIMARY KEY,   -- fingerprint of the revoked primary key or subkey
+    fingerprint  TEXT NOT NULL,      -- the primary key it belongs to
+    recorded_at  INTEGER NOT NULL    -- epoch seconds
+);
+CREATE INDEX IF NOT EXISTS keyring_revocations_by_key ON keyring_revocations(fingerprint);
 """
 
 _HEX = re.compile(r"[0-9A-F]+")
@@ -80,9 +92,12 @@ class KeyWithdrawn(InputError):
     caller can record the removal (``key-remove``) like any other.
     """
 
-    def __init__(self, message: str, removed: tuple[str, ...]) -> None:
+    def __init__(self, message: str, removed: tuple[str, ...], requested: bool = False) -> None:
         super().__init__(message)
         self.removed = removed
+        # True when the file was a revocation certificate: removing the key is
+        # what the import asked for, not a refusal.
+        self.requested = requested
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +229,7 @@ class Keyring:
         try:
             candidates = self._judge(data, _aware(now))
         except _Withdrawn as exc:
-            raise KeyWithdrawn(f"{name}: {exc}", exc.removed) from None
+            raise KeyWithdrawn(f"{name}: {exc}", exc.removed, exc.requested) from None
         except KeyProblem as exc:
             raise InputError(f"{name}: {exc}") from None
         return self._store(candidates, now)
@@ -233,6 +248,7 @@ class Keyring:
                 raise InputError(str(exc)) from None
             return self._remove_address(address)
         digits = wanted.replace(" ", "").upper()
+        digits = digits.removeprefix("0X")  # gpg prints key ids as 0x6EE12C62F640208A
         if len(digits) < 16 or not _HEX.fullmatch(digits):
             raise InputError(f'"{wanted[:80]}" is neither an address nor a key fingerprint '
                              "(at least 16 hex digits)")
@@ -242,28 +258,54 @@ class Keyring:
 
     def _judge(self, data: bytes, now: dt.datetime) -> builtins.list[_Candidate]:
         stripped = data.lstrip()
+        if smime.holds_private_key(data) and b"-----BEGIN PGP" not in data:
+            raise KeyProblem(smime.PRIVATE_KEY_REFUSAL)
         if (b"-----BEGIN CERTIFICATE-----" in data or b"-----BEGIN PKCS7-----" in data
                 or stripped[:1] == b"\x30"):
-            return [self._judge_cert(c, now) for c in smime.parse_certificates(data)]
+            certs = smime.parse_certificates(data)
+            return _judge_each([functools.partial(self._judge_cert, c, now) for c in certs])
         if b"-----BEGIN PGP" in data or (stripped[:1] and stripped[0] & 0x80):
-            from securemail.crypto.pgp import parse_public_keys
+            from securemail.crypto.pgp import read_openpgp
 
-            return [self._judge_pgp(k, now) for k in parse_public_keys(data)]
+            keys, revocations = read_openpgp(data)
+            return _judge_each([*(functools.partial(self._judge_pgp, k, now) for k in keys),
+                                *(functools.partial(self._revoke, r, now) for r in revocations)])
         raise KeyProblem("neither an OpenPGP public key nor a PEM/DER certificate")
 
     def _judge_pgp(self, key: PgpKey, now: dt.datetime) -> _Candidate:
+        """Judge one key, always against what the store knows of it.
+
+        The stored copy and the recorded revocations are the owner's word so
+        far. A copy that is older than the stored one, or that lacks a
+        revocation seen before, is refused and changes nothing (a revocation
+        is final, however new the copy without it looks). A copy that brings a
+        revocation is recorded for good, whatever its age.
+        """
+        fpr = key.fingerprint
+        stored = self._stored_pgp(fpr)
+        recorded = self._revocations(fpr)
+        known = recorded | (stored.revoked_keys if stored is not None else frozenset())
+        self._record_revocations(fpr, (known | key.revoked_keys) - recorded, now)
+        new, missing = key.revoked_keys - known, known - key.revoked_keys
+        older = (stored is not None and stored.signed_at is not None
+                 and key.signed_at is not None and stored.signed_at > key.signed_at)
         problem = key.problem(now)
+        if missing or older:
+            if stored is not None and new:
+                # An old copy with a revocation the stored copy lacks: the stored
+                # copy is out of date too. Fail closed: remove it.
+                self._withdraw(fpr, problem or f"OpenPGP key {fpr}: an older copy that revokes "
+                               "a subkey the stored copy does not; ask the owner for their "
+                               "current key")
+            if stored is not None:
+                # Say, a file from before the owner extended the expiry or revoked a
+                # subkey: keep the stored copy, which is the owner's newer word.
+                signed = f", signed {stored.signed_at:%Y-%m-%d}," if stored.signed_at else ""
+                raise KeyProblem(f"{problem or f'OpenPGP key {fpr}'} (an older copy: the stored "
+                                 f"copy{signed} is newer and was kept)")
+            raise KeyProblem(_predates_revocation(fpr, missing))
         if problem:
-            stored = self._stored_pgp(key.fingerprint)
-            if (stored is not None and stored.signed_at is not None and key.signed_at is not None
-                    and stored.signed_at > key.signed_at
-                    and key.revoked_keys <= stored.revoked_keys):
-                # An older copy of a key we hold (say, a file from before the owner
-                # extended its expiry) that revokes nothing new: keep the stored copy.
-                # A revocation is final, however old the copy that brings it.
-                raise KeyProblem(f"{problem} (an older copy: the stored copy, signed "
-                                 f"{stored.signed_at:%Y-%m-%d}, is newer and was kept)")
-            self._withdraw(key.fingerprint, problem)
+            self._withdraw(fpr, problem)
             raise KeyProblem(problem)
         return _Candidate("pgp", key.fingerprint, _addresses(key.addresses, key.fingerprint),
                           key.algorithm, key.binary, key.usable_from, key.usable_until)
@@ -283,12 +325,52 @@ class Keyring:
                           cert.public_bytes(serialization.Encoding.DER),
                           cert.not_valid_before_utc, cert.not_valid_after_utc)
 
+    def _revoke(self, revocation: Revocation, now: dt.datetime) -> _Candidate:
+        """Apply a revocation certificate to the stored key it names; never returns."""
+        from securemail.crypto.pgp import apply_revocation
+
+        name = revocation.fingerprint or revocation.key_id
+        matches = [r[0] for r in self._query(
+            "SELECT fingerprint FROM keyring_keys WHERE kind = 'pgp'"
+            " AND substr(fingerprint, -:n) = :digits",
+            {"n": len(name), "digits": name})]
+        if len(matches) != 1:
+            raise KeyProblem(f"a revocation certificate for OpenPGP key {name}, which is not "
+                             "stored here: nothing was changed (do not import that key "
+                             "unless its owner sends a new one)")
+        stored = self._stored_pgp(matches[0])
+        revoked = apply_revocation(stored, revocation) if stored is not None else None
+        if revoked is None:
+            raise KeyProblem(f"a revocation certificate for OpenPGP key {name} that its key "
+                             "did not sign: nothing was changed (ask the owner for it again)")
+        self._record_revocations(revoked.fingerprint, revoked.revoked_keys, now)
+        self._withdraw(revoked.fingerprint, f"OpenPGP key {revoked.fingerprint} is revoked by "
+                       "this revocation certificate", requested=True)
+        raise KeyProblem(f"OpenPGP key {revoked.fingerprint} was already removed")
+
+    def _revocations(self, fingerprint: str) -> frozenset[str]:
+        return frozenset(r[0] for r in self._query(
+            "SELECT revoked FROM keyring_revocations WHERE fingerprint = :fpr",
+            {"fpr": fingerprint}))
+
+    def _record_revocations(self, fingerprint: str, revoked: Iterable[str],
+                            now: dt.datetime) -> None:
+        rows = [(r, fingerprint, _epoch(now)) for r in sorted(revoked)]
+        if not rows:
+            return
+        try:
+            with transaction(self._conn) as conn:
+                conn.executemany("INSERT OR IGNORE INTO keyring_revocations"
+                                 " (revoked, fingerprint, recorded_at) VALUES (?, ?, ?)", rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record a key revocation ({type(exc).__name__})") from None
+
     def _stored_pgp(self, fingerprint: str) -> PgpKey | None:
         rows = self._query("SELECT material FROM keyring_keys WHERE fingerprint = :fpr"
                            " AND kind = 'pgp'", {"fpr": fingerprint})
         return self._pgp_key(fingerprint, bytes(rows[0][0])) if rows else None
 
-    def _withdraw(self, fingerprint: str, problem: str) -> None:
+    def _withdraw(self, fingerprint: str, problem: str, *, requested: bool = False) -> None:
         """Remove the stored copy of a key that a re-import shows to be unusable.
 
         A revocation, a revoked or expired encryption subkey or a shortened
@@ -308,7 +390,8 @@ class Keyring:
         if removed:
             self._pgp_cache.pop(fingerprint, None)
             self._cert_cache.pop(fingerprint, None)
-            raise _Withdrawn(f"{problem} (the stored copy was removed)", (fingerprint,))
+            raise _Withdrawn(f"{problem} (the stored copy was removed)", (fingerprint,),
+                             requested)
 
     def _store(self, candidates: builtins.list[_Candidate],
                now: dt.datetime) -> builtins.list[ImportedKey]:
@@ -393,9 +476,39 @@ class Keyring:
 class _Withdrawn(KeyProblem):
     """A refused key whose stored copy :meth:`Keyring._withdraw` removed."""
 
-    def __init__(self, message: str, removed: tuple[str, ...]) -> None:
+    def __init__(self, message: str, removed: tuple[str, ...], requested: bool = False) -> None:
         super().__init__(message)
         self.removed = removed
+        self.requested = requested
+
+
+def _judge_each(judges: Iterable[Callable[[], _Candidate]]) -> builtins.list[_Candidate]:
+    """Run every judgement, even after a refusal, so that every revocation in a
+    file is applied; then refuse the whole file if any key was refused."""
+    found: builtins.list[_Candidate] = []
+    problems: builtins.list[KeyProblem] = []
+    for judge in judges:
+        try:
+            found.append(judge())
+        except KeyProblem as exc:
+            problems.append(exc)
+    if not problems:
+        return found
+    message = "; ".join(str(p) for p in problems)
+    removed = tuple(f for p in problems if isinstance(p, _Withdrawn) for f in p.removed)
+    if removed:
+        requested = all(isinstance(p, _Withdrawn) and p.requested for p in problems)
+        raise _Withdrawn(message, removed, requested)
+    raise KeyProblem(message)
+
+
+def _predates_revocation(fingerprint: str, missing: frozenset[str]) -> str:
+    if fingerprint in missing:
+        return (f"OpenPGP key {fingerprint} was revoked, and a revocation is final: this is "
+                "an older copy; ask the owner for their new key")
+    return (f"OpenPGP key {fingerprint}: this copy predates the revocation of its subkey "
+            f"{', '.join(sorted(missing))}, and a revocation is final; ask the owner for their "
+            "current key")
 
 
 def _addresses(raw: Iterable[str], fingerprint: str) -> tuple[str, ...]:

@@ -2,10 +2,10 @@
 
 ``securemail config check`` runs this, so that a config which parses but
 cannot run (a users file that does not load, a certificate the service cannot
-read, a store it cannot write, a signing key that does not match the store)
-is reported by the check, with the file and key at fault, and not by the first
-start or SIGHUP. Nothing is created or changed here: run the check as the
-service user to test its permissions.
+read, a store it cannot write, a signing key that does not match the store, an
+archive key it would refuse) is reported by the check, with the file and key
+at fault, and not by the first start or SIGHUP. Nothing is created or changed
+here: run the check as the service user to test its permissions.
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ def check_runtime(settings: Settings) -> None:
         DkimSigner.from_settings(settings)
     if settings.submission.enabled:
         _check_submission(settings)
+    if settings.encryption.archive_key_file:
+        from securemail.crypto.pgp import load_archive_key
+
+        # The same check `serve` and `securemail.load()` make: readable, one key, usable now.
+        load_archive_key(settings.resolve(settings.encryption.archive_key_file))
     if settings.portal.enabled and settings.portal.code_channel != "email":
         raise ConfigError(settings.path, "portal.code_channel",
                           f'"{settings.portal.code_channel}" works only from the library (a'

@@ -109,10 +109,64 @@ def _charset_of(body: bytes) -> bytes:
 
 
 def _mark_protected(content_type: bytes) -> bytes:
-    params = [b'hp="cipher"']
-    if b"protected-headers" not in content_type.lower():
-        params.append(b'protected-headers="v1"')
-    return content_type[:-2] + b";\r\n " + b"; ".join(params) + b"\r\n"
+    """The Content-Type field with ``hp="cipher"`` set (replacing any ``hp``) and
+    ``protected-headers="v1"`` added unless the field already has that parameter.
+
+    Parameters are read as parameters (quoted strings and comments may hold
+    ";"), not searched as text: an original ``hp="clear"`` must not stay beside
+    the new value, and an empty parameter (``charset=utf-8;``) is dropped
+    rather than doubled into ``;;``.
+    """
+    name, _, value = content_type.rstrip(b"\r\n").partition(b":")
+    media_type, *params = _split_params(_UNFOLD.sub(b"", value))
+    kept = [p for p in params if p and _param_name(p) != b"hp"]
+    added = [b'hp="cipher"']
+    if not any(_param_name(p) == b"protected-headers" for p in kept):
+        added.append(b'protected-headers="v1"')
+    line = name + b": " + media_type
+    out = []
+    for param in kept:  # fold between parameters, as a mail program would
+        if len(line) + 2 + len(param) > 78:
+            out.append(line + b";")
+            line = b" " + param
+        else:
+            line += b"; " + param
+    out.append(line + b";")
+    out.append(b" " + b"; ".join(added))
+    return b"\r\n".join(out) + b"\r\n"
+
+
+_UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
+
+
+def _split_params(value: bytes) -> list[bytes]:
+    """``value`` cut at each ";" outside quoted strings and comments, parts stripped."""
+    parts: list[bytes] = []
+    start = depth = 0
+    quoted = escaped = False
+    for i, char in enumerate(value):
+        if escaped:
+            escaped = False
+        elif char == 0x5C and (quoted or depth):  # backslash: quoted-pair
+            escaped = True
+        elif quoted:
+            quoted = char != 0x22
+        elif char == 0x22 and not depth:
+            quoted = True
+        elif char == 0x28:  # "("
+            depth += 1
+        elif char == 0x29 and depth:  # ")"
+            depth -= 1
+        elif char == 0x3B and not depth:  # ";"
+            parts.append(value[start:i].strip(b" \t"))
+            start = i + 1
+    parts.append(value[start:].strip(b" \t"))
+    return parts
+
+
+def _param_name(param: bytes) -> bytes:
+    """The parameter's name, lower-case, without an RFC 2231 ``*`` section or charset mark."""
+    return param.partition(b"=")[0].strip(b" \t").partition(b"*")[0].lower()
 
 
 def wrap_base64(encoded: bytes, width: int = 76) -> bytes:

@@ -76,9 +76,11 @@ def keys_import(files: tuple[str, ...], config_path: str) -> None:
             try:
                 imported = keyring.import_file(file, now)
             except KeyWithdrawn as exc:  # the owner revoked or expired it: the stored copy went
-                refused.append(str(exc))
+                # A revocation certificate asks for exactly this: not a refusal.
+                (done if exc.requested else refused).append(str(exc))
+                reason = "revocation-certificate" if exc.requested else "withdrawn-by-reimport"
                 events += [("key-remove", {"fingerprint": fpr, "count": 1, "file": file,
-                                           "reason_code": "withdrawn-by-reimport",
+                                           "reason_code": reason,
                                            "actor": "cli"}) for fpr in exc.removed]
                 continue
             except InputError as exc:

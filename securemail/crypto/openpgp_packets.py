@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import secrets
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
@@ -22,7 +23,8 @@ try:  # OpenPGP's CFB lives in `decrepit` from cryptography 47 on
 except ImportError:  # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.modes import CFB  # type: ignore[assignment]
 
-__all__ = ["MARKER_PACKET", "armor", "armor_parts", "packet_header", "padded_length", "seipd"]
+__all__ = ["MARKER_PACKET", "ArmorError", "armor", "armor_parts", "crc24", "dearmor",
+           "packet_header", "padded_length", "seipd", "split_packets"]
 
 
 def seipd(data: bytes, session_key: bytes) -> list[bytes]:
@@ -87,3 +89,125 @@ def padded_length(binary: bytes) -> bytes:
             length = ((first - 192) << 8) + binary[2] + 192
             return bytes([legacy_4]) + length.to_bytes(4, "big") + binary[3:]
     return MARKER_PACKET + binary
+
+
+# ------------------------------------------------------------------ reading
+
+_ARMOR_BEGIN = re.compile(rb"^-----BEGIN PGP ([A-Z0-9 ,/]+)-----[ \t]*\r?$", re.MULTILINE)
+_CRC24_INIT, _CRC24_POLY = 0xB704CE, 0x1864CFB
+
+
+class ArmorError(ValueError):
+    """Armored text we cannot read; ``str()`` says what is wrong in plain words."""
+
+
+def dearmor(data: bytes) -> list[tuple[str, bytes]]:
+    """Every ASCII-armored block in ``data``, in order, as (block type, binary).
+
+    ``cat a.asc b.asc`` gives two blocks; text around them is ignored as
+    GnuPG ignores it. Trailing spaces and tabs on a line (mail programs and
+    web pages add them when a key is pasted) are not part of the armor and are
+    dropped (RFC 9580 6.2: trailing whitespace is ignored). A CRC24 line, when
+    present, must match. Raises :class:`ArmorError`.
+    """
+    blocks: list[tuple[str, bytes]] = []
+    for begin in _ARMOR_BEGIN.finditer(data):
+        kind = begin.group(1).decode("ascii")
+        end_line = b"-----END PGP " + begin.group(1) + b"-----"
+        lines = data[begin.end():].split(b"\n")[1:]  # [0]: the rest of the BEGIN line
+        body: list[bytes] = []
+        for line in lines:
+            line = line.rstrip(b" \t\r")
+            if line == end_line:
+                break
+            body.append(line)
+        else:
+            raise ArmorError(f'the armored block "BEGIN PGP {kind}" has no END line')
+        blocks.append((kind, _decode_armor_body(body, kind)))
+    return blocks
+
+
+def _decode_armor_body(lines: list[bytes], kind: str) -> bytes:
+    # Armor header fields ("Version: ...", "Comment: ...") up to the blank line.
+    # Base64 never holds ":", so a first line with one starts the headers.
+    if lines and b":" in lines[0]:
+        try:
+            lines = lines[lines.index(b"") + 1:]
+        except ValueError:
+            raise ArmorError(f'the armored block "BEGIN PGP {kind}" has no blank line '
+                             "after its header lines") from None
+    crc = None
+    data_lines = [line.strip() for line in lines if line.strip()]
+    if data_lines and data_lines[-1].startswith(b"=") and len(data_lines[-1]) == 5:
+        crc = data_lines.pop()[1:]
+    try:
+        binary = base64.b64decode(b"".join(data_lines), validate=True)
+        expected = base64.b64decode(crc, validate=True) if crc is not None else None
+    except ValueError:
+        raise ArmorError(f'the armored block "BEGIN PGP {kind}" is damaged (not base64)'
+                         ) from None
+    if expected is not None and expected != crc24(binary).to_bytes(3, "big"):
+        raise ArmorError(f'the armored block "BEGIN PGP {kind}" is damaged '
+                         "(its checksum does not match)")
+    return binary
+
+
+def crc24(data: bytes) -> int:
+    """The armor checksum (RFC 9580 6.1). Bit by bit: only for keys, which are small."""
+    crc = _CRC24_INIT
+    for octet in data:
+        crc ^= octet << 16
+        for _ in range(8):
+            crc <<= 1
+            if crc & 0x1000000:
+                crc ^= _CRC24_POLY
+    return crc & 0xFFFFFF
+
+
+def split_packets(binary: bytes) -> list[tuple[int, bytes]]:
+    """The packets of ``binary`` as (tag, the packet's bytes with its header).
+
+    Only definite lengths: the packets of keys and signatures never use
+    partial or indeterminate lengths. Raises ValueError on anything else.
+    """
+    out: list[tuple[int, bytes]] = []
+    pos = 0
+    while pos < len(binary):
+        ctb = binary[pos]
+        if not ctb & 0x80:
+            raise ValueError("not an OpenPGP packet")
+        if ctb & 0x40:  # current format (RFC 9580 4.2.1)
+            tag = ctb & 0x3F
+            first = _octet(binary, pos + 1)
+            if first < 192:
+                head, length = 2, first
+            elif first < 224:
+                head, length = 3, ((first - 192) << 8) + _octet(binary, pos + 2) + 192
+            elif first == 255:
+                head, length = 6, int.from_bytes(_octets(binary, pos + 2, 4), "big")
+            else:
+                raise ValueError("partial body lengths are not used in keys")
+        else:  # legacy format (RFC 9580 4.2.2)
+            tag, kind = (ctb >> 2) & 0x0F, ctb & 0x03
+            if kind == 3:
+                raise ValueError("indeterminate lengths are not used in keys")
+            size = 1 << kind
+            head, length = 1 + size, int.from_bytes(_octets(binary, pos + 1, size), "big")
+        end = pos + head + length
+        if end > len(binary):
+            raise ValueError("truncated packet")
+        out.append((tag, binary[pos:end]))
+        pos = end
+    return out
+
+
+def _octet(binary: bytes, pos: int) -> int:
+    if pos >= len(binary):
+        raise ValueError("truncated packet header")
+    return binary[pos]
+
+
+def _octets(binary: bytes, pos: int, count: int) -> bytes:
+    if pos + count > len(binary):
+        raise ValueError("truncated packet header")
+    return binary[pos:pos + count]

@@ -30,7 +30,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.utils import CryptographyDeprecationWarning
 
 from securemail.crypto import KeyProblem
-from securemail.crypto.openpgp_packets import armor, armor_parts, seipd
+from securemail.crypto.openpgp_packets import (
+    ArmorError,
+    armor,
+    armor_parts,
+    dearmor,
+    seipd,
+    split_packets,
+)
 from securemail.errors import ConfigError, RenderError
 from securemail.protect import protect
 
@@ -71,10 +78,13 @@ __all__ = [
     "KeyProblem",
     "PgpKey",
     "PgpRecipient",
+    "Revocation",
+    "apply_revocation",
     "armor",
     "encrypt",
     "load_archive_key",
     "parse_public_keys",
+    "read_openpgp",
     "render_pgp_mime",
 ]
 
@@ -136,7 +146,8 @@ class PgpKey:
     # Newest signature the owner made on this key (self-signature, binding or
     # revocation): which of two copies of the same key is the more recent word.
     signed_at: dt.datetime | None = None
-    revoked_keys: frozenset[str] = frozenset()  # key ids (primary or sub) with a revocation
+    # Fingerprints (primary or subkey) with a verified revocation by the owner.
+    revoked_keys: frozenset[str] = frozenset()
 
     @property
     def usable_from(self) -> dt.datetime:
@@ -189,28 +200,143 @@ def _earliest(a: dt.datetime | None, b: dt.datetime | None) -> dt.datetime | Non
 
 
 def parse_public_keys(data: bytes) -> list[PgpKey]:
-    """Every primary key in ``data`` (armored or binary). Raises KeyProblem."""
+    """Every primary key in ``data`` (armored or binary). Raises KeyProblem.
+
+    Every armored block counts (``cat a.asc b.asc``), and so does every key of
+    a binary file: a file is read whole or refused, never in part.
+    """
+    keys, revocations = read_openpgp(data)
+    if revocations and not keys:
+        raise KeyProblem(revocations[0].describe())
+    if revocations:
+        raise KeyProblem("holds a revocation certificate beside public keys: import the "
+                         "revocation certificate on its own")
+    return keys
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A key revocation signature without its key: a revocation certificate, as
+    ``gpg --gen-revoke`` writes it (and as gpg keeps in ``openpgp-revocs.d``)."""
+
+    key_id: str  # 16 upper-case hex digits of the revoked primary key
+    fingerprint: str  # its 40 hex digits, "" when the signature names only the key id
+    handle: Any = field(repr=False, compare=False)  # the pgpy signature
+
+    def names(self, fingerprint: str) -> bool:
+        """Whether this revocation is about the key with ``fingerprint``."""
+        return fingerprint == self.fingerprint if self.fingerprint else \
+            fingerprint.endswith(self.key_id)
+
+    def describe(self) -> str:
+        return (f"this is a revocation certificate for OpenPGP key "
+                f"{self.fingerprint or self.key_id}, not a public key: import it with "
+                "`securemail keys import` to revoke that key where it is stored")
+
+
+def read_openpgp(data: bytes) -> tuple[list[PgpKey], list[Revocation]]:
+    """The public keys and the lone key revocations (revocation certificates) in ``data``.
+
+    ``data`` is armored (any number of blocks, trailing whitespace on lines
+    allowed) or binary (any number of keys, one after the other). Raises
+    KeyProblem for anything else: a secret key, an encrypted message, damaged
+    or unknown packets.
+    """
     _quiet_pgpy()
     if b"PRIVATE KEY BLOCK" in data:
         raise KeyProblem("this is a secret key: export and import the public key only")
+    binary = _binary(data)
+    try:
+        packets = split_packets(binary)
+    except ValueError:
+        raise KeyProblem("not a readable OpenPGP public key") from None
+    groups: list[list[bytes]] = []
+    loose: list[bytes] = []
+    for tag, packet in packets:
+        if tag in (_TAG_SECRET_KEY, _TAG_SECRET_SUBKEY):
+            raise KeyProblem("this is a secret key: export and import the public key only")
+        if tag == _TAG_PUBLIC_KEY:
+            groups.append([packet])
+        elif tag == _TAG_MARKER:
+            continue  # RFC 9580 5.8: ignored
+        elif groups:
+            groups[-1].append(packet)
+        elif tag == _TAG_SIGNATURE:
+            loose.append(packet)
+        else:
+            raise KeyProblem("not a readable OpenPGP public key")
+    if not groups and not loose:
+        raise KeyProblem("not a readable OpenPGP public key")
+    return [_read_key(_load_key(b"".join(g))) for g in groups], [_read_revocation(p)
+                                                                 for p in loose]
+
+
+_TAG_SIGNATURE, _TAG_SECRET_KEY, _TAG_PUBLIC_KEY, _TAG_SECRET_SUBKEY, _TAG_MARKER = 2, 5, 6, 7, 10
+_SAFETY_COLON = re.compile(rb"^:-----BEGIN PGP PUBLIC KEY BLOCK-----", re.MULTILINE)
+
+
+def _binary(data: bytes) -> bytes:
+    """The packets of ``data``: every armored block decoded and joined, or ``data`` itself."""
+    if b"-----BEGIN PGP" not in data:
+        return data
+    try:
+        blocks = dearmor(data)
+    except ArmorError as exc:
+        raise KeyProblem(str(exc)) from None
+    if not blocks and _SAFETY_COLON.search(data):
+        raise KeyProblem("this is a revocation certificate from GnuPG, still disabled by the "
+                         'colon gpg puts before "-----BEGIN": remove that colon only if the '
+                         "key's owner asked you to revoke it, then import the file again")
+    if not blocks:
+        raise KeyProblem("not a readable OpenPGP public key (no complete armored block)")
+    for kind, _ in blocks:
+        if kind == "MESSAGE":
+            raise KeyProblem("this is an encrypted OpenPGP message, not a public key")
+        if kind not in ("PUBLIC KEY BLOCK", "SIGNATURE"):
+            raise KeyProblem(f'holds an armored "{kind}", not a public key')
+    return b"".join(binary for _, binary in blocks)
+
+
+def _load_key(binary: bytes) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            first, loaded = pgpy.PGPKey.from_blob(data)
+            key, _ = pgpy.PGPKey.from_blob(binary)
     except Exception:  # noqa: BLE001 - PGPy raises many types for bad input
         raise KeyProblem("not a readable OpenPGP public key") from None
-    keys = [first] + [k for k in loaded.values() if k.is_primary and k is not first
-                      and k.fingerprint != first.fingerprint]
-    out = []
-    for key in keys:
-        if not key.is_public:
-            raise KeyProblem("this is a secret key: export and import the public key only")
-        out.append(_read_key(key))
-    return out
+    if not key.is_public:
+        raise KeyProblem("this is a secret key: export and import the public key only")
+    return key
+
+
+def _read_revocation(packet: bytes) -> Revocation:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sig = pgpy.PGPSignature.from_blob(packet)
+            kind, key_id = sig.type, str(sig.signer or "").upper()
+            fingerprint = str(sig.signer_fingerprint or "").replace(" ", "").upper()
+    except Exception:  # noqa: BLE001 - PGPy raises many types for bad input
+        raise KeyProblem("not a readable OpenPGP public key") from None
+    if kind != SignatureType.KeyRevocation or not re.fullmatch(r"[0-9A-F]{16}", key_id):
+        raise KeyProblem("holds an OpenPGP signature, not a public key")
+    return Revocation(key_id, fingerprint, sig)
+
+
+def apply_revocation(key: PgpKey, revocation: Revocation) -> PgpKey | None:
+    """``key`` with ``revocation`` added, or None if the owner's key did not sign it."""
+    if not revocation.names(key.fingerprint) or not _verifies(key.handle, key.handle,
+                                                              revocation.handle):
+        return None
+    handle = _load_key(key.binary)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        handle |= revocation.handle
+    return _read_key(handle)
 
 
 def _read_key(key: Any) -> PgpKey:
-    fingerprint = str(key.fingerprint).replace(" ", "").upper()
+    fingerprint = _fingerprint(key)
     refusal = _algorithm_refusal(key, "key")
     revoked = any(True for _ in _sigs(key, SignatureType.KeyRevocation, key))
     addresses: list[str] = []
@@ -218,12 +344,13 @@ def _read_key(key: Any) -> PgpKey:
     weak = ""
     for uid in key.userids:
         sig = uid.selfsig
-        if sig is None or not uid.email or _revoked_uid(key, uid) or not _verifies(key, uid, sig):
+        email = uid.email or _bare_address(uid)
+        if sig is None or not email or _revoked_uid(key, uid) or not _verifies(key, uid, sig):
             continue
         if sig.hash_algorithm in _OBSOLETE_HASHES:  # skip this user id, keep the others
             weak = f"its user id is signed with obsolete {sig.hash_algorithm.name}"
             continue
-        addresses.append(uid.email)
+        addresses.append(email)
         if best_selfsig is None or sig.created > best_selfsig.created:
             best_selfsig = sig
     if not addresses and not refusal:
@@ -240,6 +367,25 @@ def _read_key(key: Any) -> PgpKey:
     return PgpKey(fingerprint, tuple(dict.fromkeys(addresses)), algorithm, key.created, expires,
                   binary, revoked, refusal, tuple(enc), subkey_refusal, key,
                   signed_at=_newest_own_signature(key), revoked_keys=_revoked_keys(key))
+
+
+# A user id that is nothing but an address, "addr@example.org" or "<addr@example.org>"
+# (what `gpg --quick-gen-key addr@example.org` writes): PGPy reads it as a name with
+# no e-mail. Only this exact shape counts; anything with spaces, quotes, comments or
+# a second "@" is not guessed at.
+_ALNUM = r"A-Za-z0-9\u0080-\U0010FFFF"
+_ATOM = rf"[{_ALNUM}!#$%&'*+/=?^_`{{|}}~\-]+"
+_LABEL = rf"[{_ALNUM}](?:[{_ALNUM}\-]*[{_ALNUM}])?"
+_ADDR_SPEC = rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*"
+_BARE_ADDRESS = re.compile(rf"(?P<plain>{_ADDR_SPEC})|<(?P<angled>{_ADDR_SPEC})>")
+
+
+def _bare_address(uid: Any) -> str:
+    """The address of a user id that is only an address (see above), or ""."""
+    if uid.email or uid.comment or not isinstance(uid.name, str):
+        return ""
+    found = _BARE_ADDRESS.fullmatch(uid.name)
+    return (found.group("plain") or found.group("angled")) if found else ""
 
 
 def _encryption_keys(key: Any, primary_sig: Any) -> tuple[list[_EncryptionKey], str]:
@@ -279,10 +425,22 @@ def _newest_own_signature(key: Any) -> dt.datetime | None:
 
 
 def _revoked_keys(key: Any) -> frozenset[str]:
-    found = {str(key.fingerprint.keyid)} if _sigs(key, SignatureType.KeyRevocation, key) else set()
-    found.update(str(sub.fingerprint.keyid) for sub in key.subkeys.values()
-                 if _sigs(sub, SignatureType.SubkeyRevocation, key))
+    """Fingerprints of the primary key and subkeys with a revocation the owner signed.
+
+    Verified, because the key store keeps these for good ("a revocation is
+    final"). An unverifiable revocation still refuses the copy it came in.
+    """
+    found = set()
+    if any(_verifies(key, key, s) for s in _sigs(key, SignatureType.KeyRevocation, key)):
+        found.add(_fingerprint(key))
+    found.update(_fingerprint(sub) for sub in key.subkeys.values()
+                 if any(_verifies(key, sub, s)
+                        for s in _sigs(sub, SignatureType.SubkeyRevocation, key)))
     return frozenset(found)
+
+
+def _fingerprint(key: Any) -> str:
+    return str(key.fingerprint).replace(" ", "").upper()
 
 
 def _sigs(subject: Any, kind: Any, primary: Any) -> list[Any]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import re
+import warnings
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -41,22 +43,40 @@ def parse_certificates(data: bytes) -> list[x509.Certificate]:
     """The recipient certificates in ``data``: PEM (one or more), DER, or a PKCS#7
     bundle (``.p7b``, PEM or DER). CA certificates that come along with a
     recipient's (a chain file, as CAs hand them out) are left out. Raises KeyProblem."""
-    if b"PRIVATE KEY-----" in data:
-        raise KeyProblem("this file holds a private key: import the certificate only")
+    if holds_private_key(data):
+        raise KeyProblem(PRIVATE_KEY_REFUSAL)
     try:
-        if b"-----BEGIN CERTIFICATE-----" in data:
-            certs = x509.load_pem_x509_certificates(data)
-        elif b"-----BEGIN PKCS7-----" in data:
-            certs = pkcs7.load_pem_pkcs7_certificates(data)
-        else:
-            try:
-                certs = [x509.load_der_x509_certificate(data)]
-            except ValueError:
-                certs = pkcs7.load_der_pkcs7_certificates(data)
+        with warnings.catch_warnings():
+            # `openssl crl2pkcs7` writes BER; cryptography reads it and says so
+            # with a UserWarning that is no concern of the person importing.
+            warnings.filterwarnings("ignore", message=".*BER", category=UserWarning)
+            if b"-----BEGIN CERTIFICATE-----" in data:
+                certs = x509.load_pem_x509_certificates(data)
+            elif b"-----BEGIN PKCS7-----" in data:
+                certs = pkcs7.load_pem_pkcs7_certificates(data)
+            else:
+                try:
+                    certs = [x509.load_der_x509_certificate(data)]
+                except ValueError:
+                    certs = pkcs7.load_der_pkcs7_certificates(data)
     except ValueError:
         raise KeyProblem("not a readable PEM, DER or PKCS#7 certificate") from None
     recipients = [c for c in certs if not _is_ca(c)]
     return recipients or certs  # only CA certificates: judged (and refused) as they are
+
+
+PRIVATE_KEY_REFUSAL = ("this file holds a private key (or PKCS#12 bundle): import the "
+                       "recipient's certificate only")
+_PEM_PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+# PKCS#12 (RFC 7292): SEQUENCE { INTEGER 3, SEQUENCE { OID pkcs7-data (1.2.840.113549.1.7.1)
+_PKCS12 = re.compile(rb"\A\x30(?:[\x00-\x7f]|\x81.|\x82..|\x83...)\x02\x01\x03\x30"
+                     rb"(?:[\x00-\x7f]|\x81.|\x82..|\x83...)\x06\x09\x2a\x86\x48\x86\xf7"
+                     rb"\x0d\x01\x07\x01", re.DOTALL)
+
+
+def holds_private_key(data: bytes) -> bool:
+    """Whether ``data`` is (or contains) a PEM private key or is a PKCS#12 bundle."""
+    return bool(_PEM_PRIVATE_KEY.search(data) or _PKCS12.match(data.lstrip()))
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
@@ -96,7 +116,8 @@ def certificate_addresses(cert: x509.Certificate) -> tuple[str, ...]:
 
 def certificate_problem(cert: x509.Certificate, now: dt.datetime) -> str | None:
     """Why this certificate must not be used for encryption at ``now`` (one line), or None."""
-    name = f"certificate {certificate_fingerprint(cert)[:16]}"
+    # The last 16 hex digits: what `securemail keys remove` takes (as for OpenPGP key ids).
+    name = f"certificate {certificate_fingerprint(cert)[-16:]}"
     try:
         sig_hash = cert.signature_hash_algorithm
     except Exception:  # noqa: BLE001 - unknown signature algorithms are refused
@@ -129,11 +150,14 @@ def certificate_problem(cert: x509.Certificate, now: dt.datetime) -> str | None:
 
 
 def _allows_email_protection(cert: x509.Certificate) -> bool:
+    """RFC 8550 4.4.4: no extendedKeyUsage means no restriction, and
+    anyExtendedKeyUsage allows e-mail too; a list without either refuses it."""
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
-        return False
-    return ExtendedKeyUsageOID.EMAIL_PROTECTION in eku
+        return True
+    return (ExtendedKeyUsageOID.EMAIL_PROTECTION in eku
+            or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku)
 
 
 def _allows_key_encipherment(cert: x509.Certificate) -> bool:
