@@ -19,7 +19,9 @@ from securemail.keys import Keyring, KeyWithdrawn
 from securemail.store.sqlite import open_database
 from tests.integration.crypto_fixtures import Gpg
 
-NOW = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+# Taken at collection; gpg makes keys later in the run, so NOW must lie after every
+# key's creation time however long the suite runs before these tests.
+NOW = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
 
 # The key store's tables as they were before revocations were recorded.
 OLD_SCHEMA = """
