@@ -25,7 +25,7 @@ from securemail.keys import Keyring
 from securemail.store.sqlite import open_database
 from tests.integration.crypto_fixtures import Gpg, smime_identity
 
-NOW = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+NOW = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
 
 
 @pytest.fixture(scope="module")

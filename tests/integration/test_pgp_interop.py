@@ -22,8 +22,8 @@ from tests.integration.crypto_fixtures import (
     pgpy_secret_key,
 )
 
-# A minute ahead: keys made during the tests must already exist at NOW.
-NOW = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+# An hour ahead of collection: keys made later in the run must already exist at NOW.
+NOW = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
 CORPUS = corpus()
 ARMOR = re.compile(rb"-----BEGIN PGP MESSAGE-----\r\n.*?-----END PGP MESSAGE-----\r\n", re.S)
 
