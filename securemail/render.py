@@ -77,11 +77,21 @@ def _encrypt(relay: Relay, d: Decision, raw: bytes, now: dt.datetime) -> bytes:
 
 async def _portal(relay: Relay, d: Decision, raw: bytes, verdict: Verdict, envelope: Envelope,
                   now: dt.datetime) -> Output:
+    from securemail.portal.content import original_addresses
+
+    # The notice names the author (From), and the client's reply goes to the
+    # original's Reply-To/From: the envelope sender may be a VERP bounce address
+    # or empty (MAIL FROM:<>, e.g. an auto-reply).
+    author, reply_to = original_addresses(raw, envelope.mail_from)
     # Durable before the notice can leave: a link must never point at nothing.
     sealed = await relay.portal.seal_async(raw, message_id=verdict.message_id,
-                                           sender=envelope.mail_from, recipient=d.address,
-                                           now=now)
-    notice = relay.portal.notification(sealed, sender=envelope.mail_from, recipient=d.address,
-                                       now=now)
+                                           sender=author, recipient=d.address, now=now,
+                                           reply_to=reply_to)
+    try:
+        notice = relay.portal.notification(sealed, sender=author, recipient=d.address, now=now)
+    except BaseException:
+        # No notice, no link: the sealed copy must not stay behind, active.
+        relay.portal.revoke(sealed.id, now, actor="relay")
+        raise
     return Output((Decision(d.address, d.source, d.role, Action.PORTAL, d.rules, d.reason),),
                   notice, sealed.id)

@@ -33,8 +33,14 @@ _env = Environment(
 
 
 def from_address(settings: Settings, sender: str) -> str:
-    """Header and envelope From: ``portal.notify_from``, else the original sender."""
-    return settings.portal.notify_from or sender
+    """Header and envelope From: ``portal.notify_from``, else the original sender,
+    else (an original with no usable sender at all, e.g. ``MAIL FROM:<>`` and no
+    ``From``) the postmaster of the practice's first domain, which RFC 5321
+    requires to exist; "" only if the practice has no domain."""
+    if settings.portal.notify_from or sender:
+        return settings.portal.notify_from or sender
+    domains = settings.practice.domains
+    return f"postmaster@{domains[0]}" if domains else ""
 
 
 def _display_name(settings: Settings) -> str:
@@ -46,7 +52,7 @@ def _context(settings: Settings, sender: str, now: datetime) -> dict[str, object
         "practice": settings.practice.name,
         "phone": settings.practice.phone,
         "website": settings.practice.website,
-        "sender": sender,
+        "sender": sender or settings.practice.name,
         "portal_origin": "{0.scheme}://{0.netloc}".format(urlsplit(settings.portal.base_url)),
         "year": now.year,
     }

@@ -13,6 +13,7 @@ every response has a strict CSP, ``no-store`` and ``no-referrer``.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import re
 import secrets
 import time
@@ -43,6 +44,8 @@ MAX_ATTACHMENT = 10 * 1024 * 1024
 MAX_REPLY_TEXT = 100_000
 CLIENT_POSTS = 30  # per client address per window (all POSTs together)
 CLIENT_WINDOW = 600.0  # seconds
+MAX_BODY = MAX_ATTACHMENT + MAX_REPLY_TEXT * 4 + 65536  # one POST, multipart overhead included
+CSRF_HEADER = "x-csrf-token"
 _ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{32,64}")
 
@@ -53,8 +56,10 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline';
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 
 STATUS_CODE = {"missing": 404, "expired": 410, "revoked": 410, "purged": 410, "locked": 423,
-               "rate-limited": 429, "wrong-code": 400, "no-session": 401, "csrf": 403,
-               "delivery-failed": 503, "too-large": 413, "bad-request": 400}
+               "rate-limited": 429, "wrong-code": 400, "stale-code": 400, "no-session": 401,
+               "csrf": 403,
+               "delivery-failed": 503, "too-large": 413, "bad-request": 400,
+               "undeliverable": 422, "no-reply": 409}
 
 _pages = Environment(loader=PackageLoader("securemail.portal", "templates"),
                      autoescape=select_autoescape(default=True))
@@ -115,6 +120,41 @@ class ClientRateLimit:
         return True
 
 
+class _BodyTooLarge(Exception):
+    """The request body passed the limit while it was streaming in."""
+
+
+def _limited(request: Request, limit: int) -> Request:
+    """``request`` whose body reads stop (raise) once more than ``limit`` bytes came
+    in, whatever Content-Length said or whether it was sent at all (chunked)."""
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _BodyTooLarge
+        return message
+
+    return Request(request.scope, receive)
+
+
+def _client_key(host: str) -> str:
+    """The rate-limit key: the address itself, or its /64 for IPv6 (one end
+    site usually holds a whole /64 and can pick any address in it)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -151,31 +191,52 @@ def create_app(service: PortalService, *,
     def csrf_token(browser: str, portal_id: str) -> str:
         return service.secret.mac("csrf", browser, portal_id)
 
+    def refused(reason: str) -> JSONResponse:
+        # The body may not have been read: close the connection rather than let
+        # the server drain (or the client keep pushing) the rest of an upload.
+        resp = denied(reason)
+        resp.headers["connection"] = "close"
+        return resp
+
     async def guard(request: Request) -> tuple[str, dict[str, Any]] | JSONResponse:
-        """Common checks for every POST: id shape, client rate, CSRF. Returns form fields."""
+        """Common checks for every POST: id shape, client rate, CSRF, message state,
+        then the form fields. Everything that needs no body is checked before a
+        byte of it is read, and the body is counted as it streams in."""
         portal_id = request.path_params["id"]
         if not _ID.fullmatch(portal_id):
-            return denied("missing")
-        client = request.client.host if request.client else "unknown"
-        if not limiter.allow(client):
-            return denied("rate-limited")
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_ATTACHMENT + MAX_REPLY_TEXT * 4 + 65536:
-            return denied("too-large")
-        async with request.form(max_files=1, max_fields=8, max_part_size=MAX_REPLY_TEXT * 4) \
-                as form:
-            fields: dict[str, Any] = {}
-            for key, value in form.multi_items():
-                if isinstance(value, UploadFile):
-                    data = await value.read(MAX_ATTACHMENT + 1)
-                    if data or value.filename:
-                        fields[key] = (value.filename or "", value.content_type or "", data)
-                else:
-                    fields[key] = value
+            return refused("missing")
+        if not limiter.allow(_client_key(request.client.host if request.client else "")):
+            return refused("rate-limited")
         browser = request.cookies.get(BROWSER_COOKIE, "")
+        if not _COOKIE_VALUE.fullmatch(browser):
+            return refused("csrf")
+        header_token = request.headers.get(CSRF_HEADER)
+        if header_token is not None and not service.secret.verify(header_token, "csrf",
+                                                                  browser, portal_id):
+            return refused("csrf")
+        try:
+            service.check(portal_id, now())
+        except PortalDenied as exc:
+            return refused(exc.reason)
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY:
+            return refused("too-large")
+        try:
+            async with _limited(request, MAX_BODY).form(
+                    max_files=1, max_fields=8, max_part_size=MAX_REPLY_TEXT * 4) as form:
+                fields: dict[str, Any] = {}
+                for key, value in form.multi_items():
+                    if isinstance(value, UploadFile):
+                        data = await value.read(MAX_ATTACHMENT + 1)
+                        if data or value.filename:
+                            fields[key] = (value.filename or "", value.content_type or "", data)
+                    else:
+                        fields[key] = value
+        except _BodyTooLarge:
+            return refused("too-large")
         token = fields.get("csrf")
-        if not (_COOKIE_VALUE.fullmatch(browser) and isinstance(token, str)
-                and service.secret.verify(token, "csrf", browser, portal_id)):
+        if header_token is None and not (isinstance(token, str) and service.secret.verify(
+                token, "csrf", browser, portal_id)):
             return denied("csrf")
         return portal_id, fields
 
@@ -194,7 +255,8 @@ def create_app(service: PortalService, *,
         if not _COOKIE_VALUE.fullmatch(browser):
             browser = secrets.token_urlsafe(32)
         resp = page("landing.html", portal_id=portal_id, csrf=csrf_token(browser, portal_id),
-                    masked=_mask(row.recipient), expires=row.expires.strftime("%d %B %Y"))
+                    masked=_mask(row.recipient), expires=row.expires.strftime("%d %B %Y"),
+                    can_reply=bool(row.reply_address))
         set_cookie(resp, BROWSER_COOKIE, browser, None)
         return resp
 
@@ -218,6 +280,8 @@ def create_app(service: PortalService, *,
         try:
             token = service.verify_code(checked[0], code, now=now())
         except PortalDenied as exc:
+            if exc.stale:
+                return denied("stale-code")
             return denied(exc.reason, exc.remaining)
         resp = JSONResponse({"ok": True})
         set_cookie(resp, SESSION_COOKIE, token, settings.portal.session_minutes * 60)
@@ -241,7 +305,10 @@ def create_app(service: PortalService, *,
         if isinstance(checked, Response):
             return checked
         try:
-            index = int(checked[1].get("index", "0"))
+            raw_index = checked[1].get("index")
+            if not isinstance(raw_index, str) or not re.fullmatch(r"[0-9]{1,6}", raw_index):
+                raise ValueError("index")
+            index = int(raw_index)
             service.record_download(checked[0], request.cookies.get(SESSION_COOKIE),
                                     index=index, now=now())
         except ValueError:

@@ -5,12 +5,15 @@ MIME *before* sealing, so the browser never has to parse MIME::
 
     {"v": 1,
      "subject": str, "from": str, "to": str, "date": str,   # display only
-     "text": str | null,          # first text/plain body
-     "html": str | null,          # first text/html body (shown sandboxed)
+     "text": str | null,          # first text/plain body (older readers)
+     "html": str | null,          # first text/html body (older readers)
+     "parts": [{"type": "text/plain" | "text/html", "content": str}],
+                                  # every body part, in order (html shown sandboxed)
      "attachments": [{"name": str, "type": str, "size": int, "data": base64}]}
 
-Every other leaf part (and each attached ``message/rfc822``, as ``.eml``) is
-an attachment.
+Every inline text/plain or text/html part is a body part (one version of
+each ``multipart/alternative`` group); every other leaf part (and each
+attached ``message/rfc822``, as ``.eml``) is an attachment.
 """
 
 from __future__ import annotations
@@ -19,16 +22,21 @@ import base64
 import json
 import mimetypes
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser, BytesParser
 from email.utils import format_datetime, make_msgid
 from typing import Any
 
-__all__ = ["Attachment", "build_reply", "sealed_plaintext"]
+from securemail.directory import AddressError
+from securemail.parse import parse_address_list, utf8_header
+
+__all__ = ["Attachment", "build_reply", "original_addresses", "sealed_document",
+           "sealed_plaintext"]
 
 FORMAT_VERSION = 1
 
@@ -40,11 +48,54 @@ class Attachment:
     data: bytes
 
 
+def _one_address(msg: Message, name: str) -> str:
+    """The single address in header ``name``, strictly parsed; "" if the field is
+    missing, repeated, holds several addresses or does not parse."""
+    values = msg.get_all(name) or []
+    if len(values) != 1:
+        return ""
+    try:
+        addresses = parse_address_list(utf8_header(values[0]))
+    except (AddressError, ValueError, LookupError):
+        return ""
+    return addresses[0] if len(addresses) == 1 else ""
+
+
+def original_addresses(raw: bytes, envelope_sender: str) -> tuple[str, str]:
+    """``(author, reply_to)`` of an original message, for the notice and replies.
+
+    ``author`` is the ``From`` address (else the envelope sender): whom the
+    notice names as sender. ``reply_to`` is where the client's answer goes:
+    ``Reply-To``, else ``From``, else the envelope sender (never by itself: a
+    VERP or bounce address would get the client's reply); "" if none is usable.
+    """
+    headers = BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
+    author = _one_address(headers, "From")
+    reply_to = _one_address(headers, "Reply-To") or author or envelope_sender
+    return author or envelope_sender, reply_to
+
+
+MAX_NAME = 200  # characters
+
+
 def _safe_name(name: str, fallback: str) -> str:
     # Keep the last path component, drop control characters; browsers sanitise
     # further, but a name like "../../x" must never reach a download dialog.
-    name = re.sub(r"[\x00-\x1f\x7f]", "", name.replace("\\", "/").rsplit("/", 1)[-1]).strip()
-    return name[:200] if name and name not in (".", "..") else fallback
+    # Format characters (Cf: bidi overrides and isolates, zero-width joiners...)
+    # go too: "invoice\u202Efdp.exe" would show as "invoiceexe.pdf".
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name
+                   if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Zl", "Zp")).strip()
+    if not name or name in (".", ".."):
+        return fallback
+    if len(name) > MAX_NAME:
+        # Shorten the stem, keep the extension: it says what opens the file.
+        stem, dot, ext = name.rpartition(".")
+        if dot and stem and 0 < len(ext) <= 16:
+            name = stem[:MAX_NAME - len(ext) - 1].rstrip() + "." + ext
+        else:
+            name = name[:MAX_NAME]
+    return name
 
 
 def _text_of(part: Message) -> str:
@@ -95,15 +146,63 @@ class _ReadOnlyMessage(EmailMessage):
         return failobj if value is _MISSING else value
 
 
+_BODY_TYPES = ("text/plain", "text/html")
+
+
+def _is_body(part: Message) -> bool:
+    return (part.get_content_type() in _BODY_TYPES
+            and part.get_content_disposition() != "attachment")
+
+
+def _shown(part: Message, bodies: list[Message], files: list[Message]) -> None:
+    """Sort the tree under ``part`` into bodies (shown, in order) and attachments.
+
+    Every inline text part is a body, wherever it sits (a mixed message may hold
+    several, as Apple Mail's [html, pdf, html] does). Of a
+    ``multipart/alternative`` group one version is shown, the richest one we
+    can show (the last, per RFC 2046); the other text versions are the same
+    content again and are dropped, anything else in the group is attached.
+    """
+    ctype = part.get_content_type()
+    if ctype == "message/rfc822":
+        files.append(part)
+        return
+    if part.is_multipart():
+        subs = [p for p in part.get_payload() if isinstance(p, Message)]
+        if ctype != "multipart/alternative":
+            for sub in subs:
+                _shown(sub, bodies, files)
+            return
+        showable = [p for p in subs if _is_body(p) or
+                    (p.is_multipart() and p.get_content_type() != "multipart/alternative")]
+        chosen = next((p for p in reversed(showable)
+                       if p.get_content_type() in ("text/html", "multipart/related")), None)
+        chosen = chosen or (showable[-1] if showable else None)
+        for sub in subs:
+            if sub is chosen:
+                _shown(sub, bodies, files)
+            elif not (_is_body(sub) or sub in showable):
+                files.extend(_leaves(sub))
+        return
+    (bodies if _is_body(part) else files).append(part)
+
+
 def sealed_plaintext(raw: bytes) -> bytes:
     """The JSON document described in the module docstring, as UTF-8 bytes."""
+    return sealed_document(raw)[0]
+
+
+def sealed_document(raw: bytes) -> tuple[bytes, int]:
+    """:func:`sealed_plaintext` and how many attachments it lists."""
     msg = BytesParser(_class=_ReadOnlyMessage, policy=policy.default).parsebytes(raw)
+    bodies: list[Message] = []
+    files: list[Message] = []
+    _shown(msg, bodies, files)
+    parts = [{"type": p.get_content_type(), "content": _text_of(p)} for p in bodies]
     text_part = msg.get_body(preferencelist=("plain",))
     html_part = msg.get_body(preferencelist=("html",))
     attachments: list[dict[str, object]] = []
-    for part in _leaves(msg):
-        if part is text_part or part is html_part:
-            continue
+    for part in files:
         n = len(attachments) + 1
         ctype = part.get_content_type()
         if ctype == "message/rfc822":
@@ -125,11 +224,14 @@ def sealed_plaintext(raw: bytes) -> bytes:
         "from": str(msg.get("From", "")),
         "to": str(msg.get("To", "")),
         "date": str(msg.get("Date", "")),
+        # For readers of the first format: the first plain and html bodies.
         "text": _text_of(text_part) if text_part is not None else None,
         "html": _text_of(html_part) if html_part is not None else None,
+        "parts": parts,
         "attachments": attachments,
     }
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+            len(attachments))
 
 
 def build_reply(*, from_address: str, client: str, to: str, subject: str, body: str,
@@ -155,8 +257,12 @@ def build_reply(*, from_address: str, client: str, to: str, subject: str, body: 
     msg["X-Securemail-Portal-Reply"] = "yes"
     msg.set_content(body or "(no text)", cte="quoted-printable")
     if attachment is not None:
-        maintype, _, subtype = attachment.content_type.partition("/")
-        if not subtype or not re.fullmatch(r"[\w.+-]+", maintype + subtype):
+        maintype, _, subtype = attachment.content_type.lower().partition("/")
+        # A browser's multipart/* or message/* (an attached .eml is message/rfc822)
+        # cannot be a leaf carrying base64 bytes: that is invalid MIME the relay
+        # rejects. The bytes go as they are; the file name says what they are.
+        if (not subtype or not re.fullmatch(r"[\w.+-]+", maintype + subtype)
+                or maintype in ("multipart", "message")):
             maintype, subtype = "application", "octet-stream"
         msg.add_attachment(attachment.data, maintype=maintype, subtype=subtype,
                            filename=_safe_name(attachment.name, "attachment.bin"))

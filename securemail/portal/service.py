@@ -18,10 +18,15 @@ from typing import Any, Protocol
 
 from securemail.config import Settings
 from securemail.crypto.seal import associated_data, encode_key, new_key, seal
-from securemail.errors import ConfigError, RenderError, StoreError
+from securemail.errors import ConfigError, PermanentFailure, RenderError, StoreError
 from securemail.notify import from_address, notification_message
 from securemail.portal.codes import CODE_MINUTES, CodeChannel, EmailCodeChannel, new_code
-from securemail.portal.content import Attachment, build_reply, sealed_plaintext
+from securemail.portal.content import (
+    Attachment,
+    build_reply,
+    original_addresses,
+    sealed_document,
+)
 from securemail.portal.secret import PortalSecret, load_or_create_secret
 from securemail.portal.store import PortalRow, PortalStore
 from securemail.transport import Transport
@@ -29,6 +34,9 @@ from securemail.transport import Transport
 __all__ = ["MAX_FAILED_CODES", "PortalDenied", "PortalService", "Sealed"]
 
 MAX_FAILED_CODES = 5
+MAX_UNKNOWN_ATTACHMENTS = 1000
+STALE_CODES = 10  # how many earlier codes may get "expired" rather than "wrong"
+STALE_CODE_WINDOW = timedelta(hours=24)
 CODES_PER_HOUR = 5  # per message: stops the portal being used to spam a mailbox
 
 ReplySender = Callable[[bytes, str, str], Awaitable[None]]
@@ -52,11 +60,16 @@ class Sealed:
 class PortalDenied(Exception):
     """The request cannot go on. ``reason`` is one of: ``missing``, ``expired``,
     ``revoked``, ``locked``, ``purged``, ``rate-limited``, ``wrong-code``,
-    ``no-session``, ``delivery-failed``."""
+    ``no-session``, ``delivery-failed``, ``undeliverable``, ``no-reply``.
 
-    def __init__(self, reason: str, *, remaining: int | None = None) -> None:
+    ``stale`` is true for a ``wrong-code`` that this message really had, now
+    expired or replaced by a newer one: it was not counted as a guess."""
+
+    def __init__(self, reason: str, *, remaining: int | None = None,
+                 stale: bool = False) -> None:
         self.reason = reason
         self.remaining = remaining
+        self.stale = stale
         super().__init__(reason)
 
 
@@ -125,35 +138,45 @@ class PortalService:
     # -------------------------------------------------------------- seal
 
     def seal(self, raw: bytes, *, message_id: str, sender: str, recipient: str,
-             now: datetime, kind: str = "message", parent_id: str | None = None) -> Sealed:
-        """Seal ``raw`` for one recipient; store ciphertext + metadata only."""
+             now: datetime, kind: str = "message", parent_id: str | None = None,
+             reply_to: str | None = None) -> Sealed:
+        """Seal ``raw`` for one recipient; store ciphertext + metadata only.
+
+        ``reply_to`` is where the recipient's reply goes ("" = nowhere); by
+        default the original's ``Reply-To``, else ``From``, else ``sender``."""
         sealed, row = self._sealed(raw, message_id=message_id, sender=sender,
-                                   recipient=recipient, now=now, kind=kind, parent_id=parent_id)
+                                   recipient=recipient, now=now, kind=kind, parent_id=parent_id,
+                                   reply_to=reply_to)
         self.store.insert(**row)
         return sealed
 
     async def seal_async(self, raw: bytes, *, message_id: str, sender: str, recipient: str,
-                         now: datetime) -> Sealed:
+                         now: datetime, reply_to: str | None = None) -> Sealed:
         """:meth:`seal` for the relay: the row is group-committed with other
         messages' (one fsync for many), and durable when this returns."""
         sealed, row = self._sealed(raw, message_id=message_id, sender=sender,
-                                   recipient=recipient, now=now, kind="message", parent_id=None)
+                                   recipient=recipient, now=now, kind="message", parent_id=None,
+                                   reply_to=reply_to)
         await self.store.insert_async(**row)
         return sealed
 
     def _sealed(self, raw: bytes, *, message_id: str, sender: str, recipient: str,
-                now: datetime, kind: str, parent_id: str | None) -> tuple[Sealed, dict[str, Any]]:
+                now: datetime, kind: str, parent_id: str | None,
+                reply_to: str | None) -> tuple[Sealed, dict[str, Any]]:
         portal_id = secrets.token_urlsafe(18)  # 144 random bits
+        if reply_to is None:
+            reply_to = original_addresses(raw, sender)[1] if kind == "message" else sender
         key = new_key()
         try:
-            blob = seal(sealed_plaintext(raw), key,
+            plaintext, attachments = sealed_document(raw)
+            blob = seal(plaintext, key,
                         aad=associated_data(portal_id, message_id, recipient))
         except (ValueError, LookupError, TypeError) as exc:
             raise RenderError(f"sealing failed ({type(exc).__name__})") from None
         expires = now + timedelta(days=self.settings.portal.expiry_days)
         row = {"id": portal_id, "kind": kind, "parent_id": parent_id, "message_id": message_id,
                "sender": sender, "recipient": recipient, "created": now, "expires": expires,
-               "ciphertext": blob}
+               "ciphertext": blob, "reply_to": reply_to, "attachments": attachments}
         url = f"{self.settings.portal.base_url.rstrip('/')}/m/{portal_id}#{encode_key(key)}"
         return Sealed(id=portal_id, url=url, expires=expires), row
 
@@ -211,6 +234,12 @@ class PortalService:
             # compare_digest on every live code: the time taken says nothing.
             if self.secret.verify(code_hash, "code", portal_id, code):
                 match = rowid
+        if match is None and self._stale(portal_id, code, now):
+            # A code this message really had, now expired or replaced: say so, and
+            # do not count it as a guess. Guessing gains nothing: it never opens
+            # anything, and only the few newest codes of the last day qualify.
+            raise PortalDenied("wrong-code", stale=True,
+                               remaining=MAX_FAILED_CODES - row.failed_codes)
         if match is None or not self.store.use_code(match, now):
             failed = self.store.fail_code(portal_id, now, MAX_FAILED_CODES)
             locked = failed >= MAX_FAILED_CODES
@@ -224,6 +253,13 @@ class PortalService:
         self.store.add_session(self.secret.mac("session", token), portal_id, now,
                                now + timedelta(minutes=self.settings.portal.session_minutes))
         return token
+
+    def _stale(self, portal_id: str, code: str, now: datetime) -> bool:
+        found = False
+        for code_hash in self.store.stale_code_hashes(portal_id, now, now - STALE_CODE_WINDOW,
+                                                      STALE_CODES):
+            found |= self.secret.verify(code_hash, "code", portal_id, code)
+        return found
 
     def session(self, portal_id: str, token: str | None, *, now: datetime) -> PortalRow:
         """The message a valid session token opens; else ``PortalDenied``."""
@@ -248,6 +284,11 @@ class PortalService:
     def record_download(self, portal_id: str, token: str | None, *, index: int,
                         now: datetime) -> None:
         row = self.session(portal_id, token, now=now)
+        # A signed audit record must not hold a position the message does not have.
+        # Rows sealed before the count was kept: bounded by the MIME part limit.
+        count = row.attachments if row.attachments is not None else MAX_UNKNOWN_ATTACHMENTS
+        if not 0 <= index < count:
+            raise PortalDenied("bad-request")
         # The position only, never the file name: a name can be PHI ("biopsy-results.pdf").
         self._event("downloaded", now, portal_id=portal_id, recipient=row.recipient,
                     attachment_index=index)
@@ -255,26 +296,38 @@ class PortalService:
     async def reply(self, portal_id: str, token: str | None, *, subject: str, body: str,
                     attachment: Attachment | None, now: datetime,
                     reply_sender: ReplySender | None) -> Sealed:
-        """Send the recipient's answer to the original sender; keep it sealed too."""
+        """Send the recipient's answer to the original's reply address; keep it
+        sealed too. ``PortalDenied`` reasons: ``no-reply`` (the original has no
+        usable address), ``undeliverable`` (refused for good, e.g. by policy:
+        retrying will not help), ``delivery-failed`` (temporary)."""
         row = self.session(portal_id, token, now=now)
-        frm = from_address(self.settings, row.sender)
-        raw = build_reply(from_address=frm, client=row.recipient, to=row.sender,
+        to = row.reply_address
+        frm = from_address(self.settings, row.sender or to)
+        if not to or not frm:
+            raise PortalDenied("no-reply")
+        raw = build_reply(from_address=frm, client=row.recipient, to=to,
                           subject=subject, body=body, in_reply_to=row.message_id,
                           attachment=attachment, now=now)
         sealed = self.seal(raw, message_id=_message_id(raw), sender=row.recipient,
-                           recipient=row.sender, now=now, kind="reply", parent_id=portal_id)
+                           recipient=to, now=now, kind="reply", parent_id=portal_id)
         try:
             if reply_sender is not None:
-                await reply_sender(raw, frm, row.sender)
+                await reply_sender(raw, frm, to)
             else:
                 signed = self.signer.sign(raw) if self.signer is not None else raw
-                result = await self.transport.send(frm, [row.sender], signed)
-                if row.sender not in result.accepted:
+                result = await self.transport.send(frm, [to], signed)
+                if to not in result.accepted:
                     raise PortalDenied("delivery-failed")
-        except PortalDenied:
+        except BaseException as exc:
+            # Not sent: its sealed copy must not stay behind as an active message.
+            self.store.mark(sealed.id, "revoked", now)
+            if isinstance(exc, PortalDenied):
+                raise
+            if isinstance(exc, PermanentFailure):
+                raise PortalDenied("undeliverable") from None
+            if isinstance(exc, Exception):  # relay refusal or outage: "try again"
+                raise PortalDenied("delivery-failed") from None
             raise
-        except Exception:  # noqa: BLE001 (relay refusal or outage: the page says "try again")
-            raise PortalDenied("delivery-failed") from None
         self._event("replied", now, portal_id=portal_id, recipient=row.recipient,
                     status="with-attachment" if attachment is not None else "ok")
         return sealed

@@ -27,6 +27,8 @@ CREATE TABLE IF NOT EXISTS portal_messages (
     message_id   TEXT NOT NULL,
     sender       TEXT NOT NULL,
     recipient    TEXT NOT NULL,
+    reply_to     TEXT,              -- where a reply goes; '' = nowhere; NULL (old rows) = sender
+    attachments  INTEGER,           -- how many (range-checks "downloaded"); NULL in old rows
     created      TEXT NOT NULL,
     expires      TEXT NOT NULL,
     revoked      TEXT,
@@ -57,14 +59,15 @@ CREATE TABLE IF NOT EXISTS portal_sessions (
 
 _COLUMNS = (
     "id, kind, parent_id, message_id, sender, recipient, created, expires, revoked, "
-    "locked, purged, opened, failed_codes, size"
+    "locked, purged, opened, failed_codes, size, reply_to, attachments"
 )
 
 
 def _insert(conn: sqlite3.Connection, row: tuple[object, ...]) -> None:
     conn.execute(
         "INSERT INTO portal_messages (id, kind, parent_id, message_id, sender, "
-        "recipient, created, expires, size, ciphertext) VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+        "recipient, created, expires, size, ciphertext, reply_to, attachments) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
 
 
 def _file_of(conn: sqlite3.Connection) -> str:
@@ -101,6 +104,13 @@ class PortalRow:
     opened: datetime | None
     failed_codes: int
     size: int
+    reply_to: str | None = None  # None: a row from before the column (reply to sender)
+    attachments: int | None = None  # None: a row from before the column
+
+    @property
+    def reply_address(self) -> str:
+        """Where the recipient's reply goes; "" when nowhere (no usable address)."""
+        return self.sender if self.reply_to is None else self.reply_to
 
     def state(self, now: datetime) -> str:
         """``revoked`` | ``expired`` | ``purged`` | ``locked`` | ``active``."""
@@ -117,7 +127,7 @@ class PortalRow:
 
 def _row(r: tuple[object, ...]) -> PortalRow:
     (id_, kind, parent, mid, sender, rcpt, created, expires, revoked, locked, purged,
-     opened, failed, size) = r
+     opened, failed, size, reply_to, attachments) = r
     return PortalRow(
         id=str(id_), kind=str(kind), parent_id=parent if isinstance(parent, str) else None,
         message_id=str(mid), sender=str(sender), recipient=str(rcpt),
@@ -127,6 +137,8 @@ def _row(r: tuple[object, ...]) -> PortalRow:
         purged=_dt(purged if isinstance(purged, str) else None),
         opened=_dt(opened if isinstance(opened, str) else None),
         failed_codes=int(str(failed)), size=int(str(size)),
+        reply_to=reply_to if isinstance(reply_to, str) else None,
+        attachments=attachments if isinstance(attachments, int) else None,
     )
 
 
@@ -145,6 +157,9 @@ class PortalStore:
         columns = {r[1] for r in conn.execute("PRAGMA table_info(portal_messages)")}
         if "expiry_noted" not in columns:  # a store made by an earlier release
             conn.execute("ALTER TABLE portal_messages ADD COLUMN expiry_noted TEXT")
+        for column, kind in (("reply_to", "TEXT"), ("attachments", "INTEGER")):
+            if column not in columns:
+                conn.execute(f"ALTER TABLE portal_messages ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         """Stop the group-commit writer (after committing what it holds)."""
@@ -180,19 +195,21 @@ class PortalStore:
 
     def insert(self, *, id: str, kind: str, parent_id: str | None, message_id: str,
                sender: str, recipient: str, created: datetime, expires: datetime,
-               ciphertext: bytes) -> None:
+               ciphertext: bytes, reply_to: str | None = None,
+               attachments: int | None = None) -> None:
         row = (id, kind, parent_id, message_id, sender, recipient, ts(created), ts(expires),
-               len(ciphertext), ciphertext)
+               len(ciphertext), ciphertext, reply_to, attachments)
         with self._tx() as c:
             _insert(c, row)
 
     async def insert_async(self, *, id: str, kind: str, parent_id: str | None, message_id: str,
                            sender: str, recipient: str, created: datetime, expires: datetime,
-                           ciphertext: bytes) -> None:
+                           ciphertext: bytes, reply_to: str | None = None,
+                           attachments: int | None = None) -> None:
         """:meth:`insert` for the event loop: committed together with other
         messages' rows (group commit); returns once the row is on disk."""
         row = (id, kind, parent_id, message_id, sender, recipient, ts(created), ts(expires),
-               len(ciphertext), ciphertext)
+               len(ciphertext), ciphertext, reply_to, attachments)
         if self._committer is None:
             file = _file_of(self.conn)
             if not file:  # an in-memory store (tests): no second connection can see it
@@ -283,6 +300,21 @@ class PortalStore:
                 "SELECT rowid, code_hash FROM portal_codes WHERE portal_id = ? AND used IS NULL "
                 "AND expires > ?", (id, ts(now))).fetchall()
         return [(int(r[0]), str(r[1])) for r in rows]
+
+    def stale_code_hashes(self, id: str, now: datetime, since: datetime,
+                          limit: int) -> list[str]:
+        """Codes once issued for ``id`` that stopped working without being used:
+        replaced by a newer code, or expired unused; the newest ``limit`` created
+        after ``since``. (A code that was used to open the message is not here.)"""
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT code_hash FROM portal_codes AS c WHERE portal_id = ? AND created > ? "
+                "AND (EXISTS (SELECT 1 FROM portal_codes AS n WHERE n.portal_id = c.portal_id "
+                "             AND n.rowid > c.rowid) "
+                "     OR (used IS NULL AND expires <= ?)) "
+                "ORDER BY rowid DESC LIMIT ?",
+                (id, ts(since), ts(now), limit)).fetchall()
+        return [str(r[0]) for r in rows]
 
     def use_code(self, rowid: int, now: datetime) -> bool:
         with self._tx() as c:

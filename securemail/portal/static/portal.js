@@ -38,20 +38,35 @@
     const body = new FormData();
     body.append("csrf", csrf);
     for (const [k, v] of Object.entries(fields || {})) body.append(k, v);
-    const r = await fetch("/m/" + id + "/" + path, { method: "POST", body: body,
-                                                     credentials: "same-origin" });
+    // The token also travels as a header so the server can refuse a forged
+    // POST before it reads the body.
+    let r;
+    try {
+      r = await fetch("/m/" + id + "/" + path, { method: "POST", body: body,
+                                                 headers: { "X-CSRF-Token": csrf },
+                                                 credentials: "same-origin" });
+    } catch (e) {
+      // Connection dropped or refused: an answer the callers show, never a dead page.
+      return { ok: false, status: 0, data: { error: "network" } };
+    }
     let data = {};
     try { data = await r.json(); } catch (e) { data = {}; }
     return { ok: r.ok, status: r.status, data: data };
   }
 
   const messages = {
+    "network": "We could not reach the server. Please check your connection and try again.",
     "rate-limited": "Too many requests. Please wait a few minutes and try again.",
     "delivery-failed": "We could not send that just now. Please try again in a minute.",
     "csrf": "This page is out of date. Please reload it.",
     "no-session": "Your session has ended. Please reload the page and ask for a new code.",
     "too-large": "That is too large to send here (the limit is 10 MB).",
     "bad-request": "Please check what you entered and try again.",
+    "undeliverable": "Your reply could not be delivered, and trying again will not help. " +
+      "Please contact the practice another way, for example by phone.",
+    "no-reply": "This message cannot be answered here. Please contact the practice another way.",
+    "stale-code": "This code has expired, or a newer code was sent. Please use the newest code, " +
+      "or ask for a new one.",
   };
   function failure(res, el) {
     const err = res.data.error;
@@ -130,16 +145,35 @@
     const when = new Date(doc.date || "");
     $("m-date").textContent = isNaN(when) ? (doc.date || "") :
       when.toLocaleString(undefined, { dateStyle: "long", timeStyle: "short" });
-    if (doc.html) {
-      // Sandboxed: no scripts, no same-origin access; the meta CSP blocks every
-      // remote load on top of the page's own inherited policy.
-      const guard = '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; ' +
-        'img-src data:; style-src \'unsafe-inline\'"><base target="_blank">';
-      $("m-html").srcdoc = guard + doc.html;
-      $("m-html").hidden = false;
-    } else {
-      $("m-text").textContent = doc.text || "";
-      $("m-text").hidden = false;
+    // Every body part, in order. Older documents have only "text" and "html".
+    const parts = Array.isArray(doc.parts) ? doc.parts :
+      (doc.html ? [{ type: "text/html", content: doc.html }]
+                : [{ type: "text/plain", content: doc.text || "" }]);
+    const textTemplate = $("m-text"), htmlTemplate = $("m-html");
+    const holder = textTemplate.parentNode;
+    let anchor = htmlTemplate;
+    let firstText = true, firstHtml = true;
+    for (const part of parts) {
+      let el;
+      if (part.type === "text/html") {
+        el = firstHtml ? htmlTemplate : htmlTemplate.cloneNode(false);
+        if (!firstHtml) el.removeAttribute("id");
+        firstHtml = false;
+        // Sandboxed: no scripts, no same-origin access; the meta CSP blocks every
+        // remote load on top of the page's own inherited policy.
+        const guard = '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; ' +
+          'img-src data:; style-src \'unsafe-inline\'"><base target="_blank">';
+        el.srcdoc = guard + String(part.content || "");
+      } else {
+        el = firstText ? textTemplate : textTemplate.cloneNode(false);
+        if (!firstText) el.removeAttribute("id");
+        firstText = false;
+        el.textContent = String(part.content || "");
+      }
+      el.classList.add("body-part");
+      el.hidden = false;
+      holder.insertBefore(el, anchor.nextSibling);
+      anchor = el;
     }
     const files = $("m-files");
     files.textContent = "";
@@ -176,7 +210,8 @@
     post("downloaded", { index: String(index) });
   }
 
-  $("reply-form").addEventListener("submit", async (ev) => {
+  // No reply form when the original has no address to answer (the page says so).
+  if ($("reply-form")) $("reply-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     say($("reply-error"), "");
     $("reply-ok").hidden = true;
@@ -185,6 +220,8 @@
     const file = $("reply-file").files[0];
     if (file) fields.attachment = file;
     if (!fields.body.trim() && !file) { say($("reply-error"), "Please write a message or attach a file."); return; }
+    // The server stops reading past the limit (and drops the connection), so say it here.
+    if (file && file.size > 10 * 1024 * 1024) { say($("reply-error"), messages["too-large"]); return; }
     $("reply-send").disabled = true;
     const res = await post("reply", fields);
     $("reply-send").disabled = false;
