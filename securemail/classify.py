@@ -92,7 +92,8 @@ def classify(
         and needs_key else {}
     recipients = tuple(
         RecipientFacts(a, Source.TO if a in to else Source.CC if a in cc else Source.BCC,
-                       who[a].role, who[a].client_ids, kinds.get(a, frozenset()), who[a].consent)
+                       who[a].role, who[a].client_ids, kinds.get(a, frozenset()), who[a].consent,
+                       who[a].consent_note)
         for a in unique
     )
     return Facts(

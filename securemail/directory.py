@@ -131,6 +131,7 @@ class Identity:
     client_ids: tuple[str, ...] = ()
     consent: Consent | None = None
     partner: str | None = None
+    consent_note: str = ""  # why a consent on file is not used for this address
 
 
 class Directory:
@@ -143,6 +144,7 @@ class Directory:
         self._client_addr: dict[str, list[str]] = {}
         self._contact_addr: dict[str, list[str]] = {}
         self._consent: dict[str, Consent] = {}
+        self._consent_note: dict[str, str] = {}
         for c in self.clients.values():
             for a in c.addresses:
                 self._client_addr.setdefault(a, []).append(c.id)
@@ -153,8 +155,19 @@ class Directory:
         # client's authorised contact (a parent who is a client too), may
         # receive someone else's PHI: consent on file is not used for it.
         for a, owners in self._client_addr.items():
-            consent = self.clients[owners[0]].consent_unencrypted
-            if consent is not None and len(owners) == 1 and a not in self._contact_addr:
+            owners[:] = list(dict.fromkeys(owners))  # a client listing an address twice
+            consent = next((given for c in owners
+                            if (given := self.clients[c].consent_unencrypted) is not None), None)
+            if consent is None:
+                continue
+            if len(owners) > 1:
+                self._consent_note[a] = (f"consent on file is not used: this address is"
+                                         f" shared by clients {', '.join(owners[:5])}")
+            elif a in self._contact_addr:
+                self._consent_note[a] = (
+                    "consent on file is not used: this address is also an authorised"
+                    f" contact of client {', '.join(dict.fromkeys(self._contact_addr[a][:5]))}")
+            else:
                 self._consent[a] = consent
         self._partner_addr = {a: p.name for p in self.partners for a in p.addresses}
         self._partner_domain = {d: p.name for p in self.partners for d in p.domains}
@@ -170,7 +183,8 @@ class Directory:
         if address in self._client_addr:
             # Consent belongs to this exact address, never to the client's contacts.
             return Identity(Role.CLIENT, tuple(self._client_addr[address]),
-                            self._consent.get(address))
+                            self._consent.get(address),
+                            consent_note=self._consent_note.get(address, ""))
         if address in self._contact_addr:
             return Identity(Role.CONTACT, tuple(self._contact_addr[address]))
         partner = self._partner_addr.get(address) or self._partner_domain.get(domain)

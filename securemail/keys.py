@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ImportedKey", "KeyInfo", "KeyWithdrawn", "Keyring"]
 
+# Far above any real key (a key with photo ids and many signatures is well under 1 MiB).
+MAX_KEY_FILE_BYTES = 16 * 1024 * 1024
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keyring_keys (
     fingerprint  TEXT PRIMARY KEY,
@@ -222,10 +225,14 @@ class Keyring:
         """
         name = str(path)
         try:
-            data = Path(path).read_bytes()
+            with open(path, "rb") as f:
+                data = f.read(MAX_KEY_FILE_BYTES + 1)
         except OSError as exc:
             raise InputError(f"{name}: cannot read ({exc.strerror or type(exc).__name__})") \
                 from None
+        if len(data) > MAX_KEY_FILE_BYTES:
+            raise InputError(f"{name}: larger than {MAX_KEY_FILE_BYTES // (1024 * 1024)} MiB;"
+                             " a key or certificate file is far smaller: is it the right file?")
         try:
             candidates = self._judge(data, _aware(now))
         except _Withdrawn as exc:

@@ -120,6 +120,7 @@ class RecipientFacts:
     client_ids: tuple[str, ...] = ()  # clients this address is, or is a contact of
     key_kinds: frozenset[str] = frozenset()  # {"pgp", "smime"}: usable keys now
     consent: Consent | None = None  # only for a client's own address
+    consent_note: str = ""  # why a consent on file is not used (shared address, ...)
 
 
 @dataclass(frozen=True, slots=True)

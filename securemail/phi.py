@@ -75,22 +75,60 @@ def _is_separator(c: str) -> bool:
     return unicodedata.category(c)[0] in "PSZ" or c in "\t\n\r\x0b\x0c\x85"
 
 
-# Every separator of the Basic Multilingual Plane (about 6,000 entries).
-_TABLE = str.maketrans({**{chr(c): " " for c in range(0x10000) if _is_separator(chr(c))},
-                        **{d: "9" for d in "0123456789"}})
 _ASCII_FROM = bytes(c for c in range(128) if not chr(c).isalnum()) + b"0123456789"
 _ASCII_TABLE = bytes.maketrans(_ASCII_FROM, b" " * (len(_ASCII_FROM) - 10) + b"9" * 10)
+# Every non-ASCII separator of the Basic Multilingual Plane (about 4,400), as one
+# character class: replaced in C, where str.translate with a table costs ~40 ns
+# per character of the whole text.
+_WIDE_SEPARATORS = re.compile("[" + re.escape("".join(
+    chr(c) for c in range(0x80, 0x10000) if _is_separator(chr(c)))) + "]")
+# What folding drops: combining marks and invisible format characters.
+_MARKS = re.compile("[" + re.escape("".join(
+    chr(c) for c in range(0x10000)
+    if unicodedata.category(chr(c)) in ("Mn", "Me", "Cf"))) + "]")
 _SSN_SHAPES = ("999 99 9999",)  # "123-45-6789" too: the hyphen is a separator
+
+
+# Beyond the BMP (emoji: "anxiety😔"), looked up one by one: rare, and a table
+# of every code point would cost a second at import.
+_ASTRAL = re.compile("[\U00010000-\U0010FFFF]")
+
+
+def _astral_separator(m: re.Match[str]) -> str:
+    return " " if _is_separator(m.group()) else m.group()
 
 
 def _scanned(lowered: str) -> str:
     if lowered.isascii():  # bytes.translate is twice as fast as str.translate
         return f" {lowered.encode('ascii').translate(_ASCII_TABLE).decode('ascii')} "
-    return f" {lowered.translate(_TABLE)} "
+    # Wide separators first, one for one; then the ASCII ones on the UTF-8 bytes
+    # (multi-byte sequences hold no ASCII byte, so every character keeps its place).
+    wide = _WIDE_SEPARATORS.sub(" ", lowered)
+    if _ASTRAL.search(wide):
+        wide = _ASTRAL.sub(_astral_separator, wide)
+    encoded = wide.encode("utf-8", "surrogatepass").translate(_ASCII_TABLE)
+    return f" {encoded.decode('utf-8', 'surrogatepass')} "
 
 
 def _phrase(text: str) -> str:
-    return " ".join(text.lower().translate(_TABLE).split())
+    return " ".join(_scanned(text.lower()).split())
+
+
+def _folded(text: str) -> str | None:
+    """``text`` as it reads, whatever its code points: compatibility forms made
+    plain (full-width letters, ligatures), accents and other combining marks
+    dropped (a decomposed "José" from macOS, a mark stacked on a letter),
+    invisible format characters dropped (zero-width space, soft hyphen), case
+    folded. Lengths change, so a folded text is scanned on its own. None when
+    there is nothing to fold (the common case: composed accents, curly quotes,
+    dashes: the phrases are matched as written and as folded)."""
+    if unicodedata.is_normalized("NFKC", text) and not _MARKS.search(text):
+        return None
+    return _fold(text)
+
+
+def _fold(text: str) -> str:
+    return _MARKS.sub("", unicodedata.normalize("NFKD", text)).casefold()
 
 
 _NEXT_WORD = re.compile(r" +([^ ]+)")
@@ -121,6 +159,11 @@ def _ssn_at(lowered: str, scanned: str, start: int) -> bool:
     return _valid_ssn(lowered[i:i + 3], lowered[i + 4:i + 6], lowered[i + 7:i + 11])
 
 
+def _forms(phrase: str) -> set[str]:
+    """A phrase as written and as folded (see :func:`_folded`)."""
+    return {_phrase(phrase), _phrase(_fold(phrase))}
+
+
 class Detectors:
     """Compiled once per configuration; ``scan`` is called per message.
 
@@ -135,12 +178,13 @@ class Detectors:
         owners: dict[str, set[str]] = {}
         for name, client_id in name_owners:
             if len(name.strip()) >= 3:
-                owners.setdefault(_phrase(name), set()).add(client_id)
+                for form in _forms(name):
+                    owners.setdefault(form, set()).add(client_id)
         self._owners = {p: frozenset(ids) for p, ids in owners.items()}
         groups: dict[str, set[str]] = {
-            "health": {_phrase(t) for t in (*HEALTH_TERMS, *policy.health_keywords)},
-            "identifier": {_phrase(n) for n in (*client_names, *policy.identifier_keywords)
-                           if len(n.strip()) >= 3} | set(self._owners),
+            "health": {f for t in (*HEALTH_TERMS, *policy.health_keywords) for f in _forms(t)},
+            "identifier": {f for n in (*client_names, *policy.identifier_keywords)
+                           if len(n.strip()) >= 3 for f in _forms(n)} | set(self._owners),
         }
         for hint, words in _HINTS.items():
             groups[hint] = {_phrase(w) for w in words}
@@ -188,11 +232,24 @@ class Detectors:
         found: list[PhiSignal] = []
         named: set[str] = set()
         for where, text in (("subject", subject), ("body", body)):
-            if text:
-                hits, names = self._scan_one(text)
-                found.extend(PhiSignal(d, where) for d in hits)
-                for name in names:
-                    named |= self._owners.get(name, frozenset())
+            if not text:
+                continue
+            folded = None
+            if not text.isascii():
+                # A lone surrogate (undecodable header bytes) becomes "?": same
+                # length, and the matcher needs valid Unicode.
+                text = text.encode("utf-8", "replace").decode("utf-8")
+                # What a reader sees may hide behind marks, invisible characters
+                # or compatibility forms: the folded text is scanned too.
+                folded = _folded(text)
+            hits, names = self._scan_one(text)
+            if folded is not None:
+                more, more_names = self._scan_one(folded)
+                hits += [h for h in more if h not in hits]
+                names |= more_names
+            found.extend(PhiSignal(d, where) for d in hits)
+            for name in names:
+                named |= self._owners.get(name, frozenset())
         return tuple(found), frozenset(named)
 
     def _scan_one(self, text: str) -> tuple[list[str], set[str]]:
@@ -332,18 +389,22 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
             return "\n".join(chunks), True
         if clear_only:
             continue
-        if name.lower().endswith(".eml") and ctype.startswith("application/"):
-            # A forwarded message saved to a file and attached as octet-stream.
+        if name.lower().endswith(".eml"):
+            # A forwarded message saved to a file and attached under any type
+            # (octet-stream, text/plain, ...): read as the message it is.
             payload = part.get_payload(decode=True)
             if not isinstance(payload, bytes):
                 continue
             if _depth >= _MAX_NESTING:
                 return "\n".join(chunks), True  # not read: counts as unscanned
-            inner_message = email.message_from_bytes(payload)
+            try:
+                inner_message = email.message_from_bytes(payload)
+                inner_text, cut = message_text(inner_message, limit - size,
+                                               forwarded=forwarded, _depth=_depth + 1)
+            except RecursionError:  # MIME nested past what the parser can walk
+                return "\n".join(chunks), True
             if forwarded is not None:
                 forwarded.append(inner_message)
-            inner_text, cut = message_text(inner_message, limit - size, forwarded=forwarded,
-                                           _depth=_depth + 1)
             if add(_shown_headers(inner_message)) or add(inner_text) or cut:
                 return "\n".join(chunks), True
             continue
@@ -355,7 +416,7 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
         charset = part.get_content_charset() or _bom_charset(payload)
         try:
             text = payload.decode(charset, errors="replace")
-        except LookupError:
+        except (LookupError, ValueError):  # unknown charset, or a codec with no "replace"
             text = payload.decode("utf-8", errors="replace")
         if ctype == "text/html":
             text = html.unescape(_TAG.sub(" ", text))

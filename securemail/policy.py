@@ -9,7 +9,7 @@ Default rules (ids are stable; docs/policy.md explains each):
    ``consent-unencrypted``      consent on file for that exact client address, used by
                                 that client alone, and the message names no other client -> deliver
    ``restricted-class``         (noted when a restricted class overrides consent)
-   ``consent-other-client``     (noted when the message names another client)
+   ``consent-other-client``     (noted when the message concerns another client)
    ``protected-pgp`` / ``protected-smime``  usable key -> encrypt (preference order)
    ``protected-portal``         no usable key -> portal
    ``portal-disabled``          no key and the portal is off -> block
@@ -116,11 +116,13 @@ def _default_rule(facts: Facts, r: RecipientFacts, policy: PolicySettings, today
         return make(Action.DELIVER, ("no-phi",),
                     "the message concerns no client and no PHI was detected")
     noted: tuple[str, ...] = ()
-    others = [c for c in facts.named_client_ids if c not in r.client_ids]
+    # Clients the message concerns besides the recipient's own: named in the
+    # text, or among its participants (a forwarded email of theirs, a Cc).
+    others = sorted({*facts.named_client_ids, *facts.client_ids} - set(r.client_ids))
     if r.role is Role.CLIENT and r.consent is not None and r.consent.valid_on(today) \
             and not others:
         # Consent covers the client's own information only: a message that
-        # names another client goes protected (see ``others`` below).
+        # concerns another client goes protected.
         if facts.restricted is None:
             return make(Action.DELIVER, ("consent-unencrypted",),
                         f"client {', '.join(r.client_ids)} consented to unencrypted email on "
@@ -145,14 +147,16 @@ def _default_rule(facts: Facts, r: RecipientFacts, policy: PolicySettings, today
 
 def _why_not_consent(r: RecipientFacts, today: str, others: Sequence[str]) -> str:
     """Why a client's consent on file did not let the message go in clear ("" if none)."""
-    if r.role is not Role.CLIENT or r.consent is None:
+    if r.role is not Role.CLIENT:
         return ""
+    if r.consent is None:
+        return f" ({r.consent_note})" if r.consent_note else ""
     if today < r.consent.granted:
         return f" (consent to unencrypted email starts on {r.consent.granted})"
     if r.consent.expires is not None and today > r.consent.expires:
         return f" (consent to unencrypted email expired on {r.consent.expires})"
     if others:
-        return (f" (consent does not cover other clients' information: the message names"
+        return (f" (consent does not cover other clients' information: the message concerns"
                 f" client{'s' if len(others) > 1 else ''} {', '.join(others[:5])})")
     return ""
 

@@ -301,3 +301,24 @@ def test_remove_accepts_a_0x_key_id(gpg: Gpg, ring: Keyring) -> None:
     assert ring.remove("0X" + key.fingerprint) == 1
     with pytest.raises(InputError, match="neither an address nor a key fingerprint"):
         ring.remove("0x")
+
+
+def test_a_file_of_many_armored_blocks_is_read_in_linear_time(ring: Keyring,
+                                                                tmp_path: Path) -> None:
+    # Each block read once (it used to re-split the rest of the file per block:
+    # about 15 s for this one).
+    path = tmp_path / "many.asc"
+    path.write_bytes(b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n"
+                     b"-----END PGP PUBLIC KEY BLOCK-----\n" * 20000)
+    started = time.monotonic()
+    with pytest.raises(InputError):
+        ring.import_file(path, NOW)
+    assert time.monotonic() - started < 5
+
+
+def test_a_file_far_larger_than_any_key_is_refused_unread(ring: Keyring, tmp_path: Path) -> None:
+    path = tmp_path / "backup.tar"
+    with path.open("wb") as f:
+        f.truncate(17 * 1024 * 1024)
+    with pytest.raises(InputError, match=r"backup\.tar: larger than 16 MiB"):
+        ring.import_file(path, NOW)

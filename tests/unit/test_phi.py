@@ -255,3 +255,54 @@ def test_forwards_nested_too_deep_count_as_unscanned() -> None:
     for _ in range(6):
         message = _forward(message.as_bytes(), as_file=True)
     assert message_text(message, 100_000)[1] is True
+
+
+@pytest.mark.parametrize("text", [
+    "Jane\U0001F642Roe, anxiety\U0001F614",  # emoji (beyond the BMP) end words too
+    "Ja\u200bne Roe anxiety",  # zero-width space inside the name
+    "Jane Roe anx\u00adiety",  # soft hyphen inside the term
+    "\uff2a\uff41\uff4e\uff45 \uff32\uff4f\uff45 anxiety",  # full-width letters
+    "J\u0308ane Roe anxiety",  # a mark stacked on a letter
+])
+def test_what_reads_as_a_name_is_a_name(text: str) -> None:
+    assert is_phi(body=text) and is_phi(subject=text)
+
+
+def test_accents_match_in_any_form_and_spelled_without() -> None:
+    det = Detectors(PolicySettings(), name_owners=[("José Núñez", "c-9")])
+    for text in ("José Núñez, anxiety",                      # composed (NFC)
+                 "Jose\u0301 Nu\u0301n\u0303ez, anxiety",    # decomposed (macOS NFD)
+                 "JOSE NUNEZ anxiety"):                       # typed without accents
+        signals, named = det.scan_named("", text)
+        assert named == {"c-9"}, text
+        assert {s.detector for s in signals} == {"phi-client-name", "phi-keyword"}
+
+
+def test_undecodable_header_bytes_do_not_stop_the_scan() -> None:
+    assert is_phi(subject="Jane\udc80Roe anxiety")  # a lone surrogate from 8-bit bytes
+
+
+def test_an_eml_attached_as_text_is_read_as_a_message() -> None:
+    outer = EmailMessage()
+    outer.set_content("FYI")
+    inner = INNER.replace(b"See you Tuesday.", b"U2VlIHlvdSBUdWVzZGF5Lg==").replace(
+        b"Subject:", b"Content-Transfer-Encoding: base64\r\nSubject:")
+    outer.add_attachment(inner, maintype="text", subtype="plain", filename="fwd.eml")
+    text, _ = message_text(email.message_from_bytes(outer.as_bytes()), 100_000)
+    assert "See you Tuesday." in text and "depression treatment plan" in text
+
+
+def test_broken_parts_never_crash_the_scan() -> None:
+    # A codec that cannot "replace" (idna), and an attached .eml nested past
+    # what the parser can walk: read what can be read, count the rest unscanned.
+    idna = (b"From: a@x.example\r\nContent-Type: text/plain; charset=idna\r\n\r\n"
+            b"Jane Roe \xff anxiety\r\n")
+    text, truncated = message_text(email.message_from_bytes(idna), 100_000)
+    assert "anxiety" in text and not truncated
+    deep = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
+                    for i in range(3000))
+    outer = EmailMessage()
+    outer.set_content("FYI")
+    outer.add_attachment(deep, maintype="application", subtype="octet-stream",
+                         filename="deep.eml")
+    assert message_text(email.message_from_bytes(outer.as_bytes()), 100_000)[1] is True

@@ -85,7 +85,7 @@ def test_consent_never_releases_another_clients_phi(config_path: Path) -> None:
     v = verdict_for(config_path, raw, DR, ["sam@mail.example"])
     d = v.decisions[0]
     assert (d.action, d.rules) == (Action.PORTAL, ("consent-other-client", "protected-portal"))
-    assert "names client c-1001" in d.reason
+    assert "concerns client c-1001" in d.reason
     assert v.facts is not None and v.facts.named_client_ids == ("c-1001",)
 
 
@@ -281,3 +281,47 @@ def test_a_clients_forwarded_email_is_client_mail(config_path: Path) -> None:
     v = verdict_for(config_path, outer.as_bytes(), DR, ["coach@school.example"])
     assert actions(v) == {"coach@school.example": "block"}
     assert v.decisions[0].reason == "not an authorised contact of client c-1001"
+
+
+def test_consent_never_releases_another_clients_email_or_address(config_path: Path) -> None:
+    # Jane's (c-1001) own email forwarded to Sam (c-1002, consented): no name in
+    # the text, yet it is Jane's. And Jane in Cc of a message to Sam.
+    inner = (b"From: jane@mail.example\r\nTo: dr.lee@riverside.example\r\n"
+             b"Subject: Tuesday\r\n\r\nMy anxiety is worse.\r\n")
+    forward = EmailMessage()
+    forward["From"], forward["To"], forward["Subject"] = DR, "sam@mail.example", "FYI"
+    forward.set_content("See below.")
+    forward.add_attachment(email.message_from_bytes(inner))
+    cc = msg(to=["sam@mail.example"], cc=["jane@mail.example"], body="Group therapy moves.")
+    for raw, rcpts in ((forward.as_bytes(), ["sam@mail.example"]),
+                       (cc, ["sam@mail.example", "jane@mail.example"])):
+        v = verdict_for(config_path, raw, DR, rcpts)
+        sam = v.decisions[0]
+        assert (sam.address, sam.action) == ("sam@mail.example", Action.PORTAL)
+        assert sam.rules == ("consent-other-client", "protected-portal")
+        assert "concerns client c-1001" in sam.reason
+
+
+def test_a_client_listing_an_address_twice_keeps_their_consent(make_config) -> None:
+    cfg = make_config(extra="""
+[[directory.clients]]
+id = "c-3001"
+addresses = ["ann@mail.example", "Ann@Mail.Example"]
+consent_unencrypted = { granted = "2026-01-10", warning = "v1" }
+""")
+    v = verdict_for(cfg, msg(to=["ann@mail.example"], body="Therapy moves to 3pm."), DR,
+                    ["ann@mail.example"])
+    assert v.decisions[0].rules == ("consent-unencrypted",)
+
+
+def test_the_reason_says_why_consent_on_file_was_not_used(make_config) -> None:
+    cfg = make_config(extra=FAMILY)
+    v = verdict_for(cfg, msg(to=["family@home.example"], body="Therapy moves to 3pm."), DR,
+                    ["family@home.example"])
+    assert v.decisions[0].reason.endswith(
+        "(consent on file is not used: this address is shared by clients c-2001, c-2002)")
+    v = verdict_for(cfg, msg(to=["pat.parent@home.example"], body="Therapy moves to 3pm."), DR,
+                    ["pat.parent@home.example"])
+    assert v.decisions[0].reason.endswith(
+        "(consent on file is not used: this address is also an authorised contact of"
+        " client c-2004)")
