@@ -309,6 +309,21 @@ def _readable(ctype: str, name: str) -> bool:
     return ctype.startswith("application/") and name.lower().endswith(_TEXT_SUFFIXES)
 
 
+# "text/plain; charset=utf-8", the common case, read without the email
+# package's full parameter parser (a fifth of the cost of reading the text).
+_SIMPLE_CHARSET = re.compile(
+    r'\s*[\w.+-]+/[\w.+-]+\s*;\s*charset\s*=\s*"?([A-Za-z0-9_.:+-]{1,40})"?\s*', re.ASCII)
+
+
+def _charset(part: Message) -> str | None:
+    value = part.get("content-type")
+    if isinstance(value, str):
+        simple = _SIMPLE_CHARSET.fullmatch(value)
+        if simple is not None:
+            return simple.group(1).lower()
+    return part.get_content_charset()
+
+
 def _bom_charset(payload: bytes) -> str:
     """No charset given: a byte-order mark says UTF-16 (Excel's "Unicode text")."""
     if payload[:2] in (b"\xff\xfe", b"\xfe\xff"):
@@ -413,7 +428,7 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
         payload = part.get_payload(decode=True)
         if not isinstance(payload, bytes):
             continue
-        charset = part.get_content_charset() or _bom_charset(payload)
+        charset = _charset(part) or _bom_charset(payload)
         try:
             text = payload.decode(charset, errors="replace")
         except (LookupError, ValueError):  # unknown charset, or a codec with no "replace"

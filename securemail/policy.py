@@ -116,21 +116,23 @@ def _default_rule(facts: Facts, r: RecipientFacts, policy: PolicySettings, today
         return make(Action.DELIVER, ("no-phi",),
                     "the message concerns no client and no PHI was detected")
     noted: tuple[str, ...] = ()
-    # Clients the message concerns besides the recipient's own: named in the
-    # text, or among its participants (a forwarded email of theirs, a Cc).
-    others = sorted({*facts.named_client_ids, *facts.client_ids} - set(r.client_ids))
-    if r.role is Role.CLIENT and r.consent is not None and r.consent.valid_on(today) \
-            and not others:
-        # Consent covers the client's own information only: a message that
-        # concerns another client goes protected.
-        if facts.restricted is None:
-            return make(Action.DELIVER, ("consent-unencrypted",),
-                        f"client {', '.join(r.client_ids)} consented to unencrypted email on "
-                        f"{r.consent.granted} (warning {r.consent.warning})")
-        noted = ("restricted-class",)
-    elif r.role is Role.CLIENT and r.consent is not None and r.consent.valid_on(today):
-        noted = ("consent-other-client",)
-    why = _why_not_consent(r, today, others)
+    others: list[str] = []
+    why = ""
+    if r.role is Role.CLIENT:
+        # Clients the message concerns besides the recipient's own: named in the
+        # text, or among its participants (a forwarded email of theirs, a Cc).
+        # Consent covers the client's own information only.
+        others = sorted({*facts.named_client_ids, *facts.client_ids} - set(r.client_ids))
+        if r.consent is not None and r.consent.valid_on(today):
+            if others:
+                noted = ("consent-other-client",)
+            elif facts.restricted is None:
+                return make(Action.DELIVER, ("consent-unencrypted",),
+                            f"client {', '.join(r.client_ids)} consented to unencrypted email"
+                            f" on {r.consent.granted} (warning {r.consent.warning})")
+            else:
+                noted = ("restricted-class",)
+        why = _why_not_consent(r, today, others)
     for kind in policy.encryption_preference:
         if kind in r.key_kinds:
             return make(_KIND_ACTION[kind], (*noted, f"protected-{kind}"),

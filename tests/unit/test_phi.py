@@ -306,3 +306,19 @@ def test_broken_parts_never_crash_the_scan() -> None:
     outer.add_attachment(deep, maintype="application", subtype="octet-stream",
                          filename="deep.eml")
     assert message_text(email.message_from_bytes(outer.as_bytes()), 100_000)[1] is True
+
+
+@given(st.sampled_from(["text/plain", "TEXT/HTML", "text/csv"]),
+       st.sampled_from(["utf-8", "UTF-8", "iso-8859-1", "windows-1252", "us-ascii", "x-weird"]),
+       st.sampled_from(['; charset={}', ';charset="{}"', '; charset = {} ', '; CHARSET={}',
+                        '; charset={}; format=flowed', "; charset*=utf-8''{}",
+                        '; charset="{}" (comment)', '']))
+def test_the_quick_charset_reading_agrees_with_the_email_package(
+        ctype: str, charset: str, form: str) -> None:
+    from email.message import Message as Plain
+
+    from securemail.phi import _charset
+
+    part = Plain()
+    part["Content-Type"] = ctype + form.format(charset)
+    assert _charset(part) == part.get_content_charset()
