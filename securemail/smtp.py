@@ -52,6 +52,7 @@ from securemail.model import Outcome, Status, TLSInfo
 from securemail.parse import parse_address_list, utf8_header
 from securemail.smtp_auth import SubmissionUser, UserDirectory
 from securemail.smtp_data import read_data
+from securemail.smtp_replies import with_enhanced_code
 
 __all__ = [
     "ListenerPolicy",
@@ -245,6 +246,29 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         self.state = state
         self._client_ip: str | None = None
         self.auth_failures = 0
+        self._greeting = False  # EHLO/HELO replies carry no enhanced codes (RFC 2034)
+
+    async def push(self, status: str) -> None:
+        # ENHANCEDSTATUSCODES is advertised: aiosmtpd's own replies get one too.
+        if isinstance(status, str) and not self._greeting:  # AUTH pushes bytes: untouched
+            status = with_enhanced_code(status)
+        await super().push(status)
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._greeting = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._greeting = False
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._greeting = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._greeting = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._client_ip is None:  # not the STARTTLS re-entry
@@ -480,6 +504,14 @@ class RelayHandler:
                 return AuthResult(success=False, handled=True)
             return AuthResult(success=False, handled=False)  # -> 535 5.7.8
         return AuthResult(success=True, auth_data=user)
+
+    async def handle_EHLO(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        # Commands are read one at a time from the stream, so a client may send
+        # MAIL, RCPT and DATA together (RFC 2920); our replies carry enhanced
+        # status codes (RFC 2034).
+        session.host_name = hostname
+        return responses[:-1] + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     # ---------------------------------------------------------------- envelope
 

@@ -518,3 +518,49 @@ async def test_a_bare_message_from_an_app_leaves_with_date_and_message_id(
     assert sent.get_all("Date") and len(sent.get_all("Date")) == 1
     assert sent["Return-Path"] is None
     assert sent.get_payload() == "See you at noon.\r\n"
+
+
+async def test_replies_carry_enhanced_codes_and_pipelining_is_offered(relay: tuple) -> None:
+    r, ctx = relay
+    c = await _client(r, ctx)
+    assert c.supports_extension("enhancedstatuscodes") and c.supports_extension("pipelining")
+    await c.auth_plain("frontdesk", "correct horse")
+    await c.mail("frontdesk@riverside.example")
+    for command, expected in ((b"MAIL FROM:<frontdesk@riverside.example>",
+                               (503, "5.5.1 Error: nested MAIL command")),
+                              (b"FROB", (500, '5.5.2 Error: command "FROB" not recognized')),
+                              (b"NOOP", (250, "2.0.0 OK"))):
+        code, text = await c.execute_command(command)
+        assert (code, text) == expected
+    c.close()
+
+
+async def test_a_pipelined_transaction_is_answered_in_order(
+        relay: tuple, upstream: Upstream) -> None:
+    r, ctx = relay
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port_of("submission"))
+
+    async def replies(count: int) -> list[bytes]:
+        out: list[bytes] = []
+        while len(out) < count:
+            line = await asyncio.wait_for(reader.readline(), 10)
+            if line[3:4] == b" ":
+                out.append(line.rstrip())
+        return out
+
+    await replies(1)
+    writer.write(b"EHLO client.example\r\n")
+    await replies(1)
+    writer.write(b"STARTTLS\r\n")
+    await replies(1)
+    await writer.start_tls(ctx, server_hostname="localhost")
+    login = base64.b64encode(b"\0frontdesk\0correct horse")
+    writer.write(b"EHLO client.example\r\nAUTH PLAIN " + login + b"\r\n")
+    await replies(2)
+    writer.write(b"MAIL FROM:<frontdesk@riverside.example>\r\n"
+                 b"RCPT TO:<colleague@riverside.example>\r\nDATA\r\n")  # one write (RFC 2920)
+    assert [x[:3] for x in await replies(3)] == [b"250", b"250", b"354"]
+    writer.write(message(frm="frontdesk@riverside.example") + b".\r\nQUIT\r\n")
+    assert [x[:3] for x in await replies(2)] == [b"250", b"221"]
+    writer.close()
+    assert len(upstream.messages) == 1
