@@ -248,7 +248,7 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         self.auth_failures = 0
         self._greeting = False  # EHLO/HELO replies carry no enhanced codes (RFC 2034)
 
-    async def push(self, status: str) -> None:
+    async def push(self, status: Any) -> None:  # str, or bytes from AUTH
         # ENHANCEDSTATUSCODES is advertised: aiosmtpd's own replies get one too.
         if isinstance(status, str) and not self._greeting:  # AUTH pushes bytes: untouched
             status = with_enhanced_code(status)
