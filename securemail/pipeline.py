@@ -119,7 +119,7 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
             if reply:
                 replies[d.address] = reply
 
-    outcome = _finish(verdict, digest, statuses, portal_ids, replies, tls)
+    outcome = _finish(verdict, digest, statuses, portal_ids, replies, tls, outputs)
     accepted = {r.address: r.status for r in outcome.recipients
                 if r.status in (Status.DELIVERED, Status.SEALED)}
     deferred = [r.address for r in outcome.recipients if r.status is Status.DEFERRED]
@@ -227,7 +227,7 @@ def _interrupted(relay: Relay, envelope: Envelope, verdict: Verdict, digest: str
     _note_in_ledger(relay, digest, progress.accepted, now)
     known = {**{d.address: Status.DEFERRED for d in verdict.decisions}, **statuses,
              **progress.accepted}
-    outcome = _finish(verdict, digest, known, progress.portal_ids)
+    outcome = _finish(verdict, digest, known, progress.portal_ids, outputs=outputs)
     try:
         relay.audit.record_outcome_now(envelope, outcome, config_digest=relay.settings.digest,
                                        instance_id=relay.instance_id, now=now)
@@ -300,11 +300,15 @@ def _as_given(envelope: Envelope) -> dict[str, str]:
 
 def _finish(verdict: Verdict, digest: str, statuses: dict[str, Status],
             portal_ids: dict[str, str] | None = None, replies: dict[str, str] | None = None,
-            tls: TLSInfo | None = None) -> Outcome:
+            tls: TLSInfo | None = None, outputs: Sequence[Output] = ()) -> Outcome:
     portal_ids = portal_ids or {}
     replies = replies or {}
+    # What was done, where it differs from what was decided: the portal or the
+    # recipient's other key when the preferred key failed at send time.
+    actual = {d.address: d.action for o in outputs for d in o.recipients}
     recipients = tuple(
-        RecipientOutcome(d.address, d.action, statuses.get(d.address, Status.DEFERRED),
+        RecipientOutcome(d.address, actual.get(d.address, d.action),
+                         statuses.get(d.address, Status.DEFERRED),
                          portal_ids.get(d.address), replies.get(d.address))
         for d in verdict.decisions
     )

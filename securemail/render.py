@@ -41,6 +41,18 @@ async def render_protected(relay: Relay, d: Decision, raw: bytes, verdict: Verdi
             try:
                 return Output((d,), _encrypt(relay, d, raw, now))
             except TemporaryFailure:
+                other = _other_encryption(relay, d, now)
+                if other is not None:
+                    try:
+                        encrypted = _encrypt(relay, other, raw, now)
+                    except TemporaryFailure:
+                        pass
+                    else:
+                        log.warning("encryption with the recipient's preferred key failed;"
+                                    " encrypted with their other usable key instead",
+                                    extra={"event": {"action": d.action.value,
+                                                     "instead": other.action.value}})
+                        return Output((other,), encrypted)
                 if relay.settings.policy.on_encryption_error != "portal" or relay.portal is None:
                     raise
                 log.warning("encryption failed; sending through the portal instead",
@@ -57,6 +69,25 @@ async def render_protected(relay: Relay, d: Decision, raw: bytes, verdict: Verdi
                                                      "error": type(exc).__name__}})
         raise RenderError("rendering failed") from None
     raise RenderError(f"no renderer for {d.action.value}")
+
+
+_KIND_OF = {Action.ENCRYPT_PGP: "pgp", Action.ENCRYPT_SMIME: "smime"}
+_ACTION_OF = {kind: action for action, kind in _KIND_OF.items()}
+_KIND_NAME = {"pgp": "OpenPGP", "smime": "S/MIME"}
+
+
+def _other_encryption(relay: Relay, d: Decision, now: dt.datetime) -> Decision | None:
+    """The same decision with the recipient's other usable kind of key (in the
+    practice's preference order), when the preferred one failed at send time."""
+    usable = relay.keyring.usable_kinds(d.address, now)
+    for kind in relay.settings.policy.encryption_preference:
+        if kind != _KIND_OF[d.action] and kind in usable:
+            rules = tuple(r for r in d.rules if not r.startswith("protected-"))
+            reason = (f"protected content; the recipient's {_KIND_NAME[_KIND_OF[d.action]]}"
+                      f" key could not be used, their {_KIND_NAME[kind]} key was")
+            return Decision(d.address, d.source, d.role, _ACTION_OF[kind],
+                            (*rules, f"protected-{kind}"), reason)
+    return None
 
 
 def _encrypt(relay: Relay, d: Decision, raw: bytes, now: dt.datetime) -> bytes:
