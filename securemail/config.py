@@ -146,6 +146,9 @@ class PortalSettings:
     notify_from: str = ""  # envelope/header From of notifications; default: envelope sender
     code_channel: str = "email"
     session_minutes: int = 15
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (the TLS proxy):
+    # addresses or CIDR networks. Anyone else's are ignored.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -348,7 +351,27 @@ def _portal(t: Table) -> PortalSettings:
         notify_from=_notify_from(t),
         code_channel=t.choice("code_channel", ("email", "webhook"), "email"),
         session_minutes=t.positive("session_minutes", PortalSettings.session_minutes),
+        forwarded_allow_ips=_forwarded_allow_ips(t),
     )
+
+
+def _forwarded_allow_ips(t: Table) -> tuple[str, ...]:
+    """Addresses or networks of the reverse proxy, normalised for uvicorn (which
+    would silently ignore a malformed entry, e.g. a network with host bits set)."""
+    out = []
+    for i, item in enumerate(t.strings("forwarded_allow_ips",
+                                       PortalSettings.forwarded_allow_ips)):
+        try:
+            if "/" in item:
+                out.append(str(ipaddress.ip_network(item.strip())))
+            else:
+                out.append(str(ipaddress.ip_address(item.strip())))
+        except ValueError as exc:
+            hint = ("; give the network address (host bits must be zero)"
+                    if "has host bits set" in str(exc) else "")
+            raise t.error(f"forwarded_allow_ips[{i}]",
+                          f'not an IP address or CIDR network: "{item}"{hint}') from None
+    return tuple(out)
 
 
 def _dkim(t: Table) -> DkimSettings:

@@ -182,7 +182,10 @@ async def _start_portal(services: Services) -> None:
     host, port = split_host_port(settings.portal.listen)
     # log_config=None: keep our JSON handler instead of uvicorn's own formatters.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
-                            log_config=None, proxy_headers=True, server_header=False)
+                            log_config=None, proxy_headers=True, server_header=False,
+                            # Only the configured proxy may say who the client is
+                            # (the rate limit keys on it); not FORWARDED_ALLOW_IPS.
+                            forwarded_allow_ips=list(settings.portal.forwarded_allow_ips))
     server = _EmbeddedUvicorn(config)
     services.portal_server = server
     services.portal_task = asyncio.create_task(server.serve())

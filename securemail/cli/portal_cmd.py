@@ -54,7 +54,8 @@ def list_cmd(as_json: bool, config_path: str) -> None:
         "id": r.id, "kind": r.kind, "parent_id": r.parent_id, "status": r.state(now),
         "sender": r.sender, "recipient": r.recipient, "created": _iso(r.created),
         "expires": _iso(r.expires), "opened": _iso(r.opened), "revoked": _iso(r.revoked),
-        "purged": _iso(r.purged), "failed_codes": r.failed_codes, "size": r.size,
+        "purged": _iso(r.purged), "locked": _iso(r.locked), "failed_codes": r.failed_codes,
+        "attachments": r.attachments, "size": r.size,
     } for r in rows]
     if as_json:
         click.echo(json.dumps(items, indent=2))
@@ -62,10 +63,12 @@ def list_cmd(as_json: bool, config_path: str) -> None:
     if not items:
         click.echo("No sealed messages.")
         return
-    click.echo(f"{'ID':<26} {'STATUS':<8} {'CREATED':<20} {'EXPIRES':<20} SENDER -> RECIPIENT")
+    click.echo(f"{'ID':<26} {'STATUS':<8} {'CREATED':<20} {'EXPIRES':<20} {'OPENED':<20} "
+               "SENDER -> RECIPIENT")
     for i in items:
+        # OPENED: when the recipient first decrypted it, "-" if never.
         click.echo(f"{i['id']:<26} {i['status']:<8} {i['created']:<20} {i['expires']:<20} "
-                   f"{i['sender']} -> {i['recipient']}")
+                   f"{i['opened'] or '-':<20} {i['sender']} -> {i['recipient']}")
 
 
 @portal_group.command("revoke")

@@ -6,8 +6,11 @@ from the URL fragment (which the server never receives).
 
 Rules that keep it safe: a GET never sends, burns or consumes anything (mail
 scanners prefetch links); every POST carries a CSRF token bound to a
-``__Host-`` browser cookie; cookies are ``Secure; HttpOnly; SameSite=Strict``;
-every response has a strict CSP, ``no-store`` and ``no-referrer``.
+``__Host-`` browser cookie; cookies are ``Secure; HttpOnly``, the session
+cookies (one per message) ``SameSite=Strict``, the browser cookie, which only
+binds CSRF tokens and opens nothing, ``SameSite=Lax`` (so clicking the email
+link again keeps it, and the open tab's token stays valid); every response
+has a strict CSP, ``no-store`` and ``no-referrer``.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ import secrets
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -39,7 +43,7 @@ from securemail.portal.service import PortalDenied, PortalService
 __all__ = ["create_app"]
 
 BROWSER_COOKIE = "__Host-sm_browser"
-SESSION_COOKIE = "__Host-sm_session"
+SESSION_COOKIE = "__Host-sm_session"  # + "-" + message id: one session per message
 MAX_ATTACHMENT = 10 * 1024 * 1024
 MAX_REPLY_TEXT = 100_000
 CLIENT_POSTS = 30  # per client address per window (all POSTs together)
@@ -59,7 +63,7 @@ STATUS_CODE = {"missing": 404, "expired": 410, "revoked": 410, "purged": 410, "l
                "rate-limited": 429, "wrong-code": 400, "stale-code": 400, "no-session": 401,
                "csrf": 403,
                "delivery-failed": 503, "too-large": 413, "bad-request": 400,
-               "undeliverable": 422, "no-reply": 409}
+               "undeliverable": 422, "no-reply": 409, "reply-too-long": 413}
 
 _pages = Environment(loader=PackageLoader("securemail.portal", "templates"),
                      autoescape=select_autoescape(default=True))
@@ -159,6 +163,16 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def session_cookie(portal_id: str) -> str:
+    """The session cookie's name for one message: several messages can be open
+    in one browser at once (ids are cookie-name safe: ``[A-Za-z0-9_-]``)."""
+    return f"{SESSION_COOKIE}-{portal_id}"
+
+
+def _seconds(delta: timedelta) -> int:
+    return max(0, int(delta.total_seconds()))
+
+
 def _mask(address: str) -> str:
     local, _, domain = address.partition("@")
     return f"{local[:1]}{'•' * 3}@{domain}"
@@ -184,12 +198,20 @@ def create_app(service: PortalService, *,
             body["remaining"] = remaining
         return JSONResponse(body, status_code=STATUS_CODE.get(reason, 400))
 
-    def set_cookie(resp: Response, name: str, value: str, max_age: int | None) -> None:
+    def set_cookie(resp: Response, name: str, value: str, max_age: int | None, *,
+                   samesite: Literal["lax", "strict"] = "strict") -> None:
         resp.set_cookie(name, value, max_age=max_age, path="/", secure=True, httponly=True,
-                        samesite="strict")
+                        samesite=samesite)
+
+    def token_of(request: Request, portal_id: str) -> str | None:
+        return request.cookies.get(session_cookie(portal_id))
 
     def csrf_token(browser: str, portal_id: str) -> str:
         return service.secret.mac("csrf", browser, portal_id)
+
+    def too_long() -> JSONResponse:
+        return JSONResponse({"error": "reply-too-long", "max": MAX_REPLY_TEXT},
+                            status_code=STATUS_CODE["reply-too-long"])
 
     def refused(reason: str) -> JSONResponse:
         # The body may not have been read: close the connection rather than let
@@ -234,6 +256,13 @@ def create_app(service: PortalService, *,
                         fields[key] = value
         except _BodyTooLarge:
             return refused("too-large")
+        except HTTPException as exc:
+            # A text field past max_part_size: only a reply's text can be that long.
+            if "maximum size" in str(exc.detail):
+                resp = too_long()
+                resp.headers["connection"] = "close"  # the rest was not read
+                return resp
+            return refused("bad-request")
         token = fields.get("csrf")
         if header_token is None and not (isinstance(token, str) and service.secret.verify(
                 token, "csrf", browser, portal_id)):
@@ -256,8 +285,10 @@ def create_app(service: PortalService, *,
             browser = secrets.token_urlsafe(32)
         resp = page("landing.html", portal_id=portal_id, csrf=csrf_token(browser, portal_id),
                     masked=_mask(row.recipient), expires=row.expires.strftime("%d %B %Y"),
-                    can_reply=bool(row.reply_address))
-        set_cookie(resp, BROWSER_COOKIE, browser, None)
+                    can_reply=bool(row.reply_address), max_reply=MAX_REPLY_TEXT)
+        # Lax: a click on the email link (a cross-site navigation) must send it
+        # back, or a new one would void the CSRF token of a tab already open.
+        set_cookie(resp, BROWSER_COOKIE, browser, None, samesite="lax")
         return resp
 
     async def send_code(request: Request) -> Response:
@@ -283,22 +314,40 @@ def create_app(service: PortalService, *,
             if exc.stale:
                 return denied("stale-code")
             return denied(exc.reason, exc.remaining)
+        # The page asks POST /m/{id}/session when the session ends (keep_alive).
         resp = JSONResponse({"ok": True})
-        set_cookie(resp, SESSION_COOKIE, token, settings.portal.session_minutes * 60)
+        absolute = service.session_limits()[1]
+        # The cookie may outlive the session's idle end: the server decides when
+        # the session ends (sliding), never later than the absolute cap.
+        set_cookie(resp, session_cookie(checked[0]), token, _seconds(absolute))
         return resp
+
+    async def keep_alive(request: Request) -> Response:
+        checked = await guard(request)
+        if isinstance(checked, Response):
+            return checked
+        try:
+            ends, final = service.keep_alive(checked[0], token_of(request, checked[0]),
+                                             now=now())
+        except PortalDenied as exc:
+            return denied(exc.reason)
+        return JSONResponse({"ok": True, "expires_in": _seconds(ends - now()), "final": final,
+                             "max_minutes": _seconds(service.session_limits()[1]) // 60})
 
     async def sealed(request: Request) -> Response:
         portal_id = request.path_params["id"]
         if not _ID.fullmatch(portal_id):
             return denied("missing")
         try:
-            row, blob = service.ciphertext(portal_id, request.cookies.get(SESSION_COOKIE),
+            row, blob = service.ciphertext(portal_id, token_of(request, portal_id),
                                            now=now())
         except PortalDenied as exc:
             return denied(exc.reason)
         # The browser needs these to rebuild the associated data (see crypto/seal.py).
+        # sealed_at: shown when the message itself has no Date.
         return JSONResponse({"ciphertext": base64.b64encode(blob).decode("ascii"),
-                             "message_id": row.message_id, "recipient": row.recipient})
+                             "message_id": row.message_id, "recipient": row.recipient,
+                             "sealed_at": row.created.isoformat()})
 
     async def downloaded(request: Request) -> Response:
         checked = await guard(request)
@@ -309,7 +358,7 @@ def create_app(service: PortalService, *,
             if not isinstance(raw_index, str) or not re.fullmatch(r"[0-9]{1,6}", raw_index):
                 raise ValueError("index")
             index = int(raw_index)
-            service.record_download(checked[0], request.cookies.get(SESSION_COOKIE),
+            service.record_download(checked[0], token_of(request, checked[0]),
                                     index=index, now=now())
         except ValueError:
             return denied("bad-request")
@@ -325,8 +374,10 @@ def create_app(service: PortalService, *,
         body, subject = fields.get("body", ""), fields.get("subject", "")
         if not isinstance(body, str) or not isinstance(subject, str):
             return denied("bad-request")
-        if len(body) > MAX_REPLY_TEXT:
-            return denied("too-large")
+        # Counted as the page counts it: a line break is one character (a form
+        # sends each as CRLF).
+        if len(body.replace("\r\n", "\n")) > MAX_REPLY_TEXT:
+            return too_long()
         attachment = None
         upload = fields.get("attachment")
         if isinstance(upload, tuple):
@@ -338,7 +389,7 @@ def create_app(service: PortalService, *,
         if not body.strip() and attachment is None:
             return denied("bad-request")
         try:
-            await service.reply(portal_id, request.cookies.get(SESSION_COOKIE), subject=subject,
+            await service.reply(portal_id, token_of(request, portal_id), subject=subject,
                                 body=body, attachment=attachment, now=now(),
                                 reply_sender=reply_sender)
         except PortalDenied as exc:
@@ -350,6 +401,7 @@ def create_app(service: PortalService, *,
         Route("/m/{id}", landing),
         Route("/m/{id}/code", send_code, methods=["POST"]),
         Route("/m/{id}/verify", verify, methods=["POST"]),
+        Route("/m/{id}/session", keep_alive, methods=["POST"]),
         Route("/m/{id}/sealed", sealed),
         Route("/m/{id}/downloaded", downloaded, methods=["POST"]),
         Route("/m/{id}/reply", reply, methods=["POST"]),

@@ -4,7 +4,7 @@ The sealed plaintext is UTF-8 JSON, built by the server from the original
 MIME *before* sealing, so the browser never has to parse MIME::
 
     {"v": 1,
-     "subject": str, "from": str, "to": str, "date": str,   # display only
+     "subject": str, "from": str, "to": str, "cc": str, "date": str,  # display only
      "text": str | null,          # first text/plain body (older readers)
      "html": str | null,          # first text/html body (older readers)
      "parts": [{"type": "text/plain" | "text/html", "content": str}],
@@ -13,7 +13,10 @@ MIME *before* sealing, so the browser never has to parse MIME::
 
 Every inline text/plain or text/html part is a body part (one version of
 each ``multipart/alternative`` group); every other leaf part (and each
-attached ``message/rfc822``, as ``.eml``) is an attachment.
+attached ``message/rfc822``, as ``.eml``) is an attachment, except images an
+HTML part refers to as ``cid:``: those are written into that part as
+``data:`` URLs (bounded in size) and not listed. ``html`` (for older
+readers) is left as the message has it.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
-from email import policy
+from email import errors, policy
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import format_datetime, make_msgid
 from typing import Any
+from urllib.parse import unquote
 
 from securemail.directory import AddressError
 from securemail.parse import parse_address_list, utf8_header
@@ -187,6 +191,72 @@ def _shown(part: Message, bodies: list[Message], files: list[Message]) -> None:
     (bodies if _is_body(part) else files).append(part)
 
 
+def _shown_addresses(msg: Message, name: str) -> str:
+    """An address field as a mail program shows it: ``Name <addr>, addr``
+    (decoded, display names unquoted); the raw text if it does not parse."""
+    value = msg.get(name, "")
+    try:
+        addresses = getattr(value, "addresses", None)
+        defects = [d for d in getattr(value, "defects", ())
+                   if not isinstance(d, errors.ObsoleteHeaderDefect)]  # "Dr. Rivera" is fine
+        if addresses and not defects:
+            return ", ".join(f"{a.display_name} <{a.addr_spec}>" if a.display_name
+                             else a.addr_spec for a in addresses)
+    except (ValueError, LookupError, AttributeError, IndexError):
+        pass
+    return str(value)
+
+
+MAX_INLINE_IMAGES = 5 * 1024 * 1024  # bytes of images written into one message's HTML
+_CID_REF = re.compile(r"(?<![\w.-])cid:([^\s\"'<>)]+)", re.IGNORECASE)
+
+
+def _content_id(part: Message) -> str:
+    value = str(part.get("Content-ID", "") or "").strip()
+    return value[1:-1].strip() if value.startswith("<") and value.endswith(">") else value
+
+
+def _inline_cid_images(parts: list[dict[str, str]], files: list[Message]) -> list[Message]:
+    """Write the images an HTML body refers to as ``cid:`` (RFC 2392, e.g. a
+    logo in a ``multipart/related``) into it as ``data:`` URLs, which the
+    sandboxed frame may show; returns the parts used, which are then not listed
+    as attachments. At most ``MAX_INLINE_IMAGES`` bytes in all: an image past
+    that stays an attachment (and its reference shows nothing, as before)."""
+    by_cid: dict[str, Message] = {}
+    for part in files:
+        cid = _content_id(part)
+        if cid and part.get_content_maintype() == "image" and not part.is_multipart():
+            by_cid.setdefault(cid, part)
+            by_cid.setdefault(cid.lower(), part)
+    if not by_cid:
+        return []
+    used: list[Message] = []
+    urls: dict[int, str] = {}
+    budget = MAX_INLINE_IMAGES
+
+    def data_url(match: re.Match[str]) -> str:
+        nonlocal budget
+        cid = unquote(match.group(1))
+        part = by_cid.get(cid) or by_cid.get(cid.lower())
+        if part is None:
+            return match.group(0)
+        if id(part) not in urls:
+            payload = part.get_payload(decode=True)
+            data = payload if isinstance(payload, bytes) else b""
+            if len(data) > budget:
+                return match.group(0)
+            budget -= len(data)
+            ctype = re.sub(r"[^\w.+/-]", "", part.get_content_type())
+            urls[id(part)] = f"data:{ctype};base64,{base64.b64encode(data).decode('ascii')}"
+            used.append(part)
+        return urls[id(part)]
+
+    for body in parts:
+        if body["type"] == "text/html":
+            body["content"] = _CID_REF.sub(data_url, body["content"])
+    return used
+
+
 def sealed_plaintext(raw: bytes) -> bytes:
     """The JSON document described in the module docstring, as UTF-8 bytes."""
     return sealed_document(raw)[0]
@@ -199,6 +269,8 @@ def sealed_document(raw: bytes) -> tuple[bytes, int]:
     files: list[Message] = []
     _shown(msg, bodies, files)
     parts = [{"type": p.get_content_type(), "content": _text_of(p)} for p in bodies]
+    inlined = _inline_cid_images(parts, files)
+    files = [f for f in files if not any(f is used for used in inlined)]
     text_part = msg.get_body(preferencelist=("plain",))
     html_part = msg.get_body(preferencelist=("html",))
     attachments: list[dict[str, object]] = []
@@ -221,8 +293,9 @@ def sealed_document(raw: bytes) -> tuple[bytes, int]:
     doc = {
         "v": FORMAT_VERSION,
         "subject": str(msg.get("Subject", "")),
-        "from": str(msg.get("From", "")),
-        "to": str(msg.get("To", "")),
+        "from": _shown_addresses(msg, "From"),
+        "to": _shown_addresses(msg, "To"),
+        "cc": _shown_addresses(msg, "Cc"),
         "date": str(msg.get("Date", "")),
         # For readers of the first format: the first plain and html bodies.
         "text": _text_of(text_part) if text_part is not None else None,

@@ -31,13 +31,14 @@ from securemail.portal.secret import PortalSecret, load_or_create_secret
 from securemail.portal.store import PortalRow, PortalStore
 from securemail.transport import Transport
 
-__all__ = ["MAX_FAILED_CODES", "PortalDenied", "PortalService", "Sealed"]
+__all__ = ["MAX_FAILED_CODES", "SESSION_MAX_MINUTES", "PortalDenied", "PortalService", "Sealed"]
 
 MAX_FAILED_CODES = 5
 MAX_UNKNOWN_ATTACHMENTS = 1000
 STALE_CODES = 10  # how many earlier codes may get "expired" rather than "wrong"
 STALE_CODE_WINDOW = timedelta(hours=24)
 CODES_PER_HOUR = 5  # per message: stops the portal being used to spam a mailbox
+SESSION_MAX_MINUTES = 60  # absolute session cap, however active (or session_minutes if longer)
 
 ReplySender = Callable[[bytes, str, str], Awaitable[None]]
 
@@ -251,7 +252,7 @@ class PortalService:
         self.store.reset_failures(portal_id)
         token = secrets.token_urlsafe(32)
         self.store.add_session(self.secret.mac("session", token), portal_id, now,
-                               now + timedelta(minutes=self.settings.portal.session_minutes))
+                               now + self.session_limits()[0])
         return token
 
     def _stale(self, portal_id: str, code: str, now: datetime) -> bool:
@@ -263,11 +264,39 @@ class PortalService:
 
     def session(self, portal_id: str, token: str | None, *, now: datetime) -> PortalRow:
         """The message a valid session token opens; else ``PortalDenied``."""
+        return self._session(portal_id, token, now, extend=False)[0]
+
+    def keep_alive(self, portal_id: str, token: str | None, *,
+                   now: datetime) -> tuple[datetime, bool]:
+        """Extend a live session on activity (the page reports the reader's
+        typing, clicks and scrolling): it then ends ``session_minutes`` from
+        ``now``, but never later than the absolute cap after its code was
+        entered. Returns ``(ends, final)``; ``final``: the cap is reached."""
+        _, ends, final = self._session(portal_id, token, now, extend=True)
+        return ends, final
+
+    def session_limits(self) -> tuple[timedelta, timedelta]:
+        """``(idle, absolute)``: a session ends after ``idle`` without activity,
+        and ``absolute`` after its code was entered, whatever the activity."""
+        idle = timedelta(minutes=self.settings.portal.session_minutes)
+        return idle, max(idle, timedelta(minutes=SESSION_MAX_MINUTES))
+
+    def _session(self, portal_id: str, token: str | None, now: datetime, *,
+                 extend: bool) -> tuple[PortalRow, datetime, bool]:
         row = self._active(portal_id, now)
-        bound = self.store.session_for(self.secret.mac("session", token), now) if token else None
-        if bound is None or not secrets.compare_digest(bound, portal_id):
+        token_hash = self.secret.mac("session", token) if token else ""
+        bound = self.store.session_for(token_hash, now) if token else None
+        if bound is None or not secrets.compare_digest(bound[0], portal_id):
             raise PortalDenied("no-session")
-        return row
+        _, created, ends = bound
+        idle, absolute = self.session_limits()
+        # Sliding expiry: activity moves the end on, never past the absolute cap.
+        limit = created + absolute
+        wanted = min(now + idle, limit)
+        if extend and wanted > ends:
+            self.store.extend_session(token_hash, now, wanted)
+            ends = wanted
+        return row, ends, ends >= limit
 
     # ----------------------------------------------------------- reading
 

@@ -348,8 +348,22 @@ class PortalStore:
             c.execute("INSERT INTO portal_sessions (token_hash, portal_id, created, expires) "
                       "VALUES (?,?,?,?)", (token_hash, id, ts(now), ts(expires)))
 
-    def session_for(self, token_hash: str, now: datetime) -> str | None:
+    def session_for(self, token_hash: str, now: datetime) -> tuple[str, datetime,
+                                                                   datetime] | None:
+        """``(portal_id, created, expires)`` of a live session, else None."""
         with self._tx() as c:
-            r = c.execute("SELECT portal_id FROM portal_sessions WHERE token_hash = ? "
-                          "AND expires > ?", (token_hash, ts(now))).fetchone()
-        return str(r[0]) if r else None
+            r = c.execute("SELECT portal_id, created, expires FROM portal_sessions "
+                          "WHERE token_hash = ? AND expires > ?",
+                          (token_hash, ts(now))).fetchone()
+        if not r:
+            return None
+        created, expires = _dt(str(r[1])), _dt(str(r[2]))
+        assert created is not None and expires is not None
+        return str(r[0]), created, expires
+
+    def extend_session(self, token_hash: str, now: datetime, expires: datetime) -> None:
+        """Move a live session's end to ``expires`` (never earlier, never revive one)."""
+        with self._tx() as c:
+            c.execute("UPDATE portal_sessions SET expires = ? WHERE token_hash = ? "
+                      "AND expires > ? AND expires < ?",
+                      (ts(expires), token_hash, ts(now), ts(expires)))

@@ -212,7 +212,7 @@ def test_wrong_key_in_link_shows_nothing(portal: Portal, page: Any) -> None:
 
 
 def test_security_headers_and_cookies_in_the_browser(portal: Portal, page: Any) -> None:
-    _, link = portal.seal_and_notify(original())
+    sealed, link = portal.seal_and_notify(original())
     response = page.goto(link)
     headers = response.headers
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
@@ -222,8 +222,8 @@ def test_security_headers_and_cookies_in_the_browser(portal: Portal, page: Any) 
     cookies = {c["name"]: c for c in page.context.cookies()}
     browser_cookie = cookies["__Host-sm_browser"]
     assert browser_cookie["secure"] and browser_cookie["httpOnly"]
-    assert browser_cookie["sameSite"] == "Strict"
+    assert browser_cookie["sameSite"] == "Lax"  # binds CSRF tokens only
     request_and_enter_code(portal, page)
     page.locator("#m-text").wait_for(state="visible")
-    session = {c["name"]: c for c in page.context.cookies()}["__Host-sm_session"]
+    session = {c["name"]: c for c in page.context.cookies()}[f"__Host-sm_session-{sealed.id}"]
     assert session["secure"] and session["httpOnly"] and session["sameSite"] == "Strict"

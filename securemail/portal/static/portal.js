@@ -8,10 +8,14 @@
   if (!root) return;
   const id = root.dataset.id;
   const csrf = root.dataset.csrf;
+  const maxReply = parseInt(root.dataset.maxReply, 10) || 100000;
   const $ = (sel) => document.getElementById(sel);
   const steps = ["step-start", "step-code", "step-message", "step-reply", "step-nokey",
                  "step-broken", "step-locked", "step-gone"];
   let subject = "";
+  const draftKey = "securemail-draft:" + id;  // sessionStorage: never leaves this tab
+  const WARN_BEFORE = 2 * 60 * 1000;  // warn this long before the session ends
+  const TOUCH_EVERY = 2 * 60 * 1000;  // report activity to the server at most this often
 
   function show(...names) {
     for (const s of steps) $(s).hidden = !names.includes(s);
@@ -59,17 +63,20 @@
     "rate-limited": "Too many requests. Please wait a few minutes and try again.",
     "delivery-failed": "We could not send that just now. Please try again in a minute.",
     "csrf": "This page is out of date. Please reload it.",
-    "no-session": "Your session has ended. Please reload the page and ask for a new code.",
+    "no-session": "Your session has ended. Please ask for a new code to continue.",
     "too-large": "That is too large to send here (the limit is 10 MB).",
     "bad-request": "Please check what you entered and try again.",
     "undeliverable": "Your reply could not be delivered, and trying again will not help. " +
       "Please contact the practice another way, for example by phone.",
+    "reply-too-long": "Your reply is too long (" + maxReply.toLocaleString("en") +
+      " characters max). Please shorten it, or send the rest as an attached file.",
     "no-reply": "This message cannot be answered here. Please contact the practice another way.",
     "stale-code": "This code has expired, or a newer code was sent. Please use the newest code, " +
       "or ask for a new one.",
   };
   function failure(res, el) {
     const err = res.data.error;
+    if (err === "no-session") { sessionEnded(); return; }
     if (err === "locked") { show("step-locked"); return; }
     if (["expired", "revoked", "purged", "missing"].includes(err)) { show("step-gone"); return; }
     say(el, messages[err] || "Something went wrong. Please try again.");
@@ -99,7 +106,7 @@
     const res = await post("verify", { code: $("code").value });
     $("open").disabled = false;
     say($("code-note"), "");
-    if (res.ok) { await openMessage(); return; }
+    if (res.ok) { sessionEnd = 0; await openMessage(); return; }
     if (res.data.error === "wrong-code") {
       const n = res.data.remaining;
       say($("code-error"), "That code is not right. " + n + (n === 1 ? " try" : " tries") + " left.");
@@ -135,16 +142,124 @@
       show("step-broken");
       return;
     }
-    render(doc);
+    render(doc, sealed.sealed_at);
+    if (!sessionEnd) touch();  // back within a live session: learn when it ends
   }
 
-  function render(doc) {
+  // ---- Session: extended on activity, a warning before it ends, drafts kept.
+  let sessionEnd = 0, sessionFinal = false, maxMinutes = 60, lastTouch = 0;
+  let warnTimer = 0, endTimer = 0;
+  function sessionFrom(data) {
+    if (typeof data.expires_in !== "number") return;
+    sessionEnd = Date.now() + data.expires_in * 1000;
+    sessionFinal = !!data.final;
+    if (typeof data.max_minutes === "number") maxMinutes = data.max_minutes;
+    lastTouch = Date.now();
+    root.dataset.sessionEnd = new Date(sessionEnd).toISOString();  // for tests and styles
+    clearTimeout(warnTimer);
+    clearTimeout(endTimer);
+    $("session-warning").hidden = true;
+    warnTimer = setTimeout(sessionWarning, Math.max(0, sessionEnd - WARN_BEFORE - Date.now()));
+    endTimer = setTimeout(sessionEnded, Math.max(0, sessionEnd - Date.now()));
+  }
+  async function touch() {
+    lastTouch = Date.now();
+    const res = await post("session");
+    if (res.ok) sessionFrom(res.data);
+    else if (res.data.error === "no-session") sessionEnded();
+  }
+  function activity() {
+    if (sessionEnd && !sessionFinal && Date.now() - lastTouch >= TOUCH_EVERY) touch();
+  }
+  for (const kind of ["keydown", "pointerdown", "scroll", "input"]) {
+    document.addEventListener(kind, activity, { passive: true, capture: true });
+  }
+  function sessionWarning() {
+    if (!sessionEnd) return;
+    const minutes = Math.max(1, Math.round((sessionEnd - Date.now()) / 60000));
+    const when = minutes === 1 ? "in about a minute" : "in about " + minutes + " minutes";
+    let text = "For your privacy, your session ends " + when + ".";
+    if (sessionFinal) {
+      text += " A session lasts at most " + maxMinutes + " minutes; after that, ask for a new " +
+        "code. Your unsent reply is kept in this tab.";
+    }
+    say($("session-warning-text"), text);
+    $("stay").hidden = sessionFinal;
+    $("session-warning").hidden = false;
+  }
+  function sessionEnded() {
+    clearTimeout(warnTimer);
+    clearTimeout(endTimer);
+    sessionEnd = 0;
+    delete root.dataset.sessionEnd;
+    $("session-warning").hidden = true;
+    clearMessage();
+    show("step-start");
+    let note = "Your session has ended, for your privacy. Please ask for a new code to continue.";
+    if (loadDraft()) note += " Your unsent reply is kept in this tab.";
+    say($("start-note"), note);
+  }
+  $("stay").addEventListener("click", () => touch());
+
+  function loadDraft() {
+    try { return sessionStorage.getItem(draftKey) || ""; } catch (e) { return ""; }
+  }
+  function saveDraft(text) {
+    try {
+      if (text) sessionStorage.setItem(draftKey, text); else sessionStorage.removeItem(draftKey);
+    } catch (e) { /* storage full or off: the draft stays in the page only */ }
+  }
+  if ($("reply-body")) $("reply-body").addEventListener("input", () => {
+    const text = $("reply-body").value;
+    saveDraft(text);
+    // maxlength stops typing at the limit (and cuts a paste): say why.
+    if (text.length >= maxReply) say($("reply-error"), messages["reply-too-long"]);
+    else if ($("reply-error").textContent === messages["reply-too-long"]) say($("reply-error"), "");
+  });
+
+  // The decrypted content leaves the page when the session ends.
+  function clearMessage() {
+    for (const el of Array.from(document.querySelectorAll(".body-part"))) {
+      if (el.id === "m-text" || el.id === "m-html") {
+        el.hidden = true;
+        el.classList.remove("body-part");
+        if (el.id === "m-text") el.textContent = ""; else el.removeAttribute("srcdoc");
+      } else el.remove();
+    }
+    $("m-files").textContent = "";
+    for (const f of ["m-subject", "m-from", "m-to", "m-cc", "m-date"]) if ($(f)) $(f).textContent = "";
+  }
+
+  function render(doc, sealedAt) {
+    clearMessage();
+    say($("start-note"), "");
+    const draft = loadDraft();  // typed before the session ended, or before a reload
+    if (draft && $("reply-body")) $("reply-body").value = draft;
     subject = doc.subject || "";
     $("m-subject").textContent = subject || "(no subject)";
-    $("m-from").textContent = doc.from || "";
+    // The header fields a mail program shows; a row without a value is left out
+    // (documents sealed before "cc" was kept have none).
+    for (const [field, el] of [["from", "m-from"], ["to", "m-to"], ["cc", "m-cc"]]) {
+      const value = typeof doc[field] === "string" ? doc[field].trim() : "";
+      $(el).textContent = value;
+      $(el + "-row").hidden = !value;
+    }
+    const long = { dateStyle: "long", timeStyle: "short" };
     const when = new Date(doc.date || "");
-    $("m-date").textContent = isNaN(when) ? (doc.date || "") :
-      when.toLocaleString(undefined, { dateStyle: "long", timeStyle: "short" });
+    const sealedWhen = new Date(sealedAt || "");
+    if (!isNaN(when)) {
+      $("m-date-label").textContent = "Date";
+      $("m-date").textContent = when.toLocaleString(undefined, long);
+    } else if ((doc.date || "").trim()) {
+      $("m-date-label").textContent = "Date";
+      $("m-date").textContent = doc.date.trim();
+    } else if (!isNaN(sealedWhen)) {
+      // No Date in the message: when the practice sent it to the portal instead.
+      $("m-date-label").textContent = "Sealed";
+      $("m-date").textContent = sealedWhen.toLocaleString(undefined, long) +
+        " (the message has no date; this is when it was sealed for you)";
+    }
+    $("m-date-row").hidden = !$("m-date").textContent;
     // Every body part, in order. Older documents have only "text" and "html".
     const parts = Array.isArray(doc.parts) ? doc.parts :
       (doc.html ? [{ type: "text/html", content: doc.html }]
@@ -220,6 +335,7 @@
     const file = $("reply-file").files[0];
     if (file) fields.attachment = file;
     if (!fields.body.trim() && !file) { say($("reply-error"), "Please write a message or attach a file."); return; }
+    if (fields.body.length > maxReply) { say($("reply-error"), messages["reply-too-long"]); return; }
     // The server stops reading past the limit (and drops the connection), so say it here.
     if (file && file.size > 10 * 1024 * 1024) { say($("reply-error"), messages["too-large"]); return; }
     $("reply-send").disabled = true;
@@ -228,6 +344,7 @@
     if (res.ok) {
       $("reply-ok").hidden = false;
       $("reply-body").value = "";
+      saveDraft("");
       $("reply-file").value = "";
     } else failure(res, $("reply-error"));
   });
