@@ -108,16 +108,18 @@ def _encrypt(relay: Relay, d: Decision, raw: bytes, now: dt.datetime) -> bytes:
 
 async def _portal(relay: Relay, d: Decision, raw: bytes, verdict: Verdict, envelope: Envelope,
                   now: dt.datetime) -> Output:
-    from securemail.portal.content import original_addresses
+    from securemail.portal.content import original_reply
 
     # The notice names the author (From), and the client's reply goes to the
     # original's Reply-To/From: the envelope sender may be a VERP bounce address
-    # or empty (MAIL FROM:<>, e.g. an auto-reply).
-    author, reply_to = original_addresses(raw, envelope.mail_from)
+    # or empty (MAIL FROM:<>, e.g. an auto-reply). The audit keeps the envelope
+    # sender (mail_from), as the message's own record does.
+    author, reply_to, reply_name = original_reply(raw, envelope.mail_from)
     # Durable before the notice can leave: a link must never point at nothing.
     sealed = await relay.portal.seal_async(raw, message_id=verdict.message_id,
                                            sender=author, recipient=d.address, now=now,
-                                           reply_to=reply_to)
+                                           reply_to=reply_to, reply_name=reply_name,
+                                           mail_from=envelope.mail_from)
     try:
         notice = relay.portal.notification(sealed, sender=author, recipient=d.address, now=now)
     except BaseException:

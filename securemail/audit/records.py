@@ -47,6 +47,7 @@ EVENT_FIELDS = frozenset({
     "message_id",       # Message-ID header value
     "message_sha256",   # SHA-256 of the raw message
     "recipient",        # the address the event concerns
+    "reply_to",         # replied: where the client's portal reply was sent
     "address",          # an address named by an admin event (key owner, client address)
     "mail_from",
     "sender",

@@ -220,8 +220,10 @@ def create_app(service: PortalService, *,
         resp.headers["connection"] = "close"
         return resp
 
-    async def guard(request: Request) -> tuple[str, dict[str, Any]] | JSONResponse:
-        """Common checks for every POST: id shape, client rate, CSRF, message state,
+    async def guard(request: Request, *,
+                    replying: bool = False) -> tuple[str, dict[str, Any]] | JSONResponse:
+        """Common checks for every POST: id shape, client rate, CSRF (the
+        ``X-CSRF-Token`` header, which the page always sends), message state,
         then the form fields. Everything that needs no body is checked before a
         byte of it is read, and the body is counted as it streams in."""
         portal_id = request.path_params["id"]
@@ -232,14 +234,16 @@ def create_app(service: PortalService, *,
         browser = request.cookies.get(BROWSER_COOKIE, "")
         if not _COOKIE_VALUE.fullmatch(browser):
             return refused("csrf")
-        header_token = request.headers.get(CSRF_HEADER)
-        if header_token is not None and not service.secret.verify(header_token, "csrf",
-                                                                  browser, portal_id):
+        header_token = request.headers.get(CSRF_HEADER, "")
+        if not service.secret.verify(header_token, "csrf", browser, portal_id):
             return refused("csrf")
         try:
             service.check(portal_id, now())
         except PortalDenied as exc:
             return refused(exc.reason)
+        if replying and reply_sender is None:
+            # No pipeline to send a reply through: none is sent any other way.
+            return refused("no-reply")
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > MAX_BODY:
             return refused("too-large")
@@ -263,10 +267,6 @@ def create_app(service: PortalService, *,
                 resp.headers["connection"] = "close"  # the rest was not read
                 return resp
             return refused("bad-request")
-        token = fields.get("csrf")
-        if header_token is None and not (isinstance(token, str) and service.secret.verify(
-                token, "csrf", browser, portal_id)):
-            return denied("csrf")
         return portal_id, fields
 
     async def index(request: Request) -> Response:
@@ -283,9 +283,14 @@ def create_app(service: PortalService, *,
         browser = request.cookies.get(BROWSER_COOKIE, "")
         if not _COOKIE_VALUE.fullmatch(browser):
             browser = secrets.token_urlsafe(32)
+        if reply_sender is None:
+            reply_state = "off"  # replies go through the relay pipeline or not at all
+        else:
+            reply_state = "ok" if row.reply_address else "no-address"
         resp = page("landing.html", portal_id=portal_id, csrf=csrf_token(browser, portal_id),
                     masked=_mask(row.recipient), expires=row.expires.strftime("%d %B %Y"),
-                    can_reply=bool(row.reply_address), max_reply=MAX_REPLY_TEXT)
+                    reply_state=reply_state, reply_address=row.reply_address,
+                    reply_name=row.reply_name or "", max_reply=MAX_REPLY_TEXT)
         # Lax: a click on the email link (a cross-site navigation) must send it
         # back, or a new one would void the CSRF token of a tab already open.
         set_cookie(resp, BROWSER_COOKIE, browser, None, samesite="lax")
@@ -308,14 +313,17 @@ def create_app(service: PortalService, *,
         code = checked[1].get("code")
         if not isinstance(code, str) or not re.fullmatch(r"\s*[0-9 ]{4,12}\s*", code):
             return denied("bad-request")
+        held = token_of(request, checked[0])
         try:
-            token = service.verify_code(checked[0], code, now=now())
+            token = service.verify_code(checked[0], code, now=now(), session_token=held)
         except PortalDenied as exc:
             if exc.stale:
                 return denied("stale-code")
             return denied(exc.reason, exc.remaining)
         # The page asks POST /m/{id}/session when the session ends (keep_alive).
         resp = JSONResponse({"ok": True})
+        if token == held:  # the code that opened this browser's live session, again
+            return resp
         absolute = service.session_limits()[1]
         # The cookie may outlive the session's idle end: the server decides when
         # the session ends (sliding), never later than the absolute cap.
@@ -367,7 +375,7 @@ def create_app(service: PortalService, *,
         return JSONResponse({"ok": True})
 
     async def reply(request: Request) -> Response:
-        checked = await guard(request)
+        checked = await guard(request, replying=True)
         if isinstance(checked, Response):
             return checked
         portal_id, fields = checked

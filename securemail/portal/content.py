@@ -39,8 +39,8 @@ from urllib.parse import unquote
 from securemail.directory import AddressError
 from securemail.parse import parse_address_list, utf8_header
 
-__all__ = ["Attachment", "build_reply", "original_addresses", "sealed_document",
-           "sealed_plaintext"]
+__all__ = ["Attachment", "build_reply", "original_addresses", "original_reply",
+           "sealed_document", "sealed_plaintext"]
 
 FORMAT_VERSION = 1
 
@@ -52,17 +52,38 @@ class Attachment:
     data: bytes
 
 
-def _one_address(msg: Message, name: str) -> str:
-    """The single address in header ``name``, strictly parsed; "" if the field is
-    missing, repeated, holds several addresses or does not parse."""
+def _one_address(msg: Message, name: str) -> tuple[str, str]:
+    """``(address, display name)`` of the single address in header ``name``,
+    strictly parsed; ``("", "")`` if the field is missing, repeated, holds
+    several addresses or does not parse."""
     values = msg.get_all(name) or []
     if len(values) != 1:
-        return ""
+        return "", ""
     try:
-        addresses = parse_address_list(utf8_header(values[0]))
+        text = utf8_header(values[0])
+        addresses = parse_address_list(text)
     except (AddressError, ValueError, LookupError):
+        return "", ""
+    if len(addresses) != 1:
+        return "", ""
+    return addresses[0], _display_name(text, addresses[0])
+
+
+MAX_DISPLAY_NAME = 100  # characters
+
+
+def _display_name(value: str, address: str) -> str:
+    """The display name of a one-address header value, decoded, made plain
+    (no control, format or invisible characters, one space between words);
+    "" if it has none or the lenient parse sees another address."""
+    try:
+        header = policy.default.header_factory("reply-to", value)
+        found = list(getattr(header, "addresses", ()))
+    except (ValueError, LookupError, TypeError, AttributeError, IndexError):
         return ""
-    return addresses[0] if len(addresses) == 1 else ""
+    if len(found) != 1 or str(found[0].addr_spec).lower() != address.lower():
+        return ""
+    return _plain(str(found[0].display_name or ""))[:MAX_DISPLAY_NAME].strip()
 
 
 def original_addresses(raw: bytes, envelope_sender: str) -> tuple[str, str]:
@@ -73,23 +94,59 @@ def original_addresses(raw: bytes, envelope_sender: str) -> tuple[str, str]:
     ``Reply-To``, else ``From``, else the envelope sender (never by itself: a
     VERP or bounce address would get the client's reply); "" if none is usable.
     """
+    author, reply_to, _ = original_reply(raw, envelope_sender)
+    return author, reply_to
+
+
+def original_reply(raw: bytes, envelope_sender: str) -> tuple[str, str, str]:
+    """:func:`original_addresses` and the display name of ``reply_to`` ("" if none)."""
     headers = BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
-    author = _one_address(headers, "From")
-    reply_to = _one_address(headers, "Reply-To") or author or envelope_sender
-    return author or envelope_sender, reply_to
+    author, author_name = _one_address(headers, "From")
+    reply_to, reply_name = _one_address(headers, "Reply-To")
+    if not reply_to:
+        reply_to, reply_name = author or envelope_sender, author_name
+    return author or envelope_sender, reply_to, reply_name
 
 
 MAX_NAME = 200  # characters
+
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt; the same
+# ranges from Unicode 14 to 16): characters a renderer shows as nothing at all
+# (combining grapheme joiner, variation selectors, Hangul fillers, Mongolian
+# free variation selectors, tags...). Python's unicodedata has no such property.
+_DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
+    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
+    (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+_INVISIBLE = re.compile("[" + "".join(
+    f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in _DEFAULT_IGNORABLE) + "]")
+# Characters shown as blank space: whitespace of every kind, and the braille
+# blank (U+2800, a symbol, not a space, to Unicode).
+_BLANK_RUN = re.compile(r"[\s\u2800]+")
+
+
+def _plain(text: str) -> str:
+    """``text`` without control, format, surrogate, line/paragraph separator or
+    default-ignorable characters, every run of blank characters one space."""
+    text = _INVISIBLE.sub("", text)
+    text = "".join(c for c in text
+                   if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Zl", "Zp"))
+    return _BLANK_RUN.sub(" ", text).strip()
 
 
 def _safe_name(name: str, fallback: str) -> str:
     # Keep the last path component, drop control characters; browsers sanitise
     # further, but a name like "../../x" must never reach a download dialog.
     # Format characters (Cf: bidi overrides and isolates, zero-width joiners...)
-    # go too: "invoice\u202Efdp.exe" would show as "invoiceexe.pdf".
+    # and every other invisible character go too: "invoice\u202Efdp.exe" would
+    # show as "invoiceexe.pdf". A run of blanks becomes one space, so blank
+    # padding cannot push the real extension out of sight
+    # ("results.pdf" + 150 fillers + ".exe").
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(c for c in name
-                   if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Zl", "Zp")).strip()
+    name = _plain(name)
     if not name or name in (".", ".."):
         return fallback
     if len(name) > MAX_NAME:

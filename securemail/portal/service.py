@@ -24,7 +24,7 @@ from securemail.portal.codes import CODE_MINUTES, CodeChannel, EmailCodeChannel,
 from securemail.portal.content import (
     Attachment,
     build_reply,
-    original_addresses,
+    original_reply,
     sealed_document,
 )
 from securemail.portal.secret import PortalSecret, load_or_create_secret
@@ -140,33 +140,44 @@ class PortalService:
 
     def seal(self, raw: bytes, *, message_id: str, sender: str, recipient: str,
              now: datetime, kind: str = "message", parent_id: str | None = None,
-             reply_to: str | None = None) -> Sealed:
+             reply_to: str | None = None, reply_name: str | None = None,
+             mail_from: str | None = None) -> Sealed:
         """Seal ``raw`` for one recipient; store ciphertext + metadata only.
 
-        ``reply_to`` is where the recipient's reply goes ("" = nowhere); by
-        default the original's ``Reply-To``, else ``From``, else ``sender``."""
+        ``sender`` is whom the client is told sent it (the author, ``From``);
+        ``mail_from`` the envelope sender, which the audit records (default
+        ``sender``). ``reply_to`` is where the recipient's reply goes ("" =
+        nowhere), ``reply_name`` its display name; by default the original's
+        ``Reply-To``, else ``From``, else ``sender``."""
         sealed, row = self._sealed(raw, message_id=message_id, sender=sender,
                                    recipient=recipient, now=now, kind=kind, parent_id=parent_id,
-                                   reply_to=reply_to)
+                                   reply_to=reply_to, reply_name=reply_name,
+                                   mail_from=mail_from)
         self.store.insert(**row)
         return sealed
 
     async def seal_async(self, raw: bytes, *, message_id: str, sender: str, recipient: str,
-                         now: datetime, reply_to: str | None = None) -> Sealed:
+                         now: datetime, reply_to: str | None = None,
+                         reply_name: str | None = None, mail_from: str | None = None) -> Sealed:
         """:meth:`seal` for the relay: the row is group-committed with other
         messages' (one fsync for many), and durable when this returns."""
         sealed, row = self._sealed(raw, message_id=message_id, sender=sender,
                                    recipient=recipient, now=now, kind="message", parent_id=None,
-                                   reply_to=reply_to)
+                                   reply_to=reply_to, reply_name=reply_name,
+                                   mail_from=mail_from)
         await self.store.insert_async(**row)
         return sealed
 
     def _sealed(self, raw: bytes, *, message_id: str, sender: str, recipient: str,
-                now: datetime, kind: str, parent_id: str | None,
-                reply_to: str | None) -> tuple[Sealed, dict[str, Any]]:
+                now: datetime, kind: str, parent_id: str | None, reply_to: str | None,
+                reply_name: str | None,
+                mail_from: str | None) -> tuple[Sealed, dict[str, Any]]:
         portal_id = secrets.token_urlsafe(18)  # 144 random bits
         if reply_to is None:
-            reply_to = original_addresses(raw, sender)[1] if kind == "message" else sender
+            if kind == "message":
+                _, reply_to, reply_name = original_reply(raw, sender)
+            else:
+                reply_to = sender
         key = new_key()
         try:
             plaintext, attachments = sealed_document(raw)
@@ -177,7 +188,9 @@ class PortalService:
         expires = now + timedelta(days=self.settings.portal.expiry_days)
         row = {"id": portal_id, "kind": kind, "parent_id": parent_id, "message_id": message_id,
                "sender": sender, "recipient": recipient, "created": now, "expires": expires,
-               "ciphertext": blob, "reply_to": reply_to, "attachments": attachments}
+               "ciphertext": blob, "reply_to": reply_to, "attachments": attachments,
+               "reply_name": reply_name or None,
+               "mail_from": sender if mail_from is None else mail_from}
         url = f"{self.settings.portal.base_url.rstrip('/')}/m/{portal_id}#{encode_key(key)}"
         return Sealed(id=portal_id, url=url, expires=expires), row
 
@@ -198,7 +211,9 @@ class PortalService:
         row = self.store.get(portal_id)
         if row is None:
             return None
-        return ("notified", {"portal_id": portal_id, "mail_from": row.sender,
+        # mail_from is the envelope sender, as in the message's own record (not
+        # the unauthenticated From the client is shown).
+        return ("notified", {"portal_id": portal_id, "mail_from": row.envelope_sender,
                              "recipient": row.recipient,
                              "expires": row.expires.date().isoformat()})
 
@@ -226,8 +241,14 @@ class PortalService:
         self._event("code-sent", now, portal_id=portal_id, recipient=row.recipient,
                     channel=self.code_channel.name)
 
-    def verify_code(self, portal_id: str, code: str, *, now: datetime) -> str:
-        """Check ``code``; on success return a new session token (store keeps its hash)."""
+    def verify_code(self, portal_id: str, code: str, *, now: datetime,
+                    session_token: str | None = None) -> str:
+        """Check ``code``; on success return a new session token (store keeps its hash).
+
+        ``session_token``: the session this browser already holds for the
+        message, if any. The code that opened it, entered again (the page lost
+        its answer and the reader pressed "Open message" once more), returns
+        that token: it is neither a wrong guess nor a new session."""
         row = self._active(portal_id, now)
         code = code.strip().replace(" ", "")
         match: int | None = None
@@ -235,6 +256,9 @@ class PortalService:
             # compare_digest on every live code: the time taken says nothing.
             if self.secret.verify(code_hash, "code", portal_id, code):
                 match = rowid
+        if (match is None and session_token and self._holds_session(portal_id, session_token, now)
+                and self._consumed(portal_id, code, now)):
+            return session_token
         if match is None and self._stale(portal_id, code, now):
             # A code this message really had, now expired or replaced: say so, and
             # do not count it as a guess. Guessing gains nothing: it never opens
@@ -254,6 +278,21 @@ class PortalService:
         self.store.add_session(self.secret.mac("session", token), portal_id, now,
                                now + self.session_limits()[0])
         return token
+
+    def _holds_session(self, portal_id: str, token: str, now: datetime) -> bool:
+        try:
+            self._session(portal_id, token, now, extend=False)
+        except PortalDenied:
+            return False
+        return True
+
+    def _consumed(self, portal_id: str, code: str, now: datetime) -> bool:
+        found = False
+        # A session lasts an hour at most: the newest few codes of the last day suffice.
+        for code_hash in self.store.consumed_code_hashes(portal_id, now - STALE_CODE_WINDOW,
+                                                         STALE_CODES):
+            found |= self.secret.verify(code_hash, "code", portal_id, code)
+        return found
 
     def _stale(self, portal_id: str, code: str, now: datetime) -> bool:
         found = False
@@ -326,13 +365,16 @@ class PortalService:
                     attachment: Attachment | None, now: datetime,
                     reply_sender: ReplySender | None) -> Sealed:
         """Send the recipient's answer to the original's reply address; keep it
-        sealed too. ``PortalDenied`` reasons: ``no-reply`` (the original has no
-        usable address), ``undeliverable`` (refused for good, e.g. by policy:
-        retrying will not help), ``delivery-failed`` (temporary)."""
+        sealed too. ``reply_sender`` sends it through the relay pipeline (policy,
+        encryption, audit), as ``securemail serve`` wires it; a reply never
+        leaves any other way, so without one there is no reply at all.
+        ``PortalDenied`` reasons: ``no-reply`` (no ``reply_sender``, or the
+        original has no usable address), ``undeliverable`` (refused for good,
+        e.g. by policy: retrying will not help), ``delivery-failed`` (temporary)."""
         row = self.session(portal_id, token, now=now)
         to = row.reply_address
         frm = from_address(self.settings, row.sender or to)
-        if not to or not frm:
+        if reply_sender is None or not to or not frm:
             raise PortalDenied("no-reply")
         raw = build_reply(from_address=frm, client=row.recipient, to=to,
                           subject=subject, body=body, in_reply_to=row.message_id,
@@ -340,13 +382,7 @@ class PortalService:
         sealed = self.seal(raw, message_id=_message_id(raw), sender=row.recipient,
                            recipient=to, now=now, kind="reply", parent_id=portal_id)
         try:
-            if reply_sender is not None:
-                await reply_sender(raw, frm, to)
-            else:
-                signed = self.signer.sign(raw) if self.signer is not None else raw
-                result = await self.transport.send(frm, [to], signed)
-                if to not in result.accepted:
-                    raise PortalDenied("delivery-failed")
+            await reply_sender(raw, frm, to)
         except BaseException as exc:
             # Not sent: its sealed copy must not stay behind as an active message.
             self.store.mark(sealed.id, "revoked", now)
@@ -358,7 +394,7 @@ class PortalService:
                 raise PortalDenied("delivery-failed") from None
             raise
         self._event("replied", now, portal_id=portal_id, recipient=row.recipient,
-                    status="with-attachment" if attachment is not None else "ok")
+                    reply_to=to, status="with-attachment" if attachment is not None else "ok")
         return sealed
 
     # --------------------------------------------------------- lifecycle
@@ -387,7 +423,8 @@ class PortalService:
         for portal_id in ids:
             if self.store.mark(portal_id, "purged", now):
                 self._event("purged", now, portal_id=portal_id, count=1)
-        self.store.delete_stale_access(now)
+        # Codes of the last day stay: an expired one must still say "expired".
+        self.store.delete_stale_access(now, codes_before=now - STALE_CODE_WINDOW)
         return len(ids)
 
 

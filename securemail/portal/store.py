@@ -28,6 +28,8 @@ CREATE TABLE IF NOT EXISTS portal_messages (
     sender       TEXT NOT NULL,
     recipient    TEXT NOT NULL,
     reply_to     TEXT,              -- where a reply goes; '' = nowhere; NULL (old rows) = sender
+    reply_name   TEXT,              -- its display name, shown to the client; NULL: none known
+    mail_from    TEXT,              -- envelope sender (for the audit); NULL in old rows = sender
     attachments  INTEGER,           -- how many (range-checks "downloaded"); NULL in old rows
     created      TEXT NOT NULL,
     expires      TEXT NOT NULL,
@@ -46,7 +48,8 @@ CREATE TABLE IF NOT EXISTS portal_codes (
     code_hash TEXT NOT NULL,
     created   TEXT NOT NULL,
     expires   TEXT NOT NULL,
-    used      TEXT
+    used      TEXT,              -- when it stopped working: used, replaced, or locked out
+    consumed  TEXT               -- when it opened the message (never "stale" after that)
 );
 CREATE INDEX IF NOT EXISTS portal_codes_id ON portal_codes (portal_id, created);
 CREATE TABLE IF NOT EXISTS portal_sessions (
@@ -59,15 +62,15 @@ CREATE TABLE IF NOT EXISTS portal_sessions (
 
 _COLUMNS = (
     "id, kind, parent_id, message_id, sender, recipient, created, expires, revoked, "
-    "locked, purged, opened, failed_codes, size, reply_to, attachments"
+    "locked, purged, opened, failed_codes, size, reply_to, attachments, reply_name, mail_from"
 )
 
 
 def _insert(conn: sqlite3.Connection, row: tuple[object, ...]) -> None:
     conn.execute(
         "INSERT INTO portal_messages (id, kind, parent_id, message_id, sender, "
-        "recipient, created, expires, size, ciphertext, reply_to, attachments) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
+        "recipient, created, expires, size, ciphertext, reply_to, attachments, reply_name, "
+        "mail_from) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
 
 
 def _file_of(conn: sqlite3.Connection) -> str:
@@ -106,6 +109,14 @@ class PortalRow:
     size: int
     reply_to: str | None = None  # None: a row from before the column (reply to sender)
     attachments: int | None = None  # None: a row from before the column
+    reply_name: str | None = None  # display name of the reply address, when it has one
+    mail_from: str | None = None  # envelope sender; None: a row from before the column
+
+    @property
+    def envelope_sender(self) -> str:
+        """The envelope sender (what the audit's ``mail_from`` means everywhere);
+        rows sealed before it was kept have only ``sender``."""
+        return self.sender if self.mail_from is None else self.mail_from
 
     @property
     def reply_address(self) -> str:
@@ -127,7 +138,7 @@ class PortalRow:
 
 def _row(r: tuple[object, ...]) -> PortalRow:
     (id_, kind, parent, mid, sender, rcpt, created, expires, revoked, locked, purged,
-     opened, failed, size, reply_to, attachments) = r
+     opened, failed, size, reply_to, attachments, reply_name, mail_from) = r
     return PortalRow(
         id=str(id_), kind=str(kind), parent_id=parent if isinstance(parent, str) else None,
         message_id=str(mid), sender=str(sender), recipient=str(rcpt),
@@ -139,6 +150,8 @@ def _row(r: tuple[object, ...]) -> PortalRow:
         failed_codes=int(str(failed)), size=int(str(size)),
         reply_to=reply_to if isinstance(reply_to, str) else None,
         attachments=attachments if isinstance(attachments, int) else None,
+        reply_name=reply_name if isinstance(reply_name, str) else None,
+        mail_from=mail_from if isinstance(mail_from, str) else None,
     )
 
 
@@ -157,9 +170,12 @@ class PortalStore:
         columns = {r[1] for r in conn.execute("PRAGMA table_info(portal_messages)")}
         if "expiry_noted" not in columns:  # a store made by an earlier release
             conn.execute("ALTER TABLE portal_messages ADD COLUMN expiry_noted TEXT")
-        for column, kind in (("reply_to", "TEXT"), ("attachments", "INTEGER")):
+        for column, kind in (("reply_to", "TEXT"), ("attachments", "INTEGER"),
+                             ("reply_name", "TEXT"), ("mail_from", "TEXT")):
             if column not in columns:
                 conn.execute(f"ALTER TABLE portal_messages ADD COLUMN {column} {kind}")
+        if "consumed" not in {r[1] for r in conn.execute("PRAGMA table_info(portal_codes)")}:
+            conn.execute("ALTER TABLE portal_codes ADD COLUMN consumed TEXT")
 
     def close(self) -> None:
         """Stop the group-commit writer (after committing what it holds)."""
@@ -196,20 +212,22 @@ class PortalStore:
     def insert(self, *, id: str, kind: str, parent_id: str | None, message_id: str,
                sender: str, recipient: str, created: datetime, expires: datetime,
                ciphertext: bytes, reply_to: str | None = None,
-               attachments: int | None = None) -> None:
+               attachments: int | None = None, reply_name: str | None = None,
+               mail_from: str | None = None) -> None:
         row = (id, kind, parent_id, message_id, sender, recipient, ts(created), ts(expires),
-               len(ciphertext), ciphertext, reply_to, attachments)
+               len(ciphertext), ciphertext, reply_to, attachments, reply_name, mail_from)
         with self._tx() as c:
             _insert(c, row)
 
     async def insert_async(self, *, id: str, kind: str, parent_id: str | None, message_id: str,
                            sender: str, recipient: str, created: datetime, expires: datetime,
                            ciphertext: bytes, reply_to: str | None = None,
-                           attachments: int | None = None) -> None:
+                           attachments: int | None = None, reply_name: str | None = None,
+                           mail_from: str | None = None) -> None:
         """:meth:`insert` for the event loop: committed together with other
         messages' rows (group commit); returns once the row is on disk."""
         row = (id, kind, parent_id, message_id, sender, recipient, ts(created), ts(expires),
-               len(ciphertext), ciphertext, reply_to, attachments)
+               len(ciphertext), ciphertext, reply_to, attachments, reply_name, mail_from)
         if self._committer is None:
             file = _file_of(self.conn)
             if not file:  # an in-memory store (tests): no second connection can see it
@@ -272,11 +290,13 @@ class PortalStore:
                 "(expires <= ? OR revoked IS NOT NULL)", (ts(now),)).fetchall()
         return [str(r[0]) for r in rows]
 
-    def delete_stale_access(self, now: datetime) -> None:
+    def delete_stale_access(self, now: datetime, *, codes_before: datetime) -> None:
+        """Drop ended sessions, and codes that no longer work and were created
+        before ``codes_before`` (the newer ones still tell "expired" from "wrong")."""
         with self._tx() as c:
             c.execute("DELETE FROM portal_sessions WHERE expires <= ?", (ts(now),))
             c.execute("DELETE FROM portal_codes WHERE expires <= ? AND created <= ?",
-                      (ts(now), ts(now)))
+                      (ts(now), ts(codes_before)))
 
     # --------------------------------------------------------------- codes
 
@@ -305,10 +325,12 @@ class PortalStore:
                           limit: int) -> list[str]:
         """Codes once issued for ``id`` that stopped working without being used:
         replaced by a newer code, or expired unused; the newest ``limit`` created
-        after ``since``. (A code that was used to open the message is not here.)"""
+        after ``since``. A code that opened the message is never here, even
+        once a newer code replaced it."""
         with self._tx() as c:
             rows = c.execute(
                 "SELECT code_hash FROM portal_codes AS c WHERE portal_id = ? AND created > ? "
+                "AND consumed IS NULL "
                 "AND (EXISTS (SELECT 1 FROM portal_codes AS n WHERE n.portal_id = c.portal_id "
                 "             AND n.rowid > c.rowid) "
                 "     OR (used IS NULL AND expires <= ?)) "
@@ -316,10 +338,19 @@ class PortalStore:
                 (id, ts(since), ts(now), limit)).fetchall()
         return [str(r[0]) for r in rows]
 
+    def consumed_code_hashes(self, id: str, since: datetime, limit: int) -> list[str]:
+        """Codes that opened ``id`` (the newest ``limit`` created after ``since``)."""
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT code_hash FROM portal_codes WHERE portal_id = ? AND created > ? "
+                "AND consumed IS NOT NULL ORDER BY rowid DESC LIMIT ?",
+                (id, ts(since), limit)).fetchall()
+        return [str(r[0]) for r in rows]
+
     def use_code(self, rowid: int, now: datetime) -> bool:
         with self._tx() as c:
-            cur = c.execute("UPDATE portal_codes SET used = ? WHERE rowid = ? AND used IS NULL",
-                            (ts(now), rowid))
+            cur = c.execute("UPDATE portal_codes SET used = ?, consumed = ? "
+                            "WHERE rowid = ? AND used IS NULL", (ts(now), ts(now), rowid))
         return cur.rowcount == 1
 
     def fail_code(self, id: str, now: datetime, limit: int) -> int:

@@ -69,8 +69,9 @@ def open_session(rig: Rig, client: TestClient, raw: bytes) -> tuple[str, str]:
     pid = rig.service.seal(raw, message_id="<orig-1@riverside.example>", sender=STAFF,
                            recipient=CLIENT, now=NOW).id
     token = landing(client, pid)
-    client.post(f"/m/{pid}/code", data={"csrf": token})
-    r = client.post(f"/m/{pid}/verify", data={"csrf": token, "code": last_code(rig.transport)})
+    client.post(f"/m/{pid}/code", headers={"X-CSRF-Token": token})
+    r = client.post(f"/m/{pid}/verify", data={"code": last_code(rig.transport)},
+                    headers={"X-CSRF-Token": token})
     assert r.status_code == 200
     return pid, token
 
@@ -78,11 +79,12 @@ def open_session(rig: Rig, client: TestClient, raw: bytes) -> tuple[str, str]:
 def test_downloaded_index_is_range_checked(rig: Rig, client: TestClient) -> None:
     pid, token = open_session(rig, client, original())  # one attachment
     for bad in ("-1", "1", "99999999999", "1e3", " 0", "+0", ""):
-        r = client.post(f"/m/{pid}/downloaded", data={"csrf": token, "index": bad})
+        r = client.post(f"/m/{pid}/downloaded", data={"index": bad},
+                        headers={"X-CSRF-Token": token})
         assert r.status_code == 400, bad
-    assert client.post(f"/m/{pid}/downloaded", data={"csrf": token}).status_code == 400
+    assert client.post(f"/m/{pid}/downloaded", headers={"X-CSRF-Token": token}).status_code == 400
     assert client.post(f"/m/{pid}/downloaded",
-                       data={"csrf": token, "index": "0"}).json() == {"ok": True}
+                       data={"index": "0"}, headers={"X-CSRF-Token": token}).json() == {"ok": True}
     recorded = [e["attachment_index"] for e in rig.audit.events if e["kind"] == "downloaded"]
     assert recorded == [0]
 
@@ -92,7 +94,7 @@ def test_downloaded_on_a_message_without_attachments(rig: Rig, client: TestClien
                         message_id="<orig-1@riverside.example>")
     pid, token = open_session(rig, client, raw)
     assert client.post(f"/m/{pid}/downloaded",
-                       data={"csrf": token, "index": "0"}).status_code == 400
+                       data={"index": "0"}, headers={"X-CSRF-Token": token}).status_code == 400
     assert not [e for e in rig.audit.events if e["kind"] == "downloaded"]
 
 
@@ -101,16 +103,18 @@ def test_ipv6_clients_are_limited_per_64(rig: Rig, client: TestClient) -> None:
                            recipient=CLIENT, now=NOW).id
     token = landing(client, pid)
     # Every request from a different address of one /64.
-    codes = [client.post(f"/m/{pid}/verify", data={"csrf": token, "code": "1"},
-                         headers={"x-test-peer": f"2001:db8:1:2::{n:x}"}).status_code
+    codes = [client.post(f"/m/{pid}/verify", data={"code": "1"},
+                         headers={"X-CSRF-Token": token,
+                                  "x-test-peer": f"2001:db8:1:2::{n:x}"}).status_code
              for n in range(1, CLIENT_POSTS + 1)]
     assert 429 not in codes
-    r = client.post(f"/m/{pid}/verify", data={"csrf": token, "code": "1"},
-                    headers={"x-test-peer": "2001:db8:1:2:ffff:ffff:ffff:fffe"})
+    r = client.post(f"/m/{pid}/verify", data={"code": "1"},
+                    headers={"X-CSRF-Token": token,
+                             "x-test-peer": "2001:db8:1:2:ffff:ffff:ffff:fffe"})
     assert r.status_code == 429
     # Another /64 (and an IPv4 client) has its own allowance.
-    r = client.post(f"/m/{pid}/verify", data={"csrf": token, "code": "1"},
-                    headers={"x-test-peer": "2001:db8:1:3::1"})
+    r = client.post(f"/m/{pid}/verify", data={"code": "1"},
+                    headers={"X-CSRF-Token": token, "x-test-peer": "2001:db8:1:3::1"})
     assert r.status_code != 429
 
 
@@ -127,29 +131,30 @@ def test_replaced_and_expired_codes_are_not_counted_as_guesses(rig: Rig, client:
     pid = rig.service.seal(original(), message_id="<orig-1@riverside.example>", sender=STAFF,
                            recipient=CLIENT, now=NOW).id
     token = landing(client, pid)
-    client.post(f"/m/{pid}/code", data={"csrf": token})
+    client.post(f"/m/{pid}/code", headers={"X-CSRF-Token": token})
     first = last_code(rig.transport)
-    client.post(f"/m/{pid}/code", data={"csrf": token})
+    client.post(f"/m/{pid}/code", headers={"X-CSRF-Token": token})
     second = last_code(rig.transport)
     if first == second:
         pytest.skip("the two random codes happened to be equal")
     # The replaced code: a kinder message, no failure counted.
-    r = client.post(f"/m/{pid}/verify", data={"csrf": token, "code": first})
+    r = client.post(f"/m/{pid}/verify", data={"code": first}, headers={"X-CSRF-Token": token})
     assert (r.status_code, r.json()) == (400, {"error": "stale-code"})
     assert rig.service.get(pid).failed_codes == 0  # type: ignore[union-attr]
     # A code this message never had is still a wrong guess.
     never = next(f"{n:06d}" for n in range(10**6) if f"{n:06d}" not in (first, second))
-    r = client.post(f"/m/{pid}/verify", data={"csrf": token, "code": never})
+    r = client.post(f"/m/{pid}/verify", data={"code": never}, headers={"X-CSRF-Token": token})
     assert r.json() == {"error": "wrong-code", "remaining": 4}
     # The newest code, once expired, is stale too.
     clock[0] = NOW + timedelta(minutes=CODE_MINUTES, seconds=1)
-    r = client.post(f"/m/{pid}/verify", data={"csrf": token, "code": second})
+    r = client.post(f"/m/{pid}/verify", data={"code": second}, headers={"X-CSRF-Token": token})
     assert r.json() == {"error": "stale-code"}
     assert rig.service.get(pid).failed_codes == 1  # type: ignore[union-attr]
     assert [e["kind"] for e in rig.audit.events].count("code-failed") == 1
     # Stale codes never open anything, and a fresh code still works.
-    client.post(f"/m/{pid}/code", data={"csrf": token})
-    r = client.post(f"/m/{pid}/verify", data={"csrf": token, "code": last_code(rig.transport)})
+    client.post(f"/m/{pid}/code", headers={"X-CSRF-Token": token})
+    r = client.post(f"/m/{pid}/verify", data={"code": last_code(rig.transport)},
+                    headers={"X-CSRF-Token": token})
     assert r.json() == {"ok": True}
 
 
@@ -158,10 +163,11 @@ def test_stale_codes_do_not_help_brute_force(rig: Rig, client: TestClient) -> No
     pid = rig.service.seal(original(), message_id="<orig-1@riverside.example>", sender=STAFF,
                            recipient=CLIENT, now=NOW).id
     token = landing(client, pid)
-    client.post(f"/m/{pid}/code", data={"csrf": token})
+    client.post(f"/m/{pid}/code", headers={"X-CSRF-Token": token})
     right = last_code(rig.transport)
     wrong = [f"{(int(right) + n) % 10**6:06d}" for n in range(1, 6)]
-    answers = [client.post(f"/m/{pid}/verify", data={"csrf": token, "code": w}).json()["error"]
+    answers = [client.post(f"/m/{pid}/verify", data={"code": w},
+                           headers={"X-CSRF-Token": token}).json()["error"]
                for w in wrong]
     assert answers == ["wrong-code"] * 4 + ["locked"]
 

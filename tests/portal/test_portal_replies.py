@@ -191,3 +191,25 @@ def test_refused_reply_tells_the_client_to_use_another_way(portal: Portal, page:
     assert "contact the practice another way" in error.inner_text()
     assert "try again in a minute" not in error.inner_text()
     assert page.locator("#reply-send").is_enabled()
+
+
+def test_audit_mail_from_is_the_envelope_sender_on_every_record(portal: Portal) -> None:
+    """The message record and the signed ``notified`` event of one message name
+    the same envelope sender (not the unauthenticated From the client is shown);
+    the ``replied`` event says where the reply went."""
+    import json
+
+    from securemail.audit.store import iter_records
+
+    pid = relay_to_portal(portal, phi_message(reply_to=FRONT_DESK, message_id="<env@r.example>"),
+                          VERP)
+    bodies = [json.loads(r.body) for r in iter_records(portal.relay.db)]
+    (notified,) = [b for b in bodies if b.get("portal_id") == pid and b["kind"] == "notified"]
+    (message,) = [b for b in bodies if b.get("message_id") == "<env@r.example>"
+                  and b["kind"] == "message"]
+    assert notified["mail_from"] == message["mail_from"] == VERP
+    assert portal.service.get(pid).sender == STAFF  # type: ignore[union-attr]
+    reply(portal, pid, session(portal, pid))
+    bodies = [json.loads(r.body) for r in iter_records(portal.relay.db)]
+    (replied,) = [b for b in bodies if b.get("portal_id") == pid and b["kind"] == "replied"]
+    assert replied["reply_to"] == FRONT_DESK and replied["recipient"] == CLIENT

@@ -27,18 +27,20 @@ from .test_portal_sessions_http import (  # noqa: F401 (client, clock, rig: fixt
 def test_server_says_too_long_with_the_limit(rig: Rig, client: TestClient) -> None:  # noqa: F811
     pid = seal(rig)
     token = open_session(rig, client, pid)
-    r = client.post(f"/m/{pid}/reply", data={"csrf": token, "body": "x" * (MAX_REPLY_TEXT + 1)})
+    r = client.post(f"/m/{pid}/reply", data={"body": "x" * (MAX_REPLY_TEXT + 1)},
+                    headers={"X-CSRF-Token": token})
     assert r.status_code == 413
     assert r.json() == {"error": "reply-too-long", "max": MAX_REPLY_TEXT}
     # Far over (past the form's part limit, so never fully read): the same answer.
-    r = client.post(f"/m/{pid}/reply", data={"csrf": token, "body": "é" * (MAX_REPLY_TEXT * 3)})
+    r = client.post(f"/m/{pid}/reply", data={"body": "é" * (MAX_REPLY_TEXT * 3)},
+                    headers={"X-CSRF-Token": token})
     assert r.json() == {"error": "reply-too-long", "max": MAX_REPLY_TEXT}
     # Line breaks count once, as the page counts them (a form sends CRLF).
-    sent = len(rig.transport.sent)
-    r = client.post(f"/m/{pid}/reply",
-                    data={"csrf": token, "body": "a\r\n" * (MAX_REPLY_TEXT // 2)})
+    sent = len(rig.pipeline.sent)
+    r = client.post(f"/m/{pid}/reply", data={"body": "a\r\n" * (MAX_REPLY_TEXT // 2)},
+                    headers={"X-CSRF-Token": token})
     assert r.json() == {"ok": True}
-    assert len(rig.transport.sent) > sent
+    assert len(rig.pipeline.sent) > sent
 
 
 @pytest.mark.browser

@@ -34,7 +34,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def client(rig: Rig, clock: Clock) -> Iterator[TestClient]:
-    app = create_app(rig.service, now=lambda: clock[0])
+    app = create_app(rig.service, reply_sender=rig.pipeline, now=lambda: clock[0])
     with TestClient(app, base_url="https://testserver") as c:
         yield c
 
@@ -54,8 +54,9 @@ def csrf_of(client: TestClient, pid: str) -> str:
 
 def open_session(rig: Rig, client: TestClient, pid: str) -> str:
     token = csrf_of(client, pid)
-    assert client.post(f"/m/{pid}/code", data={"csrf": token}).json() == {"ok": True}
-    r = client.post(f"/m/{pid}/verify", data={"csrf": token, "code": last_code(rig.transport)})
+    assert client.post(f"/m/{pid}/code", headers={"X-CSRF-Token": token}).json() == {"ok": True}
+    r = client.post(f"/m/{pid}/verify", data={"code": last_code(rig.transport)},
+                    headers={"X-CSRF-Token": token})
     assert r.status_code == 200, r.text
     return token
 
@@ -67,7 +68,7 @@ def test_two_messages_open_at_once_in_one_browser(rig: Rig, client: TestClient) 
     # Opening B did not end A: both read, and A can still reply.
     assert client.get(f"/m/{a}/sealed").status_code == 200
     assert client.get(f"/m/{b}/sealed").status_code == 200
-    r = client.post(f"/m/{a}/reply", data={"csrf": token_a, "body": "about A"})
+    r = client.post(f"/m/{a}/reply", data={"body": "about A"}, headers={"X-CSRF-Token": token_a})
     assert r.json() == {"ok": True}
     # Each session still opens only its own message.
     assert client.cookies.get(session_cookie(a)) != client.cookies.get(session_cookie(b))
@@ -78,8 +79,9 @@ def test_two_messages_open_at_once_in_one_browser(rig: Rig, client: TestClient) 
 def test_session_cookie_per_message_is_host_strict(rig: Rig, client: TestClient) -> None:
     pid = seal(rig)
     token = csrf_of(client, pid)
-    client.post(f"/m/{pid}/code", data={"csrf": token})
-    r = client.post(f"/m/{pid}/verify", data={"csrf": token, "code": last_code(rig.transport)})
+    client.post(f"/m/{pid}/code", headers={"X-CSRF-Token": token})
+    r = client.post(f"/m/{pid}/verify", data={"code": last_code(rig.transport)},
+                    headers={"X-CSRF-Token": token})
     cookie = r.headers["set-cookie"]
     assert cookie.startswith(f"__Host-sm_session-{pid}=")
     for attr in ("HttpOnly", "Path=/", "SameSite=strict", "Secure",
@@ -87,7 +89,7 @@ def test_session_cookie_per_message_is_host_strict(rig: Rig, client: TestClient)
         assert attr in cookie
     assert "Domain" not in cookie
     assert r.json() == {"ok": True}
-    r = client.post(f"/m/{pid}/session", data={"csrf": token})
+    r = client.post(f"/m/{pid}/session", headers={"X-CSRF-Token": token})
     assert r.json() == {"ok": True, "expires_in": 900, "final": False,
                         "max_minutes": SESSION_MAX_MINUTES}
 
@@ -102,7 +104,7 @@ def test_browser_cookie_is_lax_and_kept_on_a_second_visit(rig: Rig, client: Test
     first = client.cookies.get("__Host-sm_browser")
     token = csrf_of(client, pid)  # the link clicked again: the cookie came back
     assert client.cookies.get("__Host-sm_browser") == first
-    assert client.post(f"/m/{pid}/code", data={"csrf": token}).json() == {"ok": True}
+    assert client.post(f"/m/{pid}/code", headers={"X-CSRF-Token": token}).json() == {"ok": True}
 
 
 def test_activity_extends_the_session_up_to_the_cap(rig: Rig, client: TestClient,
@@ -111,20 +113,20 @@ def test_activity_extends_the_session_up_to_the_cap(rig: Rig, client: TestClient
     token = open_session(rig, client, pid)
     # Without activity the session ends after session_minutes (15).
     clock[0] = NOW + timedelta(minutes=10)
-    r = client.post(f"/m/{pid}/session", data={"csrf": token})
+    r = client.post(f"/m/{pid}/session", headers={"X-CSRF-Token": token})
     assert r.json() == {"ok": True, "expires_in": 900, "final": False,
                         "max_minutes": SESSION_MAX_MINUTES}
     clock[0] = NOW + timedelta(minutes=20)  # past the first 15 minutes: still open
     assert client.get(f"/m/{pid}/sealed").status_code == 200
     for minutes in (24, 38, 52):
         clock[0] = NOW + timedelta(minutes=minutes)
-        assert client.post(f"/m/{pid}/session", data={"csrf": token}).status_code == 200
-    r = client.post(f"/m/{pid}/session", data={"csrf": token})
+        assert client.post(f"/m/{pid}/session", headers={"X-CSRF-Token": token}).status_code == 200
+    r = client.post(f"/m/{pid}/session", headers={"X-CSRF-Token": token})
     assert r.json()["final"] is True
     assert r.json()["expires_in"] == (SESSION_MAX_MINUTES - 52) * 60
     clock[0] = NOW + timedelta(minutes=SESSION_MAX_MINUTES)
     assert client.get(f"/m/{pid}/sealed").json() == {"error": "no-session"}
-    r = client.post(f"/m/{pid}/session", data={"csrf": token})
+    r = client.post(f"/m/{pid}/session", headers={"X-CSRF-Token": token})
     assert r.status_code == 401 and r.json() == {"error": "no-session"}
 
 
@@ -132,7 +134,7 @@ def test_keep_alive_needs_csrf_and_a_session(rig: Rig, client: TestClient) -> No
     pid = seal(rig)
     token = csrf_of(client, pid)
     assert client.post(f"/m/{pid}/session", data={"csrf": "0" * 64}).status_code == 403
-    assert client.post(f"/m/{pid}/session", data={"csrf": token}).json() == {
+    assert client.post(f"/m/{pid}/session", headers={"X-CSRF-Token": token}).json() == {
         "error": "no-session"}
 
 

@@ -46,12 +46,24 @@ def make_settings(tmp: Path, **portal: Any) -> Settings:
 
 
 @dataclass
+class Pipeline:
+    """Stands in for the relay pipeline that ``securemail serve`` passes the web
+    app as ``reply_sender``: keeps each reply as ``(raw, mail_from, to)``."""
+
+    sent: list[tuple[bytes, str, str]] = field(default_factory=list)
+
+    async def __call__(self, raw: bytes, mail_from: str, to: str) -> None:
+        self.sent.append((raw, mail_from, to))
+
+
+@dataclass
 class Rig:
     settings: Settings
     conn: sqlite3.Connection
     transport: MemoryTransport
     audit: AuditRecorder
     service: PortalService
+    pipeline: Pipeline = field(default_factory=Pipeline)
 
 
 def make_rig(tmp: Path, **portal: Any) -> Rig:

@@ -33,7 +33,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def client(rig: Rig, clock: Clock) -> Iterator[TestClient]:
-    app = create_app(rig.service, now=lambda: clock[0])
+    app = create_app(rig.service, reply_sender=rig.pipeline, now=lambda: clock[0])
     with TestClient(app, base_url="https://testserver") as c:
         yield c
 
@@ -89,12 +89,17 @@ def test_csrf_is_required_on_every_post(rig: Rig, client: TestClient) -> None:
         assert client.post(f"/m/{pid}/{path}", data={"code": "123456"}).status_code == 403
         assert client.post(f"/m/{pid}/{path}",
                            data={"csrf": "0" * 64, "code": "1"}).status_code == 403
+    # The right token in the form body is not enough: it must be the header
+    # (checked before the body is read).
+    for path in ("code", "verify", "session", "reply", "downloaded"):
+        r = client.post(f"/m/{pid}/{path}", data={"csrf": token, "code": "123456"})
+        assert (r.status_code, r.json()) == (403, {"error": "csrf"})
     # A token for another message does not work either.
     other = seal(rig)
-    assert client.post(f"/m/{other}/code", data={"csrf": token}).status_code == 403
+    assert client.post(f"/m/{other}/code", headers={"X-CSRF-Token": token}).status_code == 403
     # Nor from a browser without the cookie the token is bound to.
     client.cookies.clear()
-    assert client.post(f"/m/{pid}/code", data={"csrf": token}).status_code == 403
+    assert client.post(f"/m/{pid}/code", headers={"X-CSRF-Token": token}).status_code == 403
     assert rig.transport.sent == []
 
 
@@ -108,8 +113,9 @@ def test_cookies_are_host_prefixed_secure_strict(rig: Rig, client: TestClient) -
         assert attr in cookie
     assert "Domain" not in cookie
     token = re.search(r'data-csrf="([0-9a-f]+)"', r.text).group(1)  # type: ignore[union-attr]
-    assert client.post(f"/m/{pid}/code", data={"csrf": token}).json() == {"ok": True}
-    r = client.post(f"/m/{pid}/verify", data={"csrf": token, "code": last_code(rig.transport)})
+    assert client.post(f"/m/{pid}/code", headers={"X-CSRF-Token": token}).json() == {"ok": True}
+    r = client.post(f"/m/{pid}/verify", data={"code": last_code(rig.transport)},
+                    headers={"X-CSRF-Token": token})
     assert r.status_code == 200
     session = r.headers["set-cookie"]
     # One session cookie per message; the server ends it (the cookie outlives it).
@@ -124,8 +130,9 @@ def test_cookies_are_host_prefixed_secure_strict(rig: Rig, client: TestClient) -
 def test_session_timeout_over_http(rig: Rig, client: TestClient, clock: Clock) -> None:
     pid = seal(rig)
     token = landing(client, pid)
-    client.post(f"/m/{pid}/code", data={"csrf": token})
-    client.post(f"/m/{pid}/verify", data={"csrf": token, "code": last_code(rig.transport)})
+    client.post(f"/m/{pid}/code", headers={"X-CSRF-Token": token})
+    client.post(f"/m/{pid}/verify", data={"code": last_code(rig.transport)},
+                headers={"X-CSRF-Token": token})
     assert client.get(f"/m/{pid}/sealed").status_code == 200
     clock[0] = NOW + timedelta(minutes=16)
     r = client.get(f"/m/{pid}/sealed")
@@ -147,19 +154,21 @@ def test_status_pages(rig: Rig, client: TestClient, clock: Clock) -> None:
 def test_per_client_rate_limit(rig: Rig, client: TestClient) -> None:
     pid = seal(rig)
     token = landing(client, pid)
-    codes = [client.post(f"/m/{pid}/verify", data={"csrf": token, "code": "1"}).status_code
+    codes = [client.post(f"/m/{pid}/verify", data={"code": "1"},
+                         headers={"X-CSRF-Token": token}).status_code
              for _ in range(CLIENT_POSTS)]
     assert 429 not in codes
-    assert client.post(f"/m/{pid}/code", data={"csrf": token}).status_code == 429
+    assert client.post(f"/m/{pid}/code", headers={"X-CSRF-Token": token}).status_code == 429
     assert rig.transport.sent == []
 
 
 def test_locked_over_http(rig: Rig, client: TestClient) -> None:
     pid = seal(rig)
     token = landing(client, pid)
-    client.post(f"/m/{pid}/code", data={"csrf": token})
+    client.post(f"/m/{pid}/code", headers={"X-CSRF-Token": token})
     wrong = f"{(int(last_code(rig.transport)) + 1) % 10**6:06d}"
-    answers = [client.post(f"/m/{pid}/verify", data={"csrf": token, "code": wrong}).json()
+    answers = [client.post(f"/m/{pid}/verify", data={"code": wrong},
+                           headers={"X-CSRF-Token": token}).json()
                for _ in range(5)]
     assert answers[0] == {"error": "wrong-code", "remaining": 4}
     assert answers[-1] == {"error": "locked"}
@@ -170,15 +179,16 @@ def test_locked_over_http(rig: Rig, client: TestClient) -> None:
 def test_reply_limits(rig: Rig, client: TestClient) -> None:
     pid = seal(rig)
     token = landing(client, pid)
-    client.post(f"/m/{pid}/code", data={"csrf": token})
-    client.post(f"/m/{pid}/verify", data={"csrf": token, "code": last_code(rig.transport)})
-    r = client.post(f"/m/{pid}/reply", data={"csrf": token, "body": "   "})
+    client.post(f"/m/{pid}/code", headers={"X-CSRF-Token": token})
+    client.post(f"/m/{pid}/verify", data={"code": last_code(rig.transport)},
+                headers={"X-CSRF-Token": token})
+    r = client.post(f"/m/{pid}/reply", data={"body": "   "}, headers={"X-CSRF-Token": token})
     assert r.status_code == 400
     big = b"x" * (10 * 1024 * 1024 + 1)
-    r = client.post(f"/m/{pid}/reply", data={"csrf": token, "body": "hi"},
+    r = client.post(f"/m/{pid}/reply", data={"body": "hi"}, headers={"X-CSRF-Token": token},
                     files={"attachment": ("big.bin", big, "application/octet-stream")})
     assert r.status_code == 413
-    r = client.post(f"/m/{pid}/reply", data={"csrf": token, "body": "hi"},
+    r = client.post(f"/m/{pid}/reply", data={"body": "hi"}, headers={"X-CSRF-Token": token},
                     files={"attachment": ("a.txt", b"hello", "text/plain")})
     assert r.json() == {"ok": True}
-    assert rig.transport.sent[-1].rcpt_tos == (STAFF,)
+    assert rig.pipeline.sent[-1][2] == STAFF

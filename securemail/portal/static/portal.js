@@ -40,10 +40,9 @@
 
   async function post(path, fields) {
     const body = new FormData();
-    body.append("csrf", csrf);
     for (const [k, v] of Object.entries(fields || {})) body.append(k, v);
-    // The token also travels as a header so the server can refuse a forged
-    // POST before it reads the body.
+    // The token travels as a header (the server requires it there) so a forged
+    // POST is refused before a byte of its body is read.
     let r;
     try {
       r = await fetch("/m/" + id + "/" + path, { method: "POST", body: body,
@@ -85,9 +84,13 @@
   const keyBytes = b64urlToBytes(location.hash.slice(1));
   if (!keyBytes) { show("step-nokey"); return; }
 
+  // True once a code opened a session in this browser: "Open message" then
+  // fetches the message again instead of sending the (now used) code again.
+  let verified = false;
+
   async function requestCode(errorEl) {
     const res = await post("code");
-    if (res.ok) { show("step-code"); $("code").focus(); say($("code-error"), ""); }
+    if (res.ok) { verified = false; show("step-code"); $("code").focus(); say($("code-error"), ""); }
     else failure(res, errorEl);
   }
   $("send-code").addEventListener("click", async () => {
@@ -103,10 +106,16 @@
   $("code-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     $("open").disabled = true;
+    say($("code-error"), "");
+    if (verified) {  // the code worked; only fetching the message failed
+      await openMessage($("code-error"));
+      $("open").disabled = false;
+      return;
+    }
     const res = await post("verify", { code: $("code").value });
     $("open").disabled = false;
     say($("code-note"), "");
-    if (res.ok) { sessionEnd = 0; await openMessage(); return; }
+    if (res.ok) { verified = true; sessionEnd = 0; await openMessage($("code-error")); return; }
     if (res.data.error === "wrong-code") {
       const n = res.data.remaining;
       say($("code-error"), "That code is not right. " + n + (n === 1 ? " try" : " tries") + " left.");
@@ -116,9 +125,17 @@
     failure(res, $("code-error"));
   });
 
-  async function openMessage() {
-    const r = await fetch("/m/" + id + "/sealed", { credentials: "same-origin" });
-    if (r.status === 401) { show("step-start"); return; }
+  async function openMessage(errorEl) {
+    let r, sealed;
+    try {
+      r = await fetch("/m/" + id + "/sealed", { credentials: "same-origin" });
+      if (r.ok) sealed = await r.json();
+    } catch (e) {
+      // Connection dropped: say so; the button tries again (without the used code).
+      say(errorEl, messages["network"]);
+      return;
+    }
+    if (r.status === 401) { verified = false; show("step-start"); return; }
     if (!r.ok) {
       let data = {};
       try { data = await r.json(); } catch (e) { data = {}; }
@@ -126,7 +143,7 @@
       if (!$("start-error").hidden) show("step-start");
       return;
     }
-    const sealed = await r.json();
+    verified = false;
     let doc;
     try {
       const blob = b64ToBytes(sealed.ciphertext);
@@ -188,6 +205,7 @@
     $("session-warning").hidden = false;
   }
   function sessionEnded() {
+    verified = false;
     clearTimeout(warnTimer);
     clearTimeout(endTimer);
     sessionEnd = 0;
@@ -351,5 +369,5 @@
 
   // Back within a live session (e.g. after a reload): open straight away.
   show("step-start");
-  openMessage();
+  openMessage($("start-error"));
 })();
