@@ -257,6 +257,7 @@ class Detectors:
         scanned = _scanned(lowered)
         groups: set[str] = set()
         names: set[str] = set()  # identifier phrases found (to name their clients)
+        icd_at: list[int] = []  # where a diagnosis word starts (in ``lowered``)
         ssn = False
         for i, start, end in self._automaton.find_matches_as_indexes(scanned, overlapping=True):
             group = self._group_of[i]
@@ -277,6 +278,8 @@ class Detectors:
                 groups.add(group)
                 if group == "identifier":
                     names.add(self._phrase_of[i])
+                elif group == "icd":
+                    icd_at.append(start)  # scanned[start] is the space before the word
         hits = []
         if ssn or ("ssn" in groups and any(
                 _valid_ssn(d[0:3], d[3:5], d[5:9])
@@ -289,7 +292,9 @@ class Detectors:
             hits.append("phi-mrn")
         if "identifier" in groups:
             hits.append("phi-client-name")
-        if "icd" in groups and _ICD10.search(text):
+        # The code is looked for only right after each diagnosis word the matcher
+        # found: a search of the whole text costs ~0.4 ms per 10 KiB.
+        if icd_at and any(_ICD10.match(lowered, at) for at in icd_at):
             hits.append("phi-icd10")
         if "health" in groups:
             hits.append("phi-keyword")

@@ -322,3 +322,17 @@ def test_the_quick_charset_reading_agrees_with_the_email_package(
     part = Plain()
     part["Content-Type"] = ctype + form.format(charset)
     assert _charset(part) == part.get_content_charset()
+
+
+_ICD_WORDS = st.sampled_from(["diagnosis", "Diagnosed with", "DX", "dx:", "ICD-10", "icd10",
+                              "ICD-10-CM code", "impression", "diagnóstico", "xdx", "pre-dx",
+                              "ICD", "F32.1", "f41.9", "Z00", "U07.1", "B20", "A09", "lorem",
+                              "\n", " ", ",", "  (", "-", "é", "\u2014"])
+
+
+@given(st.lists(_ICD_WORDS, max_size=14).map(" ".join))
+def test_the_icd10_code_is_found_exactly_where_a_whole_text_search_finds_it(text: str) -> None:
+    from securemail.phi import _ICD10
+
+    found = "phi-icd10" in kinds(body=text)
+    assert found == bool(_ICD10.search(text.lower())), text
