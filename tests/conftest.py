@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# The portal's HTTP test fixtures (rig, clock, client), for tests/unit and tests/portal.
+pytest_plugins = ["tests.unit.portal_http"]
+
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 
 BASE_CONFIG = """

@@ -3,28 +3,20 @@ audit range, IPv6 rate-limit keys, stale codes, network drops."""
 
 from __future__ import annotations
 
-import re
-import warnings
 from collections.abc import Iterator
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-with warnings.catch_warnings():  # starlette 1.x nudges towards httpx2; httpx works
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
-
 from securemail.portal.app import CLIENT_POSTS, _client_key, create_app
 from securemail.portal.codes import CODE_MINUTES
 from securemail.testing import build_message
-from tests.unit.portal_helpers import CLIENT, NOW, STAFF, Rig, last_code, make_rig, original
+from tests.unit.portal_helpers import CLIENT, NOW, STAFF, Rig, last_code, original
+from tests.unit.portal_http import Clock, TestClient, csrf_token
 
 from .conftest import Portal
-
-Clock = list[datetime]
 
 
 class ClientFromHeader:
@@ -42,27 +34,14 @@ class ClientFromHeader:
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Rig:
-    return make_rig(tmp_path)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return [NOW]
-
-
-@pytest.fixture
 def client(rig: Rig, clock: Clock) -> Iterator[TestClient]:
     app = ClientFromHeader(create_app(rig.service, now=lambda: clock[0]))
     with TestClient(app, base_url="https://testserver") as c:
         yield c
 
 
-def landing(client: TestClient, pid: str) -> str:
-    r = client.get(f"/m/{pid}")
-    m = re.search(r'data-csrf="([0-9a-f]+)"', r.text)
-    assert m
-    return m.group(1)
+landing = csrf_token
+
 
 
 def open_session(rig: Rig, client: TestClient, raw: bytes) -> tuple[str, str]:

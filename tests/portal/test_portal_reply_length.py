@@ -10,21 +10,15 @@ import pytest
 
 from securemail.portal.app import MAX_REPLY_TEXT
 from securemail.testing import build_message
+from tests.unit.portal_helpers import Rig
+from tests.unit.portal_http import TestClient, seal
 
 from .conftest import CLIENT, STAFF, Portal
 from .test_portal_sessions_browser import open_with_code
-from .test_portal_sessions_http import (  # noqa: F401 (client, clock, rig: fixtures)
-    Rig,
-    TestClient,
-    client,
-    clock,
-    open_session,
-    rig,
-    seal,
-)
+from .test_portal_sessions_http import open_session
 
 
-def test_server_says_too_long_with_the_limit(rig: Rig, client: TestClient) -> None:  # noqa: F811
+def test_server_says_too_long_with_the_limit(rig: Rig, client: TestClient) -> None:
     pid = seal(rig)
     token = open_session(rig, client, pid)
     r = client.post(f"/m/{pid}/reply", data={"body": "x" * (MAX_REPLY_TEXT + 1)},

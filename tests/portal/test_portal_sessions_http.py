@@ -3,53 +3,15 @@ browser cookie that survives a cross-site click, sliding expiry with a cap."""
 
 from __future__ import annotations
 
-import re
-import warnings
-from collections.abc import Iterator
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 
 import pytest
 
-with warnings.catch_warnings():  # starlette 1.x nudges towards httpx2; httpx works
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
-
-from securemail.portal.app import create_app, session_cookie
+from securemail.portal.app import session_cookie
 from securemail.portal.service import SESSION_MAX_MINUTES, PortalDenied
-from tests.unit.portal_helpers import CLIENT, NOW, STAFF, Rig, last_code, make_rig, original
-
-Clock = list[datetime]
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Rig:
-    return make_rig(tmp_path)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return [NOW]
-
-
-@pytest.fixture
-def client(rig: Rig, clock: Clock) -> Iterator[TestClient]:
-    app = create_app(rig.service, reply_sender=rig.pipeline, now=lambda: clock[0])
-    with TestClient(app, base_url="https://testserver") as c:
-        yield c
-
-
-def seal(rig: Rig, message_id: str = "<orig-1@riverside.example>") -> str:
-    return rig.service.seal(original(), message_id=message_id, sender=STAFF,
-                            recipient=CLIENT, now=NOW).id
-
-
-def csrf_of(client: TestClient, pid: str) -> str:
-    r = client.get(f"/m/{pid}")
-    assert r.status_code == 200
-    m = re.search(r'data-csrf="([0-9a-f]+)"', r.text)
-    assert m
-    return m.group(1)
+from tests.unit.portal_helpers import NOW, Rig, last_code
+from tests.unit.portal_http import Clock, TestClient, seal
+from tests.unit.portal_http import csrf_token as csrf_of
 
 
 def open_session(rig: Rig, client: TestClient, pid: str) -> str:
@@ -62,7 +24,8 @@ def open_session(rig: Rig, client: TestClient, pid: str) -> str:
 
 
 def test_two_messages_open_at_once_in_one_browser(rig: Rig, client: TestClient) -> None:
-    a, b = seal(rig, "<a@riverside.example>"), seal(rig, "<b@riverside.example>")
+    a = seal(rig, message_id="<a@riverside.example>")
+    b = seal(rig, message_id="<b@riverside.example>")
     token_a = open_session(rig, client, a)
     open_session(rig, client, b)
     # Opening B did not end A: both read, and A can still reply.

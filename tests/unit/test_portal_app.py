@@ -3,52 +3,13 @@
 from __future__ import annotations
 
 import re
-import warnings
-from collections.abc import Iterator
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 
-import pytest
+from securemail.portal.app import CLIENT_POSTS
+from tests.unit.portal_http import Clock, TestClient, seal
+from tests.unit.portal_http import csrf_token as landing
 
-with warnings.catch_warnings():  # starlette 1.x nudges towards httpx2; httpx works
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
-
-from securemail.portal.app import CLIENT_POSTS, create_app
-
-from .portal_helpers import CLIENT, NOW, STAFF, Rig, last_code, make_rig, original
-
-Clock = list[datetime]
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Rig:
-    return make_rig(tmp_path)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return [NOW]
-
-
-@pytest.fixture
-def client(rig: Rig, clock: Clock) -> Iterator[TestClient]:
-    app = create_app(rig.service, reply_sender=rig.pipeline, now=lambda: clock[0])
-    with TestClient(app, base_url="https://testserver") as c:
-        yield c
-
-
-def seal(rig: Rig, now: datetime = NOW) -> str:
-    return rig.service.seal(original(), message_id="<orig-1@riverside.example>", sender=STAFF,
-                            recipient=CLIENT, now=now).id
-
-
-def landing(client: TestClient, pid: str) -> str:
-    r = client.get(f"/m/{pid}")
-    assert r.status_code == 200
-    m = re.search(r'data-csrf="([0-9a-f]+)"', r.text)
-    assert m
-    return m.group(1)
+from .portal_helpers import NOW, STAFF, Rig, last_code
 
 
 def test_security_headers_on_every_kind_of_response(rig: Rig, client: TestClient) -> None:

@@ -4,40 +4,25 @@ the audit says where it went, and the page says so before it is sent."""
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-with warnings.catch_warnings():  # starlette 1.x nudges towards httpx2; httpx works
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
 
 from securemail.portal.app import create_app
 from securemail.portal.service import PortalDenied
 from securemail.testing import build_message
+from tests.unit.portal_http import TestClient, seal
 
-from .portal_helpers import CLIENT, NOW, STAFF, Rig, last_code, make_rig, original
+from .portal_helpers import CLIENT, NOW, STAFF, Rig, last_code
 
 OUTSIDER = "outsider@elsewhere.example"
 FRONT_DESK = "front.desk@riverside.example"
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Rig:
-    return make_rig(tmp_path)
 
 
 def with_reply_to(value: str) -> bytes:
     raw = build_message(sender=STAFF, to=[CLIENT], subject="Your results", body="MRN 99812",
                         headers={"Reply-To": value}, message_id="<rt@riverside.example>")
     return raw
-
-
-def seal(rig: Rig, raw: bytes | None = None) -> str:
-    return rig.service.seal(raw or original(), message_id="<orig-1@riverside.example>",
-                            sender=STAFF, recipient=CLIENT, now=NOW).id
 
 
 def client_for(rig: Rig, *, wired: bool) -> Iterator[TestClient]:
@@ -70,7 +55,7 @@ def open_session(rig: Rig, client: TestClient, pid: str) -> tuple[str, str]:
 
 def test_app_without_reply_sender_offers_no_reply_and_sends_nothing(
         rig: Rig, unwired: TestClient) -> None:
-    pid = seal(rig, with_reply_to(OUTSIDER))
+    pid = seal(rig, raw=with_reply_to(OUTSIDER))
     token, page = open_session(rig, unwired, pid)
     assert 'id="reply-form"' not in page
     assert "Replies cannot be sent from this page" in page
@@ -86,7 +71,7 @@ def test_app_without_reply_sender_offers_no_reply_and_sends_nothing(
 
 
 async def test_service_reply_without_reply_sender_is_refused(rig: Rig) -> None:
-    pid = seal(rig, with_reply_to(OUTSIDER))
+    pid = seal(rig, raw=with_reply_to(OUTSIDER))
     await rig.service.request_code(pid, now=NOW)
     token = rig.service.verify_code(pid, last_code(rig.transport), now=NOW)
     sent_before = len(rig.transport.sent)
@@ -99,7 +84,7 @@ async def test_service_reply_without_reply_sender_is_refused(rig: Rig) -> None:
 
 
 def test_reply_goes_to_the_pipeline_and_the_audit_says_where(rig: Rig, wired: TestClient) -> None:
-    pid = seal(rig, with_reply_to(FRONT_DESK))
+    pid = seal(rig, raw=with_reply_to(FRONT_DESK))
     token, page = open_session(rig, wired, pid)
     assert 'id="reply-form"' in page
     upstream_before = len(rig.transport.sent)
@@ -125,7 +110,7 @@ def test_reply_goes_to_the_pipeline_and_the_audit_says_where(rig: Rig, wired: Te
 ])
 def test_page_says_where_the_reply_goes(rig: Rig, wired: TestClient, header: str,
                                         shown: str) -> None:
-    pid = seal(rig, with_reply_to(header))
+    pid = seal(rig, raw=with_reply_to(header))
     page = wired.get(f"/m/{pid}").text
     m = re.search(r'<p id="reply-to">Your reply goes to (.*?)\.</p>', page)
     assert m, page
@@ -136,6 +121,6 @@ def test_page_says_where_the_reply_goes(rig: Rig, wired: TestClient, header: str
 def test_page_names_from_when_there_is_no_reply_to(rig: Rig, wired: TestClient) -> None:
     raw = build_message(sender=f'"Dr. Rivera" <{STAFF}>', to=[CLIENT], subject="s", body="b",
                         message_id="<from@riverside.example>")
-    pid = seal(rig, raw)
+    pid = seal(rig, raw=raw)
     page = wired.get(f"/m/{pid}").text
     assert f"Your reply goes to <strong>Dr. Rivera &lt;{STAFF}&gt;</strong>" in page
