@@ -164,6 +164,14 @@ class Portal:
         self.run(self.transport.send(STAFF, [CLIENT], note))
         return sealed, self.link_from_notification(sealed.id)
 
+    def enter_code(self, page: Any) -> None:
+        """On an open landing page: ask for a code, type the one emailed, open."""
+        before = len(self.capture.messages)
+        page.get_by_role("button", name="Email me a code").click()
+        page.locator("#code").wait_for(state="visible")
+        page.fill("#code", self.code_for(before))
+        page.get_by_role("button", name="Open message").click()
+
     def code_for(self, since: int) -> str:
         """The code from the newest code email after message number ``since``."""
         got = self.capture.wait_for(

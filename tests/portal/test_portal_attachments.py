@@ -68,11 +68,7 @@ def test_reply_with_an_eml_attachment_is_delivered(portal: Portal, page: Any) ->
                         message_id="<eml@riverside.example>")
     _, link = portal.seal_and_notify(raw, message_id="<eml@riverside.example>")
     page.goto(link)
-    before = len(portal.capture.messages)
-    page.get_by_role("button", name="Email me a code").click()
-    page.locator("#code").wait_for(state="visible")
-    page.fill("#code", portal.code_for(before))
-    page.get_by_role("button", name="Open message").click()
+    portal.enter_code(page)
     eml = b"From: school@example.org\r\nSubject: report\r\n\r\nThe school report.\r\n"
     before = len(portal.capture.messages)
     page.fill("#reply-body", "Forwarding the school's mail.")
