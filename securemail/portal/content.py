@@ -56,7 +56,9 @@ def _one_address(msg: Message, name: str) -> tuple[str, str]:
     """``(address, display name)`` of the single address in header ``name``,
     strictly parsed; ``("", "")`` if the field is missing, repeated, holds
     several addresses or does not parse."""
-    values = msg.get_all(name) or []
+    # Raw values: 8-bit (SMTPUTF8) bytes stay escaped for utf8_header to decode
+    # (get_all would hand back a Header that turned each such byte into U+FFFD).
+    values = [v for k, v in msg.raw_items() if k.lower() == name.lower()]
     if len(values) != 1:
         return "", ""
     try:
@@ -75,7 +77,8 @@ MAX_DISPLAY_NAME = 100  # characters
 def _display_name(value: str, address: str) -> str:
     """The display name of a one-address header value, decoded, made plain
     (no control, format or invisible characters, one space between words);
-    "" if it has none or the lenient parse sees another address."""
+    "" if it has none, holds "@", "<" or ">", or the lenient parse sees another
+    address."""
     try:
         header = policy.default.header_factory("reply-to", value)
         found = list(getattr(header, "addresses", ()))
@@ -83,7 +86,10 @@ def _display_name(value: str, address: str) -> str:
         return ""
     if len(found) != 1 or str(found[0].addr_spec).lower() != address.lower():
         return ""
-    return _plain(str(found[0].display_name or ""))[:MAX_DISPLAY_NAME].strip()
+    shown = _plain(str(found[0].display_name or ""))[:MAX_DISPLAY_NAME].strip()
+    # A name that looks like an address ("Dr Rivera <dr@practice>" <collect@evil>)
+    # would tell the client their reply goes somewhere it does not: no name.
+    return "" if any(c in shown for c in "@<>") else shown
 
 
 def original_addresses(raw: bytes, envelope_sender: str) -> tuple[str, str]:
@@ -277,8 +283,10 @@ def _inline_cid_images(parts: list[dict[str, str]], files: list[Message]) -> lis
     """Write the images an HTML body refers to as ``cid:`` (RFC 2392, e.g. a
     logo in a ``multipart/related``) into it as ``data:`` URLs, which the
     sandboxed frame may show; returns the parts used, which are then not listed
-    as attachments. At most ``MAX_INLINE_IMAGES`` bytes in all: an image past
-    that stays an attachment (and its reference shows nothing, as before)."""
+    as attachments. At most ``MAX_INLINE_IMAGES`` bytes of ``data:`` URLs in
+    all, every reference counted (one image referred to a thousand times must
+    not make the sealed copy a thousand times its size): an image past that
+    stays an attachment, and a reference past it shows nothing, as before."""
     by_cid: dict[str, Message] = {}
     for part in files:
         cid = _content_id(part)
@@ -297,16 +305,19 @@ def _inline_cid_images(parts: list[dict[str, str]], files: list[Message]) -> lis
         part = by_cid.get(cid) or by_cid.get(cid.lower())
         if part is None:
             return match.group(0)
-        if id(part) not in urls:
+        url = urls.get(id(part))
+        if url is None:
             payload = part.get_payload(decode=True)
             data = payload if isinstance(payload, bytes) else b""
-            if len(data) > budget:
-                return match.group(0)
-            budget -= len(data)
             ctype = re.sub(r"[^\w.+/-]", "", part.get_content_type())
-            urls[id(part)] = f"data:{ctype};base64,{base64.b64encode(data).decode('ascii')}"
+            url = f"data:{ctype};base64,{base64.b64encode(data).decode('ascii')}"
+        if len(url) > budget:
+            return match.group(0)
+        budget -= len(url)
+        if id(part) not in urls:
+            urls[id(part)] = url
             used.append(part)
-        return urls[id(part)]
+        return url
 
     for body in parts:
         if body["type"] == "text/html":

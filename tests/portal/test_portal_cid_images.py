@@ -66,6 +66,19 @@ def test_inlining_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [a["name"] for a in doc["attachments"]] == ["logo.png", "letter.pdf"]
 
 
+def test_every_reference_counts_against_the_bound() -> None:
+    # One 64 KiB image referred to 3,000 times must not make the sealed copy
+    # 3,000 times its size (it was 262 MB for a 140 KB message).
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"], msg["To"], msg["Subject"] = STAFF, CLIENT, "Logos"
+    msg.set_content("x")
+    msg.add_alternative('<img src="cid:a@x">' * 3000, subtype="html")
+    msg.get_payload()[1].add_related(bytes(65536), maintype="image", subtype="png", cid="<a@x>")
+    raw = msg.as_bytes()
+    sealed = sealed_document(raw)[0]
+    assert len(sealed) < content.MAX_INLINE_IMAGES + 2 * len(raw)
+
+
 @pytest.mark.browser
 def test_inline_image_shows_in_the_browser(portal: Portal, page: Any) -> None:
     _, link = portal.seal_and_notify(related_message(),

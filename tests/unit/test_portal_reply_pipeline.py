@@ -20,9 +20,9 @@ FRONT_DESK = "front.desk@riverside.example"
 
 
 def with_reply_to(value: str) -> bytes:
-    raw = build_message(sender=STAFF, to=[CLIENT], subject="Your results", body="MRN 99812",
-                        headers={"Reply-To": value}, message_id="<rt@riverside.example>")
-    return raw
+    # Written out by hand: the header goes on the wire exactly as given.
+    return (f"From: {STAFF}\r\nTo: {CLIENT}\r\nSubject: Your results\r\nReply-To: {value}\r\n"
+            "Message-ID: <rt@riverside.example>\r\n\r\nMRN 99812\r\n").encode()
 
 
 def client_for(rig: Rig, *, wired: bool) -> Iterator[TestClient]:
@@ -103,10 +103,17 @@ def test_reply_goes_to_the_pipeline_and_the_audit_says_where(rig: Rig, wired: Te
     ('"Front Desk" <front.desk@riverside.example>',
      "Front Desk &lt;front.desk@riverside.example&gt;"),
     ("front.desk@riverside.example", "<strong>front.desk@riverside.example</strong>"),
-    ('"<b>Desk</b> &amp;" <front.desk@riverside.example>',
-     "&lt;b&gt;Desk&lt;/b&gt; &amp;amp; &lt;front.desk@riverside.example&gt;"),
+    ('"Desk &amp; Co" <front.desk@riverside.example>',
+     "Desk &amp;amp; Co &lt;front.desk@riverside.example&gt;"),
     ("=?utf-8?q?Caf=C3=A9_=E2=80=AE_Desk?= <front.desk@riverside.example>",
      "Café Desk &lt;front.desk@riverside.example&gt;"),
+    # A name holding markup or another address is not shown: only the address.
+    ('"<b>Desk</b>" <front.desk@riverside.example>',
+     "<strong>front.desk@riverside.example</strong>"),
+    ('"Dr Rivera <dr.rivera@riverside.example>" <front.desk@riverside.example>',
+     "<strong>front.desk@riverside.example</strong>"),
+    ("=?utf-8?q?Dr_Rivera_=3Cdr=2Erivera=40riverside=2Eexample=3E?="
+     " <front.desk@riverside.example>", "<strong>front.desk@riverside.example</strong>"),
 ])
 def test_page_says_where_the_reply_goes(rig: Rig, wired: TestClient, header: str,
                                         shown: str) -> None:
@@ -124,3 +131,12 @@ def test_page_names_from_when_there_is_no_reply_to(rig: Rig, wired: TestClient) 
     pid = seal(rig, raw=raw)
     page = wired.get(f"/m/{pid}").text
     assert f"Your reply goes to <strong>Dr. Rivera &lt;{STAFF}&gt;</strong>" in page
+
+
+def test_a_raw_utf8_name_is_shown_as_written(rig: Rig, wired: TestClient) -> None:
+    # SMTPUTF8 mail carries 8-bit header bytes, not encoded words.
+    raw = (f'From: "Dr José Rivera" <{STAFF}>\r\nTo: {CLIENT}\r\nSubject: s\r\n'
+           "Message-ID: <u8@riverside.example>\r\n\r\nb\r\n").encode()
+    pid = seal(rig, raw=raw)
+    page = wired.get(f"/m/{pid}").text
+    assert f"Your reply goes to <strong>Dr José Rivera &lt;{STAFF}&gt;</strong>" in page
