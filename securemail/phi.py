@@ -292,9 +292,14 @@ class Detectors:
             hits.append("phi-mrn")
         if "identifier" in groups:
             hits.append("phi-client-name")
-        # The code is looked for only right after each diagnosis word the matcher
-        # found: a search of the whole text costs ~0.4 ms per 10 KiB.
-        if icd_at and any(_ICD10.match(lowered, at) for at in icd_at):
+        # The code is looked for right after each diagnosis word the matcher
+        # found (a search of the whole text costs ~0.4 ms per 10 KiB). In ASCII
+        # text every place the pattern can start is such a word; beyond ASCII
+        # a word may start where the matcher sees none (after a private-use
+        # bullet, a spacing mark) or lower() may change it ("İCD" -> "i̇cd"):
+        # there the whole text is searched as written, as before.
+        if "icd" in groups and (any(_ICD10.match(lowered, at) for at in icd_at) or (
+                not text.isascii() and _ICD10.search(text))):
             hits.append("phi-icd10")
         if "health" in groups:
             hits.append("phi-keyword")

@@ -330,9 +330,30 @@ _ICD_WORDS = st.sampled_from(["diagnosis", "Diagnosed with", "DX", "dx:", "ICD-1
                               "\n", " ", ",", "  (", "-", "é", "\u2014"])
 
 
-@given(st.lists(_ICD_WORDS, max_size=14).map(" ".join))
+@given(st.lists(_ICD_WORDS | st.sampled_from(["İCD", "DİAGNOSİS", "İ32", "\uf0b7Dx", "ःDX",
+                                               "\ue000", "\xad", "\U0001F614"]),
+                max_size=14).map(" ".join))
 def test_the_icd10_code_is_found_exactly_where_a_whole_text_search_finds_it(text: str) -> None:
     from securemail.phi import _ICD10
 
+    from securemail.phi import _fold, _scanned
+
     found = "phi-icd10" in kinds(body=text)
-    assert found == bool(_ICD10.search(text.lower())), text
+    scanned = _scanned(text.lower())
+    word_seen = " diagn" in scanned or any(
+        f" {w} " in scanned for w in ("dx", "icd", "icd99", "impression"))
+    # Never less than before (a diagnosis word seen, then the pattern anywhere)...
+    if word_seen and _ICD10.search(text):
+        assert found, text
+    # ...and never a code the pattern does not see in the text as written or folded.
+    if found:
+        assert _ICD10.search(text) or _ICD10.search(_fold(text)), text
+
+
+@pytest.mark.parametrize("text", [
+    "DOB 01/02/1980\nDx: deferred to Dr. Smith\nİCD-10 F32.1",  # Turkish capital İ
+    "DOB 01/02/1980\nDx: deferred\n\uf0b7Dx F32.1",  # Word's Symbol-font bullet
+    "DOB 01/02/1980\nDx: deferred\nDİAGNOSİS F32.1",
+])
+def test_a_code_after_a_word_the_matcher_cannot_see_is_still_found(text: str) -> None:
+    assert "phi-icd10" in kinds(body=text) and is_phi(body=text)
