@@ -334,9 +334,7 @@ _ICD_WORDS = st.sampled_from(["diagnosis", "Diagnosed with", "DX", "dx:", "ICD-1
                                                "\ue000", "\xad", "\U0001F614"]),
                 max_size=14).map(" ".join))
 def test_the_icd10_code_is_found_exactly_where_a_whole_text_search_finds_it(text: str) -> None:
-    from securemail.phi import _ICD10
-
-    from securemail.phi import _fold, _scanned
+    from securemail.phi import _ICD10, _fold, _scanned
 
     found = "phi-icd10" in kinds(body=text)
     scanned = _scanned(text.lower())
