@@ -88,7 +88,7 @@ base_url = "https://secure.{domain}"     # public https URL of the portal (behin
 listen = "127.0.0.1:8080"
 expiry_days = 30
 sender_name = ""                         # display name on notifications; "" = practice name
-notify_from = ""                         # From of notifications; "" = the original sender
+notify_from = ""                         # From of notifications; "" = the original's From
 code_channel = "email"                   # email | webhook
 session_minutes = 15
 
