@@ -51,7 +51,8 @@ def list_cmd(as_json: bool, config_path: str) -> None:
     with _service(config_path) as service:
         rows = service.list(now)
     items = [{
-        "id": r.id, "kind": r.kind, "parent_id": r.parent_id, "status": r.state(now),
+        "id": r.id, "kind": r.kind, "parent_id": r.parent_id, "message_id": r.message_id,
+        "status": r.state(now),
         "sender": r.sender, "recipient": r.recipient, "created": _iso(r.created),
         "expires": _iso(r.expires), "opened": _iso(r.opened), "revoked": _iso(r.revoked),
         "purged": _iso(r.purged), "locked": _iso(r.locked), "failed_codes": r.failed_codes,

@@ -46,7 +46,8 @@ BROWSER_COOKIE = "__Host-sm_browser"
 SESSION_COOKIE = "__Host-sm_session"  # + "-" + message id: one session per message
 MAX_ATTACHMENT = 10 * 1024 * 1024
 MAX_REPLY_TEXT = 100_000
-CLIENT_POSTS = 30  # per client address per window (all POSTs together)
+CLIENT_POSTS = 120  # per client address per window (all POSTs together): a batch of
+# messages costs about 4 each (code, verify, check-in, a download or reply)
 CLIENT_WINDOW = 600.0  # seconds
 MAX_BODY = MAX_ATTACHMENT + MAX_REPLY_TEXT * 4 + 65536  # one POST, multipart overhead included
 CSRF_HEADER = "x-csrf-token"

@@ -80,7 +80,9 @@ def _display_name(value: str, address: str) -> str:
     "" if it has none, holds "@", "<" or ">", or the lenient parse sees another
     address."""
     try:
-        header = policy.default.header_factory("reply-to", value)
+        # Unfolded first: a long or non-ASCII From is folded over lines, and the
+        # header parser refuses CR/LF inside address parts.
+        header = policy.default.header_factory("reply-to", re.sub(r"\r?\n(?=[ \t])", "", value))
         found = list(getattr(header, "addresses", ()))
     except (ValueError, LookupError, TypeError, AttributeError, IndexError):
         return ""

@@ -45,3 +45,5 @@ async def test_opened_column_and_json(tmp_path: Path) -> None:
     rows = {r["id"]: r for r in json.loads(run("portal", "list", "--json", "-c", str(path))[1])}
     assert rows[seen]["opened"] == opened_at and rows[unseen]["opened"] is None
     assert rows[seen]["locked"] is None and rows[seen]["attachments"] == 1
+    # The front desk finds "the lab results email" by its Message-ID.
+    assert (rows[seen]["message_id"], rows[unseen]["message_id"]) == ("<a@x>", "<b@x>")

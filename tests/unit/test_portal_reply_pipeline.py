@@ -140,3 +140,12 @@ def test_a_raw_utf8_name_is_shown_as_written(rig: Rig, wired: TestClient) -> Non
     pid = seal(rig, raw=raw)
     page = wired.get(f"/m/{pid}").text
     assert f"Your reply goes to <strong>Dr José Rivera &lt;{STAFF}&gt;</strong>" in page
+
+
+def test_a_folded_from_keeps_its_name(rig: Rig, wired: TestClient) -> None:
+    # Long or non-ASCII From headers are folded over two lines by mail programs.
+    raw = (f'From: "Dr. Ana Rivera, PsyD"\r\n <{STAFF}>\r\nTo: {CLIENT}\r\nSubject: s\r\n'
+           "Message-ID: <fold@riverside.example>\r\n\r\nb\r\n").encode()
+    pid = seal(rig, raw=raw)
+    page = wired.get(f"/m/{pid}").text
+    assert f"Your reply goes to <strong>Dr. Ana Rivera, PsyD &lt;{STAFF}&gt;</strong>" in page
