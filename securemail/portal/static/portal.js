@@ -73,11 +73,15 @@
     "stale-code": "This code has expired, or a newer code was sent. Please use the newest code, " +
       "or ask for a new one.",
   };
+  // Withdrawn (revoked), expired or purged: HTTP 410 from every POST, whatever its body.
+  function isGone(res) {
+    return res.status === 410 || ["expired", "revoked", "purged", "missing"].includes(res.data.error);
+  }
   function failure(res, el) {
     const err = res.data.error;
+    if (isGone(res)) { gone(); return; }
     if (err === "no-session") { sessionEnded(); return; }
     if (err === "locked") { show("step-locked"); return; }
-    if (["expired", "revoked", "purged", "missing"].includes(err)) { show("step-gone"); return; }
     say(el, messages[err] || "Something went wrong. Please try again.");
   }
 
@@ -179,11 +183,15 @@
     warnTimer = setTimeout(sessionWarning, Math.max(0, sessionEnd - WARN_BEFORE - Date.now()));
     endTimer = setTimeout(sessionEnded, Math.max(0, sessionEnd - Date.now()));
   }
-  async function touch() {
+  // errorEl: where "Stay signed in" shows a failure; a check-in on activity only
+  // acts on an ended session or a withdrawn message.
+  async function touch(errorEl) {
     lastTouch = Date.now();
     const res = await post("session");
     if (res.ok) sessionFrom(res.data);
-    else if (res.data.error === "no-session") sessionEnded();
+    else if (isGone(res) || res.data.error === "no-session" || res.data.error === "locked") {
+      failure(res, null);
+    } else if (errorEl) failure(res, errorEl);
   }
   function activity() {
     if (sessionEnd && !sessionFinal && Date.now() - lastTouch >= TOUCH_EVERY) touch();
@@ -204,7 +212,7 @@
     $("stay").hidden = sessionFinal;
     $("session-warning").hidden = false;
   }
-  function sessionEnded() {
+  function stopSession() {
     verified = false;
     clearTimeout(warnTimer);
     clearTimeout(endTimer);
@@ -212,12 +220,20 @@
     delete root.dataset.sessionEnd;
     $("session-warning").hidden = true;
     clearMessage();
+  }
+  // The message was withdrawn, expired or purged while open: nothing of it stays.
+  function gone() {
+    stopSession();
+    show("step-gone");
+  }
+  function sessionEnded() {
+    stopSession();
     show("step-start");
     let note = "Your session has ended, for your privacy. Please ask for a new code to continue.";
     if (loadDraft()) note += " Your unsent reply is kept in this tab.";
     say($("start-note"), note);
   }
-  $("stay").addEventListener("click", () => touch());
+  $("stay").addEventListener("click", () => touch($("session-warning-text")));
 
   function loadDraft() {
     try { return sessionStorage.getItem(draftKey) || ""; } catch (e) { return ""; }
@@ -245,6 +261,7 @@
       } else el.remove();
     }
     $("m-files").textContent = "";
+    say($("files-error"), "");
     for (const f of ["m-subject", "m-from", "m-to", "m-cc", "m-date"]) if ($(f)) $(f).textContent = "";
   }
 
@@ -322,7 +339,7 @@
       size.className = "file-size";
       size.textContent = humanSize(a.size);
       btn.append(name, size);
-      btn.addEventListener("click", () => download(a, index));
+      btn.addEventListener("click", () => download(a, index, btn));
       li.append(btn);
       files.append(li);
     });
@@ -330,7 +347,15 @@
     show("step-message", "step-reply");
   }
 
-  function download(a, index) {
+  // The download is recorded (audit log) first; the file is saved only once the
+  // server accepted the record. Withdrawn or expired (410) or no session (401):
+  // the message leaves the page and nothing is saved.
+  async function download(a, index, btn) {
+    say($("files-error"), "");
+    btn.disabled = true;
+    const res = await post("downloaded", { index: String(index) });
+    btn.disabled = false;
+    if (!res.ok) { failure(res, $("files-error")); return; }
     const url = URL.createObjectURL(new Blob([b64ToBytes(a.data)],
                                              { type: "application/octet-stream" }));
     const link = document.createElement("a");
@@ -340,7 +365,6 @@
     link.click();
     link.remove();
     setTimeout(() => URL.revokeObjectURL(url), 60000);
-    post("downloaded", { index: String(index) });
   }
 
   // No reply form when the original has no address to answer (the page says so).
