@@ -37,6 +37,13 @@ def _pgp_fails(*args: object, **kwargs: object) -> bytes:
     raise RenderError("the OpenPGP library failed")
 
 
+def _jane_pgp_key(gpg: Gpg, folder: Path) -> None:
+    """Jane's OpenPGP key (Ed25519 + Cv25519 subkey) exported to ``folder/jane.asc``."""
+    jane = gpg.gen("Jane <jane@mail.example>", "ed25519", "cert", "1y")
+    gpg.add_subkey(jane, "cv25519", "encr", "1y")
+    (folder / "jane.asc").write_bytes(gpg.export(jane))
+
+
 def _audited(relay: securemail.Relay) -> list[dict[str, object]]:
     return [r for r in iter_export_records(relay.audit.conn) if r.get("kind") == "message"]
 
@@ -44,9 +51,7 @@ def _audited(relay: securemail.Relay) -> list[dict[str, object]]:
 async def test_a_failing_pgp_key_falls_back_to_the_recipients_smime_certificate(
         gpg: Gpg, make_config: Callable[..., Path], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    jane = gpg.gen("Jane <jane@mail.example>", "ed25519", "cert", "1y")
-    gpg.add_subkey(jane, "cv25519", "encr", "1y")
-    (tmp_path / "jane.asc").write_bytes(gpg.export(jane))
+    _jane_pgp_key(gpg, tmp_path)
     ident = smime_identity("jane@mail.example")
     (tmp_path / "jane.pem").write_bytes(ident.cert_pem)
     (tmp_path / "jane.key").write_bytes(ident.key_pem)
@@ -81,9 +86,7 @@ async def test_the_portal_fallback_is_audited_as_the_portal(
     cfg.write_text(cfg.read_text().replace('unauthorised_recipients = "block"',
                                            'unauthorised_recipients = "block"\n'
                                            'on_encryption_error = "portal"'))
-    jane = gpg.gen("Jane <jane@mail.example>", "ed25519", "cert", "1y")
-    gpg.add_subkey(jane, "cv25519", "encr", "1y")
-    (tmp_path / "jane.asc").write_bytes(gpg.export(jane))
+    _jane_pgp_key(gpg, tmp_path)
     transport = MemoryTransport()
     relay = securemail.load(cfg, transport=transport)
     try:
