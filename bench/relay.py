@@ -12,6 +12,8 @@ count against it:
   (d) clients -> relay -> PGP/MIME per recipient -> sink
 
   (g) clients -> our SMTP listener + pooled upstream, no pipeline (attribution)
+  (h) clients -> relay pass-through without DKIM (attribution: what the RSA-2048
+      signature and its canonicalisation cost)
 
 Prints messages/s, the ratio to (a), and latency p50/p99 added to (a)'s.
 Every run is bounded by --messages and --seconds. Target: (b) >= 0.5 x (a).
@@ -326,8 +328,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--workers", type=int, default=1,
                     help="relay.workers for (b)-(d): run `securemail serve` with N processes")
-    ap.add_argument("--only", default="gbcd",
-                    help="relay cases to run after (a): g = SMTP layer only, b, c, d")
+    ap.add_argument("--only", default="ghbcd",
+                    help="relay cases to run after (a): g = SMTP layer only, h = (b) without"
+                         " DKIM, b, c, d")
     args = ap.parse_args()
     mp.set_start_method("fork")
     tmp = Path(tempfile.mkdtemp(prefix="securemail-bench-"))
@@ -348,6 +351,7 @@ def main() -> None:
         dkim_key = _dkim_key(tmp)
         cases = [
             ("g", "(g) SMTP layer only", False, staff_msg, "colleague@riverside.example"),
+            ("h", "(h) (b) without DKIM", False, staff_msg, "colleague@riverside.example"),
             ("b", "(b) relay pass-through", False, staff_msg, "colleague@riverside.example"),
             ("c", "(c) relay portal path", True, client_msg, "jane@mail.example"),
             ("d", "(d) relay PGP path", False, client_msg, "jane@mail.example"),
@@ -357,7 +361,8 @@ def main() -> None:
                 continue
             folder = tmp / key
             folder.mkdir()
-            cfg = relay_config(folder, sink_port, portal=portal, dkim_key=dkim_key,
+            cfg = relay_config(folder, sink_port, portal=portal,
+                               dkim_key=None if key == "h" else dkim_key,
                                workers=1 if key == "g" else args.workers)
             if key == "d" and not _import_pgp_key(cfg, folder):
                 print(f"{name}: skipped (gpg or the key ring is not available)")

@@ -26,6 +26,7 @@ from email.message import Message
 import ahocorasick_rs
 
 from securemail.config import PolicySettings
+from securemail.documents import Unreadable, document_text
 from securemail.model import PhiSignal
 
 __all__ = ["HEALTH_TERMS", "Detectors", "message_text"]
@@ -434,6 +435,19 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
                 return "\n".join(chunks), True
             continue
         if not _readable(ctype, name):
+            # A PDF, Word, Excel, PowerPoint, OpenDocument, RTF or ZIP file,
+            # found by its first bytes whatever its label: its text is read.
+            # One that cannot be read in full (a password, damage, past the
+            # limits) counts as unscanned. Images and the like: name only.
+            binary = part.get_payload(decode=True)
+            if not isinstance(binary, bytes):
+                continue
+            try:
+                document = document_text(binary, limit - size)
+            except Unreadable:
+                return "\n".join(chunks), True
+            if document is not None and add(document):
+                return "\n".join(chunks), True
             continue
         payload = part.get_payload(decode=True)
         if not isinstance(payload, bytes):

@@ -52,13 +52,21 @@ __all__ = ["process"]
 
 log = logging.getLogger("securemail.message")
 
+# Above this size a message is parsed and judged in a worker thread.
+THREAD_EVALUATE_BYTES = 32 * 1024
+
 
 async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime) -> Outcome:
     started = time.perf_counter()
     digest = hashlib.sha256(raw).hexdigest()
     if envelope.trace:  # securemail is the first server (submission): RFC 6409 section 8
         raw = complete_headers(raw, digest, relay.settings.relay.hostname, now)
-    verdict = relay.evaluate(raw, envelope, now)  # parse, classify, decide
+    if len(raw) > THREAD_EVALUATE_BYTES:
+        # Large messages carry documents (a PDF's text takes ~15 ms a page to
+        # read): judged in a worker thread, so other connections go on meanwhile.
+        verdict = await asyncio.to_thread(relay.evaluate, raw, envelope, now)
+    else:
+        verdict = relay.evaluate(raw, envelope, now)  # parse, classify, decide
 
     if verdict.malformed or (verdict.mode is Mode.ENFORCE and _all_blocked(verdict)):
         outcome = _finish(verdict, digest, {d.address: Status.BLOCKED for d in verdict.decisions})

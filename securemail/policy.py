@@ -174,6 +174,11 @@ def _unauthorised_reason(facts: Facts) -> str:
         clients = ", ".join(facts.client_ids[:5])
         plural = "s" if len(facts.client_ids) > 1 else ""
         return f"not an authorised contact of client{plural} {clients}"
+    if {s.detector for s in facts.phi_signals} <= {"phi-unscanned"}:
+        return ("PHI cannot be ruled out: part of the message could not be read (an"
+                " attachment with a password, a damaged attachment, or more text than"
+                " is scanned), and this address is not staff, a client, an authorised"
+                " contact or a partner")
     return ("the message contains PHI and this address is not staff, a client, "
             "an authorised contact or a partner")
 

@@ -1,0 +1,295 @@
+"""The text of document attachments, for the PHI detectors.
+
+A discharge summary, a superbill or an intake form leaves the practice as a
+PDF or Word file far more often than as text in the body. This module reads
+what a person would read in such a file:
+
+- PDF: the text of each page (pypdf); an empty owner password is tried, as
+  every PDF reader does;
+- Office Open XML (Word ``.docx``, Excel ``.xlsx``, PowerPoint ``.pptx``)
+  and OpenDocument (``.odt``, ``.ods``, ``.odp``): the text in their XML
+  parts, including headers, footers, comments, notes and sheet names;
+- RTF: the text without its control words;
+- legacy binary Office files and Outlook ``.msg`` (OLE2 compound files):
+  runs of readable text, in 8-bit and UTF-16 form, as ``strings`` finds them;
+- ZIP archives: the names of their files, and the documents inside (one level).
+
+The kind is found from the file's first bytes, not from its label, so a PDF
+sent as ``application/octet-stream`` or named ``scan.dat`` is still read.
+
+:func:`document_text` returns None for anything that is not a document
+(images, audio, unknown binaries: judged by file name only), the text
+otherwise, and raises :class:`Unreadable` for a document whose text cannot be
+read in full (encrypted, damaged, or larger than the limits): the caller
+must then treat it as possibly PHI. Nothing here logs, and no error carries
+content.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import logging
+import re
+import warnings
+import zipfile
+from typing import Final
+
+__all__ = ["Unreadable", "document_text"]
+
+MAX_PDF_PAGES: Final = 500
+MAX_ZIP_MEMBERS: Final = 2000
+MAX_INFLATED_BYTES: Final = 64 * 1024 * 1024  # all XML parts of one file, decompressed
+_MAX_DEPTH: Final = 1  # documents inside a ZIP archive; a ZIP inside that is unreadable
+
+
+class Unreadable(Exception):  # noqa: N818 - a state, as in "this attachment is unreadable"
+    """A document whose text could not be read in full; ``str()`` says why,
+    with no content and no file name."""
+
+
+def document_text(payload: bytes, limit: int, *, _depth: int = 0) -> str | None:
+    """The text of ``payload`` if it is a document we read, else None.
+
+    At most ``limit`` characters are returned; a document with more text
+    raises :class:`Unreadable` ("past the scan limit"), like one that
+    cannot be opened.
+    """
+    head = payload[:1024]
+    if b"%PDF-" in head:
+        return _bounded(_pdf_text(payload, limit), limit)
+    if payload.startswith(b"PK\x03\x04"):
+        return _bounded(_zip_text(payload, limit, _depth), limit)
+    if payload.startswith(_OLE2):
+        return _bounded(_ole2_text(payload), limit)
+    if payload.lstrip()[:5] == b"{\\rtf":
+        return _bounded(_rtf_text(payload), limit)
+    return None
+
+
+def _bounded(text: str, limit: int) -> str:
+    if len(text) > limit:
+        raise Unreadable("the document's text is past the scan limit")
+    return text
+
+
+# ------------------------------------------------------------------- PDF
+
+logging.getLogger("pypdf").setLevel(logging.CRITICAL)  # its warnings may quote the file
+
+
+def _pdf_text(payload: bytes, limit: int) -> str:
+    from pypdf import PdfReader
+
+    pages: list[str] = []
+    size = 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reader = PdfReader(io.BytesIO(payload))
+            if reader.is_encrypted and not reader.decrypt(""):
+                raise Unreadable("the PDF is encrypted with a password")
+            if len(reader.pages) > MAX_PDF_PAGES:
+                raise Unreadable(f"the PDF has more than {MAX_PDF_PAGES} pages")
+            for page in reader.pages:
+                text = page.extract_text() or ""
+                pages.append(text)
+                size += len(text)
+                if size > limit:
+                    break
+            info = reader.metadata
+            if info is not None:  # what a reader's Properties dialog shows
+                pages.extend(str(info.get(k, "")) for k in ("/Title", "/Subject", "/Keywords"))
+    except Unreadable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parser fault: the PDF is unreadable
+        raise Unreadable(f"the PDF cannot be read ({type(exc).__name__})") from None
+    return "\n".join(pages)
+
+
+# ------------------------------------------------- Office Open XML, ODF, ZIP
+
+# XML parts that hold text a person sees: Word body, headers, footers, notes,
+# comments; Excel shared and inline strings, sheet names; PowerPoint slides
+# and notes; OpenDocument content and styles (headers/footers); document
+# properties (title, subject, author) of both.
+_TEXT_PARTS = re.compile(
+    r"(word/(document|header\d*|footer\d*|footnotes|endnotes|comments\w*)\.xml"
+    r"|xl/(sharedStrings|workbook|worksheets/sheet\d+|comments\d*)\.xml"
+    r"|ppt/(slides/slide\d+|notesSlides/notesSlide\d+|comments/\w+)\.xml"
+    r"|content\.xml|styles\.xml|meta\.xml|docProps/(core|app)\.xml)",
+    re.IGNORECASE)
+# Tags that end a paragraph, cell, line or tab: a word stops there. Every
+# other tag (a run of differently formatted letters inside one word, "Ja" in
+# bold and "ne" not) joins its neighbours as the reader sees them.
+_BREAK_TAG = re.compile(
+    r"</(w:p|w:tc|a:p|text:p|text:h|table:table-cell|si|c)>"
+    r"|<(w:br|w:cr|w:tab|text:tab|text:line-break|text:s|a:br|sheet)\b[^>]*>", re.IGNORECASE)
+_ANY_TAG = re.compile(r"<[^>]*>")
+_SHEET_NAME = re.compile(r'<sheet\b[^>]*\bname="([^"]*)"', re.IGNORECASE)
+
+
+def _zip_text(payload: bytes, limit: int, depth: int) -> str:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(payload))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise Unreadable(f"the ZIP file cannot be read ({type(exc).__name__})") from None
+    if len(members) > MAX_ZIP_MEMBERS:
+        raise Unreadable(f"the ZIP file has more than {MAX_ZIP_MEMBERS} entries")
+    names = {m.filename for m in members}
+    office = "[Content_Types].xml" in names or "mimetype" in names
+    if "META-INF/manifest.xml" in names and b"encryption-data" in _read(
+            archive, archive.getinfo("META-INF/manifest.xml"), 1024 * 1024):
+        raise Unreadable("the OpenDocument file is encrypted with a password")
+    if not office and depth >= _MAX_DEPTH:
+        raise Unreadable("a ZIP file inside a ZIP file is not read")
+    chunks: list[str] = []
+    budget = MAX_INFLATED_BYTES
+    size = 0
+    for member in members:
+        if member.is_dir():
+            continue
+        if member.flag_bits & 0x1:
+            raise Unreadable("the ZIP file is encrypted with a password")
+        if office:
+            if not _TEXT_PARTS.fullmatch(member.filename):
+                continue
+            data = _read(archive, member, budget)
+            budget -= len(data)
+            text = _xml_text(data)
+        else:  # a plain archive: its file names, and the documents in it
+            text = member.filename
+            data = _read(archive, member, budget)
+            budget -= len(data)
+            found = document_text(data, limit - size, _depth=depth + 1)
+            if found is not None:
+                text += "\n" + found
+            elif member.filename.lower().endswith(_PLAIN_SUFFIXES):
+                text += "\n" + data.decode("utf-8", "replace")
+        chunks.append(text)
+        size += len(text)
+        if size > limit:
+            break
+    return "\n".join(chunks)
+
+
+_PLAIN_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".xml", ".md", ".eml", ".htm", ".html")
+
+
+def _read(archive: zipfile.ZipFile, member: zipfile.ZipInfo, budget: int) -> bytes:
+    """At most ``budget`` decompressed bytes of ``member``: a ZIP bomb that
+    inflates past it is unreadable, never read to the end."""
+    try:
+        with archive.open(member) as stream:
+            data = stream.read(budget + 1)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError,
+            NotImplementedError, RuntimeError) as exc:
+        raise Unreadable(f"a file in the ZIP cannot be read ({type(exc).__name__})") from None
+    if len(data) > budget:
+        raise Unreadable("the ZIP file inflates past the size limit")
+    return data
+
+
+def _xml_text(data: bytes) -> str:
+    text = data.decode("utf-8", "replace")
+    names = " ".join(_SHEET_NAME.findall(text))
+    text = _ANY_TAG.sub("", _BREAK_TAG.sub(" ", text))
+    return html.unescape(f"{names} {text}" if names else text)
+
+
+# ------------------------------------------------------------- RTF, OLE2
+
+_RTF_HEX = re.compile(rb"\\'([0-9a-fA-F]{2})")
+_RTF_UNICODE = re.compile(rb"\\u(-?\d{1,5}) ?(\\'[0-9a-fA-F]{2}|\?)?")
+_RTF_BREAK = re.compile(rb"\\(par|line|tab|cell|row|sect|page)\b ?")
+_RTF_CONTROL = re.compile(rb"\\[a-zA-Z]+-?\d* ?|\\[^a-zA-Z]|[{}]")
+# Destinations whose text is not shown: fonts, colours, styles, pictures, ...
+_RTF_HIDDEN = re.compile(
+    rb"\{(?:\\\*)?\\(fonttbl|colortbl|stylesheet|pict|object|themedata|colorschememapping"
+    rb"|latentstyles|datastore|generator|rsidtbl|listtable|listoverridetable)\b")
+
+
+def _rtf_text(payload: bytes) -> str:
+    data = _strip_groups(payload)
+    data = _RTF_BREAK.sub(b"\n", data)  # a newline: a control word's one space can't take it
+    data = _RTF_UNICODE.sub(lambda m: _code_point(int(m.group(1))), data)
+    data = _RTF_HEX.sub(lambda m: bytes([int(m.group(1), 16)]), data)
+    data = _RTF_CONTROL.sub(b"", data)
+    return data.decode("cp1252", "replace")
+
+
+def _code_point(value: int) -> bytes:
+    char = chr(value % 65536) if value >= -32768 else "?"
+    return char.encode("cp1252", "replace")
+
+
+def _strip_groups(data: bytes) -> bytes:
+    """``data`` without the groups of hidden destinations (font tables, ...)."""
+    out = bytearray()
+    pos = 0
+    for found in _RTF_HIDDEN.finditer(data):
+        if found.start() < pos:
+            continue  # inside a group already removed
+        out += data[pos:found.start()]
+        depth, i = 0, found.start()
+        while i < len(data):
+            c = data[i]
+            if c == 0x5C:  # backslash: skip the escaped character
+                i += 2
+                continue
+            if c == 0x7B:
+                depth += 1
+            elif c == 0x7D:
+                depth -= 1
+                if depth == 0:
+                    i += 1
+                    break
+            i += 1
+        pos = i
+    out += data[pos:]
+    return bytes(out)
+
+
+_OLE2: Final = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+
+
+def _ole2_text(payload: bytes) -> str:
+    if _ole2_encrypted(payload):
+        raise Unreadable("the Office file is encrypted with a password")
+    return _strings(payload)
+
+
+def _ole2_encrypted(payload: bytes) -> bool:
+    """Whether an OLE2 file holds an encrypted document.
+
+    Office 2007+ files with a password are OLE2 files with an
+    ``EncryptedPackage`` stream (MS-OFFCRYPTO); Word 97-2003 sets fEncrypted
+    in the FIB at the start of its WordDocument stream; Excel 97-2003 puts a
+    FILEPASS record right after the workbook's BOF record. Streams start on
+    sector boundaries (512 bytes in version 3 files, 4096 in version 4).
+    """
+    if "EncryptedPackage".encode("utf-16-le") in payload:
+        return True
+    sector = 4096 if payload[0x1A:0x1C] == b"\x04\x00" else 512
+    for start in range(sector, len(payload) - 32, sector):
+        if payload[start:start + 2] == b"\xec\xa5":  # Word FIB: wIdent 0xA5EC
+            flags = int.from_bytes(payload[start + 0x0A:start + 0x0C], "little")
+            if flags & 0x0100:  # fEncrypted
+                return True
+        elif payload[start:start + 4] == b"\x09\x08\x10\x00":  # Excel BIFF8 BOF, 16 bytes
+            if payload[start + 20:start + 22] == b"\x2f\x00":  # FILEPASS follows
+                return True
+    return False
+
+
+_ASCII_RUN = re.compile(rb"[\x20-\x7e\t\r\n]{4,}")
+_UTF16_RUN = re.compile(rb"(?:[\x20-\x7e\t\r\n]\x00|[\xa0-\xff]\x00){4,}")
+
+
+def _strings(payload: bytes) -> str:
+    """Readable runs of an OLE2 file (Word 97-2003, Excel 97-2003, Outlook .msg):
+    their text is stored uncompressed, as 8-bit or UTF-16LE characters."""
+    runs = [m.group().decode("latin-1") for m in _ASCII_RUN.finditer(payload)]
+    runs += [m.group().decode("utf-16-le", "replace") for m in _UTF16_RUN.finditer(payload)]
+    return "\n".join(runs)
