@@ -353,15 +353,29 @@ def utf8_header(value: object, *, lossy: bool = False) -> str:
 
 
 def _decode_subject(message: Message) -> str:
-    value = message.get("subject")
-    if value is None:
-        return ""
-    if isinstance(value, str) and "=?" not in value:
-        return value
+    values = header_texts(message, "subject")
+    return values[0] if values else ""
+
+
+def header_texts(message: Message, name: str) -> list[str]:
+    """Every ``name`` header's text as a mail program shows it: raw 8-bit bytes
+    read as UTF-8 (what SMTPUTF8 mail and Python's ``policy.SMTPUTF8`` write;
+    any other byte becomes U+FFFD), RFC 2047 encoded words decoded.
+
+    Read from the raw values: ``Message.get`` turns 8-bit bytes into U+FFFD.
+    """
+    return [decode_header_text(v) for k, v in message.raw_items() if k.lower() == name]
+
+
+def decode_header_text(value: object) -> str:
+    """One header value (raw, as ``Message.raw_items`` gives it) as shown."""
+    text = utf8_header(value, lossy=True)
+    if "=?" not in text:
+        return text
     try:
-        return str(make_header(decode_header(str(value))))
+        return str(make_header(decode_header(text)))
     except Exception:  # noqa: BLE001 - undecodable encoded words: scan the raw text
-        return str(value)
+        return text
 
 
 def strip_header(raw: bytes, name: str) -> bytes:

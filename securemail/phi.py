@@ -20,14 +20,15 @@ import html
 import re
 import unicodedata
 from collections.abc import Iterable
-from email.header import decode_header, make_header
 from email.message import Message
 
 import ahocorasick_rs
 
+from securemail.cms_content import cms_content
 from securemail.config import PolicySettings
 from securemail.documents import Unreadable, document_text
 from securemail.model import PhiSignal
+from securemail.parse import header_texts, utf8_header
 
 __all__ = ["HEALTH_TERMS", "Detectors", "message_text"]
 
@@ -347,29 +348,50 @@ def _filename(part: Message) -> str:
             part.get("content-type", "")).lower():
         return ""  # the common body part: skip the parameter parsing
     try:
-        name = part.get_filename()
+        name = _with_utf8_headers(part).get_filename()
     except (ValueError, LookupError, TypeError):  # a broken RFC 2231 parameter
         return ""
     return str(name) if name else ""
 
 
-_TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
+def _with_utf8_headers(part: Message) -> Message:
+    """``part``, or for raw 8-bit (SMTPUTF8) parameters a copy of its two
+    headers with those bytes read as UTF-8 (``Message.get`` makes them U+FFFD)."""
+    raw = [(k, v) for k, v in part.raw_items()
+           if k.lower() in ("content-disposition", "content-type")]
+    if all(v.isascii() for _, v in raw):
+        return part
+    probe = Message()
+    for k, v in raw:
+        probe[k] = utf8_header(v, lossy=True)
+    return probe
+
+
+# HTML as a mail program shows it: the tags of inline elements (a word half in
+# bold, a spell-check <span class=SpellE>, a coloured letter) join the letters
+# around them; every other tag (paragraph, line break, cell, image, ...) ends
+# a word. Comments show nothing; scripts and styles are not text.
+_INLINE = ("a|abbr|b|bdi|bdo|big|cite|code|data|del|dfn|em|font|i|ins|kbd|label|mark|"
+           "nobr|o:p|q|rp|rt|ruby|s|samp|small|span|strike|strong|sub|sup|time|tt|u|var|wbr")
+_HTML_NOTHING = re.compile(
+    r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|</?(?:" + _INLINE + r")(?=[\s/>])[^>]*>",
+    re.IGNORECASE | re.DOTALL)
+_HTML_TAG = re.compile(r"<[^>]*>")
+
+
+def html_text(markup: str) -> str:
+    """The text of an HTML part, words split and joined as a reader sees them."""
+    return html.unescape(_HTML_TAG.sub(" ", _HTML_NOTHING.sub("", markup)))
 
 
 # What a mail program shows of a forwarded message (Forward as attachment).
+_PKCS7_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
 _SHOWN_HEADERS = ("subject", "from", "to", "cc", "reply-to")
 _MAX_NESTING = 4  # forwarded messages inside forwarded messages, read this deep
 
 
 def _shown_headers(inner: Message) -> str:
-    values = []
-    for name in _SHOWN_HEADERS:
-        for value in inner.get_all(name) or ():
-            try:
-                values.append(str(make_header(decode_header(str(value)))))
-            except Exception:  # noqa: BLE001 - undecodable encoded words: the raw text
-                values.append(str(value))
-    return "\n".join(values)
+    return "\n".join(text for name in _SHOWN_HEADERS for text in header_texts(inner, name))
 
 
 def message_text(message: Message, limit: int, *, clear_only: bool = False,
@@ -399,7 +421,7 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
     for part in message.walk():
         if part.is_multipart():
             for extra in (part.preamble, part.epilogue):
-                if extra and extra.strip() and add(extra):
+                if extra and extra.strip() and add(utf8_header(extra, lossy=True)):
                     return "\n".join(chunks), True
             if not clear_only and part.get_content_maintype() == "message":
                 inner = part.get_payload(0) if part.get_payload() else None
@@ -415,12 +437,23 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
             return "\n".join(chunks), True
         if clear_only:
             continue
-        if name.lower().endswith(".eml"):
+        signed = ctype in _PKCS7_TYPES or name.lower().endswith((".p7m", ".p7z"))
+        if name.lower().endswith(".eml") or signed:
             # A forwarded message saved to a file and attached under any type
-            # (octet-stream, text/plain, ...): read as the message it is.
+            # (octet-stream, text/plain, ...): read as the message it is. So is
+            # the body of an opaque-signed or compressed S/MIME part: signed is
+            # not encrypted, anyone can read it.
             payload = part.get_payload(decode=True)
             if not isinstance(payload, bytes):
                 continue
+            if signed:
+                try:
+                    inner = cms_content(payload)
+                except Unreadable:
+                    return "\n".join(chunks), True
+                if inner is None:
+                    continue  # encrypted (or a detached signature): nothing in clear
+                payload = inner
             if _depth >= _MAX_NESTING:
                 return "\n".join(chunks), True  # not read: counts as unscanned
             try:
@@ -429,9 +462,10 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
                                                forwarded=forwarded, _depth=_depth + 1)
             except RecursionError:  # MIME nested past what the parser can walk
                 return "\n".join(chunks), True
-            if forwarded is not None:
+            if forwarded is not None and not signed:
                 forwarded.append(inner_message)
-            if add(_shown_headers(inner_message)) or add(inner_text) or cut:
+            shown = "" if signed else _shown_headers(inner_message)
+            if add(shown) or add(inner_text) or cut:
                 return "\n".join(chunks), True
             continue
         if not _readable(ctype, name):
@@ -458,7 +492,7 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
         except (LookupError, ValueError):  # unknown charset, or a codec with no "replace"
             text = payload.decode("utf-8", errors="replace")
         if ctype == "text/html":
-            text = html.unescape(_TAG.sub(" ", text))
+            text = html_text(text)
         if add(text):
             return "\n".join(chunks), True
     return "\n".join(chunks), False
