@@ -11,7 +11,7 @@ import datetime as dt
 import email.utils
 from collections.abc import Sequence
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, SMTPUTF8
 
 from securemail.config import Settings
 from securemail.model import RecipientOutcome, Status, Verdict
@@ -48,7 +48,9 @@ def recipients_notice(settings: Settings, sender: str, verdict: Verdict,
     msg["Message-ID"] = email.utils.make_msgid(domain=domain)
     msg["Auto-Submitted"] = "auto-replied"
     msg.set_content("\n".join(lines))
-    return msg.as_bytes(policy=SMTP)
+    # A non-ASCII sender address goes in raw UTF-8 (RFC 6532): SMTP's policy
+    # would put an encoded word inside the address, which RFC 2047 forbids.
+    return msg.as_bytes(policy=SMTP if sender.isascii() else SMTPUTF8)
 
 
 def _notice_domain(settings: Settings) -> str:

@@ -109,9 +109,17 @@ def _header_fields(display_name: str, frm: str, subject: str) -> bytes:
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+")
 
 
+# An internationalised address (RFC 6532): no white space, specials or controls.
+_UTF8_ADDRESS = re.compile(r'[^\s<>()\[\],;:"\\@\x00-\x1f\x7f]+@[^\s<>()\[\],;:"\\@\x00-\x1f\x7f]+')
+
+
 def _to_field(recipient: str) -> bytes:
     if _PLAIN_ADDRESS.fullmatch(recipient) and len(recipient) < 900:
         return b"To: " + recipient.encode("ascii") + b"\r\n"
+    if _UTF8_ADDRESS.fullmatch(recipient) and len(recipient.encode("utf-8")) < 900:
+        # Raw UTF-8 (RFC 6532), as the envelope needs SMTPUTF8 for it anyway:
+        # an encoded word is not allowed inside an address (RFC 2047 section 5).
+        return b"To: " + recipient.encode("utf-8") + b"\r\n"
     msg = EmailMessage(policy=policy.SMTP)  # anything else: the email package decides
     msg["To"] = recipient
     return msg.as_bytes(policy=policy.SMTP).split(b"\r\n\r\n", 1)[0] + b"\r\n"

@@ -174,6 +174,10 @@ def _seconds(delta: timedelta) -> int:
     return max(0, int(delta.total_seconds()))
 
 
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _mask(address: str) -> str:
     local, _, domain = address.partition("@")
     return f"{local[:1]}{'•' * 3}@{domain}"
@@ -288,10 +292,17 @@ def create_app(service: PortalService, *,
             reply_state = "off"  # replies go through the relay pipeline or not at all
         else:
             reply_state = "ok" if row.reply_address else "no-address"
+        # A code already on its way (a second tab, a reload): offer to type it
+        # rather than replace it. A read only: a GET changes nothing.
+        moment = now()
+        sent = service.code_sent(portal_id, now=moment)
         resp = page("landing.html", portal_id=portal_id, csrf=csrf_token(browser, portal_id),
                     masked=_mask(row.recipient), expires=row.expires.strftime("%d %B %Y"),
                     reply_state=reply_state, reply_address=row.reply_address,
-                    reply_name=row.reply_name or "", max_reply=MAX_REPLY_TEXT)
+                    reply_name=row.reply_name or "", max_reply=MAX_REPLY_TEXT,
+                    code_sent=_iso(sent[0]) if sent else "",
+                    code_sent_time=sent[0].strftime("%H:%M UTC") if sent else "",
+                    code_valid_for=_seconds(sent[1] - moment) if sent else 0)
         # Lax: a click on the email link (a cross-site navigation) must send it
         # back, or a new one would void the CSRF token of a tab already open.
         set_cookie(resp, BROWSER_COOKIE, browser, None, samesite="lax")

@@ -231,15 +231,31 @@ class PortalService:
         if self.store.codes_since(portal_id, now - timedelta(hours=1)) >= CODES_PER_HOUR:
             raise PortalDenied("rate-limited")
         code = new_code()
-        self.store.add_code(portal_id, self.secret.mac("code", portal_id, code), now,
-                            now + timedelta(minutes=CODE_MINUTES))
+        rowid = self.store.add_code(portal_id, self.secret.mac("code", portal_id, code), now,
+                                    now + timedelta(minutes=CODE_MINUTES))
         try:
             await self.code_channel.deliver(recipient=row.recipient, sender=row.sender,
                                             code=code, now=now)
         except Exception:  # noqa: BLE001 (any channel failure: tell the user, log the kind)
+            # The landing page must not say "a code was sent" for this one.
+            self.store.code_undelivered(rowid, now)
             raise PortalDenied("delivery-failed") from None
         self._event("code-sent", now, portal_id=portal_id, recipient=row.recipient,
                     channel=self.code_channel.name)
+
+    def code_sent(self, portal_id: str, *, now: datetime) -> tuple[datetime, datetime] | None:
+        """``(sent, expires)`` of the newest code for ``portal_id``, if it was
+        delivered and has not expired yet; else None. A read only (the landing page, a GET, asks).
+
+        Whether that code was used since is deliberately not looked at: the
+        landing page shows the answer to anyone holding the link, and a hint that
+        vanished before the code's ten minutes were up would tell them the
+        message had been opened."""
+        newest = self.store.newest_code(portal_id)
+        if newest is None:
+            return None
+        created, expires, delivered = newest
+        return (created, expires) if delivered and created <= now < expires else None
 
     def verify_code(self, portal_id: str, code: str, *, now: datetime,
                     session_token: str | None = None) -> str:

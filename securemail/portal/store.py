@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS portal_codes (
     created   TEXT NOT NULL,
     expires   TEXT NOT NULL,
     used      TEXT,              -- when it stopped working: used, replaced, or locked out
-    consumed  TEXT               -- when it opened the message (never "stale" after that)
+    consumed  TEXT,              -- when it opened the message (never "stale" after that)
+    undelivered TEXT             -- when its channel failed: it may never have arrived
 );
 CREATE INDEX IF NOT EXISTS portal_codes_id ON portal_codes (portal_id, created);
 CREATE TABLE IF NOT EXISTS portal_sessions (
@@ -174,8 +175,10 @@ class PortalStore:
                              ("reply_name", "TEXT"), ("mail_from", "TEXT")):
             if column not in columns:
                 conn.execute(f"ALTER TABLE portal_messages ADD COLUMN {column} {kind}")
-        if "consumed" not in {r[1] for r in conn.execute("PRAGMA table_info(portal_codes)")}:
-            conn.execute("ALTER TABLE portal_codes ADD COLUMN consumed TEXT")
+        code_columns = {r[1] for r in conn.execute("PRAGMA table_info(portal_codes)")}
+        for column in ("consumed", "undelivered"):
+            if column not in code_columns:
+                conn.execute(f"ALTER TABLE portal_codes ADD COLUMN {column} TEXT")
 
     def close(self) -> None:
         """Stop the group-commit writer (after committing what it holds)."""
@@ -300,13 +303,32 @@ class PortalStore:
 
     # --------------------------------------------------------------- codes
 
-    def add_code(self, id: str, code_hash: str, now: datetime, expires: datetime) -> None:
+    def add_code(self, id: str, code_hash: str, now: datetime, expires: datetime) -> int:
+        """Store a new code (it replaces the older ones); its rowid."""
         with self._tx() as c:
             # A new code replaces the old ones: only the latest code works.
             c.execute("UPDATE portal_codes SET used = ? WHERE portal_id = ? AND used IS NULL",
                       (ts(now), id))
-            c.execute("INSERT INTO portal_codes (portal_id, code_hash, created, expires) "
-                      "VALUES (?,?,?,?)", (id, code_hash, ts(now), ts(expires)))
+            cur = c.execute("INSERT INTO portal_codes (portal_id, code_hash, created, expires) "
+                            "VALUES (?,?,?,?)", (id, code_hash, ts(now), ts(expires)))
+        return int(cur.lastrowid or 0)
+
+    def code_undelivered(self, rowid: int, now: datetime) -> None:
+        """The channel failed to deliver this code: it must not be announced as sent."""
+        with self._tx() as c:
+            c.execute("UPDATE portal_codes SET undelivered = ? WHERE rowid = ?", (ts(now), rowid))
+
+    def newest_code(self, id: str) -> tuple[datetime, datetime, bool] | None:
+        """``(created, expires, delivered)`` of the newest code issued for ``id``
+        (whether or not it was used since: see ``PortalService.code_sent``)."""
+        with self._read() as c:
+            r = c.execute("SELECT created, expires, undelivered FROM portal_codes "
+                          "WHERE portal_id = ? ORDER BY rowid DESC LIMIT 1", (id,)).fetchone()
+        if not r:
+            return None
+        created, expires = _dt(str(r[0])), _dt(str(r[1]))
+        assert created is not None and expires is not None
+        return created, expires, r[2] is None
 
     def codes_since(self, id: str, since: datetime) -> int:
         with self._tx() as c:

@@ -94,7 +94,7 @@ def test_apple_mail_layout_shows_both_html_parts(portal: Portal, page: Any) -> N
     assert frames.count() == 2
     for n in range(2):  # each one sandboxed exactly like the first
         assert frames.nth(n).get_attribute("sandbox") == \
-            "allow-popups allow-popups-to-escape-sandbox"
+            "allow-same-origin allow-popups allow-popups-to-escape-sandbox"  # no scripts, no forms
         assert frames.nth(n).is_visible()
     assert page.frame_locator("#step-message iframe.body-part").nth(0) \
         .locator("#one").inner_text() == "HTML-ONE"

@@ -130,7 +130,7 @@ def test_html_body_is_sandboxed_and_loads_nothing_remote(portal: Portal, page: A
     page.wait_for_timeout(300)  # give any (wrongly allowed) image fetch time to land
     assert page.title() != "pwned"
     assert page.locator("#m-html").get_attribute("sandbox") == \
-        "allow-popups allow-popups-to-escape-sandbox"
+        "allow-same-origin allow-popups allow-popups-to-escape-sandbox"  # no scripts, no forms
     # Nothing reached the remote server, nor even the portal's own origin.
     assert portal.remote_hits == 0
     assert not [u for u in served if "tracker" in u or portal.remote_url in u]

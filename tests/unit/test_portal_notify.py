@@ -125,3 +125,38 @@ def test_notification_reads_as_the_email_package_would_build_it(tmp_path_factory
     assert (text, html) == (ref_text, ref_html)
     assert "https://secure.riverside.example/m/abc#k" in text
     assert msg["Date"] and msg["Message-ID"] and msg["Auto-Submitted"] == "auto-generated"
+
+
+def test_a_non_ascii_recipient_is_written_in_utf8_not_in_encoded_words(tmp_path: Path) -> None:
+    """RFC 2047 forbids encoded words inside an address; RFC 6532 allows UTF-8."""
+    settings = make_rig(tmp_path).settings
+    for recipient in ("jürgen@xn--bcher-kva.example", "jürgen@bücher.example"):
+        raw = notification_message(settings, url="https://secure.riverside.example/m/a#k",
+                                   expires=NOW, sender=STAFF, recipient=recipient, now=NOW)
+        assert b"=?utf-8?" not in raw.split(b"\r\n\r\n", 1)[0].lower()
+        assert _to_addresses(raw) == ["jürgen@xn--bcher-kva.example"]  # domain normalised
+
+
+def test_the_recipients_notice_to_a_non_ascii_sender_has_a_valid_to(tmp_path: Path) -> None:
+    from securemail.model import Decision, Mode, RecipientOutcome, Role, Source, Status, Verdict
+    from securemail.model import Action as Act
+    from securemail.notices import recipients_notice
+
+    settings = make_rig(tmp_path).settings
+    d = Decision("x@other.example", Source.TO, Role.THIRD_PARTY, Act.BLOCK,
+                 ("unauthorised-recipient",), "not an authorised contact")
+    verdict = Verdict("<m@riverside.example>", Mode.ENFORCE, False, False, (d,))
+    raw = recipients_notice(settings, "rezeptión@riverside.example", verdict,
+                            [RecipientOutcome(d.address, d.action, Status.BLOCKED)], NOW)
+    assert _to_addresses(raw) == ["rezeptión@riverside.example"]
+
+
+def _to_addresses(raw: bytes) -> list[str]:
+    """The To addresses as the relay's strict parser reads them (RFC 6532 UTF-8
+    accepted; an encoded word inside an address is refused as ambiguous)."""
+    from securemail.config import LimitSettings
+    from securemail.parse import parse_message
+
+    view = parse_message(raw, LimitSettings())
+    assert view.malformed is None, view.malformed_detail
+    return list(view.addresses("to"))

@@ -17,10 +17,30 @@
   const WARN_BEFORE = 2 * 60 * 1000;  // warn this long before the session ends
   const TOUCH_EVERY = 2 * 60 * 1000;  // report activity to the server at most this often
 
+  // The pages that replace everything else (no key, broken, locked, gone): their
+  // heading takes the focus, so a screen reader reads what happened.
+  const states = ["step-nokey", "step-broken", "step-locked", "step-gone"];
   function show(...names) {
     for (const s of steps) $(s).hidden = !names.includes(s);
+    for (const s of states) if (names.includes(s)) $(s).querySelector("h1").focus();
   }
-  function say(el, text) { el.textContent = text; el.hidden = !text; }
+  // Screen readers: status changes go to the live regions, which are always
+  // rendered (text in an element that appears with it is not reliably read).
+  // Cleared first, then set a moment later, so the same text twice is read twice.
+  const liveTimers = {};
+  function announce(text, urgent) {
+    const region = $(urgent ? "sr-alert" : "sr-status");
+    clearTimeout(liveTimers[region.id]);
+    region.textContent = "";
+    if (text) liveTimers[region.id] = setTimeout(() => { region.textContent = text; }, 100);
+  }
+  function say(el, text) {
+    el.textContent = text;
+    el.hidden = !text;
+    if (text && (el.classList.contains("error") || el.classList.contains("ok"))) {
+      announce(text, el.classList.contains("error"));
+    }
+  }
 
   function b64urlToBytes(text) {
     if (!/^[A-Za-z0-9_-]{43}$/.test(text)) return null;
@@ -94,9 +114,38 @@
 
   async function requestCode(errorEl) {
     const res = await post("code");
-    if (res.ok) { verified = false; show("step-code"); $("code").focus(); say($("code-error"), ""); }
+    if (res.ok) { verified = false; showCodeEntry(); }
     else failure(res, errorEl);
   }
+  function showCodeEntry() {
+    show("step-code");
+    $("code").focus();
+    say($("code-error"), "");
+  }
+
+  // A code for this message was sent a moment ago (a second tab, a reload): the
+  // page offers to type it instead of replacing it with a new one.
+  function forgetSentCode() {
+    $("code-sent").hidden = true;
+    $("have-code").hidden = true;
+    $("will-send").hidden = false;
+    $("send-code").textContent = "Email me a code";
+    $("send-code").classList.remove("btn-secondary");
+  }
+  if (!$("code-sent").hidden) {
+    const at = new Date($("code-sent-at").getAttribute("datetime"));
+    if (!isNaN(at)) {
+      $("code-sent-at").textContent = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    }
+    // Counted from the server's answer, not this computer's clock.
+    const validFor = parseInt($("code-sent").dataset.validFor, 10) || 0;
+    setTimeout(forgetSentCode, validFor * 1000);
+  }
+  $("have-code").addEventListener("click", () => {
+    verified = false;
+    say($("start-error"), "");
+    showCodeEntry();
+  });
   $("send-code").addEventListener("click", async () => {
     $("send-code").disabled = true;
     await requestCode($("start-error"));
@@ -164,6 +213,9 @@
       return;
     }
     render(doc, sealed.sealed_at);
+    // Keyboard and screen reader users land on the message, not on the used form.
+    $("m-subject").focus();
+    announce("Message opened.", false);
     if (!sessionEnd) touch();  // back within a live session: learn when it ends
   }
 
@@ -211,6 +263,7 @@
     say($("session-warning-text"), text);
     $("stay").hidden = sessionFinal;
     $("session-warning").hidden = false;
+    announce(text, true);
   }
   function stopSession() {
     verified = false;
@@ -232,6 +285,7 @@
     let note = "Your session has ended, for your privacy. Please ask for a new code to continue.";
     if (loadDraft()) note += " Your unsent reply is kept in this tab.";
     say($("start-note"), note);
+    $("start-heading").focus();  // what had the focus (the message, the reply) is gone
   }
   $("stay").addEventListener("click", () => touch($("session-warning-text")));
 
@@ -268,6 +322,7 @@
   function render(doc, sealedAt) {
     clearMessage();
     say($("start-note"), "");
+    forgetSentCode();  // it was used: a new code is needed after this session
     const draft = loadDraft();  // typed before the session ended, or before a reload
     if (draft && $("reply-body")) $("reply-body").value = draft;
     subject = doc.subject || "";
@@ -309,10 +364,14 @@
         el = firstHtml ? htmlTemplate : htmlTemplate.cloneNode(false);
         if (!firstHtml) el.removeAttribute("id");
         firstHtml = false;
-        // Sandboxed: no scripts, no same-origin access; the meta CSP blocks every
-        // remote load on top of the page's own inherited policy.
+        // Sandboxed: no scripts, no forms, no top navigation (same-origin only so
+        // that fitFrame can read its height); the meta CSP blocks every remote
+        // load on top of the page's own inherited policy.
         const guard = '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; ' +
           'img-src data:; style-src \'unsafe-inline\'"><base target="_blank">';
+        el.classList.remove("fitted");
+        el.style.height = "";
+        el.onload = () => fitFrame(el);
         el.srcdoc = guard + String(part.content || "");
       } else {
         el = firstText ? textTemplate : textTemplate.cloneNode(false);
@@ -346,6 +405,41 @@
     $("m-attachments").hidden = !(doc.attachments || []).length;
     show("step-message", "step-reply");
   }
+
+  // An HTML body's frame is as tall as what it shows: no scrolling box inside the
+  // page, and printing shows all of it. The frame runs no script; it is
+  // same-origin (sandbox allow-same-origin, no allow-scripts) only so that this
+  // page can measure it.
+  function fitFrame(frame) {
+    let doc = null;
+    try { doc = frame.contentDocument; } catch (e) { doc = null; }
+    const root = doc && (doc.scrollingElement || doc.documentElement);
+    if (!root || !frame.offsetParent || !frame.srcdoc) return;  // not shown: nothing to fit
+    const x = window.scrollX, y = window.scrollY;
+    const border = frame.offsetHeight - frame.clientHeight;
+    frame.classList.add("fitted");
+    frame.style.height = "0px";  // measure the content, not the frame's own height
+    const content = root.scrollHeight;
+    frame.style.height = (content + border) + "px";
+    // A horizontal scroll bar (a wide table) takes room from the content.
+    const bar = Math.max(0, (frame.contentWindow ? frame.contentWindow.innerHeight : 0) -
+                            root.clientHeight);
+    if (bar) frame.style.height = (content + border + bar) + "px";
+    window.scrollTo(x, y);  // the brief shrink above must not move the reader
+  }
+  function fitFrames() {
+    for (const f of Array.from(document.querySelectorAll("iframe.body-part"))) fitFrame(f);
+  }
+  let fitPending = 0;
+  window.addEventListener("resize", () => {
+    // Text wraps differently at another width: fit again, once per frame.
+    if (fitPending) return;
+    fitPending = requestAnimationFrame(() => { fitPending = 0; fitFrames(); });
+  });
+  // Not refitted for print: the print layout's width is not known here (an
+  // emulated print medium has the screen's), and a frame fitted to a wider page
+  // would cut off the end of the message on paper. portal.css instead makes the
+  // printed frame at least as wide as on screen, so the screen's height holds it.
 
   // The download is recorded (audit log) first; the file is saved only once the
   // server accepted the record. Withdrawn or expired (410) or no session (401):
@@ -384,7 +478,7 @@
     const res = await post("reply", fields);
     $("reply-send").disabled = false;
     if (res.ok) {
-      $("reply-ok").hidden = false;
+      say($("reply-ok"), "Your reply was sent securely.");
       $("reply-body").value = "";
       saveDraft("");
       $("reply-file").value = "";
