@@ -12,6 +12,7 @@ from securemail.errors import (
     InputError,
     MalformedMessage,
     PermanentFailure,
+    PluginError,
     RecipientsDeferred,
     RenderError,
     SecuremailError,
@@ -33,10 +34,12 @@ from securemail.model import (
     Role,
     Source,
     Status,
+    TLSInfo,
     Verdict,
 )
 from securemail.policy import RuleHit
 from securemail.relay import Relay, RelayClosed, UsageError, load
+from securemail.transport import SentMessage, Transport
 
 __all__ = [
     "Action",
@@ -51,6 +54,7 @@ __all__ = [
     "Mode",
     "Outcome",
     "PermanentFailure",
+    "PluginError",
     "RecipientFacts",
     "RecipientOutcome",
     "RecipientsDeferred",
@@ -60,10 +64,13 @@ __all__ = [
     "Role",
     "RuleHit",
     "SecuremailError",
+    "SentMessage",
     "Source",
     "Status",
     "StoreError",
+    "TLSInfo",
     "TemporaryFailure",
+    "Transport",
     "UpstreamRefused",
     "UpstreamUnavailable",
     "UsageError",

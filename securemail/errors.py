@@ -12,7 +12,8 @@ in the pipeline maps to exactly one answer on the wire::
     │   ├── RecipientsDeferred   some recipients deferred (carries the Outcome)
     │   ├── UpstreamUnavailable  upstream down, refused TLS, timed out
     │   ├── RenderError          encryption / signing / sealing failed
-    │   └── StoreError           the database could not be used
+    │   ├── StoreError           the database could not be used
+    │   └── PluginError          a policy plugin raised or returned nonsense
     └── PermanentFailure         5xx: the same message will never go through
         ├── Blocked              550 5.7.1 policy block (carries the Verdict)
         ├── UpstreamRefused      550 5.0.0 upstream refused every recipient
@@ -36,6 +37,7 @@ __all__ = [
     "InputError",
     "MalformedMessage",
     "PermanentFailure",
+    "PluginError",
     "RecipientsDeferred",
     "RenderError",
     "SecuremailError",
@@ -82,9 +84,13 @@ class RecipientsDeferred(TemporaryFailure):
     go out on a retry of the same bytes, ``accepted`` ones are not sent again.
     """
 
-    def __init__(self, outcome: Outcome) -> None:
+    def __init__(self, outcome: Outcome, causes: tuple[str, ...] = ()) -> None:
         self.outcome = outcome
-        super().__init__("some recipients could not be handled yet")
+        self.causes = causes  # e.g. "upstream: upstream 10.0.0.5:25 unavailable (...)"
+        waiting, total = len(self.deferred), len(outcome.recipients)
+        which = "every recipient" if waiting == total else f"{waiting} of {total} recipients"
+        why = f" ({'; '.join(causes)})" if causes else ""
+        super().__init__(f"{which} deferred{why}; retry the same bytes later")
 
     @property
     def deferred(self) -> tuple[str, ...]:
@@ -95,8 +101,8 @@ class RecipientsDeferred(TemporaryFailure):
         return tuple(r.address for r in self.outcome.recipients
                      if r.status.value in ("delivered", "sealed"))
 
-    def __reduce__(self) -> tuple[type[RecipientsDeferred], tuple[Outcome]]:
-        return (type(self), (self.outcome,))
+    def __reduce__(self) -> tuple[type[RecipientsDeferred], tuple[Outcome, tuple[str, ...]]]:
+        return (type(self), (self.outcome, self.causes))
 
 
 class UpstreamUnavailable(TemporaryFailure):
@@ -109,6 +115,12 @@ class RenderError(TemporaryFailure):
 
 class StoreError(TemporaryFailure):
     """The store could not be read or written."""
+
+
+class PluginError(TemporaryFailure):
+    """A policy plugin failed; the relay defers (451) rather than guess.
+    Nothing was sent. A retry succeeds only once the plugin is fixed: the
+    message names the plugin."""
 
 
 class PermanentFailure(SecuremailError):
@@ -144,7 +156,7 @@ class UpstreamRefused(PermanentFailure):
 
     @property
     def smtp_reply(self) -> str:  # type: ignore[override]
-        text = "The receiving server refused every recipient of this message"
+        text = "The receiving server did not accept this message for any recipient"
         if not self.replies:
             return f"550 5.0.0 {text}"
         shown = ", ".join(self.replies[:4])

@@ -207,10 +207,23 @@ class Verdict:
         )
 
     def decision_for(self, address: str) -> Decision:
+        """The decision for ``address``, written as the caller has it: case and
+        IDN forms are matched as the policy matches them (``Jane@Mail.Example``,
+        ``kim@bücher.example``). Raises KeyError for an address that is not a
+        recipient of this message."""
         for d in self.decisions:
             if d.address == address:
                 return d
-        raise KeyError(address)
+        from securemail.directory import AddressError, normalise_address
+
+        try:
+            normal = normalise_address(address)
+        except AddressError:
+            normal = ""
+        for d in self.decisions:
+            if normal and d.address == normal:
+                return d
+        raise KeyError(f"{address!r} is not a recipient of this message")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -57,8 +57,24 @@ class MessageView:
         return tuple(out)
 
 
+# "=?utf-8?q?j=C3=BCrgen?=@example.com": an encoded word in a local part or
+# domain, which RFC 2047 section 5 forbids (Python's SMTP policy writes it).
+_ENCODED_IN_ADDRESS = re.compile(r"=\?[^?\s]+\?[bqBQ]\?[^?\s]*\?=@|@[^\s,>]*=\?[^?\s]+\?[bqBQ]\?")
+
+
 def _bad(raw: bytes, kind: str, detail: str, message: Message | None = None) -> MessageView:
-    return MessageView(raw=raw, message=message, malformed=kind, malformed_detail=detail)
+    return MessageView(raw=raw, message=message, malformed=kind, malformed_detail=detail,
+                       message_id=_message_id(message) if message is not None else "")
+
+
+def _message_id(message: Message) -> str:
+    try:
+        value = " ".join(str(message.get("message-id", "")).split())
+    except Exception:  # noqa: BLE001 - an undecodable header: no id rather than a crash
+        return ""
+    if "\r" in value or "\n" in value or len(value) > 998:
+        return ""
+    return value
 
 
 def parse_message(raw: bytes, limits: LimitSettings) -> MessageView:
@@ -105,13 +121,15 @@ def parse_message(raw: bytes, limits: LimitSettings) -> MessageView:
             try:
                 found.extend(parse_address_list(utf8_header(value)))
             except AddressError:
+                hint = (" (an RFC 2047 encoded word inside an address: write a non-ASCII"
+                        " address in UTF-8, e.g. with Python's email.policy.SMTPUTF8)"
+                        if _ENCODED_IN_ADDRESS.search(value) else "")
                 return _bad(raw, "malformed-address",
-                            f"{name.title()} header cannot be parsed unambiguously", message)
+                            f"{name.title()} header cannot be parsed unambiguously{hint}",
+                            message)
         headers[name] = tuple(found)
-    message_id = " ".join(str(message.get("message-id", "")).split())
-    if "\r" in message_id or "\n" in message_id or len(message_id) > 998:
-        message_id = ""
-    return MessageView(raw=raw, message=message, message_id=message_id, headers=headers,
+    return MessageView(raw=raw, message=message, message_id=_message_id(message),
+                       headers=headers,
                        subject=_decode_subject(message))
 
 

@@ -83,6 +83,7 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
     replies: dict[str, str] = {}
     tls: TLSInfo | None = None
 
+    causes: list[str] = []  # why recipients were deferred, for RecipientsDeferred
     pending = [d for d in plan if d.address not in done]
     for d in pending:
         if d.action is Action.BLOCK:
@@ -98,14 +99,14 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
             outputs.append(result)
         elif isinstance(result, TemporaryFailure):
             statuses[d.address] = Status.DEFERRED  # fail closed: nothing sent for them
-            _deferred("render", result)
+            causes.append(_deferred("render", result))
         else:
             raise result
 
     # What upstream has accepted in this attempt, as each delivery returns: if
     # we are stopped half way (a caller's timeout, its event loop shutting
     # down), those copies are noted before we go (see _interrupted).
-    progress = _Progress()
+    progress = _Progress(causes)
     try:
         results = await asyncio.gather(
             *(_deliver(relay, envelope, o, progress) for o in outputs), return_exceptions=False
@@ -147,7 +148,7 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
     _log(relay, outcome, started)
     if deferred:
         ledger.record(digest, accepted, now)
-        raise RecipientsDeferred(outcome)
+        raise RecipientsDeferred(outcome, tuple(causes))
     if not outcome.delivered:
         raise UpstreamRefused("no recipient accepted the message", tuple(
             r.upstream_reply for r in outcome.recipients
@@ -160,14 +161,16 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
     return outcome
 
 
-def _deferred(step: str, exc: TemporaryFailure) -> None:
+def _deferred(step: str, exc: TemporaryFailure) -> str:
     """Say why recipients were deferred (451), so an operator can tell a down
     upstream from a TLS problem or a key that no longer works. The texts are
-    our own (no content, no addresses); anything else is named by its class."""
+    our own (no content, no addresses); anything else is named by its class.
+    Returns the same words for the caller's exception."""
     ours = isinstance(exc, (UpstreamUnavailable, RenderError))
     cause = str(exc) if ours else type(exc).__name__
     log.warning("deferred at %s: %s", step, cause,
                 extra={"event": {"notice": "deferred", "step": step, "cause": cause}})
+    return f"{step}: {cause}"
 
 
 def _discard_seal(relay: Relay, portal_id: str, now: dt.datetime) -> None:
@@ -210,11 +213,12 @@ def _strip_markers(relay: Relay, raw: bytes) -> bytes:
 class _Progress:
     """Recipients upstream accepted so far in this attempt (and their portal ids)."""
 
-    __slots__ = ("accepted", "portal_ids")
+    __slots__ = ("accepted", "causes", "portal_ids")
 
-    def __init__(self) -> None:
+    def __init__(self, causes: list[str]) -> None:
         self.accepted: dict[str, Status] = {}
         self.portal_ids: dict[str, str] = {}
+        self.causes = causes  # why copies were deferred
 
 
 def _interrupted(relay: Relay, envelope: Envelope, verdict: Verdict, digest: str,
@@ -265,14 +269,14 @@ async def _deliver(relay: Relay, envelope: Envelope, output: Output, progress: _
         try:
             data = relay.signer.sign(data)
         except RenderError as exc:
-            _deferred("dkim", exc)
+            progress.causes.append(_deferred("dkim", exc))
             return {d.address: (Status.DEFERRED, None) for d in output.recipients}, None
     as_given = _as_given(envelope)
     rcpts = [as_given.get(d.address, d.address) for d in output.recipients]
     try:
         result = await relay.transport.send(envelope.mail_from, rcpts, data)
     except TemporaryFailure as exc:
-        _deferred("upstream", exc)
+        progress.causes.append(_deferred("upstream", exc))
         return {d.address: (Status.DEFERRED, None) for d in output.recipients}, None
     per: dict[str, tuple[Status, str | None]] = {}
     for d, a in zip(output.recipients, rcpts, strict=True):

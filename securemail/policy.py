@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from securemail.config import PolicySettings
-from securemail.errors import ConfigError, TemporaryFailure
+from securemail.errors import ConfigError, PluginError
 from securemail.model import (
     Action,
     Decision,
@@ -54,10 +54,6 @@ class RuleHit:
 
 
 PolicyRule = Callable[[Facts, RecipientFacts], "RuleHit | None"]
-
-
-class PluginError(TemporaryFailure):
-    """A policy plugin failed; the relay defers (451) rather than guess."""
 
 
 _KIND_ACTION = {"pgp": Action.ENCRYPT_PGP, "smime": Action.ENCRYPT_SMIME}

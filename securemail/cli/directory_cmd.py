@@ -205,8 +205,10 @@ def directory_list(as_json: bool, config_path: str) -> None:
         return
     click.echo(f"staff domains: {', '.join(sorted(d.staff_domains)) or '(none)'}")
     for c in d.clients.values():
-        consent = (f"consent {c.consent_unencrypted.granted} ({c.consent_unencrypted.warning})"
-                   if c.consent_unencrypted else "no consent")
+        given = c.consent_unencrypted
+        consent = "no consent" if given is None else (
+            f"consent {given.granted} ({given.warning})"
+            + (f", expires {given.expires}" if given.expires else ""))
         click.echo(f"client {c.id}: {', '.join(c.addresses)}; {consent}")
         for ct in c.contacts:
             click.echo(f"    contact {ct.address} ({ct.relation})")

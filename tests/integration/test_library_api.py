@@ -553,6 +553,9 @@ async def test_a_deferral_says_which_recipients_wait_and_survives_pickling(
     assert isinstance(exc, TemporaryFailure)  # retry-later code keeps working
     assert exc.deferred == (STAFF,) and exc.accepted == ()
     assert [r.status for r in exc.outcome.recipients] == [Status.DEFERRED]
+    # The exception itself says why: a developer's error tracker shows it.
+    assert str(exc).startswith("every recipient deferred (upstream: ")
+    assert f"127.0.0.1:{port}" in str(exc) and "unavailable" in str(exc)
     copy = pickle.loads(pickle.dumps(exc))
     assert isinstance(copy, RecipientsDeferred) and copy.deferred == (STAFF,)
 

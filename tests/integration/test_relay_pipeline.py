@@ -225,8 +225,8 @@ async def test_every_recipient_refused_is_550(make_relay: Callable[..., Any],
     upstream.handler.rcpt_replies[STAFF] = "550 5.1.1 no such user"
     r = await make_relay(url(upstream))
     code, text = await send(r.port, message(to=STAFF), [STAFF])
-    assert (code, text) == (550, "5.1.1 The receiving server refused every recipient of"
-                                 " this message (it replied 550 5.1.1)")
+    assert (code, text) == (550, "5.1.1 The receiving server did not accept this message"
+                                 " for any recipient (it replied 550 5.1.1)")
     assert r.listeners.state.metrics.messages["refused"] == 1
 
 

@@ -419,3 +419,14 @@ def test_plain_utf8_addresses_still_import(tmp_path: Path) -> None:
 def test_errors_are_securemail_errors(tmp_path: Path) -> None:
     with pytest.raises(SecuremailError):
         read_directory_file(_csv(tmp_path, header="", name="empty.csv"))
+
+
+def test_list_shows_when_a_consent_expires(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    header = HEADER.rstrip("\n") + ",consent_expires\n"
+    rows = _csv(tmp_path, "client,c-9,,maria@mail.example,,,2026-02-01,v2,2027-02-01",
+                header=header)
+    assert _run(cfg, "import", str(rows)).exit_code == 0
+    listing = _run(cfg, "list").output
+    assert "client c-9: maria@mail.example; consent 2026-02-01 (v2), expires 2027-02-01" \
+        in listing

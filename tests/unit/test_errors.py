@@ -57,3 +57,47 @@ def test_errors_survive_pickling(error: Exception) -> None:
     if isinstance(error, Blocked):
         assert isinstance(copy, Blocked) and copy.verdict == error.verdict
 
+
+
+def test_recipients_deferred_says_how_many_and_why() -> None:
+    from securemail.errors import RecipientsDeferred
+    from securemail.model import (
+        Action,
+        Mode,
+        Outcome,
+        RecipientOutcome,
+        Status,
+        Verdict,
+    )
+
+    verdict = Verdict("<m@x>", Mode.ENFORCE, False, False, ())
+    every = Outcome(verdict, (RecipientOutcome("a@x.example", Action.DELIVER, Status.DEFERRED),),
+                    "0" * 64)
+    exc = RecipientsDeferred(every, ("upstream: upstream 127.0.0.1:1 unavailable "
+                                     "(SMTPConnectError)",))
+    assert str(exc) == ("every recipient deferred (upstream: upstream 127.0.0.1:1 unavailable"
+                        " (SMTPConnectError)); retry the same bytes later")
+    some = Outcome(verdict, (
+        RecipientOutcome("a@x.example", Action.DELIVER, Status.DELIVERED),
+        RecipientOutcome("b@x.example", Action.PORTAL, Status.DEFERRED)), "0" * 64)
+    assert str(RecipientsDeferred(some)).startswith("1 of 2 recipients deferred")
+    import pickle
+
+    again = pickle.loads(pickle.dumps(exc))
+    assert again.causes == exc.causes and str(again) == str(exc)
+
+
+def test_decision_for_matches_an_address_as_the_policy_does() -> None:
+    import pytest
+
+    from securemail.model import Action, Decision, Mode, Role, Source, Verdict
+
+    d = Decision("jane@xn--bcher-kva.example", Source.TO, Role.CLIENT, Action.PORTAL,
+                 ("protected-portal",), "r")
+    verdict = Verdict("<m@x>", Mode.ENFORCE, False, True, (d,))
+    assert verdict.decision_for("Jane@BÜCHER.example") is d
+    assert verdict.decision_for("jane@xn--bcher-kva.example") is d
+    with pytest.raises(KeyError, match="not a recipient"):
+        verdict.decision_for("nobody@x.example")
+    with pytest.raises(KeyError):
+        verdict.decision_for("not an address")

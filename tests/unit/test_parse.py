@@ -156,3 +156,23 @@ def test_fast_path_matches_the_stdlib_parser(ctype: str, cte: str, body: bytes,
     if cte:
         head += b"Content-Transfer-Encoding: " + cte.encode() + eol
     _same_as_stdlib(head + eol + body)
+
+
+def test_an_encoded_word_inside_an_address_says_how_to_fix_it() -> None:
+    """Python's default (SMTP) policy writes a non-ASCII address as encoded words,
+    which RFC 2047 forbids there: the message is refused, with the fix named,
+    and its Message-ID is still reported."""
+    from email.message import EmailMessage
+
+    from securemail.config import LimitSettings
+    from securemail.parse import parse_message
+
+    msg = EmailMessage()
+    msg["From"] = "dr@riverside.example"
+    msg["To"] = "jürgen@bücher.example"
+    msg["Message-ID"] = "<enc-1@riverside.example>"
+    msg.set_content("hello")
+    view = parse_message(msg.as_bytes(), LimitSettings())
+    assert view.malformed == "malformed-address"
+    assert "email.policy.SMTPUTF8" in view.malformed_detail
+    assert view.message_id == "<enc-1@riverside.example>"

@@ -138,8 +138,8 @@ def test_a_non_ascii_recipient_is_written_in_utf8_not_in_encoded_words(tmp_path:
 
 
 def test_the_recipients_notice_to_a_non_ascii_sender_has_a_valid_to(tmp_path: Path) -> None:
-    from securemail.model import Decision, Mode, RecipientOutcome, Role, Source, Status, Verdict
     from securemail.model import Action as Act
+    from securemail.model import Decision, Mode, RecipientOutcome, Role, Source, Status, Verdict
     from securemail.notices import recipients_notice
 
     settings = make_rig(tmp_path).settings
