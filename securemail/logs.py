@@ -14,6 +14,7 @@ import contextvars
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["JsonFormatter", "MessageEventMerger", "configure_logging", "held_event",
@@ -55,6 +56,21 @@ class MessageEventMerger(logging.Filter):
             box["event"] = event
             return False
         return True
+
+
+def message_summary(event: Mapping[str, Any]) -> str:
+    """The text of a per-message log record, for a plain ``logging`` setup (the
+    JSON formatter writes the event itself): ids, actions and recipient domains,
+    never a local part or content."""
+    shown = []
+    for r in event.get("recipients") or ():
+        status = f"/{r['status']}" if r.get("status") else ""
+        shown.append(f"{r.get('action')}{status} @{r.get('domain')}")
+    text = f"message {event.get('message_sha256', '?')}: {', '.join(shown) or 'no recipients'}"
+    smtp = event.get("smtp")
+    if isinstance(smtp, Mapping) and smtp.get("reply"):
+        text += f"; replied {smtp['reply']}"
+    return text
 
 
 class JsonFormatter(logging.Formatter):

@@ -29,6 +29,7 @@ from securemail.errors import (
     UpstreamRefused,
     UpstreamUnavailable,
 )
+from securemail.logs import message_summary
 from securemail.model import (
     Action,
     Decision,
@@ -361,7 +362,7 @@ def _log(relay: Relay, outcome: Outcome, started: float) -> None:
             for r in outcome.recipients
         ],
     }
-    log.info("message", extra={"event": event})
+    log.info("%s", message_summary(event), extra={"event": event})
     metrics = getattr(relay, "metrics", None)
     if metrics is not None:
         metrics.observe(outcome, time.perf_counter() - started)

@@ -46,7 +46,7 @@ from securemail.errors import (
     TemporaryFailure,
     UpstreamRefused,
 )
-from securemail.logs import MESSAGE_LOGGER, held_event, holding_events
+from securemail.logs import MESSAGE_LOGGER, held_event, holding_events, message_summary
 from securemail.metrics import MessageRecord, Metrics
 from securemail.model import Outcome, Status, TLSInfo
 from securemail.parse import parse_address_list, utf8_header
@@ -606,7 +606,7 @@ class RelayHandler:
             "recipients": len(envelope.rcpt_tos), "authenticated": user is not None,
             "tls": tls.version if tls else None, **({"error": error} if error else {}),
         }
-        message_log.info("message", extra={"event": event})
+        message_log.info("%s", message_summary(event), extra={"event": event})
         return reply
 
     async def handle_exception(self, error: Exception) -> str:

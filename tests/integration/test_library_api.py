@@ -625,3 +625,26 @@ def test_a_relay_that_cannot_start_leaves_nothing_open(tmp_path: Path) -> None:
             securemail.load(cfg)
     assert len(os.listdir("/proc/self/fd")) == fds_before
     assert threading.active_count() == threads_before
+
+
+def test_the_per_message_log_line_reads_well_without_a_json_formatter(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An EHR with logging.basicConfig() sees what happened, not just "message";
+    still no local part and no content."""
+    import logging
+
+    from securemail.testing import capturing_relay
+
+    relay, sent = capturing_relay(write_config(tmp_path, upstream_url="smtp://127.0.0.1:1"))
+    try:
+        with caplog.at_level(logging.INFO, logger="securemail.message"):
+            relay.send_sync(b"From: dr@riverside.example\r\nTo: colleague@riverside.example\r\n"
+                            b"Subject: Lunch plans\r\n\r\nNoon?\r\n")
+    finally:
+        relay.close_sync()
+    assert len(sent) == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "securemail.message"]
+    assert len(lines) == 1
+    assert lines[0].startswith("message ")
+    assert "deliver/delivered @riverside.example" in lines[0]
+    assert "colleague" not in lines[0] and "Lunch" not in lines[0]
