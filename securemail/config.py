@@ -454,6 +454,11 @@ def load_settings(path: str | Path) -> Settings:
     settings = parse_settings(data, name, hashlib.sha256(raw).hexdigest())
     # Relative storage paths are relative to the config file, not the cwd.
     sqlite = settings.storage.sqlite_path
+    if sqlite.is_absolute() and not sqlite.parent.is_dir():
+        # A mistyped absolute path (/var/lib/securemial/...) must not quietly
+        # start a second store: a new, empty audit log with its own signing key.
+        raise ConfigError(name, "storage.url", f"folder {sqlite.parent} does not exist:"
+                          " create it (securemail init --data-dir does) or fix the path")
     if not sqlite.is_absolute():
         from dataclasses import replace
 

@@ -141,3 +141,19 @@ def test_an_upstream_url_without_a_port_means_port_25(tmp_path: Path) -> None:
 def test_notify_from_is_kept_as_an_address(tmp_path: Path) -> None:
     cfg = write(tmp_path, '[portal]\nnotify_from = "Notify@Riverside.example"\n')
     assert load_settings(cfg).portal.notify_from == "notify@riverside.example"
+
+
+def test_an_absolute_store_path_in_a_missing_folder_is_refused(tmp_path: Path) -> None:
+    """A typo in /var/lib/securemail/... must not start a second, empty audit log."""
+    from securemail.config import load_settings
+    from securemail.errors import ConfigError
+
+    missing = tmp_path / "securemial" / "securemail.db"
+    cfg = tmp_path / "securemail.toml"
+    cfg.write_text(f'[storage]\nurl = "sqlite://{missing}"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert err.value.key == "storage.url" and str(missing.parent) in str(err.value)
+    assert not missing.parent.exists()
+    missing.parent.mkdir()
+    assert load_settings(cfg).storage.sqlite_path == missing
