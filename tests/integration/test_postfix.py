@@ -79,6 +79,7 @@ def postfix_config(root: Path, *, inbound: int, reinject: int, relay: int, captu
         smtp_tls_security_level = none
         smtpd_tls_security_level = none
         smtputf8_enable = no
+        sendmail_path = /usr/sbin/sendmail
         queue_run_delay = 1s
         minimal_backoff_time = 1s
         maximal_backoff_time = 2s
@@ -100,7 +101,9 @@ def postfix_config(root: Path, *, inbound: int, reinject: int, relay: int, captu
           -o smtpd_recipient_restrictions=permit_mynetworks,reject
           -o mynetworks=127.0.0.0/8
           -o smtpd_authorized_xforward_hosts=127.0.0.0/8
+          -o message_size_limit=40960000
         pickup    unix  n - n 60 1 pickup
+          -o content_filter=securemail:[127.0.0.1]:{relay}
         cleanup   unix  n - n - 0 cleanup
         qmgr      unix  n - n 300 1 qmgr
         rewrite   unix  - - n - - trivial-rewrite
@@ -202,3 +205,28 @@ async def test_postfix_content_filter_round_trip_protects_client_mail(
     assert b"Received:" in client_out
     # The relay saw the message from Postfix's content filter, not from the client.
     assert relay.listeners.state.metrics.messages["delivered"] == 2
+
+
+async def test_mail_given_to_the_sendmail_command_goes_through_securemail_too(
+        chain: tuple[int, Upstream, RunningRelay, Path]) -> None:
+    """Practice software, PHP mail() and cron use /usr/sbin/sendmail: that mail
+    enters Postfix through pickup, which deploy.md filters too. Before, pickup
+    had no filter and such mail went to the smarthost in clear."""
+    inbound, capture, relay, log = chain
+    conf = log.parent / "conf"
+    secret = "Diagnosis F32.1, next session Tuesday"
+    data = message(to="jane@mail.example", subject="From the EHR",
+                   body=f"Dear Jane,\r\n{secret}.").replace(b"\r\n", b"\n")
+    proc = await asyncio.create_subprocess_exec(
+        "/usr/sbin/sendmail", "-C", str(conf), "-f", "dr@riverside.example", "-t",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(data), 30)
+    assert proc.returncode == 0, out
+
+    ok = await wait_for(lambda: any("jane@mail.example" in m.rcpt_tos
+                                    for m in capture.messages), 60)
+    assert ok, f"not delivered; Postfix log:\n{log.read_text() if log.exists() else ''}"
+    sent = next(m for m in capture.messages if "jane@mail.example" in m.rcpt_tos).data
+    assert secret.encode() not in sent and b"F32.1" not in sent  # the portal notice instead
+    assert relay.listeners.state.metrics.messages["delivered"] == 1
