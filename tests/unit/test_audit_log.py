@@ -151,7 +151,8 @@ def test_a_rolled_back_append_leaves_no_gap_in_the_chain(tmp_path: Path) -> None
 
 @given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 30),
                     timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7)),
-                                               timezone(timedelta(hours=5, minutes=30))])))
+                                               timezone(timedelta(hours=5, minutes=30)),
+                                               timezone(timedelta(0), "UTC+0")])))
 def test_record_times_are_utc_text_that_sorts_in_time_order(when: datetime) -> None:
     text = format_time(when)
     assert text == when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").rjust(27, "0")
