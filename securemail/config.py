@@ -94,6 +94,9 @@ class UpstreamSettings:
     ca_file: str = ""
     timeout_seconds: int = 60
     pool_size: int = 4
+    # Not a key: the file these settings were read from, so that an error found
+    # later (a CA bundle that does not load) is "FILE: upstream.ca_file: ...".
+    config_file: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -212,13 +215,21 @@ def _hostname(t: Table) -> str:
     return value
 
 
+# The widest trusted network: an IPv4 /8 (10.0.0.0/8) or an IPv6 /32 (a whole
+# provider allocation), except inside IPv6 unique-local or link-local space.
+# Anything wider trusts a good part of the internet to relay without logging in.
+WIDEST_TRUSTED_PREFIX = {4: 8, 6: 32}
+_WIDE_BUT_PRIVATE = (ipaddress.IPv6Network("fc00::/7"), ipaddress.IPv6Network("fe80::/10"))
+
+
 def _relay(t: Table) -> RelaySettings:
     nets = t.strings("trusted_networks", RelaySettings.trusted_networks)
     for i, net in enumerate(nets):
         try:
-            ipaddress.ip_network(net, strict=False)
+            network = ipaddress.ip_network(net, strict=False)
         except ValueError:
             raise t.error(f"trusted_networks[{i}]", f'not a network: "{net}"') from None
+        _check_trusted_width(t, f"trusted_networks[{i}]", net, network)
     return RelaySettings(
         listen=read_host_port(t, "listen", RelaySettings.listen),
         hostname=_hostname(t),
@@ -230,6 +241,24 @@ def _relay(t: Table) -> RelaySettings:
         admin_listen=read_host_port(t, "admin_listen", "", allow_empty=True),
         workers=t.positive("workers", 1),
     )
+
+
+def _check_trusted_width(t: Table, key: str, text: str,
+                         network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    """No open relay by configuration (docs/deploy.md): refuse ``/0`` and any
+    network wider than :data:`WIDEST_TRUSTED_PREFIX`."""
+    if network.prefixlen == 0:
+        raise t.error(key, f"{text} trusts every address: that is an open relay")
+    widest = WIDEST_TRUSTED_PREFIX[network.version]
+    if network.prefixlen >= widest:
+        return
+    if isinstance(network, ipaddress.IPv6Network) and any(
+            network.subnet_of(private) for private in _WIDE_BUT_PRIVATE):
+        return
+    raise t.error(key, f"{text} is wider than /{widest}: it trusts a large part of the"
+                       " internet to relay without logging in (an open relay in all but"
+                       f" name); list the networks of your own mail hosts (at most /{widest}"
+                       f" for IPv{network.version})")
 
 
 def _submission(t: Table) -> SubmissionSettings:
@@ -276,6 +305,7 @@ def _upstream(t: Table) -> UpstreamSettings:
         ca_file=t.text("ca_file", ""),
         timeout_seconds=t.positive("timeout_seconds", UpstreamSettings.timeout_seconds),
         pool_size=t.positive("pool_size", UpstreamSettings.pool_size),
+        config_file=t.file,
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from securemail.errors import InputError
+from securemail.preflight import reserved_domain
 
 __all__ = ["InitResult", "initialise", "production_config"]
 
@@ -24,6 +25,12 @@ key_file = "dkim.key"                    # private key: service user only, never
 # key_file = "dkim.key"
 """
     pad = " " * max(1, 41 - len(f'url = "{storage_url}"'))
+    domains = f'domains = ["{domain}"]'
+    domains += " " * max(1, 41 - len(domains)) + "# staff mail domains (staff may receive anything)"
+    if reserved_domain(domain):
+        domains = (f"# CHANGE THIS: {domain} is a reserved example domain, not the practice's."
+                   "\n# Put its mail domain here, in [dkim] and in portal.base_url"
+                   " (`securemail config check` warns).\n" + domains)
     return f"""\
 # securemail configuration. Every key is documented in docs/configuration.md.
 # Relative paths are relative to this file's folder. Check it with
@@ -31,7 +38,7 @@ key_file = "dkim.key"                    # private key: service user only, never
 
 [practice]
 name = "{practice_name}"
-domains = ["{domain}"]                   # staff mail domains (staff may receive anything)
+{domains}
 phone = ""                               # shown in notifications so recipients can check them
 website = ""
 
@@ -91,6 +98,9 @@ sender_name = ""                         # display name on notifications; "" = p
 notify_from = ""                         # From of notifications; "" = the original's From
 code_channel = "email"                   # email | webhook
 session_minutes = 15
+# The TLS reverse proxy in front of the portal: addresses or CIDR networks whose
+# X-Forwarded-For / X-Forwarded-Proto are believed (everyone else's are ignored).
+forwarded_allow_ips = ["127.0.0.1", "::1"]
 
 {dkim_block}
 [audit]
@@ -120,9 +130,11 @@ class InitResult:
     config: Path
     dkim_record: str | None
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def report(self) -> str:
         lines = [f"Wrote {self.config}"]
+        lines += [f"WARNING: {w}" for w in self.warnings]
         lines += self.notes
         if self.dkim_record:
             lines += ["", "Publish this DNS TXT record (DKIM):", f"  {self.dkim_record}"]
@@ -176,7 +188,14 @@ def initialise(directory: Path, *, domain: str, practice_name: str, selector: st
                              dkim=key_file.exists(), storage_url=storage_url)
     cfg.write_text(text, encoding="utf-8")
     notes.append(_create_store(cfg))
-    return InitResult(cfg, record, notes)
+    warnings = [] if not reserved_domain(domain) else [
+        f"{domain} is a reserved example domain (the one used when --domain is not given),"
+        " and the config names it as the practice's mail domain. Until practice.domains,"
+        " [dkim] and portal.base_url name the practice's own domain, staff are treated as"
+        " third parties and nothing is DKIM-signed for it: edit the file (a DKIM key for the"
+        " real domain: `securemail dkim keygen --domain DOMAIN --selector SELECTOR`), or run"
+        " `securemail init --domain DOMAIN` into an empty folder."]
+    return InitResult(cfg, record, notes, warnings)
 
 
 def _create_store(cfg: Path) -> str:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,7 +24,7 @@ from securemail.logs import install_merger
 from securemail.smtp import SHUTTING_DOWN, ListenerPolicy, RelayHandler, RelaySMTP, ServerState
 from securemail.smtp_auth import load_users
 
-__all__ = ["Listeners", "split_host_port", "start_listeners"]
+__all__ = ["Listeners", "bind_sockets", "split_host_port", "start_listeners"]
 
 log = logging.getLogger("securemail.smtp")
 
@@ -123,10 +124,71 @@ def _submission_tls(settings: Settings) -> ssl.SSLContext:
     return ctx
 
 
+def bind_sockets(settings: Settings) -> dict[str, list[socket.socket]]:
+    """Listening sockets for the SMTP listeners, bound here once: with
+    ``relay.workers > 1`` the main process binds them before it forks and every
+    worker accepts on the same sockets. A second ``securemail serve`` on the
+    same address then fails to bind, instead of quietly taking a share of the
+    mail (which SO_REUSEPORT would allow)."""
+    keys = ["relay.listen"] + (["submission.listen"] if settings.submission.enabled else [])
+    bound: dict[str, list[socket.socket]] = {}
+    try:
+        for key in keys:
+            value = settings.relay.listen if key == "relay.listen" else settings.submission.listen
+            bound[key] = _bind(settings, key, value)
+    except BaseException:
+        for sockets in bound.values():
+            for sock in sockets:
+                sock.close()
+        raise
+    return bound
+
+
+def _bind(settings: Settings, key: str, value: str) -> list[socket.socket]:
+    host, port = split_host_port(value)
+    out: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            out.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(100)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in out:
+            sock.close()
+        raise _listen_error(settings, key, value, exc) from None
+    return out
+
+
+def _listen_error(settings: Settings, key: str, value: str, exc: OSError) -> ConfigError:
+    return ConfigError(settings.path, key, f"cannot listen on {value} ({exc.strerror or exc})")
+
+
+async def _server(settings: Settings, key: str, value: str, factory: Callable[[], Any],
+                  sockets: Mapping[str, Sequence[socket.socket]] | None
+                  ) -> list[asyncio.Server]:
+    loop = asyncio.get_running_loop()
+    if sockets is not None and key in sockets:
+        return [await loop.create_server(factory, sock=sock) for sock in sockets[key]]
+    host, port = split_host_port(value)
+    try:
+        return [await loop.create_server(factory, host=host, port=port)]
+    except OSError as exc:
+        raise _listen_error(settings, key, value, exc) from None
+
+
 async def start_listeners(relay: Any, settings: Settings, state: ServerState | None = None,
-                          *, reuse_port: bool = False) -> Listeners:
-    """Bind the configured listeners on the running loop (port 0 = any free port).
-    ``reuse_port``: several worker processes share the ports (SO_REUSEPORT)."""
+                          *, sockets: Mapping[str, Sequence[socket.socket]] | None = None
+                          ) -> Listeners:
+    """Bind the configured listeners on the running loop (port 0 = any free port),
+    or serve on ``sockets`` (from :func:`bind_sockets`, inherited by workers).
+    A listener that cannot bind raises ConfigError naming its key."""
     loop = asyncio.get_running_loop()
     install_merger()
     state = state or ServerState(settings.relay.max_connections_per_client)
@@ -144,12 +206,10 @@ async def start_listeners(relay: Any, settings: Settings, state: ServerState | N
     filter_policy = ListenerPolicy("content-filter", nets, settings.relay.max_recipients)
     filter_handler = RelayHandler(relay, filter_policy, state)
     listeners.handlers.append(filter_handler)
-    host, port = split_host_port(settings.relay.listen)
-    server = await loop.create_server(
-        lambda: RelaySMTP(filter_handler, state, **common), host=host, port=port,
-        reuse_port=reuse_port or None)
-    listeners.servers.append(server)
-    listeners.addresses["relay"] = server.sockets[0].getsockname()[:2]
+    servers = await _server(settings, "relay.listen", settings.relay.listen,
+                            lambda: RelaySMTP(filter_handler, state, **common), sockets)
+    listeners.servers.extend(servers)
+    listeners.addresses["relay"] = servers[0].sockets[0].getsockname()[:2]
     listeners.bound["relay.listen"] = settings.relay.listen
 
     if settings.submission.enabled:
@@ -158,15 +218,15 @@ async def start_listeners(relay: Any, settings: Settings, state: ServerState | N
         sub_policy = ListenerPolicy("submission", nets, settings.relay.max_recipients, users)
         sub_handler = RelayHandler(relay, sub_policy, state)
         listeners.handlers.append(sub_handler)
-        shost, sport = split_host_port(settings.submission.listen)
-        sub_server = await loop.create_server(
+        sub_servers = await _server(
+            settings, "submission.listen", settings.submission.listen,
             lambda: RelaySMTP(sub_handler, state, tls_context=listeners.tls_context,
                               require_starttls=True, auth_require_tls=True, **common),
-            host=shost, port=sport, reuse_port=reuse_port or None)
-        listeners.servers.append(sub_server)
-        listeners.addresses["submission"] = sub_server.sockets[0].getsockname()[:2]
+            sockets)
+        listeners.servers.extend(sub_servers)
+        listeners.addresses["submission"] = sub_servers[0].sockets[0].getsockname()[:2]
         listeners.bound["submission.listen"] = settings.submission.listen
         listeners.tls_context = tls
     for name, (h, p) in listeners.addresses.items():
-        log.info("SMTP %s listener on %s:%s", name, h, p)
+        log.info("SMTP %s listener on %s", name, f"[{h}]:{p}" if ":" in h else f"{h}:{p}")
     return listeners

@@ -6,19 +6,26 @@ read, a store it cannot write, a signing key that does not match the store, an
 archive key it would refuse) is reported by the check, with the file and key
 at fault, and not by the first start or SIGHUP. Nothing is created or changed
 here: run the check as the service user to test its permissions.
+
+:func:`config_warnings` lists what loads and runs but is probably a mistake
+(an example domain, an admin endpoint off loopback, a setting that has no
+effect): `config check` prints them and still exits 0 (1 with ``--strict``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import sqlite3
 import ssl
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from securemail.config import Settings
 from securemail.errors import ConfigError
 
-__all__ = ["check_runtime"]
+__all__ = ["check_runtime", "config_warnings", "reserved_domain"]
 
 
 def check_runtime(settings: Settings) -> None:
@@ -109,3 +116,68 @@ def _nearest_existing(folder: Path) -> Path:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     return folder
+
+
+# RFC 2606 and RFC 6761 names that are never anyone's mail domain.
+_RESERVED_NAMES = ("example.com", "example.net", "example.org")
+_RESERVED_TLDS = ("example", "test", "invalid", "localhost")
+
+
+def reserved_domain(domain: str) -> bool:
+    """Whether ``domain`` is (under) a name reserved for examples and tests."""
+    name = domain.strip().rstrip(".").lower()
+    return any(name == r or name.endswith("." + r) for r in _RESERVED_NAMES + _RESERVED_TLDS)
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """``FILE: key: problem`` for each setting that works but is probably wrong.
+
+    Warnings, not errors: the embedded demo (``securemail serve`` without a
+    config) uses ``practice.example`` and must keep running."""
+    out: list[str] = []
+
+    def warn(key: str, problem: str) -> None:
+        out.append(str(ConfigError(settings.path, key, problem)))
+
+    for i, domain in enumerate(settings.practice.domains):
+        if reserved_domain(domain):
+            warn(f"practice.domains[{i}]",
+                 f"{domain} is a reserved example domain, not the practice's: staff at the"
+                 " real domain are treated as third parties; put your mail domain here")
+    if settings.dkim is not None and reserved_domain(settings.dkim.domain):
+        warn("dkim.domain", f"{settings.dkim.domain} is a reserved example domain: nothing is"
+                            " signed for the practice's real domain")
+    if settings.portal.enabled:
+        host = urlsplit(settings.portal.base_url).hostname or ""
+        if reserved_domain(host):
+            warn("portal.base_url", f"{host} is a reserved example domain: links in"
+                                    " notifications would lead nowhere")
+        if settings.portal.notify_from and reserved_domain(
+                settings.portal.notify_from.rpartition("@")[2]):
+            warn("portal.notify_from", f"{settings.portal.notify_from} is at a reserved"
+                                       " example domain")
+    admin = settings.relay.admin_listen
+    if admin and not _loopback(admin):
+        warn("relay.admin_listen", f"{admin} is not a loopback address: /metrics and /readyz"
+                                   " are unauthenticated; keep it on 127.0.0.1 (or firewall"
+                                   " the port to the monitoring host)")
+    upstream = settings.upstream
+    if upstream.ca_file and not upstream.url.startswith("smtp:"):
+        warn("upstream.ca_file", 'is only used by an smtp:// upstream with tls = "required";'
+                                 " it is ignored here: remove it")
+    elif upstream.ca_file and upstream.tls != "required":
+        warn("upstream.ca_file", 'is only used with tls = "required"; with tls = "none" it is'
+                                 ' ignored: remove it, or set tls = "required" to verify the'
+                                 " upstream with it")
+    return out
+
+
+def _loopback(host_port: str) -> bool:
+    m = re.fullmatch(r"\[?(.+?)\]?:\d+", host_port)
+    host = m.group(1) if m else host_port
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere

@@ -13,15 +13,16 @@ import inspect
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+import socket
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from securemail.admin import start_admin
 from securemail.config import Settings, load_settings
 from securemail.errors import ConfigError
-from securemail.listeners import Listeners, split_host_port, start_listeners
+from securemail.listeners import Listeners, bind_sockets, split_host_port, start_listeners
 from securemail.smtp import ServerState
 
 __all__ = ["DEMO_DIR", "Services", "demo_banner", "ensure_demo", "run", "serve_forever",
@@ -142,20 +143,28 @@ class Services:
 
 async def start_services(relay: Any, settings: Settings, *, smtp: bool = True,
                          portal: bool = True, admin: bool = True,
-                         reuse_port: bool = False) -> Services:
-    """Bind everything the config asks for on the running loop."""
+                         sockets: Mapping[str, Sequence[socket.socket]] | None = None
+                         ) -> Services:
+    """Bind everything the config asks for on the running loop (the SMTP
+    listeners on ``sockets`` when the main process bound them for its workers)."""
     state = ServerState(settings.relay.max_connections_per_client)
     if smtp:
-        listeners = await start_listeners(relay, settings, state, reuse_port=reuse_port)
+        listeners = await start_listeners(relay, settings, state, sockets=sockets)
     else:
         listeners = Listeners(state)
     services = Services(relay, settings, listeners)
     if smtp and admin and settings.relay.admin_listen:
         host, port = split_host_port(settings.relay.admin_listen)
-        services.admin = await start_admin(
-            host, port, metrics=state.metrics.render, healthy=lambda: not state.draining,
-            not_ready=state.metrics.not_ready)
-        log.info("admin endpoint on http://%s:%s/healthz and /metrics", host, port)
+        try:
+            services.admin = await start_admin(
+                host, port, metrics=state.metrics.render, healthy=lambda: not state.draining,
+                not_ready=state.metrics.not_ready)
+        except OSError as exc:
+            await listeners.close()
+            raise ConfigError(settings.path, "relay.admin_listen", f"cannot listen on"
+                              f" {settings.relay.admin_listen} ({exc.strerror or exc})") from None
+        log.info("admin endpoint on http://%s/healthz and /metrics",
+                 f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     if portal:
         await _start_portal(services)
     return services
@@ -192,7 +201,14 @@ async def _start_portal(services: Services) -> None:
     while not server.started and not services.portal_task.done():
         await asyncio.sleep(0.01)
     if services.portal_task.done():
-        services.portal_task.result()  # raises the bind error, if any
+        try:
+            services.portal_task.result()  # raises the bind error, if any
+        except OSError as exc:
+            raise ConfigError(settings.path, "portal.listen", f"cannot listen on"
+                              f" {settings.portal.listen} ({exc.strerror or exc})") from None
+        except SystemExit:  # uvicorn exits when it cannot bind (it logged why)
+            raise ConfigError(settings.path, "portal.listen",
+                              f"cannot listen on {settings.portal.listen}") from None
     log.info("portal on %s (listening on %s:%s)", settings.portal.base_url, host, port)
 
 
@@ -214,17 +230,20 @@ def _EmbeddedUvicorn(config: Any) -> Any:  # noqa: N802 - a class factory
 
 
 async def run(config_path: Path, *, smtp: bool = True, portal: bool = True, demo: bool = False,
-              admin: bool = True, reuse_port: bool = False, children: Sequence[int] = (),
+              admin: bool = True, sockets: Mapping[str, Sequence[socket.socket]] | None = None,
+              workers: Workers | None = None,
               on_ready: Callable[[Services], None] | None = None) -> None:
-    """Load the relay, serve until SIGTERM/SIGINT, drain, exit. ``children`` are
-    extra worker processes that get our SIGTERM and SIGHUP."""
+    """Load the relay, serve until SIGTERM/SIGINT, drain, exit. ``workers`` are
+    the extra worker processes: they get our SIGTERM and SIGHUP, and if one
+    dies we stop too (exit status 1), so the service manager restarts all."""
     from securemail.relay import load
 
     relay = load(config_path)
     settings: Settings = relay.settings
+    children = workers.pids if workers is not None else []
     try:
         services = await start_services(relay, settings, smtp=smtp, portal=portal, admin=admin,
-                                        reuse_port=reuse_port)
+                                        sockets=sockets)
     except BaseException:
         await relay.close()  # stops the audit writer; otherwise the process cannot exit
         raise
@@ -252,10 +271,15 @@ async def run(config_path: Path, *, smtp: bool = True, portal: bool = True, demo
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop, sig)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    watch = asyncio.create_task(_watch(workers, stop)) if workers is not None else None
     try:
         await stop.wait()
+        if workers is not None and workers.failed:
+            forward(signal.SIGTERM)
         log.info("shutting down: draining messages in flight")
     finally:
+        if watch is not None:
+            watch.cancel()
         # Signals stay handled while draining: a second SIGTERM must not kill us mid-drain.
         await services.stop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -273,28 +297,95 @@ def _audit_config(relay: Any, reason: str, status: str) -> None:
         log.error("could not audit the configuration change (%s)", type(exc).__name__)
 
 
+@dataclass
+class Workers:
+    """The worker processes of ``securemail serve`` (``relay.workers`` > 1)."""
+
+    pids: list[int] = field(default_factory=list)
+    exited: dict[int, int] = field(default_factory=dict)  # pid -> exit status, once reaped
+    failed: bool = False  # one exited while we were serving
+
+    def poll(self) -> list[tuple[int, int]]:
+        """Workers that have exited since the last poll: (pid, exit status)."""
+        gone = []
+        for pid in self.pids:
+            if pid in self.exited:
+                continue
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                self.exited[pid] = os.waitstatus_to_exitcode(status)
+                gone.append((pid, self.exited[pid]))
+        return gone
+
+    def reap(self) -> bool:
+        """Wait for every worker; True when any of them failed."""
+        for pid in self.pids:
+            if pid not in self.exited:
+                try:
+                    _, status = os.waitpid(pid, 0)
+                    self.exited[pid] = os.waitstatus_to_exitcode(status)
+                except ChildProcessError:
+                    self.exited[pid] = 0
+        return self.failed or any(self.exited.values())
+
+
+async def _watch(workers: Workers, stop: asyncio.Event) -> None:
+    """A worker that dies while we serve stops the service: the survivors would
+    carry on with fewer hands and nobody would know. Exit status 1 lets the
+    service manager (systemd's Restart=on-failure) start everything afresh."""
+    while not stop.is_set():
+        for pid, status in workers.poll():
+            log.error("worker process %d exited unexpectedly (status %d): stopping all"
+                      " workers; the service manager should restart securemail", pid, status)
+            workers.failed = True
+            stop.set()
+        await asyncio.sleep(0.5)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGTERM this worker when the main process dies (even by SIGKILL),
+    so no orphan keeps relaying with an old configuration."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def serve_forever(config_path: Path, *, smtp: bool = True, portal: bool = True,
                   demo: bool = False) -> int:
     """The ``securemail serve`` process: ``relay.workers`` processes share the SMTP
-    ports (SO_REUSEPORT); the first one also serves the portal and the admin
-    endpoint (so /metrics counts that process's messages). Workers are forked
-    before any thread or event loop exists. Returns the exit status."""
-    workers = load_settings(config_path).relay.workers if smtp else 1
-    if workers > 1:
+    listeners, which this process binds before it forks (so a second
+    ``securemail serve`` on the same address fails to start); the first one
+    also serves the portal and the admin endpoint (so /metrics counts that
+    process's messages). Workers are forked before any thread or event loop
+    exists. Returns the exit status."""
+    settings = load_settings(config_path)
+    count = settings.relay.workers if smtp else 1
+    sockets = None
+    if count > 1:
         # Create the store's tables and the generated secrets once, here, so the
         # workers do not race to create them; then close it: no threads may
         # exist when we fork.
         from securemail.relay import load
 
         asyncio.run(load(config_path).close())
-    children: list[int] = []
-    for index in range(1, workers):
+        sockets = bind_sockets(settings)
+    workers = Workers()
+    parent = os.getpid()
+    for index in range(1, count):
         pid = os.fork()
         if pid == 0:  # a worker: SMTP only, until its own SIGTERM
             status = 0
             try:
+                _die_with_parent(parent)
                 asyncio.run(run(config_path, smtp=True, portal=False, admin=False,
-                                reuse_port=True))
+                                sockets=sockets))
             except BaseException as exc:  # noqa: BLE001 - a worker reports by exit status
                 tb = exc.__traceback__
                 while tb is not None and tb.tb_next is not None:
@@ -303,23 +394,14 @@ def serve_forever(config_path: Path, *, smtp: bool = True, portal: bool = True,
                 log.error("worker %d stopped: %s%s", index, type(exc).__name__, where)
                 status = 1
             os._exit(status)
-        children.append(pid)
+        workers.pids.append(pid)
     try:
-        asyncio.run(run(config_path, smtp=smtp, portal=portal, demo=demo,
-                        reuse_port=workers > 1, children=children))
+        asyncio.run(run(config_path, smtp=smtp, portal=portal, demo=demo, sockets=sockets,
+                        workers=workers if workers.pids else None))
     except BaseException:
-        for pid in children:  # we failed: do not leave workers behind
+        for pid in workers.pids:  # we failed: do not leave workers behind
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        _reap(children)
+        workers.reap()
         raise
-    return 1 if _reap(children) else 0
-
-
-def _reap(children: Sequence[int]) -> bool:
-    """Wait for the workers; True when any of them failed."""
-    failed = False
-    for pid in children:
-        _, status = os.waitpid(pid, 0)
-        failed |= os.waitstatus_to_exitcode(status) != 0
-    return failed
+    return 1 if workers.reap() else 0

@@ -15,7 +15,7 @@ import sqlite3
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from html import escape
 from typing import Any
 
@@ -26,8 +26,25 @@ __all__ = ["KeyExpiry", "ReportData", "UNAUTHORISED_RULE", "render_html", "repor
 
 UNAUTHORISED_RULE = "unauthorised-recipient"
 UNAUTHORISED_ROLE = "third-party"
-UNAUTHORISED_COLUMNS = ("at", "mail_from", "recipient", "source", "action", "mode", "outcome")
+UNAUTHORISED_COLUMNS = ("at", "message_id", "message_sha256", "mail_from", "recipient", "source",
+                        "mode", "outcome", "reason")
 ACTIONS = ("deliver", "encrypt-pgp", "encrypt-smime", "portal", "block")
+OUTCOMES = ("delivered", "sealed", "blocked", "refused", "deferred")
+OUTCOME_MEANING = {
+    "delivered": "the upstream server accepted the copy (in clear, or encrypted with OpenPGP"
+                 " or S/MIME)",
+    "sealed": "the copy was encrypted into the portal and its notification was accepted"
+              " upstream",
+    "blocked": "not sent: the policy stopped it",
+    "refused": "not sent: the upstream server refused it permanently (5xx)",
+    "deferred": "an attempt that sent nothing for this recipient (451, a temporary failure);"
+                " the sending program retries, and the retry is counted again with its own"
+                " outcome, so a recipient deferred once and then delivered is counted under"
+                " both",
+}
+SHA_PREFIX = 16  # hex digits of message_sha256 shown: enough to find the record in an export
+CHART_DAYS = 90
+RELAY_ACTOR = "relay"  # a sealed copy the relay revoked because its notification did not leave
 COLOURS = {"deliver": "#4e79a7", "encrypt-pgp": "#59a14f", "encrypt-smime": "#8cd17d",
            "portal": "#f28e2b", "block": "#e15759"}
 EXPIRY_WINDOW_DAYS = 30
@@ -58,9 +75,23 @@ class ReportData:
     opened: int = 0  # of those, opened at least once
     open_hours: list[float] = field(default_factory=list)
     portal_events: Counter[str] = field(default_factory=Counter)
+    submissions: int = 0  # distinct (message_sha256, at): each time a message was received
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (action, outcome)
+    sealed_records: int = 0  # recipient records with outcome sealed (may share a portal id)
+    revoked_failed_notice: int = 0  # portal copies the relay revoked: notification not sent
+    revoked_other: int = 0  # revoked by staff or a program
+    first_at: str | None = None  # time of the first / last record counted
+    last_at: str | None = None
     keys_expiring: list[KeyExpiry] | None = None  # None: key store not available
     integrity: str = ""  # the verification summary of the store the figures come from
     outside_window: int = 0  # records inside the chain stretch but timed outside the window
+
+    @property
+    def by_outcome(self) -> Counter[str]:
+        totals: Counter[str] = Counter()
+        for (_, outcome), n in self.outcomes.items():
+            totals[outcome] += n
+        return totals
 
     @property
     def pickup_rate(self) -> float | None:
@@ -92,6 +123,7 @@ def _collect(conn: sqlite3.Connection, data: ReportData, since: str | None,
     sealed_at: dict[str, str] = {}
     first_open: dict[str, str] = {}
     hashes: set[str] = set()
+    submissions: set[tuple[str, str]] = set()
     for row in store.iter_records(conn, first_seq=lo, last_seq=hi):
         if row.kind in ("checkpoint", "prune"):
             continue
@@ -102,14 +134,25 @@ def _collect(conn: sqlite3.Connection, data: ReportData, since: str | None,
             data.outside_window += 1
             continue
         rec = json.loads(row.body)
+        if data.first_at is None or row.at < data.first_at:
+            data.first_at = row.at
+        if data.last_at is None or row.at > data.last_at:
+            data.last_at = row.at
         if row.kind == "message":
             _count_message(data, rec, hashes, sealed_at)
+            submissions.add((str(rec.get("message_sha256")), row.at))
         elif rec.get("category") == "portal":
             data.portal_events[row.kind] += 1
             pid = rec.get("portal_id")
             if row.kind == "opened" and isinstance(pid, str) and pid not in first_open:
                 first_open[pid] = row.at
+            elif row.kind == "revoked":
+                if rec.get("actor") == RELAY_ACTOR:
+                    data.revoked_failed_notice += 1
+                else:
+                    data.revoked_other += 1
     data.messages = len(hashes)
+    data.submissions = len(submissions)
     data.sealed = len(sealed_at)
     for pid, at in sealed_at.items():
         if pid in first_open:
@@ -125,6 +168,7 @@ def _count_message(data: ReportData, rec: dict[str, Any], hashes: set[str],
     hashes.add(str(rec.get("message_sha256")))
     data.per_day.setdefault(str(rec["at"])[:10], Counter())[action] += 1
     data.by_action[action] += 1
+    data.outcomes[(action, str(rec.get("outcome")))] += 1
     rules = [str(r) for r in rec.get("rules") or []]
     if action == "block":
         for rule in rules:
@@ -137,12 +181,24 @@ def _count_message(data: ReportData, rec: dict[str, Any], hashes: set[str],
         else:
             data.blocked_with_unauthorised += 1
     pid = rec.get("portal_id")
-    if rec.get("outcome") == "sealed" and isinstance(pid, str):
-        sealed_at.setdefault(pid, str(rec["at"]))
+    if rec.get("outcome") == "sealed":
+        data.sealed_records += 1
+        if isinstance(pid, str):
+            sealed_at.setdefault(pid, str(rec["at"]))
 
 
 def _time(at: str) -> datetime:
     return datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _when(at: str | None, *, label: bool = True) -> str:
+    """A record time to the second, UTC (the records keep microseconds)."""
+    if not at:
+        return ""
+    try:
+        return _time(at).strftime("%Y-%m-%d %H:%M:%S" + (" UTC" if label else ""))
+    except ValueError:
+        return at
 
 
 def _keys_expiring(conn: sqlite3.Connection, now: datetime) -> list[KeyExpiry] | None:
@@ -187,10 +243,10 @@ def _keys_expiring(conn: sqlite3.Connection, now: datetime) -> list[KeyExpiry] |
 def render_html(data: ReportData, *, practice: str = "") -> str:
     parts = [_HEAD.format(title=escape(f"Audit report — {practice}" if practice else
                                       "Audit report"))]
-    period = f"{data.since or 'first record'} to {data.until or 'last record'}"
     parts.append(f"<h1>Audit report{' — ' + escape(practice) if practice else ''}</h1>"
-                 f"<p>Generated {escape(data.generated)} from the audit records; period:"
-                 f" {escape(period)}.</p>")
+                 f"<p>Generated {escape(_when(data.generated))} from the audit records.</p>"
+                 f"<p>Period: <span data-metric=\"period\">{escape(_period(data))}</span>."
+                 " Days and times are UTC.</p>")
     if data.outside_window:
         parts.append(f"<p>Not counted: <span data-metric=\"outside-window\">"
                      f"{data.outside_window}</span> record(s) written among this period's"
@@ -198,27 +254,107 @@ def render_html(data: ReportData, *, practice: str = "") -> str:
     if data.integrity:
         parts.append(f"<p data-metric=\"integrity\">Integrity check: {escape(data.integrity)}"
                      "</p>")
-    parts.append("<h2>Summary</h2><table><tbody>")
-    for label, metric, value in (
-        ("Messages", "messages", str(data.messages)),
-        ("Recipient decisions", "recipient-records", str(data.recipient_records)),
-        ("Blocked recipients", "blocked", str(data.by_action.get("block", 0))),
-        ("Unauthorised-recipient events", "unauthorised", str(len(data.unauthorised))),
-        ("Recipients blocked with an unauthorised one", "blocked-with-unauthorised",
-         str(data.blocked_with_unauthorised)),
-        ("Portal messages sealed", "sealed", str(data.sealed)),
-        ("Portal messages opened", "opened", str(data.opened)),
-        ("Portal pickup rate", "pickup-rate", _pct(data.pickup_rate)),
-        ("Median time to open", "median-open-hours", _duration(data.median_open_hours)),
-    ):
-        parts.append(f"<tr><th>{label}</th><td data-metric=\"{metric}\">{value}</td></tr>")
-    parts.append("</tbody></table>")
+    parts.append(_summary(data))
+    parts.append(_outcomes(data))
     parts.append(_per_day(data))
     parts.append(_blocks(data))
     parts.append(_unauthorised(data))
     parts.append(_keys(data))
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def _period(data: ReportData) -> str:
+    if data.since is None and data.until is None and data.first_at is None:
+        return "no records"
+    start = (_when(data.since) if data.since else
+             f"{_when(data.first_at)} (first record)" if data.first_at else "the first record")
+    end = (f"{_when(data.until)} (not included)" if data.until else
+           f"{_when(data.last_at)} (last record)" if data.last_at else "the last record")
+    return f"from {start} to {end}"
+
+
+def _summary(data: ReportData) -> str:
+    out = ["<h2>Summary</h2><table class=\"summary\"><thead><tr><th>Figure</th><th>Value</th>"
+           "<th>What it counts</th></tr></thead><tbody>"]
+    sealed_records = (f" ({data.sealed_records} sealed recipient decisions: a portal message"
+                      " can have more than one recipient)"
+                      if data.sealed_records != data.sealed else "")
+    for label, metric, value, meaning in (
+        ("Messages", "messages", str(data.messages),
+         "Distinct messages, by SHA-256 of the raw bytes as received: the same bytes received"
+         " twice (a retry after a deferral, or an identical resend) count once."),
+        ("Submissions", "submissions", str(data.submissions),
+         "Times the relay received a message and decided its recipients; a retry of the same"
+         " message counts again."),
+        ("Recipient decisions", "recipient-records", str(data.recipient_records),
+         "One per recipient per submission, whatever the outcome (the outcome table below"
+         " adds up to this); a recipient deferred and then retried counts once per attempt."),
+        ("Deferred attempts", "deferred", str(data.by_outcome.get("deferred", 0)),
+         "Recipient decisions with outcome deferred: nothing was sent to that recipient in"
+         " that attempt (451), and the retry is counted again."),
+        ("Blocked recipients", "blocked", str(data.by_action.get("block", 0)),
+         "Recipient decisions whose action was block (not sent)."),
+        ("Unauthorised-recipient events", "unauthorised", str(len(data.unauthorised)),
+         "Third parties who were sent client mail and stopped by the rule"
+         f" {UNAUTHORISED_RULE} (one row each in the table below)."),
+        ("Recipients blocked with an unauthorised one", "blocked-with-unauthorised",
+         str(data.blocked_with_unauthorised),
+         "The other recipients of those messages (the client, staff), stopped by the same"
+         " rule; counted apart from the events."),
+        ("Portal messages sealed", "sealed", str(data.sealed),
+         "Distinct portal messages (portal id) on recipient decisions with outcome sealed:"
+         f" their notification left{sealed_records}."),
+        ("Portal messages opened", "opened", str(data.opened),
+         "Of the sealed portal messages, those opened at least once in this period."),
+        ("Portal pickup rate", "pickup-rate", _pct(data.pickup_rate),
+         "Portal messages opened ÷ portal messages sealed."),
+        ("Median time to open", "median-open-hours", _duration(data.median_open_hours),
+         "From the sealed recipient decision to the first opened event, over the opened"
+         " portal messages."),
+    ):
+        out.append(f"<tr><th>{label}</th><td data-metric=\"{metric}\">{value}</td>"
+                   f"<td class=\"def\">{escape(meaning)}</td></tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _outcomes(data: ReportData) -> str:
+    """Recipient decisions by outcome and action: every figure above reconciles here."""
+    actions = list(ACTIONS) + sorted({a for a, _ in data.outcomes} - set(ACTIONS))
+    outcomes = list(OUTCOMES) + sorted({o for _, o in data.outcomes} - set(OUTCOMES))
+    by_outcome = data.by_outcome
+    out = ["<h2>Recipient decisions by outcome</h2>",
+           "<p>Each recipient decision has one action (what the relay did with that"
+           " recipient's copy) and one outcome (what happened to it). Rows add up to the"
+           " outcome totals, columns to the action totals of the per-day table, and the"
+           " bottom right to the recipient decisions.</p>",
+           "<table class=\"outcomes\"><thead><tr><th>Outcome</th>"
+           + "".join(f"<th>{escape(a)}</th>" for a in actions)
+           + "<th>Total</th></tr></thead><tbody>"]
+    for outcome in outcomes:
+        label = "deferred attempts" if outcome == "deferred" else outcome
+        cells = "".join(
+            f'<td data-metric="outcome-action" data-outcome="{escape(outcome)}"'
+            f' data-action="{escape(a)}">{data.outcomes.get((a, outcome), 0)}</td>'
+            for a in actions)
+        out.append(f"<tr><th>{escape(label)}</th>{cells}<td data-metric=\"outcome\""
+                   f' data-outcome="{escape(outcome)}">{by_outcome.get(outcome, 0)}</td></tr>')
+    totals = "".join(f'<td data-metric="action" data-action="{escape(a)}">'
+                     f"{data.by_action.get(a, 0)}</td>" for a in actions)
+    out.append(f"<tr><th>Total</th>{totals}<td data-metric=\"outcome-total\">"
+               f"{data.recipient_records}</td></tr></tbody></table>")
+    out.append("<dl>" + "".join(
+        f"<dt>{escape('deferred attempts' if o == 'deferred' else o)}</dt>"
+        f"<dd>{escape(OUTCOME_MEANING.get(o, 'an outcome recorded by another version'))}</dd>"
+        for o in outcomes) + "</dl>")
+    out.append("<p>Portal copies revoked after a failed notification: <span"
+               f' data-metric="revoked-after-failed-notice">{data.revoked_failed_notice}</span>'
+               " (the notification did not leave, so the relay revoked the sealed copy at once;"
+               " that recipient's decision says deferred or refused, not sealed). Revoked by"
+               f' staff or a program: <span data-metric="revoked-other">{data.revoked_other}'
+               "</span>.</p>")
+    return "".join(out)
 
 
 def _pct(v: float | None) -> str:
@@ -242,38 +378,76 @@ def _duration(hours: float | None) -> str:
 def _per_day(data: ReportData) -> str:
     days = sorted(data.per_day)
     out = ["<h2>Recipient decisions per day, by action</h2>"]
-    shown = days[-90:]
-    if shown:
-        peak = max(sum(data.per_day[d].values()) for d in shown)
-        width, height, bar = 720, 220, max(720 // len(shown), 2)
-        svg = [f'<svg role="img" aria-label="decisions per day" width="{width}"'
-               f' height="{height + 20}" viewBox="0 0 {width} {height + 20}">']
-        for i, day in enumerate(shown):
-            y = float(height)
-            for action in ACTIONS:
-                n = data.per_day[day].get(action, 0)
-                if n:
-                    h = n * height / peak
-                    y -= h
-                    svg.append(f'<rect x="{i * bar}" y="{y:.1f}" width="{max(bar - 1, 1)}"'
-                               f' height="{h:.1f}" fill="{COLOURS[action]}">'
-                               f"<title>{day} {action}: {n}</title></rect>")
-        svg.append(f'<text x="0" y="{height + 15}" font-size="11">{shown[0]}</text>')
-        svg.append(f'<text x="{width}" y="{height + 15}" font-size="11" text-anchor="end">'
-                   f"{shown[-1]}</text></svg>")
-        out.append("".join(svg))
-        out.append("<p>" + " ".join(
-            f'<span class="key" style="background:{COLOURS[a]}"></span>{a}' for a in ACTIONS)
-            + (" (chart: last 90 days)" if len(days) > 90 else "") + "</p>")
-    out.append("<table><thead><tr><th>Day</th>" + "".join(f"<th>{a}</th>" for a in ACTIONS)
-               + "</tr></thead><tbody>")
+    if days:
+        out.append(_day_chart(data, days))
+    out.append("<table><thead><tr><th>Day (UTC)</th>"
+               + "".join(f"<th>{a}</th>" for a in ACTIONS) + "<th>Total</th></tr></thead><tbody>")
     for day in days:
         cells = "".join(
             f'<td data-metric="day-action" data-day="{day}" data-action="{a}">'
             f"{data.per_day[day].get(a, 0)}</td>" for a in ACTIONS)
-        out.append(f"<tr><td>{day}</td>{cells}</tr>")
+        out.append(f"<tr><td>{day}</td>{cells}<td data-metric=\"day-total\" data-day=\"{day}\">"
+                   f"{sum(data.per_day[day].values())}</td></tr>")
+    if days:
+        cells = "".join(f'<td class="n">{data.by_action.get(a, 0)}</td>' for a in ACTIONS)
+        out.append(f'<tr><th>Total</th>{cells}<td class="n">{data.recipient_records}</td></tr>')
     out.append("</tbody></table>")
     return "".join(out)
+
+
+def _day_chart(data: ReportData, days: list[str]) -> str:
+    every = _all_days(days)
+    shown = every[-CHART_DAYS:]
+    n = len(shown)
+    left, plot, height = 40, 680, 200
+    slot = min(plot // n, 60)  # a day or two stays a bar, not a full-width block
+    bar = max(slot - max(slot // 4, 1), 1)
+    width = left + n * slot
+    peak = max(sum(data.per_day.get(d, Counter()).values()) for d in shown) or 1
+    step = -(-n // 6)  # more than ten days: about six labels, the last day's kept clear
+    labelled = set(shown) if n <= 10 else {
+        d for i, d in enumerate(shown) if i == n - 1 or (i % step == 0 and n - 1 - i >= step / 2)}
+    svg = [f'<svg role="img" aria-label="recipient decisions per day" width="{width}"'
+           f' height="{height + 24}" viewBox="0 0 {width} {height + 24}">',
+           f'<text x="{left - 4}" y="10" font-size="10" text-anchor="end">{peak}</text>'
+           f'<text x="{left - 4}" y="{height}" font-size="10" text-anchor="end">0</text>'
+           f'<line x1="{left}" y1="{height}" x2="{width}" y2="{height}" stroke="#888"/>']
+    for i, day in enumerate(shown):
+        x = left + i * slot + (slot - bar) // 2
+        y = float(height)
+        counts = data.per_day.get(day, Counter())
+        for action in ACTIONS:
+            count = counts.get(action, 0)
+            if count:
+                h = count * (height - 8) / peak
+                y -= h
+                svg.append(f'<rect x="{x}" y="{y:.1f}" width="{bar}" height="{h:.1f}"'
+                           f' fill="{COLOURS[action]}"><title>{day} {action}: {count}</title>'
+                           "</rect>")
+        if day in labelled:
+            anchor = "middle" if n <= 10 else "start" if i == 0 else \
+                "end" if i == n - 1 else "middle"
+            lx = x + bar / 2 if anchor == "middle" else x if anchor == "start" else x + bar
+            svg.append(f'<text x="{lx:.0f}" y="{height + 15}" font-size="10"'
+                       f' text-anchor="{anchor}">{day if n <= 10 else day[5:]}</text>')
+    svg.append("</svg>")
+    note = [f"{n} day{'s' if n != 1 else ''} (UTC)"]
+    if n > 10:
+        note.append(f"{shown[0]} to {shown[-1]}, labels month-day")
+    if len(shown) < len(every):
+        note.append(f"last {CHART_DAYS} days shown")
+    if n > len([d for d in shown if d in data.per_day]):
+        note.append("days without records are empty")
+    legend = " ".join(f'<span class="key" style="background:{COLOURS[a]}"></span>{a}'
+                      for a in ACTIONS)
+    return "".join(svg) + f"<p>{legend}<br>Chart: {escape('; '.join(note))}.</p>"
+
+
+def _all_days(days: list[str]) -> list[str]:
+    """Consecutive UTC days from the first to the last with records: a day
+    without records is an empty slot in the chart, not left out."""
+    first, last = date.fromisoformat(days[0]), date.fromisoformat(days[-1])
+    return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
 
 
 def _blocks(data: ReportData) -> str:
@@ -301,15 +475,25 @@ def _unauthorised(data: ReportData) -> str:
     out = [f"<h2>Unauthorised-recipient events ({len(data.unauthorised)})</h2>",
            "<p>Each row is one person who was sent client mail without being the client"
            " or an authorised contact. Other recipients of the same messages that were"
-           f" blocked with them (the client, staff): {data.blocked_with_unauthorised}.</p>"]
+           f" blocked with them (the client, staff): {data.blocked_with_unauthorised}."
+           " The message is named by its Message-ID and the first"
+           f" {SHA_PREFIX} hex digits of its SHA-256 (message_id and message_sha256 in an"
+           " export); the reason names the client when the policy identified one.</p>"]
     if not data.unauthorised:
         return "".join(out) + "<p>None in this period.</p>"
-    out.append("<table><thead><tr><th>Time (UTC)</th><th>Sender</th><th>Recipient</th>"
-               "<th>Copied as</th><th>Action</th><th>Mode</th><th>Outcome</th></tr></thead>"
-               "<tbody>")
+    out.append("<table class=\"events\"><thead><tr><th>Time (UTC)</th><th>Message</th>"
+               "<th>Sender</th><th>Recipient</th><th>Copied as</th><th>Mode</th>"
+               "<th>Outcome</th><th>Reason</th></tr></thead><tbody>")
     for ev in data.unauthorised[:MAX_LISTED]:
-        out.append("<tr data-metric=\"unauthorised-row\">" + "".join(
-            f"<td>{escape(str(ev.get(k) or ''))}</td>" for k in UNAUTHORISED_COLUMNS) + "</tr>")
+        sha = str(ev.get("message_sha256") or "")[:SHA_PREFIX]
+        message = (f'<span data-field="message-id">{escape(str(ev.get("message_id") or ""))}'
+                   f'</span><br><span data-field="sha256">sha256 {escape(sha)}</span>')
+        cells = "".join(
+            ('<td class="addr">' if k in ("mail_from", "recipient") else "<td>")
+            + escape(str(ev.get(k) or "")) + "</td>" for k in UNAUTHORISED_COLUMNS[3:])
+        out.append(f'<tr data-metric="unauthorised-row"><td class="when">'
+                   f'{escape(_when(ev.get("at"), label=False))}</td><td class="ref">{message}</td>'
+                   f"{cells}</tr>")
     out.append("</tbody></table>")
     if len(data.unauthorised) > MAX_LISTED:
         out.append(f"<p>First {MAX_LISTED} shown; export the records for the full list.</p>")
@@ -339,7 +523,13 @@ _HEAD = """<!DOCTYPE html>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 60em; }}
 table {{ border-collapse: collapse; margin: .5em 0 1.5em; }}
 th, td {{ border: 1px solid #bbb; padding: .2em .6em; text-align: left; }}
-td[data-metric] {{ text-align: right; }}
+td[data-metric], td.n {{ text-align: right; white-space: nowrap; }}
+td.def {{ font-size: .85em; color: #444; }}
+table.events {{ font-size: .8em; }}
+table.events td.addr, table.events td.ref {{ overflow-wrap: anywhere; }}
+table.events td.when {{ white-space: nowrap; }}
+table.events td.ref {{ min-width: 12em; font-family: monospace; }}
+dl {{ font-size: .85em; }} dt {{ font-weight: bold; }} dd {{ margin: 0 0 .3em 1.5em; }}
 .key {{ display: inline-block; width: .9em; height: .9em; margin: 0 .3em 0 1em; }}
 @media print {{ body {{ margin: 0; }} h2 {{ break-after: avoid; }} tr {{ break-inside: avoid; }}
   svg {{ max-width: 100%; }} }}

@@ -8,7 +8,11 @@ At the end the last record must be the one the signed head (store) or the
 signed export manifest names: otherwise the tail was cut.
 
 A last export line that was cut short is reported as ``incomplete-tail``,
-distinct from ``tampered``.
+distinct from ``tampered``; records signed by a key other than the one given,
+and otherwise intact, are reported as ``wrong-key`` (the usual cause is the
+wrong ``.pem``, not tampering). An export whose line endings were converted to
+CRLF (or that gained a UTF-8 byte-order mark) in an editor still verifies: the
+line terminator is not part of what is hashed or signed; the report notes it.
 """
 
 from __future__ import annotations
@@ -39,7 +43,10 @@ from securemail.errors import InputError
 
 __all__ = ["VerifyReport", "verify_export", "verify_store"]
 
-OK, TAMPERED, INCOMPLETE = "ok", "tampered", "incomplete-tail"
+OK, TAMPERED, INCOMPLETE, WRONG_KEY = "ok", "tampered", "incomplete-tail", "wrong-key"
+LABELS = {TAMPERED: "TAMPERED", INCOMPLETE: "INCOMPLETE TAIL", WRONG_KEY: "WRONG KEY"}
+BOM = b"\xef\xbb\xbf"
+CSV_HEADER = b"seq,at,kind,"  # the first line of a CSV export (not verifiable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +54,7 @@ class VerifyReport:
     """The result of a verification. ``first_bad_seq`` names the first bad record."""
 
     source: str
-    status: str  # "ok" | "tampered" | "incomplete-tail"
+    status: str  # "ok" | "tampered" | "incomplete-tail" | "wrong-key"
     records: int  # records that verified
     checkpoints: int  # signed checkpoints that verified
     first_seq: int | None
@@ -57,6 +64,9 @@ class VerifyReport:
     first_bad_seq: int | None = None
     first_bad_line: int | None = None  # exports only: 1-based line number
     problem: str = ""
+    key_id: str | None = None  # the key verified with
+    signed_by: str | None = None  # the key id the records name, when it is another
+    note: str = ""  # something changed that does not affect what is signed (line endings)
 
     @property
     def ok(self) -> bool:
@@ -70,6 +80,7 @@ class VerifyReport:
             "unsigned_tail": self.unsigned_tail, "signed_seq": self.signed_seq,
             "first_bad_seq": self.first_bad_seq,
             "first_bad_line": self.first_bad_line, "problem": self.problem,
+            "key_id": self.key_id, "signed_by": self.signed_by, "note": self.note,
         }
 
     def summary(self) -> str:
@@ -78,12 +89,21 @@ class VerifyReport:
             tail = (f"; {self.unsigned_tail} record(s) after the last checkpoint"
                     if self.unsigned_tail else "")
             return (f"OK: {self.source}: {span} verified, {self.checkpoints} signed"
-                    f" checkpoint(s){tail}")
+                    f" checkpoint(s){tail}{self._note()}")
+        label = LABELS.get(self.status, self.status.upper())
+        if self.status == WRONG_KEY:
+            span = (f"Records {self.first_seq}..{self.last_seq} chain correctly; only key"
+                    f" {self.signed_by} can check their signatures" if self.records
+                    else "It holds no records")
+            return f"{label}: {self.source}: {self.problem}. {span}{self._note()}"
         where = f"record {self.first_bad_seq}" if self.first_bad_seq is not None else "record ?"
         if self.first_bad_line is not None:
             where += f" (line {self.first_bad_line})"
-        label = "INCOMPLETE TAIL" if self.status == INCOMPLETE else "TAMPERED"
-        return f"{label}: {self.source}: first bad {where}: {self.problem}{self._proven()}"
+        return (f"{label}: {self.source}: first bad {where}: {self.problem}{self._proven()}"
+                f"{self._note()}")
+
+    def _note(self) -> str:
+        return f"; note: {self.note}" if self.note else ""
 
     def _proven(self) -> str:
         """What still holds before the first bad record: chained is not signed."""
@@ -108,9 +128,15 @@ class _Bad(Exception):
 class _Chain:
     """Feeds records in order; raises _Bad at the first one that does not verify."""
 
-    def __init__(self, public_key: Ed25519PublicKey, start: tuple[int, str] | None) -> None:
+    def __init__(self, public_key: Ed25519PublicKey, start: tuple[int, str] | None, *,
+                 signer: str | None = None, may_switch: bool = False) -> None:
         self.key = public_key
         self.kid = key_id(public_key)
+        # ``signer``: the key id the signed records name when it is not ours.
+        # Their signatures cannot be checked then; everything else still is.
+        self.signer = signer
+        self.may_switch = may_switch  # store: the first checkpoint may reveal another key
+        self.switched_at: int | None = None  # seq of the first record naming another key
         self.expected = start  # (seq, prev_hash) the next record must have
         self.first_seq: int | None = None
         self.first_prev: str | None = None
@@ -157,9 +183,14 @@ class _Chain:
     def _check_signed(self, rec: dict[str, Any], seq: int, prev: str) -> None:
         if rec.get("covers_seq") != seq - 1 or rec.get("covers_hash") != prev:
             raise _Bad(seq, "checkpoint does not cover the record before it")
-        if rec.get("key_id") != self.kid:
-            raise _Bad(seq, f"checkpoint signed by another key (key id {rec.get('key_id')},"
-                       f" expected {self.kid})")
+        found, expected = rec.get("key_id"), self.signer or self.kid
+        if found != expected:
+            if self.may_switch and self.checkpoints == 0 and self.signer is None and (
+                    isinstance(found, str) and found):
+                self.signer, self.switched_at = found, seq  # the wrong key, or tampering
+            else:
+                raise _Bad(seq, f"checkpoint signed by another key (key id {found},"
+                           f" expected {expected})")
         start: tuple[int, str] | None = None
         if rec["kind"] == "prune":
             first, first_prev = rec.get("first_seq"), rec.get("first_prev_hash")
@@ -169,26 +200,42 @@ class _Chain:
             message = prune_message(first, first_prev, seq - 1, prev)
         else:
             message = checkpoint_message(seq - 1, prev)
-        if not signature_valid(self.key, rec.get("signature"), message):
-            raise _Bad(seq, "checkpoint signature does not verify (forged or altered)")
         if start is not None:
             self.prune_start = start
+        self.since_checkpoint = 0
+        if self.signer is not None:
+            return  # signed by another key: not checkable with ours, and not vouched for
+        if not signature_valid(self.key, rec.get("signature"), message):
+            raise _Bad(seq, "checkpoint signature does not verify (forged or altered)")
         self.signed_seq = seq
         self.checkpoints += 1
-        self.since_checkpoint = 0
 
 
 def _report(source: str, chain: _Chain, status: str = OK, bad: _Bad | None = None,
-            line: int | None = None) -> VerifyReport:
+            line: int | None = None, note: str = "") -> VerifyReport:
     if status == OK:  # the signed head or manifest vouches for everything up to the end
         chain.signed_seq = chain.last_seq
+    if chain.signer is not None and status == TAMPERED:
+        note = "; ".join(filter(None, (
+            note, f"the records name key id {chain.signer}, not the key given ({chain.kid}),"
+            " so their signatures were not checked")))
     return VerifyReport(
         source=source, status=status, records=chain.count, checkpoints=chain.checkpoints,
         first_seq=chain.first_seq, last_seq=chain.last_seq,
         unsigned_tail=chain.since_checkpoint, signed_seq=chain.signed_seq,
         first_bad_seq=bad.seq if bad else None,
         first_bad_line=line, problem=bad.problem if bad else "",
+        key_id=chain.kid, signed_by=chain.signer, note=note,
     )
+
+
+def _wrong_key(source: str, chain: _Chain, what: str, key_label: str,
+               note: str = "") -> VerifyReport:
+    """Intact, but signed by another key: most likely the wrong public key file."""
+    problem = (f"{what} checkpoints are signed by key id {chain.signer}; {key_label} is"
+               f" {chain.kid}: check you have the right key (`securemail audit public-key`"
+               " prints its key id)")
+    return _report(source, chain, WRONG_KEY, _Bad(None, problem), note=note)
 
 
 # ------------------------------------------------------------------ store
@@ -209,13 +256,18 @@ def _stored(rows: Iterable[store.StoredRecord]) -> Iterator[dict[str, Any]]:
         yield rec
 
 
-def verify_store(conn: sqlite3.Connection, public_key: Ed25519PublicKey) -> VerifyReport:
-    """Verify the whole chain in the store against the signed head."""
+def verify_store(conn: sqlite3.Connection, public_key: Ed25519PublicKey, *,
+                 key_label: str = "the public key given") -> VerifyReport:
+    """Verify the whole chain in the store against the signed head.
+
+    ``key_label`` names ``public_key`` in a wrong-key report (for example "the
+    store's signing key").
+    """
     source = "store"
     if not store.has_audit_tables(conn):
         raise InputError("the store has no audit tables: it is not a securemail audit store"
                          " (check storage.url)")
-    chain = _Chain(public_key, None)
+    chain = _Chain(public_key, None, may_switch=True)
     # One read snapshot: records and head must be seen as of the same commit,
     # or a writer appending meanwhile would look like a cut tail.
     own_snapshot = not conn.in_transaction
@@ -231,6 +283,8 @@ def verify_store(conn: sqlite3.Connection, public_key: Ed25519PublicKey) -> Veri
     finally:
         if own_snapshot:
             conn.execute("COMMIT")
+    if chain.signer is not None:
+        return _wrong_key(source, chain, "the store's", key_label)
     return _report(source, chain)
 
 
@@ -258,7 +312,12 @@ def _check_head(conn: sqlite3.Connection, chain: _Chain, key: Ed25519PublicKey) 
         if chain.last_seq is not None:
             raise _Bad(1, "the signed head is missing (the audit tables were rewritten)")
         return
-    if not signature_valid(key, h.signature, head_message(h.seq, h.hash)):
+    head_valid = signature_valid(key, h.signature, head_message(h.seq, h.hash))
+    if chain.signer is not None and head_valid:
+        # Our key signed the head, so the checkpoints naming another key are not ours.
+        raise _Bad(chain.switched_at, f"checkpoint signed by another key (key id"
+                   f" {chain.signer}, expected {chain.kid})")
+    if chain.signer is None and not head_valid:
         raise _Bad(h.seq, "the signed head does not verify (signed by another key or altered)")
     last = chain.last_seq or 0
     if h.seq > last:
@@ -273,27 +332,52 @@ def _check_head(conn: sqlite3.Connection, chain: _Chain, key: Ed25519PublicKey) 
 
 
 def verify_export(path: str | Path, public_key: Ed25519PublicKey) -> VerifyReport:
-    """Verify a JSONL export offline, with only the public key."""
+    """Verify a JSONL export offline, with only the public key.
+
+    An empty file, or a CSV export, is not something to verify: InputError.
+    """
     source = str(path)
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot read the export ({exc.strerror})") from None
+    notes: list[str] = []
+    if data.startswith(BOM):  # an editor saved it "UTF-8 with BOM": not part of any line
+        data = data[len(BOM):]
+        notes.append("a UTF-8 byte-order mark was added before the first line (accepted: it"
+                     " is not part of what is hashed or signed)")
+    if not data.strip():
+        raise InputError(f"{path}: the file is empty: not an audit export (a JSONL export"
+                         " starts with its signed manifest line; export again with"
+                         " `securemail audit export --format jsonl`)")
+    if data.startswith(CSV_HEADER):
+        raise InputError(f"{path}: this is a CSV export, which cannot be verified; verify the"
+                         " JSONL export (`securemail audit export --format jsonl`)")
     lines = data.split(b"\n")
     complete = data.endswith(b"\n")
     if complete:
         lines.pop()
-    lines = [line.removesuffix(b"\r") for line in lines]  # line endings converted in transit
+    # A Windows editor may save the file with CRLF line ends: the terminator is
+    # not part of the canonical encoding that is hashed and signed, so each line
+    # is checked without it (docs/compliance.md, "JSONL").
+    crlf = sum(line.endswith(b"\r") for line in lines)
+    if crlf:
+        lines = [line.removesuffix(b"\r") for line in lines]
+        which = "the line endings were" if crlf == len(lines) else (
+            f"{crlf} of {len(lines)} line endings were")
+        notes.append(f"{which} converted to CRLF (accepted: a line ending is not part of what"
+                     " is hashed or signed)")
+    note = "; ".join(notes)
     chain = _Chain(public_key, None)
-    if not lines or not lines[0]:
-        return _report(source, chain, TAMPERED, _Bad(None, "empty file: no export manifest"), 1)
     try:
         manifest = _manifest(lines[0], public_key)
     except _Bad as bad:
         if len(lines) == 1 and not complete:
             cut = _Bad(None, "incomplete: the file ends inside its manifest line")
-            return _report(source, chain, INCOMPLETE, cut, 1)
-        return _report(source, chain, TAMPERED, bad, 1)
+            return _report(source, chain, INCOMPLETE, cut, 1, note)
+        return _report(source, chain, TAMPERED, bad, 1, note)
+    if manifest["key_id"] != chain.kid:  # checked structurally; see _wrong_key
+        chain.signer = str(manifest["key_id"])
     count = int(manifest["records"])
     if count:
         chain.expected = (int(manifest["first_seq"]), str(manifest["first_prev_hash"]))
@@ -301,7 +385,7 @@ def verify_export(path: str | Path, public_key: Ed25519PublicKey) -> VerifyRepor
         last_line = number == len(lines)
         if not raw:
             return _report(source, chain, TAMPERED,
-                           _Bad(None, "an empty line (an export has none)"), number)
+                           _Bad(None, "an empty line (an export has none)"), number, note)
         try:
             rec = json.loads(raw.decode("utf-8"))
             if not isinstance(rec, dict):
@@ -309,10 +393,10 @@ def verify_export(path: str | Path, public_key: Ed25519PublicKey) -> VerifyRepor
         except ValueError:
             if last_line and not complete:
                 torn = _Bad(chain._next_seq(), "incomplete tail: the last line is cut short")
-                return _report(source, chain, INCOMPLETE, torn, number)
+                return _report(source, chain, INCOMPLETE, torn, number, note)
             return _report(source, chain, TAMPERED,
                            _Bad(chain._next_seq(), "altered: the line is not a JSON record"),
-                           number)
+                           number, note)
         if canonical_object(rec) != raw:
             # Duplicate keys, other key order or spacing: two parsers could read
             # different values from this line, so it is not the line we wrote.
@@ -320,19 +404,23 @@ def verify_export(path: str | Path, public_key: Ed25519PublicKey) -> VerifyRepor
             return _report(source, chain, TAMPERED, _Bad(
                 seq if isinstance(seq, int) else chain._next_seq(),
                 "altered: the line is not in canonical form (duplicate keys, key order or"
-                " spacing differ from what securemail writes)"), number)
+                " spacing differ from what securemail writes)"), number, note)
         try:
             chain.feed(rec)
         except _Bad as broken:
-            return _report(source, chain, TAMPERED, broken, number)
+            return _report(source, chain, TAMPERED, broken, number, note)
     try:
         _check_end(chain, manifest, count)
     except _Bad as bad:
-        return _report(source, chain, TAMPERED, bad, len(lines) + 1)
-    return _report(source, chain)
+        return _report(source, chain, TAMPERED, bad, len(lines) + 1, note)
+    if chain.signer is not None:
+        return _wrong_key(source, chain, "the export's", "the public key given", note)
+    return _report(source, chain, note=note)
 
 
 def _manifest(raw: bytes, key: Ed25519PublicKey) -> dict[str, Any]:
+    """The manifest; its signature is checked when it names ``key`` (else the
+    caller reports the wrong key once the rest of the file is found intact)."""
     try:
         top = json.loads(raw.decode("utf-8"))
         manifest = top["export"]
@@ -341,10 +429,11 @@ def _manifest(raw: bytes, key: Ed25519PublicKey) -> dict[str, Any]:
         raise _Bad(None, "the first line is not a securemail audit export manifest") from None
     if canonical_object(top) != raw:
         raise _Bad(None, "the manifest line is not in canonical form (altered)")
-    if manifest.get("key_id") != key_id(key):
-        raise _Bad(None, f"export signed by another key (key id {manifest.get('key_id')},"
-                   f" expected {key_id(key)})")
-    if not signature_valid(key, top.get("signature"), export_message(manifest)):
+    named = manifest.get("key_id")
+    if not isinstance(named, str) or not named:
+        raise _Bad(None, "the export manifest names no key id (altered)")
+    if named == key_id(key) and not signature_valid(key, top.get("signature"),
+                                                    export_message(manifest)):
         raise _Bad(None, "the export manifest signature does not verify (altered)")
     return dict(manifest)
 

@@ -49,6 +49,13 @@ def _signing_key(settings: Any) -> Any:
     return load_signing_key(signing_key_path(settings))
 
 
+def _key_label(settings: Any) -> str:
+    """How a wrong-key report names the store's own signing key."""
+    from securemail.audit import signing_key_path
+
+    return f"the store's signing key ({signing_key_path(settings)})"
+
+
 def _time_range(since: str | None, until: str | None) -> tuple[str | None, str | None]:
     lo, hi = _time_option(since, "--since"), _time_option(until, "--until")
     if lo is not None and hi is not None and lo >= hi:
@@ -96,7 +103,7 @@ def export_cmd(config_path: str, fmt: str, since: str | None, until: str | None,
     try:
         conn.execute("BEGIN")  # one snapshot: what is verified is what is exported
         # Signing an export vouches for it: never sign a store that fails verification.
-        report = verify_store(conn, key.public_key())
+        report = verify_store(conn, key.public_key(), key_label=_key_label(settings))
         if not report.ok:
             click.echo(report.summary(), err=True)
             click.echo("securemail: export refused: the store does not verify", err=True)
@@ -133,6 +140,7 @@ def verify_cmd(config_path: str, export: str | None, public_key: str | None,
     from securemail.audit import load_public_key, signing_key_path, verify_export, verify_store
 
     settings = None
+    label = "the public key given"
     if public_key:
         key = load_public_key(public_key)
     else:
@@ -144,12 +152,13 @@ def verify_cmd(config_path: str, export: str | None, public_key: str | None,
         if not path.exists():
             raise InputError(f"{path}: no audit signing key; pass --public-key FILE")
         key = load_public_key(path)
+        label = _key_label(settings)
     if export:
         report = verify_export(export, key)
     else:
         conn = _existing_store(settings or _settings(config_path))
         try:
-            report = verify_store(conn, key)
+            report = verify_store(conn, key, key_label=label)
         finally:
             conn.close()
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
@@ -176,7 +185,7 @@ def report_cmd(config_path: str, since: str | None, until: str | None, output: s
     conn = _existing_store(settings)
     try:
         conn.execute("BEGIN")  # the figures come from the records that were verified
-        verified = verify_store(conn, key.public_key())
+        verified = verify_store(conn, key.public_key(), key_label=_key_label(settings))
         if not verified.ok:
             click.echo(verified.summary(), err=True)
             click.echo("securemail: report refused: the store does not verify", err=True)
@@ -227,7 +236,7 @@ def prune_cmd(config_path: str, retention_days: int | None, dry_run: bool) -> No
     conn = _existing_store(settings)
     # A prune signs a new start for the chain: never over a store that fails
     # verification, which would delete the evidence of what was done to it.
-    verified = verify_store(conn, key.public_key())
+    verified = verify_store(conn, key.public_key(), key_label=_key_label(settings))
     if not verified.ok:
         conn.close()
         click.echo(verified.summary(), err=True)

@@ -164,8 +164,10 @@ class SMTPTransport:
             ctx = ssl.create_default_context(cafile=cafile)
         except (OSError, ssl.SSLError) as exc:
             reason = getattr(exc, "strerror", None) or type(exc).__name__
-            raise ConfigError(str(cafile), "upstream.ca_file",
-                              f"cannot load the CA bundle ({reason})") from None
+            # "FILE: key: problem" like every config error: the config file
+            # first, the CA bundle's path in the problem.
+            raise ConfigError(self.settings.config_file or "[upstream]", "upstream.ca_file",
+                              f"{cafile}: cannot load the CA bundle ({reason})") from None
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         # create_default_context already sets CERT_REQUIRED + check_hostname.
         return ctx
@@ -415,9 +417,32 @@ class SMTPTransport:
                     pool.abandon()
 
 
+# What to look at for the commonest certificate verification failures
+# (OpenSSL's X509_V_ERR_* codes).
+_VERIFY_HINTS = {
+    2: "upstream.ca_file",  # unable to get issuer certificate
+    18: "upstream.ca_file",  # self-signed certificate
+    19: "upstream.ca_file",  # self-signed certificate in certificate chain
+    20: "upstream.ca_file",  # unable to get local issuer certificate
+    21: "upstream.ca_file",  # unable to verify the first certificate
+    62: "the host in upstream.url",  # hostname mismatch
+    64: "the host in upstream.url",  # IP address mismatch
+}
+
+
 def _reason(exc: BaseException) -> str:
     """The exception's class and, for an OS error, its errno name (our own text:
-    never a server's reply, which could echo message content)."""
+    never a server's reply, which could echo message content). A certificate
+    that does not verify also gets OpenSSL's verify message ("unable to get
+    local issuer certificate", "IP address mismatch, ...") and the setting to
+    look at: local facts about the certificate, never anything from a message."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        text = f"{type(exc).__name__}: {exc.reason or 'CERTIFICATE_VERIFY_FAILED'}"
+        message = (exc.verify_message or "").strip().rstrip(".")
+        if message:
+            text += f": {message}"
+        hint = _VERIFY_HINTS.get(exc.verify_code)
+        return f"{text}; check {hint}" if hint else text
     if isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None):
         return f"{type(exc).__name__}: {exc.reason}"
     seen: BaseException | None = exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import mailbox
 import os
@@ -225,7 +226,7 @@ enabled = false
                 lines.append(json.loads(raw))
             if sum("listener on" in str(x.get("msg", "")) for x in lines) == 2:
                 break
-        for i in range(20):  # SO_REUSEPORT spreads new connections over the workers
+        for i in range(20):  # the workers take turns accepting on the shared socket
             await aiosmtplib.send(message(), sender="dr@riverside.example",
                                   recipients=[f"c{i}@riverside.example"],
                                   hostname="127.0.0.1", port=relay_port, start_tls=False)
@@ -241,3 +242,126 @@ enabled = false
     assert len(messages) == 20
     assert len({e["pid"] for e in messages}) == 2
     assert len(list((tmp_path / "outbox" / "new").iterdir())) == 20
+
+
+def _workers_config(tmp_path: Path, relay_port: int, name: str = "securemail.toml",
+                    admin_port: int | None = None) -> Path:
+    cfg = tmp_path / name
+    admin = f'admin_listen = "127.0.0.1:{admin_port}"\n' if admin_port else ""
+    cfg.write_text(f"""
+[practice]
+domains = ["riverside.example"]
+[relay]
+listen = "127.0.0.1:{relay_port}"
+workers = 3
+{admin}[upstream]
+url = "maildir://outbox"
+[storage]
+url = "sqlite:data/securemail.db"
+[portal]
+enabled = false
+""")
+    return cfg
+
+
+async def _start_workers(cfg: Path, count: int = 3) -> tuple[asyncio.subprocess.Process,
+                                                             list[int]]:
+    """`securemail serve` with workers; returns it once every worker listens,
+    with the worker pids (from their listener log lines)."""
+    proc = await asyncio.create_subprocess_exec(
+        SECUREMAIL, "serve", "-c", str(cfg), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True)  # killpg() cleans up
+    pids: list[int] = []
+    for _ in range(200):
+        raw = await asyncio.wait_for(proc.stderr.readline(), 20)  # type: ignore[union-attr]
+        if raw.startswith(b"{"):
+            line = json.loads(raw)
+            if "listener on" in str(line.get("msg", "")):
+                pids.append(int(line["pid"]))
+        if len(pids) == count:
+            return proc, pids
+    raise AssertionError("the workers did not come up")
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> bytes:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        _kill_all(proc)
+    return err
+
+
+def _kill_all(proc: asyncio.subprocess.Process) -> None:
+    """Whatever is left of the serve process and its workers (a failed test)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def test_a_second_serve_on_the_same_address_is_refused(tmp_path: Path) -> None:
+    """With SO_REUSEPORT a second instance (an admin debugging with a shadow
+    config, say) joined the port and quietly took a share of the mail."""
+    port = free_port()
+    first = tmp_path / "first"
+    first.mkdir()
+    proc, _ = await _start_workers(_workers_config(first, port))
+    try:
+        second = tmp_path / "second"
+        second.mkdir()
+        cfg = _workers_config(second, port)
+        other = await asyncio.create_subprocess_exec(
+            SECUREMAIL, "serve", "-c", str(cfg), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        try:
+            out, err = await asyncio.wait_for(other.communicate(), 20)
+        finally:
+            _kill_all(other)
+        assert other.returncode == 2
+        text = (out + err).decode()
+        assert f"{cfg}: relay.listen: cannot listen on 127.0.0.1:{port}" in text
+        assert "in use" in text
+    finally:
+        await _stop(proc)
+    assert proc.returncode == 0
+
+
+async def test_a_worker_that_dies_stops_the_service_with_status_1(tmp_path: Path) -> None:
+    proc, pids = await _start_workers(_workers_config(tmp_path, free_port()))
+    victim = next(p for p in pids if p != proc.pid)
+    os.kill(victim, signal.SIGKILL)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        _kill_all(proc)
+    assert proc.returncode == 1
+    assert f"worker process {victim} exited unexpectedly" in err.decode()
+    for pid in pids:  # nobody is left behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+async def test_workers_stop_when_the_main_process_is_killed(tmp_path: Path) -> None:
+    proc, pids = await _start_workers(_workers_config(tmp_path, free_port()))
+    proc.kill()  # SIGKILL: no chance to forward anything
+    await proc.wait()
+    others = [p for p in pids if p != proc.pid]
+    try:
+        await _gone(others)
+    finally:
+        _kill_all(proc)
+
+
+async def _gone(others: list[int]) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    alive = list(others)
+    while alive and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.2)
+        alive = []
+        for pid in others:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+    assert alive == [], "orphaned workers kept running"

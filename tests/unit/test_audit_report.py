@@ -8,6 +8,7 @@ import json
 import random
 import statistics
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 from securemail.audit import AuditLog, export_jsonl
 from securemail.audit.report import render_html, report_data
-from securemail.model import Action, Role, Source
+from securemail.model import Action, Outcome, Role, Source, Status
 from tests.unit.test_audit_support import T0, decision, envelope, make_settings, outcome
 
 RULES = {Action.DELIVER: ("client-consented",), Action.ENCRYPT_PGP: ("phi-key-available",),
@@ -31,7 +32,7 @@ class _Metrics(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
-        if tag == "td" and "data-metric" in a:
+        if tag in ("td", "span") and "data-metric" in a:
             self._open = a
         elif tag == "tr" and "data-metric" in a:
             self.rows[str(a["data-metric"])] += 1
@@ -48,8 +49,17 @@ class _Metrics(HTMLParser):
         raise KeyError(name)
 
 
+def _with_status(out: Outcome, address: str, status: Status) -> Outcome:
+    """``out`` with one recipient deferred (451) or refused (5xx): nothing sealed for it."""
+    reply = "451 4.4.1" if status is Status.DEFERRED else "550 5.7.1"
+    return replace(out, recipients=tuple(
+        replace(r, status=status, portal_id=None, upstream_reply=reply)
+        if r.address == address else r for r in out.recipients))
+
+
 def _populate(audit: AuditLog) -> None:
     rng = random.Random(7)
+    trouble = random.Random(11)  # deferrals, refusals, retries, revocations
 
     async def run() -> None:
         for i in range(60):
@@ -66,8 +76,30 @@ def _populate(audit: AuditLog) -> None:
                 ds.append(decision(f"r{i}-{j}@mail.example", action, rules, role=role,
                                    source=Source.TO))
             pids = {d.address: f"p{i}-{n}" for n, d in enumerate(ds) if d.action is Action.PORTAL}
+            sent = [d for d in ds if d.action is not Action.BLOCK]
+            if sent and trouble.random() < 0.35:
+                # A first attempt where one recipient is deferred or refused; a
+                # portal copy whose notification did not leave is revoked by the relay.
+                hit = trouble.choice(sent)
+                status = trouble.choice([Status.DEFERRED, Status.DEFERRED, Status.REFUSED])
+                first = _with_status(outcome(ds, sha=f"{i:064x}", portal_ids=pids), hit.address,
+                                     status)
+                await audit.record_outcome(envelope(ds), first, config_digest="",
+                                           instance_id="", now=now)
+                if hit.address in pids:
+                    audit.record_event("revoked", now=now, portal_id=pids.pop(hit.address),
+                                       recipient=hit.address, actor="relay")
+                if status is Status.REFUSED:
+                    continue
+                now += timedelta(minutes=30)  # the retry: same bytes, its final outcome
+                if hit.action is Action.PORTAL:
+                    pids[hit.address] = f"p{i}-retry"
             await audit.record_outcome(envelope(ds), outcome(ds, sha=f"{i:064x}", portal_ids=pids),
                                        config_digest="", instance_id="", now=now)
+            for pid in pids.values():
+                if trouble.random() < 0.1:
+                    audit.record_event("revoked", now=now + timedelta(hours=2), portal_id=pid,
+                                       actor="cli")
             for pid in pids.values():
                 if rng.random() < 0.6:
                     audit.record_event("opened", now=now + timedelta(hours=rng.randint(1, 48)),
@@ -91,6 +123,31 @@ def test_report_figures_equal_counts_from_the_records(tmp_path: Path) -> None:
     messages = [r for r in records if r["kind"] == "message"]
     assert int(page.metric("recipient-records")) == len(messages)
     assert int(page.metric("messages")) == len({r["message_sha256"] for r in messages})
+    submissions = {(r["message_sha256"], r["at"]) for r in messages}
+    assert int(page.metric("submissions")) == len(submissions) > int(page.metric("messages"))
+
+    # Every recipient decision has an action and an outcome; the table reconciles them.
+    by_pair = Counter((r["action"], r["outcome"]) for r in messages)
+    by_outcome = Counter(r["outcome"] for r in messages)
+    by_action = Counter(r["action"] for r in messages)
+    assert set(by_outcome) == {"delivered", "sealed", "blocked", "refused", "deferred"}
+    for outcome_ in by_outcome:
+        assert int(page.metric("outcome", outcome=outcome_)) == by_outcome[outcome_]
+        for action in ("deliver", "encrypt-pgp", "encrypt-smime", "portal", "block"):
+            assert int(page.metric("outcome-action", outcome=outcome_, action=action)) == \
+                by_pair[(action, outcome_)]
+    for action in ("deliver", "encrypt-pgp", "encrypt-smime", "portal", "block"):
+        assert int(page.metric("action", action=action)) == by_action[action]
+    assert int(page.metric("outcome-total")) == len(messages)
+    assert int(page.metric("deferred")) == by_outcome["deferred"] > 0
+    assert by_pair[("portal", "deferred")] + by_pair[("portal", "refused")] > 0
+    revoked = [r for r in records if r["kind"] == "revoked"]
+    relay_revoked = sum(r.get("actor") == "relay" for r in revoked)
+    assert int(page.metric("revoked-after-failed-notice")) == relay_revoked > 0
+    assert int(page.metric("revoked-other")) == len(revoked) - relay_revoked > 0
+    for day in {r["at"][:10] for r in messages}:
+        assert int(page.metric("day-total", day=day)) == sum(r["at"][:10] == day
+                                                             for r in messages)
     per_day = Counter((r["at"][:10], r["action"]) for r in messages)
     for day in {r["at"][:10] for r in messages}:
         for action in ("deliver", "encrypt-pgp", "encrypt-smime", "portal", "block"):

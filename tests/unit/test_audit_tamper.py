@@ -138,9 +138,11 @@ def test_export_checkpoint_signed_by_another_key(audit: AuditLog, export: Path) 
 
 
 def test_export_verified_with_another_key_fails(export: Path) -> None:
+    # Intact but signed by another key: reported as the wrong key, not as tampering
+    # (tests/unit/test_audit_verify_wrong_key.py has the rest).
     report = verify_export(export, Ed25519PrivateKey.generate().public_key())
-    assert report.status == "tampered" and report.first_bad_line == 1
-    assert "another key" in report.problem
+    assert report.status == "wrong-key" and not report.ok and report.first_bad_seq is None
+    assert "signed by key id" in report.problem
 
 
 def test_torn_last_line_is_incomplete_tail(audit: AuditLog, export: Path) -> None:
@@ -213,8 +215,8 @@ def test_store_tail_cut_after_last_checkpoint(audit: AuditLog) -> None:
 
 def test_store_checked_with_another_key(audit: AuditLog) -> None:
     report = verify_store(audit.conn, Ed25519PrivateKey.generate().public_key())
-    assert report.status == "tampered" and report.first_bad_seq == 11
-    assert "another key" in report.problem
+    assert report.status == "wrong-key" and not report.ok and report.checkpoints == 0
+    assert report.signed_by == key_id(audit.public_key) and "signed by key id" in report.problem
 
 
 @settings(max_examples=40, deadline=None,
