@@ -146,7 +146,7 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
         # ledger keeps a retry from sending these copies again.
         _note_in_ledger(relay, digest, accepted, now)
         raise
-    _log(relay, outcome, started)
+    _log(relay, outcome, started, progress)
     if deferred:
         ledger.record(digest, accepted, now)
         raise RecipientsDeferred(outcome, tuple(causes))
@@ -214,12 +214,13 @@ def _strip_markers(relay: Relay, raw: bytes) -> bytes:
 class _Progress:
     """Recipients upstream accepted so far in this attempt (and their portal ids)."""
 
-    __slots__ = ("accepted", "causes", "portal_ids")
+    __slots__ = ("accepted", "causes", "dkim", "portal_ids")
 
     def __init__(self, causes: list[str]) -> None:
         self.accepted: dict[str, Status] = {}
         self.portal_ids: dict[str, str] = {}
         self.causes = causes  # why copies were deferred
+        self.dkim: set[bool] = set()  # whether each copy that left was signed
 
 
 def _interrupted(relay: Relay, envelope: Envelope, verdict: Verdict, digest: str,
@@ -268,10 +269,13 @@ async def _deliver(relay: Relay, envelope: Envelope, output: Output, progress: _
         data = envelope.trace.encode("ascii", "replace") + data
     if relay.signer is not None:
         try:
-            data = relay.signer.sign(data)
+            signed = relay.signer.sign(data)
         except RenderError as exc:
             progress.causes.append(_deferred("dkim", exc))
             return {d.address: (Status.DEFERRED, None) for d in output.recipients}, None
+        # sign() prepends the header, or only turns bare LF into CRLF when not ours.
+        progress.dkim.add(len(signed) > len(data) + data.count(b"\n") - data.count(b"\r\n"))
+        data = signed
     as_given = _as_given(envelope)
     rcpts = [as_given.get(d.address, d.address) for d in output.recipients]
     try:
@@ -348,9 +352,11 @@ async def _notify_sender(relay: Relay, envelope: Envelope, verdict: Verdict,
         log.warning("sender notice could not be sent", extra={"event": {"notice": "deferred"}})
 
 
-def _log(relay: Relay, outcome: Outcome, started: float) -> None:
-    """One line per message: ids, actions, rules, timing. No local parts, no content."""
-    event = {
+def _log(relay: Relay, outcome: Outcome, started: float,
+         progress: _Progress | None = None) -> None:
+    """One line per message: ids, actions, rules, timing, whether what left was
+    DKIM-signed. No local parts, no content."""
+    event: dict[str, object] = {
         "event": "message",
         "instance": relay.instance_id,
         "message_sha256": outcome.message_sha256[:16],
@@ -362,6 +368,12 @@ def _log(relay: Relay, outcome: Outcome, started: float) -> None:
             for r in outcome.recipients
         ],
     }
+    if progress is not None and progress.dkim:
+        # "unsigned": the From is not in [dkim] domain (a wrong domain there shows here).
+        event["dkim"] = "signed" if progress.dkim == {True} else (
+            "unsigned" if progress.dkim == {False} else "partly signed")
+    elif relay.signer is None:
+        event["dkim"] = "off"
     log.info("%s", message_summary(event), extra={"event": event})
     metrics = getattr(relay, "metrics", None)
     if metrics is not None:

@@ -29,6 +29,7 @@ import ipaddress
 import logging
 import re
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
@@ -415,6 +416,7 @@ class RelayHandler:
         self.relay = relay
         self.policy = policy
         self.state = state
+        self._relay_denied: weakref.WeakSet[SMTPSession] = weakref.WeakSet()
 
     # ---------------------------------------------------------------- AUTH
 
@@ -537,6 +539,11 @@ class RelayHandler:
         if _user(session) is None and not self.policy.trusted(_peer_ip(session)):
             if self.policy.users is not None:
                 return AUTH_REQUIRED
+            if session not in self._relay_denied:
+                # Once per connection: probing for an open relay shows in the log.
+                self._relay_denied.add(session)
+                log.warning("relay refused: %s is not in relay.trusted_networks (%s listener)",
+                            _peer_ip(session), self.policy.name)
             return "554 5.7.1 Relay access denied"
         if len(envelope.rcpt_tos) >= self.policy.max_recipients:
             return "452 4.5.3 Too many recipients"

@@ -111,11 +111,16 @@ def read_host_port(t: Table, name: str, default: str, *, allow_empty: bool = Fal
     value = t.text(name, default)
     if allow_empty and not value:
         return value
-    m = re.fullmatch(r"\[?([0-9A-Za-z.:-]+?)\]?:(\d{1,5})", value)
+    # An IPv6 address goes in brackets ("[::1]:2525"); unbracketed, "::1:2525"
+    # could be read two ways and is refused rather than guessed.
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9A-Za-z.-]+):(\d{1,5})", value)
     if not m:
-        raise t.error(name, f'must be "HOST:PORT", got "{value}"')
-    if not 0 < int(m.group(2)) < 65536:
-        raise t.error(name, f"port must be 1-65535, got {m.group(2)}")
+        hint = ' (an IPv6 address goes in brackets: "[::1]:2525")' if value.count(":") > 1 \
+            else ""
+        raise t.error(name, f'must be "HOST:PORT", got "{value}"{hint}')
+    port = m.group(2) or m.group(4)
+    if not 0 < int(port) < 65536:
+        raise t.error(name, f"port must be 1-65535, got {port}")
     return value
 
 

@@ -648,3 +648,33 @@ def test_the_per_message_log_line_reads_well_without_a_json_formatter(
     assert lines[0].startswith("message ")
     assert "deliver/delivered @riverside.example" in lines[0]
     assert "colleague" not in lines[0] and "Lunch" not in lines[0]
+
+
+def test_the_log_line_says_whether_what_left_was_dkim_signed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A wrong [dkim] domain shows in the log ("unsigned"), not only at the receiver."""
+    import logging
+
+    from securemail.dkim import generate_key
+    from securemail.testing import capturing_relay
+
+    pem, _ = generate_key()
+    (tmp_path / "dkim.key").write_bytes(pem)
+    cfg = write_config(tmp_path, upstream_url="smtp://127.0.0.1:1", extra="""
+        [dkim]
+        domain = "riverside.example"
+        selector = "sm1"
+        key_file = "dkim.key"
+        """)
+    relay, sent = capturing_relay(cfg)
+    try:
+        with caplog.at_level(logging.INFO, logger="securemail.message"):
+            for frm in ("dr@riverside.example", "noreply@scheduling-app.example"):
+                relay.send_sync(f"From: {frm}\r\nTo: colleague@riverside.example\r\n"
+                                "Subject: x\r\n\r\nhello\r\n".encode(),
+                                mail_from=frm)
+    finally:
+        relay.close_sync()
+    events = [getattr(r, "event", {}) for r in caplog.records if r.name == "securemail.message"]
+    assert [e.get("dkim") for e in events] == ["signed", "unsigned"]
+    assert sent[0].data.startswith(b"DKIM-Signature:") and b"DKIM-Signature" not in sent[1].data

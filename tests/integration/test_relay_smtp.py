@@ -256,16 +256,23 @@ async def test_recipient_limit_is_452(make_relay: Callable[..., Any]) -> None:
 
 
 async def test_no_open_relay_for_untrusted_peers(make_relay: Callable[..., Any],
-                                                 upstream: Upstream) -> None:
+                                                 upstream: Upstream,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
     r = await make_relay(relay_extra='trusted_networks = ["10.0.0.0/8"]\n')
     client = aiosmtplib.SMTP(hostname="127.0.0.1", port=r.port, start_tls=False)
     await client.connect()
     await client.mail(SENDER)
-    with pytest.raises(aiosmtplib.SMTPRecipientRefused) as exc:
-        await client.rcpt(RCPT)
-    assert exc.value.code == 554
+    with caplog.at_level(logging.WARNING, logger="securemail.smtp"):
+        for _ in range(3):
+            with pytest.raises(aiosmtplib.SMTPRecipientRefused) as exc:
+                await client.rcpt(RCPT)
+            assert exc.value.code == 554
     client.close()
     assert upstream.messages == []
+    # Probing shows in the log: once per connection, with the peer, no addresses.
+    refused = [r.getMessage() for r in caplog.records if "relay refused" in r.getMessage()]
+    assert refused == ["relay refused: 127.0.0.1 is not in relay.trusted_networks"
+                       " (content-filter listener)"]
 
 
 async def test_connections_per_client_are_limited(make_relay: Callable[..., Any]) -> None:

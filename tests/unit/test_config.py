@@ -157,3 +157,25 @@ def test_an_absolute_store_path_in_a_missing_folder_is_refused(tmp_path: Path) -
     assert not missing.parent.exists()
     missing.parent.mkdir()
     assert load_settings(cfg).storage.sqlite_path == missing
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("[::1]:2525", True), ("127.0.0.1:2525", True), ("relay.lan:2525", True),
+    ("::1:2525", False), ("fe80::1:25", False), ("[::1]:0", False), ("host:99999", False)])
+def test_an_ipv6_listen_address_must_be_in_brackets(tmp_path: Path, value: str,
+                                                     ok: bool) -> None:
+    """ "::1:2525" could be [::1]:2525 or [::1:2525] on a default port: refused,
+    not guessed."""
+    from securemail.config import load_settings
+    from securemail.errors import ConfigError
+
+    cfg = tmp_path / "securemail.toml"
+    cfg.write_text(f'[relay]\nlisten = "{value}"\n')
+    if ok:
+        assert load_settings(cfg).relay.listen == value
+        return
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert err.value.key == "relay.listen"
+    if value.count(":") > 1 and not value.startswith("["):
+        assert "brackets" in str(err.value)
