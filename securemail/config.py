@@ -94,6 +94,10 @@ class UpstreamSettings:
     ca_file: str = ""
     timeout_seconds: int = 60
     pool_size: int = 4
+    # Log in to the upstream (a smarthost that wants SMTP AUTH): the user name,
+    # and a file holding the password (never the password in the config).
+    username: str = ""
+    password_file: str = ""
     # Not a key: the file these settings were read from, so that an error found
     # later (a CA bundle that does not load) is "FILE: upstream.ca_file: ...".
     config_file: str = field(default="", compare=False, repr=False)
@@ -299,9 +303,20 @@ def _upstream(t: Table) -> UpstreamSettings:
             loopback = host == "localhost"
         if not loopback:
             raise t.error("tls", f'"none" is only allowed for a loopback upstream, not "{host}"')
+    username = t.line("username", "")
+    password_file = t.text("password_file", "")
+    if username and not password_file:
+        raise t.error("password_file", "is needed with upstream.username (a file holding"
+                      " the password, readable by the relay only)")
+    if password_file and not username:
+        raise t.error("username", "is needed with upstream.password_file")
+    if username and parts.scheme != "smtp":
+        raise t.error("username", "only an smtp:// upstream can be logged in to")
     return UpstreamSettings(
         url=url,
         tls=tls,
+        username=username,
+        password_file=password_file,
         ca_file=t.text("ca_file", ""),
         timeout_seconds=t.positive("timeout_seconds", UpstreamSettings.timeout_seconds),
         pool_size=t.positive("pool_size", UpstreamSettings.pool_size),

@@ -67,6 +67,10 @@ tls = "none"                             # required | none (none only for a loop
 ca_file = ""                             # CA bundle for an internal server; "" = system CAs
 timeout_seconds = 60
 pool_size = 4                            # upstream connections kept open
+# A smarthost that wants a login (SMTP AUTH, only over tls = "required"):
+# the user name, and a file whose first line is the password (chmod 600).
+username = ""                            # e.g. "relay@example.org"; "" = no login
+password_file = ""                       # e.g. "upstream.password"
 
 [policy]
 mode = "enforce"                         # enforce | shadow (deliver unchanged, record verdicts)

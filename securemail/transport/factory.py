@@ -25,6 +25,9 @@ def transport_from_settings(settings: Settings) -> Transport:
         upstream = settings.upstream
         if upstream.ca_file:  # relative to the config file, like every path in it
             upstream = replace(upstream, ca_file=str(settings.resolve(upstream.ca_file)))
+        if upstream.password_file:
+            upstream = replace(upstream,
+                               password_file=str(settings.resolve(upstream.password_file)))
         return SMTPTransport(upstream, local_hostname=settings.relay.hostname)
     if scheme == "maildir":
         from securemail.transport.maildir import MaildirTransport

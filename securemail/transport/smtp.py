@@ -24,6 +24,7 @@ import ssl
 import threading
 import time
 from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiosmtplib
@@ -148,6 +149,7 @@ class SMTPTransport:
         self.require_tls = settings.tls != "none"
         self.local_hostname = local_hostname
         self._tls_context = self._make_tls_context() if self.require_tls else None
+        self._password = self._read_password() if settings.username else ""
         self._pools: dict[asyncio.AbstractEventLoop, _LoopPool] = {}
         self._pools_lock = threading.Lock()
         self._pool: _LoopPool | None = None  # the last one used: the one-loop fast path
@@ -171,6 +173,47 @@ class SMTPTransport:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         # create_default_context already sets CERT_REQUIRED + check_hostname.
         return ctx
+
+    def _read_password(self) -> str:
+        """The upstream password, from ``upstream.password_file`` (first line)."""
+        path = self.settings.password_file
+        where = self.settings.config_file or "[upstream]"
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(where, "upstream.password_file", f"{path}: file not found") \
+                from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError(where, "upstream.password_file",
+                              f"{path}: cannot read ({reason})") from None
+        password = text.split("\n", 1)[0].rstrip("\r")
+        if not password:
+            raise ConfigError(where, "upstream.password_file", f"{path}: the file is empty")
+        return password
+
+    async def _login(self, client: aiosmtplib.SMTP) -> None:
+        """SMTP AUTH with ``upstream.username``, only over TLS (or loopback)."""
+        if not client.supports_extension("auth"):
+            raise UpstreamUnavailable(f"upstream {self._where} does not offer AUTH"
+                                      " (upstream.username is set)")
+        # One attempt, PLAIN (inside TLS) where offered, else LOGIN: a refused
+        # password must not be tried again with every other mechanism.
+        methods = client.server_auth_methods
+        try:
+            if "plain" in methods or "login" not in methods:
+                await client.auth_plain(self.settings.username, self._password)
+            else:
+                await client.auth_login(self.settings.username, self._password)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            # The user name is not secret; the password never appears anywhere.
+            raise UpstreamUnavailable(
+                f"upstream {self._where} refused the login of {self.settings.username}"
+                f" ({reply_code(exc.code, exc.message)}); check upstream.username and"
+                " upstream.password_file") from None
+        except aiosmtplib.SMTPException as exc:
+            raise UpstreamUnavailable(
+                f"upstream {self._where} login failed ({_reason(exc)})") from None
 
     # ------------------------------------------------------------ pools
 
@@ -238,6 +281,8 @@ class SMTPTransport:
                 await client.starttls(tls_context=self._tls_context)
                 await client.ehlo()  # RFC 3207: forget what we learnt before TLS
                 tls = _tls_info(client)
+            if self.settings.username:
+                await self._login(client)
             return _Session(client, tls, generation)
         except UpstreamUnavailable:
             client.close()
