@@ -31,11 +31,14 @@ import html
 import io
 import logging
 import re
+import time
 import warnings
 import zipfile
 from typing import Final
 
-__all__ = ["Unreadable", "document_text"]
+from securemail.markup import html_text
+
+__all__ = ["Unreadable", "document_text", "is_document", "member_text"]
 
 MAX_PDF_PAGES: Final = 500
 MAX_ZIP_MEMBERS: Final = 2000
@@ -57,14 +60,32 @@ def document_text(payload: bytes, limit: int, *, _depth: int = 0) -> str | None:
     """
     head = payload[:1024]
     if b"%PDF-" in head:
-        return _bounded(_pdf_text(payload, limit), limit)
+        return _bounded(_pdf_text(payload, limit, _depth), limit)
     if payload.startswith(b"PK\x03\x04"):
         return _bounded(_zip_text(payload, limit, _depth), limit)
     if payload.startswith(_OLE2):
         return _bounded(_ole2_text(payload), limit)
     if payload.lstrip()[:5] == b"{\\rtf":
         return _bounded(_rtf_text(payload), limit)
+    if payload.startswith(_COMPRESSED) or payload[257:262] == b"ustar":
+        return _bounded(_tar_text(payload, limit, _depth), limit)
+    for magic, kind in _UNREAD_ARCHIVES:
+        if payload.startswith(magic):
+            raise Unreadable(f"a {kind} archive is not read")
     return None
+
+
+def is_document(payload: bytes) -> bool:
+    """Whether ``payload`` is a kind :func:`document_text` reads (or refuses),
+    from its first bytes: a PDF or ZIP labelled ``text/plain`` is a document."""
+    return (b"%PDF-" in payload[:1024] or payload.startswith((b"PK\x03\x04", _OLE2))
+            or payload.lstrip()[:5] == b"{\\rtf" or payload.startswith(_COMPRESSED)
+            or payload[257:262] == b"ustar"
+            or payload.startswith(tuple(m for m, _ in _UNREAD_ARCHIVES)))
+
+
+_COMPRESSED: Final = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz (tar or not)
+_UNREAD_ARCHIVES: Final = ((b"7z\xbc\xaf\x27\x1c", "7z"), (b"Rar!\x1a\x07", "RAR"))
 
 
 def _bounded(text: str, limit: int) -> str:
@@ -78,11 +99,15 @@ def _bounded(text: str, limit: int) -> str:
 logging.getLogger("pypdf").setLevel(logging.CRITICAL)  # its warnings may quote the file
 
 
-def _pdf_text(payload: bytes, limit: int) -> str:
+PDF_SECONDS: Final = 30.0  # reading one PDF's text may take this long, no longer
+
+
+def _pdf_text(payload: bytes, limit: int, depth: int) -> str:
     from pypdf import PdfReader
 
-    pages: list[str] = []
+    texts: list[str] = []
     size = 0
+    deadline = time.monotonic() + PDF_SECONDS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -92,41 +117,59 @@ def _pdf_text(payload: bytes, limit: int) -> str:
             if len(reader.pages) > MAX_PDF_PAGES:
                 raise Unreadable(f"the PDF has more than {MAX_PDF_PAGES} pages")
             for page in reader.pages:
+                if time.monotonic() > deadline:
+                    raise Unreadable(f"the PDF takes more than {PDF_SECONDS:.0f} s to read")
                 text = page.extract_text() or ""
-                pages.append(text)
+                # Comments, sticky notes and free-text boxes drawn on the page.
+                for annot in page.get("/Annots") or ():
+                    obj = annot.get_object()
+                    text += "".join(f"\n{obj[k]}" for k in ("/Contents", "/T")
+                                    if isinstance(obj.get(k), str))
+                texts.append(text)
                 size += len(text)
                 if size > limit:
                     break
+            # A filled-in form: the values of its fields.
+            fields = reader.get_fields() or {}
+            texts.extend(str(f.get("/V")) for f in fields.values()
+                         if isinstance(f.get("/V"), str))
+            if not "".join(texts).strip() and len(reader.pages):
+                raise Unreadable("the PDF has no text to read (a scan or an image)")
             info = reader.metadata
             if info is not None:  # what a reader's Properties dialog shows
-                pages.extend(str(info.get(k, "")) for k in ("/Title", "/Subject", "/Keywords"))
+                texts.extend(str(info.get(k, "")) for k in ("/Title", "/Subject", "/Keywords"))
+            # Files embedded in the PDF (attachments, portfolios).
+            for name, contents in reader.attachments.items():
+                for data in contents:
+                    texts.append(member_text(name, data, limit - size, depth + 1))
     except Unreadable:
         raise
     except Exception as exc:  # noqa: BLE001 - any parser fault: the PDF is unreadable
         raise Unreadable(f"the PDF cannot be read ({type(exc).__name__})") from None
-    return "\n".join(pages)
+    return "\n".join(texts)
 
 
 # ------------------------------------------------- Office Open XML, ODF, ZIP
 
-# XML parts that hold text a person sees: Word body, headers, footers, notes,
-# comments; Excel shared and inline strings, sheet names; PowerPoint slides
-# and notes; OpenDocument content and styles (headers/footers); document
-# properties (title, subject, author) of both.
-_TEXT_PARTS = re.compile(
-    r"(word/(document|header\d*|footer\d*|footnotes|endnotes|comments\w*)\.xml"
-    r"|xl/(sharedStrings|workbook|worksheets/sheet\d+|comments\d*)\.xml"
-    r"|ppt/(slides/slide\d+|notesSlides/notesSlide\d+|comments/\w+)\.xml"
-    r"|content\.xml|styles\.xml|meta\.xml|docProps/(core|app)\.xml)",
-    re.IGNORECASE)
-# Tags that end a paragraph, cell, line or tab: a word stops there. Every
-# other tag (a run of differently formatted letters inside one word, "Ja" in
-# bold and "ne" not) joins its neighbours as the reader sees them.
+# Every XML part of an Office file is read (body, headers, footers, notes,
+# comments, text boxes, charts, SmartArt, slide masters, alternative body
+# parts such as Word for the web's document2.xml, ...) except these, which
+# hold formatting only.
+_SKIPPED_PARTS = re.compile(
+    r"(.*/)?(_rels/.*|\[Content_Types\]\.xml|.*theme\d*\.xml|styles\.xml|fontTable\.xml"
+    r"|settings\.xml|webSettings\.xml|numbering\.xml|stylesWithEffects\.xml|presProps\.xml"
+    r"|viewProps\.xml|tableStyles\.xml|manifest\.xml|calcChain\.xml)", re.IGNORECASE)
+_OFFICE_TEXT = (".htm", ".html", ".mht", ".mhtml", ".txt")  # Word's altChunk parts
+# Tags that end a paragraph, cell, line, formula or value: a word stops
+# there. Every other tag (a run of differently formatted letters inside one
+# word, "Ja" in bold and "ne" not) joins its neighbours as the reader sees them.
 _BREAK_TAG = re.compile(
-    r"</(w:p|w:tc|a:p|text:p|text:h|table:table-cell|si|c)>"
-    r"|<(w:br|w:cr|w:tab|text:tab|text:line-break|text:s|a:br|sheet)\b[^>]*>", re.IGNORECASE)
+    r"</(w:p|w:tc|a:p|text:p|text:h|table:table-cell|si|c|f|v|c:v|is)>"
+    r"|<(w:br|w:cr|w:tab|text:tab|text:line-break|text:s|a:br|sheet|table:table)\b[^>]*>",
+    re.IGNORECASE)
 _ANY_TAG = re.compile(r"<[^>]*>")
-_SHEET_NAME = re.compile(r'<sheet\b[^>]*\bname="([^"]*)"', re.IGNORECASE)
+_SHEET_NAME = re.compile(r'<(?:sheet|table:table)\b[^>]*\b(?:table:)?name="([^"]*)"',
+                         re.IGNORECASE)
 
 
 def _zip_text(payload: bytes, limit: int, depth: int) -> str:
@@ -152,21 +195,26 @@ def _zip_text(payload: bytes, limit: int, depth: int) -> str:
             continue
         if member.flag_bits & 0x1:
             raise Unreadable("the ZIP file is encrypted with a password")
+        name = member.filename
         if office:
-            if not _TEXT_PARTS.fullmatch(member.filename):
+            lowered = name.lower()
+            if _SKIPPED_PARTS.fullmatch(name):
                 continue
-            data = _read(archive, member, budget)
-            budget -= len(data)
-            text = _xml_text(data)
+            if lowered.endswith((".xml", ".rels")):
+                data = _read(archive, member, budget)
+                budget -= len(data)
+                text = _xml_text(data, properties=lowered.startswith(("docprops/", "meta")))
+            elif "/embeddings/" in lowered or lowered.endswith(_OFFICE_TEXT):
+                # An embedded workbook or document, an HTML chunk: read like a member.
+                data = _read(archive, member, budget)
+                budget -= len(data)
+                text = member_text(name, data, limit - size, depth + 1)
+            else:
+                continue  # media, fonts, binaries that hold no text
         else:  # a plain archive: its file names, and the documents in it
-            text = member.filename
             data = _read(archive, member, budget)
             budget -= len(data)
-            found = document_text(data, limit - size, _depth=depth + 1)
-            if found is not None:
-                text += "\n" + found
-            elif member.filename.lower().endswith(_PLAIN_SUFFIXES):
-                text += "\n" + data.decode("utf-8", "replace")
+            text = name + "\n" + member_text(name, data, limit - size, depth + 1)
         chunks.append(text)
         size += len(text)
         if size > limit:
@@ -174,7 +222,114 @@ def _zip_text(payload: bytes, limit: int, depth: int) -> str:
     return "\n".join(chunks)
 
 
-_PLAIN_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".xml", ".md", ".eml", ".htm", ".html")
+_PLAIN_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".xml", ".md", ".log", ".yaml", ".yml",
+                   ".vcf", ".ics", ".htm", ".html", ".mht", ".mhtml")
+
+
+def member_text(name: str, data: bytes, limit: int, depth: int) -> str:
+    """The text of one file inside an archive or a document: a document is
+    read as one (a document nested too deep is unreadable), a text file by
+    its name (HTML without its tags, UTF-16 by its byte-order mark), a saved
+    email as the message it is; anything else gives nothing (its name, read
+    by the caller, is all there is)."""
+    if is_document(data):
+        if depth > _MAX_NESTED:
+            raise Unreadable("a document nested that deep is not read")
+        return document_text(data, limit, _depth=depth) or ""
+    lowered = name.lower()
+    if lowered.endswith(".eml"):
+        return _eml_text(data, limit, depth)
+    if lowered.endswith(_PLAIN_SUFFIXES) or not name:
+        text = _decode_text(data)
+        return html_text(text) if lowered.endswith((".htm", ".html", ".mht", ".mhtml")) or (
+            not name and "<html" in text[:2000].lower()) else text
+    return ""
+
+
+_MAX_NESTED: Final = 3  # documents inside documents inside archives, read this deep
+
+
+def _decode_text(data: bytes) -> str:
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return data.decode("utf-16", "replace")
+    return data.decode("utf-8-sig", "replace")
+
+
+def _eml_text(data: bytes, limit: int, depth: int) -> str:
+    """A saved email inside an archive: its shown headers, text parts and the
+    documents attached to it."""
+    import email
+
+    message = email.message_from_bytes(data)
+    chunks = [str(message.get(h, "")) for h in ("subject", "from", "to", "cc")]
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue
+        filename = str(part.get_filename() or "")
+        chunks.append(filename)
+        if part.get_content_maintype() == "text" and not is_document(payload):
+            text = payload.decode(part.get_content_charset() or "utf-8", "replace") \
+                if _known_charset(part.get_content_charset()) else _decode_text(payload)
+            chunks.append(html_text(text) if part.get_content_subtype() == "html" else text)
+        else:
+            chunks.append(member_text(filename, payload, limit, depth + 1))
+    return "\n".join(chunks)
+
+
+def _known_charset(charset: str | None) -> bool:
+    import codecs
+
+    if not charset:
+        return False
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        return False
+    return True
+
+
+def _tar_text(payload: bytes, limit: int, depth: int) -> str:
+    """A tar archive (plain, gzip, bzip2 or xz): names and files, like a ZIP.
+    A compressed file that is not a tar is the one file inside it."""
+    import bz2
+    import gzip
+    import lzma
+    import tarfile
+
+    if depth > _MAX_DEPTH:
+        raise Unreadable("an archive inside an archive is not read")
+    try:
+        if payload.startswith(_COMPRESSED):
+            raw = io.BytesIO(payload)
+            stream: io.BufferedIOBase = (
+                gzip.GzipFile(fileobj=raw) if payload[:1] == b"\x1f"
+                else bz2.BZ2File(raw) if payload[:1] == b"B" else lzma.LZMAFile(raw))
+            with stream:
+                inner = stream.read(MAX_INFLATED_BYTES + 1)
+            if len(inner) > MAX_INFLATED_BYTES:
+                raise Unreadable("the compressed file inflates past the size limit")
+            if inner[257:262] != b"ustar":
+                return member_text("", inner, limit, depth + 1)
+            payload = inner
+        chunks: list[str] = []
+        with tarfile.open(fileobj=io.BytesIO(payload), mode="r:") as archive:
+            members = archive.getmembers()
+            if len(members) > MAX_ZIP_MEMBERS:
+                raise Unreadable(f"the archive has more than {MAX_ZIP_MEMBERS} entries")
+            for member in members:
+                chunks.append(member.name)
+                if member.isfile():
+                    member_file = archive.extractfile(member)
+                    data = member_file.read() if member_file is not None else b""
+                    chunks.append(member_text(member.name, data, limit, depth + 1))
+        return "\n".join(chunks)
+    except Unreadable:
+        raise
+    except (OSError, EOFError, ValueError, tarfile.TarError, lzma.LZMAError) as exc:
+        raise Unreadable(f"the archive cannot be read ({type(exc).__name__})") from None
 
 
 def _read(archive: zipfile.ZipFile, member: zipfile.ZipInfo, budget: int) -> bytes:
@@ -191,10 +346,12 @@ def _read(archive: zipfile.ZipFile, member: zipfile.ZipInfo, budget: int) -> byt
     return data
 
 
-def _xml_text(data: bytes) -> str:
+def _xml_text(data: bytes, *, properties: bool = False) -> str:
+    """Text of an XML part; in document properties (title, author, keywords)
+    every element is a field of its own."""
     text = data.decode("utf-8", "replace")
     names = " ".join(_SHEET_NAME.findall(text))
-    text = _ANY_TAG.sub("", _BREAK_TAG.sub(" ", text))
+    text = _ANY_TAG.sub(" ", text) if properties else _ANY_TAG.sub("", _BREAK_TAG.sub(" ", text))
     return html.unescape(f"{names} {text}" if names else text)
 
 
@@ -210,8 +367,15 @@ _RTF_HIDDEN = re.compile(
     rb"|latentstyles|datastore|generator|rsidtbl|listtable|listoverridetable)\b")
 
 
+_RTF_SOURCE_BREAK = re.compile(rb"(\\[a-zA-Z]+-?\d*)?\r?\n")
+
+
 def _rtf_text(payload: bytes) -> str:
-    data = _strip_groups(payload)
+    # Line breaks in RTF source are not text: a control word they end keeps
+    # a space as its delimiter, any other is dropped ("Ja\nne" is "Jane").
+    data = _RTF_SOURCE_BREAK.sub(lambda m: (m.group(1) + b" ") if m.group(1) else b"",
+                                 payload.replace(b"\\\r\n", b"\\par ").replace(b"\\\n", b"\\par "))
+    data = _strip_groups(data)
     data = _RTF_BREAK.sub(b"\n", data)  # a newline: a control word's one space can't take it
     data = _RTF_UNICODE.sub(lambda m: _code_point(int(m.group(1))), data)
     data = _RTF_HEX.sub(lambda m: bytes([int(m.group(1), 16)]), data)
@@ -283,13 +447,13 @@ def _ole2_encrypted(payload: bytes) -> bool:
     return False
 
 
-_ASCII_RUN = re.compile(rb"[\x20-\x7e\t\r\n]{4,}")
+_ASCII_RUN = re.compile(rb"[\x20-\x7e\t\r\n\xa0-\xff]{4,}")  # Latin-1 letters (José)
 _UTF16_RUN = re.compile(rb"(?:[\x20-\x7e\t\r\n]\x00|[\xa0-\xff]\x00){4,}")
 
 
 def _strings(payload: bytes) -> str:
     """Readable runs of an OLE2 file (Word 97-2003, Excel 97-2003, Outlook .msg):
     their text is stored uncompressed, as 8-bit or UTF-16LE characters."""
-    runs = [m.group().decode("latin-1") for m in _ASCII_RUN.finditer(payload)]
+    runs = [m.group().decode("cp1252", "replace") for m in _ASCII_RUN.finditer(payload)]
     runs += [m.group().decode("utf-16-le", "replace") for m in _UTF16_RUN.finditer(payload)]
     return "\n".join(runs)

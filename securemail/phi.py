@@ -16,7 +16,6 @@ regular expressions); digit shapes are found on a digit-folded copy with
 from __future__ import annotations
 
 import email
-import html
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -26,7 +25,8 @@ import ahocorasick_rs
 
 from securemail.cms_content import cms_content
 from securemail.config import PolicySettings
-from securemail.documents import Unreadable, document_text
+from securemail.documents import Unreadable, document_text, is_document
+from securemail.markup import html_text
 from securemail.model import PhiSignal
 from securemail.parse import header_texts, utf8_header
 
@@ -367,23 +367,6 @@ def _with_utf8_headers(part: Message) -> Message:
     return probe
 
 
-# HTML as a mail program shows it: the tags of inline elements (a word half in
-# bold, a spell-check <span class=SpellE>, a coloured letter) join the letters
-# around them; every other tag (paragraph, line break, cell, image, ...) ends
-# a word. Comments show nothing; scripts and styles are not text.
-_INLINE = ("a|abbr|b|bdi|bdo|big|cite|code|data|del|dfn|em|font|i|ins|kbd|label|mark|"
-           "nobr|o:p|q|rp|rt|ruby|s|samp|small|span|strike|strong|sub|sup|time|tt|u|var|wbr")
-_HTML_NOTHING = re.compile(
-    r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|</?(?:" + _INLINE + r")(?=[\s/>])[^>]*>",
-    re.IGNORECASE | re.DOTALL)
-_HTML_TAG = re.compile(r"<[^>]*>")
-
-
-def html_text(markup: str) -> str:
-    """The text of an HTML part, words split and joined as a reader sees them."""
-    return html.unescape(_HTML_TAG.sub(" ", _HTML_NOTHING.sub("", markup)))
-
-
 # What a mail program shows of a forwarded message (Forward as attachment).
 _PKCS7_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
 _SHOWN_HEADERS = ("subject", "from", "to", "cc", "reply-to")
@@ -468,23 +451,24 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
             if add(shown) or add(inner_text) or cut:
                 return "\n".join(chunks), True
             continue
-        if not _readable(ctype, name):
-            # A PDF, Word, Excel, PowerPoint, OpenDocument, RTF or ZIP file,
-            # found by its first bytes whatever its label: its text is read.
-            # One that cannot be read in full (a password, damage, past the
-            # limits) counts as unscanned. Images and the like: name only.
-            binary = part.get_payload(decode=True)
-            if not isinstance(binary, bytes):
-                continue
+        # A PDF, Word, Excel, PowerPoint, OpenDocument, RTF, ZIP or tar file,
+        # found by its first bytes whatever its label (text/plain included):
+        # its text is read. One that cannot be read in full (a password,
+        # damage, past the limits) counts as unscanned. Images and the like:
+        # name only.
+        readable = _readable(ctype, name)
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue
+        if is_document(payload):
             try:
-                document = document_text(binary, limit - size)
+                document = document_text(payload, limit - size)
             except Unreadable:
                 return "\n".join(chunks), True
             if document is not None and add(document):
                 return "\n".join(chunks), True
             continue
-        payload = part.get_payload(decode=True)
-        if not isinstance(payload, bytes):
+        if not readable:
             continue
         charset = _charset(part) or _bom_charset(payload)
         try:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 
-def pdf_with_text(*lines: str, pages: int = 1) -> bytes:
+def pdf_with_text(*lines: str, pages: int = 1, annotation: str = "",
+                  field_value: str = "") -> bytes:
     """A minimal, valid PDF 1.4 with ``lines`` on each of ``pages`` pages
-    (Helvetica, WinAnsi encoding)."""
+    (Helvetica, WinAnsi encoding); ``annotation``: a sticky note on the first
+    page; ``field_value``: a filled-in form field."""
     ops = ["BT", "/F1 12 Tf", "72 720 Td", "14 TL"]
     for line in lines:
         escaped = line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
@@ -21,6 +23,16 @@ def pdf_with_text(*lines: str, pages: int = 1) -> bytes:
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
     ] + [b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R"
          b" /Resources << /Font << /F1 4 0 R >> >> >>"] * pages
+    extra = first_page + pages  # the next object number
+    if annotation:
+        objects.append(b"<< /Type /Annot /Subtype /Text /Rect [10 10 30 30] /Contents (%s) >>"
+                       % annotation.encode("latin-1"))
+        objects[first_page - 1] = objects[first_page - 1][:-2] + b" /Annots [%d 0 R] >>" % extra
+        extra += 1
+    if field_value:
+        objects.append(b"<< /FT /Tx /T (name) /V (%s) /Rect [0 0 0 0] >>"
+                       % field_value.encode("latin-1"))
+        objects[0] = b"<< /Type /Catalog /Pages 2 0 R /AcroForm << /Fields [%d 0 R] >> >>" % extra
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, body in enumerate(objects, start=1):

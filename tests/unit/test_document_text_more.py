@@ -1,0 +1,163 @@
+"""Documents as practices really send them (from a trial with ~180 documents made
+by python-docx, openpyxl, reportlab, LibreOffice, chromium, zip and tar): each
+case here was delivered in clear to an outsider before."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import tarfile
+import zipfile
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from securemail.documents import Unreadable, document_text
+from securemail.model import Action
+from tests.conftest import ConfigFactory
+from tests.document_makers import pdf_with_text
+from tests.unit.policy_helpers import verdict_for
+from tests.unit.test_document_text import (
+    OUTSIDER,
+    PHI_TEXT,
+    SENDER,
+    decision,
+    docx,
+    ole2,
+    ooxml,
+    para,
+    plain_zip,
+)
+
+
+def blocked_with(config: Path, data: bytes, filename: str, ctype: str,
+                 *signals: str) -> None:
+    action, found, _ = decision(config, data, filename, ctype)
+    assert action is Action.BLOCK, found
+    assert set(signals) <= set(found), found
+
+
+@pytest.mark.parametrize(("ctype", "filename"), [
+    ("text/plain", "letter.txt"), ("text/csv", "export.csv"), ("text/html", "page.html"),
+    ("application/xml", "data.xml"), ("application/octet-stream", "notes.txt")])
+def test_a_document_labelled_as_text_is_read_as_a_document(
+        config_path: Path, ctype: str, filename: str) -> None:
+    blocked_with(config_path, pdf_with_text(PHI_TEXT), filename, ctype,
+                 "phi-client-name", "phi-icd10")
+    blocked_with(config_path, docx(para("Jane Roe") + para("bipolar disorder")), filename,
+                 ctype, "phi-client-name")
+
+
+def test_pdf_form_fields_and_comments_are_read(config_path: Path) -> None:
+    blocked_with(config_path, pdf_with_text("Intake form", field_value="Jane Roe"),
+                 "intake.pdf", "application/pdf", "phi-client-name")
+    blocked_with(config_path, pdf_with_text("Report", annotation="Jane Roe: diagnosis F32.1"),
+                 "report.pdf", "application/pdf", "phi-client-name", "phi-icd10")
+
+
+def test_a_pdf_without_text_is_a_scan_and_counts_as_unscanned(config_path: Path) -> None:
+    action, found, reason = decision(config_path, pdf_with_text(), "scan.pdf",
+                                     "application/pdf")
+    assert action is Action.BLOCK and found == ("phi-unscanned",)
+
+
+def test_a_pdf_that_takes_too_long_is_unreadable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import securemail.documents as documents
+
+    monkeypatch.setattr(documents, "PDF_SECONDS", -1.0)
+    with pytest.raises(Unreadable, match="to read"):
+        document_text(pdf_with_text(PHI_TEXT), 100_000)
+
+
+def test_a_tar_gz_is_read_and_a_7z_counts_as_unscanned(config_path: Path) -> None:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        data = PHI_TEXT.encode()
+        info = tarfile.TarInfo("notes/session.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    blocked_with(config_path, out.getvalue(), "records.tar.gz", "application/gzip",
+                 "phi-client-name")
+    blocked_with(config_path, gzip.compress(PHI_TEXT.encode()), "notes.txt.gz",
+                 "application/gzip", "phi-client-name")
+    action, found, _ = decision(config_path, b"7z\xbc\xaf\x27\x1c" + bytes(100), "a.7z",
+                                "application/x-7z-compressed")
+    assert action is Action.BLOCK and found == ("phi-unscanned",)
+
+
+def test_word_for_the_web_document2_and_html_chunks_are_read(config_path: Path) -> None:
+    w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+    data = ooxml({"word/document2.xml": f"<w:document {w}><w:body>{para('Jane Roe')}"
+                                        f"{para('anxiety')}</w:body></w:document>"})
+    blocked_with(config_path, data, "note.docx", "application/octet-stream", "phi-client-name")
+    chunk = ooxml({"word/document.xml": f"<w:document {w}><w:body/></w:document>",
+                   "word/afchunk.htm": "<html><body><p>Jane <b>Roe</b>, depression</p>"})
+    blocked_with(config_path, chunk, "note.docx", "application/octet-stream", "phi-client-name")
+
+
+def test_excel_formula_cells_and_document_properties_keep_words_apart() -> None:
+    sheet = ooxml({"xl/worksheets/sheet1.xml": '<worksheet><sheetData><row><c t="str">'
+                                               "<f>CONCAT(B2,\" \",C2)</f><v>Jane Roe</v></c>"
+                                               "</row></sheetData></worksheet>",
+                   "docProps/core.xml": "<cp:coreProperties><dc:title>Caseload</dc:title>"
+                                        "<dc:creator>Jane Roe</dc:creator></cp:coreProperties>"})
+    text = document_text(sheet, 100_000)
+    assert text is not None
+    assert "C2)Jane" not in text and "CaseloadJane" not in text
+    assert text.count("Jane Roe") == 2
+
+
+def test_an_opendocument_sheet_name_is_read() -> None:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("mimetype", "application/vnd.oasis.opendocument.spreadsheet")
+        z.writestr("content.xml", '<office:document-content><table:table table:name="Jane Roe">'
+                                  "</table:table></office:document-content>")
+    text = document_text(out.getvalue(), 100_000)
+    assert text is not None and "Jane Roe" in text
+
+
+def test_line_breaks_in_rtf_source_are_not_text() -> None:
+    rtf = b"{\\rtf1\\ansi Client: Ja\r\nne {\\b\r\nRo}e\\par\r\nnext line}"
+    text = document_text(rtf, 100_000)
+    assert text is not None and "Jane Roe" in text and "next line" in text
+
+
+def test_legacy_office_text_with_latin1_letters_is_read(make_config: ConfigFactory) -> None:
+    config = make_config(extra='''
+[[directory.clients]]
+id = "c-3001"
+addresses = ["jose@mail.example"]
+names = ["José Núñez"]
+''')
+    data = ole2(b"\x09\x08\x10\x00" + bytes(16) + b"\xfc\x00" + bytes(20),
+                "Client: José Núñez, diagnosis F32.1".encode("cp1252"))
+    blocked_with(config, data, "caseload.xls", "application/vnd.ms-excel",
+                 "phi-client-name", "phi-icd10")
+
+
+def test_files_inside_a_zip_are_read_as_what_they_are(config_path: Path) -> None:
+    mail = EmailMessage()
+    mail["Subject"] = "Intake"
+    mail.set_content("see attached")
+    mail.add_attachment(pdf_with_text(PHI_TEXT), maintype="application", subtype="pdf",
+                        filename="intake.pdf")
+    cases = {
+        "page.html": b"<html><body><p>Jane <span>R</span>oe &amp; depression</p></body></html>",
+        "notes.txt": "Jane Roe, anxiety".encode("utf-16"),
+        "contact.vcf": b"BEGIN:VCARD\r\nFN:Jane Roe\r\nNOTE:bipolar\r\nEND:VCARD\r\n",
+        "saved.eml": mail.as_bytes(),
+    }
+    for name, data in cases.items():
+        blocked_with(config_path, plain_zip({name: data}), "files.zip", "application/zip",
+                     "phi-client-name")
+
+
+def test_harmless_documents_still_go_in_clear(config_path: Path) -> None:
+    for data in (pdf_with_text("Invoice 2026-114", "Toner, 2 boxes", field_value="Paid"),
+                 plain_zip({"invoice.txt": b"Toner, 2 boxes"})):
+        action, found, _ = decision(config_path, data, "invoice.pdf", "application/pdf")
+        assert action is Action.DELIVER and found == ()
+    _ = (base64, OUTSIDER, SENDER, verdict_for)  # shared helpers of the sibling module
