@@ -447,13 +447,18 @@ def _ole2_encrypted(payload: bytes) -> bool:
     return False
 
 
-_ASCII_RUN = re.compile(rb"[\x20-\x7e\t\r\n\xa0-\xff]{4,}")  # Latin-1 letters (José)
+_ASCII_RUN = re.compile(rb"[\x20-\x7e\t\r\n]{4,}")
+_LATIN1_RUN = re.compile(rb"[\x20-\x7e\t\r\n\xa0-\xff]{4,}")  # with accented letters (José)
 _UTF16_RUN = re.compile(rb"(?:[\x20-\x7e\t\r\n]\x00|[\xa0-\xff]\x00){4,}")
 
 
 def _strings(payload: bytes) -> str:
     """Readable runs of an OLE2 file (Word 97-2003, Excel 97-2003, Outlook .msg):
     their text is stored uncompressed, as 8-bit or UTF-16LE characters."""
-    runs = [m.group().decode("cp1252", "replace") for m in _ASCII_RUN.finditer(payload)]
+    runs = [m.group().decode("ascii") for m in _ASCII_RUN.finditer(payload)]
+    # Runs with Windows-1252 letters too, as well as (not instead of) the plain
+    # ones: a stray high byte next to "Jane" must not turn it into "ÿJane".
+    runs += [m.group().decode("cp1252", "replace") for m in _LATIN1_RUN.finditer(payload)
+             if not m.group().isascii()]
     runs += [m.group().decode("utf-16-le", "replace") for m in _UTF16_RUN.finditer(payload)]
     return "\n".join(runs)
