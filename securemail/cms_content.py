@@ -24,7 +24,7 @@ _COMPRESSED_DATA: Final = bytes.fromhex("2a864886f70d0109100109")  # 1.2.840.113
 _ENVELOPED: Final = (bytes.fromhex("2a864886f70d010703"),  # envelopedData
                      bytes.fromhex("2a864886f70d0109100117"))  # authEnvelopedData
 _MAX_DEPTH: Final = 64
-_MAX_INFLATED: Final = 64 * 1024 * 1024
+_MAX_INFLATED: Final = 16 * 1024 * 1024  # then parsed as MIME: keep it well bounded
 
 
 class _Node:

@@ -27,6 +27,7 @@ content.
 
 from __future__ import annotations
 
+import contextvars
 import html
 import io
 import logging
@@ -56,23 +57,58 @@ def document_text(payload: bytes, limit: int, *, _depth: int = 0) -> str | None:
 
     At most ``limit`` characters are returned; a document with more text
     raises :class:`Unreadable` ("past the scan limit"), like one that
-    cannot be opened.
+    cannot be opened. All the files inside one document (members of an
+    archive, embedded files) share one budget of decompressed bytes.
     """
-    head = payload[:1024]
-    if b"%PDF-" in head:
-        return _bounded(_pdf_text(payload, limit, _depth), limit)
-    if payload.startswith(b"PK\x03\x04"):
-        return _bounded(_zip_text(payload, limit, _depth), limit)
-    if payload.startswith(_OLE2):
-        return _bounded(_ole2_text(payload), limit)
-    if payload.lstrip()[:5] == b"{\\rtf":
-        return _bounded(_rtf_text(payload), limit)
-    if payload.startswith(_COMPRESSED) or payload[257:262] == b"ustar":
-        return _bounded(_tar_text(payload, limit, _depth), limit)
+    if _depth == 0:
+        token = _BUDGET.set([MAX_INFLATED_BYTES])
+        try:
+            return _document_text(payload, limit, 0)
+        finally:
+            _BUDGET.reset(token)
+    return _document_text(payload, limit, _depth)
+
+
+def _document_text(payload: bytes, limit: int, depth: int) -> str | None:
+    try:
+        if payload.startswith(b"PK\x03\x04"):
+            return _bounded(_zip_text(payload, limit, depth), limit)
+        if payload.startswith(_OLE2):
+            return _bounded(_ole2_text(payload), limit)
+        if b"%PDF-" in payload[:1024]:
+            return _bounded(_pdf_text(payload, limit, depth), limit)
+        if payload.lstrip()[:5] == b"{\\rtf":
+            return _bounded(_rtf_text(payload), limit)
+        if payload.startswith(_COMPRESSED) or payload[257:262] == b"ustar":
+            return _bounded(_tar_text(payload, limit, depth), limit)
+    except Unreadable:
+        raise
+    except RecursionError:
+        raise Unreadable("the document is nested too deep to read") from None
+    except Exception as exc:  # noqa: BLE001 - any fault reading a file: it is unreadable
+        raise Unreadable(f"the document cannot be read ({type(exc).__name__})") from None
     for magic, kind in _UNREAD_ARCHIVES:
         if payload.startswith(magic):
             raise Unreadable(f"a {kind} archive is not read")
     return None
+
+
+_BUDGET: contextvars.ContextVar[list[int]] = contextvars.ContextVar("documents_budget")
+
+
+def _spend(size: int) -> None:
+    """Count ``size`` decompressed bytes against the current document's budget."""
+    budget = _BUDGET.get(None)
+    if budget is None:
+        return
+    budget[0] -= size
+    if budget[0] < 0:
+        raise Unreadable("the document inflates past the size limit")
+
+
+def _left() -> int:
+    budget = _BUDGET.get(None)
+    return MAX_INFLATED_BYTES if budget is None else max(0, budget[0])
 
 
 def is_document(payload: bytes) -> bool:
@@ -159,17 +195,18 @@ _SKIPPED_PARTS = re.compile(
     r"(.*/)?(_rels/.*|\[Content_Types\]\.xml|.*theme\d*\.xml|styles\.xml|fontTable\.xml"
     r"|settings\.xml|webSettings\.xml|numbering\.xml|stylesWithEffects\.xml|presProps\.xml"
     r"|viewProps\.xml|tableStyles\.xml|manifest\.xml|calcChain\.xml)", re.IGNORECASE)
-_OFFICE_TEXT = (".htm", ".html", ".mht", ".mhtml", ".txt")  # Word's altChunk parts
+_OFFICE_TEXT = (".htm", ".html", ".xhtml", ".mht", ".mhtml", ".txt")  # Word's altChunk parts
+_XPS_TEXT = re.compile(r'UnicodeString="([^"]{0,100000})"')
 # Tags that end a paragraph, cell, line, formula or value: a word stops
 # there. Every other tag (a run of differently formatted letters inside one
 # word, "Ja" in bold and "ne" not) joins its neighbours as the reader sees them.
 _BREAK_TAG = re.compile(
     r"</(w:p|w:tc|a:p|text:p|text:h|table:table-cell|si|c|f|v|c:v|is)>"
-    r"|<(w:br|w:cr|w:tab|text:tab|text:line-break|text:s|a:br|sheet|table:table)\b[^>]*>",
+    r"|<(w:br|w:cr|w:tab|text:tab|text:line-break|text:s|a:br|sheet|table:table)\b[^<>]{0,4096}>",
     re.IGNORECASE)
-_ANY_TAG = re.compile(r"<[^>]*>")
-_SHEET_NAME = re.compile(r'<(?:sheet|table:table)\b[^>]*\b(?:table:)?name="([^"]*)"',
-                         re.IGNORECASE)
+_ANY_TAG = re.compile(r"<[^<>]{0,4096}>")  # bounded: "<<<<" without ">" stays linear
+_SHEET_NAME = re.compile(
+    r'<(?:sheet|table:table)\b[^<>]{0,4096}?\b(?:table:)?name="([^"<>]{0,4096})"', re.IGNORECASE)
 
 
 def _zip_text(payload: bytes, limit: int, depth: int) -> str:
@@ -181,14 +218,15 @@ def _zip_text(payload: bytes, limit: int, depth: int) -> str:
     if len(members) > MAX_ZIP_MEMBERS:
         raise Unreadable(f"the ZIP file has more than {MAX_ZIP_MEMBERS} entries")
     names = {m.filename for m in members}
-    office = "[Content_Types].xml" in names or "mimetype" in names
+    office = "[Content_Types].xml" in names or (
+        "mimetype" in names and _read(archive, archive.getinfo("mimetype"), 200).startswith(
+            b"application/vnd.oasis.opendocument"))
     if "META-INF/manifest.xml" in names and b"encryption-data" in _read(
             archive, archive.getinfo("META-INF/manifest.xml"), 1024 * 1024):
         raise Unreadable("the OpenDocument file is encrypted with a password")
     if not office and depth >= _MAX_DEPTH:
         raise Unreadable("a ZIP file inside a ZIP file is not read")
     chunks: list[str] = []
-    budget = MAX_INFLATED_BYTES
     size = 0
     for member in members:
         if member.is_dir():
@@ -201,19 +239,23 @@ def _zip_text(payload: bytes, limit: int, depth: int) -> str:
             if _SKIPPED_PARTS.fullmatch(name):
                 continue
             if lowered.endswith((".xml", ".rels")):
-                data = _read(archive, member, budget)
-                budget -= len(data)
+                data = _read(archive, member)
                 text = _xml_text(data, properties=lowered.startswith(("docprops/", "meta")))
+            elif lowered.endswith(".fpage"):  # XPS / OpenXPS: glyph runs carry the text
+                data = _read(archive, member)
+                text = " ".join(html.unescape(v) for v in _XPS_TEXT.findall(
+                    data.decode("utf-8", "replace")))
+            elif lowered.endswith(".bin") and "/embeddings/" not in lowered:
+                data = _read(archive, member)  # Excel binary (.xlsb) parts
+                text = _strings(data)
             elif "/embeddings/" in lowered or lowered.endswith(_OFFICE_TEXT):
                 # An embedded workbook or document, an HTML chunk: read like a member.
-                data = _read(archive, member, budget)
-                budget -= len(data)
+                data = _read(archive, member)
                 text = member_text(name, data, limit - size, depth + 1)
             else:
                 continue  # media, fonts, binaries that hold no text
         else:  # a plain archive: its file names, and the documents in it
-            data = _read(archive, member, budget)
-            budget -= len(data)
+            data = _read(archive, member)
             text = name + "\n" + member_text(name, data, limit - size, depth + 1)
         chunks.append(text)
         size += len(text)
@@ -223,7 +265,8 @@ def _zip_text(payload: bytes, limit: int, depth: int) -> str:
 
 
 _PLAIN_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".xml", ".md", ".log", ".yaml", ".yml",
-                   ".vcf", ".ics", ".htm", ".html", ".mht", ".mhtml")
+                   ".vcf", ".ics", ".htm", ".html", ".xhtml", ".mht", ".mhtml")
+_HTML_SUFFIXES = (".htm", ".html", ".xhtml", ".mht", ".mhtml")
 
 
 def member_text(name: str, data: bytes, limit: int, depth: int) -> str:
@@ -241,7 +284,7 @@ def member_text(name: str, data: bytes, limit: int, depth: int) -> str:
         return _eml_text(data, limit, depth)
     if lowered.endswith(_PLAIN_SUFFIXES) or not name:
         text = _decode_text(data)
-        return html_text(text) if lowered.endswith((".htm", ".html", ".mht", ".mhtml")) or (
+        return html_text(text) if lowered.endswith(_HTML_SUFFIXES) or (
             not name and "<html" in text[:2000].lower()) else text
     return ""
 
@@ -308,9 +351,8 @@ def _tar_text(payload: bytes, limit: int, depth: int) -> str:
                 gzip.GzipFile(fileobj=raw) if payload[:1] == b"\x1f"
                 else bz2.BZ2File(raw) if payload[:1] == b"B" else lzma.LZMAFile(raw))
             with stream:
-                inner = stream.read(MAX_INFLATED_BYTES + 1)
-            if len(inner) > MAX_INFLATED_BYTES:
-                raise Unreadable("the compressed file inflates past the size limit")
+                inner = stream.read(_left() + 1)
+            _spend(len(inner))
             if inner[257:262] != b"ustar":
                 return member_text("", inner, limit, depth + 1)
             payload = inner
@@ -323,7 +365,8 @@ def _tar_text(payload: bytes, limit: int, depth: int) -> str:
                 chunks.append(member.name)
                 if member.isfile():
                     member_file = archive.extractfile(member)
-                    data = member_file.read() if member_file is not None else b""
+                    data = member_file.read(_left() + 1) if member_file is not None else b""
+                    _spend(len(data))
                     chunks.append(member_text(member.name, data, limit, depth + 1))
         return "\n".join(chunks)
     except Unreadable:
@@ -332,17 +375,17 @@ def _tar_text(payload: bytes, limit: int, depth: int) -> str:
         raise Unreadable(f"the archive cannot be read ({type(exc).__name__})") from None
 
 
-def _read(archive: zipfile.ZipFile, member: zipfile.ZipInfo, budget: int) -> bytes:
-    """At most ``budget`` decompressed bytes of ``member``: a ZIP bomb that
-    inflates past it is unreadable, never read to the end."""
-    try:
-        with archive.open(member) as stream:
-            data = stream.read(budget + 1)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError,
-            NotImplementedError, RuntimeError) as exc:
-        raise Unreadable(f"a file in the ZIP cannot be read ({type(exc).__name__})") from None
+def _read(archive: zipfile.ZipFile, member: zipfile.ZipInfo, most: int | None = None) -> bytes:
+    """The decompressed bytes of ``member``, counted against the document's
+    budget: a ZIP bomb that inflates past it is unreadable, never read to the
+    end."""
+    budget = _left() if most is None else most
+    with archive.open(member) as stream:
+        data = stream.read(budget + 1)
     if len(data) > budget:
         raise Unreadable("the ZIP file inflates past the size limit")
+    if most is None:
+        _spend(len(data))
     return data
 
 
@@ -370,11 +413,16 @@ _RTF_HIDDEN = re.compile(
 _RTF_SOURCE_BREAK = re.compile(rb"(\\[a-zA-Z]+-?\d*)?\r?\n")
 
 
+_RTF_SPECIAL = {b"\\~": b" ", b"\\_": b"-", b"\\-": b""}  # nbsp, nb hyphen, optional hyphen
+
+
 def _rtf_text(payload: bytes) -> str:
     # Line breaks in RTF source are not text: a control word they end keeps
     # a space as its delimiter, any other is dropped ("Ja\nne" is "Jane").
     data = _RTF_SOURCE_BREAK.sub(lambda m: (m.group(1) + b" ") if m.group(1) else b"",
                                  payload.replace(b"\\\r\n", b"\\par ").replace(b"\\\n", b"\\par "))
+    for symbol, replacement in _RTF_SPECIAL.items():
+        data = data.replace(symbol, replacement)
     data = _strip_groups(data)
     data = _RTF_BREAK.sub(b"\n", data)  # a newline: a control word's one space can't take it
     data = _RTF_UNICODE.sub(lambda m: _code_point(int(m.group(1))), data)

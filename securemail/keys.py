@@ -153,6 +153,10 @@ class Keyring:
             {"address": address, "now": _epoch(now)})
         return frozenset(r[0] for r in rows)
 
+    def close(self) -> None:
+        """Close the connection this keyring was given (for a keyring that owns one)."""
+        self._conn.close()
+
     def usable_kinds_many(self, addresses: Iterable[str], now: dt.datetime
                           ) -> dict[str, frozenset[str]]:
         """``usable_kinds`` for several addresses in one query (the policy's hot path)."""

@@ -13,12 +13,46 @@ __all__ = ["html_text"]
 # a word. Comments show nothing; scripts and styles are not text.
 _INLINE = ("a|abbr|b|bdi|bdo|big|cite|code|data|del|dfn|em|font|i|ins|kbd|label|mark|"
            "nobr|o:p|q|rp|rt|ruby|s|samp|small|span|strike|strong|sub|sup|time|tt|u|var|wbr")
-_HTML_NOTHING = re.compile(
-    r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|</?(?:" + _INLINE + r")(?=[\s/>])[^>]*>",
-    re.IGNORECASE | re.DOTALL)
-_HTML_TAG = re.compile(r"<[^>]*>")
+_INLINE_TAG = re.compile(r"</?(?:" + _INLINE + r")(?=[\s/>])[^<>]{0,4096}>", re.IGNORECASE)
+_HTML_TAG = re.compile(r"<[^<>]{0,4096}>")  # bounded: "<<<<" without ">" stays linear
+# Where a script, style or comment starts; each is cut by a linear search for
+# its end. Comments end as browsers end them: "<!-->" and "<!--->" are empty,
+# "--!>" closes one too.
+_HIDDEN_START = re.compile(r"<(script|style)\b|<!--", re.IGNORECASE)
 
 
 def html_text(markup: str) -> str:
     """The text of an HTML part, words split and joined as a reader sees them."""
-    return html.unescape(_HTML_TAG.sub(" ", _HTML_NOTHING.sub("", markup)))
+    return html.unescape(_HTML_TAG.sub(" ", _INLINE_TAG.sub("", _without_hidden(markup))))
+
+
+def _without_hidden(markup: str) -> str:
+    out: list[str] = []
+    pos = 0
+    lowered: str | None = None
+    while True:
+        found = _HIDDEN_START.search(markup, pos)
+        if found is None:
+            out.append(markup[pos:])
+            return "".join(out)
+        out.append(markup[pos:found.start()])
+        if found.group(1):  # <script ...> / <style ...>: up to its end tag
+            if lowered is None:
+                lowered = markup.lower()
+            end = lowered.find(f"</{found.group(1).lower()}", found.end())
+            if end < 0:  # never closed: a browser hides the rest, a mail program
+                out.append(markup[found.start():])  # may not; it is read
+                return "".join(out)
+            close = markup.find(">", end)
+            pos = len(markup) if close < 0 else close + 1
+        else:
+            after = found.end()
+            if markup.startswith(">", after) or markup.startswith("->", after):
+                pos = after + (1 if markup.startswith(">", after) else 2)
+                continue
+            ends = [i for i in (markup.find("-->", after), markup.find("--!>", after)) if i >= 0]
+            if not ends:  # an open comment: read the rest rather than guess
+                out.append(markup[after:])
+                return "".join(out)
+            end = min(ends)
+            pos = end + (3 if markup.startswith("-->", end) else 4)

@@ -390,10 +390,20 @@ def decode_header_text(value: object) -> str:
     text = utf8_header(value, lossy=True)
     if "=?" not in text:
         return text
-    try:
-        return str(make_header(decode_header(text)))
-    except Exception:  # noqa: BLE001 - undecodable encoded words: scan the raw text
-        return text
+    for decode in (_legacy_decoded, _modern_decoded):  # the second reads raw UTF-8 too
+        try:
+            return decode(text)
+        except Exception:  # noqa: BLE001, S112 - undecodable: try the next, then the raw text
+            continue
+    return text
+
+
+def _legacy_decoded(text: str) -> str:
+    return str(make_header(decode_header(text)))
+
+
+def _modern_decoded(text: str) -> str:
+    return str(email.policy.default.header_factory("subject", text))
 
 
 def strip_header(raw: bytes, name: str) -> bytes:

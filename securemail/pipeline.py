@@ -65,7 +65,7 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
     if len(raw) > THREAD_EVALUATE_BYTES:
         # Large messages carry documents (a PDF's text takes ~15 ms a page to
         # read): judged in a worker thread, so other connections go on meanwhile.
-        verdict = await asyncio.to_thread(relay.evaluate, raw, envelope, now)
+        verdict = await relay.evaluate_in_thread(raw, envelope, now)
     else:
         verdict = relay.evaluate(raw, envelope, now)  # parse, classify, decide
 

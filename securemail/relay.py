@@ -116,6 +116,7 @@ class Relay:
         self._directory_checked = time.monotonic()
         self.plugins = load_plugins(settings.policy, settings.path)
         self.keyring = Keyring(self.db)
+        self._thread_keys: Keyring | None = None  # evaluate_in_thread's, on its own connection
         self.signer = DkimSigner.from_settings(settings)
         self.archive_key = _archive_key(settings)
         self.transport: Transport = transport or transport_from_settings(settings)
@@ -218,6 +219,21 @@ class Relay:
         envelope = self.envelope_for(raw, mail_from, rcpt_tos)
         return self.evaluate(raw, envelope, now or _utcnow())
 
+    async def evaluate_in_thread(self, raw: bytes, envelope: Envelope,
+                                 now: dt.datetime) -> Verdict:
+        """:meth:`evaluate` in a worker thread, for a large message (reading a
+        long PDF must not stall every other connection). The thread reads keys
+        through a connection of its own: the shared one carries the portal's
+        and the directory's transactions, which must not be interleaved."""
+        self._refresh_directory()  # on the shared connection, in this thread
+        with self._closing_lock:
+            if self._thread_keys is None:
+                from securemail.keys import Keyring
+
+                self._thread_keys = Keyring(open_database(self.settings.storage.sqlite_path))
+            keys = self._thread_keys
+        return await asyncio.to_thread(self.evaluate, raw, envelope, now, keys=keys)
+
     def _refresh_directory(self) -> None:
         """Pick up ``securemail directory import`` (any process) within a second,
         as keys are: a new client's mail must not wait for a SIGHUP."""
@@ -229,8 +245,12 @@ class Relay:
             self._directory_version, self.directory, self.detectors = _load_directory(
                 self.settings, self.db)
 
-    def evaluate(self, raw: bytes, envelope: Envelope, now: dt.datetime) -> Verdict:
-        self._refresh_directory()
+    def evaluate(self, raw: bytes, envelope: Envelope, now: dt.datetime, *,
+                 keys: Any = None) -> Verdict:
+        """Parse, classify, decide. ``keys``: the keyring to read (a worker
+        thread passes one on a connection of its own; see evaluate_in_thread)."""
+        if keys is None:
+            self._refresh_directory()
         view = parse_message(raw, self.settings.limits)
         facts = classify(
             view,
@@ -238,7 +258,7 @@ class Relay:
             rcpt_tos=envelope.rcpt_tos,
             directory=self.directory,
             detectors=self.detectors,
-            keys=self.keyring,
+            keys=self.keyring if keys is None else keys,
             restricted_header=self.settings.policy.restricted_header,
             scan_limit=self.settings.limits.scan_text_bytes,
             now=now,
@@ -353,6 +373,8 @@ class Relay:
                 finally:
                     self.ledger.close()
                     self.db.close()
+                    if self._thread_keys is not None:
+                        self._thread_keys.close()
 
     def close_sync(self) -> None:
         """Blocking :meth:`close` for code without an event loop."""

@@ -101,3 +101,44 @@ async def test_a_long_pdf_does_not_hold_up_other_connections(
         assert code == 250 and len(upstream.messages) == 2
     finally:
         await relay.stop()
+
+
+async def test_a_message_judged_in_a_worker_thread_never_uses_the_shared_connection(
+        tmp_path: Path) -> None:
+    """The shared connection carries the portal's and the directory's
+    transactions: a worker thread's reads in the middle of one would commit
+    or break it. Its keys come through a connection of its own."""
+    import threading
+
+    from securemail.model import Envelope
+    from securemail.relay import load
+
+    relay = load(write_config(tmp_path, upstream_url="smtp://127.0.0.1:1", extra="""
+        [[directory.clients]]
+        id = "c-2001"
+        addresses = ["rob@mail.example"]
+        names = ["Robert Lane"]
+        """))
+    threads: set[str] = set()
+    shared = relay.db
+
+    class Recording:
+        def __getattr__(self, name: str) -> object:
+            threads.add(threading.current_thread().name)
+            return getattr(shared, name)
+
+    relay.db = Recording()  # type: ignore[assignment]
+    relay.keyring._conn = relay.db  # type: ignore[assignment]
+    relay._directory_checked = 0.0  # the directory check is due
+    try:
+        raw = with_pdf(pdf_with_text("Client: Robert Lane", "Diagnosis: F33.1"), OUTSIDER)
+        import datetime as dt
+
+        verdict = await relay.evaluate_in_thread(
+            raw, Envelope(SENDER, (OUTSIDER,)), dt.datetime.now(dt.UTC))
+    finally:
+        relay.db = shared  # type: ignore[assignment]
+        relay.keyring._conn = shared
+        await relay.close()
+    assert verdict.decisions[0].action.value == "block"
+    assert threads <= {threading.current_thread().name}, threads
