@@ -406,7 +406,7 @@ _RTF_BREAK = re.compile(rb"\\(par|line|tab|cell|row|sect|page)\b ?")
 _RTF_CONTROL = re.compile(rb"\\[a-zA-Z]+-?\d* ?|\\[^a-zA-Z]|[{}]")
 # Destinations whose text is not shown: fonts, colours, styles, pictures, ...
 _RTF_HIDDEN = re.compile(
-    rb"\{(?:\\\*)?\\(fonttbl|colortbl|stylesheet|pict|object|themedata|colorschememapping"
+    rb"\{(?:\\\*)?\\(fonttbl|colortbl|stylesheet|pict|objdata|themedata|colorschememapping"
     rb"|latentstyles|datastore|generator|rsidtbl|listtable|listoverridetable)\b")
 
 
@@ -458,6 +458,8 @@ def _strip_groups(data: bytes) -> bytes:
                     i += 1
                     break
             i += 1
+        if depth > 0:  # the end of the file inside a hidden group: the rest is lost
+            raise Unreadable("the RTF file ends inside an unclosed group")
         pos = i
     out += data[pos:]
     return bytes(out)

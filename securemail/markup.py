@@ -13,12 +13,15 @@ __all__ = ["html_text"]
 # a word. Comments show nothing; scripts and styles are not text.
 _INLINE = ("a|abbr|b|bdi|bdo|big|cite|code|data|del|dfn|em|font|i|ins|kbd|label|mark|"
            "nobr|o:p|q|rp|rt|ruby|s|samp|small|span|strike|strong|sub|sup|time|tt|u|var|wbr")
-_INLINE_TAG = re.compile(r"</?(?:" + _INLINE + r")(?=[\s/>])[^<>]{0,4096}>", re.IGNORECASE)
-_HTML_TAG = re.compile(r"<[^<>]{0,4096}>")  # bounded: "<<<<" without ">" stays linear
+# A tag ends at the first ">" outside a quoted attribute value (title="a>b").
+# Bounded repetitions: "<<<<" or a quote without its end stays linear.
+_ATTRS = r"""(?:[^<>"']|"[^"]{0,4096}"|'[^']{0,4096}'){0,4096}"""
+_INLINE_TAG = re.compile(r"</?(?:" + _INLINE + r")(?=[\s/>])" + _ATTRS + ">", re.IGNORECASE)
+_HTML_TAG = re.compile("<" + _ATTRS + ">")
 # Where a script, style or comment starts; each is cut by a linear search for
 # its end. Comments end as browsers end them: "<!-->" and "<!--->" are empty,
 # "--!>" closes one too.
-_HIDDEN_START = re.compile(r"<(script|style)\b|<!--", re.IGNORECASE)
+_HIDDEN_START = re.compile(r"<(script|style)(?=[\s/>])|<!--", re.IGNORECASE)
 
 
 def html_text(markup: str) -> str:

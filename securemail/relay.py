@@ -251,20 +251,24 @@ class Relay:
         thread passes one on a connection of its own; see evaluate_in_thread)."""
         if keys is None:
             self._refresh_directory()
-        view = parse_message(raw, self.settings.limits)
+        # One snapshot: a reload (or a directory refresh) while a worker thread
+        # judges must not give one verdict half the old and half the new config.
+        settings, directory, detectors, plugins = (self.settings, self.directory,
+                                                   self.detectors, self.plugins)
+        view = parse_message(raw, settings.limits)
         facts = classify(
             view,
             mail_from=envelope.mail_from,
             rcpt_tos=envelope.rcpt_tos,
-            directory=self.directory,
-            detectors=self.detectors,
+            directory=directory,
+            detectors=detectors,
             keys=self.keyring if keys is None else keys,
-            restricted_header=self.settings.policy.restricted_header,
-            scan_limit=self.settings.limits.scan_text_bytes,
+            restricted_header=settings.policy.restricted_header,
+            scan_limit=settings.limits.scan_text_bytes,
             now=now,
         )
-        return decide(facts, self.settings.policy, now=now,
-                      portal_enabled=self.portal is not None, plugins=self.plugins)
+        return decide(facts, settings.policy, now=now,
+                      portal_enabled=self.portal is not None, plugins=plugins)
 
     def envelope_for(self, raw: bytes, mail_from: str | None,
                      rcpt_tos: Sequence[str] | None, **extra: Any) -> Envelope:

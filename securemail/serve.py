@@ -365,6 +365,9 @@ def serve_forever(config_path: Path, *, smtp: bool = True, portal: bool = True,
     also serves the portal and the admin endpoint (so /metrics counts that
     process's messages). Workers are forked before any thread or event loop
     exists. Returns the exit status."""
+    # A reload asked for while we start (systemd's ExecReload right after the
+    # start) must not kill us: SIGHUP is ignored until the handlers are in place.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = load_settings(config_path)
     count = settings.relay.workers if smtp else 1
     sockets = None

@@ -110,3 +110,17 @@ def test_a_subject_mixing_raw_utf8_and_an_encoded_word_is_decoded() -> None:
     from securemail.parse import decode_header_text
 
     assert decode_header_text("Über =?utf-8?b?SmFuZSBSb2U=?=") == "Über Jane Roe"
+
+
+def test_rtf_object_results_are_read_and_an_unclosed_hidden_group_is_unreadable() -> None:
+    text = document_text(b"{\\rtf1 {\\object{\\*\\objdata 0102}{\\result Patient: Jane Roe}}}",
+                         100_000)
+    assert text is not None and "Jane Roe" in text
+    with pytest.raises(Unreadable):
+        document_text(b"{\\rtf1 {\\colortbl;\\red0 Jane Roe, F32.1", 100_000)
+
+
+@pytest.mark.parametrize("markup", ['Ja<span title="a>b">ne Roe',
+                                    "<style-note>Jane Roe</style-note><style></style>"])
+def test_quoted_angle_brackets_and_custom_elements_do_not_hide_words(markup: str) -> None:
+    assert "Jane Roe" in html_text(markup)
