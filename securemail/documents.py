@@ -75,7 +75,7 @@ def _document_text(payload: bytes, limit: int, depth: int) -> str | None:
             return _bounded(_zip_text(payload, limit, depth), limit)
         if payload.startswith(_OLE2):
             return _bounded(_ole2_text(payload), limit)
-        if b"%PDF-" in payload[:1024]:
+        if b"%PDF-" in payload[:_PDF_HEADER_WINDOW]:
             return _bounded(_pdf_text(payload, limit, depth), limit)
         if payload.lstrip()[:5] == b"{\\rtf":
             return _bounded(_rtf_text(payload), limit)
@@ -114,12 +114,16 @@ def _left() -> int:
 def is_document(payload: bytes) -> bool:
     """Whether ``payload`` is a kind :func:`document_text` reads (or refuses),
     from its first bytes: a PDF or ZIP labelled ``text/plain`` is a document."""
-    return (b"%PDF-" in payload[:1024] or payload.startswith((b"PK\x03\x04", _OLE2))
+    return (b"%PDF-" in payload[:_PDF_HEADER_WINDOW]
+            or payload.startswith((b"PK\x03\x04", _OLE2))
             or payload.lstrip()[:5] == b"{\\rtf" or payload.startswith(_COMPRESSED)
             or payload[257:262] == b"ustar"
             or payload.startswith(tuple(m for m, _ in _UNREAD_ARCHIVES)))
 
 
+# PDF readers find the header after junk (a mail gateway's banner, a BOM);
+# Acrobat looks in the first 1024 bytes, others further.
+_PDF_HEADER_WINDOW: Final = 8192
 _COMPRESSED: Final = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz (tar or not)
 _UNREAD_ARCHIVES: Final = ((b"7z\xbc\xaf\x27\x1c", "7z"), (b"Rar!\x1a\x07", "RAR"))
 
@@ -177,6 +181,7 @@ def _pdf_text(payload: bytes, limit: int, depth: int) -> str:
             # Files embedded in the PDF (attachments, portfolios).
             for name, contents in reader.attachments.items():
                 for data in contents:
+                    texts.append(name)  # "Jane_Roe_labs.pdf" says as much as its text
                     texts.append(member_text(name, data, limit - size, depth + 1))
     except Unreadable:
         raise
@@ -389,11 +394,16 @@ def _read(archive: zipfile.ZipFile, member: zipfile.ZipInfo, most: int | None = 
     return data
 
 
+# Text kept in attributes: picture descriptions and titles (alt text), pivot
+# cache values, XPS glyph runs.
+_TEXT_ATTRS = re.compile(r'\b(?:descr|title|v|UnicodeString)="([^"<>]{1,4096})"')
+
+
 def _xml_text(data: bytes, *, properties: bool = False) -> str:
     """Text of an XML part; in document properties (title, author, keywords)
     every element is a field of its own."""
     text = data.decode("utf-8", "replace")
-    names = " ".join(_SHEET_NAME.findall(text))
+    names = " ".join(_SHEET_NAME.findall(text) + _TEXT_ATTRS.findall(text))
     text = _ANY_TAG.sub(" ", text) if properties else _ANY_TAG.sub("", _BREAK_TAG.sub(" ", text))
     return html.unescape(f"{names} {text}" if names else text)
 

@@ -311,7 +311,8 @@ class Detectors:
 # Attachments that are text in all but name: exports of patient lists are
 # typically CSV, JSON or XML, often sent as application/octet-stream.
 _TEXT_LIKE = re.compile(r"application/(json|xml|csv|x-csv|yaml|x-yaml|[\w.+-]+\+(json|xml))")
-_TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".xml", ".yaml", ".yml", ".md", ".log")
+_TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".xml", ".yaml", ".yml", ".md", ".log",
+                  ".ics", ".vcf", ".htm", ".html")
 
 
 def _readable(ctype: str, name: str) -> bool:
@@ -475,7 +476,7 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
             text = payload.decode(charset, errors="replace")
         except (LookupError, ValueError):  # unknown charset, or a codec with no "replace"
             text = payload.decode("utf-8", errors="replace")
-        if ctype == "text/html":
+        if ctype == "text/html" or name.lower().endswith((".htm", ".html")):
             text = html_text(text)
         if add(text):
             return "\n".join(chunks), True

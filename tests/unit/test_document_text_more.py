@@ -161,3 +161,27 @@ def test_harmless_documents_still_go_in_clear(config_path: Path) -> None:
         action, found, _ = decision(config_path, data, "invoice.pdf", "application/pdf")
         assert action is Action.DELIVER and found == ()
     _ = (base64, OUTSIDER, SENDER, verdict_for)  # shared helpers of the sibling module
+
+
+def test_an_ics_sent_as_octet_stream_is_read(config_path: Path) -> None:
+    ics = b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nSUMMARY:Jane Roe - anxiety follow-up\r\n" \
+          b"END:VEVENT\r\nEND:VCALENDAR\r\n"
+    blocked_with(config_path, ics, "appointment.ics", "application/octet-stream",
+                 "phi-client-name", "phi-keyword")
+
+
+def test_alt_text_and_pivot_values_in_office_files_are_read() -> None:
+    data = ooxml({
+        "word/document.xml": '<w:document><w:body><wp:docPr id="1" name="Picture 1"'
+                             ' descr="Photo of Jane Roe"/></w:body></w:document>',
+        "xl/pivotCache/pivotCacheRecords1.xml": '<pivotCacheRecords><r><s v="bipolar"/></r>'
+                                                "</pivotCacheRecords>"})
+    text = document_text(data, 100_000)
+    assert text is not None and "Jane Roe" in text and "bipolar" in text
+
+
+def test_a_pdf_header_after_a_banner_is_found() -> None:
+    late = b"X-Gateway-Banner: scanned\r\n" * 80 + pdf_with_text(PHI_TEXT)
+    assert late.index(b"%PDF-") > 1024
+    text = document_text(late, 100_000)
+    assert text is not None and "Jane Roe" in text
