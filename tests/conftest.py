@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-# The portal's HTTP test fixtures (rig, clock, client), for tests/unit and tests/portal.
-pytest_plugins = ["tests.unit.portal_http"]
+# Shared fixtures: the portal's HTTP rig (rig, clock, client), for tests/unit and
+# tests/portal; an audit log with checkpoints and its export (audit, export).
+pytest_plugins = ["tests.unit.portal_http", "tests.unit.test_audit_support"]
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 

@@ -201,42 +201,15 @@ def test_conflicting_flags_exit_2(flags: list[str], tmp_path: Path) -> None:
 
 async def test_workers_share_the_port_and_all_stop_on_sigterm(tmp_path: Path) -> None:
     relay_port = free_port()
-    cfg = tmp_path / "securemail.toml"
-    cfg.write_text(f"""
-[practice]
-domains = ["riverside.example"]
-[relay]
-listen = "127.0.0.1:{relay_port}"
-workers = 2
-[upstream]
-url = "maildir://outbox"
-[storage]
-url = "sqlite:data/securemail.db"
-[portal]
-enabled = false
-""")
-    proc = await asyncio.create_subprocess_exec(
-        SECUREMAIL, "serve", "-c", str(cfg), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+    proc, _ = await _start_workers(_workers_config(tmp_path, relay_port, workers=2), count=2)
     try:
-        lines: list[dict[str, object]] = []
-        for _ in range(100):  # both workers log their listener line when ready
-            raw = await asyncio.wait_for(proc.stderr.readline(), 10)  # type: ignore[union-attr]
-            if raw.startswith(b"{"):
-                lines.append(json.loads(raw))
-            if sum("listener on" in str(x.get("msg", "")) for x in lines) == 2:
-                break
         for i in range(20):  # the workers take turns accepting on the shared socket
             await aiosmtplib.send(message(), sender="dr@riverside.example",
                                   recipients=[f"c{i}@riverside.example"],
                                   hostname="127.0.0.1", port=relay_port, start_tls=False)
-        proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    events = lines + [json.loads(x) for x in err.decode().splitlines() if x.startswith("{")]
+        err = await _stop(proc)
+    events = [json.loads(x) for x in err.decode().splitlines() if x.startswith("{")]
     assert proc.returncode == 0, [e for e in events if e.get("level") != "info"]
     messages = [e for e in events if e.get("event") == "message"]
     assert len(messages) == 20
@@ -244,17 +217,15 @@ enabled = false
     assert len(list((tmp_path / "outbox" / "new").iterdir())) == 20
 
 
-def _workers_config(tmp_path: Path, relay_port: int, name: str = "securemail.toml",
-                    admin_port: int | None = None) -> Path:
-    cfg = tmp_path / name
-    admin = f'admin_listen = "127.0.0.1:{admin_port}"\n' if admin_port else ""
+def _workers_config(tmp_path: Path, relay_port: int, *, workers: int = 3) -> Path:
+    cfg = tmp_path / "securemail.toml"
     cfg.write_text(f"""
 [practice]
 domains = ["riverside.example"]
 [relay]
 listen = "127.0.0.1:{relay_port}"
-workers = 3
-{admin}[upstream]
+workers = {workers}
+[upstream]
 url = "maildir://outbox"
 [storage]
 url = "sqlite:data/securemail.db"

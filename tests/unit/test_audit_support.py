@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from securemail.audit import AuditLog
+import pytest
+
+from securemail.audit import AuditLog, export_jsonl
 from securemail.audit.chain import canonical, record_hash
 from securemail.config import AuditSettings, Settings, StorageSettings
 from securemail.model import (
@@ -104,3 +106,21 @@ def rechain(records: list[dict[str, Any]], start: int) -> None:
             records[i]["prev_hash"] = records[i - 1]["hash"]
         records[i]["hash"] = record_hash(records[i])
     assert canonical(records[-1])  # still encodable
+
+
+@pytest.fixture()
+def audit(tmp_path: Path) -> Any:
+    """An audit log with 24 message records and 2 checkpoints, then 4 unsigned."""
+    log = AuditLog.open(make_settings(tmp_path, checkpoint_every=10, checkpoint_seconds=86400))
+    record_messages(log, 12)
+    yield log
+    log.close(T0)
+
+
+@pytest.fixture()
+def export(audit: AuditLog, tmp_path: Path) -> Path:
+    """``audit`` exported as JSONL."""
+    path = tmp_path / "export.jsonl"
+    with path.open("w") as f:
+        export_jsonl(audit.conn, audit.chainer.key, f, now=T0)
+    return path

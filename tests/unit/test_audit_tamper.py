@@ -6,37 +6,17 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from securemail.audit import AuditLog, export_jsonl, verify_export, verify_store
+from securemail.audit import AuditLog, verify_export, verify_store
 from securemail.audit.chain import checkpoint_message, key_id, sign
 from tests.unit.test_audit_support import (
-    T0,
-    make_settings,
     read_lines,
     rechain,
-    record_messages,
     write_lines,
 )
-
-
-@pytest.fixture()
-def audit(tmp_path: Path) -> Any:
-    log = AuditLog.open(make_settings(tmp_path, checkpoint_every=10, checkpoint_seconds=86400))
-    record_messages(log, 12)  # 24 message records + 2 checkpoints, then 4 unsigned
-    yield log
-    log.close(T0)
-
-
-@pytest.fixture()
-def export(audit: AuditLog, tmp_path: Path) -> Path:
-    path = tmp_path / "export.jsonl"
-    with path.open("w") as f:
-        export_jsonl(audit.conn, audit.chainer.key, f, now=T0)
-    return path
 
 
 def test_untouched_store_and_export_verify(audit: AuditLog, export: Path) -> None:

@@ -5,41 +5,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from securemail.audit import AuditLog, export_jsonl, public_key_pem, verify_export, verify_store
+from securemail.audit import AuditLog, public_key_pem, verify_export, verify_store
 from securemail.audit.chain import key_id, record_hash
 from securemail.cli.audit_cmd import audit_group
 from securemail.errors import InputError
 from tests.unit.test_audit_support import (
-    T0,
-    make_settings,
     read_lines,
-    record_messages,
     write_lines,
 )
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "compliance.md"
 
 
-@pytest.fixture()
-def audit(tmp_path: Path) -> Any:
-    log = AuditLog.open(make_settings(tmp_path, checkpoint_every=10, checkpoint_seconds=86400))
-    record_messages(log, 12)
-    yield log
-    log.close(T0)
-
-
-@pytest.fixture()
-def export(audit: AuditLog, tmp_path: Path) -> Path:
-    path = tmp_path / "export.jsonl"
-    with path.open("w") as f:
-        export_jsonl(audit.conn, audit.chainer.key, f, now=T0)
-    return path
 
 
 @pytest.fixture()
