@@ -43,6 +43,16 @@ SESSION_MAX_MINUTES = 60  # absolute session cap, however active (or session_min
 ReplySender = Callable[[bytes, str, str], Awaitable[None]]
 
 
+def new_portal_id() -> str:
+    """144 random bits, URL-safe, never starting with ``-`` or ``_``: an id
+    starting with ``-`` reads as an option in ``securemail portal revoke ID``.
+    (Redrawing drops about 3% of draws; about 143.95 bits remain.)"""
+    while True:
+        portal_id = secrets.token_urlsafe(18)
+        if portal_id[0].isalnum():
+            return portal_id
+
+
 class Audit(Protocol):
     def record_event(self, kind: str, *, now: datetime, **fields: Any) -> Any: ...
 
@@ -172,7 +182,7 @@ class PortalService:
                 now: datetime, kind: str, parent_id: str | None, reply_to: str | None,
                 reply_name: str | None,
                 mail_from: str | None) -> tuple[Sealed, dict[str, Any]]:
-        portal_id = secrets.token_urlsafe(18)  # 144 random bits
+        portal_id = new_portal_id()
         if reply_to is None:
             if kind == "message":
                 _, reply_to, reply_name = original_reply(raw, sender)
