@@ -200,21 +200,57 @@ def test_conflicting_flags_exit_2(flags: list[str], tmp_path: Path) -> None:
 
 
 async def test_workers_share_the_port_and_all_stop_on_sigterm(tmp_path: Path) -> None:
+    """Each worker accepts on the one shared socket. Which idle worker the
+    kernel wakes is its choice, so each worker in turn is left alone
+    accepting while the others are paused (SIGSTOP)."""
     relay_port = free_port()
-    proc, _ = await _start_workers(_workers_config(tmp_path, relay_port, workers=2), count=2)
+    proc, pids = await _start_workers(_workers_config(tmp_path, relay_port, workers=2), count=2)
+    expected: list[int] = []
     try:
-        for i in range(20):  # the workers take turns accepting on the shared socket
-            await aiosmtplib.send(message(), sender="dr@riverside.example",
-                                  recipients=[f"c{i}@riverside.example"],
-                                  hostname="127.0.0.1", port=relay_port, start_tls=False)
+        await _started(tmp_path / "data" / "securemail.db", 2)  # not paused holding the store
+        for i in range(6):
+            alone = pids[i % 2]
+            paused = [p for p in pids if p != alone]
+            for pid in paused:
+                os.kill(pid, signal.SIGSTOP)
+                await _stopped(pid)  # kill() returns before the process stops
+            try:
+                await aiosmtplib.send(message(), sender="dr@riverside.example",
+                                      recipients=[f"c{i}@riverside.example"],
+                                      hostname="127.0.0.1", port=relay_port,
+                                      start_tls=False, timeout=20)
+            finally:
+                for pid in paused:
+                    os.kill(pid, signal.SIGCONT)
+            expected.append(alone)
     finally:
         err = await _stop(proc)
     events = [json.loads(x) for x in err.decode().splitlines() if x.startswith("{")]
     assert proc.returncode == 0, [e for e in events if e.get("level") != "info"]
     messages = [e for e in events if e.get("event") == "message"]
-    assert len(messages) == 20
-    assert len({e["pid"] for e in messages}) == 2
-    assert len(list((tmp_path / "outbox" / "new").iterdir())) == 20
+    assert sorted(e["pid"] for e in messages) == sorted(expected)
+    assert len(list((tmp_path / "outbox" / "new").iterdir())) == 6
+
+
+async def _started(db: Path, workers: int) -> None:
+    """Until each worker has recorded its start in the audit log."""
+    for _ in range(500):
+        with contextlib.closing(sqlite3.connect(db, timeout=5)) as con:
+            (n,) = con.execute("SELECT count(*) FROM audit_records"
+                               " WHERE kind = 'config-loaded'").fetchone()
+        if n >= workers:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the workers did not record their start")
+
+
+async def _stopped(pid: int) -> None:
+    for _ in range(500):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "T":
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop")
 
 
 def _workers_config(tmp_path: Path, relay_port: int, *, workers: int = 3) -> Path:
