@@ -4,8 +4,9 @@ A discharge summary, a superbill or an intake form leaves the practice as a
 PDF or Word file far more often than as text in the body. This module reads
 what a person would read in such a file:
 
-- PDF: the text of each page (pypdf); an empty owner password is tried, as
-  every PDF reader does;
+- PDF: the text of each page, comments, form fields, metadata and embedded
+  files (pypdf), and what earlier revisions kept in the file show; an empty
+  owner password is tried, as every PDF reader does;
 - Office Open XML (Word ``.docx``, Excel ``.xlsx``, PowerPoint ``.pptx``)
   and OpenDocument (``.odt``, ``.ods``, ``.odp``): the text in their XML
   parts, including headers, footers, comments, notes and sheet names;
@@ -35,9 +36,12 @@ import re
 import time
 import warnings
 import zipfile
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from securemail.markup import html_text
+
+if TYPE_CHECKING:
+    from pypdf import PdfReader
 
 __all__ = ["Unreadable", "document_text", "is_document", "member_text"]
 
@@ -142,11 +146,12 @@ logging.getLogger("pypdf").setLevel(logging.CRITICAL)  # its warnings may quote 
 PDF_SECONDS: Final = 30.0  # reading one PDF's text may take this long, no longer
 
 
+MAX_PDF_REVISIONS: Final = 4  # earlier revisions read, newest first
+
+
 def _pdf_text(payload: bytes, limit: int, depth: int) -> str:
     from pypdf import PdfReader
 
-    texts: list[str] = []
-    size = 0
     deadline = time.monotonic() + PDF_SECONDS
     try:
         with warnings.catch_warnings():
@@ -156,25 +161,12 @@ def _pdf_text(payload: bytes, limit: int, depth: int) -> str:
                 raise Unreadable("the PDF is encrypted with a password")
             if len(reader.pages) > MAX_PDF_PAGES:
                 raise Unreadable(f"the PDF has more than {MAX_PDF_PAGES} pages")
-            for page in reader.pages:
-                if time.monotonic() > deadline:
-                    raise Unreadable(f"the PDF takes more than {PDF_SECONDS:.0f} s to read")
-                text = page.extract_text() or ""
-                # Comments, sticky notes and free-text boxes drawn on the page.
-                for annot in page.get("/Annots") or ():
-                    obj = annot.get_object()
-                    text += "".join(f"\n{obj[k]}" for k in ("/Contents", "/T")
-                                    if isinstance(obj.get(k), str))
-                texts.append(text)
-                size += len(text)
-                if size > limit:
-                    break
-            # A filled-in form: the values of its fields.
-            fields = reader.get_fields() or {}
-            texts.extend(str(f.get("/V")) for f in fields.values()
-                         if isinstance(f.get("/V"), str))
+            texts = _revision_text(reader, limit, deadline)
             if not "".join(texts).strip() and len(reader.pages):
                 raise Unreadable("the PDF has no text to read (a scan or an image)")
+            size = sum(map(len, texts))
+            texts.extend(_earlier_revisions_text(payload, texts, limit - size, deadline))
+            size = sum(map(len, texts))
             info = reader.metadata
             if info is not None:  # what a reader's Properties dialog shows
                 texts.extend(str(info.get(k, "")) for k in ("/Title", "/Subject", "/Keywords"))
@@ -188,6 +180,71 @@ def _pdf_text(payload: bytes, limit: int, depth: int) -> str:
     except Exception as exc:  # noqa: BLE001 - any parser fault: the PDF is unreadable
         raise Unreadable(f"the PDF cannot be read ({type(exc).__name__})") from None
     return "\n".join(texts)
+
+
+def _revision_text(reader: PdfReader, limit: int, deadline: float) -> list[str]:
+    """The text of each page, its comments, and the filled-in form fields."""
+    texts: list[str] = []
+    size = 0
+    for page in reader.pages:
+        if time.monotonic() > deadline:
+            raise Unreadable(f"the PDF takes more than {PDF_SECONDS:.0f} s to read")
+        text = page.extract_text() or ""
+        # Comments, sticky notes and free-text boxes drawn on the page.
+        for annot in page.get("/Annots") or ():
+            obj = annot.get_object()
+            text += "".join(f"\n{obj[k]}" for k in ("/Contents", "/T")
+                            if isinstance(obj.get(k), str))
+        texts.append(text)
+        size += len(text)
+        if size > limit:
+            break
+    # A filled-in form: the values of its fields.
+    fields = reader.get_fields() or {}
+    texts.extend(str(f.get("/V")) for f in fields.values() if isinstance(f.get("/V"), str))
+    return texts
+
+
+_PDF_EOF = re.compile(rb"%%EOF[ \t\r\n]{0,2}")
+
+
+def _earlier_revisions_text(payload: bytes, current: list[str], limit: int,
+                            deadline: float) -> list[str]:
+    """Lines that earlier revisions of the file show and the last one does not.
+
+    A PDF saved with changes (Acrobat's "Save", a filled-in form, a signature)
+    keeps every earlier revision in the file, each ending in ``%%EOF``; an
+    "edit" or "redaction" made that way leaves the original text in the
+    bytes sent, for anyone with a text editor or a forensic reader to find.
+    A revision that cannot be read is passed over: the file as a reader shows
+    it was read in full.
+    """
+    from pypdf import PdfReader
+
+    ends = [m.end() for m in _PDF_EOF.finditer(payload)]
+    seen = {line.strip() for text in current for line in text.splitlines()}
+    found: list[str] = []
+    for end in reversed(ends[:-1][-MAX_PDF_REVISIONS:]):
+        try:
+            earlier = PdfReader(io.BytesIO(payload[:end]))
+            if earlier.is_encrypted and not earlier.decrypt(""):
+                continue
+            if len(earlier.pages) > MAX_PDF_PAGES:
+                continue
+            texts = _revision_text(earlier, limit, deadline)
+        except Unreadable:
+            raise
+        except Exception:  # noqa: BLE001, S112 - a partial revision (a linearized file's first)
+            continue
+        for text in texts:
+            for line in text.splitlines():
+                if line.strip() and line.strip() not in seen:
+                    seen.add(line.strip())
+                    found.append(line)
+                    limit -= len(line) + 1
+                    if limit < 0:
+                        raise Unreadable("the document's text is past the scan limit")
+    return found
 
 
 # ------------------------------------------------- Office Open XML, ODF, ZIP

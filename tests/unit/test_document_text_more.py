@@ -185,3 +185,49 @@ def test_a_pdf_header_after_a_banner_is_found() -> None:
     assert late.index(b"%PDF-") > 1024
     text = document_text(late, 100_000)
     assert text is not None and "Jane Roe" in text
+
+
+# ------------------------------------------- PDF revisions (incremental saves)
+
+
+def saved_over(original: bytes, *lines: str) -> bytes:
+    """``original`` with its page's text replaced by ``lines`` through an
+    incremental update, as Acrobat's "Save" writes it: the earlier revision
+    stays in the file, byte for byte."""
+    from pypdf import PdfWriter
+
+    writer = PdfWriter(io.BytesIO(original), incremental=True)
+    ops = " ".join(f"({line}) Tj T*" for line in lines)
+    contents = writer.pages[0]["/Contents"].get_object()
+    contents.set_data(f"BT /F1 12 Tf 72 720 Td 14 TL {ops} ET".encode("latin-1"))
+    out = io.BytesIO()
+    writer.write(out)
+    assert out.getvalue().startswith(original)
+    return out.getvalue()
+
+
+def test_text_an_incremental_save_replaced_is_still_read(config_path: Path) -> None:
+    """A "redaction" saved as an update: a reader shows "[REDACTED]", the file
+    sent still holds the name and diagnosis."""
+    redacted = saved_over(pdf_with_text(PHI_TEXT), "Patient: [REDACTED]")
+    text = document_text(redacted, 100_000) or ""
+    assert "[REDACTED]" in text and "Jane Roe" in text and "F32.1" in text
+    blocked_with(config_path, redacted, "letter.pdf", "application/pdf",
+                 "phi-client-name", "phi-icd10")
+
+
+def test_a_pdf_saved_twice_without_phi_still_goes_in_clear(config_path: Path) -> None:
+    twice = saved_over(saved_over(pdf_with_text("Staff meeting moved to Thursday."),
+                                  "Staff meeting moved to Friday."),
+                       "Staff meeting moved to Friday at 3 pm.")
+    text = document_text(twice, 100_000) or ""
+    assert text.count("Staff meeting") == 3  # each distinct line once
+    action, found, _ = decision(config_path, twice, "memo.pdf", "application/pdf")
+    assert action is Action.DELIVER, found
+
+
+def test_an_eof_marker_inside_page_text_does_not_stop_the_reading() -> None:
+    """``%%EOF`` in the page itself: the truncated "revision" is not a PDF and
+    is passed over; the file is read as before."""
+    data = pdf_with_text("see line %%EOF of the log", "Patient: Jane Roe")
+    assert "Jane Roe" in (document_text(data, 100_000) or "")
