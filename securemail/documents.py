@@ -189,7 +189,7 @@ def _revision_text(reader: PdfReader, limit: int, deadline: float) -> list[str]:
     for page in reader.pages:
         if time.monotonic() > deadline:
             raise Unreadable(f"the PDF takes more than {PDF_SECONDS:.0f} s to read")
-        text = page.extract_text() or ""
+        text = _with_unspaced(page.extract_text() or "")
         # Comments, sticky notes and free-text boxes drawn on the page.
         for annot in page.get("/Annots") or ():
             obj = annot.get_object()
@@ -203,6 +203,21 @@ def _revision_text(reader: PdfReader, limit: int, deadline: float) -> list[str]:
     fields = reader.get_fields() or {}
     texts.extend(str(f.get("/V")) for f in fields.values() if isinstance(f.get("/V"), str))
     return texts
+
+
+# Letter-spaced text (CSS letter-spacing, Word's expanded spacing) comes out
+# of a PDF one glyph at a time: "J a n e  R o e", words two spaces apart.
+_SPACED_RUN = re.compile(r"(?<!\S)(?:\S ){2,}\S(?!\S)")
+
+
+def _with_unspaced(text: str) -> str:
+    """``text``, plus each letter-spaced line again as words ("Jane Roe")."""
+    joined = [_SPACED_RUN.sub(lambda m: m.group(0)[::2], line) for line in text.splitlines()]
+    extra = [" ".join(j.split()) for j, line in zip(joined, text.splitlines(), strict=True)
+             if j != line]
+    if not extra:
+        return text
+    return text + ("" if text.endswith("\n") else "\n") + "\n".join(extra)
 
 
 _PDF_EOF = re.compile(rb"%%EOF[ \t\r\n]{0,2}")

@@ -166,6 +166,45 @@ def test_a_pdf_printed_by_chromium_is_read(tmp_path: Path, config_path: Path) ->
     assert {"phi-client-name", "phi-icd10"} <= set(signals)
 
 
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_letter_spaced_text_in_a_pdf_is_read_as_words(tmp_path: Path, config_path: Path) -> None:
+    """CSS letter-spacing (or Word's expanded spacing) puts each glyph apart;
+    the PDF's text comes out as "J a n e  R o e"."""
+    page = tmp_path / "letter.html"
+    page.write_text('<html><body><h1>Progress note</h1><p style="letter-spacing:0.3em">'
+                    "Client: Jane Roe</p><p style='letter-spacing:4px'>Impression: F41.1</p>"
+                    "</body></html>")
+    pdf = tmp_path / "letter.pdf"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                    "--no-pdf-header-footer", f"--print-to-pdf={pdf}", page.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    assert "J a n e" in (document_text(pdf.read_bytes(), 100_000) or "")
+    action, signals, _ = decision(config_path, pdf.read_bytes(), "note.pdf", "application/pdf")
+    assert action is Action.BLOCK
+    assert {"phi-client-name", "phi-icd10"} <= set(signals)
+
+
+@given(st.text(alphabet="ab \n", max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_unspacing_keeps_the_text_and_only_adds_lines(text: str) -> None:
+    from securemail.documents import _with_unspaced
+
+    out = _with_unspaced(text)
+    assert out.startswith(text)
+    assert len(out.splitlines()) <= 2 * max(1, len(text.splitlines()))
+
+
+def test_unspacing_is_linear_on_a_long_spaced_line() -> None:
+    import time
+
+    from securemail.documents import _with_unspaced
+
+    started = time.perf_counter()
+    out = _with_unspaced("a " * 200_000 + "bb " * 50_000)
+    assert time.perf_counter() - started < 5.0
+    assert out.splitlines()[-1].startswith("a" * 1000)
+
+
 # ------------------------------------------------------ Office, ODF, RTF
 
 
