@@ -166,6 +166,20 @@ def _forms(phrase: str) -> set[str]:
     return {_phrase(phrase), _phrase(_fold(phrase))}
 
 
+def _name_forms(name: str) -> set[str]:
+    """A person's name as written and surname first, as records, superbills,
+    rosters and lab reports write it, and without the middle names: "Jane
+    Q. Roe" is also found as "Roe, Jane Q.", "ROE, JANE", "Roe | Jane" (table
+    columns in row order) and "Jane Roe"."""
+    words = _phrase(name).split()
+    forms = _forms(name)
+    if len(words) >= 2:
+        for form in (" ".join([words[-1], *words[:-1]]), f"{words[-1]} {words[0]}",
+                     f"{words[0]} {words[-1]}"):
+            forms |= _forms(form)
+    return forms
+
+
 class Detectors:
     """Compiled once per configuration; ``scan`` is called per message.
 
@@ -180,13 +194,15 @@ class Detectors:
         owners: dict[str, set[str]] = {}
         for name, client_id in name_owners:
             if len(name.strip()) >= 3:
-                for form in _forms(name):
+                for form in _name_forms(name):
                     owners.setdefault(form, set()).add(client_id)
         self._owners = {p: frozenset(ids) for p, ids in owners.items()}
         groups: dict[str, set[str]] = {
             "health": {f for t in (*HEALTH_TERMS, *policy.health_keywords) for f in _forms(t)},
-            "identifier": {f for n in (*client_names, *policy.identifier_keywords)
-                           if len(n.strip()) >= 3 for f in _forms(n)} | set(self._owners),
+            "identifier": {f for n in client_names if len(n.strip()) >= 3
+                           for f in _name_forms(n)}
+                          | {f for n in policy.identifier_keywords if len(n.strip()) >= 3
+                             for f in _forms(n)} | set(self._owners),
         }
         for hint, words in _HINTS.items():
             groups[hint] = {_phrase(w) for w in words}

@@ -355,3 +355,31 @@ def test_the_icd10_code_is_found_exactly_where_a_whole_text_search_finds_it(text
 ])
 def test_a_code_after_a_word_the_matcher_cannot_see_is_still_found(text: str) -> None:
     assert "phi-icd10" in kinds(body=text) and is_phi(body=text)
+
+
+ROSTER_DET = Detectors(PolicySettings(), name_owners=[("Jane Q. Roe", "c-1"),
+                                                      ("Mary Ann Smith", "c-2")])
+
+
+@pytest.mark.parametrize(("text", "client"), [
+    ("Patient: ROE, JANE Q.  DOB 03/14/1985", "c-1"),  # a lab report's header
+    ("Roe, Jane", "c-1"),
+    ("Roe\tJane\t03/14/1985\tF32.1", "c-1"),  # a roster row, surname column first
+    ("Dear Jane Roe,", "c-1"),  # the middle initial left out
+    ("Smith, Mary Ann", "c-2"), ("SMITH, MARY", "c-2"), ("Mary Smith", "c-2")])
+def test_a_client_named_surname_first_or_without_middle_names_is_found(
+        text: str, client: str) -> None:
+    signals, named = ROSTER_DET.scan_named("", text)
+    assert "phi-client-name" in {s.detector for s in signals}
+    assert named == {client}
+
+
+@pytest.mark.parametrize("text", ["Ann Smith", "Roe Smith", "Jane Smith", "Roe, Mary",
+                                  "we hope jane is fine", "roe"])
+def test_other_pairs_of_the_same_words_are_not_a_client(text: str) -> None:
+    assert ROSTER_DET.scan_named("", text) == ((), frozenset())
+
+
+def test_keywords_are_not_turned_around() -> None:
+    det = Detectors(PolicySettings(identifier_keywords=("Blue Harbor",)))
+    assert det.scan("", "Blue Harbor intake") and not det.scan("", "harbor blue")
