@@ -9,7 +9,9 @@ what a person would read in such a file:
   owner password is tried, as every PDF reader does;
 - Office Open XML (Word ``.docx``, Excel ``.xlsx``, PowerPoint ``.pptx``)
   and OpenDocument (``.odt``, ``.ods``, ``.odp``): the text in their XML
-  parts, including headers, footers, comments, notes and sheet names;
+  parts, including headers, footers, comments, notes and sheet names; an
+  Excel workbook's rows as Excel shows them, and each row again with its
+  column headings (:mod:`securemail.xlsx_rows`, :mod:`securemail.table_text`);
 - RTF: the text without its control words;
 - legacy binary Office files and Outlook ``.msg`` (OLE2 compound files):
   runs of readable text, in 8-bit and UTF-16 form, as ``strings`` finds them;
@@ -39,6 +41,7 @@ import zipfile
 from typing import TYPE_CHECKING, Final
 
 from securemail.markup import html_text
+from securemail.table_text import labelled_rows, with_labelled_rows
 
 if TYPE_CHECKING:
     from pypdf import PdfReader
@@ -305,6 +308,7 @@ def _zip_text(payload: bytes, limit: int, depth: int) -> str:
         raise Unreadable("a ZIP file inside a ZIP file is not read")
     chunks: list[str] = []
     size = 0
+    workbook: dict[str, bytes] = {}  # an Excel workbook's parts, put back into rows below
     for member in members:
         if member.is_dir():
             continue
@@ -315,7 +319,14 @@ def _zip_text(payload: bytes, limit: int, depth: int) -> str:
             lowered = name.lower()
             if _SKIPPED_PARTS.fullmatch(name):
                 continue
-            if lowered.endswith((".xml", ".rels")):
+            if _WORKBOOK_PART.fullmatch(lowered):
+                data = _read(archive, member)
+                workbook[lowered] = data
+                # Every shared string, used or not; of a worksheet what is
+                # not a cell (its cells are shown as rows below): page
+                # headers and footers, formulas' text kept elsewhere.
+                text = _xml_text(_outside_cells(data) if "/worksheets/" in lowered else data)
+            elif lowered.endswith((".xml", ".rels")):
                 data = _read(archive, member)
                 text = _xml_text(data, properties=lowered.startswith(("docprops/", "meta")))
             elif lowered.endswith(".fpage"):  # XPS / OpenXPS: glyph runs carry the text
@@ -338,7 +349,45 @@ def _zip_text(payload: bytes, limit: int, depth: int) -> str:
         size += len(text)
         if size > limit:
             break
+    if any(n.startswith("xl/worksheets/") for n in workbook) and size <= limit:
+        styles = archive.getinfo("xl/styles.xml") if "xl/styles.xml" in names else None
+        chunks.append(_workbook_rows(workbook, _read(archive, styles) if styles else b"",
+                                     limit - size))
     return "\n".join(chunks)
+
+
+# The parts of an Excel workbook that :mod:`securemail.xlsx_rows` puts back
+# together (lower-cased names).
+_WORKBOOK_PART = re.compile(r"xl/(workbook\.xml|sharedstrings\.xml|worksheets/[^/]+\.xml)")
+
+
+_SHEET_DATA = re.compile(rb"<(?:[\w.-]{1,64}:)?sheetData\b")
+
+
+def _outside_cells(sheet: bytes) -> bytes:
+    """A worksheet part without its ``<sheetData>`` (found without a regex
+    that could backtrack over a hostile part)."""
+    start = _SHEET_DATA.search(sheet)
+    end = sheet.rfind(b"sheetData>")
+    if start is None or end < start.end():
+        return sheet
+    return sheet[:start.start()] + sheet[end + len(b"sheetData>"):]
+
+
+def _workbook_rows(parts: dict[str, bytes], styles: bytes, limit: int) -> str:
+    """Each worksheet's rows as Excel shows them (tab between cells, dates as
+    dates), then each row again with its column headings (``DOB: ...``)."""
+    from securemail.xlsx_rows import date_styles, shared_strings, sheet_rows, uses_1904
+
+    shared = shared_strings(parts.get("xl/sharedstrings.xml", b""))
+    dates = date_styles(styles)
+    date1904 = uses_1904(parts.get("xl/workbook.xml", b""))
+    out: list[str] = []
+    for name in sorted(n for n in parts if n.startswith("xl/worksheets/")):
+        rows = sheet_rows(parts[name], shared, dates, date1904=date1904, limit=limit)
+        out.append("\n".join("\t".join(row) for row in rows))
+        out.append(labelled_rows(rows, limit))
+    return "\n".join(out)
 
 
 _PLAIN_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".xml", ".md", ".log", ".yaml", ".yml",
@@ -361,6 +410,8 @@ def member_text(name: str, data: bytes, limit: int, depth: int) -> str:
         return _eml_text(data, limit, depth)
     if lowered.endswith(_PLAIN_SUFFIXES) or not name:
         text = _decode_text(data)
+        if lowered.endswith((".csv", ".tsv")):
+            return with_labelled_rows(text, name, limit)
         return html_text(text) if lowered.endswith(_HTML_SUFFIXES) or (
             not name and "<html" in text[:2000].lower()) else text
     return ""

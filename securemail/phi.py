@@ -29,6 +29,7 @@ from securemail.documents import Unreadable, document_text, is_document
 from securemail.markup import html_text
 from securemail.model import PhiSignal
 from securemail.parse import header_texts, utf8_header
+from securemail.table_text import with_labelled_rows
 
 __all__ = ["HEALTH_TERMS", "Detectors", "message_text"]
 
@@ -394,6 +395,9 @@ def _shown_headers(inner: Message) -> str:
     return "\n".join(text for name in _SHOWN_HEADERS for text in header_texts(inner, name))
 
 
+_TABLE_TYPES = ("text/csv", "text/tab-separated-values")
+
+
 def message_text(message: Message, limit: int, *, clear_only: bool = False,
                  forwarded: list[Message] | None = None, _depth: int = 0
                  ) -> tuple[str, bool]:
@@ -494,6 +498,8 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
             text = payload.decode("utf-8", errors="replace")
         if ctype == "text/html" or name.lower().endswith((".htm", ".html")):
             text = html_text(text)
+        elif ctype in _TABLE_TYPES or name.lower().endswith((".csv", ".tsv")):
+            text = with_labelled_rows(text, name, limit - size)
         if add(text):
             return "\n".join(chunks), True
     return "\n".join(chunks), False
