@@ -322,9 +322,10 @@ def _zip_text(payload: bytes, limit: int, depth: int) -> str:
             if _WORKBOOK_PART.fullmatch(lowered):
                 data = _read(archive, member)
                 workbook[lowered] = data
-                # Every shared string, used or not; of a worksheet what is
-                # not a cell (its cells are shown as rows below): page
-                # headers and footers, formulas' text kept elsewhere.
+                if lowered == "xl/sharedstrings.xml":
+                    continue  # shown in the rows below (and the strings no cell shows)
+                # Of a worksheet, what is not a cell (its cells are shown as
+                # rows below): page headers and footers, text kept elsewhere.
                 text = _xml_text(_outside_cells(data) if "/worksheets/" in lowered else data)
             elif lowered.endswith((".xml", ".rels")):
                 data = _read(archive, member)
@@ -349,7 +350,7 @@ def _zip_text(payload: bytes, limit: int, depth: int) -> str:
         size += len(text)
         if size > limit:
             break
-    if any(n.startswith("xl/worksheets/") for n in workbook) and size <= limit:
+    if workbook.keys() - {"xl/workbook.xml"} and size <= limit:
         styles = archive.getinfo("xl/styles.xml") if "xl/styles.xml" in names else None
         chunks.append(_workbook_rows(workbook, _read(archive, styles) if styles else b"",
                                      limit - size))
@@ -376,17 +377,22 @@ def _outside_cells(sheet: bytes) -> bytes:
 
 def _workbook_rows(parts: dict[str, bytes], styles: bytes, limit: int) -> str:
     """Each worksheet's rows as Excel shows them (tab between cells, dates as
-    dates), then each row again with its column headings (``DOB: ...``)."""
+    dates) and its labelled values (``DOB: ...``), then the shared strings no
+    cell shows."""
     from securemail.xlsx_rows import date_styles, shared_strings, sheet_rows, uses_1904
 
     shared = shared_strings(parts.get("xl/sharedstrings.xml", b""))
     dates = date_styles(styles)
     date1904 = uses_1904(parts.get("xl/workbook.xml", b""))
     out: list[str] = []
+    used: set[int] = set()
     for name in sorted(n for n in parts if n.startswith("xl/worksheets/")):
-        rows = sheet_rows(parts[name], shared, dates, date1904=date1904, limit=limit)
+        rows = sheet_rows(parts[name], shared, dates, date1904=date1904, limit=limit, used=used)
         out.append("\n".join("\t".join(row) for row in rows))
         out.append(labelled_rows(rows, limit))
+    # Text no cell shows any more (a deleted row, a cleared cell) is still in
+    # the file sent.
+    out.extend(s for i, s in enumerate(shared) if i not in used)
     return "\n".join(out)
 
 

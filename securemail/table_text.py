@@ -23,14 +23,25 @@ _HAS_LETTER = re.compile(r"[^\W\d_]")
 _HAS_DIGIT = re.compile(r"\d")
 
 
+# Headings whose values the detectors recognise by a label before them
+# (securemail.phi: a date of birth, an SSN, a record number, a diagnosis).
+# Other columns are read in their rows; repeating them here would only
+# bring a large table nearer the scan limit.
+_LABEL_HEADING = re.compile(
+    r"\b(?:d\.?o\.?b|birth|born|ssn|social security|mrn|medical record|diagn|dx|icd"
+    r"|impression)", re.IGNORECASE)
+
+
 def labelled_rows(rows: Iterable[Sequence[str]], limit: int) -> str:
-    """The rows below the first heading row, one line each, every value after
-    its heading: ``"Last name: Roe; First name: Jane; DOB: 03/14/1985"``.
+    """The rows below the first heading row, one line each, with the values of
+    the columns whose heading names a date of birth, an SSN, a medical record
+    number or a diagnosis, each after its heading: ``"DOB: 03/14/1985; MRN:
+    448812"``.
 
     A heading row has at least two cells, all of them short text with a
-    letter and no digit. Nothing comes back for a table without one. At most
-    ``limit`` characters (the rest is left out; the caller scans the table's
-    own text as well).
+    letter and no digit. Nothing comes back for a table without one, or
+    without such a column. At most ``limit`` characters (the rest is left
+    out; the caller scans the table's own text as well).
     """
     headings: list[str] | None = None
     lines: list[str] = []
@@ -40,9 +51,11 @@ def labelled_rows(rows: Iterable[Sequence[str]], limit: int) -> str:
         if headings is None:
             if _is_heading_row(cells):
                 headings = cells
+                if not any(_LABEL_HEADING.search(h) for h in headings):
+                    return ""
             continue
-        pairs = [f"{headings[i]}: {v}" if i < len(headings) and headings[i] else v
-                 for i, v in enumerate(cells) if v]
+        pairs = [f"{headings[i]}: {v}" for i, v in enumerate(cells)
+                 if v and i < len(headings) and _LABEL_HEADING.search(headings[i])]
         if not pairs:
             continue
         line = "; ".join(pairs)

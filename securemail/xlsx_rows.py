@@ -110,9 +110,11 @@ def uses_1904(workbook_xml: bytes) -> bool:
 
 
 def sheet_rows(xml: bytes, shared: list[str], dates: frozenset[int], *,
-               date1904: bool = False, limit: int) -> list[list[str]]:
+               date1904: bool = False, limit: int,
+               used: set[int] | None = None) -> list[list[str]]:
     """The worksheet's rows, each a list of the values its cells show, in
-    order; stops once ``limit`` characters are gathered."""
+    order; stops once ``limit`` characters are gathered. The indices of the
+    shared strings the cells show are added to ``used``."""
     rows: list[list[str]] = []
     row: list[str] | None = None
     cell: tuple[str, str] | None = None  # the open cell's type and style
@@ -124,8 +126,10 @@ def sheet_rows(xml: bytes, shared: list[str], dates: frozenset[int], *,
     def close_cell() -> None:
         nonlocal cell
         if cell is not None and row is not None:
-            row.append(_shown(cell[0], cell[1], "".join(value), "".join(inline), shared, dates,
-                              date1904))
+            shown = "".join(value)
+            if cell[0] == "s" and used is not None and shown.strip().isdigit():
+                used.add(int(shown))
+            row.append(_shown(cell[0], cell[1], shown, "".join(inline), shared, dates, date1904))
         cell = None
 
     for tag, closing, attrs, self_closing, text in _tokens(xml):

@@ -239,5 +239,6 @@ def test_labelled_rows_stay_within_the_limit(rows: list[list[str]], limit: int) 
 def test_a_heading_row_needs_two_text_cells_without_digits() -> None:
     assert labelled_rows([["Total", "2024"], ["a", "b"]], 1000) == ""
     assert labelled_rows([["Only"], ["a"]], 1000) == ""
-    assert labelled_rows([["", "Name", "", "DOB"], ["1", "Alex", "", "03/14/1985"]],
-                         1000) == "1; Name: Alex; DOB: 03/14/1985"
+    assert labelled_rows([["", "Name", "", "DOB", "Dx"], ["1", "Alex", "", "03/14/1985", "F41.1"]],
+                         1000) == "DOB: 03/14/1985; Dx: F41.1"
+    assert labelled_rows([["Name", "Room"], ["Alex", "2"]], 1000) == ""  # nothing to label
