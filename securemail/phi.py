@@ -168,16 +168,18 @@ def _forms(phrase: str) -> set[str]:
 
 
 def _name_forms(name: str) -> set[str]:
-    """A person's name as written and surname first, as records, superbills,
+    """A person's name as written, surname first, as records, superbills,
     rosters and lab reports write it, and without the middle names: "Jane
-    Q. Roe" is also found as "Roe, Jane Q.", "ROE, JANE", "Roe | Jane" (table
-    columns in row order) and "Jane Roe"."""
+    Q. Roe" is also found as "Roe, Jane Q.", "ROE, JANE", "Roe | Jane"
+    (table columns in row order) and "Jane Roe". Which words are the surname
+    is not known ("Mary Ann De La Cruz"), so every split is taken: "De La
+    Cruz, Mary Ann", "Cruz, Mary", "Mary De La Cruz"."""
     words = _phrase(name).split()
     forms = _forms(name)
-    if len(words) >= 2:
-        for form in (" ".join([words[-1], *words[:-1]]), f"{words[-1]} {words[0]}",
-                     f"{words[0]} {words[-1]}"):
-            forms |= _forms(form)
+    for split in range(1, len(words)):
+        given, surname = words[:split], words[split:]
+        for form in (surname + given, surname + given[:1], given[:1] + surname):
+            forms |= _forms(" ".join(form))
     return forms
 
 

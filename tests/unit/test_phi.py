@@ -358,7 +358,8 @@ def test_a_code_after_a_word_the_matcher_cannot_see_is_still_found(text: str) ->
 
 
 ROSTER_DET = Detectors(PolicySettings(), name_owners=[("Jane Q. Roe", "c-1"),
-                                                      ("Mary Ann Smith", "c-2")])
+                                                      ("Mary Ann Smith", "c-2"),
+                                                      ("Rosa María De La Cruz", "c-3")])
 
 
 @pytest.mark.parametrize(("text", "client"), [
@@ -366,7 +367,9 @@ ROSTER_DET = Detectors(PolicySettings(), name_owners=[("Jane Q. Roe", "c-1"),
     ("Roe, Jane", "c-1"),
     ("Roe\tJane\t03/14/1985\tF32.1", "c-1"),  # a roster row, surname column first
     ("Dear Jane Roe,", "c-1"),  # the middle initial left out
-    ("Smith, Mary Ann", "c-2"), ("SMITH, MARY", "c-2"), ("Mary Smith", "c-2")])
+    ("Smith, Mary Ann", "c-2"), ("SMITH, MARY", "c-2"), ("Mary Smith", "c-2"),
+    ("DE LA CRUZ, ROSA MARIA", "c-3"), ("De la Cruz, Rosa", "c-3"), ("Rosa De La Cruz", "c-3"),
+    ("Cruz, Rosa María", "c-3")])
 def test_a_client_named_surname_first_or_without_middle_names_is_found(
         text: str, client: str) -> None:
     signals, named = ROSTER_DET.scan_named("", text)
@@ -375,7 +378,8 @@ def test_a_client_named_surname_first_or_without_middle_names_is_found(
 
 
 @pytest.mark.parametrize("text", ["Ann Smith", "Roe Smith", "Jane Smith", "Roe, Mary",
-                                  "we hope jane is fine", "roe"])
+                                  "we hope jane is fine", "roe", "Maria De La Cruz",
+                                  "Cruz, Maria"])
 def test_other_pairs_of_the_same_words_are_not_a_client(text: str) -> None:
     assert ROSTER_DET.scan_named("", text) == ((), frozenset())
 
