@@ -308,7 +308,7 @@ def _zip_text(payload: bytes, limit: int, depth: int) -> str:
         raise Unreadable("a ZIP file inside a ZIP file is not read")
     chunks: list[str] = []
     size = 0
-    workbook: dict[str, bytes] = {}  # an Excel workbook's parts, put back into rows below
+    workbook = _Workbook()  # an Excel workbook's parts, put back into rows below
     for member in members:
         if member.is_dir():
             continue
@@ -319,14 +319,9 @@ def _zip_text(payload: bytes, limit: int, depth: int) -> str:
             lowered = name.lower()
             if _SKIPPED_PARTS.fullmatch(name):
                 continue
-            if _WORKBOOK_PART.fullmatch(lowered):
+            if workbook.takes(lowered):
                 data = _read(archive, member)
-                workbook[lowered] = data
-                if lowered == "xl/sharedstrings.xml":
-                    continue  # shown in the rows below (and the strings no cell shows)
-                # Of a worksheet, what is not a cell (its cells are shown as
-                # rows below): page headers and footers, text kept elsewhere.
-                text = _xml_text(_outside_cells(data) if "/worksheets/" in lowered else data)
+                text = workbook.add(lowered, data)
             elif lowered.endswith((".xml", ".rels")):
                 data = _read(archive, member)
                 text = _xml_text(data, properties=lowered.startswith(("docprops/", "meta")))
@@ -350,50 +345,76 @@ def _zip_text(payload: bytes, limit: int, depth: int) -> str:
         size += len(text)
         if size > limit:
             break
-    if workbook.keys() - {"xl/workbook.xml"} and size <= limit:
+    if workbook.parts() and size <= limit:
         styles = archive.getinfo("xl/styles.xml") if "xl/styles.xml" in names else None
-        chunks.append(_workbook_rows(workbook, _read(archive, styles) if styles else b"",
-                                     limit - size))
+        chunks.append(workbook.text(_read(archive, styles) if styles else b"", limit - size))
     return "\n".join(chunks)
 
 
-# The parts of an Excel workbook that :mod:`securemail.xlsx_rows` puts back
-# together (lower-cased names).
-_WORKBOOK_PART = re.compile(r"xl/(workbook\.xml|sharedstrings\.xml|worksheets/[^/]+\.xml)")
+class _Workbook:
+    """The parts of an Excel workbook that :mod:`securemail.xlsx_rows` puts
+    back together: the shared strings (the first part so named), the
+    worksheets, the workbook's date system. Any other part is read as XML."""
+
+    def __init__(self) -> None:
+        self.shared: bytes | None = None
+        self.sheets: list[tuple[str, bytes]] = []
+        self.date1904 = False
+
+    def takes(self, lowered: str) -> bool:
+        return ((lowered == "xl/sharedstrings.xml" and self.shared is None)
+                or lowered == "xl/workbook.xml" or _WORKSHEET.fullmatch(lowered) is not None)
+
+    def add(self, lowered: str, data: bytes) -> str:
+        """Keeps the part; returns the text to read of it now."""
+        from securemail.xlsx_rows import uses_1904
+
+        if lowered == "xl/workbook.xml":
+            self.date1904 = self.date1904 or uses_1904(data)
+            return _xml_text(data)  # sheet names
+        if lowered == "xl/sharedstrings.xml":
+            self.shared = data
+        else:
+            self.sheets.append((lowered, data))
+        return ""  # read with the rows
+
+    def parts(self) -> bool:
+        return self.shared is not None or bool(self.sheets)
+
+    def text(self, styles: bytes, limit: int) -> str:
+        """Each worksheet's rows as Excel shows them (tab between cells,
+        dates as dates), its other text (formulas, page headers) and its
+        labelled values (``DOB: ...``); then the shared strings no cell
+        shows (a deleted row is still in the file) and phonetic guides."""
+        from securemail.xlsx_rows import (
+            SharedStrings,
+            TooLarge,
+            date_styles,
+            shared_strings,
+            sheet_text,
+        )
+
+        out: list[str] = []
+        try:
+            shared = (shared_strings(self.shared, limit) if self.shared is not None
+                      else SharedStrings())
+            dates = date_styles(styles)
+            used: set[int] = set()
+            for _, data in sorted(self.sheets):
+                sheet = sheet_text(data, shared.strings, dates, limit=limit,
+                                   date1904=self.date1904)
+                used |= sheet.used
+                out.append("\n".join("\t".join(row) for row in sheet.rows))
+                out.extend(sheet.other)
+                out.append(labelled_rows(sheet.rows, limit))
+        except TooLarge:
+            raise Unreadable("the document's text is past the scan limit") from None
+        out.extend(s for i, s in enumerate(shared.strings) if i not in used)
+        out.extend(shared.phonetic)
+        return "\n".join(out)
 
 
-_SHEET_DATA = re.compile(rb"<(?:[\w.-]{1,64}:)?sheetData\b")
-
-
-def _outside_cells(sheet: bytes) -> bytes:
-    """A worksheet part without its ``<sheetData>`` (found without a regex
-    that could backtrack over a hostile part)."""
-    start = _SHEET_DATA.search(sheet)
-    end = sheet.rfind(b"sheetData>")
-    if start is None or end < start.end():
-        return sheet
-    return sheet[:start.start()] + sheet[end + len(b"sheetData>"):]
-
-
-def _workbook_rows(parts: dict[str, bytes], styles: bytes, limit: int) -> str:
-    """Each worksheet's rows as Excel shows them (tab between cells, dates as
-    dates) and its labelled values (``DOB: ...``), then the shared strings no
-    cell shows."""
-    from securemail.xlsx_rows import date_styles, shared_strings, sheet_rows, uses_1904
-
-    shared = shared_strings(parts.get("xl/sharedstrings.xml", b""))
-    dates = date_styles(styles)
-    date1904 = uses_1904(parts.get("xl/workbook.xml", b""))
-    out: list[str] = []
-    used: set[int] = set()
-    for name in sorted(n for n in parts if n.startswith("xl/worksheets/")):
-        rows = sheet_rows(parts[name], shared, dates, date1904=date1904, limit=limit, used=used)
-        out.append("\n".join("\t".join(row) for row in rows))
-        out.append(labelled_rows(rows, limit))
-    # Text no cell shows any more (a deleted row, a cleared cell) is still in
-    # the file sent.
-    out.extend(s for i, s in enumerate(shared) if i not in used)
-    return "\n".join(out)
+_WORKSHEET = re.compile(r"xl/worksheets/[^/]+\.xml")
 
 
 _PLAIN_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".xml", ".md", ".log", ".yaml", ".yml",

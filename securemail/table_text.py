@@ -1,61 +1,66 @@
-"""Tables as a reader takes them in: each value beside its column's heading.
+"""Tables as a reader takes them in: a value read with its column's heading.
 
 A roster or an export from the practice's records system is a table: a
-heading row ("Last name", "First name", "DOB", "MRN") over one row per client.
-In the file the heading and the value are rows apart, so a detector that
-looks for "DOB" followed by a date finds nothing. :func:`labelled_rows`
-writes each row again with its headings ("DOB: 03/14/1985; MRN: 448812").
-:func:`csv_rows` splits CSV and TSV text into rows for it.
+heading row ("Last name", "First name", "DOB", "MRN") over one row per
+client. In the file the heading and the value are rows apart, so a detector
+that looks for "DOB" followed by a date finds nothing. :func:`labelled_rows`
+writes again the values of the columns the detectors know by their label (a
+date of birth, an SSN, a medical record number, a diagnosis), each after
+that label: ``"DOB: 03/14/1985; MRN: 448812"``. :func:`csv_rows` splits CSV
+and TSV text into rows for it.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
 __all__ = ["csv_rows", "labelled_rows", "with_labelled_rows"]
 
 MAX_HEADING: Final = 80  # characters: a longer cell is a value, not a column heading
+HEADING_WITHIN: Final = 25  # rows: where a table's heading row is looked for
+
+# Headings of the columns whose values the detectors recognise by a label
+# before them (securemail.phi), and the label each is written with. Other
+# columns are read in their rows; repeating them would only bring a large
+# table nearer the scan limit.
+_LABELS: Final = (
+    ("DOB", re.compile(r"\b(?:d\.?\s?o\.?\s?b|birth|born)", re.IGNORECASE)),
+    ("SSN", re.compile(r"\b(?:ssn|social\s+security|soc\.?\s?sec)", re.IGNORECASE)),
+    ("MRN", re.compile(r"\b(?:mrn|medical\s+record|med\.?\s?rec)", re.IGNORECASE)),
+    ("Diagnosis", re.compile(r"\b(?:diagn|dx\b|icd|impression)", re.IGNORECASE)),
+)
 _HAS_LETTER = re.compile(r"[^\W\d_]")
-_HAS_DIGIT = re.compile(r"\d")
-
-
-# Headings whose values the detectors recognise by a label before them
-# (securemail.phi: a date of birth, an SSN, a record number, a diagnosis).
-# Other columns are read in their rows; repeating them here would only
-# bring a large table nearer the scan limit.
-_LABEL_HEADING = re.compile(
-    r"\b(?:d\.?o\.?b|birth|born|ssn|social security|mrn|medical record|diagn|dx|icd"
-    r"|impression)", re.IGNORECASE)
+_VALUE_LIKE = re.compile(r"^[\W\d_]*$|\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}")  # a number, a date
 
 
 def labelled_rows(rows: Iterable[Sequence[str]], limit: int) -> str:
-    """The rows below the first heading row, one line each, with the values of
-    the columns whose heading names a date of birth, an SSN, a medical record
-    number or a diagnosis, each after its heading: ``"DOB: 03/14/1985; MRN:
-    448812"``.
+    """The labelled values of the rows below the table's heading row, one
+    line per row: ``"DOB: 03/14/1985; Diagnosis: F32.1"``.
 
-    A heading row has at least two cells, all of them short text with a
-    letter and no digit. Nothing comes back for a table without one, or
-    without such a column. At most ``limit`` characters (the rest is left
-    out; the caller scans the table's own text as well).
+    The heading row is the first of the first :data:`HEADING_WITHIN` rows
+    with two or more cells, all of them short text that is not a number or
+    a date, one of them the heading of a labelled column ("DOB", "Date of
+    birth (MM/DD/YYYY)", "ICD-10", "MRN"); a title row above it ("Practice",
+    "Riverside Counselling") is passed over. Nothing comes back for a table
+    without one. At most ``limit`` characters (the rest is left out: the
+    caller scans the table's own text as well).
     """
-    headings: list[str] | None = None
+    labels: dict[int, str] | None = None
     lines: list[str] = []
     size = 0
-    for row in rows:
-        cells = [" ".join(c.split()) for c in row]
-        if headings is None:
-            if _is_heading_row(cells):
-                headings = cells
-                if not any(_LABEL_HEADING.search(h) for h in headings):
-                    return ""
+    for number, row in enumerate(rows):
+        if labels is None:
+            if number >= HEADING_WITHIN:
+                return ""
+            labels = _heading_labels(row)
             continue
-        pairs = [f"{headings[i]}: {v}" for i, v in enumerate(cells)
-                 if v and i < len(headings) and _LABEL_HEADING.search(headings[i])]
+        pairs = [f"{labels[i]}: {' '.join(row[i].split())}" for i in labels
+                 if i < len(row) and row[i].strip()]
         if not pairs:
             continue
         line = "; ".join(pairs)
@@ -66,28 +71,47 @@ def labelled_rows(rows: Iterable[Sequence[str]], limit: int) -> str:
     return "\n".join(lines)
 
 
-def _is_heading_row(cells: Sequence[str]) -> bool:
-    filled = [c for c in cells if c]
-    return len(filled) >= 2 and all(
-        len(c) <= MAX_HEADING and _HAS_LETTER.search(c) and not _HAS_DIGIT.search(c)
-        for c in filled)
+def _heading_labels(row: Sequence[str]) -> dict[int, str] | None:
+    """The labelled columns of a heading row (index -> label), or None if
+    ``row`` is not one."""
+    filled = [c.strip() for c in row if c.strip()]
+    if len(filled) < 2 or not all(len(c) <= MAX_HEADING and _HAS_LETTER.search(c)
+                                  and not _VALUE_LIKE.search(c) for c in filled):
+        return None
+    labels = {}
+    for i, cell in enumerate(row):
+        for label, heading in _LABELS:
+            if heading.search(cell):
+                labels[i] = label
+                break
+    return labels or None
 
 
-def csv_rows(text: str, *, tab_separated: bool = False) -> list[list[str]]:
-    """The rows of CSV (or TSV) text; the separator is the one of ``,``,
-    ``;`` (Excel in much of Europe) and tab that the first line uses most.
-    Text that is not well-formed CSV gives no rows."""
+def csv_rows(text: str, *, tab_separated: bool = False) -> Iterator[list[str]]:
+    """The rows of CSV (or TSV) text, one at a time; the separator is the
+    one of ``,``, ``;`` (Excel in much of Europe) and tab that the first line
+    uses most. Rows stop where the text stops being well-formed CSV."""
     first = text[:4096].split("\n", 1)[0]
     delimiter = "\t" if tab_separated else max(",;\t", key=first.count)
-    try:
-        return list(csv.reader(io.StringIO(text), delimiter=delimiter))
-    except csv.Error:  # a field past the csv module's size limit, a NUL byte
-        return []
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    while True:
+        try:
+            yield next(reader)
+        except (StopIteration, csv.Error):  # the end; a field past csv's size limit
+            return
 
 
 def with_labelled_rows(text: str, name: str, limit: int) -> str:
-    """CSV or TSV ``text``, then its rows with their headings (if it has a
-    heading row), in at most ``limit`` characters more."""
+    """CSV or TSV ``text``, then its labelled values (if it has a heading
+    row), in at most ``limit`` characters in all."""
+    room = limit - len(text)
+    if room <= 0:
+        return text
+    head = text[:65536]  # the heading row is near the top: rows are parsed past it only
     rows = csv_rows(text, tab_separated=name.lower().endswith(".tsv"))
-    labelled = labelled_rows(rows, max(0, limit - len(text)))
+    first = list(itertools.islice(csv_rows(head, tab_separated=name.lower().endswith(".tsv")),
+                                  HEADING_WITHIN))
+    if not any(_heading_labels(r) for r in first):
+        return text
+    labelled = labelled_rows(rows, room)
     return f"{text}\n{labelled}" if labelled else text

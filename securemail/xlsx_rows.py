@@ -8,8 +8,13 @@ one row can end up far apart and a date of birth reads "31120". This module
 puts each cell's shown value back in its row: text resolved, dates written
 as dates (``03/14/1985``), cells of a row separated by tabs.
 
-The XML is read with a linear tokenizer (no DTDs, no entity expansion, no
-backtracking); malformed parts give what could be read.
+Nothing in a part is lost: text that is not a shown value (a formula, a
+phonetic guide, stray text) is returned beside the rows. The XML is read
+with a linear tokenizer (possessive quantifiers: no DTDs, no entity
+expansion, no backtracking), at most :data:`MAX_TOKENS` tags and runs of
+text per part; every text gathered counts against the caller's limit as it
+is gathered, so a small file cannot unfold into gigabytes. Past either
+bound :class:`TooLarge` is raised; malformed parts give what could be read.
 """
 
 from __future__ import annotations
@@ -18,59 +23,108 @@ import contextlib
 import html
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Final
 
-__all__ = ["date_styles", "shared_strings", "sheet_rows", "uses_1904"]
+__all__ = ["MAX_TOKENS", "SharedStrings", "SheetText", "TooLarge", "date_styles",
+           "shared_strings", "sheet_text", "uses_1904"]
 
-# A tag (its name without a namespace prefix, whether it closes, its
-# attributes, whether it closes itself) or a run of text.
-_TOKEN = re.compile(r"<(/?)(?:[\w.-]{1,64}:)?([\w.-]{1,64})([^<>]{0,4096}?)(/?)>|([^<]+)|<")
-_ATTR = re.compile(r"""\b([\w:.-]{1,64})\s*=\s*(?:"([^"]{0,4096})"|'([^']{0,4096})')""")
+MAX_TOKENS: Final = 2_000_000  # tags and runs of text in one part (a 2 MiB text limit
+# is passed at about 400,000 cells; this bounds the CPU a part of empty tags costs)
+
+# A tag: "/" if it closes, its name without a namespace prefix, its
+# attributes (a trailing "/" closes it at once); or a run of text; or an XML
+# declaration, processing instruction or comment start (skipped); or a "<"
+# that starts no tag. Every quantifier is possessive: nothing is tried twice.
+_TOKEN = re.compile(
+    r"<(/?)(?:[\w.-]{1,64}+:)?+([\w.-]{1,64}+)([^<>]{0,4096}+)>|([^<]++)|<[?!][^<>]{0,4096}+>|<")
+_ATTR = re.compile(r"""\b([\w:.-]{1,64}+)\s*+=\s*+(?:"([^"]{0,4096}+)"|'([^']{0,4096}+)')""")
 
 # Built-in number formats that show a date (ECMA-376 18.8.30 and the East
 # Asian ids Excel writes): 14-17, 22 (date and time), 27-36 and 50-58.
 _BUILTIN_DATES: Final = frozenset({14, 15, 16, 17, 22, *range(27, 37), *range(50, 59)})
-_LITERALS = re.compile(r'"[^"]*"|\\.|\[[^\]]*\]')  # quoted text, escapes, [Red], [$-409]
+# Quoted text, escaped characters, and bracketed sections other than elapsed
+# time ([h], [mm], [ss]): colours, conditions, locales ([Red], [>=100], [$-409]).
+_LITERALS = re.compile(r'"[^"]*+"|\\.|\[(?![hms]++\])[^\]]*+\]', re.IGNORECASE)
 _MAX_SERIAL: Final = 2_958_465  # 9999-12-31
 
 
-def _tokens(xml: bytes) -> Iterator[tuple[str, str, dict[str, str], bool, str]]:
-    """``(tag, closing, attributes, self_closing, text)``: ``tag`` is "" for text."""
-    for m in _TOKEN.finditer(xml.decode("utf-8", "replace")):
-        if m.group(5) is not None:
-            yield "", "", {}, False, html.unescape(m.group(5))
+class TooLarge(ValueError):
+    """A part holds more than can be read: past the caller's text limit or
+    :data:`MAX_TOKENS`."""
+
+
+@dataclass
+class SharedStrings:
+    """The shared-strings part: each string (rich-text runs joined) and the
+    text of its phonetic guides (furigana), kept apart."""
+
+    strings: list[str] = field(default_factory=list)
+    phonetic: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SheetText:
+    """A worksheet: its rows as shown, and every other text in it."""
+
+    rows: list[list[str]] = field(default_factory=list)
+    other: list[str] = field(default_factory=list)
+    used: set[int] = field(default_factory=set)  # shared strings its cells show
+
+
+def _tokens(xml: bytes) -> Iterator[tuple[str, str, str, str]]:
+    """``(tag, closing, attributes, text)``: ``tag`` is "" for a run of text;
+    ``attributes`` ends with "/" when the tag closes itself."""
+    for count, m in enumerate(_TOKEN.finditer(xml.decode("utf-8", "replace"))):
+        if count >= MAX_TOKENS:
+            raise TooLarge(f"a part holds more than {MAX_TOKENS:,} tags")
+        text = m.group(4)
+        if text is not None:
+            yield "", "", "", html.unescape(text) if "&" in text else text
         elif m.group(2) is not None:
-            attrs = {k.rsplit(":", 1)[-1]: html.unescape(double or single)
-                     for k, double, single in _ATTR.findall(m.group(3))}
-            yield m.group(2), m.group(1), attrs, m.group(4) == "/", ""
+            yield m.group(2), m.group(1), m.group(3), ""
 
 
-def shared_strings(xml: bytes) -> list[str]:
-    """The shared-strings part as a list (rich-text runs joined, phonetic
-    guides left out)."""
-    strings: list[str] = []
+def _attrs(raw: str) -> dict[str, str]:
+    return {k.rsplit(":", 1)[-1]: html.unescape(double or single)
+            for k, double, single in _ATTR.findall(raw)}
+
+
+def _int(text: str, default: int = -1) -> int:
+    """An ASCII decimal number; ``default`` for anything else ("²" included)."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else default
+
+
+def shared_strings(xml: bytes, limit: int) -> SharedStrings:
+    """The shared-strings part, at most ``limit`` characters of it."""
+    out = SharedStrings()
     current: list[str] | None = None
     in_text = in_phonetic = False
-    for tag, closing, _, self_closing, text in _tokens(xml):
+    size = 0
+    for tag, closing, raw, text in _tokens(xml):
         if tag == "si":
-            if closing:
-                if current is not None:
-                    strings.append("".join(current))
-                current = None
-            elif self_closing:
-                strings.append("")
-            else:
-                if current is not None:  # the last one was never closed
-                    strings.append("".join(current))
-                current = []
+            if current is not None:  # </si>, or a new <si> after one never closed
+                out.strings.append("".join(current))
+            current = None if closing or raw.endswith("/") else []
+            if raw.endswith("/"):
+                out.strings.append("")
         elif tag == "rPh":
-            in_phonetic = not closing and not self_closing
+            in_phonetic = not closing and not raw.endswith("/")
         elif tag == "t":
-            in_text = not closing and not self_closing
-        elif not tag and in_text and not in_phonetic and current is not None:
-            current.append(text)
-    return strings
+            in_text = not closing and not raw.endswith("/")
+        elif not tag and in_text:
+            size += len(text)
+            if size > limit:
+                raise TooLarge("the shared strings are past the scan limit")
+            if in_phonetic:
+                out.phonetic.append(text)
+            elif current is not None:
+                current.append(text)
+    if current is not None:
+        out.strings.append("".join(current))
+    return out
 
 
 def date_styles(xml: bytes) -> frozenset[int]:
@@ -78,17 +132,15 @@ def date_styles(xml: bytes) -> frozenset[int]:
     custom: dict[int, str] = {}
     styles: list[int] = []
     in_cell_xfs = False
-    for tag, closing, attrs, _, _ in _tokens(xml):
+    for tag, closing, raw, _ in _tokens(xml):
         if tag == "numFmt" and not closing:
-            with contextlib.suppress(KeyError, ValueError):
-                custom[int(attrs["numFmtId"])] = attrs.get("formatCode", "")
+            attrs = _attrs(raw)
+            with contextlib.suppress(KeyError):
+                custom[_int(attrs["numFmtId"])] = attrs.get("formatCode", "")
         elif tag == "cellXfs":
-            in_cell_xfs = not closing
+            in_cell_xfs = not closing and not raw.endswith("/")
         elif tag == "xf" and in_cell_xfs and not closing:
-            try:
-                styles.append(int(attrs.get("numFmtId", "0")))
-            except ValueError:
-                styles.append(0)
+            styles.append(_int(_attrs(raw).get("numFmtId", "0"), 0))
     return frozenset(i for i, fmt in enumerate(styles)
                      if (fmt in custom and _shows_date(custom[fmt]))
                      or (fmt not in custom and fmt in _BUILTIN_DATES))
@@ -96,88 +148,111 @@ def date_styles(xml: bytes) -> frozenset[int]:
 
 def _shows_date(code: str) -> bool:
     """Whether a number format code shows a date: it has a day or year, or
-    months without hours or seconds ("mm" beside "h" or "s" is minutes)."""
+    months without hours or seconds ("mm" beside "h" or "s" is minutes).
+    An elapsed time ("[h]:mm") is not a date."""
     plain = _LITERALS.sub("", code.split(";", 1)[0]).lower()
+    if "[" in plain:  # [h], [mm], [ss]: a duration
+        return False
     return bool(re.search("[dy]", plain)) or ("m" in plain and not re.search("[hs]", plain))
 
 
 def uses_1904(workbook_xml: bytes) -> bool:
     """Whether the workbook counts days from 1904 (old Excel for Mac)."""
-    for tag, _, attrs, _, _ in _tokens(workbook_xml):
+    for tag, _, raw, _ in _tokens(workbook_xml):
         if tag == "workbookPr":
-            return attrs.get("date1904", "").lower() in ("1", "true")
+            return _attrs(raw).get("date1904", "").lower() in ("1", "true")
     return False
 
 
-def sheet_rows(xml: bytes, shared: list[str], dates: frozenset[int], *,
-               date1904: bool = False, limit: int,
-               used: set[int] | None = None) -> list[list[str]]:
-    """The worksheet's rows, each a list of the values its cells show, in
-    order; stops once ``limit`` characters are gathered. The indices of the
-    shared strings the cells show are added to ``used``."""
-    rows: list[list[str]] = []
+def sheet_text(xml: bytes, shared: list[str], dates: frozenset[int], *, limit: int,
+               date1904: bool = False) -> SheetText:
+    """The worksheet's rows, each a list of the values its cells show, and
+    every other text in the part (formulas, inline text not shown, text
+    outside cells). Raises :class:`TooLarge` once more than ``limit``
+    characters are gathered."""
+    out = SheetText()
     row: list[str] | None = None
-    cell: tuple[str, str] | None = None  # the open cell's type and style
+    cell: tuple[str, int] | None = None  # the open cell's type and style
     value: list[str] = []
     inline: list[str] = []
-    where = ""  # the element whose text is being read: "v", "t" (inline) or ""
+    where = ""  # the element whose text is being read: "v", "t" (inline) or another
+    phonetic = False  # inside a phonetic guide (its <t> is not the cell's text)
     size = 0
+
+    def count(text: str) -> None:
+        nonlocal size
+        size += len(text) + 1
+        if size > limit:
+            raise TooLarge("the worksheet's text is past the scan limit")
 
     def close_cell() -> None:
         nonlocal cell
-        if cell is not None and row is not None:
-            shown = "".join(value)
-            if cell[0] == "s" and used is not None and shown.strip().isdigit():
-                used.add(int(shown))
-            row.append(_shown(cell[0], cell[1], shown, "".join(inline), shared, dates, date1904))
+        if cell is not None:
+            raw_value, inline_text = "".join(value), "".join(inline)
+            shown = _shown(cell[0], cell[1], raw_value, inline_text, shared, dates, date1904,
+                           out)
+            count(shown)
+            if row is not None:
+                row.append(shown)
+            else:
+                out.other.append(shown)
+            # Text a cell holds but does not show (inline text in a number or
+            # shared-string cell, a value beside inline text): read as well.
+            for unshown in (inline_text, raw_value if cell[0] == "inlineStr" else ""):
+                if unshown.strip() and unshown != shown:
+                    count(unshown)
+                    out.other.append(unshown)
         cell = None
 
-    for tag, closing, attrs, self_closing, text in _tokens(xml):
+    for tag, closing, raw, text in _tokens(xml):
         if not tag:
-            if where == "v":
+            if where == "v" and cell is not None:
                 value.append(text)
-            elif where == "t":
+            elif where == "t" and cell is not None and not phonetic:
                 inline.append(text)
+            elif text.strip():
+                count(text)
+                out.other.append(text)  # a formula, a phonetic guide, a header, stray text
         elif tag == "row":
             close_cell()  # a cell left open ends with its row
-            if not closing and not self_closing:
-                row = []
-                continue
-            if row is not None:  # </row>, or an empty <row/>
-                rows.append(row)
-                size += sum(map(len, row)) + len(row)
-                if size > limit:
-                    return rows
-            row = None
+            if row is not None:
+                out.rows.append(row)
+            row = [] if not closing and not raw.endswith("/") else None
         elif tag == "c":
             close_cell()
             if not closing:
-                cell = (attrs.get("t", "n"), attrs.get("s", "0"))
+                attrs = _attrs(raw)
+                cell = (attrs.get("t", "n"), _int(attrs.get("s", "0"), 0))
                 value, inline = [], []
-                if self_closing:
+                if raw.endswith("/"):
                     close_cell()
-        elif tag in ("v", "t"):
-            where = "" if closing or self_closing else tag
+        elif tag in ("v", "t") and not raw.endswith("/"):
+            where = "" if closing else tag
+        elif tag == "rPh":
+            phonetic = not closing and not raw.endswith("/")
+        elif tag == "f":
+            where = ""  # a formula's text is not the value: gathered as other text
     close_cell()  # a part cut short: its last row as far as it goes
     if row:
-        rows.append(row)
-    return rows
+        out.rows.append(row)
+    return out
 
 
-def _shown(kind: str, style: str, value: str, inline: str, shared: list[str],
-           dates: frozenset[int], date1904: bool) -> str:
+def _shown(kind: str, style: int, value: str, inline: str, shared: list[str],
+           dates: frozenset[int], date1904: bool, out: SheetText) -> str:
     if kind == "s":
-        try:
-            return shared[int(value)]
-        except (ValueError, IndexError):
-            return ""
+        index = _int(value)
+        if 0 <= index < len(shared):
+            out.used.add(index)
+            return shared[index]
+        return value
     if kind == "inlineStr":
-        return inline
+        return inline or value
     if kind in ("str", "e", "d"):  # formula text, an error such as #N/A, an ISO date
         return value
     if kind == "b":
         return "TRUE" if value.strip() == "1" else "FALSE"
-    if style.isdigit() and int(style) in dates:
+    if style in dates:
         return _date_text(value, date1904) or value
     return value
 
@@ -188,14 +263,13 @@ def _date_text(value: str, date1904: bool) -> str:
         serial = int(float(value))
     except (ValueError, OverflowError):
         return ""
-    if not 1 <= serial <= _MAX_SERIAL:
+    if not 0 <= serial <= _MAX_SERIAL:
         return ""
     if date1904:
-        base = date(1904, 1, 1)
-    else:
-        # Excel counts a 29 February 1900 that never was (Lotus 1-2-3's bug).
-        base = date(1899, 12, 31) if serial < 60 else date(1899, 12, 30)
-    try:
-        return (base + timedelta(days=serial)).strftime("%m/%d/%Y")
-    except OverflowError:
+        return (date(1904, 1, 1) + timedelta(days=serial)).strftime("%m/%d/%Y")
+    if serial == 60:  # the 29 February 1900 Lotus 1-2-3 invented, and Excel shows
+        return "02/29/1900"
+    if serial == 0:  # Excel's "00/01/1900"
         return ""
+    base = date(1899, 12, 31) if serial < 60 else date(1899, 12, 30)
+    return (base + timedelta(days=serial)).strftime("%m/%d/%Y")

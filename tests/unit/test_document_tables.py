@@ -10,6 +10,7 @@ the heading row, rows away from the date under it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import zipfile
@@ -20,10 +21,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securemail.documents import document_text
+from securemail import xlsx_rows
+from securemail.documents import Unreadable, document_text
 from securemail.model import Action
-from securemail.table_text import labelled_rows
-from securemail.xlsx_rows import date_styles, shared_strings, sheet_rows
+from securemail.table_text import labelled_rows, with_labelled_rows
+from securemail.xlsx_rows import (
+    MAX_TOKENS,
+    TooLarge,
+    date_styles,
+    shared_strings,
+    sheet_text,
+    uses_1904,
+)
 from tests.unit.test_document_text import decision, ooxml, plain_zip
 
 openpyxl = pytest.importorskip("openpyxl")
@@ -134,7 +143,7 @@ def test_a_workbook_saved_by_openpyxl_is_read_the_same_way(config_path: Path) ->
     workbook.save(out)
     text = document_text(out.getvalue(), 100_000) or ""
     assert "Jane\tRoe\t03/14/1985" in text
-    assert "Date of birth: 03/14/1985" in text
+    assert "DOB: 03/14/1985" in text
     action, signals, _ = decision(config_path, out.getvalue(), "roster.xlsx", XLSX)
     assert action is Action.BLOCK and "phi-dob" in signals
 
@@ -189,7 +198,8 @@ def test_a_1904_workbook_counts_from_1904() -> None:
 
 def test_page_headers_and_unused_shared_strings_are_still_read() -> None:
     """A sheet's page header is outside its cells; a shared string no cell
-    uses any more (a deleted row) is still in the file sent."""
+    uses any more (a deleted row) is still in the file sent, and so is a
+    phonetic guide (furigana of a name)."""
     data = ooxml({
         "xl/sharedStrings.xml": f"<sst {MAIN}><si><t>Jane Roe intake</t></si><si><r><t>Mo</t>"
                                 "</r><r><t>nday</t></r><rPh><t>guide</t></rPh></si></sst>",
@@ -197,8 +207,156 @@ def test_page_headers_and_unused_shared_strings_are_still_read() -> None:
                                     "</c></row></sheetData><headerFooter><oddHeader>&amp;CDr"
                                     " Lee's caseload</oddHeader></headerFooter></worksheet>"})
     text = document_text(data, 100_000) or ""
-    assert "Jane Roe intake" in text and "Dr Lee's caseload" in text
-    assert "\nMonday\n" in text + "\n"  # the row: the phonetic guide is not shown
+    assert "Jane Roe intake" in text and "Dr Lee's caseload" in text and "guide" in text
+    assert "\nMonday\n" in text + "\n"  # the row, without its phonetic guide
+
+
+@pytest.mark.parametrize("cell", [
+    # A formula (openpyxl writes no cached value, XlsxWriter a 0).
+    '<c r="A1"><f>HYPERLINK("mailto:x@y","Jane Roe DOB 03/14/1985")</f><v>0</v></c>',
+    '<c r="A1" t="inlineStr"><v>Jane Roe DOB 03/14/1985</v></c>',  # text where Excel puts none
+    '<c r="A1" t="inlineStr"><is><t>X</t><rPh><t>Jane Roe DOB 03/14/1985</t></rPh></is></c>',
+    '<c r="A1" t="s"><v>0</v><is><t>Jane Roe DOB 03/14/1985</t></is></c>',  # both
+    '<x:c r="A1" t="inlineStr"><x:is><x:t>Jane Roe DOB 03/14/1985</x:t></x:is></x:c>',  # prefixed
+    "Jane Roe DOB 03/14/1985",  # text between cells
+])
+def test_no_text_of_a_worksheet_is_left_unread(cell: str) -> None:
+    data = ooxml({"xl/sharedStrings.xml": f"<sst {MAIN}><si><t>s</t></si></sst>",
+                  "xl/worksheets/sheet1.xml": f'<worksheet {MAIN}><sheetData><row r="1">{cell}'
+                                              "</row></sheetData></worksheet>"})
+    assert "Jane Roe DOB 03/14/1985" in (document_text(data, 100_000) or "")
+
+
+def test_parts_whose_names_differ_only_in_case_are_all_read() -> None:
+    data = ooxml({"xl/worksheets/sheet1.xml": f'<worksheet {MAIN}><sheetData><row><c t='
+                                              '"inlineStr"><is><t>Dx F32.1</t></is></c></row>'
+                                              "</sheetData></worksheet>",
+                  "xl/Worksheets/Sheet1.xml": f'<worksheet {MAIN}><sheetData><row><c t='
+                                              '"inlineStr"><is><t>MRN 448812</t></is></c></row>'
+                                              "</sheetData></worksheet>"})
+    text = document_text(data, 100_000) or ""
+    assert "Dx F32.1" in text and "MRN 448812" in text
+
+
+def test_a_small_workbook_that_unfolds_past_the_limit_is_unreadable_at_once() -> None:
+    """A thousand cells showing one 1 MB shared string: 1 GB of text from a
+    3 KB file. It is past the scan limit as soon as the limit is passed."""
+    import time
+
+    data = ooxml({"xl/sharedStrings.xml": f"<sst {MAIN}><si><t>{'Jane Roe ' * 110_000}</t></si>"
+                                          "</sst>",
+                  "xl/worksheets/sheet1.xml": f"<worksheet {MAIN}><sheetData><row>"
+                                              + '<c t="s"><v>0</v></c>' * 1000
+                                              + "</row></sheetData></worksheet>"})
+    started = time.process_time()
+    with pytest.raises(Unreadable, match="past the scan limit"):
+        document_text(data, 2 * 1024 * 1024)
+    assert time.process_time() - started < 2.0
+
+
+@pytest.mark.parametrize("hostile", [
+    b"<" + b"a" * 3000 + b"b" * 3000,  # a tag that never ends, over and over
+    b"<a:" + b"b" * 70 + b" " + b"c" * 4000,
+    b"<c " + b"x=" * 3000,
+])
+def test_hostile_xml_is_read_in_linear_time(hostile: bytes) -> None:
+    import time
+
+    part = hostile * (4_000_000 // len(hostile))  # a backtracking tokenizer: 5 s and more
+    started = time.process_time()
+    with contextlib.suppress(TooLarge):
+        sheet_text(part, [], frozenset(), limit=10**8)
+    assert time.process_time() - started < 1.0
+
+
+def test_a_part_with_more_tags_than_the_bound_is_too_large(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(xlsx_rows, "MAX_TOKENS", 10_000)  # the real bound costs seconds
+    sheet_text(b"<c/>" * 9_999, [], frozenset(), limit=10**9)
+    with pytest.raises(TooLarge):
+        sheet_text(b"<c/>" * 10_001, [], frozenset(), limit=10**9)
+    assert MAX_TOKENS == 2_000_000
+
+
+def test_a_csv_larger_than_the_limit_is_not_parsed_into_memory() -> None:
+    import time
+
+    big = "DOB,Dx\n" + "03/14/1985,F32.1\n" * 1_000_000  # 17 MB
+    started = time.process_time()
+    assert with_labelled_rows(big, "x.csv", 2 * 1024 * 1024) == big  # no room: as it is
+    assert len(with_labelled_rows(big[:1_000_000], "x.csv", 2 * 1024 * 1024)) <= 2 * 1024 * 1024
+    assert time.process_time() - started < 5.0
+
+
+@pytest.mark.parametrize(("serial", "shown"), [
+    (1, "01/01/1900"), (59, "02/28/1900"), (60, "02/29/1900"), (61, "03/01/1900"),
+    (31120, "03/14/1985"), (0, "0"), (-5, "-5"), (3_000_000, "3000000"), ("1e308", "1e308"),
+    ("x", "x")])
+def test_date_serials_as_excel_shows_them(serial: object, shown: str) -> None:
+    sheet = (f'<sheetData><row><c t="inlineStr"><is><t>DOB</t></is></c><c t="inlineStr"><is>'
+             f'<t>Name</t></is></c></row><row><c s="1"><v>{serial}</v></c></row></sheetData>')
+    rows = sheet_text(sheet.encode(), [], frozenset({1}), limit=1000).rows
+    assert rows[1] == [shown]
+
+
+def test_a_date_1904_serial_and_elapsed_time() -> None:
+    assert sheet_text(b'<row><c s="1"><v>29658</v></c></row>', [], frozenset({1}), limit=100,
+                      date1904=True).rows == [["03/14/1985"]]
+    styles = ('<numFmts><numFmt numFmtId="164" formatCode="[h]:mm"/><numFmt numFmtId="165"'
+              ' formatCode="[Red][$-409]mm/dd/yyyy"/></numFmts><cellXfs><xf numFmtId="164"/>'
+              '<xf numFmtId="165"/><xf numFmtId="46"/></cellXfs>')
+    assert date_styles(styles.encode()) == {1}  # a duration is not a date
+
+
+def test_malformed_workbook_parts_give_what_can_be_read() -> None:
+    assert shared_strings(b"<sst><si><t>a</t><si><t>b", 100).strings == ["a", "b"]
+    assert date_styles(b'<cellXfs><xf numFmtId="x"/><xf numFmtId="14"/>') == {1}
+    assert sheet_text(b'<row><c t="s"><v>7</v></c><c><v>1</v></row><row><c/><c><v>2',
+                      ["a"], frozenset(), limit=100).rows == [["7", "1"], ["", "2"]]
+    # A digit Python reads as one and int() does not ("²"): a value, not an error.
+    assert sheet_text('<row><c t="s" s="²"><v>²</v></c></row>'.encode(), ["a"], frozenset(),
+                      limit=100).rows == [["²"]]
+
+
+@given(st.binary(max_size=600))
+@settings(max_examples=300, deadline=None)
+def test_any_bytes_as_workbook_parts_never_raise(data: bytes) -> None:
+    shared_strings(data, 10_000)
+    date_styles(data)
+    uses_1904(data)
+    sheet = sheet_text(data, ["x", "y"], frozenset({0, 1}), date1904=True, limit=10_000)
+    assert sheet.used <= {0, 1}
+
+
+@given(st.lists(st.lists(st.text(max_size=20), max_size=6), max_size=20),
+       st.integers(min_value=0, max_value=500))
+@settings(max_examples=200, deadline=None)
+def test_labelled_rows_stay_within_the_limit(rows: list[list[str]], limit: int) -> None:
+    assert len(labelled_rows(rows, limit)) <= limit
+
+
+def test_which_rows_are_headings() -> None:
+    assert labelled_rows([["Total", "2024"], ["a", "b"]], 1000) == ""
+    assert labelled_rows([["Only DOB"], ["03/14/1985"]], 1000) == ""
+    assert labelled_rows([["", "Name", "", "DOB", "ICD-10"],
+                          ["1", "Alex", "", "03/14/1985", "F41.1"]],
+                         1000) == "DOB: 03/14/1985; Diagnosis: F41.1"
+    assert labelled_rows([["Name", "Room"], ["Alex", "2"]], 1000) == ""  # nothing to label
+    # A title row above the heading row; a heading with a format hint.
+    assert labelled_rows([["Practice", "Riverside Counselling"], [],
+                          ["Client", "Date of birth (MM/DD/YYYY)", "Medical record #"],
+                          ["Alex Vega", "03/14/1985", "448812"]],
+                         1000) == "DOB: 03/14/1985; MRN: 448812"
+    # A heading row far down is not one (the first rows were the data).
+    assert labelled_rows([["a", "b"]] * 30 + [["Name", "DOB"], ["Alex", "03/14/1985"]],
+                         1000) == ""
+
+
+def test_a_dob_heading_with_a_format_hint_counts(config_path: Path) -> None:
+    data = excel_workbook([["Client", "Date of birth (MM/DD/YYYY)", "Presenting concern"],
+                           ["Alex Vega", datetime.date(1985, 3, 14), "insomnia, anxiety"]])
+    action, signals, _ = decision(config_path, data, "intake.xlsx", XLSX)
+    assert action is Action.BLOCK and "phi-dob" in signals
 
 
 def test_a_csv_attachment_is_read_with_its_headings(config_path: Path) -> None:
@@ -212,33 +370,3 @@ def test_a_semicolon_csv_in_a_zip_is_read_with_its_headings(config_path: Path) -
                       b"Name;Geburtsdatum;DOB;Dx\nAlex Vega;x;1988-02-29;F43.1\n"})
     action, signals, _ = decision(config_path, data, "export.zip", "application/zip")
     assert action is Action.BLOCK and "phi-dob" in signals
-
-
-def test_malformed_workbook_parts_give_what_can_be_read() -> None:
-    assert shared_strings(b"<sst><si><t>a</t><si><t>b") == ["a"]
-    assert date_styles(b'<cellXfs><xf numFmtId="x"/><xf numFmtId="14"/>') == {1}
-    assert sheet_rows(b'<row><c t="s"><v>7</v></c><c><v>1</v></row><row><c/><c><v>2',
-                      ["a"], frozenset(), limit=100) == [["", "1"], ["", "2"]]
-
-
-@given(st.binary(max_size=600))
-@settings(max_examples=200, deadline=None)
-def test_any_bytes_as_workbook_parts_never_raise(data: bytes) -> None:
-    shared_strings(data)
-    date_styles(data)
-    sheet_rows(data, ["x"], frozenset({0, 1}), date1904=True, limit=1000)
-
-
-@given(st.lists(st.lists(st.text(max_size=20), max_size=6), max_size=20),
-       st.integers(min_value=0, max_value=500))
-@settings(max_examples=200, deadline=None)
-def test_labelled_rows_stay_within_the_limit(rows: list[list[str]], limit: int) -> None:
-    assert len(labelled_rows(rows, limit)) <= limit
-
-
-def test_a_heading_row_needs_two_text_cells_without_digits() -> None:
-    assert labelled_rows([["Total", "2024"], ["a", "b"]], 1000) == ""
-    assert labelled_rows([["Only"], ["a"]], 1000) == ""
-    assert labelled_rows([["", "Name", "", "DOB", "Dx"], ["1", "Alex", "", "03/14/1985", "F41.1"]],
-                         1000) == "DOB: 03/14/1985; Dx: F41.1"
-    assert labelled_rows([["Name", "Room"], ["Alex", "2"]], 1000) == ""  # nothing to label
