@@ -280,8 +280,11 @@ _XPS_TEXT = re.compile(r'UnicodeString="([^"]{0,100000})"')
 # Tags that end a paragraph, cell, line, formula or value: a word stops
 # there. Every other tag (a run of differently formatted letters inside one
 # word, "Ja" in bold and "ne" not) joins its neighbours as the reader sees them.
+# The end of a table cell is a tab (cells of a row read apart, as in a table:
+# "Roe<tab>Jane" is a surname-first name; "Roe Jane" in a sentence is not).
+_CELL_END = re.compile(r"</(w:tc|a:tc|table:table-cell|c)>", re.IGNORECASE)
 _BREAK_TAG = re.compile(
-    r"</(w:p|w:tc|a:p|text:p|text:h|table:table-cell|si|c|f|v|c:v|is)>"
+    r"</(w:p|a:p|text:p|text:h|si|f|v|c:v|is)>"
     r"|<(w:br|w:cr|w:tab|text:tab|text:line-break|text:s|a:br|sheet|table:table)\b[^<>]{0,4096}>",
     re.IGNORECASE)
 _ANY_TAG = re.compile(r"<[^<>]{0,4096}>")  # bounded: "<<<<" without ">" stays linear
@@ -554,7 +557,8 @@ def _xml_text(data: bytes, *, properties: bool = False) -> str:
     every element is a field of its own."""
     text = data.decode("utf-8", "replace")
     names = " ".join(_SHEET_NAME.findall(text) + _TEXT_ATTRS.findall(text))
-    text = _ANY_TAG.sub(" ", text) if properties else _ANY_TAG.sub("", _BREAK_TAG.sub(" ", text))
+    text = _ANY_TAG.sub(" ", text) if properties else _ANY_TAG.sub(
+        "", _BREAK_TAG.sub(" ", _CELL_END.sub("\t", text)))
     return html.unescape(f"{names} {text}" if names else text)
 
 

@@ -167,20 +167,43 @@ def _forms(phrase: str) -> set[str]:
     return {_phrase(phrase), _phrase(_fold(phrase))}
 
 
-def _name_forms(name: str) -> set[str]:
+def _name_forms(name: str) -> dict[str, int]:
     """A person's name as written, surname first, as records, superbills,
     rosters and lab reports write it, and without the middle names: "Jane
     Q. Roe" is also found as "Roe, Jane Q.", "ROE, JANE", "Roe | Jane"
     (table columns in row order) and "Jane Roe". Which words are the surname
     is not known ("Mary Ann De La Cruz"), so every split is taken: "De La
-    Cruz, Mary Ann", "Cruz, Mary", "Mary De La Cruz"."""
+    Cruz, Mary Ann", "Cruz, Mary", "Mary De La Cruz".
+
+    Maps each form to where a surname-first form turns from surname to
+    given name (its word count; 0 for the other forms): there the text must
+    show more than one plain space (a comma, a tab, a table cell's edge), so
+    "Grant, Will" names the client Will Grant and "the grant will cover"
+    does not.
+    """
     words = _phrase(name).split()
-    forms = _forms(name)
+    forms = dict.fromkeys(_forms(name), 0)
     for split in range(1, len(words)):
         given, surname = words[:split], words[split:]
-        for form in (surname + given, surname + given[:1], given[:1] + surname):
-            forms |= _forms(" ".join(form))
+        for form, boundary in ((surname + given, len(surname)),
+                               (surname + given[:1], len(surname)), (given[:1] + surname, 0)):
+            for variant in _forms(" ".join(form)):
+                forms[variant] = min(boundary, forms.get(variant, boundary))
     return forms
+
+
+def _apart(padded: str, scanned: str, at: int, words: tuple[str, ...], boundary: int) -> bool:
+    """Whether the separator before ``words[boundary - 1]`` (the words after
+    ``scanned[at:]``) is more than one plain space in the text as written
+    (``padded``: the lowered text with the scanned form's padding)."""
+    for index, word in enumerate(words[:boundary]):
+        run = _SPACES.match(scanned, at)
+        if run is None:
+            return False
+        if index == boundary - 1:
+            return padded[run.start():run.end()] != " "
+        at = run.end() + len(word)
+    return False
 
 
 class Detectors:
@@ -195,17 +218,28 @@ class Detectors:
     def __init__(self, policy: PolicySettings, client_names: Iterable[str] = (), *,
                  name_owners: Iterable[tuple[str, str]] = ()) -> None:
         owners: dict[str, set[str]] = {}
+        # Where a name form turns from surname to given name (see _name_forms).
+        self._boundary: dict[str, int] = {}
+
+        def name_forms(name: str) -> dict[str, int]:
+            forms = _name_forms(name)
+            for form, boundary in forms.items():
+                self._boundary[form] = min(boundary, self._boundary.get(form, boundary))
+            return forms
+
         for name, client_id in name_owners:
             if len(name.strip()) >= 3:
-                for form in _name_forms(name):
+                for form in name_forms(name):
                     owners.setdefault(form, set()).add(client_id)
         self._owners = {p: frozenset(ids) for p, ids in owners.items()}
+        keywords = {f for n in policy.identifier_keywords if len(n.strip()) >= 3
+                    for f in _forms(n)}
+        for form in keywords:  # matched as written, whatever the names say
+            self._boundary[form] = 0
         groups: dict[str, set[str]] = {
             "health": {f for t in (*HEALTH_TERMS, *policy.health_keywords) for f in _forms(t)},
             "identifier": {f for n in client_names if len(n.strip()) >= 3
-                           for f in _name_forms(n)}
-                          | {f for n in policy.identifier_keywords if len(n.strip()) >= 3
-                             for f in _forms(n)} | set(self._owners),
+                           for f in name_forms(n)} | keywords | set(self._owners),
         }
         for hint, words in _HINTS.items():
             groups[hint] = {_phrase(w) for w in words}
@@ -216,7 +250,7 @@ class Detectors:
         # first word, looked up by its second (one look-up however many clients
         # share a first name), then checked word by word across any run of
         # separators: a line break, two spaces or a removed HTML tag must not split it.
-        self._rest_of: dict[int, dict[str, list[tuple[tuple[str, ...], str, str]]]] = {}
+        self._rest_of: dict[int, dict[str, list[tuple[tuple[str, ...], str, str, int]]]] = {}
         first_words: dict[str, int] = {}
         for group, phrases in groups.items():
             for p in sorted(phrases - {""}):
@@ -232,7 +266,8 @@ class Detectors:
                     self._group_of.append("phrase")
                     self._phrase_of.append("")
                 by_second = self._rest_of.setdefault(first_words[first], {})
-                by_second.setdefault(rest[0], []).append((tuple(rest[1:]), group, p))
+                boundary = self._boundary.get(p, 0) if group == "identifier" else 0
+                by_second.setdefault(rest[0], []).append((tuple(rest[1:]), group, p, boundary))
         for shape in _SSN_SHAPES:
             patterns.append(shape)
             self._group_of.append("ssn-shape")
@@ -288,11 +323,18 @@ class Detectors:
                 second = _NEXT_WORD.match(scanned, end - 1)  # across any run of separators
                 if second is None:
                     continue
-                for rest, phrase_group, phrase in self._rest_of[i].get(second.group(1), ()):
+                for rest, phrase_group, phrase, boundary in self._rest_of[i].get(
+                        second.group(1), ()):
                     if phrase_group == "identifier":
-                        if phrase not in names and _continues(scanned, second.end(), rest):
-                            groups.add(phrase_group)
-                            names.add(phrase)
+                        if phrase in names or not _continues(scanned, second.end(), rest):
+                            continue
+                        if boundary == 1 and f" {lowered} "[end - 1:second.start(1)] == " ":
+                            continue  # "grant will": not "Grant, Will"
+                        if boundary > 1 and not _apart(f" {lowered} ", scanned, second.end(),
+                                                       rest, boundary - 1):
+                            continue
+                        groups.add(phrase_group)
+                        names.add(phrase)
                     elif phrase_group not in groups and _continues(scanned, second.end(), rest):
                         groups.add(phrase_group)
             else:

@@ -231,3 +231,16 @@ def test_an_eof_marker_inside_page_text_does_not_stop_the_reading() -> None:
     is passed over; the file is read as before."""
     data = pdf_with_text("see line %%EOF of the log", "Patient: Jane Roe")
     assert "Jane Roe" in (document_text(data, 100_000) or "")
+
+
+def test_a_word_table_row_with_the_surname_first_names_the_client(config_path: Path) -> None:
+    """Cells of a row are read apart ("Roe<tab>Jane"), as a roster in Word is."""
+    def cell(text: str) -> str:
+        return f"<w:tc>{para(text)}</w:tc>"
+
+    table = ("<w:tbl><w:tr>" + cell("Last") + cell("First") + cell("Concern") + "</w:tr><w:tr>"
+             + cell("Roe") + cell("Jane") + cell("depression") + "</w:tr></w:tbl>")
+    action, found, _ = decision(config_path, docx(table), "roster.docx",
+                                "application/vnd.openxmlformats-officedocument"
+                                ".wordprocessingml.document")
+    assert action is Action.BLOCK and "phi-client-name" in found

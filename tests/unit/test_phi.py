@@ -359,7 +359,9 @@ def test_a_code_after_a_word_the_matcher_cannot_see_is_still_found(text: str) ->
 
 ROSTER_DET = Detectors(PolicySettings(), name_owners=[("Jane Q. Roe", "c-1"),
                                                       ("Mary Ann Smith", "c-2"),
-                                                      ("Rosa María De La Cruz", "c-3")])
+                                                      ("Rosa María De La Cruz", "c-3"),
+                                                      ("Will Grant", "c-4"),
+                                                      ("Grace Hope", "c-5")])
 
 
 @pytest.mark.parametrize(("text", "client"), [
@@ -369,7 +371,8 @@ ROSTER_DET = Detectors(PolicySettings(), name_owners=[("Jane Q. Roe", "c-1"),
     ("Dear Jane Roe,", "c-1"),  # the middle initial left out
     ("Smith, Mary Ann", "c-2"), ("SMITH, MARY", "c-2"), ("Mary Smith", "c-2"),
     ("DE LA CRUZ, ROSA MARIA", "c-3"), ("De la Cruz, Rosa", "c-3"), ("Rosa De La Cruz", "c-3"),
-    ("Cruz, Rosa María", "c-3")])
+    ("Cruz, Rosa María", "c-3"), ("Grant, Will", "c-4"), ("GRANT\tWILL", "c-4"),
+    ("Hope,Grace", "c-5"), ("De La Cruz\tRosa", "c-3")])
 def test_a_client_named_surname_first_or_without_middle_names_is_found(
         text: str, client: str) -> None:
     signals, named = ROSTER_DET.scan_named("", text)
@@ -379,7 +382,11 @@ def test_a_client_named_surname_first_or_without_middle_names_is_found(
 
 @pytest.mark.parametrize("text", ["Ann Smith", "Roe Smith", "Jane Smith", "Roe, Mary",
                                   "we hope jane is fine", "roe", "Maria De La Cruz",
-                                  "Cruz, Maria"])
+                                  "Cruz, Maria",
+                                  # Surname first needs more than one plain space between:
+                                  # a comma, a tab, a cell's edge. In a sentence it is words.
+                                  "The grant will cover the program", "we hope grace helps",
+                                  "roe jane", "the cruz rosa line"])
 def test_other_pairs_of_the_same_words_are_not_a_client(text: str) -> None:
     assert ROSTER_DET.scan_named("", text) == ((), frozenset())
 
