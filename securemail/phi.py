@@ -167,6 +167,9 @@ def _forms(phrase: str) -> set[str]:
     return {_phrase(phrase), _phrase(_fold(phrase))}
 
 
+_NAME_SUFFIXES = frozenset({"jr", "sr", "ii", "iii", "iv", "md", "phd", "esq"})
+
+
 def _name_forms(name: str) -> dict[str, int]:
     """A person's name as written, surname first, as records, superbills,
     rosters and lab reports write it, and without the middle names: "Jane
@@ -183,6 +186,9 @@ def _name_forms(name: str) -> dict[str, int]:
     """
     words = _phrase(name).split()
     forms = dict.fromkeys(_forms(name), 0)
+    if len(words) > 2 and words[-1] in _NAME_SUFFIXES:  # "John Smith Jr.": "Smith, John"
+        for form, boundary in _name_forms(" ".join(words[:-1])).items():
+            forms[form] = min(boundary, forms.get(form, boundary))
     for split in range(1, len(words)):
         given, surname = words[:split], words[split:]
         for form, boundary in ((surname + given, len(surname)),

@@ -361,7 +361,8 @@ ROSTER_DET = Detectors(PolicySettings(), name_owners=[("Jane Q. Roe", "c-1"),
                                                       ("Mary Ann Smith", "c-2"),
                                                       ("Rosa María De La Cruz", "c-3"),
                                                       ("Will Grant", "c-4"),
-                                                      ("Grace Hope", "c-5")])
+                                                      ("Grace Hope", "c-5"),
+                                                      ("John Smith Jr.", "c-6")])
 
 
 @pytest.mark.parametrize(("text", "client"), [
@@ -372,7 +373,8 @@ ROSTER_DET = Detectors(PolicySettings(), name_owners=[("Jane Q. Roe", "c-1"),
     ("Smith, Mary Ann", "c-2"), ("SMITH, MARY", "c-2"), ("Mary Smith", "c-2"),
     ("DE LA CRUZ, ROSA MARIA", "c-3"), ("De la Cruz, Rosa", "c-3"), ("Rosa De La Cruz", "c-3"),
     ("Cruz, Rosa María", "c-3"), ("Grant, Will", "c-4"), ("GRANT\tWILL", "c-4"),
-    ("Hope,Grace", "c-5"), ("De La Cruz\tRosa", "c-3")])
+    ("Hope,Grace", "c-5"), ("De La Cruz\tRosa", "c-3"), ("Smith, John", "c-6"),
+    ("John Smith", "c-6"), ("SMITH JR, JOHN", "c-6")])
 def test_a_client_named_surname_first_or_without_middle_names_is_found(
         text: str, client: str) -> None:
     signals, named = ROSTER_DET.scan_named("", text)
