@@ -31,6 +31,7 @@ content.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import html
 import io
 import logging
@@ -38,7 +39,7 @@ import re
 import time
 import warnings
 import zipfile
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from securemail.markup import html_text
 from securemail.table_text import labelled_rows, with_labelled_rows
@@ -149,7 +150,7 @@ logging.getLogger("pypdf").setLevel(logging.CRITICAL)  # its warnings may quote 
 PDF_SECONDS: Final = 30.0  # reading one PDF's text may take this long, no longer
 
 
-MAX_PDF_REVISIONS: Final = 4  # earlier revisions read, newest first
+MAX_PDF_REVISIONS: Final = 16  # earlier revisions read, newest first
 
 
 def _pdf_text(payload: bytes, limit: int, depth: int) -> str:
@@ -164,11 +165,12 @@ def _pdf_text(payload: bytes, limit: int, depth: int) -> str:
                 raise Unreadable("the PDF is encrypted with a password")
             if len(reader.pages) > MAX_PDF_PAGES:
                 raise Unreadable(f"the PDF has more than {MAX_PDF_PAGES} pages")
-            texts = _revision_text(reader, limit, deadline)
+            read: set[bytes] = set()  # page contents whose text is read (by digest)
+            texts = _revision_text(reader, limit, deadline, read)
             if not "".join(texts).strip() and len(reader.pages):
                 raise Unreadable("the PDF has no text to read (a scan or an image)")
             size = sum(map(len, texts))
-            texts.extend(_earlier_revisions_text(payload, texts, limit - size, deadline))
+            texts.extend(_earlier_revisions_text(payload, texts, limit - size, deadline, read))
             size = sum(map(len, texts))
             info = reader.metadata
             if info is not None:  # what a reader's Properties dialog shows
@@ -185,14 +187,22 @@ def _pdf_text(payload: bytes, limit: int, depth: int) -> str:
     return "\n".join(texts)
 
 
-def _revision_text(reader: PdfReader, limit: int, deadline: float) -> list[str]:
-    """The text of each page, its comments, and the filled-in form fields."""
+def _revision_text(reader: PdfReader, limit: int, deadline: float,
+                   read: set[bytes]) -> list[str]:
+    """The text of each page, its comments, and the filled-in form fields.
+    A page whose content stream and resources were read already (the same
+    page in another revision: their digests are in ``read``) is not read
+    again; the digests of the pages read are added."""
     texts: list[str] = []
     size = 0
     for page in reader.pages:
         if time.monotonic() > deadline:
             raise Unreadable(f"the PDF takes more than {PDF_SECONDS:.0f} s to read")
-        text = _with_unspaced(page.extract_text() or "")
+        digest = _page_digest(page)
+        text = ""
+        if digest not in read:
+            read.add(digest)
+            text = _with_unspaced(page.extract_text() or "")
         # Comments, sticky notes and free-text boxes drawn on the page.
         for annot in page.get("/Annots") or ():
             obj = annot.get_object()
@@ -213,6 +223,22 @@ def _revision_text(reader: PdfReader, limit: int, deadline: float) -> list[str]:
 _SPACED_RUN = re.compile(r"(?<!\S)(?:\S ){2,}\S(?!\S)")
 
 
+def _page_digest(page: Any) -> bytes:
+    """What a page's text is made of: its content stream, and which font
+    objects it names (by object number: an update that replaces a page's
+    text writes a new content stream)."""
+    from pypdf.generic import IndirectObject
+
+    contents = page.get_contents()
+    data = contents.get_data() if contents is not None else b""
+    fonts = (page.get("/Resources") or {}).get("/Font") or {}
+    if isinstance(fonts, IndirectObject):
+        fonts = fonts.get_object()
+    names = sorted((str(k), (v.idnum, v.generation) if isinstance(v, IndirectObject) else id(v))
+                   for k, v in fonts.items())
+    return hashlib.sha256(data + b"\0" + repr(names).encode()).digest()
+
+
 def _with_unspaced(text: str) -> str:
     """``text``, plus each letter-spaced line again as words ("Jane Roe")."""
     joined = [_SPACED_RUN.sub(lambda m: m.group(0)[::2], line) for line in text.splitlines()]
@@ -223,33 +249,41 @@ def _with_unspaced(text: str) -> str:
     return text + ("" if text.endswith("\n") else "\n") + "\n".join(extra)
 
 
-_PDF_EOF = re.compile(rb"%%EOF[ \t\r\n]{0,2}")
+# Each revision of a PDF ends "startxref <offset> %%EOF"; a "%%EOF" without it
+# (in a stream, a stray line at the end) ends none.
+_REVISION_END = re.compile(rb"startxref[ \t\r\n]{1,8}(\d{1,20})[ \t\r\n]{1,8}%%EOF[ \t\r\n]{0,2}")
 
 
 def _earlier_revisions_text(payload: bytes, current: list[str], limit: int,
-                            deadline: float) -> list[str]:
+                            deadline: float, read: set[bytes]) -> list[str]:
     """Lines that earlier revisions of the file show and the last one does not.
 
     A PDF saved with changes (Acrobat's "Save", a filled-in form, a signature)
-    keeps every earlier revision in the file, each ending in ``%%EOF``; an
-    "edit" or "redaction" made that way leaves the original text in the
-    bytes sent, for anyone with a text editor or a forensic reader to find.
-    A revision that cannot be read is passed over: the file as a reader shows
+    keeps every earlier revision in the file, each ending in ``startxref``
+    and ``%%EOF``; an "edit" or "redaction" made that way leaves the original
+    text in the bytes sent, for anyone with a text editor or a forensic
+    reader to find. The last :data:`MAX_PDF_REVISIONS` revisions before the
+    final one are read (pages unchanged since are not read again). A
+    revision that cannot be read is passed over: the file as a reader shows
     it was read in full.
     """
     from pypdf import PdfReader
 
-    ends = [m.end() for m in _PDF_EOF.finditer(payload)]
+    ends: dict[bytes, int] = {}  # a revision's xref offset -> where it ends
+    for m in _REVISION_END.finditer(payload):
+        ends.setdefault(m.group(1), m.end())  # a repeated end (stray %%EOF lines) is one
+    final = max(ends.values(), default=0)
+    earlier_ends = sorted(end for end in ends.values() if end < final)
     seen = {line.strip() for text in current for line in text.splitlines()}
     found: list[str] = []
-    for end in reversed(ends[:-1][-MAX_PDF_REVISIONS:]):
+    for end in reversed(earlier_ends[-MAX_PDF_REVISIONS:]):
         try:
             earlier = PdfReader(io.BytesIO(payload[:end]))
             if earlier.is_encrypted and not earlier.decrypt(""):
                 continue
             if len(earlier.pages) > MAX_PDF_PAGES:
                 continue
-            texts = _revision_text(earlier, limit, deadline)
+            texts = _revision_text(earlier, limit, deadline, read)
         except Unreadable:
             raise
         except Exception:  # noqa: BLE001, S112 - a partial revision (a linearized file's first)

@@ -187,13 +187,13 @@ def _name_forms(name: str) -> dict[str, int]:
     words = _phrase(name).split()
     forms = dict.fromkeys(_forms(name), 0)
     if len(words) > 2 and words[-1] in _NAME_SUFFIXES:  # "John Smith Jr.": "Smith, John"
-        for form, boundary in _name_forms(" ".join(words[:-1])).items():
-            forms[form] = min(boundary, forms.get(form, boundary))
+        for short, boundary in _name_forms(" ".join(words[:-1])).items():
+            forms[short] = min(boundary, forms.get(short, boundary))
     for split in range(1, len(words)):
         given, surname = words[:split], words[split:]
-        for form, boundary in ((surname + given, len(surname)),
-                               (surname + given[:1], len(surname)), (given[:1] + surname, 0)):
-            for variant in _forms(" ".join(form)):
+        for order, boundary in ((surname + given, len(surname)),
+                                (surname + given[:1], len(surname)), (given[:1] + surname, 0)):
+            for variant in _forms(" ".join(order)):
                 forms[variant] = min(boundary, forms.get(variant, boundary))
     return forms
 

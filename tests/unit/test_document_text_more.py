@@ -226,11 +226,14 @@ def test_a_pdf_saved_twice_without_phi_still_goes_in_clear(config_path: Path) ->
     assert action is Action.DELIVER, found
 
 
-def test_an_eof_marker_inside_page_text_does_not_stop_the_reading() -> None:
-    """``%%EOF`` in the page itself: the truncated "revision" is not a PDF and
-    is passed over; the file is read as before."""
-    data = pdf_with_text("see line %%EOF of the log", "Patient: Jane Roe")
-    assert "Jane Roe" in (document_text(data, 100_000) or "")
+def test_an_end_marker_inside_page_text_does_not_hide_a_revision() -> None:
+    """``startxref 9 %%EOF`` in a page looks like a revision's end: the bytes
+    before it are no PDF and are passed over; the real earlier revision is
+    still read."""
+    data = saved_over(pdf_with_text("see startxref 9 %%EOF in the log", "Patient: Jane Roe"),
+                      "Patient: [REDACTED]", "see startxref 9 %%EOF in the log")
+    text = document_text(data, 100_000) or ""
+    assert "Jane Roe" in text and text.count("startxref 9") == 1
 
 
 def test_a_word_table_row_with_the_surname_first_names_the_client(config_path: Path) -> None:
@@ -244,3 +247,47 @@ def test_a_word_table_row_with_the_surname_first_names_the_client(config_path: P
                                 "application/vnd.openxmlformats-officedocument"
                                 ".wordprocessingml.document")
     assert action is Action.BLOCK and "phi-client-name" in found
+
+
+def saved_again(pdf: bytes, note: str) -> bytes:
+    """An incremental save that changes no page (a signature, a metadata
+    edit): one new Info object, an xref section and a trailer."""
+    import re
+
+    prev = int(re.findall(rb"startxref\s+(\d+)", pdf)[-1])
+    size = max(int(n) for n in re.findall(rb"/Size (\d+)", pdf))
+    at = len(pdf)
+    update = b"%d 0 obj\n<< /Producer (%s) >>\nendobj\n" % (size, note.encode())
+    xref = at + len(update)
+    update += (b"xref\n%d 1\n%010d 00000 n \ntrailer\n<< /Size %d /Root 1 0 R /Info %d 0 R"
+               b" /Prev %d >>\nstartxref\n%d\n%%%%EOF\n" % (size, at, size + 1, size, prev, xref))
+    return pdf + update
+
+
+def test_a_redaction_saved_over_many_times_is_still_read(config_path: Path) -> None:
+    pdf = saved_over(pdf_with_text(PHI_TEXT), "Patient: [REDACTED]")
+    for i in range(8):
+        pdf = saved_again(pdf, f"review {i}")
+    assert "Jane Roe" in (document_text(pdf, 100_000) or "")
+    # Stray "%%EOF" lines after the end are no revisions.
+    assert "Jane Roe" in (document_text(pdf + b"%%EOF\n" * 20, 100_000) or "")
+    blocked_with(config_path, pdf, "letter.pdf", "application/pdf", "phi-client-name")
+
+
+def test_pages_no_revision_changed_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 30-page report signed four times: 30 pages to read, not 150."""
+    from pypdf import PageObject
+
+    pdf = pdf_with_text("Staff meeting moved to Thursday.", pages=30)
+    for i in range(4):
+        pdf = saved_again(pdf, f"signature {i}")
+    calls = []
+    extract = PageObject.extract_text
+
+    def counted(self: PageObject, *args: object, **kwargs: object) -> str:
+        calls.append(1)
+        return extract(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PageObject, "extract_text", counted)
+    assert "Thursday" in (document_text(pdf, 100_000) or "")
+    assert len(calls) == 1  # the 30 pages share one content stream and font
