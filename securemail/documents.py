@@ -231,11 +231,12 @@ def _page_digest(page: Any) -> bytes:
 
     contents = page.get_contents()
     data = contents.get_data() if contents is not None else b""
-    fonts = (page.get("/Resources") or {}).get("/Font") or {}
+    fonts: Any = (page.get("/Resources") or {}).get("/Font") or {}
     if isinstance(fonts, IndirectObject):
         fonts = fonts.get_object()
+    items = fonts.items() if isinstance(fonts, dict) else ()
     names = sorted((str(k), (v.idnum, v.generation) if isinstance(v, IndirectObject) else id(v))
-                   for k, v in fonts.items())
+                   for k, v in items)
     return hashlib.sha256(data + b"\0" + repr(names).encode()).digest()
 
 
