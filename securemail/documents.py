@@ -428,6 +428,7 @@ class _Workbook:
             SharedStrings,
             TooLarge,
             date_styles,
+            digit_patterns,
             shared_strings,
             sheet_text,
         )
@@ -436,11 +437,11 @@ class _Workbook:
         try:
             shared = (shared_strings(self.shared, limit) if self.shared is not None
                       else SharedStrings())
-            dates = date_styles(styles)
+            dates, patterns = date_styles(styles), digit_patterns(styles)
             used: set[int] = set()
             for _, data in sorted(self.sheets):
                 sheet = sheet_text(data, shared.strings, dates, limit=limit,
-                                   date1904=self.date1904)
+                                   date1904=self.date1904, patterns=patterns)
                 used |= sheet.used
                 out.append("\n".join("\t".join(row) for row in sheet.rows))
                 out.extend(sheet.other)

@@ -28,7 +28,7 @@ from datetime import date, timedelta
 from typing import Final
 
 __all__ = ["MAX_TOKENS", "SharedStrings", "SheetText", "TooLarge", "date_styles",
-           "shared_strings", "sheet_text", "uses_1904"]
+           "digit_patterns", "shared_strings", "sheet_text", "uses_1904"]
 
 MAX_TOKENS: Final = 2_000_000  # tags and runs of text in one part (a 2 MiB text limit
 # is passed at about 400,000 cells; this bounds the CPU a part of empty tags costs)
@@ -156,6 +156,51 @@ def _shows_date(code: str) -> bool:
     return bool(re.search("[dy]", plain)) or ("m" in plain and not re.search("[hs]", plain))
 
 
+def digit_patterns(xml: bytes) -> dict[int, str]:
+    """Cell styles whose number format is zeros and literal characters, such
+    as Excel's Social Security Number ``000\\-00\\-0000`` or a ZIP code
+    ``00000``: style index -> the pattern ("000-00-0000"). Such a number
+    shows its leading zeros: 12345678 is "012-34-5678"."""
+    custom: dict[int, str] = {}
+    styles: list[int] = []
+    in_cell_xfs = False
+    for tag, closing, raw, _ in _tokens(xml):
+        if tag == "numFmt" and not closing:
+            attrs = _attrs(raw)
+            pattern = _digit_pattern(attrs.get("formatCode", ""))
+            if pattern:
+                custom[_int(attrs.get("numFmtId", ""))] = pattern
+        elif tag == "cellXfs":
+            in_cell_xfs = not closing and not raw.endswith("/")
+        elif tag == "xf" and in_cell_xfs and not closing:
+            styles.append(_int(_attrs(raw).get("numFmtId", "0"), 0))
+    return {i: custom[fmt] for i, fmt in enumerate(styles) if fmt in custom}
+
+
+_DIGIT_FORMAT = re.compile(r'(?:0|\\.|"[^"0-9]{0,20}+"|[-\s()/])++')
+
+
+def _digit_pattern(code: str) -> str:
+    """``000\\-00\\-0000`` -> "000-00-0000"; "" for any other format."""
+    code = code.split(";", 1)[0]
+    if not code or _DIGIT_FORMAT.fullmatch(code) is None or "0" not in code.replace("\\0", ""):
+        return ""
+    return re.sub(r'\\(.)|"([^"]*)"', lambda m: m.group(1) or m.group(2) or "", code)
+
+
+def _with_digits(value: str, pattern: str) -> str:
+    """An integer ``value`` shown through ``pattern``'s zeros; as it is otherwise."""
+    if not (value.isascii() and value.isdigit()):
+        return value
+    zeros = pattern.count("0")
+    digits = value.zfill(zeros)
+    head, digits = digits[:len(digits) - zeros], digits[len(digits) - zeros:]
+    it = iter(digits)
+    first = pattern.index("0")  # digits past the zeros go before the first of them
+    return pattern[:first] + head + "".join(next(it) if c == "0" else c
+                                            for c in pattern[first:])
+
+
 def uses_1904(workbook_xml: bytes) -> bool:
     """Whether the workbook counts days from 1904 (old Excel for Mac)."""
     for tag, _, raw, _ in _tokens(workbook_xml):
@@ -165,7 +210,7 @@ def uses_1904(workbook_xml: bytes) -> bool:
 
 
 def sheet_text(xml: bytes, shared: list[str], dates: frozenset[int], *, limit: int,
-               date1904: bool = False) -> SheetText:
+               date1904: bool = False, patterns: dict[int, str] | None = None) -> SheetText:
     """The worksheet's rows, each a list of the values its cells show, and
     every other text in the part (formulas, inline text not shown, text
     outside cells). Raises :class:`TooLarge` once more than ``limit``
@@ -191,6 +236,8 @@ def sheet_text(xml: bytes, shared: list[str], dates: frozenset[int], *, limit: i
             raw_value, inline_text = "".join(value), "".join(inline)
             shown = _shown(cell[0], cell[1], raw_value, inline_text, shared, dates, date1904,
                            out)
+            if patterns and cell[0] == "n" and cell[1] in patterns:
+                shown = _with_digits(shown, patterns[cell[1]])
             count(shown)
             if row is not None:
                 row.append(shown)

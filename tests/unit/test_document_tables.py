@@ -29,6 +29,7 @@ from securemail.xlsx_rows import (
     MAX_TOKENS,
     TooLarge,
     date_styles,
+    digit_patterns,
     shared_strings,
     sheet_text,
     uses_1904,
@@ -43,7 +44,8 @@ Cell = str | int | datetime.date
 
 
 def excel_workbook(rows: list[list[Cell]], *, date_format_id: int = 14,
-                   custom_format: str = "", date1904: bool = False) -> bytes:
+                   custom_format: str = "", date1904: bool = False,
+                   date_cell_style_for_numbers: bool = False) -> bytes:
     """An .xlsx written the way Excel writes one: text in the shared-strings
     part (each distinct text once, in first-typed order), dates as serial
     numbers with a date style (cellXfs index 1)."""
@@ -59,8 +61,9 @@ def excel_workbook(rows: list[list[Cell]], *, date_format_id: int = 14,
                 cells.append(f'<c r="{ref}" t="s"><v>{index}</v></c>')
             elif isinstance(value, datetime.date):
                 cells.append(f'<c r="{ref}" s="1"><v>{(value - base).days}</v></c>')
-            else:
-                cells.append(f'<c r="{ref}"><v>{value}</v></c>')
+            else:  # a number: styled like the dates when asked (a custom number format)
+                style = ' s="1"' if date_cell_style_for_numbers else ""
+                cells.append(f'<c r="{ref}"{style}><v>{value}</v></c>')
         xml_rows.append(f'<row r="{r}">{"".join(cells)}</row>')
     strings = "".join(f"<si><t>{escape(s)}</t></si>" for s in shared)
     fmt_id = 164 if custom_format else date_format_id
@@ -183,7 +186,7 @@ def test_rows_match_what_openpyxl_reads(rows: list[list[Cell]]) -> None:
     (0, "yyyy-mm-dd", "03/14/1985"), (0, "[$-409]d mmmm yyyy;@", "03/14/1985"),
     (0, "mmm-yy", "03/14/1985"), (0, '"Due "dd/mm', "03/14/1985"),
     (20, "", "31120"),  # h:mm, a time: the number stays
-    (0, "h:mm", "31120"), (0, "0.00", "31120"), (0, '"day "0', "31120")])
+    (0, "h:mm", "31120"), (0, "0.00", "31120"), (0, '"day "0', "day 31120")])
 def test_which_number_formats_show_a_date(fmt_id: int, custom: str, shown: str) -> None:
     data = excel_workbook([["Client", "DOB"], ["Vega", datetime.date(1985, 3, 14)]],
                           date_format_id=fmt_id, custom_format=custom)
@@ -370,3 +373,31 @@ def test_a_semicolon_csv_in_a_zip_is_read_with_its_headings(config_path: Path) -
                       b"Name;Geburtsdatum;DOB;Dx\nAlex Vega;x;1988-02-29;F43.1\n"})
     action, signals, _ = decision(config_path, data, "export.zip", "application/zip")
     assert action is Action.BLOCK and "phi-dob" in signals
+
+
+def test_an_ssn_formatted_cell_shows_its_leading_zero(config_path: Path) -> None:
+    """Excel's "Social Security Number" format is 000-00-0000 over a number:
+    012-34-5678 is stored as 12345678."""
+    rows: list[list[Cell]] = [["Client", "SSN", "Dx"], ["Alex Vega", 12345678, "F41.1"]]
+    data = excel_workbook(rows, custom_format="000\\-00\\-0000", date_cell_style_for_numbers=True)
+    text = document_text(data, 100_000) or ""
+    assert "Alex Vega\t012-34-5678\tF41.1" in text and "SSN: 012-34-5678" in text
+    action, signals, _ = decision(config_path, data, "ssn.xlsx", XLSX)
+    assert action is Action.BLOCK and "phi-ssn" in signals
+
+
+@pytest.mark.parametrize(("code", "value", "shown"), [
+    ("000\\-00\\-0000", "12345678", "012-34-5678"), ("00000", "2134", "02134"),
+    ("00000\\-0000", "21341234", "02134-1234"),
+    ("(000) 000\\-0000", "5551234567", "(555) 123-4567"), ('"day "0', "31120", "day 31120"),
+    ("000\\-00\\-0000", "1234567890", "1234-56-7890"),  # more digits than zeros: Excel's way
+    ("0.00", "12345678", "12345678"), ("#,##0", "12345678", "12345678"),
+    ("[<=9999999]###-####;(###) ###-####", "5551234567", "5551234567"),
+    ("000\\-00\\-0000", "12.5", "12.5")])
+def test_digit_formats(code: str, value: str, shown: str) -> None:
+    styles = (f'<numFmts><numFmt numFmtId="164" formatCode={quoteattr(code)}/></numFmts>'
+              '<cellXfs><xf numFmtId="0"/><xf numFmtId="164"/></cellXfs>').encode()
+    patterns = digit_patterns(styles)
+    sheet = sheet_text(f'<row><c s="1"><v>{value}</v></c></row>'.encode(), [], frozenset(),
+                       limit=100, patterns=patterns)
+    assert sheet.rows == [[shown]]
