@@ -41,8 +41,12 @@ import warnings
 import zipfile
 from typing import TYPE_CHECKING, Any, Final
 
-from securemail.markup import html_text
-from securemail.table_text import labelled_rows, with_labelled_rows
+from securemail.table_text import (
+    html_with_labels,
+    labelled_rows,
+    labelled_tables,
+    with_labelled_rows,
+)
 
 if TYPE_CHECKING:
     from pypdf import PdfReader
@@ -363,6 +367,9 @@ def _zip_text(payload: bytes, limit: int, depth: int) -> str:
             elif lowered.endswith((".xml", ".rels")):
                 data = _read(archive, member)
                 text = _xml_text(data, properties=lowered.startswith(("docprops/", "meta")))
+                # A Word, PowerPoint or OpenDocument table: "DOB" over a column.
+                labelled = labelled_tables(data.decode("utf-8", "replace"), limit - size)
+                text = f"{text}\n{labelled}" if labelled else text
             elif lowered.endswith(".fpage"):  # XPS / OpenXPS: glyph runs carry the text
                 data = _read(archive, member)
                 text = " ".join(html.unescape(v) for v in _XPS_TEXT.findall(
@@ -478,7 +485,7 @@ def member_text(name: str, data: bytes, limit: int, depth: int) -> str:
         text = _decode_text(data)
         if lowered.endswith((".csv", ".tsv")):
             return with_labelled_rows(text, name, limit)
-        return html_text(text) if lowered.endswith(_HTML_SUFFIXES) or (
+        return html_with_labels(text, limit) if lowered.endswith(_HTML_SUFFIXES) or (
             not name and "<html" in text[:2000].lower()) else text
     return ""
 
@@ -510,7 +517,8 @@ def _eml_text(data: bytes, limit: int, depth: int) -> str:
         if part.get_content_maintype() == "text" and not is_document(payload):
             text = payload.decode(part.get_content_charset() or "utf-8", "replace") \
                 if _known_charset(part.get_content_charset()) else _decode_text(payload)
-            chunks.append(html_text(text) if part.get_content_subtype() == "html" else text)
+            chunks.append(html_with_labels(text, limit) if part.get_content_subtype() == "html"
+                          else text)
         else:
             chunks.append(member_text(filename, payload, limit, depth + 1))
     return "\n".join(chunks)

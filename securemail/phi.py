@@ -26,10 +26,9 @@ import ahocorasick_rs
 from securemail.cms_content import cms_content
 from securemail.config import PolicySettings
 from securemail.documents import Unreadable, document_text, is_document
-from securemail.markup import html_text
 from securemail.model import PhiSignal
 from securemail.parse import header_texts, utf8_header
-from securemail.table_text import with_labelled_rows
+from securemail.table_text import html_with_labels, with_labelled_rows
 
 __all__ = ["HEALTH_TERMS", "Detectors", "message_text"]
 
@@ -547,7 +546,7 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
         except (LookupError, ValueError):  # unknown charset, or a codec with no "replace"
             text = payload.decode("utf-8", errors="replace")
         if ctype == "text/html" or name.lower().endswith((".htm", ".html")):
-            text = html_text(text)
+            text = html_with_labels(text, limit - size)
         elif ctype in _TABLE_TYPES or name.lower().endswith((".csv", ".tsv")):
             text = with_labelled_rows(text, name, limit - size)
         if add(text):

@@ -19,7 +19,8 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
-__all__ = ["csv_rows", "labelled_rows", "with_labelled_rows"]
+__all__ = ["csv_rows", "html_with_labels", "labelled_rows", "labelled_tables", "markup_tables",
+           "with_labelled_rows"]
 
 MAX_HEADING: Final = 80  # characters: a longer cell is a value, not a column heading
 HEADING_WITHIN: Final = 25  # rows: where a table's heading row is looked for
@@ -114,4 +115,110 @@ def with_labelled_rows(text: str, name: str, limit: int) -> str:
     if not any(_heading_labels(r) for r in first):
         return text
     labelled = labelled_rows(rows, room)
+    return f"{text}\n{labelled}" if labelled else text
+
+
+# Tables in markup: HTML (<tr>, <td>/<th>), Word (<w:tr>, <w:tc>), PowerPoint
+# (<a:tr>, <a:tc>) and OpenDocument (<table:table-row>, <table:table-cell>).
+_ROWS: Final = frozenset({"tr", "w:tr", "a:tr", "table:table-row"})
+_CELLS: Final = frozenset({"td", "th", "w:tc", "a:tc", "table:table-cell",
+                           "table:covered-table-cell"})
+_TABLES: Final = frozenset({"table", "w:tbl", "a:tbl", "table:table"})
+# Tags, runs of text; possessive, so hostile markup is read in linear time.
+_MARKUP_TOKEN = re.compile(r"<(/?)([\w:.-]{1,64}+)([^<>]{0,4096}+)>|([^<]++)|<")
+_REPEATED = re.compile(r'number-columns-repeated\s*+=\s*+"(\d{1,9}+)"')
+MAX_REPEAT: Final = 50  # a repeated cell (OpenDocument) counts this often at most
+MAX_MARKUP_TOKENS: Final = 2_000_000
+
+
+def markup_tables(markup: str, limit: int) -> list[list[list[str]]]:
+    """The tables in ``markup``, each a list of rows of cell texts (tags
+    removed, entities decoded); a table inside a cell is a table of its own.
+    At most ``limit`` characters of cell text are gathered; the tables end
+    there."""
+    import html
+
+    tables: list[list[list[str]]] = []
+    stack: list[tuple[list[list[str]], list[str] | None, list[str] | None, int]] = []
+    size = 0
+    for count, m in enumerate(_MARKUP_TOKEN.finditer(markup)):
+        if count >= MAX_MARKUP_TOKENS or size > limit:
+            break
+        text = m.group(4)
+        if text is not None:
+            if stack and stack[-1][2] is not None:
+                stack[-1][2].append(html.unescape(text) if "&" in text else text)
+                size += len(text)
+            continue
+        name = (m.group(2) or "").lower()
+        closing = m.group(1) == "/"
+        if name in _TABLES:
+            if not closing:
+                stack.append(([], None, None, 1))
+            elif stack:
+                rows, row, cell, repeat = stack.pop()
+                _end_row(rows, row, cell, repeat)
+                tables.append(rows)
+        elif not stack:
+            continue
+        elif name in _ROWS:
+            rows, row, cell, repeat = stack[-1]
+            _end_row(rows, row, cell, repeat)
+            stack[-1] = (rows, None if closing else [], None, 1)
+        elif name in _CELLS:
+            rows, row, cell, repeat = stack[-1]
+            if row is not None and cell is not None:
+                row.extend([" ".join("".join(cell).split())] * repeat)
+            found = _REPEATED.search(m.group(3)) if not closing else None
+            repeat = min(int(found.group(1)), MAX_REPEAT) if found else 1
+            opened = not closing and not m.group(3).endswith("/")
+            if not closing and m.group(3).endswith("/") and row is not None:
+                row.extend([""] * repeat)  # an empty cell: <table:table-cell/>
+            stack[-1] = (rows, row, [] if opened else None, repeat)
+        elif name in ("br", "w:br", "text:line-break", "p", "w:p", "text:p", "a:p") and \
+                stack[-1][2] is not None:
+            stack[-1][2].append(" ")
+    while stack:  # tables never closed
+        rows, row, cell, repeat = stack.pop()
+        _end_row(rows, row, cell, repeat)
+        tables.append(rows)
+    return tables
+
+
+def _end_row(rows: list[list[str]], row: list[str] | None, cell: list[str] | None,
+             repeat: int) -> None:
+    if row is None:
+        return
+    if cell is not None:
+        row.extend([" ".join("".join(cell).split())] * repeat)
+    rows.append(row)
+
+
+def labelled_tables(markup: str, limit: int) -> str:
+    """:func:`labelled_rows` of every table in ``markup``: "" when it has
+    none, or none with a labelled column."""
+    if not _HAS_TABLE.search(markup) or not any(h.search(markup) for _, h in _LABELS):
+        return ""  # (most HTML mail has layout tables: tokenized only when worth it)
+    out: list[str] = []
+    for rows in markup_tables(markup, limit):
+        text = labelled_rows(rows, limit)
+        if text:
+            out.append(text)
+            limit -= len(text) + 1
+            if limit <= 0:
+                break
+    return "\n".join(out)
+
+
+_HAS_TABLE = re.compile(r"<(?:table|w:tbl|a:tbl|table:table)\b", re.IGNORECASE)
+
+
+def html_with_labels(markup: str, limit: int) -> str:
+    """The text of HTML as a mail program shows it, then the labelled values
+    of its tables (an export from a records system: "DOB" over a column),
+    in at most ``limit`` characters more than the text."""
+    from securemail.markup import html_text
+
+    text = html_text(markup)
+    labelled = labelled_tables(markup, limit)
     return f"{text}\n{labelled}" if labelled else text

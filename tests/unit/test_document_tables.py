@@ -24,7 +24,13 @@ from hypothesis import strategies as st
 from securemail import xlsx_rows
 from securemail.documents import Unreadable, document_text
 from securemail.model import Action
-from securemail.table_text import labelled_rows, with_labelled_rows
+from securemail.table_text import (
+    MAX_REPEAT,
+    labelled_rows,
+    labelled_tables,
+    markup_tables,
+    with_labelled_rows,
+)
 from securemail.xlsx_rows import (
     MAX_TOKENS,
     TooLarge,
@@ -401,3 +407,79 @@ def test_digit_formats(code: str, value: str, shown: str) -> None:
     sheet = sheet_text(f'<row><c s="1"><v>{value}</v></c></row>'.encode(), [], frozenset(),
                        limit=100, patterns=patterns)
     assert sheet.rows == [[shown]]
+
+
+# ------------------------------------------- tables in HTML, Word, OpenDocument
+
+
+def test_an_html_roster_in_the_body_is_read_with_its_headings(config_path: Path) -> None:
+    """An export pasted from the records system: "DOB" heads a column."""
+    from email.message import EmailMessage
+
+    from tests.unit.policy_helpers import verdict_for
+    from tests.unit.test_document_text import OUTSIDER, SENDER
+
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = SENDER, OUTSIDER, "list"
+    msg.set_content("See below.")
+    msg.add_alternative("<table><tr><th>Client<th>DOB<th>Concern<tr><td>Alex Vega"
+                        "<td>03/14/1985<td>depression</table>", subtype="html")
+    verdict = verdict_for(config_path, msg.as_bytes(), SENDER, [OUTSIDER])
+    assert verdict.decisions[0].action is Action.BLOCK
+    assert verdict.facts is not None
+    assert "phi-dob" in {s.detector for s in verdict.facts.phi_signals}
+
+
+def test_a_word_table_is_read_with_its_headings(config_path: Path) -> None:
+    from tests.unit.test_document_text import docx, para
+
+    def row(*cells: str) -> str:
+        return "<w:tr>" + "".join(f"<w:tc>{para(c)}</w:tc>" for c in cells) + "</w:tr>"
+
+    data = docx("<w:tbl>" + row("Client", "Date of birth", "Dx") + row("Alex Vega", "3/14/1985",
+                                                                      "F41.1") + "</w:tbl>")
+    assert "DOB: 3/14/1985; Diagnosis: F41.1" in (document_text(data, 100_000) or "")
+    action, signals, _ = decision(config_path, data, "list.docx", "application/vnd."
+                                  "openxmlformats-officedocument.wordprocessingml.document")
+    assert action is Action.BLOCK and {"phi-dob", "phi-icd10"} <= set(signals)
+
+
+def test_opendocument_repeated_and_empty_cells_keep_their_columns() -> None:
+    cell = '<table:table-cell><text:p>{}</text:p></table:table-cell>'
+    gap = '<table:table-cell table:number-columns-repeated="2"/>'
+    content = ("<office:document-content><table:table><table:table-row>" + cell.format("Client")
+               + gap + cell.format("DOB") + "</table:table-row><table:table-row>"
+               + cell.format("Alex") + gap + cell.format("03/14/85")
+               + '<table:table-cell table:number-columns-repeated="16384"/>'
+               + "</table:table-row></table:table></office:document-content>")
+    assert markup_tables(content, 1000) == [[["Client", "", "", "DOB"],
+                                             ["Alex", "", "", "03/14/85"] + [""] * MAX_REPEAT]]
+    assert labelled_tables(content, 1000) == "DOB: 03/14/85"
+
+
+def test_nested_and_unclosed_html_tables() -> None:
+    markup = ("<table><tr><td>Layout<table><tr><th>Name<th>MRN<tr><td>Alex<td>448812</table>"
+              "<td>right</tr></table><table><tr><td>x")
+    tables = markup_tables(markup, 1000)
+    assert [["Name", "MRN"], ["Alex", "448812"]] in tables
+    assert [["x"]] in tables
+    assert labelled_tables(markup, 1000) == "MRN: 448812"
+
+
+@pytest.mark.parametrize("hostile", [
+    "<td " + "a" * 5000, "<table><tr>" + "<td>" * 1000, "<" + "x:" * 3000])
+def test_hostile_markup_is_read_in_linear_time(hostile: str) -> None:
+    import time
+
+    markup = "<table> DOB " + hostile * (3_000_000 // len(hostile))
+    started = time.process_time()
+    labelled_tables(markup, 10**7)
+    assert time.process_time() - started < 3.0
+
+
+@given(st.text(alphabet="<>/tdrhable: xDOB1", max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_any_markup_gives_tables_without_raising(markup: str) -> None:
+    for rows in markup_tables(markup, 1000):
+        assert all(isinstance(cell, str) for row in rows for cell in row)
+    assert len(labelled_tables(markup, 200)) <= 200 + 200

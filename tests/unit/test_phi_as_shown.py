@@ -111,6 +111,6 @@ def test_an_ssn_with_a_bold_group_is_one_ssn(config_path: Path) -> None:
 @pytest.mark.parametrize("markup", ["<p>Jane</p><p>Roe</p>", "Jane<br>Roe", "<td>Jane</td>"
                                     "<td>Roe</td>", "Jane<img src=x>Roe"])
 def test_block_tags_still_end_a_word(markup: str) -> None:
-    from securemail.phi import html_text
+    from securemail.markup import html_text
 
     assert "JaneRoe" not in html_text(markup)
