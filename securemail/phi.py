@@ -191,7 +191,9 @@ def _name_forms(name: str) -> dict[str, int]:
     for split in range(1, len(words)):
         given, surname = words[:split], words[split:]
         for order, boundary in ((surname + given, len(surname)),
-                                (surname + given[:1], len(surname)), (given[:1] + surname, 0)):
+                                (surname + given[:1], len(surname)), (given[:1] + surname, 0),
+                                # "García, Rosa" for Rosa García López (two surnames)
+                                (surname[:1] + given[:1], 1)):
             for variant in _forms(" ".join(order)):
                 forms[variant] = min(boundary, forms.get(variant, boundary))
     return forms

@@ -362,7 +362,8 @@ ROSTER_DET = Detectors(PolicySettings(), name_owners=[("Jane Q. Roe", "c-1"),
                                                       ("Rosa María De La Cruz", "c-3"),
                                                       ("Will Grant", "c-4"),
                                                       ("Grace Hope", "c-5"),
-                                                      ("John Smith Jr.", "c-6")])
+                                                      ("John Smith Jr.", "c-6"),
+                                                      ("Rosa García López", "c-7")])
 
 
 @pytest.mark.parametrize(("text", "client"), [
@@ -374,7 +375,8 @@ ROSTER_DET = Detectors(PolicySettings(), name_owners=[("Jane Q. Roe", "c-1"),
     ("DE LA CRUZ, ROSA MARIA", "c-3"), ("De la Cruz, Rosa", "c-3"), ("Rosa De La Cruz", "c-3"),
     ("Cruz, Rosa María", "c-3"), ("Grant, Will", "c-4"), ("GRANT\tWILL", "c-4"),
     ("Hope,Grace", "c-5"), ("De La Cruz\tRosa", "c-3"), ("Smith, John", "c-6"),
-    ("John Smith", "c-6"), ("SMITH JR, JOHN", "c-6")])
+    ("John Smith", "c-6"), ("SMITH JR, JOHN", "c-6"), ("García, Rosa", "c-7"),
+    ("GARCIA LOPEZ, ROSA", "c-7")])
 def test_a_client_named_surname_first_or_without_middle_names_is_found(
         text: str, client: str) -> None:
     signals, named = ROSTER_DET.scan_named("", text)
@@ -388,7 +390,7 @@ def test_a_client_named_surname_first_or_without_middle_names_is_found(
                                   # Surname first needs more than one plain space between:
                                   # a comma, a tab, a cell's edge. In a sentence it is words.
                                   "The grant will cover the program", "we hope grace helps",
-                                  "roe jane", "the cruz rosa line"])
+                                  "roe jane", "the cruz rosa line", "garcia rosa"])
 def test_other_pairs_of_the_same_words_are_not_a_client(text: str) -> None:
     assert ROSTER_DET.scan_named("", text) == ((), frozenset())
 
