@@ -228,20 +228,49 @@ _SPACED_RUN = re.compile(r"(?<!\S)(?:\S ){2,}\S(?!\S)")
 
 
 def _page_digest(page: Any) -> bytes:
-    """What a page's text is made of: its content stream, and which font
-    objects it names (by object number: an update that replaces a page's
-    text writes a new content stream)."""
-    from pypdf.generic import IndirectObject
-
+    """What a page's text is made of, byte for byte: its content stream, and
+    of every font and form XObject it uses (nested forms too) the bytes that
+    decide its text (a form's stream; a font's name, encoding and ToUnicode
+    map). An update that changes any of them, in place or under a new
+    number, changes the digest."""
+    digest = hashlib.sha256()
     contents = page.get_contents()
-    data = contents.get_data() if contents is not None else b""
-    fonts: Any = (page.get("/Resources") or {}).get("/Font") or {}
-    if isinstance(fonts, IndirectObject):
-        fonts = fonts.get_object()
-    items = fonts.items() if isinstance(fonts, dict) else ()
-    names = sorted((str(k), (v.idnum, v.generation) if isinstance(v, IndirectObject) else id(v))
-                   for k, v in items)
-    return hashlib.sha256(data + b"\0" + repr(names).encode()).digest()
+    digest.update(contents.get_data() if contents is not None else b"")
+    _digest_resources(digest, page.get("/Resources"), depth=0)
+    return digest.digest()
+
+
+_MAX_FORM_DEPTH: Final = 4
+
+
+def _digest_resources(digest: Any, resources: Any, depth: int) -> None:
+    resources = _resolved(resources)
+    if not isinstance(resources, dict):
+        return
+    fonts = _resolved(resources.get("/Font"))
+    for name, font in sorted(fonts.items()) if isinstance(fonts, dict) else ():
+        font = _resolved(font)
+        digest.update(b"\0font " + str(name).encode())
+        if isinstance(font, dict):
+            for key in ("/BaseFont", "/Subtype", "/Encoding", "/Differences"):
+                digest.update(repr(_resolved(font.get(key))).encode())
+            to_unicode = _resolved(font.get("/ToUnicode"))
+            if hasattr(to_unicode, "get_data"):
+                digest.update(to_unicode.get_data())
+    xobjects = _resolved(resources.get("/XObject"))
+    for name, xobject in sorted(xobjects.items()) if isinstance(xobjects, dict) else ():
+        xobject = _resolved(xobject)
+        digest.update(b"\0xobject " + str(name).encode())
+        if isinstance(xobject, dict) and xobject.get("/Subtype") == "/Form":
+            if depth >= _MAX_FORM_DEPTH:
+                digest.update(str(id(xobject)).encode())  # too deep to compare: never equal
+                continue
+            digest.update(xobject.get_data() if hasattr(xobject, "get_data") else b"")
+            _digest_resources(digest, xobject.get("/Resources"), depth + 1)
+
+
+def _resolved(value: Any) -> Any:
+    return value.get_object() if hasattr(value, "get_object") else value
 
 
 def _with_unspaced(text: str) -> str:

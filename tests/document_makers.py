@@ -44,3 +44,39 @@ def pdf_with_text(*lines: str, pages: int = 1, annotation: str = "",
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
         len(objects) + 1, xref)
     return bytes(out)
+
+
+def pdf_objects(objs: dict[int, str | tuple[str, bytes]], *, prev: tuple[int, int] | None = None,
+                base: bytes = b"") -> tuple[bytes, tuple[int, int]]:
+    """A PDF of the numbered objects (a string: the object; a pair: a stream's
+    dictionary entries and its data), or with ``base`` and ``prev`` (the
+    last result's second item) an incremental update of ``base`` that writes
+    them. Object 1 is the catalog."""
+    out = bytearray(base or b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = {}
+    for num in sorted(objs):
+        offsets[num] = len(out)
+        body = objs[num]
+        if isinstance(body, tuple):
+            entries, data = body
+            out += (f"{num} 0 obj\n<< {entries} /Length {len(data)} >>\nstream\n".encode()
+                    + data + b"\nendstream\nendobj\n")
+        else:
+            out += f"{num} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    size = max(max(objs) + 1, prev[1] if prev else 0)
+    out += b"xref\n"
+    if prev is None:
+        out += f"0 {size}\n0000000000 65535 f \n".encode()
+        out += b"".join(f"{offsets[n]:010d} 00000 n \n".encode() for n in range(1, size))
+    else:
+        out += b"".join(f"{n} 1\n{offsets[n]:010d} 00000 n \n".encode() for n in sorted(offsets))
+    trailer = f"/Size {size} /Root 1 0 R" + (f" /Prev {prev[0]}" if prev else "")
+    out += f"trailer\n<< {trailer} >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out), (xref, size)
+
+
+def text_stream(*lines: str) -> bytes:
+    """Content that shows ``lines`` in font /F1."""
+    return ("BT /F1 12 Tf\n" + "\n".join(f"1 0 0 1 72 {700 - 20 * i} Tm ({line}) Tj"
+                                          for i, line in enumerate(lines)) + "\nET").encode()

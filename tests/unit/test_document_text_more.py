@@ -291,3 +291,43 @@ def test_pages_no_revision_changed_are_read_once(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(PageObject, "extract_text", counted)
     assert "Thursday" in (document_text(pdf, 100_000) or "")
     assert len(calls) == 1  # the 30 pages share one content stream and font
+
+
+FORM = "/Type /XObject /Subtype /Form /BBox [0 0 612 792] /Resources << /Font << /F1 9 0 R >> >>"
+HELVETICA = "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
+
+
+def page_drawing_form(contents: int, form: int) -> str:
+    return (f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {contents} 0 R "
+            f"/Resources << /XObject << /X0 {form} 0 R >> >> >>")
+
+
+def test_pages_sharing_a_content_stream_but_not_their_forms_are_each_read() -> None:
+    """Both pages only say "draw form X0"; each page's X0 holds other text
+    (stamps, overlays and OCR layers are drawn so)."""
+    from tests.document_makers import pdf_objects, text_stream
+
+    pdf, _ = pdf_objects({
+        1: "<< /Type /Catalog /Pages 2 0 R >>",
+        2: "<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >>",
+        3: page_drawing_form(5, 6), 4: page_drawing_form(8, 7),
+        5: ("", b"q /X0 Do Q"), 8: ("", b"q /X0 Do Q"),
+        6: (FORM, text_stream("Patient Jane Roe")),
+        7: (FORM, text_stream("SSN 123-45-6789 diagnosis F32.1")),
+        9: HELVETICA})
+    text = document_text(pdf, 100_000) or ""
+    assert "Jane Roe" in text and "F32.1" in text
+
+
+def test_a_form_redacted_in_place_by_an_update_is_still_read() -> None:
+    from tests.document_makers import pdf_objects, text_stream
+
+    pdf, prev = pdf_objects({
+        1: "<< /Type /Catalog /Pages 2 0 R >>", 2: "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        3: page_drawing_form(4, 5), 4: ("", b"q /X0 Do Q"),
+        5: (FORM, text_stream("Patient Jane Roe")), 6: "<< >>", 7: "<< >>", 8: "<< >>",
+        9: HELVETICA})
+    redacted, _ = pdf_objects({5: (FORM, text_stream("Patient [redacted]"))}, prev=prev,
+                              base=pdf)
+    text = document_text(redacted, 100_000) or ""
+    assert "[redacted]" in text and "Jane Roe" in text
