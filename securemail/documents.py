@@ -45,6 +45,7 @@ from securemail.table_text import (
     html_with_labels,
     labelled_rows,
     labelled_tables,
+    token_budget,
     with_labelled_rows,
 )
 
@@ -75,7 +76,8 @@ def document_text(payload: bytes, limit: int, *, _depth: int = 0) -> str | None:
     if _depth == 0:
         token = _BUDGET.set([MAX_INFLATED_BYTES])
         try:
-            return _document_text(payload, limit, 0)
+            with token_budget():
+                return _document_text(payload, limit, 0)
         finally:
             _BUDGET.reset(token)
     return _document_text(payload, limit, _depth)
@@ -475,13 +477,17 @@ class _Workbook:
                       else SharedStrings())
             dates, patterns = date_styles(styles), digit_patterns(styles)
             used: set[int] = set()
+            left = limit  # for all the sheets together
             for _, data in sorted(self.sheets):
-                sheet = sheet_text(data, shared.strings, dates, limit=limit,
+                sheet = sheet_text(data, shared.strings, dates, limit=left,
                                    date1904=self.date1904, patterns=patterns)
                 used |= sheet.used
                 out.append("\n".join("\t".join(row) for row in sheet.rows))
                 out.extend(sheet.other)
-                out.append(labelled_rows(sheet.rows, limit))
+                out.append(labelled_rows(sheet.rows, left))
+                left -= sum(len(part) + 1 for part in out[-(len(sheet.other) + 2):])
+                if left < 0:
+                    raise TooLarge("the workbook's text is past the scan limit")
         except TooLarge:
             raise Unreadable("the document's text is past the scan limit") from None
         out.extend(s for i, s in enumerate(shared.strings) if i not in used)

@@ -199,6 +199,11 @@ def _name_forms(name: str) -> dict[str, int]:
     return forms
 
 
+def _plain_space(separator: str) -> bool:
+    """One space as between words of a sentence (a no-break space too)."""
+    return separator in (" ", "\xa0")
+
+
 def _apart(padded: str, scanned: str, at: int, words: tuple[str, ...], boundary: int) -> bool:
     """Whether the separator before ``words[boundary - 1]`` (the words after
     ``scanned[at:]``) is more than one plain space in the text as written
@@ -208,7 +213,7 @@ def _apart(padded: str, scanned: str, at: int, words: tuple[str, ...], boundary:
         if run is None:
             return False
         if index == boundary - 1:
-            return padded[run.start():run.end()] != " "
+            return not _plain_space(padded[run.start():run.end()])
         at = run.end() + len(word)
     return False
 
@@ -318,6 +323,7 @@ class Detectors:
     def _scan_one(self, text: str) -> tuple[list[str], set[str]]:
         lowered = text.lower()
         scanned = _scanned(lowered)
+        padded = ""  # the text as written, aligned with ``scanned``: made when first needed
         groups: set[str] = set()
         names: set[str] = set()  # identifier phrases found (to name their clients)
         icd_at: list[int] = []  # where a diagnosis word starts (in ``lowered``)
@@ -335,10 +341,12 @@ class Detectors:
                     if phrase_group == "identifier":
                         if phrase in names or not _continues(scanned, second.end(), rest):
                             continue
-                        if boundary == 1 and f" {lowered} "[end - 1:second.start(1)] == " ":
+                        if boundary and not padded:
+                            padded = f" {lowered} "
+                        if boundary == 1 and _plain_space(padded[end - 1:second.start(1)]):
                             continue  # "grant will": not "Grant, Will"
-                        if boundary > 1 and not _apart(f" {lowered} ", scanned, second.end(),
-                                                       rest, boundary - 1):
+                        if boundary > 1 and not _apart(padded, scanned, second.end(), rest,
+                                                       boundary - 1):
                             continue
                         groups.add(phrase_group)
                         names.add(phrase)

@@ -34,11 +34,13 @@ MAX_TOKENS: Final = 2_000_000  # tags and runs of text in one part (a 2 MiB text
 # is passed at about 400,000 cells; this bounds the CPU a part of empty tags costs)
 
 # A tag: "/" if it closes, its name without a namespace prefix, its
-# attributes (a trailing "/" closes it at once); or a run of text; or an XML
-# declaration, processing instruction or comment start (skipped); or a "<"
-# that starts no tag. Every quantifier is possessive: nothing is tried twice.
+# attributes (a trailing "/" closes it at once); or a run of text; or a CDATA
+# section (text); or an XML declaration, processing instruction or comment
+# start (skipped); or a "<" that starts no tag. Every quantifier is
+# possessive: nothing is tried twice.
 _TOKEN = re.compile(
-    r"<(/?)(?:[\w.-]{1,64}+:)?+([\w.-]{1,64}+)([^<>]{0,4096}+)>|([^<]++)|<[?!][^<>]{0,4096}+>|<")
+    r"<(/?)(?:[\w.-]{1,64}+:)?+([\w.-]{1,64}+)([^<>]{0,4096}+)>|([^<]++)"
+    r"|<!\[CDATA\[((?:[^\]]++|\](?!\]>))*+)(?:\]\]>)?+|<[?!][^<>]{0,4096}+>|<")
 _ATTR = re.compile(r"""\b([\w:.-]{1,64}+)\s*+=\s*+(?:"([^"]{0,4096}+)"|'([^']{0,4096}+)')""")
 
 # Built-in number formats that show a date (ECMA-376 18.8.30 and the East
@@ -57,8 +59,9 @@ class TooLarge(ValueError):
 
 @dataclass
 class SharedStrings:
-    """The shared-strings part: each string (rich-text runs joined) and the
-    text of its phonetic guides (furigana), kept apart."""
+    """The shared-strings part: each string (rich-text runs joined), and
+    apart from them the text of phonetic guides (furigana) and any text
+    outside a string."""
 
     strings: list[str] = field(default_factory=list)
     phonetic: list[str] = field(default_factory=list)
@@ -82,6 +85,8 @@ def _tokens(xml: bytes) -> Iterator[tuple[str, str, str, str]]:
         text = m.group(4)
         if text is not None:
             yield "", "", "", html.unescape(text) if "&" in text else text
+        elif m.group(5) is not None:  # CDATA: text as it is
+            yield "", "", "", m.group(5)
         elif m.group(2) is not None:
             yield m.group(2), m.group(1), m.group(3), ""
 
@@ -98,7 +103,9 @@ def _int(text: str, default: int = -1) -> int:
 
 
 def shared_strings(xml: bytes, limit: int) -> SharedStrings:
-    """The shared-strings part, at most ``limit`` characters of it."""
+    """The shared-strings part, at most ``limit`` characters of it: text
+    outside any string (after a malformed ``<si/>``) is kept with the
+    phonetic guides."""
     out = SharedStrings()
     current: list[str] | None = None
     in_text = in_phonetic = False
@@ -114,14 +121,14 @@ def shared_strings(xml: bytes, limit: int) -> SharedStrings:
             in_phonetic = not closing and not raw.endswith("/")
         elif tag == "t":
             in_text = not closing and not raw.endswith("/")
-        elif not tag and in_text:
+        elif not tag and (in_text or text.strip()):
             size += len(text)
             if size > limit:
                 raise TooLarge("the shared strings are past the scan limit")
-            if in_phonetic:
-                out.phonetic.append(text)
-            elif current is not None:
+            if in_text and not in_phonetic and current is not None:
                 current.append(text)
+            else:
+                out.phonetic.append(text)
     if current is not None:
         out.strings.append("".join(current))
     return out
@@ -313,7 +320,10 @@ def _date_text(value: str, date1904: bool) -> str:
     if not 0 <= serial <= _MAX_SERIAL:
         return ""
     if date1904:
-        return (date(1904, 1, 1) + timedelta(days=serial)).strftime("%m/%d/%Y")
+        try:
+            return (date(1904, 1, 1) + timedelta(days=serial)).strftime("%m/%d/%Y")
+        except OverflowError:  # past 9999-12-31
+            return ""
     if serial == 60:  # the 29 February 1900 Lotus 1-2-3 invented, and Excel shows
         return "02/29/1900"
     if serial == 0:  # Excel's "00/01/1900"

@@ -398,3 +398,17 @@ def test_other_pairs_of_the_same_words_are_not_a_client(text: str) -> None:
 def test_keywords_are_not_turned_around() -> None:
     det = Detectors(PolicySettings(identifier_keywords=("Blue Harbor",)))
     assert det.scan("", "Blue Harbor intake") and not det.scan("", "harbor blue")
+
+
+def test_a_no_break_space_is_a_plain_space_between_names() -> None:
+    """"the grant&nbsp;will" reads as a sentence, not as "Grant, Will"."""
+    assert ROSTER_DET.scan_named("", "the grant\xa0will cover it") == ((), frozenset())
+
+
+def test_surname_first_checks_stay_linear() -> None:
+    import time
+
+    text = "the grant will " * 150_000  # 2.2 MB of rejected candidates
+    started = time.process_time()
+    assert ROSTER_DET.scan_named("", text)[1] == frozenset()
+    assert time.process_time() - started < 3.0  # a copy of the text per candidate: ~9 s
