@@ -187,7 +187,7 @@ def test_letter_spaced_text_in_a_pdf_is_read_as_words(tmp_path: Path, config_pat
 @given(st.text(alphabet="ab \n", max_size=200))
 @settings(max_examples=300, deadline=None)
 def test_unspacing_keeps_the_text_and_only_adds_lines(text: str) -> None:
-    from securemail.documents import _with_unspaced
+    from securemail.pdf_text import _with_unspaced
 
     out = _with_unspaced(text)
     assert out.startswith(text)
@@ -197,7 +197,7 @@ def test_unspacing_keeps_the_text_and_only_adds_lines(text: str) -> None:
 def test_unspacing_is_linear_on_a_long_spaced_line() -> None:
     import time
 
-    from securemail.documents import _with_unspaced
+    from securemail.pdf_text import _with_unspaced
 
     started = time.perf_counter()
     out = _with_unspaced("a " * 200_000 + "bb " * 50_000)

@@ -64,9 +64,9 @@ def test_a_pdf_without_text_is_a_scan_and_counts_as_unscanned(config_path: Path)
 
 
 def test_a_pdf_that_takes_too_long_is_unreadable(monkeypatch: pytest.MonkeyPatch) -> None:
-    import securemail.documents as documents
+    import securemail.pdf_text as pdf_text
 
-    monkeypatch.setattr(documents, "PDF_SECONDS", -1.0)
+    monkeypatch.setattr(pdf_text, "PDF_SECONDS", -1.0)
     with pytest.raises(Unreadable, match="to read"):
         document_text(pdf_with_text(PHI_TEXT), 100_000)
 
