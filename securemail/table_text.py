@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import csv
-import html
 import io
 import itertools
 import re
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import ahocorasick_rs
+
+from securemail.xml_tokens import tokens
 
 __all__ = ["csv_rows", "html_with_labels", "labelled_rows", "labelled_tables", "markup_tables",
            "token_budget", "with_labelled_rows"]
@@ -143,14 +144,11 @@ def with_labelled_rows(text: str, name: str, limit: int) -> str:
 
 # Tables in markup: HTML (<tr>, <td>/<th>), Word (<w:tr>, <w:tc>), PowerPoint
 # (<a:tr>, <a:tc>) and OpenDocument (<table:table-row>, <table:table-cell>).
-_ROWS: Final = frozenset({"tr", "w:tr", "a:tr", "table:table-row"})
-_CELLS: Final = frozenset({"td", "th", "w:tc", "a:tc", "table:table-cell",
-                           "table:covered-table-cell"})
-_TABLES: Final = frozenset({"table", "w:tbl", "a:tbl", "table:table"})
-_LINE_BREAKS: Final = frozenset({"br", "w:br", "text:line-break", "p", "w:p", "text:p", "a:p",
-                                 "div"})
-# Tags, runs of text; possessive, so hostile markup is read in linear time.
-_MARKUP_TOKEN = re.compile(r"<(/?)([\w:.-]{1,64}+)([^<>]{0,4096}+)>|([^<]++)|<")
+# Tag names without their prefix (w:tr, a:tr and tr are all "tr"), lower case.
+_ROWS: Final = frozenset({"tr", "table-row"})
+_CELLS: Final = frozenset({"td", "th", "tc", "table-cell", "covered-table-cell"})
+_TABLES: Final = frozenset({"table", "tbl"})
+_LINE_BREAKS: Final = frozenset({"br", "p", "line-break", "div"})
 # A cell that stands for several columns: HTML colspan, OpenDocument's
 # repeated cells, Word's <w:gridSpan w:val="2"/>.
 _SPAN = re.compile(r"""\b(?:colspan|number-columns-repeated|w:val)\s*+=\s*+["']?+(\d{1,9}+)""",
@@ -211,17 +209,15 @@ def markup_tables(markup: str, limit: int) -> list[list[list[str]]]:
     left = _TOKENS_LEFT.get()
     most = MAX_MARKUP_TOKENS if left is None else min(MAX_MARKUP_TOKENS, left[0])
     size = count = 0
-    for count, m in enumerate(_MARKUP_TOKEN.finditer(markup), start=1):
+    for count, (tag, closing, attrs, text) in enumerate(tokens(markup), start=1):
         if count > most or size > limit:
             break
-        text = m.group(4)
-        if text is not None:
+        if not tag:
             if stack and stack[-1].cell is not None:
-                stack[-1].cell.append(html.unescape(text) if "&" in text else text)
+                stack[-1].cell.append(text)
                 size += len(text)
             continue
-        name = (m.group(2) or "").lower()
-        closing = m.group(1) == "/"
+        name = tag.lower()
         if name in _TABLES:
             if not closing:
                 stack.append(_Table())
@@ -238,7 +234,6 @@ def markup_tables(markup: str, limit: int) -> list[list[list[str]]]:
         elif name in _CELLS:
             table = stack[-1]
             size += table.end_cell()
-            attrs = m.group(3)
             if closing or table.row is None:
                 continue
             found = _SPAN.search(attrs)
@@ -246,8 +241,8 @@ def markup_tables(markup: str, limit: int) -> list[list[list[str]]]:
             table.cell = []
             if attrs.endswith("/"):  # an empty cell: <table:table-cell/>
                 size += table.end_cell()
-        elif name == "w:gridspan" and stack[-1].cell is not None:
-            found = _SPAN.search(m.group(3))
+        elif name == "gridspan" and stack[-1].cell is not None:
+            found = _SPAN.search(attrs)
             stack[-1].span = min(int(found.group(1)), MAX_REPEAT) if found else 1
         elif name in _LINE_BREAKS and stack[-1].cell is not None:
             stack[-1].cell.append(" ")

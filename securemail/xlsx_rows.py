@@ -27,20 +27,14 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Final
 
+from securemail.xml_tokens import tokens
+
 __all__ = ["MAX_TOKENS", "SharedStrings", "SheetText", "TooLarge", "date_styles",
            "digit_patterns", "shared_strings", "sheet_text", "uses_1904"]
 
 MAX_TOKENS: Final = 2_000_000  # tags and runs of text in one part (a 2 MiB text limit
 # is passed at about 400,000 cells; this bounds the CPU a part of empty tags costs)
 
-# A tag: "/" if it closes, its name without a namespace prefix, its
-# attributes (a trailing "/" closes it at once); or a run of text; or a CDATA
-# section (text); or an XML declaration, processing instruction or comment
-# start (skipped); or a "<" that starts no tag. Every quantifier is
-# possessive: nothing is tried twice.
-_TOKEN = re.compile(
-    r"<(/?)(?:[\w.-]{1,64}+:)?+([\w.-]{1,64}+)([^<>]{0,4096}+)>|([^<]++)"
-    r"|<!\[CDATA\[((?:[^\]]++|\](?!\]>))*+)(?:\]\]>)?+|<[?!][^<>]{0,4096}+>|<")
 _ATTR = re.compile(r"""\b([\w:.-]{1,64}+)\s*+=\s*+(?:"([^"]{0,4096}+)"|'([^']{0,4096}+)')""")
 
 # Built-in number formats that show a date (ECMA-376 18.8.30 and the East
@@ -76,19 +70,12 @@ class SheetText:
     used: set[int] = field(default_factory=set)  # shared strings its cells show
 
 
-def _tokens(xml: bytes) -> Iterator[tuple[str, str, str, str]]:
-    """``(tag, closing, attributes, text)``: ``tag`` is "" for a run of text;
-    ``attributes`` ends with "/" when the tag closes itself."""
-    for count, m in enumerate(_TOKEN.finditer(xml.decode("utf-8", "replace"))):
+def _tokens(xml: bytes) -> Iterator[tuple[str, bool, str, str]]:
+    """:func:`securemail.xml_tokens.tokens` of a part, at most :data:`MAX_TOKENS`."""
+    for count, token in enumerate(tokens(xml.decode("utf-8", "replace"))):
         if count >= MAX_TOKENS:
             raise TooLarge(f"a part holds more than {MAX_TOKENS:,} tags")
-        text = m.group(4)
-        if text is not None:
-            yield "", "", "", html.unescape(text) if "&" in text else text
-        elif m.group(5) is not None:  # CDATA: text as it is
-            yield "", "", "", m.group(5)
-        elif m.group(2) is not None:
-            yield m.group(2), m.group(1), m.group(3), ""
+        yield token
 
 
 def _attrs(raw: str) -> dict[str, str]:
@@ -134,8 +121,9 @@ def shared_strings(xml: bytes, limit: int) -> SharedStrings:
     return out
 
 
-def date_styles(xml: bytes) -> frozenset[int]:
-    """Indices of the cell styles (``cellXfs``) whose number format shows a date."""
+def _cell_formats(xml: bytes) -> list[tuple[int, str]]:
+    """Of each cell style (``cellXfs``, in order) its number format: the id,
+    and the format code if the styles part defines it (custom formats)."""
     custom: dict[int, str] = {}
     styles: list[int] = []
     in_cell_xfs = False
@@ -148,9 +136,13 @@ def date_styles(xml: bytes) -> frozenset[int]:
             in_cell_xfs = not closing and not raw.endswith("/")
         elif tag == "xf" and in_cell_xfs and not closing:
             styles.append(_int(_attrs(raw).get("numFmtId", "0"), 0))
-    return frozenset(i for i, fmt in enumerate(styles)
-                     if (fmt in custom and _shows_date(custom[fmt]))
-                     or (fmt not in custom and fmt in _BUILTIN_DATES))
+    return [(fmt, custom.get(fmt, "")) for fmt in styles]
+
+
+def date_styles(xml: bytes) -> frozenset[int]:
+    """Indices of the cell styles (``cellXfs``) whose number format shows a date."""
+    return frozenset(i for i, (fmt, code) in enumerate(_cell_formats(xml))
+                     if (_shows_date(code) if code else fmt in _BUILTIN_DATES))
 
 
 def _shows_date(code: str) -> bool:
@@ -168,20 +160,8 @@ def digit_patterns(xml: bytes) -> dict[int, str]:
     as Excel's Social Security Number ``000\\-00\\-0000`` or a ZIP code
     ``00000``: style index -> the pattern ("000-00-0000"). Such a number
     shows its leading zeros: 12345678 is "012-34-5678"."""
-    custom: dict[int, str] = {}
-    styles: list[int] = []
-    in_cell_xfs = False
-    for tag, closing, raw, _ in _tokens(xml):
-        if tag == "numFmt" and not closing:
-            attrs = _attrs(raw)
-            pattern = _digit_pattern(attrs.get("formatCode", ""))
-            if pattern:
-                custom[_int(attrs.get("numFmtId", ""))] = pattern
-        elif tag == "cellXfs":
-            in_cell_xfs = not closing and not raw.endswith("/")
-        elif tag == "xf" and in_cell_xfs and not closing:
-            styles.append(_int(_attrs(raw).get("numFmtId", "0"), 0))
-    return {i: custom[fmt] for i, fmt in enumerate(styles) if fmt in custom}
+    patterns = {i: _digit_pattern(code) for i, (_, code) in enumerate(_cell_formats(xml))}
+    return {i: pattern for i, pattern in patterns.items() if pattern}
 
 
 _DIGIT_FORMAT = re.compile(r'(?:0|\\.|"[^"0-9]{0,20}+"|[-\s()/])++')
