@@ -39,6 +39,7 @@ from typing import Final
 
 from securemail.table_text import (
     html_with_labels,
+    is_tab_table,
     labelled_rows,
     labelled_tables,
     token_budget,
@@ -161,7 +162,7 @@ _XPS_TEXT = re.compile(r'UnicodeString="([^"]{0,100000})"')
 # "Roe<tab>Jane" is a surname-first name; "Roe Jane" in a sentence is not).
 _CELL_END = re.compile(r"</(w:tc|a:tc|table:table-cell|c)>", re.IGNORECASE)
 _BREAK_TAG = re.compile(
-    r"</(w:p|a:p|text:p|text:h|si|f|v|c:v|is)>"
+    r"</(w:p|a:p|text:p|text:h|si|f|v|c:v|is|author|comment)>"
     r"|<(w:br|w:cr|w:tab|text:tab|text:line-break|text:s|a:br|sheet|table:table)\b[^<>]{0,4096}>",
     re.IGNORECASE)
 _ANY_TAG = re.compile(r"<[^<>]{0,4096}>")  # bounded: "<<<<" without ">" stays linear
@@ -325,7 +326,7 @@ def member_text(name: str, data: bytes, limit: int, depth: int) -> str:
         return _eml_text(data, limit, depth)
     if lowered.endswith(_PLAIN_SUFFIXES) or not name:
         text = _decode_text(data)
-        if lowered.endswith((".csv", ".tsv")):
+        if lowered.endswith((".csv", ".tsv")) or is_tab_table(text):
             return with_labelled_rows(text, name, limit)
         return html_with_labels(text, limit) if lowered.endswith(_HTML_SUFFIXES) or (
             not name and "<html" in text[:2000].lower()) else text

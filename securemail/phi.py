@@ -28,16 +28,16 @@ from securemail.config import PolicySettings
 from securemail.documents import Unreadable, document_text, is_document
 from securemail.model import PhiSignal
 from securemail.parse import header_texts, utf8_header
-from securemail.table_text import html_with_labels, with_labelled_rows
+from securemail.table_text import html_with_labels, is_tab_table, with_labelled_rows
 
 __all__ = ["HEALTH_TERMS", "Detectors", "message_text"]
 
 _MONTHS = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*"
 _DATE = (
     r"(?:\d{1,2}[/.-]\d{1,2}[/.-](?:19|20)?\d{2}"
-    r"|(?:19|20)\d{2}-\d{1,2}-\d{1,2}"
-    rf"|{_MONTHS}\.? \d{{1,2}},? (?:19|20)\d{{2}}"
-    rf"|\d{{1,2}} {_MONTHS} (?:19|20)\d{{2}})"
+    r"|(?:19|20)\d{2}[/.-]\d{1,2}[/.-]\d{1,2}"  # 1985-03-14, 1985/03/14
+    rf"|{_MONTHS}\.? \d{{1,2}}(?:st|nd|rd|th)?,? (?:19|20)\d{{2}}"  # March 14th, 1985
+    rf"|\d{{1,2}}(?:st|nd|rd|th)?[ -]{_MONTHS}\.?[ -](?:19|20)?\d{{2}})"  # 14-Mar-1985
 )
 _DOB = re.compile(r"\b(?:dob|d\.o\.b\.?|date of birth|birth ?date|born(?: on)?)\b[\s:#.-]{0,6}"
                   + _DATE)
@@ -59,6 +59,14 @@ HEALTH_TERMS = (
     "psychiatric", "medication", "prescription", "prescribed", "dosage", "sertraline",
     "fluoxetine", "lithium", "hiv", "hepatitis", "pregnancy", "lab results", "biopsy",
     "therapy", "therapist", "counseling", "mental health", "symptoms", "prognosis",
+    # Word forms and terms a clinician writes (each matched as a whole word).
+    "depressed", "anxious", "suicide", "suicide attempt", "suicidality", "self harm",
+    "psychosis", "psychotic", "mdd", "gad", "autism", "autistic", "asperger's", "dementia",
+    "alzheimer's", "trauma", "insomnia", "addiction", "rehab", "detox", "relapse",
+    "psychologist", "psychiatrist", "antidepressant", "zoloft", "prozac", "lexapro",
+    "wellbutrin", "xanax", "adderall", "ritalin", "seroquel", "abilify", "suboxone",
+    "methadone", "phq-9", "gad-7", "chemotherapy", "cancer", "tumor", "diabetes", "diabetic",
+    "a1c", "hypertension", "seizure", "epilepsy", "miscarriage", "abortion", "std",
 )
 # Hint words gate the regular expressions (after punctuation became spaces).
 _HINTS = {
@@ -175,7 +183,8 @@ def _name_forms(name: str) -> dict[str, int]:
     Q. Roe" is also found as "Roe, Jane Q.", "ROE, JANE", "Roe | Jane"
     (table columns in row order) and "Jane Roe". Which words are the surname
     is not known ("Mary Ann De La Cruz"), so every split is taken: "De La
-    Cruz, Mary Ann", "Cruz, Mary", "Mary De La Cruz".
+    Cruz, Mary Ann", "Cruz, Mary", "Mary De La Cruz"; middle names may be
+    initials ("Mary A. De La Cruz").
 
     Maps each form to where a surname-first form turns from surname to
     given name (its word count; 0 for the other forms): there the text must
@@ -190,8 +199,10 @@ def _name_forms(name: str) -> dict[str, int]:
             forms[short] = min(boundary, forms.get(short, boundary))
     for split in range(1, len(words)):
         given, surname = words[:split], words[split:]
+        initials = given[:1] + [w[0] for w in given[1:]]  # "Robert J." for Robert James
         for order, boundary in ((surname + given, len(surname)),
                                 (surname + given[:1], len(surname)), (given[:1] + surname, 0),
+                                (initials + surname, 0), (surname + initials, len(surname)),
                                 # "García, Rosa" for Rosa García López (two surnames)
                                 (surname[:1] + given[:1], 1)):
             for variant in _forms(" ".join(order)):
@@ -557,7 +568,8 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
             text = payload.decode("utf-8", errors="replace")
         if ctype == "text/html" or name.lower().endswith((".htm", ".html")):
             text = html_with_labels(text, limit - size)
-        elif ctype in _TABLE_TYPES or name.lower().endswith((".csv", ".tsv")):
+        elif ctype in _TABLE_TYPES or name.lower().endswith((".csv", ".tsv")) or (
+                name and is_tab_table(text)):
             text = with_labelled_rows(text, name, limit - size)
         if add(text):
             return "\n".join(chunks), True

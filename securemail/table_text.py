@@ -26,8 +26,8 @@ import ahocorasick_rs
 
 from securemail.xml_tokens import tokens
 
-__all__ = ["csv_rows", "html_with_labels", "labelled_rows", "labelled_tables", "markup_tables",
-           "token_budget", "with_labelled_rows"]
+__all__ = ["csv_rows", "html_with_labels", "is_tab_table", "labelled_rows", "labelled_tables",
+           "markup_tables", "token_budget", "with_labelled_rows"]
 
 MAX_HEADING: Final = 80  # characters: a longer cell is not a column heading
 HEADING_WITHIN: Final = 25  # rows: where a table's heading row is looked for
@@ -126,6 +126,13 @@ def csv_rows(text: str, *, tab_separated: bool = False) -> Iterator[list[str]]:
             return
 
 
+def is_tab_table(text: str) -> bool:
+    """Whether plain text is a table of tab-separated columns (Excel's "Text
+    (Tab delimited)" and "Unicode Text" exports are ``.txt`` files): its first
+    line holds two tabs or more."""
+    return text[:4096].split("\n", 1)[0].count("\t") >= 2
+
+
 def with_labelled_rows(text: str, name: str, limit: int) -> str:
     """CSV or TSV ``text``, then its labelled values (if it has a heading
     row), in at most ``limit`` characters in all."""
@@ -133,9 +140,9 @@ def with_labelled_rows(text: str, name: str, limit: int) -> str:
     if room <= 0:
         return text
     head = text[:65536]  # the heading row is near the top: rows are parsed past it only
-    rows = csv_rows(text, tab_separated=name.lower().endswith(".tsv"))
-    first = list(itertools.islice(csv_rows(head, tab_separated=name.lower().endswith(".tsv")),
-                                  HEADING_WITHIN))
+    tabs = name.lower().endswith((".tsv", ".txt")) or is_tab_table(text)
+    rows = csv_rows(text, tab_separated=tabs)
+    first = list(itertools.islice(csv_rows(head, tab_separated=tabs), HEADING_WITHIN))
     if not any(_heading_labels(r) for r in first):
         return text
     labelled = labelled_rows(rows, room)

@@ -557,3 +557,19 @@ def test_one_document_shares_one_token_budget() -> None:
         assert labelled_tables(markup, 1000) == "DOB: 03/14/1985"  # 14 tokens
         assert labelled_tables(markup, 1000) == "DOB: 03/14/1985"
         assert labelled_tables(markup, 1000) == ""  # the budget is spent
+
+
+def test_excels_unicode_text_export_is_read_as_a_table(config_path: Path) -> None:
+    """Excel's "Unicode Text" is UTF-16, tab-separated, named .txt."""
+    table = "Client\tDate of birth\tDiagnosis\r\nAlex Vega\t03/14/1985\tF41.1\r\n"
+    data = "\ufeff".encode("utf-16-le") + table.encode("utf-16-le")
+    action, signals, _ = decision(config_path, data, "export.txt", "text/plain")
+    assert action is Action.BLOCK and "phi-dob" in signals
+
+
+def test_a_cell_comment_is_not_run_into_its_author() -> None:
+    comments = ('<comments><authors><author>AP</author></authors><commentList><comment ref="A1"'
+                ' authorId="0"><text><r><t>Lan Thi Nguyen - ADHD</t></r></text></comment>'
+                "</commentList></comments>")
+    text = document_text(ooxml({"xl/comments1.xml": comments}), 100_000) or ""
+    assert "APLan" not in text and "Lan Thi Nguyen" in text

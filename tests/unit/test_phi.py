@@ -412,3 +412,24 @@ def test_surname_first_checks_stay_linear() -> None:
     started = time.process_time()
     assert ROSTER_DET.scan_named("", text)[1] == frozenset()
     assert time.process_time() - started < 3.0  # a copy of the text per candidate: ~9 s
+
+
+@pytest.mark.parametrize("text", [
+    "Jane Roe is depressed", "Jane Roe, suicide attempt last year", "Jane Roe: Zoloft 50 mg",
+    "Jane Roe MDD, GAD", "Jane Roe chemotherapy", "Jane Roe A1C 7.2", "Jane Roe dementia",
+    "Jane Roe alcohol detox", "Jane Roe PHQ-9 score 19", "Jane Roe, autism evaluation"])
+def test_what_clinicians_write_is_a_health_signal(text: str) -> None:
+    assert {"phi-client-name", "phi-keyword"} <= kinds(body=text)
+
+
+@pytest.mark.parametrize("date", ["March 14th, 1985", "1985/03/14", "14-Mar-1985", "14 Mar 85",
+                                  "3/14/85", "1985-03-14", "Mar. 14, 1985"])
+def test_dates_of_birth_as_people_write_them(date: str) -> None:
+    assert "phi-dob" in kinds(body=f"DOB {date}")
+
+
+def test_a_middle_name_written_as_its_initial_is_the_client() -> None:
+    det = Detectors(PolicySettings(), name_owners=[("Robert James Van Der Berg Jr.", "c-1")])
+    for text in ("Robert J. Van Der Berg Jr.", "VAN DER BERG, ROBERT J", "Robert Van Der Berg"):
+        assert det.scan_named("", text)[1] == {"c-1"}, text
+    assert det.scan_named("", "Robert K. Van Der Berg")[1] == frozenset()
