@@ -40,7 +40,23 @@ _DATE = (
     rf"|\d{{1,2}}(?:st|nd|rd|th)?[ -]{_MONTHS}\.?[ -](?:19|20)?\d{{2}})"  # 14-Mar-1985
 )
 _DOB = re.compile(r"\b(?:dob|d\.o\.b\.?|date of birth|birth ?date|born(?: on)?)\b[\s:#.-]{0,6}"
-                  + _DATE)
+                  + f"({_DATE})")
+_MONTH_NUMBER = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+
+
+def _date_key(match: re.Match[str]) -> tuple[frozenset[int], int]:
+    """A date of birth as (day and month, either order; year's last two
+    digits): "03/14/1985", "14.03.85" and "March 14th, 1985" are one date."""
+    date = match.group(1)
+    month = next((n for name, n in _MONTH_NUMBER.items() if name in date), None)
+    numbers = [int(n) for n in re.findall(r"\d+", date)]
+    if month is not None:
+        numbers = [month, *numbers]
+    year = max(numbers, key=lambda n: (n > 31, numbers.index(n) == len(numbers) - 1))
+    rest = list(numbers)
+    rest.remove(year)
+    return frozenset(rest[:2]), year % 100
 _SSN_LABELLED = re.compile(
     r"\b(?:ssn|social security(?: number| no\.?)?)\b[\s:#.-]{0,6}(\d{9})(?!\d)")
 _ICD10 = re.compile(
@@ -339,10 +355,14 @@ class Detectors:
         names: set[str] = set()  # identifier phrases found (to name their clients)
         icd_at: list[int] = []  # where a diagnosis word starts (in ``lowered``)
         ssn = False
+        people_ssns: set[str] = set()  # distinct SSNs: more than one, more than one person
         for i, start, end in self._automaton.find_matches_as_indexes(scanned, overlapping=True):
             group = self._group_of[i]
             if group == "ssn-shape":
-                ssn = ssn or _ssn_at(lowered, scanned, start)
+                if _ssn_at(lowered, scanned, start):
+                    ssn = True
+                    i = start - 1
+                    people_ssns.add(lowered[i:i + 3] + lowered[i + 4:i + 6] + lowered[i + 7:i + 11])
             elif group == "phrase":
                 second = _NEXT_WORD.match(scanned, end - 1)  # across any run of separators
                 if second is None:
@@ -370,17 +390,22 @@ class Detectors:
                 elif group == "icd":
                     icd_at.append(start)  # scanned[start] is the space before the word
         hits = []
-        if ssn or ("ssn" in groups and any(
-                _valid_ssn(d[0:3], d[3:5], d[5:9])
-                for d in _SSN_LABELLED.findall(" ".join(lowered.split())))):
+        spaced = " ".join(lowered.split()) if groups & {"ssn", "dob", "mrn"} else ""
+        if "ssn" in groups:
+            people_ssns.update(d for d in _SSN_LABELLED.findall(spaced)
+                               if _valid_ssn(d[0:3], d[3:5], d[5:9]))
+        if ssn or people_ssns:
             hits.append("phi-ssn")
-        if "dob" in groups and _DOB.search(" ".join(lowered.split())):
+        births = {_date_key(m) for m in _DOB.finditer(spaced)} if "dob" in groups else set()
+        if births:
             hits.append("phi-dob")
         if ("mrn" in groups or self._custom_mrn) and (
                 self._mrn.search(text) or _MEDICAL_RECORD.search(" ".join(lowered.split()))):
             hits.append("phi-mrn")
         if "identifier" in groups:
             hits.append("phi-client-name")
+        if len(people_ssns) > 1 or len(births) > 1:
+            hits.append("phi-several-people")
         # The code is looked for right after each diagnosis word the matcher
         # found (a search of the whole text costs ~0.4 ms per 10 KiB). In ASCII
         # text every place the pattern can start is such a word; beyond ASCII

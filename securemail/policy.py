@@ -10,6 +10,7 @@ Default rules (ids are stable; docs/policy.md explains each):
                                 that client alone, and the message names no other client -> deliver
    ``restricted-class``         (noted when a restricted class overrides consent)
    ``consent-other-client``     (noted when the message concerns another client)
+   ``consent-several-people``   (noted when it holds two dates of birth or SSNs or more)
    ``protected-pgp`` / ``protected-smime``  usable key -> encrypt (preference order)
    ``protected-portal``         no usable key -> portal
    ``portal-disabled``          no key and the portal is off -> block
@@ -119,16 +120,21 @@ def _default_rule(facts: Facts, r: RecipientFacts, policy: PolicySettings, today
         # text, or among its participants (a forwarded email of theirs, a Cc).
         # Consent covers the client's own information only.
         others = sorted({*facts.named_client_ids, *facts.client_ids} - set(r.client_ids))
+        # Two dates of birth or SSNs: two people at least, one of them not the
+        # client (a roster, a family's forms), even if nobody is in the directory.
+        several = any(sig.detector == "phi-several-people" for sig in facts.phi_signals)
         if r.consent is not None and r.consent.valid_on(today):
             if others:
                 noted = ("consent-other-client",)
+            elif several:
+                noted = ("consent-several-people",)
             elif facts.restricted is None:
                 return make(Action.DELIVER, ("consent-unencrypted",),
                             f"client {', '.join(r.client_ids)} consented to unencrypted email"
                             f" on {r.consent.granted} (warning {r.consent.warning})")
             else:
                 noted = ("restricted-class",)
-        why = _why_not_consent(r, today, others)
+        why = _why_not_consent(r, today, others, several)
     for kind in policy.encryption_preference:
         if kind in r.key_kinds:
             return make(_KIND_ACTION[kind], (*noted, f"protected-{kind}"),
@@ -143,7 +149,8 @@ def _default_rule(facts: Facts, r: RecipientFacts, policy: PolicySettings, today
                 "disabled; import the recipient's key or enable the portal" + why)
 
 
-def _why_not_consent(r: RecipientFacts, today: str, others: Sequence[str]) -> str:
+def _why_not_consent(r: RecipientFacts, today: str, others: Sequence[str],
+                     several: bool = False) -> str:
     """Why a client's consent on file did not let the message go in clear ("" if none)."""
     if r.role is not Role.CLIENT:
         return ""
@@ -156,6 +163,9 @@ def _why_not_consent(r: RecipientFacts, today: str, others: Sequence[str]) -> st
     if others:
         return (f" (consent does not cover other clients' information: the message concerns"
                 f" client{'s' if len(others) > 1 else ''} {', '.join(others[:5])})")
+    if several:
+        return (" (consent does not cover other people's information: the message holds"
+                " more than one date of birth or SSN)")
     return ""
 
 

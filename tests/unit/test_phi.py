@@ -433,3 +433,11 @@ def test_a_middle_name_written_as_its_initial_is_the_client() -> None:
     for text in ("Robert J. Van Der Berg Jr.", "VAN DER BERG, ROBERT J", "Robert Van Der Berg"):
         assert det.scan_named("", text)[1] == {"c-1"}, text
     assert det.scan_named("", "Robert K. Van Der Berg")[1] == frozenset()
+
+
+def test_two_dates_of_birth_or_ssns_are_several_people() -> None:
+    assert "phi-several-people" in kinds(body="DOB 03/14/1985 ... DOB: 07/01/1990")
+    assert "phi-several-people" in kinds(body="SSN 123-45-6789; spouse 234-56-7890")
+    # One person's date written twice, two ways: one person.
+    assert "phi-several-people" not in kinds(body="DOB 03/14/1985, born on March 14th, 1985")
+    assert "phi-several-people" not in kinds(body="SSN 123-45-6789 (SSN: 123456789)")

@@ -89,6 +89,22 @@ def test_consent_never_releases_another_clients_phi(config_path: Path) -> None:
     assert v.facts is not None and v.facts.named_client_ids == ("c-1001",)
 
 
+def test_consent_never_releases_a_roster_of_people_not_in_the_directory(
+        config_path: Path) -> None:
+    """A waitlist with other patients' dates of birth, sent to Sam, who
+    consented for himself: nobody in it is in the directory."""
+    raw = msg(to=["sam@mail.example"],
+              body="Waitlist: A. Vega DOB 03/14/1985 anxiety; B. Lee DOB 07/01/1990 panic disorder")
+    v = verdict_for(config_path, raw, DR, ["sam@mail.example"])
+    d = v.decisions[0]
+    assert (d.action, d.rules) == (Action.PORTAL, ("consent-several-people", "protected-portal"))
+    assert "more than one date of birth or SSN" in d.reason
+    # His own date of birth, written twice: his consent applies.
+    own = msg(to=["sam@mail.example"], body="Your DOB 03/14/1985 (March 14th, 1985), anxiety")
+    assert verdict_for(config_path, own, DR, ["sam@mail.example"]).decisions[0].rules == (
+        "consent-unencrypted",)
+
+
 def test_consent_never_covers_contacts(config_path: Path) -> None:
     # guardian is Jane's contact; Jane has no consent, and consent never transfers anyway
     raw = msg(to=["jane@mail.example"], cc=["guardian@mail.example"])
