@@ -9,6 +9,8 @@ from pathlib import Path
 from securemail.errors import InputError
 from securemail.preflight import reserved_domain
 
+DEFAULT_INIT_DOMAIN = "riverside.example"  # `securemail init` without --domain
+
 __all__ = ["InitResult", "initialise", "production_config"]
 
 
@@ -193,8 +195,10 @@ def initialise(directory: Path, *, domain: str, practice_name: str, selector: st
     cfg.write_text(text, encoding="utf-8")
     notes.append(_create_store(cfg))
     warnings = [] if not reserved_domain(domain) else [
-        f"{domain} is a reserved example domain (the one used when --domain is not given),"
-        " and the config names it as the practice's mail domain. Until practice.domains,"
+        f"{domain} is a reserved example domain"
+        + (" (the one used when --domain is not given)" if domain == DEFAULT_INIT_DOMAIN
+           else " (.example, .test, .invalid and .localhost are never real)")
+        + ", and the config names it as the practice's mail domain. Until practice.domains,"
         " [dkim] and portal.base_url name the practice's own domain, staff are treated as"
         " third parties and nothing is DKIM-signed for it: edit the file (a DKIM key for the"
         " real domain: `securemail dkim keygen --domain DOMAIN --selector SELECTOR`), or run"

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from securemail.cli.base import EXIT_BAD_INPUT, default_config_path, fail, handle_errors
+from securemail.init import DEFAULT_INIT_DOMAIN
 
 
 @click.command()
@@ -53,7 +54,7 @@ def serve(config_path: str | None, no_portal: bool, portal_only: bool) -> None:
 
 @click.command()
 @click.argument("directory", type=click.Path(file_okay=False), default=".")
-@click.option("--domain", default="riverside.example", show_default=True,
+@click.option("--domain", default=DEFAULT_INIT_DOMAIN, show_default=True,
               help="The practice's mail domain (staff addresses, DKIM).")
 @click.option("--name", "practice_name", default="Our practice", show_default=True,
               help="The practice's name, shown in notifications.")

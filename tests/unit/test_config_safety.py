@@ -201,3 +201,10 @@ def test_the_init_template_has_every_documented_key() -> None:
     missing = sorted(f"{s}.{k}" for s, k in documented if k not in data.get(s, {}))
     assert missing == []
     assert data["portal"]["forwarded_allow_ips"] == ["127.0.0.1", "::1"]
+
+
+def test_init_with_an_example_domain_does_not_call_it_the_default(tmp_path: Path) -> None:
+    result = CliRunner().invoke(init, [str(tmp_path / "etc"), "--domain", "clinic.example"])
+    assert result.exit_code == 0, result.output
+    assert "WARNING: clinic.example is a reserved example domain" in result.output
+    assert "--domain is not given" not in result.output
