@@ -21,7 +21,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, Final
 
 from securemail.documents import Unreadable, member_text
-from securemail.table_text import heading_words, labelled_table, may_have_labels
+from securemail.table_text import labelled_table, may_have_labels
 
 if TYPE_CHECKING:
     from pypdf import PdfReader
@@ -90,7 +90,7 @@ def _revision_text(reader: PdfReader, limit: int, deadline: float,
         if digest not in read:
             read.add(digest)
             text = _with_unspaced(page.extract_text() or "")
-            if _may_hold_table(text):  # a heading row with a DOB, MRN, SSN or Dx column?
+            if may_have_labels(text):  # a table with a DOB, MRN, SSN or diagnosis column?
                 text += "\n" + _columns_text(page, limit - size - len(text))
         # Comments, sticky notes and free-text boxes drawn on the page.
         for annot in page.get("/Annots") or ():
@@ -108,19 +108,6 @@ def _revision_text(reader: PdfReader, limit: int, deadline: float,
 
 
 _COLUMN_GAP = re.compile(r" {2,}")
-# A line that can be a table's heading row as text reading gives it ("Last
-# First DOB Dx"): short, two words or more, no digit, no sentence punctuation.
-_HEADING_LINE = re.compile(r"[^\d.;!?\n]{3,120}")
-
-
-def _may_hold_table(text: str) -> bool:
-    """Whether a page's text has a line that could head a table with a
-    labelled column; only such pages are read again by their layout (which
-    costs as much as reading the page)."""
-    if not may_have_labels(text):
-        return False
-    return any(_HEADING_LINE.fullmatch(line.strip()) and len(line.split()) >= 2
-               and heading_words(line) for line in text.splitlines())
 
 
 def _columns_text(page: Any, limit: int) -> str:

@@ -26,9 +26,9 @@ import ahocorasick_rs
 
 from securemail.xml_tokens import tokens
 
-__all__ = ["csv_rows", "heading_words", "html_with_labels", "is_tab_table", "labelled_rows",
-           "labelled_table", "labelled_tables", "markup_tables", "may_have_labels",
-           "token_budget", "with_labelled_rows"]
+__all__ = ["csv_rows", "html_with_labels", "is_tab_table", "labelled_rows", "labelled_table",
+           "labelled_tables", "markup_tables", "may_have_labels", "token_budget",
+           "with_labelled_rows"]
 
 MAX_HEADING: Final = 80  # characters: a longer cell is not a column heading
 HEADING_WITHIN: Final = 25  # rows: where a table's heading row is looked for
@@ -94,11 +94,6 @@ def labelled_rows(rows: Iterable[Sequence[str]], limit: int) -> str:
             break
         lines.append(line)
     return "\n".join(lines)
-
-
-def heading_words(text: str) -> bool:
-    """Whether ``text`` names a labelled column (DOB, SSN, MRN, diagnosis)."""
-    return any(heading.search(text) for _, heading in _LABELS)
 
 
 def labelled_table(rows: Sequence[Sequence[str]], limit: int) -> str:

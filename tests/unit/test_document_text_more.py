@@ -331,25 +331,3 @@ def test_a_form_redacted_in_place_by_an_update_is_still_read() -> None:
                               base=pdf)
     text = document_text(redacted, 100_000) or ""
     assert "[redacted]" in text and "Jane Roe" in text
-
-
-def test_only_pages_with_a_heading_row_are_read_again_by_layout(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Layout reading costs as much as reading the page: prose that merely
-    mentions a diagnosis is not read twice; a heading row is."""
-    from pypdf import PageObject
-
-    layouts = []
-    extract = PageObject.extract_text
-
-    def counted(self: PageObject, *args: object, **kwargs: object) -> str:
-        if kwargs.get("extraction_mode") == "layout":
-            layouts.append(1)
-        return extract(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(PageObject, "extract_text", counted)
-    document_text(pdf_with_text("The diagnosis was discussed at length.",
-                                "Plan: weekly sessions, 3 months."), 100_000)
-    assert layouts == []
-    document_text(pdf_with_text("Name DOB Diagnosis", "Alex Vega 03/14/1985 F41.1"), 100_000)
-    assert layouts == [1]
