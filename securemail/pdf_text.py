@@ -21,7 +21,6 @@ import warnings
 from typing import TYPE_CHECKING, Any, Final
 
 from securemail.documents import Unreadable, member_text
-from securemail.table_text import labelled_table, may_have_labels
 
 if TYPE_CHECKING:
     from pypdf import PdfReader
@@ -90,8 +89,6 @@ def _revision_text(reader: PdfReader, limit: int, deadline: float,
         if digest not in read:
             read.add(digest)
             text = _with_unspaced(page.extract_text() or "")
-            if may_have_labels(text):  # a table with a DOB, MRN, SSN or diagnosis column?
-                text += "\n" + _columns_text(page, limit - size - len(text))
         # Comments, sticky notes and free-text boxes drawn on the page.
         for annot in page.get("/Annots") or ():
             obj = annot.get_object()
@@ -105,36 +102,6 @@ def _revision_text(reader: PdfReader, limit: int, deadline: float,
     fields = reader.get_fields() or {}
     texts.extend(str(f.get("/V")) for f in fields.values() if isinstance(f.get("/V"), str))
     return texts
-
-
-_COLUMN_GAP = re.compile(r" {2,}")
-
-
-def _columns_text(page: Any, limit: int) -> str:
-    """A page's tables as rows of cells (pypdf's layout mode keeps the gaps
-    between columns; two spaces or more part two cells; a table is a run of
-    such lines): the rows under a heading row, cells a tab apart, and their
-    labelled values (see
-    :func:`securemail.table_text.labelled_table`). Text reading joins the
-    cells of a row with single spaces: "Rivers Hope 04/02/1990 F41.1"."""
-    try:
-        layout = page.extract_text(extraction_mode="layout") or ""
-    except Exception:  # noqa: BLE001 - layout reading is extra: the page's text was read
-        return ""
-    blocks: list[list[list[str]]] = [[]]  # runs of lines of two cells or more
-    for line in layout.splitlines():
-        cells = _COLUMN_GAP.split(line.strip())
-        if len(cells) >= 2:
-            blocks[-1].append(cells)
-        elif line.strip() and blocks[-1]:
-            blocks.append([])  # a line of prose (or a title) ends a table
-    out: list[str] = []
-    for block in blocks:
-        text = labelled_table(block, limit)
-        if text:
-            out.append(text)
-            limit -= len(text) + 1
-    return "\n".join(out)
 
 
 def _page_digest(page: Any) -> bytes:

@@ -26,9 +26,8 @@ import ahocorasick_rs
 
 from securemail.xml_tokens import tokens
 
-__all__ = ["csv_rows", "html_with_labels", "is_tab_table", "labelled_rows", "labelled_table",
-           "labelled_tables", "markup_tables", "may_have_labels", "token_budget",
-           "with_labelled_rows"]
+__all__ = ["csv_rows", "html_with_labels", "is_tab_table", "labelled_rows", "labelled_tables",
+           "markup_tables", "token_budget", "with_labelled_rows"]
 
 MAX_HEADING: Final = 80  # characters: a longer cell is not a column heading
 HEADING_WITHIN: Final = 25  # rows: where a table's heading row is looked for
@@ -56,8 +55,7 @@ _LABEL_WORDS: Final = ("dob", "d.o.b", "d o b", "birth", "born", "ssn", "ss#", "
 _LABEL_WORD_FINDER = ahocorasick_rs.AhoCorasick(_LABEL_WORDS)
 
 
-def may_have_labels(text: str) -> bool:
-    """Whether ``text`` holds a word a labelled column's heading needs."""
+def _may_have_labels(text: str) -> bool:
     return bool(_LABEL_WORD_FINDER.find_matches_as_indexes(text.lower()))
 _NUMBER = re.compile(r"^[\d\s.,:;%$()+/-]*\d[\d\s.,:;%$()+/-]*$")
 _DATE = re.compile(r"\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}")
@@ -94,19 +92,6 @@ def labelled_rows(rows: Iterable[Sequence[str]], limit: int) -> str:
             break
         lines.append(line)
     return "\n".join(lines)
-
-
-def labelled_table(rows: Sequence[Sequence[str]], limit: int) -> str:
-    """For a table found by layout (a PDF's columns): the rows from its
-    heading row on, cells a tab apart (a surname-first name across two cells
-    reads as one), then their labelled values; "" without a heading row."""
-    for start, row in enumerate(rows[:HEADING_WITHIN]):
-        if _heading_labels(row):
-            body = rows[start:]
-            tabbed = "\n".join("\t".join(r) for r in body)[:max(0, limit)]
-            labelled = labelled_rows(body, limit - len(tabbed) - 1)
-            return f"{tabbed}\n{labelled}" if labelled else tabbed
-    return ""
 
 
 def _heading_labels(row: Sequence[str]) -> dict[int, str] | None:
@@ -280,7 +265,7 @@ def markup_tables(markup: str, limit: int) -> list[list[list[str]]]:
 def labelled_tables(markup: str, limit: int) -> str:
     """:func:`labelled_rows` of every table in ``markup``: "" when it has
     none, or none with a labelled column."""
-    if not _HAS_TABLE.search(markup) or not may_have_labels(markup):
+    if not _HAS_TABLE.search(markup) or not _may_have_labels(markup):
         return ""  # (most HTML mail has layout tables: tokenized only when worth it)
     out: list[str] = []
     for rows in markup_tables(markup, limit):

@@ -184,29 +184,6 @@ def test_letter_spaced_text_in_a_pdf_is_read_as_words(tmp_path: Path, config_pat
     assert {"phi-client-name", "phi-icd10"} <= set(signals)
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
-def test_a_roster_table_in_a_pdf_is_read_by_its_columns(tmp_path: Path,
-                                                        config_path: Path) -> None:
-    """Text reading joins a row's cells with single spaces ("Roe Jane
-    03/14/1985 F41.1"): the columns come from the layout, so the surname-first
-    name and the DOB and Dx columns are found."""
-    page = tmp_path / "census.html"
-    page.write_text("<html><body><h2>Daily census</h2><table border=1 cellpadding=6>"
-                    "<tr><th>Last</th><th>First</th><th>DOB</th><th>Dx</th></tr>"
-                    "<tr><td>Roe</td><td>Jane</td><td>03/14/1985</td><td>F41.1</td></tr>"
-                    "<tr><td>Vega</td><td>Alex</td><td>07/01/1990</td><td>F43.23</td></tr>"
-                    "</table></body></html>")
-    pdf = tmp_path / "census.pdf"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
-                    "--no-pdf-header-footer", f"--print-to-pdf={pdf}", page.as_uri()],
-                   check=True, capture_output=True, timeout=120)
-    text = document_text(pdf.read_bytes(), 100_000) or ""
-    assert "Roe\tJane" in text and "DOB: 03/14/1985; Diagnosis: F41.1" in text
-    action, signals, _ = decision(config_path, pdf.read_bytes(), "census.pdf", "application/pdf")
-    assert action is Action.BLOCK
-    assert {"phi-client-name", "phi-dob", "phi-icd10"} <= set(signals)
-
-
 @given(st.text(alphabet="ab \n", max_size=200))
 @settings(max_examples=300, deadline=None)
 def test_unspacing_keeps_the_text_and_only_adds_lines(text: str) -> None:
