@@ -47,16 +47,17 @@ _MONTH_NUMBER = {m: i for i, m in enumerate(
 
 def _date_key(match: re.Match[str]) -> tuple[frozenset[int], int]:
     """A date of birth as (day and month, either order; year's last two
-    digits): "03/14/1985", "14.03.85" and "March 14th, 1985" are one date."""
+    digits): "03/14/1985", "14.03.85", "7/3/03" and "07/03/2003", and "March
+    14th, 1985" are one date each. The year is the last number, or the first
+    when it has four digits (1985-03-14)."""
     date = match.group(1)
+    groups = re.findall(r"\d+", date)
+    year = groups.pop(0) if len(groups[0]) == 4 else groups.pop()
     month = next((n for name, n in _MONTH_NUMBER.items() if name in date), None)
-    numbers = [int(n) for n in re.findall(r"\d+", date)]
-    if month is not None:
-        numbers = [month, *numbers]
-    year = max(numbers, key=lambda n: (n > 31, numbers.index(n) == len(numbers) - 1))
-    rest = list(numbers)
-    rest.remove(year)
-    return frozenset(rest[:2]), year % 100
+    day_month = [int(g) for g in groups] + ([month] if month is not None else [])
+    return frozenset(day_month), int(year) % 100
+
+
 _SSN_LABELLED = re.compile(
     r"\b(?:ssn|social security(?: number| no\.?)?)\b[\s:#.-]{0,6}(\d{9})(?!\d)")
 _ICD10 = re.compile(
@@ -78,11 +79,11 @@ HEALTH_TERMS = (
     # Word forms and terms a clinician writes (each matched as a whole word).
     "depressed", "anxious", "suicide", "suicide attempt", "suicidality", "self harm",
     "psychosis", "psychotic", "mdd", "gad", "autism", "autistic", "asperger's", "dementia",
-    "alzheimer's", "trauma", "insomnia", "addiction", "rehab", "detox", "relapse",
+    "alzheimer's", "trauma", "addiction", "rehab", "detox", "relapse",
     "psychologist", "psychiatrist", "antidepressant", "zoloft", "prozac", "lexapro",
     "wellbutrin", "xanax", "adderall", "ritalin", "seroquel", "abilify", "suboxone",
     "methadone", "phq-9", "gad-7", "chemotherapy", "cancer", "tumor", "diabetes", "diabetic",
-    "a1c", "hypertension", "seizure", "epilepsy", "miscarriage", "abortion", "std",
+    "a1c", "hypertension", "seizure", "epilepsy", "miscarriage", "abortion",
 )
 # Hint words gate the regular expressions (after punctuation became spaces).
 _HINTS = {
@@ -326,6 +327,7 @@ class Detectors:
         """The detector hits, and the ids of the directory clients whose names appear."""
         found: list[PhiSignal] = []
         named: set[str] = set()
+        people: set[tuple[str, object]] = set()  # distinct dates of birth and SSNs
         for where, text in (("subject", subject), ("body", body)):
             if not text:
                 continue
@@ -337,17 +339,24 @@ class Detectors:
                 # What a reader sees may hide behind marks, invisible characters
                 # or compatibility forms: the folded text is scanned too.
                 folded = _folded(text)
-            hits, names = self._scan_one(text)
+            hits, names, persons = self._scan_one(text)
             if folded is not None:
-                more, more_names = self._scan_one(folded)
+                more, more_names, more_persons = self._scan_one(folded)
                 hits += [h for h in more if h not in hits]
                 names |= more_names
+                persons |= more_persons
             found.extend(PhiSignal(d, where) for d in hits)
             for name in names:
                 named |= self._owners.get(name, frozenset())
+            people |= persons
+            # Two dates of birth, or two SSNs, in the subject and text together:
+            # two people at least.
+            if any(sum(kind == k for kind, _ in people) > 1 for k in ("dob", "ssn")) and not any(
+                    s.detector == "phi-several-people" for s in found):
+                found.append(PhiSignal("phi-several-people", where))
         return tuple(found), frozenset(named)
 
-    def _scan_one(self, text: str) -> tuple[list[str], set[str]]:
+    def _scan_one(self, text: str) -> tuple[list[str], set[str], set[tuple[str, object]]]:
         lowered = text.lower()
         scanned = _scanned(lowered)
         padded = ""  # the text as written, aligned with ``scanned``: made when first needed
@@ -396,7 +405,11 @@ class Detectors:
                                if _valid_ssn(d[0:3], d[3:5], d[5:9]))
         if ssn or people_ssns:
             hits.append("phi-ssn")
-        births = {_date_key(m) for m in _DOB.finditer(spaced)} if "dob" in groups else set()
+        births: set[tuple[frozenset[int], int]] = set()
+        for m in _DOB.finditer(spaced) if "dob" in groups else ():
+            births.add(_date_key(m))
+            if len(births) > 1:
+                break  # several people: no need to read every date
         if births:
             hits.append("phi-dob")
         if ("mrn" in groups or self._custom_mrn) and (
@@ -404,8 +417,6 @@ class Detectors:
             hits.append("phi-mrn")
         if "identifier" in groups:
             hits.append("phi-client-name")
-        if len(people_ssns) > 1 or len(births) > 1:
-            hits.append("phi-several-people")
         # The code is looked for right after each diagnosis word the matcher
         # found (a search of the whole text costs ~0.4 ms per 10 KiB). In ASCII
         # text every place the pattern can start is such a word; beyond ASCII
@@ -417,7 +428,9 @@ class Detectors:
             hits.append("phi-icd10")
         if "health" in groups:
             hits.append("phi-keyword")
-        return hits, names
+        people: set[tuple[str, object]] = {("dob", b) for b in births}
+        people.update(("ssn", n) for n in people_ssns)
+        return hits, names, people
 
 
 # Attachments that are text in all but name: exports of patient lists are

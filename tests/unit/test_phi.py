@@ -441,3 +441,13 @@ def test_two_dates_of_birth_or_ssns_are_several_people() -> None:
     # One person's date written twice, two ways: one person.
     assert "phi-several-people" not in kinds(body="DOB 03/14/1985, born on March 14th, 1985")
     assert "phi-several-people" not in kinds(body="SSN 123-45-6789 (SSN: 123456789)")
+    # Two-digit years: the year is the last number.
+    assert "phi-several-people" not in kinds(body="DOB 7/3/03; DOB: 07/03/2003")
+    assert "phi-several-people" in kinds(body="DOB 7/3/03; DOB: 3/3/07")
+
+
+@pytest.mark.parametrize("text", [
+    "Open enrolment: STD/LTD cover. Born on 03/14/1986 (Jo, HR).",
+    "Cookies from Insomnia Cookies for Jo's birthday, born on 03/14/1986"])
+def test_benefits_and_bakery_mail_is_not_phi(text: str) -> None:
+    assert not is_phi(body=text)

@@ -100,9 +100,17 @@ def test_consent_never_releases_a_roster_of_people_not_in_the_directory(
     assert (d.action, d.rules) == (Action.PORTAL, ("consent-several-people", "protected-portal"))
     assert "more than one date of birth or SSN" in d.reason
     # His own date of birth, written twice: his consent applies.
-    own = msg(to=["sam@mail.example"], body="Your DOB 03/14/1985 (March 14th, 1985), anxiety")
+    own = msg(to=["sam@mail.example"],
+              body="Your DOB 03/14/1985 (DOB: March 14th, 1985; born 3/14/85), anxiety")
     assert verdict_for(config_path, own, DR, ["sam@mail.example"]).decisions[0].rules == (
         "consent-unencrypted",)
+
+
+def test_a_second_date_of_birth_in_the_subject_counts_too(config_path: Path) -> None:
+    raw = msg(to=["sam@mail.example"], subject="Re: B. Lee DOB 07/01/1990",
+              body="A. Vega DOB 03/14/1985, diagnosis F41.1")
+    d = verdict_for(config_path, raw, DR, ["sam@mail.example"]).decisions[0]
+    assert d.rules == ("consent-several-people", "protected-portal")
 
 
 def test_consent_never_covers_contacts(config_path: Path) -> None:
