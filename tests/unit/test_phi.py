@@ -6,7 +6,7 @@ import email
 from email.message import EmailMessage, Message
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securemail.config import PolicySettings
@@ -451,3 +451,15 @@ def test_two_dates_of_birth_or_ssns_are_several_people() -> None:
     "Cookies from Insomnia Cookies for Jo's birthday, born on 03/14/1986"])
 def test_benefits_and_bakery_mail_is_not_phi(text: str) -> None:
     assert not is_phi(body=text)
+
+
+@given(st.lists(st.sampled_from(["Jane", "Roe", "roe,", "DOB", "03/14/1985", "SSN",
+                                 "123-45-6789", "diagnosis", "F32.1", "depressed", "the", "grant",
+                                 "will", "\t", "\n", "MRN:", "00451234", "therapy", "a1c"]),
+                max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_ascii_text_is_judged_the_same_on_either_automaton(words: list[str]) -> None:
+    """ASCII text is scanned as bytes; text with one accented letter as
+    characters: the same words give the same hits."""
+    text = " ".join(words)
+    assert kinds(body=text) == kinds(body=text + " café")
