@@ -299,7 +299,7 @@ class _Workbook:
         except TooLarge:
             raise Unreadable("the document's text is past the scan limit") from None
         out.extend(s for i, s in enumerate(shared.strings) if i not in used)
-        out.extend(shared.phonetic)
+        out.extend(shared.other)
         return "\n".join(out)
 
 

@@ -58,7 +58,7 @@ class SharedStrings:
     outside a string."""
 
     strings: list[str] = field(default_factory=list)
-    phonetic: list[str] = field(default_factory=list)
+    other: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -115,7 +115,7 @@ def shared_strings(xml: bytes, limit: int) -> SharedStrings:
             if in_text and not in_phonetic and current is not None:
                 current.append(text)
             else:
-                out.phonetic.append(text)
+                out.other.append(text)
     if current is not None:
         out.strings.append("".join(current))
     return out

@@ -500,7 +500,7 @@ def test_cdata_text_is_read() -> None:
 
 def test_text_outside_a_shared_string_is_kept() -> None:
     shared = shared_strings(b"<sst><si/><t>Jane Roe</t>stray<si><t>a</t></si></sst>", 100)
-    assert shared.strings == ["", "a"] and shared.phonetic == ["Jane Roe", "stray"]
+    assert shared.strings == ["", "a"] and shared.other == ["Jane Roe", "stray"]
 
 
 def test_a_1904_serial_past_the_year_9999_stays_a_number() -> None:
