@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 
 def pdf_with_text(*lines: str, pages: int = 1, annotation: str = "",
                   field_value: str = "") -> bytes:
@@ -80,3 +82,21 @@ def text_stream(*lines: str) -> bytes:
     """Content that shows ``lines`` in font /F1."""
     return ("BT /F1 12 Tf\n" + "\n".join(f"1 0 0 1 72 {700 - 20 * i} Tm ({line}) Tj"
                                           for i, line in enumerate(lines)) + "\nET").encode()
+
+
+def pdf_with_pages(pages: list[list[str]]) -> bytes:
+    """A PDF whose pages each show their own ``lines`` (a content stream per
+    page, compressed as most writers do: a reader cannot take one page's text
+    for another's)."""
+    count = len(pages)
+    font = 3 + 2 * count
+    objs: dict[int, str | tuple[str, bytes]] = {
+        1: "<< /Type /Catalog /Pages 2 0 R >>",
+        2: "<< /Type /Pages /Kids [" + " ".join(f"{3 + 2 * i} 0 R" for i in range(count))
+           + f"] /Count {count} >>",
+        font: "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"}
+    for i, lines in enumerate(pages):
+        objs[3 + 2 * i] = (f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents"
+                           f" {4 + 2 * i} 0 R /Resources << /Font << /F1 {font} 0 R >> >> >>")
+        objs[4 + 2 * i] = ("/Filter /FlateDecode", zlib.compress(text_stream(*lines), 9))
+    return pdf_objects(objs)[0]

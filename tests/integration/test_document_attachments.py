@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from tests.document_makers import pdf_with_text
+from tests.document_makers import pdf_with_pages, pdf_with_text
 from tests.integration.relay_support import Upstream, message, run_relay, write_config
 
 SENDER = "dr@riverside.example"
@@ -87,16 +87,18 @@ async def test_a_long_pdf_does_not_hold_up_other_connections(
             gaps.append(time.perf_counter() - before)
 
     try:
-        report = pdf_with_text(*[f"Line {i} of a long quarterly report, ordinary words only"
-                                 for i in range(60)], pages=490)
+        # Every page its own (identical pages are read once).
+        report = pdf_with_pages([[f"Page {p} line {i} of a long quarterly report, ordinary words"
+                                  for i in range(60)] for p in range(490)])
         ticks = asyncio.create_task(ticker())
         code, _, big_seconds = await send(relay.port, with_pdf(report, STAFF), STAFF)
         reading = False
         await ticks
         assert code == 250 and len(upstream.messages) == 1
         # Before, the report was read on the event loop: nothing else ran for
-        # as long as that took (about a second here).
-        assert max(gaps) < 0.3 * big_seconds, (max(gaps), big_seconds)
+        # as long as that took (about two seconds here). Now the longest stall
+        # is a fraction of it (the reading thread holds the GIL at times).
+        assert max(gaps) < 0.5 * big_seconds, (max(gaps), big_seconds)
         code, _, _ = await send(relay.port, message(), STAFF)
         assert code == 250 and len(upstream.messages) == 2
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,12 +37,14 @@ def gpg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gpg]:
     shrink = g.gen("Shrink <shrink@example.org>", "ed25519", "cert")
     g.add_subkey(shrink, "cv25519", "encr")
     (g.home / "shrink-before.asc").write_bytes(g.export(shrink))
+    time.sleep(1.1)  # a self-signature of the same second could not be told from the first
     g.run("--quick-set-expire", shrink, "1d")
     (g.home / "shrink-after.asc").write_bytes(g.export(shrink))
     # Extended expiry: the stored copy is newer than the file imported later.
     ext = g.gen("Ext <ext@example.org>", "ed25519", "cert", "1d")
     g.add_subkey(ext, "cv25519", "encr")
     (g.home / "ext-old.asc").write_bytes(g.export(ext))
+    time.sleep(1.1)  # the same: "newer" is by signature time, in seconds
     g.run("--quick-set-expire", ext, "2y")
     (g.home / "ext-new.asc").write_bytes(g.export(ext))
     g.gen("Brain <brain@example.org>", "brainpoolP256r1", "default")
