@@ -14,24 +14,23 @@ from click.testing import CliRunner, Result
 from securemail.cli.config_cmd import config_group
 from securemail.cli.serve_cmd import init
 from securemail.config import load_settings
-from securemail.errors import ConfigError
 from securemail.init import production_config
 from securemail.preflight import config_warnings, reserved_domain
+from tests.unit.test_config import error as config_error
+from tests.unit.test_config import write as config_file
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
+STORAGE = '\n[storage]\nurl = "sqlite:data/securemail.db"\n'
+
+
 def write(tmp_path: Path, text: str) -> Path:
-    p = tmp_path / "securemail.toml"
-    p.write_text(text + '\n[storage]\nurl = "sqlite:data/securemail.db"\n', encoding="utf-8")
-    return p
+    return config_file(tmp_path, text + STORAGE)
 
 
 def error(tmp_path: Path, text: str) -> str:
-    path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as exc:
-        load_settings(path)
-    return str(exc.value).replace(str(path), "securemail.toml")
+    return config_error(tmp_path, text + STORAGE)
 
 
 def warnings(tmp_path: Path, text: str) -> list[str]:
