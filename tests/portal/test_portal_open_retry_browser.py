@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from securemail.testing import build_message
 
@@ -37,7 +38,7 @@ def test_network_drop_after_the_right_code_retries_without_the_code(portal: Port
         error.wait_for(state="visible")
         assert "could not reach the server" in error.inner_text()
         assert page.locator("#step-code").is_visible()
-        page.wait_for_function("!document.getElementById('open').disabled")
+        expect(page.locator("#open")).to_be_enabled()  # not wait_for_function: CSP
     page.unroute("**/sealed")
     page.get_by_role("button", name="Open message").click()
     page.locator("#step-message").wait_for(state="visible")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from securemail.portal.app import MAX_REPLY_TEXT
 from securemail.testing import build_message
@@ -65,5 +66,6 @@ def test_page_limits_and_explains_reply_length(portal: Portal, page: Any) -> Non
         body='{"error": "reply-too-long", "max": 100000}'))
     page.evaluate("document.getElementById('reply-body').value = 'ok'")
     page.get_by_role("button", name="Send reply").click()
-    page.wait_for_function(
-        "document.getElementById('reply-error').textContent.includes('too long')")
+    # expect() polls from Playwright's own script world: a wait_for_function
+    # predicate is eval'ed in the page, which the portal's CSP refuses.
+    expect(page.locator("#reply-error")).to_contain_text("too long")

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from securemail.testing import build_message
 
@@ -43,10 +44,9 @@ def code_emails(portal: Portal) -> int:
 def live_text(page: Any, region: str, expected: str) -> None:
     """Wait until the live region ``region`` says ``expected`` (it is set a moment
     after it is cleared, so that the same words twice are read twice)."""
-    page.wait_for_function(
-        "([sel, text]) => { const el = document.querySelector(sel);"
-        " return !!el && el.textContent.includes(text); }",
-        arg=[region, expected], timeout=5_000)
+    # expect() polls from Playwright's own script world: a wait_for_function
+    # predicate is eval'ed in the page, which the portal's CSP refuses.
+    expect(page.locator(region)).to_contain_text(expected, timeout=5_000)
 
 
 # ------------------------------------------------------------- 1. accessibility
