@@ -112,6 +112,18 @@ def normalise_address(address: str) -> str:
     return f"{local.lower()}@{normalise_domain(domain)}"
 
 
+def _written_domain(address: str) -> str:
+    """``kim@xn--bcher-kva.example`` -> ``kim@bücher.example``; as is when the
+    domain has no A-label (or one Python's IDNA codec cannot decode)."""
+    local, _, domain = address.rpartition("@")
+    if "xn--" not in domain:
+        return address
+    try:
+        return f"{local}@{domain.encode('ascii').decode('idna')}"
+    except UnicodeError:
+        return address
+
+
 def domain_of(address: str) -> str:
     """The domain of an address, lower-case; "" when there is none (so a log line
     that shows domains can never show a bare local part)."""
@@ -173,6 +185,12 @@ class Directory:
         self._partner_domain = {d: p.name for p in self.partners for d in p.domains}
         self.client_names = tuple(
             (n, c.id) for c in self.clients.values() for n in c.names if n.strip()
+        )
+        # Each client's addresses as the detectors look for them in a text:
+        # as stored (A-label domain) and with the domain as people write it.
+        self.client_addresses = tuple(
+            (form, c.id) for c in self.clients.values() for a in dict.fromkeys(c.addresses)
+            for form in dict.fromkeys((a, _written_domain(a)))
         )
 
     def identify(self, address: str) -> Identity:

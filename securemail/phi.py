@@ -18,7 +18,7 @@ from __future__ import annotations
 import email
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from email.message import Message
 from typing import Final
 
@@ -26,7 +26,8 @@ import ahocorasick_rs
 
 from securemail.cms_content import cms_content
 from securemail.config import PolicySettings
-from securemail.documents import Unreadable, document_text, is_document
+from securemail.document_process import read_document
+from securemail.documents import Unreadable, is_document
 from securemail.model import PhiSignal
 from securemail.parse import header_texts, utf8_header
 from securemail.table_text import html_with_labels, is_tab_table, with_labelled_rows
@@ -44,6 +45,80 @@ _DOB = re.compile(r"\b(?:dob|d\.o\.b\.?|date of birth|birth ?date|born(?: on)?)\
                   + f"({_DATE})")
 _MONTH_NUMBER = {m: i for i, m in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+
+
+# A table written as text (a PDF's table, a fixed-width table pasted into a
+# message): the headings on one line, a row on each line below, cells a space
+# or more apart. A date in the rows under a "DOB" heading is a date of birth,
+# an ICD-10 code under a "Diagnosis" heading a diagnosis. A heading line is
+# mostly headings, two at least, and holds no value (a form's "DOB: ____" is
+# no heading, nor is a sentence that mentions a name and a DOB).
+_HEADING_WORDS = re.compile(
+    r"(?<![\w-])(?:name|patient|client|first|last|surname|dob|d\.o\.b\.?|date of birth"
+    r"|birth ?date|diagnos[ie]s|dx|icd(?:-?10)?|code|mrn|ssn|phone|address|age|sex|gender"
+    r"|insurance|member|provider|therapist|clinician|id|status|notes?)(?![\w-])")
+_HEADING_DOB = re.compile(
+    r"(?<![\w-])(?:dob|d\.o\.b\.?|date of birth|birth ?date)(?![\w-])(?!\s*:)")
+_HEADING_DX = re.compile(r"(?<![\w-])(?:diagnos[ie]s|dx|icd(?:-?10)?)(?![\w-])(?!\s*:)")
+_ROW_DATE = re.compile(rf"(?<![\w/.-])({_DATE})(?![\w/-]|\.\d)")
+_ROW_CODE = re.compile(r"(?<![\w.])([a-tv-z][0-9][0-9ab]\.[0-9a-tv-z]{1,4})(?![\w.])")
+_TABLE_ROWS = 500  # rows read under one heading line
+_HEADING_LINES = 200  # lines with a heading word looked at in one text
+_TABLE_GAP = 3  # lines in a row without a value (blank ones too) end a table
+
+
+def _column_matches(lowered: str, heading: re.Pattern[str], value: re.Pattern[str]
+                    ) -> Iterator[re.Match[str]]:
+    """The first ``value`` of each row under a heading line that ``heading``
+    matches (see _HEADING_WORDS). A row is read once: a table ends at the
+    next heading line, so the work grows with the lines, not their square."""
+    if heading.search(lowered) is None:
+        return
+    lines = lowered.splitlines()
+    at = candidates = 0
+    while at < len(lines) and candidates < _HEADING_LINES:
+        line = lines[at]
+        at += 1
+        if heading.search(line) is None:
+            continue
+        candidates += 1
+        if value.search(line) is not None or not _heading_line(line):
+            continue
+        gap = 0
+        for row in lines[at:at + _TABLE_ROWS]:
+            m = value.search(row)
+            if m is None:
+                if heading.search(row) is not None:
+                    break  # the next table's heading: read from there
+                gap += 1
+                if gap >= _TABLE_GAP:
+                    break
+            else:
+                gap = 0
+                yield m
+            at += 1
+
+
+def _heading_line(line: str) -> bool:
+    """Two column headings at least, and headings make up most of the line
+    ("Name DOB Diagnosis Provider"; not "Please send the client's name and DOB")."""
+    words = _HEADING_WORDS.findall(line)
+    return len(set(words)) >= 2 and 2 * sum(map(len, words)) >= len("".join(line.split()))
+
+
+def _column_births(lowered: str) -> set[tuple[frozenset[int], int]]:
+    """Dates of birth in a text table's DOB column (two are enough to tell)."""
+    births: set[tuple[frozenset[int], int]] = set()
+    for m in _column_matches(lowered, _HEADING_DOB, _ROW_DATE):
+        births.add(_date_key(m))
+        if len(births) > 1:
+            break
+    return births
+
+
+def _column_has_code(lowered: str) -> bool:
+    """Whether a text table's diagnosis column holds an ICD-10 code."""
+    return next(_column_matches(lowered, _HEADING_DX, _ROW_CODE), None) is not None
 
 
 def _date_key(match: re.Match[str]) -> tuple[frozenset[int], int]:
@@ -254,13 +329,15 @@ class Detectors:
     """Compiled once per configuration; ``scan`` is called per message.
 
     ``client_names`` are identifiers; ``name_owners`` are ``(name, client id)``
-    pairs from the directory: identifiers too, and :meth:`scan_named` says
-    which clients a message names (so consent given by one client never
-    releases another client's PHI).
+    pairs from the directory, ``address_owners`` ``(address, client id)``
+    pairs: identifiers too, and :meth:`scan_named` says which clients a
+    message names (so consent given by one client never releases another
+    client's PHI).
     """
 
     def __init__(self, policy: PolicySettings, client_names: Iterable[str] = (), *,
-                 name_owners: Iterable[tuple[str, str]] = ()) -> None:
+                 name_owners: Iterable[tuple[str, str]] = (),
+                 address_owners: Iterable[tuple[str, str]] = ()) -> None:
         owners: dict[str, set[str]] = {}
         # Where a name form turns from surname to given name (see _name_forms).
         self._boundary: dict[str, int] = {}
@@ -274,6 +351,13 @@ class Detectors:
         for name, client_id in name_owners:
             if len(name.strip()) >= 3:
                 for form in name_forms(name):
+                    owners.setdefault(form, set()).add(client_id)
+        # A client's email address identifies the client as a name does (HIPAA
+        # lists it among the 18 identifiers): "jane.roe@mail.example" is found
+        # as written, its separators as any separators ("jane roe mail example").
+        for address, client_id in address_owners:
+            if "@" in address:
+                for form in _forms(address):
                     owners.setdefault(form, set()).add(client_id)
         self._owners = {p: frozenset(ids) for p, ids in owners.items()}
         keywords = {f for n in policy.identifier_keywords if len(n.strip()) >= 3
@@ -426,6 +510,8 @@ class Detectors:
             births.add(_date_key(m))
             if len(births) > 1:
                 break  # several people: no need to read every date
+        if "dob" in groups and len(births) < 2:
+            births.update(_column_births(lowered))
         if births:
             hits.append("phi-dob")
         if ("mrn" in groups or self._custom_mrn) and (
@@ -440,7 +526,7 @@ class Detectors:
         # bullet, a spacing mark) or lower() may change it ("İCD" -> "i̇cd"):
         # there the whole text is searched as written, as before.
         if "icd" in groups and (any(_ICD10.match(lowered, at) for at in icd_at) or (
-                not text.isascii() and _ICD10.search(text))):
+                not text.isascii() and _ICD10.search(text)) or _column_has_code(lowered)):
             hits.append("phi-icd10")
         if "health" in groups:
             hits.append("phi-keyword")
@@ -607,7 +693,7 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
             continue
         if is_document(payload):
             try:
-                document = document_text(payload, limit - size)
+                document = read_document(payload, limit - size)
             except Unreadable:
                 return "\n".join(chunks), True
             if document is not None and add(document):

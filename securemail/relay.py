@@ -39,6 +39,7 @@ from securemail.directory import (
     current_directory,
     imported_version,
 )
+from securemail.document_process import documents_in_child_process
 from securemail.errors import InputError, StoreError
 from securemail.in_flight import InFlight, ThreadSafeLedger
 from securemail.model import Envelope, Outcome, TLSInfo, Verdict
@@ -222,9 +223,12 @@ class Relay:
     async def evaluate_in_thread(self, raw: bytes, envelope: Envelope,
                                  now: dt.datetime) -> Verdict:
         """:meth:`evaluate` in a worker thread, for a large message (reading a
-        long PDF must not stall every other connection). The thread reads keys
-        through a connection of its own: the shared one carries the portal's
-        and the directory's transactions, which must not be interleaved."""
+        long PDF must not stall every other connection). Its documents are
+        read in a child process (:mod:`securemail.document_process`): read in
+        the thread, they still held the GIL often enough to stall the event
+        loop. The thread reads keys through a connection of its own: the
+        shared one carries the portal's and the directory's transactions,
+        which must not be interleaved."""
         self._refresh_directory()  # on the shared connection, in this thread
         with self._closing_lock:
             if self._thread_keys is None:
@@ -232,7 +236,8 @@ class Relay:
 
                 self._thread_keys = Keyring(open_database(self.settings.storage.sqlite_path))
             keys = self._thread_keys
-        return await asyncio.to_thread(self.evaluate, raw, envelope, now, keys=keys)
+        with documents_in_child_process():  # to_thread runs in a copy of this context
+            return await asyncio.to_thread(self.evaluate, raw, envelope, now, keys=keys)
 
     def _refresh_directory(self) -> None:
         """Pick up ``securemail directory import`` (any process) within a second,
@@ -468,7 +473,8 @@ def _load_directory(settings: Settings, conn: Any) -> tuple[int, Directory, Dete
     version = imported_version(conn)  # read first: a later import is seen next time
     directory = current_directory(settings.practice.domains, settings.directory, conn)
     return version, directory, Detectors(settings.policy,
-                                         name_owners=directory.client_names)
+                                         name_owners=directory.client_names,
+                                         address_owners=directory.client_addresses)
 
 
 def _instance_id(settings: Settings) -> str:

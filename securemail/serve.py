@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from securemail import document_process
 from securemail.admin import start_admin
 from securemail.config import Settings, load_settings
 from securemail.errors import ConfigError
@@ -241,6 +242,7 @@ async def run(config_path: Path, *, smtp: bool = True, portal: bool = True, demo
     relay = load(config_path)
     settings: Settings = relay.settings
     children = workers.pids if workers is not None else []
+    document_process.enable()  # large messages' documents are read in child processes
     try:
         services = await start_services(relay, settings, smtp=smtp, portal=portal, admin=admin,
                                         sockets=sockets)
@@ -281,9 +283,13 @@ async def run(config_path: Path, *, smtp: bool = True, portal: bool = True, demo
         if watch is not None:
             watch.cancel()
         # Signals stay handled while draining: a second SIGTERM must not kill us mid-drain.
-        await services.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+        try:
+            await services.stop()
+        finally:
+            # The messages are drained: end the document-reading children.
+            await asyncio.to_thread(document_process.shutdown)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
 
 
 def _audit_config(relay: Any, reason: str, status: str) -> None:

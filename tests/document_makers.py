@@ -100,3 +100,23 @@ def pdf_with_pages(pages: list[list[str]]) -> bytes:
                            f" {4 + 2 * i} 0 R /Resources << /Font << /F1 {font} 0 R >> >> >>")
         objs[4 + 2 * i] = ("/Filter /FlateDecode", zlib.compress(text_stream(*lines), 9))
     return pdf_objects(objs)[0]
+
+
+def pdf_with_table(rows: list[list[str]]) -> bytes:
+    """A one-page PDF that draws ``rows`` as a table does: each cell its own
+    text object at its column's x, a row's cells on one baseline."""
+    ops = ["BT /F1 10 Tf"]
+    for r, cells in enumerate(rows):
+        for c, cell in enumerate(cells):
+            escaped = cell.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+            ops.append(f"1 0 0 1 {60 + 120 * c} {740 - 16 * r} Tm ({escaped}) Tj")
+    ops.append("ET")
+    objs: dict[int, str | tuple[str, bytes]] = {
+        1: "<< /Type /Catalog /Pages 2 0 R >>",
+        2: "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        3: ("<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+            " /Resources << /Font << /F1 5 0 R >> >> >>"),
+        4: ("", "\n".join(ops).encode("latin-1")),
+        5: "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
+    }
+    return pdf_objects(objs)[0]

@@ -31,7 +31,8 @@ class FakeKeys:
 def facts_for(settings: Settings, raw: bytes, mail_from: str, rcpt_tos: Sequence[str],
               keys: FakeKeys | None = None, now: dt.datetime = NOW) -> Facts:
     directory = Directory(settings.practice.domains, settings.directory)
-    detectors = Detectors(settings.policy, name_owners=directory.client_names)
+    detectors = Detectors(settings.policy, name_owners=directory.client_names,
+                          address_owners=directory.client_addresses)
     return classify(parse_message(raw, settings.limits), mail_from=mail_from, rcpt_tos=rcpt_tos,
                     directory=directory, detectors=detectors, keys=keys or FakeKeys(),
                     restricted_header=settings.policy.restricted_header,

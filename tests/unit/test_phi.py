@@ -463,3 +463,56 @@ def test_ascii_text_is_judged_the_same_on_either_automaton(words: list[str]) -> 
     characters: the same words give the same hits."""
     text = " ".join(words)
     assert kinds(body=text) == kinds(body=text + " café")
+
+
+# A table written as text: a PDF's table (cells a space apart, one row a
+# line) or a fixed-width table pasted into a message.
+CENSUS = ("Waitlist census, November\n"
+          "Name DOB Diagnosis Provider\n"
+          "Vega, Ana 03/14/1985 F41.1 Dr. Lee\n"
+          "Lee, Bo 07/01/1990 F32.1 Dr. Lee\n")
+
+
+@pytest.mark.parametrize("table", [
+    CENSUS,
+    "Client        Date of birth   Dx\n------------------------------\n"
+    "Ana Vega      1985-03-14      F41.1\nBo Lee        1990-07-01      F32.1\n",
+    "Patient\tDOB\tICD-10\n\nAna Vega\tMarch 14th, 1985\tF41.1\nBo Lee\t1 Jul 1990\tF32.1\n",
+])
+def test_dates_and_codes_under_their_column_headings(table: str) -> None:
+    assert {"phi-dob", "phi-icd10", "phi-several-people"} <= kinds(body=table)
+    assert is_phi(body=table)
+
+
+@pytest.mark.parametrize("text", [
+    # A form's empty field, then an appointment date: no column, no DOB.
+    "Intake form\nPatient name: ______ DOB: ______\nAppointment 12/01/2026\n",
+    # Dates under no DOB heading (a schedule); a heading with no rows.
+    "Name Date Room\nAna 12/01/2026 4\nBo 12/02/2026 5\n",
+    "Name DOB Diagnosis\n(no rows yet)\n\n\nNext meeting 12/01/2026, room F41.1\n",
+    # A sentence that names two headings is no heading line.
+    "Please send the client's name and DOB to the front desk.\nGroup therapy 12/01/2026\n",
+    # One heading word is not a table heading.
+    "Dx\nfollow-up list\nroom F41.1\n",
+    # Rows end after three lines without a value (blank ones included).
+    "Name DOB\nAna\nBo\nCy\nStaff lunch 12/01/2026\n",
+])
+def test_text_that_is_not_a_table_of_births_or_codes(text: str) -> None:
+    assert not {"phi-dob", "phi-icd10"} & kinds(body=text)
+
+
+def test_a_pdf_table_of_people_not_in_the_directory_is_phi() -> None:
+    """Before, "DOB" and the dates were read a line apart and nothing fired:
+    a waitlist of strangers' birth dates and diagnoses left in clear."""
+    from tests.document_makers import pdf_with_table
+
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "dr@riverside.example", "x@y.example", "List"
+    msg.set_content("As discussed.")
+    msg.add_attachment(pdf_with_table([["Name", "DOB", "Diagnosis", "Provider"],
+                                       ["Vega, Ana", "03/14/1985", "F41.1", "Dr. Lee"],
+                                       ["Lee, Bo", "07/01/1990", "F32.1", "Dr. Lee"]]),
+                       maintype="application", subtype="pdf", filename="census.pdf")
+    text, cut = message_text(email.message_from_bytes(msg.as_bytes()), 1_000_000)
+    assert not cut
+    assert {"phi-dob", "phi-icd10", "phi-several-people"} <= kinds(body=text)

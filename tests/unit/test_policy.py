@@ -349,3 +349,34 @@ def test_the_reason_says_why_consent_on_file_was_not_used(make_config) -> None:
     assert v.decisions[0].reason.endswith(
         "(consent on file is not used: this address is also an authorised contact of"
         " client c-2004)")
+
+
+def test_a_clients_email_address_identifies_the_client(config_path: Path) -> None:
+    """An address is one of HIPAA's identifiers: with a health word, and no
+    name in sight, it is still a client's PHI (and whose)."""
+    about_jane = msg(to=["coach@school.example"],
+                     body="Re jane@mail.example: her anxiety is improving, says her therapist.")
+    v = verdict_for(config_path, about_jane, DR, ["coach@school.example"])
+    assert actions(v) == {"coach@school.example": "block"}
+    assert v.decisions[0].rules == ("unauthorised-recipient",)
+    assert "contains PHI" in v.decisions[0].reason
+    # Without the address: no identifier, so no PHI to withhold.
+    plain = msg(to=["coach@school.example"],
+                body="Re the student: her anxiety is improving, says her therapist.")
+    assert actions(verdict_for(config_path, plain, DR, ["coach@school.example"])) == {
+        "coach@school.example": "deliver"}
+    # Written with its domain in Unicode, and in capitals across a line break.
+    for body in ("Kim (kim@bücher.example) has a diagnosis of F41.1",
+                 "KIM@XN--BCHER-KVA.EXAMPLE\r\nhas a diagnosis of F41.1"):
+        v = verdict_for(config_path, msg(to=["coach@school.example"], body=body), DR,
+                        ["coach@school.example"])
+        assert actions(v) == {"coach@school.example": "block"}, body
+    # Sam consented for himself; Jane's address in his message is Jane's PHI.
+    to_sam = msg(to=["sam@mail.example"],
+                 body="You and jane@mail.example both mentioned panic attacks.")
+    sam = verdict_for(config_path, to_sam, DR, ["sam@mail.example"]).decisions[0]
+    assert sam.rules == ("consent-other-client", "protected-portal")
+    # His own address in his own message: his consent applies.
+    own = msg(to=["sam@mail.example"], body="Confirming sam@mail.example for your anxiety notes.")
+    assert verdict_for(config_path, own, DR, ["sam@mail.example"]).decisions[0].rules == (
+        "consent-unencrypted",)
