@@ -1,16 +1,22 @@
 """Counters for ``/metrics`` (Prometheus text format).
 
-Kept in memory per process; Prometheus scrapes and keeps history.
+Kept in memory per process; Prometheus scrapes and keeps history. With
+``relay.workers > 1`` each worker also keeps its counters in a slot of a
+shared memory region (:class:`WorkerSlots`, made before the workers are
+forked), and the main process, which serves ``/metrics`` and ``/readyz``,
+adds them to its own: one scrape sees every process's messages.
 """
 
 from __future__ import annotations
 
+import mmap
+import struct
 import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["MessageRecord", "Metrics"]
+__all__ = ["MessageRecord", "Metrics", "WorkerSlots"]
 
 OUTCOMES = ("delivered", "blocked", "malformed", "deferred", "refused", "rejected")
 ACTIONS = ("deliver", "encrypt-pgp", "encrypt-smime", "portal", "block")
@@ -41,6 +47,15 @@ class Metrics:
     connections: int = 0
     deferral_streak: int = 0  # transactions answered 4xx since the last 2xx/5xx
     last_deferral: float = 0.0  # time.monotonic() of the last 4xx
+    slot: memoryview | None = None  # where a worker publishes these (WorkerSlots)
+
+    def opened(self) -> None:
+        self.connections += 1
+        self._publish()
+
+    def closed(self) -> None:
+        self.connections -= 1
+        self._publish()
 
     def observe(self, record: MessageRecord) -> None:
         self.messages[record.outcome] += 1
@@ -57,6 +72,38 @@ class Metrics:
         for i, bound in enumerate(LATENCY_BUCKETS):
             if record.seconds <= bound:
                 self.latency_buckets[i] += 1
+        self._publish()
+
+    def with_workers(self, slots: WorkerSlots | None) -> Metrics:
+        """These counters plus the workers' (``self`` when there are none)."""
+        if slots is None:
+            return self
+        total = Metrics(Counter(self.messages), Counter(self.actions), self.deferrals,
+                        list(self.latency_buckets), self.latency_sum, self.latency_count,
+                        self.connections, self.deferral_streak, self.last_deferral)
+        for worker in slots.read():
+            total.messages.update(worker.messages)
+            total.actions.update(worker.actions)
+            total.deferrals += worker.deferrals
+            total.latency_buckets = [a + b for a, b in zip(total.latency_buckets,
+                                                           worker.latency_buckets, strict=True)]
+            total.latency_sum += worker.latency_sum
+            total.latency_count += worker.latency_count
+            total.connections += worker.connections
+            # Ready only if every process gets mail through: the longest streak.
+            if worker.deferral_streak > total.deferral_streak:
+                total.deferral_streak = worker.deferral_streak
+                total.last_deferral = worker.last_deferral
+        return total
+
+    def _publish(self) -> None:
+        if self.slot is not None:
+            _SLOT.pack_into(self.slot, 0, *(
+                [float(self.messages[o]) for o in OUTCOMES]
+                + [float(self.actions[a]) for a in ACTIONS]
+                + [float(self.deferrals), self.latency_sum, float(self.latency_count),
+                   float(self.connections), float(self.deferral_streak), self.last_deferral]
+                + [float(b) for b in self.latency_buckets]))
 
     def not_ready(self, now: float | None = None) -> str:
         """Why mail is not getting through ("" when it is): for ``/readyz``.
@@ -97,6 +144,40 @@ class Metrics:
         lines.append(f"{name}_sum {self.latency_sum:.6f}")
         lines.append(f"{name}_count {self.latency_count}")
         return "\n".join(lines) + "\n"
+
+
+# One worker's counters, as doubles (exact for counts up to 2**53).
+_SLOT = struct.Struct(f"<{len(OUTCOMES) + len(ACTIONS) + 6 + len(LATENCY_BUCKETS)}d")
+
+
+class WorkerSlots:
+    """A shared memory region with one slot of counters per worker. Made
+    before fork; a worker writes only its own slot (a reader may see one
+    message half counted, never a wrong total afterwards)."""
+
+    def __init__(self, workers: int) -> None:
+        self._memory = mmap.mmap(-1, max(1, workers) * _SLOT.size)
+        self.workers = workers
+
+    def slot(self, index: int) -> memoryview:
+        """Worker ``index``'s slot (0-based)."""
+        if not 0 <= index < self.workers:
+            raise IndexError(f"no worker slot {index}")
+        return memoryview(self._memory)[index * _SLOT.size:(index + 1) * _SLOT.size]
+
+    def read(self) -> list[Metrics]:
+        out = []
+        for index in range(self.workers):
+            values = _SLOT.unpack_from(self._memory, index * _SLOT.size)
+            n_o, n_a = len(OUTCOMES), len(ACTIONS)
+            counts = values[n_o + n_a:n_o + n_a + 6]
+            out.append(Metrics(
+                Counter({o: int(v) for o, v in zip(OUTCOMES, values[:n_o], strict=True) if v}),
+                Counter({a: int(v) for a, v in zip(ACTIONS, values[n_o:n_o + n_a], strict=True)
+                         if v}),
+                int(counts[0]), [int(v) for v in values[n_o + n_a + 6:]], counts[1],
+                int(counts[2]), int(counts[3]), int(counts[4]), counts[5]))
+        return out
 
 
 def _counter(name: str, help_text: str, label: str,

@@ -24,6 +24,7 @@ from securemail.admin import start_admin
 from securemail.config import Settings, load_settings
 from securemail.errors import ConfigError
 from securemail.listeners import Listeners, bind_sockets, split_host_port, start_listeners
+from securemail.metrics import WorkerSlots
 from securemail.smtp import ServerState
 
 __all__ = ["DEMO_DIR", "Services", "demo_banner", "ensure_demo", "run", "serve_forever",
@@ -144,11 +145,15 @@ class Services:
 
 async def start_services(relay: Any, settings: Settings, *, smtp: bool = True,
                          portal: bool = True, admin: bool = True,
-                         sockets: Mapping[str, Sequence[socket.socket]] | None = None
-                         ) -> Services:
+                         sockets: Mapping[str, Sequence[socket.socket]] | None = None,
+                         metrics_slot: memoryview | None = None,
+                         worker_metrics: WorkerSlots | None = None) -> Services:
     """Bind everything the config asks for on the running loop (the SMTP
-    listeners on ``sockets`` when the main process bound them for its workers)."""
+    listeners on ``sockets`` when the main process bound them for its workers).
+    A worker publishes its counters in ``metrics_slot``; the main process adds
+    ``worker_metrics`` to its own on /metrics and /readyz."""
     state = ServerState(settings.relay.max_connections_per_client)
+    state.metrics.slot = metrics_slot
     if smtp:
         listeners = await start_listeners(relay, settings, state, sockets=sockets)
     else:
@@ -158,8 +163,9 @@ async def start_services(relay: Any, settings: Settings, *, smtp: bool = True,
         host, port = split_host_port(settings.relay.admin_listen)
         try:
             services.admin = await start_admin(
-                host, port, metrics=state.metrics.render, healthy=lambda: not state.draining,
-                not_ready=state.metrics.not_ready)
+                host, port, metrics=lambda: state.metrics.with_workers(worker_metrics).render(),
+                healthy=lambda: not state.draining,
+                not_ready=lambda: state.metrics.with_workers(worker_metrics).not_ready())
         except OSError as exc:
             await listeners.close()
             raise ConfigError(settings.path, "relay.admin_listen", f"cannot listen on"
@@ -232,7 +238,7 @@ def _EmbeddedUvicorn(config: Any) -> Any:  # noqa: N802 - a class factory
 
 async def run(config_path: Path, *, smtp: bool = True, portal: bool = True, demo: bool = False,
               admin: bool = True, sockets: Mapping[str, Sequence[socket.socket]] | None = None,
-              workers: Workers | None = None,
+              workers: Workers | None = None, metrics_slot: memoryview | None = None,
               on_ready: Callable[[Services], None] | None = None) -> None:
     """Load the relay, serve until SIGTERM/SIGINT, drain, exit. ``workers`` are
     the extra worker processes: they get our SIGTERM and SIGHUP, and if one
@@ -244,8 +250,9 @@ async def run(config_path: Path, *, smtp: bool = True, portal: bool = True, demo
     children = workers.pids if workers is not None else []
     document_process.enable()  # large messages' documents are read in child processes
     try:
-        services = await start_services(relay, settings, smtp=smtp, portal=portal, admin=admin,
-                                        sockets=sockets)
+        services = await start_services(
+            relay, settings, smtp=smtp, portal=portal, admin=admin, sockets=sockets,
+            metrics_slot=metrics_slot, worker_metrics=workers.metrics if workers else None)
     except BaseException:
         await relay.close()  # stops the audit writer; otherwise the process cannot exit
         raise
@@ -310,6 +317,7 @@ class Workers:
     pids: list[int] = field(default_factory=list)
     exited: dict[int, int] = field(default_factory=dict)  # pid -> exit status, once reaped
     failed: bool = False  # one exited while we were serving
+    metrics: WorkerSlots | None = None  # their counters, for our /metrics and /readyz
 
     def poll(self) -> list[tuple[int, int]]:
         """Workers that have exited since the last poll: (pid, exit status)."""
@@ -368,9 +376,10 @@ def serve_forever(config_path: Path, *, smtp: bool = True, portal: bool = True,
     """The ``securemail serve`` process: ``relay.workers`` processes share the SMTP
     listeners, which this process binds before it forks (so a second
     ``securemail serve`` on the same address fails to start); the first one
-    also serves the portal and the admin endpoint (so /metrics counts that
-    process's messages). Workers are forked before any thread or event loop
-    exists. Returns the exit status."""
+    also serves the portal and the admin endpoint, whose /metrics and /readyz
+    add the workers' counters (shared memory made before the fork) to its
+    own. Workers are forked before any thread or event loop exists. Returns
+    the exit status."""
     # A reload asked for while we start (systemd's ExecReload right after the
     # start) must not kill us: SIGHUP is ignored until the handlers are in place.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -385,7 +394,7 @@ def serve_forever(config_path: Path, *, smtp: bool = True, portal: bool = True,
 
         asyncio.run(load(config_path).close())
         sockets = bind_sockets(settings)
-    workers = Workers()
+    workers = Workers(metrics=WorkerSlots(count - 1) if count > 1 else None)
     parent = os.getpid()
     for index in range(1, count):
         pid = os.fork()
@@ -393,8 +402,9 @@ def serve_forever(config_path: Path, *, smtp: bool = True, portal: bool = True,
             status = 0
             try:
                 _die_with_parent(parent)
+                slot = workers.metrics.slot(index - 1) if workers.metrics else None
                 asyncio.run(run(config_path, smtp=True, portal=False, admin=False,
-                                sockets=sockets))
+                                sockets=sockets, metrics_slot=slot))
             except BaseException as exc:  # noqa: BLE001 - a worker reports by exit status
                 tb = exc.__traceback__
                 while tb is not None and tb.tb_next is not None:

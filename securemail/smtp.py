@@ -280,13 +280,13 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
             self._client_ip = client_key(self._client_ip)
             self.state.per_client[self._client_ip] += 1
             self.state.open.add(self)
-            self.state.metrics.connections += 1
+            self.state.metrics.opened()
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._client_ip is not None and self in self.state.open:
             self.state.open.discard(self)
-            self.state.metrics.connections -= 1
+            self.state.metrics.closed()
             self.state.per_client[self._client_ip] -= 1
             if self.state.per_client[self._client_ip] <= 0:
                 del self.state.per_client[self._client_ip]

@@ -202,9 +202,11 @@ def test_conflicting_flags_exit_2(flags: list[str], tmp_path: Path) -> None:
 async def test_workers_share_the_port_and_all_stop_on_sigterm(tmp_path: Path) -> None:
     """Each worker accepts on the one shared socket. Which idle worker the
     kernel wakes is its choice, so each worker in turn is left alone
-    accepting while the others are paused (SIGSTOP)."""
-    relay_port = free_port()
-    proc, pids = await _start_workers(_workers_config(tmp_path, relay_port, workers=2), count=2)
+    accepting while the others are paused (SIGSTOP). The main process's
+    /metrics counts every process's messages."""
+    relay_port, admin_port = free_port(), free_port()
+    proc, pids = await _start_workers(
+        _workers_config(tmp_path, relay_port, workers=2, admin_port=admin_port), count=2)
     expected: list[int] = []
     try:
         await _started(tmp_path / "data" / "securemail.db", 2)  # not paused holding the store
@@ -223,6 +225,14 @@ async def test_workers_share_the_port_and_all_stop_on_sigterm(tmp_path: Path) ->
                 for pid in paused:
                     os.kill(pid, signal.SIGCONT)
             expected.append(alone)
+        reader, writer = await asyncio.open_connection("127.0.0.1", admin_port)
+        writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+        metrics = (await reader.read()).decode()
+        writer.close()
+        # Three messages each: before, /metrics showed the main process's three.
+        assert 'securemail_messages_total{outcome="delivered"} 6' in metrics, metrics
+        assert 'securemail_recipients_total{action="deliver"} 6' in metrics
+        assert "securemail_message_seconds_count 6" in metrics
     finally:
         err = await _stop(proc)
     events = [json.loads(x) for x in err.decode().splitlines() if x.startswith("{")]
@@ -253,14 +263,17 @@ async def _stopped(pid: int) -> None:
     raise AssertionError(f"process {pid} did not stop")
 
 
-def _workers_config(tmp_path: Path, relay_port: int, *, workers: int = 3) -> Path:
+def _workers_config(tmp_path: Path, relay_port: int, *, workers: int = 3,
+                    admin_port: int | None = None) -> Path:
     cfg = tmp_path / "securemail.toml"
+    admin = f'admin_listen = "127.0.0.1:{admin_port}"' if admin_port else ""
     cfg.write_text(f"""
 [practice]
 domains = ["riverside.example"]
 [relay]
 listen = "127.0.0.1:{relay_port}"
 workers = {workers}
+{admin}
 [upstream]
 url = "maildir://outbox"
 [storage]
