@@ -16,19 +16,22 @@ everywhere else it reads in the calling thread. A program that embeds the
 library reads in its own threads unless it calls :func:`enable` (its main
 module must then be import-safe: children are started with ``spawn``).
 
-Either way the answer is :func:`securemail.documents.document_text`'s: the
-text, None for what is not a document, or :class:`Unreadable`, which the
-policy treats as possibly PHI (fail closed). A document whose reading takes
-more than :data:`READ_SECONDS` in its child, or that kills its child twice
-(out of memory, a crash in a parser), is unreadable; a read that lost its
-child to something else (another document's crash, a signal) is tried once
-more in a fresh pool, and a read that :func:`shutdown` cut short raises
-:class:`~securemail.errors.TemporaryFailure` (451: the sender tries again).
+Each child has a pipe of its own, which only the child holds at the other
+end: a child that dies is seen at once (end of file, a broken pipe), never
+waited on. Either way the answer is
+:func:`securemail.documents.document_text`'s: the text, None for what is not
+a document, or :class:`Unreadable`, which the policy treats as possibly PHI
+(fail closed). A document whose reading takes more than :data:`READ_SECONDS`
+in its child is unreadable. A read whose child dies or does not answer in
+:data:`WAIT_SECONDS` is tried once more in a child of its own; only a loss
+there makes the document unreadable, and only if a fresh child can read
+anything at all (else :class:`~securemail.errors.TemporaryFailure`, 451: the
+sender tries again). Reads still waiting for a child when :func:`shutdown`
+runs raise TemporaryFailure too; reads in progress finish.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import contextvars
 import logging
@@ -38,8 +41,6 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import Final
 
 from securemail.documents import Unreadable, document_text
@@ -60,13 +61,14 @@ log = logging.getLogger("securemail.document_process")
 # normally stops a slow PDF first); timed in the child, so waiting for a free
 # child does not count.
 READ_SECONDS: Final = 60.0
-# How long a caller waits for its answer, queue and child start-up included:
-# a backstop for a child that hangs where the child's own timer cannot reach.
+# How long a read waits for its child's answer (start-up included): a
+# backstop for a child that hangs where its own timer cannot reach.
 WAIT_SECONDS: Final = 300.0
 # Address space a reading child may map (where the platform lets us set it).
 CHILD_MEMORY_BYTES: Final = 2 * 1024 * 1024 * 1024
 CHILDREN: Final = 2
-READS_PER_POOL: Final = 500  # then a fresh pool: no memory creep in old children
+READS_PER_CHILD: Final = 500  # then a fresh child: no memory creep
+PROBE_SECONDS: Final = 60.0  # for a fresh child to start and read nothing
 
 _in_child: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "securemail_documents_in_child", default=False)
@@ -98,7 +100,8 @@ def read_document(payload: bytes, limit: int) -> str | None:
 
 
 def shutdown() -> None:
-    """End the reading children (a read they had not finished raises
+    """End the reading children (idle ones now, busy ones when their read
+    ends; a read still waiting for a child raises
     :class:`~securemail.errors.TemporaryFailure`); later reads are made in
     their own thread until :func:`enable`."""
     _POOL.stop()
@@ -107,18 +110,36 @@ def shutdown() -> None:
 # ------------------------------------------------------------------ the child
 
 
-def _start_child() -> None:
-    """Runs first in each child. Ctrl-C signals every process of a terminal:
-    the children leave stopping to the relay, which drains its messages
-    first and then ends the pool (SIGTERM stays: the pool itself stops its
-    children with it). A child whose parent is gone exits. Then cap the
-    child's address space, so that a file that inflates without end ends in
+def _child_main(conn: multiprocessing.connection.Connection) -> None:
+    """A reading child: one request at a time on ``conn``, until it closes.
+    Ctrl-C signals every process of a terminal: the children leave stopping
+    to the relay, which drains its messages first and then ends them. A
+    child whose parent is gone exits (its pipe closes). The child's address
+    space is capped, so that a file that inflates without end ends in
     MemoryError (read as "unreadable"), not in the kernel's OOM killer
     choosing a process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
+    _limit_memory()
+    signal.signal(signal.SIGALRM, _too_long)
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        if request is None:
+            return
+        payload, limit, seconds = request
+        try:
+            answer: tuple[str, str | None] = ("text", _read_timed(payload, limit, seconds))
+        except Unreadable as exc:
+            answer = ("unreadable", str(exc))
+        try:
+            conn.send(answer)
+        except OSError:
+            return
+
+
+def _limit_memory() -> None:
     try:
         import resource
 
@@ -131,74 +152,137 @@ def _start_child() -> None:
         pass  # a sandbox that forbids it: the child still runs apart from the relay
 
 
-def _exit_with(sentinel: int) -> None:
-    multiprocessing.connection.wait([sentinel])
-    os._exit(0)
-
-
 class _TooLong(BaseException):
     """Raised by the timer: a BaseException, so that no ``except Exception``
     in a parser can swallow it (the timer also fires again every second)."""
 
 
-def _read_in_child(payload: bytes, limit: int, seconds: float) -> str | None:
+def _too_long(signum: int, frame: object) -> None:
+    raise _TooLong
+
+
+def _read_timed(payload: bytes, limit: int, seconds: float) -> str | None:
     """:func:`document_text` under a timer: past ``seconds`` the reading is
     interrupted and the document is unreadable."""
-
-    def too_long(signum: int, frame: object) -> None:
-        raise _TooLong
-
-    previous = signal.signal(signal.SIGALRM, too_long)
-    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
     try:
-        return document_text(payload, limit)
+        signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
+        try:
+            return document_text(payload, limit)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
     except _TooLong:
         raise Unreadable(f"the document takes more than {seconds:g} s to read") from None
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
-# ------------------------------------------------------------------ the pool
+# ------------------------------------------------------------------ the parent
 
 
-@dataclass
-class _Generation:
-    """One process pool; ``stopped`` when :func:`shutdown` ended it on purpose."""
+class _Lost(Exception):  # noqa: N818 - a state: the child was lost mid-read
+    """The child died or did not answer in time (it has been killed)."""
 
-    executor: concurrent.futures.ProcessPoolExecutor
-    reads: int = 0
-    stopped: bool = False
+
+class _NoChildren(Exception):  # noqa: N818 - a state, as in "no children can start here"
+    """No child process can be started here; ``cause`` names the error."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+class _Child:
+    """One reading process and our end of its pipe; used by one read at a time.
+    Only the child holds the other end, so a dead child is seen at once (EOF,
+    a broken pipe), never waited on."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        try:
+            self.process = context.Process(target=_child_main, args=(theirs,), daemon=True,
+                                           name="securemail-document-reader")
+            self.process.start()
+        except (OSError, NotImplementedError) as exc:
+            ours.close()
+            raise _NoChildren(type(exc).__name__) from None
+        finally:
+            theirs.close()
+        self.conn = ours
+        self.reads = 0
+
+    def read(self, payload: bytes, limit: int, wait: float | None = None) -> str | None:
+        self.reads += 1
+        try:
+            self.conn.send((payload, limit, READ_SECONDS))
+            if not self.conn.poll(WAIT_SECONDS if wait is None else wait):
+                self.kill()
+                raise _Lost("no answer") from None
+            kind, value = self.conn.recv()
+        except (EOFError, OSError) as exc:
+            self.kill()
+            raise _Lost(type(exc).__name__) from None
+        if kind == "unreadable":
+            raise Unreadable(str(value))
+        return None if value is None else str(value)
+
+    def close(self) -> None:
+        """Ask the child to exit once it is idle (it is, between reads)."""
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+        self.conn.close()
+        self.process.join(5)
+        if self.process.is_alive():
+            self.kill()
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.process.kill()
+        with contextlib.suppress(OSError):
+            self.conn.close()
+        self.process.join(5)
 
 
 class _ChildPool:
-    """A process pool started on first use and started afresh after a failure."""
+    """Up to CHILDREN reading processes, started as reads need them."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._current: _Generation | None = None
+        self._idle: list[_Child] = []
+        self._busy: set[_Child] = set()
+        self._slots = threading.BoundedSemaphore(CHILDREN)
         self.enabled = False
         self._warned = False
-        self.waiting = 0  # reads submitted and not answered yet
+        self.waiting = 0  # reads asked for and not answered yet
 
     def open(self) -> None:
         self.enabled = True
+
+    def children(self) -> list[int]:
+        """The pids of the reading children (for tests and the curious)."""
+        with self._lock:
+            return [c.process.pid or 0 for c in [*self._idle, *self._busy]]
 
     def read(self, payload: bytes, limit: int) -> str | None:
         with self._lock:
             self.waiting += 1
         try:
-            try:
-                return self._read_once(payload, limit)
-            except BrokenProcessPool:
-                # The child went (its document's fault, another's, or a signal):
-                # once more in a fresh pool; a second loss is this document's.
-                return self._read_once(payload, limit)
-        except BrokenProcessPool:
-            log.warning("a document reader process stopped twice on one document (out of"
-                        " memory or a parser crash): the document counts as unreadable")
-            raise Unreadable("the document stops its reader (out of memory or crashed)"
-                             ) from None
+            with self._slots:  # waiting for a free child: each read ahead is bounded
+                child = self._take()
+                try:
+                    text = child.read(payload, limit)
+                except _Lost:
+                    self._drop(child)
+                except BaseException:
+                    self._give_back(child)  # an answer ("unreadable"): the child is fine
+                    raise
+                else:
+                    self._give_back(child)
+                    return text
+            # The child died or hung: this document's fault, or a signal's, or
+            # the OOM killer's. Once more, in a child of its own; only a loss
+            # there is this document's.
+            return self._read_alone(payload, limit)
+        except Unreadable:
+            raise
         except _NoChildren as exc:
             if not self._warned:
                 self._warned = True
@@ -209,94 +293,72 @@ class _ChildPool:
             with self._lock:
                 self.waiting -= 1
 
-    def _read_once(self, payload: bytes, limit: int) -> str | None:
-        generation = self._generation()
+    def _read_alone(self, payload: bytes, limit: int) -> str | None:
+        if not self.enabled:
+            raise TemporaryFailure("the document reader is shut down")
+        alone = _Child()
         try:
-            future = generation.executor.submit(_read_in_child, payload, limit, READ_SECONDS)
-        except RuntimeError:  # shut down meanwhile: by stop(), or as broken
-            self._failed(generation)
-            if not self.enabled:
-                raise TemporaryFailure("the document reader is shut down") from None
-            raise BrokenProcessPool("the pool was shut down") from None
-        except OSError as exc:
-            self._failed(generation)
-            raise _NoChildren(type(exc).__name__) from None
+            return alone.read(payload, limit)
+        except _Lost:
+            pass
+        finally:
+            alone.close()
+        # Blame the document only if a child can read anything at all: a child
+        # that cannot start (an upgrade under a running relay, no threads
+        # left) must not refuse every message.
+        probe = _Child()
         try:
-            return future.result(timeout=WAIT_SECONDS)
-        except Unreadable:
-            raise
-        except _TooLong:  # the timer fired as the reading ended
-            raise Unreadable(f"the document takes more than {READ_SECONDS:g} s to read"
-                             ) from None
-        except concurrent.futures.TimeoutError:
-            self._failed(generation, kill=True)
-            log.warning("a document reader gave no answer in %.0f s: its pool was stopped and"
-                        " the document counts as unreadable", WAIT_SECONDS)
-            raise Unreadable(f"the document takes more than {WAIT_SECONDS:g} s to read"
-                             ) from None
-        except (BrokenProcessPool, concurrent.futures.CancelledError):
-            if generation.stopped:  # shutting down (reads in progress finish): try later
-                raise TemporaryFailure("the document reader was stopped") from None
-            self._failed(generation, kill=True)
-            raise BrokenProcessPool("a reader stopped") from None
+            works = probe.read(b"", 1, PROBE_SECONDS) is None
+        except (_Lost, Unreadable):
+            works = False
+        finally:
+            probe.close()
+        if not works:
+            log.error("document reader processes start but cannot read anything: large"
+                      " messages are deferred (451) until the relay is restarted")
+            raise TemporaryFailure("the document reader processes do not work")
+        log.warning("a document reader process stopped twice on one document (out of"
+                    " memory, a parser crash, or past the time limit): the document counts"
+                    " as unreadable")
+        raise Unreadable("the document stops its reader (out of memory or crashed)")
 
-    def stop(self) -> None:
-        with self._lock:
-            generation, self._current = self._current, None
-            self.enabled = False  # later reads: in their own thread, no new children
-        if generation is not None:
-            generation.stopped = True
-            generation.executor.shutdown(wait=True, cancel_futures=True)
-
-    def forget(self) -> None:
-        """In a forked child: the parent's pool and its threads are not ours."""
-        self._lock = threading.Lock()
-        self._current = None
-        self.waiting = 0
-
-    def _generation(self) -> _Generation:
-        retired: _Generation | None = None
+    def _take(self) -> _Child:
         with self._lock:
             if not self.enabled:
                 raise TemporaryFailure("the document reader is shut down")
-            if self._current is not None and self._current.reads >= READS_PER_POOL:
-                retired, self._current = self._current, None
-            if self._current is None:
-                try:
-                    executor = concurrent.futures.ProcessPoolExecutor(
-                        max_workers=CHILDREN, mp_context=multiprocessing.get_context("spawn"),
-                        initializer=_start_child)
-                except (OSError, NotImplementedError) as exc:  # no semaphores here
-                    raise _NoChildren(type(exc).__name__) from None
-                self._current = _Generation(executor)
-            generation = self._current
-            generation.reads += 1
-        if retired is not None:
-            retired.executor.shutdown(wait=False)  # its reads in progress finish
-        return generation
-
-    def _failed(self, generation: _Generation, *, kill: bool = False) -> None:
-        """Forget ``generation`` (the next read starts a fresh pool); ``kill``:
-        stop its children now, whatever they are doing (their reads are
-        tried again, see :meth:`read`)."""
+            child = self._idle.pop() if self._idle else None
+        if child is None:
+            child = _Child()
         with self._lock:
-            if self._current is generation:
-                self._current = None
-        executor = generation.executor
-        if kill:
-            processes = dict(getattr(executor, "_processes", None) or {})
-            for process in processes.values():
-                with contextlib.suppress(OSError):
-                    process.kill()
-        executor.shutdown(wait=False, cancel_futures=True)
+            self._busy.add(child)
+        return child
 
+    def _give_back(self, child: _Child) -> None:
+        with self._lock:
+            self._busy.discard(child)
+            keep = self.enabled and child.reads < READS_PER_CHILD
+            if keep:
+                self._idle.append(child)
+        if not keep:
+            child.close()  # shut down meanwhile, or a fresh child now and then
 
-class _NoChildren(Exception):  # noqa: N818 - a state, as in "no children can start here"
-    """No child process can be started here; ``cause`` names the error."""
+    def _drop(self, child: _Child) -> None:
+        with self._lock:
+            self._busy.discard(child)
 
-    def __init__(self, cause: str) -> None:
-        super().__init__(cause)
-        self.cause = cause
+    def stop(self) -> None:
+        with self._lock:
+            self.enabled = False  # later reads: in their own thread, no new children
+            idle, self._idle = self._idle, []
+        for child in idle:
+            child.close()  # busy ones close as their reads end (_give_back)
+
+    def forget(self) -> None:
+        """In a forked process: the parent's children and lock are not ours."""
+        self._lock = threading.Lock()
+        self._idle, self._busy = [], set()
+        self._slots = threading.BoundedSemaphore(CHILDREN)
+        self.waiting = 0
 
 
 _POOL: Final = _ChildPool()

@@ -303,6 +303,27 @@ def _name_forms(name: str) -> dict[str, int]:
     return forms
 
 
+_ADDRESS_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._%+-'")
+
+
+def _address_at(lowered: str, at: int, written: frozenset[str]) -> bool:
+    """Whether one of the ``written`` forms of an address stands at ``at`` in
+    ``lowered`` as a whole address: not inside a longer one
+    ("mary.jane@mail.example", "jane@mail.example.org")."""
+    for address in written:
+        if not lowered.startswith(address, at):
+            continue
+        before = lowered[at - 1] if at else " "
+        after = lowered[at + len(address):at + len(address) + 2]
+        if before in _ADDRESS_CHARS or before.isalnum():
+            continue
+        if after[:1].isalnum() or after[:1] in ("-", "_") or (
+                after[:1] == "." and after[1:2].isalnum()):
+            continue
+        return True
+    return False
+
+
 def _plain_space(separator: str) -> bool:
     """One space as between words of a sentence (a no-break space too)."""
     return separator in (" ", "\xa0")
@@ -355,10 +376,13 @@ class Detectors:
         # A client's email address identifies the client as a name does (HIPAA
         # lists it among the 18 identifiers): "jane.roe@mail.example" is found
         # as written, its separators as any separators ("jane roe mail example").
+        self._address_text: dict[str, frozenset[str]] = {}  # phrase -> the address as written
         for address, client_id in address_owners:
             if "@" in address:
+                written = frozenset({address.lower(), _fold(address).lower()})
                 for form in _forms(address):
                     owners.setdefault(form, set()).add(client_id)
+                    self._address_text[form] = self._address_text.get(form, frozenset()) | written
         self._owners = {p: frozenset(ids) for p, ids in owners.items()}
         keywords = {f for n in policy.identifier_keywords if len(n.strip()) >= 3
                     for f in _forms(n)}
@@ -488,6 +512,9 @@ class Detectors:
                         if boundary > 1 and not _apart(padded, scanned, second.end(), rest,
                                                        boundary - 1):
                             continue
+                        if phrase in self._address_text and not _address_at(
+                                lowered, start, self._address_text[phrase]):
+                            continue  # "mary.jane@mail.example", "jane, mail: example"
                         groups.add(phrase_group)
                         names.add(phrase)
                     elif phrase_group not in groups and _continues(scanned, second.end(), rest):

@@ -76,7 +76,6 @@ async def test_a_long_pdf_does_not_hold_up_other_connections(
         tmp_path: Path, upstream: Upstream) -> None:
     """The relay runs on this test's event loop: while it reads the report, the
     loop must keep turning (every other connection is served by it)."""
-    document_process.enable()  # as `securemail serve` does
     relay = await run_relay(write_config(tmp_path,
                                          upstream_url=f"smtp://127.0.0.1:{upstream.port}"))
     gaps: list[float] = []
@@ -89,6 +88,7 @@ async def test_a_long_pdf_does_not_hold_up_other_connections(
             gaps.append(time.perf_counter() - before)
 
     try:
+        document_process.enable()  # as `securemail serve` does
         # Every page its own (identical pages are read once).
         report = pdf_with_pages([[f"Page {p} line {i} of a long quarterly report, ordinary words"
                                   for i in range(60)] for p in range(490)])
@@ -102,8 +102,7 @@ async def test_a_long_pdf_does_not_hold_up_other_connections(
         # thread, the loop still lost the GIL for 15-25% of the reading time
         # at a stretch (0.3-0.5 s). Read in a child, the longest stall is ~1%
         # of it (8 ms idle; ~2% with the machine's cores busy).
-        generation = document_process._POOL._current
-        assert generation is not None and generation.reads >= 1
+        assert document_process._POOL.children()  # a child started, and read it
         assert max(gaps) < 0.1 * big_seconds, (max(gaps), big_seconds)
         code, _, _ = await send(relay.port, message(), STAFF)
         assert code == 250 and len(upstream.messages) == 2

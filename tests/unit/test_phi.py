@@ -516,3 +516,25 @@ def test_a_pdf_table_of_people_not_in_the_directory_is_phi() -> None:
     text, cut = message_text(email.message_from_bytes(msg.as_bytes()), 1_000_000)
     assert not cut
     assert {"phi-dob", "phi-icd10", "phi-several-people"} <= kinds(body=text)
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ("Re jane.roe@mail.example: her anxiety", True),
+    ("<JANE.ROE@MAIL.EXAMPLE> anxiety", True),
+    ("mailto:jane.roe@mail.example, anxiety.", True),
+    ("kim@bücher.example has anxiety", True),
+    ("kim@xn--bcher-kva.example has anxiety", True),
+    # Inside a longer address, or the same words apart: someone else.
+    ("mary.jane.roe@mail.example has anxiety", False),
+    ("jane.roe@mail.example.org has anxiety", False),
+    ("jane.roe@mail.examples has anxiety", False),
+    ("Jane Roe, mail: example of anxiety", False),
+])
+def test_a_clients_address_names_the_client_only_as_a_whole_address(
+        text: str, named: bool) -> None:
+    det = Detectors(PolicySettings(), address_owners=[
+        ("jane.roe@mail.example", "c-1"), ("kim@xn--bcher-kva.example", "c-2"),
+        ("kim@bücher.example", "c-2")])
+    signals, clients = det.scan_named("", text)
+    assert bool(clients) is named, (text, clients)
+    assert ("phi-client-name" in {s.detector for s in signals}) is named
