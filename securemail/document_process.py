@@ -37,6 +37,7 @@ import contextvars
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.process
 import os
 import signal
 import threading
@@ -69,6 +70,7 @@ CHILD_MEMORY_BYTES: Final = 2 * 1024 * 1024 * 1024
 CHILDREN: Final = 2
 READS_PER_CHILD: Final = 500  # then a fresh child: no memory creep
 PROBE_SECONDS: Final = 60.0  # for a fresh child to start and read nothing
+START_SECONDS: Final = 60.0  # for a child to start and say it is ready
 
 _in_child: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "securemail_documents_in_child", default=False)
@@ -121,22 +123,25 @@ def _child_main(conn: multiprocessing.connection.Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _limit_memory()
     signal.signal(signal.SIGALRM, _too_long)
-    while True:
-        try:
+    try:
+        conn.send(("ready", None))
+        while True:
             request = conn.recv()
-        except (EOFError, OSError):
-            return
-        if request is None:
-            return
-        payload, limit, seconds = request
-        try:
-            answer: tuple[str, str | None] = ("text", _read_timed(payload, limit, seconds))
-        except Unreadable as exc:
-            answer = ("unreadable", str(exc))
-        try:
+            if request is None:
+                return
+            payload, limit, seconds = request
+            try:
+                answer: tuple[str, str | None] = ("text", _read_timed(payload, limit, seconds))
+            except _Interrupted as exc:
+                # Cut off at an arbitrary point (an import half done, perhaps):
+                # answer, then make way for a fresh child.
+                conn.send(("interrupted", str(exc)))
+                return
+            except Unreadable as exc:
+                answer = ("unreadable", str(exc))
             conn.send(answer)
-        except OSError:
-            return
+    except (EOFError, OSError):
+        return  # our relay process is gone, or closed our pipe
 
 
 def _limit_memory() -> None:
@@ -169,9 +174,24 @@ def _read_timed(payload: bytes, limit: int, seconds: float) -> str | None:
         try:
             return document_text(payload, limit)
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            _disarm()
     except _TooLong:
-        raise Unreadable(f"the document takes more than {seconds:g} s to read") from None
+        raise _Interrupted(f"the document takes more than {seconds:g} s to read") from None
+
+
+class _Interrupted(Unreadable):  # noqa: N818 - a state, like Unreadable
+    """Unreadable because the timer cut the reading off."""
+
+
+def _disarm() -> None:
+    """Stop the timer, even if it fires once more while we do (the next
+    request's wait for work must not be interrupted)."""
+    while True:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            return
+        except _TooLong:
+            continue
 
 
 # ------------------------------------------------------------------ the parent
@@ -208,10 +228,18 @@ class _Child:
             theirs.close()
         self.conn = ours
         self.reads = 0
+        self.ready = False
+        self.done = False  # the child exits after its answer (it was cut off)
 
     def read(self, payload: bytes, limit: int, wait: float | None = None) -> str | None:
         self.reads += 1
         try:
+            if not self.ready:  # started, set up, and waiting for work
+                if not self.conn.poll(START_SECONDS):
+                    self.kill()
+                    raise _Lost("did not start") from None
+                self.conn.recv()
+                self.ready = True
             self.conn.send((payload, limit, READ_SECONDS))
             if not self.conn.poll(WAIT_SECONDS if wait is None else wait):
                 self.kill()
@@ -220,7 +248,11 @@ class _Child:
         except (EOFError, OSError) as exc:
             self.kill()
             raise _Lost(type(exc).__name__) from None
-        if kind == "unreadable":
+        except BaseException:
+            self.kill()  # the pipe may be out of step: never reuse it
+            raise
+        if kind in ("unreadable", "interrupted"):
+            self.done = kind == "interrupted"
             raise Unreadable(str(value))
         return None if value is None else str(value)
 
@@ -271,8 +303,11 @@ class _ChildPool:
                     text = child.read(payload, limit)
                 except _Lost:
                     self._drop(child)
+                except Unreadable:
+                    self._give_back(child)  # an answer: the child goes on (unless done)
+                    raise
                 except BaseException:
-                    self._give_back(child)  # an answer ("unreadable"): the child is fine
+                    self._drop(child)  # killed by read(): its pipe may be out of step
                     raise
                 else:
                     self._give_back(child)
@@ -296,7 +331,12 @@ class _ChildPool:
     def _read_alone(self, payload: bytes, limit: int) -> str | None:
         if not self.enabled:
             raise TemporaryFailure("the document reader is shut down")
-        alone = _Child()
+        try:
+            alone = _Child()
+        except _NoChildren:
+            # Never read a document that may just have killed its reader in the
+            # relay itself: try again later.
+            raise TemporaryFailure("document reader processes cannot start") from None
         try:
             return alone.read(payload, limit)
         except _Lost:
@@ -306,7 +346,10 @@ class _ChildPool:
         # Blame the document only if a child can read anything at all: a child
         # that cannot start (an upgrade under a running relay, no threads
         # left) must not refuse every message.
-        probe = _Child()
+        try:
+            probe = _Child()
+        except _NoChildren:
+            raise TemporaryFailure("document reader processes cannot start") from None
         try:
             works = probe.read(b"", 1, PROBE_SECONDS) is None
         except (_Lost, Unreadable):
@@ -327,6 +370,9 @@ class _ChildPool:
             if not self.enabled:
                 raise TemporaryFailure("the document reader is shut down")
             child = self._idle.pop() if self._idle else None
+        if child is not None and not child.process.is_alive():
+            child.kill()  # died while idle (a stray signal): not this document's loss
+            child = None
         if child is None:
             child = _Child()
         with self._lock:
@@ -336,7 +382,7 @@ class _ChildPool:
     def _give_back(self, child: _Child) -> None:
         with self._lock:
             self._busy.discard(child)
-            keep = self.enabled and child.reads < READS_PER_CHILD
+            keep = self.enabled and child.reads < READS_PER_CHILD and not child.done
             if keep:
                 self._idle.append(child)
         if not keep:
@@ -354,7 +400,12 @@ class _ChildPool:
             child.close()  # busy ones close as their reads end (_give_back)
 
     def forget(self) -> None:
-        """In a forked process: the parent's children and lock are not ours."""
+        """In a forked process: the parent's children and lock are not ours
+        (multiprocessing must not stop or join them when this process exits)."""
+        for child in [*self._idle, *self._busy]:
+            multiprocessing.process._children.discard(child.process)  # type: ignore[attr-defined]
+            with contextlib.suppress(OSError):
+                child.conn.close()
         self._lock = threading.Lock()
         self._idle, self._busy = [], set()
         self._slots = threading.BoundedSemaphore(CHILDREN)
