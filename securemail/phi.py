@@ -99,6 +99,46 @@ def _column_matches(lowered: str, heading: re.Pattern[str], value: re.Pattern[st
             at += 1
 
 
+_HEADING_NAME = re.compile(r"(?<![\w-])(?:name|patient|client|surname|last)(?![\w-])")
+
+
+def _name_rows(lowered: str) -> frozenset[int]:
+    """Where the rows of a text table with a name column start (the first
+    letter of each row under a heading line such as "Name DOB Diagnosis",
+    up to a blank line or the next heading line). There a row's first cells
+    may be "Roe Jane", surname and given name a plain space apart (a PDF's
+    table); elsewhere that is prose ("the grant will cover")."""
+    if _HEADING_NAME.search(lowered) is None:
+        return frozenset()
+    starts: set[int] = set()
+    at = headings = 0
+    lines = lowered.split("\n")
+    offsets = []
+    for line in lines:
+        offsets.append(at)
+        at += len(line) + 1
+    index = 0
+    while index < len(lines) and headings < _HEADING_LINES:
+        line = lines[index]
+        index += 1
+        if _HEADING_NAME.search(line) is None:
+            continue
+        headings += 1
+        if not _heading_line(line):
+            continue
+        began = False
+        for row in range(index, min(len(lines), index + _TABLE_ROWS)):
+            text = lines[row]
+            if not began and not text.strip(" \t-=_|+"):
+                continue  # a rule or a blank line under the headings
+            if not text.strip() or _heading_line(text):
+                break
+            began = True
+            starts.add(offsets[row] + len(text) - len(text.lstrip()))
+            index = row + 1
+    return frozenset(starts)
+
+
 def _heading_line(line: str) -> bool:
     """Two column headings at least, and headings make up most of the line
     ("Name DOB Diagnosis Provider"; not "Please send the client's name and DOB")."""
@@ -480,6 +520,7 @@ class Detectors:
         lowered = text.lower()
         scanned = _scanned(lowered)
         padded = ""  # the text as written, aligned with ``scanned``: made when first needed
+        name_rows: frozenset[int] | None = None  # where table rows start: made when needed
         groups: set[str] = set()
         names: set[str] = set()  # identifier phrases found (to name their clients)
         icd_at: list[int] = []  # where a diagnosis word starts (in ``lowered``)
@@ -508,7 +549,10 @@ class Detectors:
                         if boundary and not padded:
                             padded = f" {lowered} "
                         if boundary == 1 and _plain_space(padded[end - 1:second.start(1)]):
-                            continue  # "grant will": not "Grant, Will"
+                            if name_rows is None:
+                                name_rows = _name_rows(lowered)
+                            if start not in name_rows:
+                                continue  # "grant will": not "Grant, Will"
                         if boundary > 1 and not _apart(padded, scanned, second.end(), rest,
                                                        boundary - 1):
                             continue

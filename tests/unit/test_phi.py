@@ -538,3 +538,23 @@ def test_a_clients_address_names_the_client_only_as_a_whole_address(
     signals, clients = det.scan_named("", text)
     assert bool(clients) is named, (text, clients)
     assert ("phi-client-name" in {s.detector for s in signals}) is named
+
+
+NAMED = Detectors(PolicySettings(), client_names=["Jane Roe", "Will Grant"])
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    # A PDF's table: surname and given name a plain space apart, first in a row.
+    ("Name DOB Diagnosis\nRoe Jane 03/14/1985 F41.1\nVega Ana 1/2/1990 F32.1\n", True),
+    ("Client        Appointment   Notes\n-----------------------------\n"
+     "Grant Will    Tuesday       intake\n", True),
+    # Not first in a row, no name heading, or prose: "the grant will".
+    ("Name DOB Diagnosis\n1 Roe Jane 03/14/1985 F41.1\n", False),
+    ("Date Room\nRoe Jane 12/01\n", False),
+    ("Name Topic\nthe grant will cover it\n", False),
+    ("Roe Jane see you Tuesday\n", False),
+    ("Name DOB\nAna Vega 03/14/1985\n\nRoe Jane came by\n", False),
+])
+def test_a_surname_first_name_a_plain_space_apart_counts_in_a_table_row_only(
+        text: str, named: bool) -> None:
+    assert ("phi-client-name" in {s.detector for s in NAMED.scan("", text)}) is named
