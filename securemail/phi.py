@@ -67,36 +67,45 @@ _HEADING_LINES = 200  # lines with a heading word looked at in one text
 _TABLE_GAP = 3  # lines in a row without a value (blank ones too) end a table
 
 
-def _column_matches(lowered: str, heading: re.Pattern[str], value: re.Pattern[str]
-                    ) -> Iterator[re.Match[str]]:
-    """The first ``value`` of each row under a heading line that ``heading``
-    matches (see _HEADING_WORDS). A row is read once: a table ends at the
-    next heading line, so the work grows with the lines, not their square."""
-    if heading.search(lowered) is None:
-        return
-    lines = lowered.splitlines()
-    at = candidates = 0
-    while at < len(lines) and candidates < _HEADING_LINES:
-        line = lines[at]
-        at += 1
+def _tables(lines: list[str], heading: re.Pattern[str]) -> Iterator[int]:
+    """Where the rows begin (a line index) under each heading line (see
+    _heading_line) that ``heading`` matches. Only the first _HEADING_LINES
+    lines that ``heading`` matches are looked at, and a caller reads at most
+    _TABLE_ROWS rows under each: the work is bounded whatever the text."""
+    candidates = 0
+    for index, line in enumerate(lines):
         if heading.search(line) is None:
             continue
         candidates += 1
-        if value.search(line) is not None or not _heading_line(line):
-            continue
+        if candidates > _HEADING_LINES:
+            return
+        if _heading_line(line):
+            yield index + 1
+
+
+def _column_matches(lowered: str, heading: re.Pattern[str], value: re.Pattern[str]
+                    ) -> Iterator[re.Match[str]]:
+    """The first ``value`` of each row under a heading line that ``heading``
+    matches and that holds no value itself. A table ends at the next heading
+    or after _TABLE_GAP lines without a value."""
+    if heading.search(lowered) is None:
+        return
+    lines = lowered.splitlines()
+    for first in _tables(lines, heading):
+        if value.search(lines[first - 1]) is not None:
+            continue  # a value on the heading line: a form or prose, not headings
         gap = 0
-        for row in lines[at:at + _TABLE_ROWS]:
+        for row in lines[first:first + _TABLE_ROWS]:
             m = value.search(row)
-            if m is None:
-                if heading.search(row) is not None:
-                    break  # the next table's heading: read from there
+            if m is not None:
+                gap = 0
+                yield m
+            elif heading.search(row) is not None:
+                break  # the next table's heading
+            else:
                 gap += 1
                 if gap >= _TABLE_GAP:
                     break
-            else:
-                gap = 0
-                yield m
-            at += 1
 
 
 _HEADING_NAME = re.compile(r"(?<![\w-])(?:name|patient|client|surname|last)(?![\w-])")
@@ -110,24 +119,15 @@ def _name_rows(lowered: str) -> frozenset[int]:
     table); elsewhere that is prose ("the grant will cover")."""
     if _HEADING_NAME.search(lowered) is None:
         return frozenset()
-    starts: set[int] = set()
-    at = headings = 0
-    lines = lowered.split("\n")
-    offsets = []
+    lines = lowered.split("\n")  # not splitlines(): offsets count "\n" only
+    offsets, at = [], 0
     for line in lines:
         offsets.append(at)
         at += len(line) + 1
-    index = 0
-    while index < len(lines) and headings < _HEADING_LINES:
-        line = lines[index]
-        index += 1
-        if _HEADING_NAME.search(line) is None:
-            continue
-        headings += 1
-        if not _heading_line(line):
-            continue
+    starts: set[int] = set()
+    for first in _tables(lines, _HEADING_NAME):
         began = False
-        for row in range(index, min(len(lines), index + _TABLE_ROWS)):
+        for row in range(first, min(len(lines), first + _TABLE_ROWS)):
             text = lines[row]
             if not began and not text.strip(" \t-=_|+"):
                 continue  # a rule or a blank line under the headings
@@ -135,7 +135,6 @@ def _name_rows(lowered: str) -> frozenset[int]:
                 break
             began = True
             starts.add(offsets[row] + len(text) - len(text.lstrip()))
-            index = row + 1
     return frozenset(starts)
 
 
