@@ -237,9 +237,14 @@
   }
   // errorEl: where "Stay signed in" shows a failure; a check-in on activity only
   // acts on an ended session or a withdrawn message.
+  // One check-in at a time: pressing "Stay signed in" is also activity (its
+  // pointerdown), and two requests answered out of order left the activity
+  // clock on the later answer, skipping the next check-in.
+  let touching = null;
   async function touch(errorEl) {
     lastTouch = Date.now();
-    const res = await post("session");
+    if (!touching) touching = post("session").finally(() => { touching = null; });
+    const res = await touching;
     if (res.ok) sessionFrom(res.data);
     else if (isGone(res) || res.data.error === "no-session" || res.data.error === "locked") {
       failure(res, null);
