@@ -13,6 +13,8 @@ what a person would read in such a file:
   Excel workbook's rows as Excel shows them, and each row again with its
   column headings (:mod:`securemail.xlsx_rows`, :mod:`securemail.table_text`);
 - RTF: the text without its control words;
+- Outlook's ``winmail.dat`` (TNEF): its body and the documents packed in it
+  (:mod:`securemail.tnef_text`);
 - legacy binary Office files and Outlook ``.msg`` (OLE2 compound files):
   runs of readable text, in 8-bit and UTF-16 form, as ``strings`` finds them;
 - ZIP archives: the names of their files, and the documents inside (one level).
@@ -46,7 +48,8 @@ from securemail.table_text import (
     with_labelled_rows,
 )
 
-__all__ = ["Unreadable", "document_text", "is_document", "member_text"]
+__all__ = ["TNEF_SIGNATURE", "Unreadable", "document_text", "is_document", "member_text",
+           "rtf_text", "spend"]
 
 MAX_ZIP_MEMBERS: Final = 2000
 MAX_INFLATED_BYTES: Final = 64 * 1024 * 1024  # all XML parts of one file, decompressed
@@ -82,12 +85,16 @@ def _document_text(payload: bytes, limit: int, depth: int) -> str | None:
             return _bounded(_zip_text(payload, limit, depth), limit)
         if payload.startswith(_OLE2):
             return _bounded(_ole2_text(payload), limit)
+        if payload.startswith(TNEF_SIGNATURE):  # before PDF: it may pack one near its start
+            from securemail.tnef_text import tnef_text
+
+            return _bounded(tnef_text(payload, limit, depth), limit)
         if b"%PDF-" in payload[:_PDF_HEADER_WINDOW]:
             from securemail.pdf_text import pdf_text
 
             return _bounded(pdf_text(payload, limit, depth), limit)
         if payload.lstrip()[:5] == b"{\\rtf":
-            return _bounded(_rtf_text(payload), limit)
+            return _bounded(rtf_text(payload), limit)
         if payload.startswith(_COMPRESSED) or payload[257:262] == b"ustar":
             return _bounded(_tar_text(payload, limit, depth), limit)
     except Unreadable:
@@ -105,7 +112,7 @@ def _document_text(payload: bytes, limit: int, depth: int) -> str | None:
 _BUDGET: contextvars.ContextVar[list[int]] = contextvars.ContextVar("documents_budget")
 
 
-def _spend(size: int) -> None:
+def spend(size: int) -> None:
     """Count ``size`` decompressed bytes against the current document's budget."""
     budget = _BUDGET.get(None)
     if budget is None:
@@ -125,7 +132,8 @@ def is_document(payload: bytes) -> bool:
     from its first bytes: a PDF or ZIP labelled ``text/plain`` is a document."""
     return (b"%PDF-" in payload[:_PDF_HEADER_WINDOW]
             or payload.startswith((b"PK\x03\x04", _OLE2))
-            or payload.lstrip()[:5] == b"{\\rtf" or payload.startswith(_COMPRESSED)
+            or payload.lstrip()[:5] == b"{\\rtf"
+            or payload.startswith((*_COMPRESSED, TNEF_SIGNATURE))
             or payload[257:262] == b"ustar"
             or payload.startswith(tuple(m for m, _ in _UNREAD_ARCHIVES)))
 
@@ -134,6 +142,7 @@ def is_document(payload: bytes) -> bool:
 # Acrobat looks in the first 1024 bytes, others further.
 _PDF_HEADER_WINDOW: Final = 8192
 _COMPRESSED: Final = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz (tar or not)
+TNEF_SIGNATURE: Final = b"\x78\x9f\x3e\x22"  # Outlook's winmail.dat (securemail.tnef_text)
 _UNREAD_ARCHIVES: Final = ((b"7z\xbc\xaf\x27\x1c", "7z"), (b"Rar!\x1a\x07", "RAR"))
 
 
@@ -397,7 +406,7 @@ def _tar_text(payload: bytes, limit: int, depth: int) -> str:
                 else bz2.BZ2File(raw) if payload[:1] == b"B" else lzma.LZMAFile(raw))
             with stream:
                 inner = stream.read(_left() + 1)
-            _spend(len(inner))
+            spend(len(inner))
             if inner[257:262] != b"ustar":
                 return member_text("", inner, limit, depth + 1)
             payload = inner
@@ -411,7 +420,7 @@ def _tar_text(payload: bytes, limit: int, depth: int) -> str:
                 if member.isfile():
                     member_file = archive.extractfile(member)
                     data = member_file.read(_left() + 1) if member_file is not None else b""
-                    _spend(len(data))
+                    spend(len(data))
                     chunks.append(member_text(member.name, data, limit, depth + 1))
         return "\n".join(chunks)
     except Unreadable:
@@ -430,7 +439,7 @@ def _read(archive: zipfile.ZipFile, member: zipfile.ZipInfo, most: int | None = 
     if len(data) > budget:
         raise Unreadable("the ZIP file inflates past the size limit")
     if most is None:
-        _spend(len(data))
+        spend(len(data))
     return data
 
 
@@ -467,7 +476,7 @@ _RTF_SOURCE_BREAK = re.compile(rb"(\\[a-zA-Z]+-?\d*)?\r?\n")
 _RTF_SPECIAL = {b"\\~": b" ", b"\\_": b"-", b"\\-": b""}  # nbsp, nb hyphen, optional hyphen
 
 
-def _rtf_text(payload: bytes) -> str:
+def rtf_text(payload: bytes) -> str:
     # Line breaks in RTF source are not text: a control word they end keeps
     # a space as its delimiter, any other is dropped ("Ja\nne" is "Jane").
     data = _RTF_SOURCE_BREAK.sub(lambda m: (m.group(1) + b" ") if m.group(1) else b"",
