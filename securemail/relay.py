@@ -137,10 +137,19 @@ class Relay:
     # -------------------------------------------------------------- reload
 
     def reload(self) -> None:
-        """Re-read config, directory, plugins and DKIM key (SIGHUP). A changed
-        ``[upstream]`` gets a new transport (a stricter ``tls`` applies to the next
-        message); the old one is closed once its deliveries had time to finish."""
+        """Re-read config, directory, plugins, DKIM and archive keys (SIGHUP).
+
+        The new config must pass the checks a start makes (``config check``), or
+        nothing changes. A changed ``[upstream]`` gets a new transport (a stricter
+        ``tls`` applies to the next message); the old one is closed once its
+        deliveries had time to finish. Portal and audit settings apply to the
+        next message; the few that need a restart (:func:`restart_only_changes`)
+        keep their running value, and a warning names them."""
+        from securemail.preflight import check_runtime
+
         settings = load_settings(self.settings.path)
+        check_runtime(settings)  # what `config check` and a start refuse, a reload refuses
+        archive_key = _archive_key(settings)
         version, directory, detectors = _load_directory(settings, self.db)
         plugins = load_plugins(settings.policy, settings.path)
         from securemail.dkim import DkimSigner
@@ -154,12 +163,19 @@ class Relay:
         elif hasattr(self.transport, "fresh_tls_context"):
             tls_context = self.transport.fresh_tls_context()  # the CA file may be renewed
         # Swap only after everything loaded: a broken config keeps the old one.
-        old_directory = self.directory
+        old_directory, old_settings = self.directory, self.settings
         self.settings, self.directory, self.detectors = settings, directory, detectors
         self._directory_version = version
-        self.plugins, self.signer = plugins, signer
+        self.plugins, self.signer, self.archive_key = plugins, signer, archive_key
+        self.audit.chainer.checkpoint_every = settings.audit.checkpoint_every
+        self.audit.chainer.checkpoint_seconds = settings.audit.checkpoint_seconds
         if self.portal is not None:
+            self.portal.use_settings(settings)
             self.portal.signer = signer
+        later = restart_only_changes(old_settings, settings, portal_running=self.portal is not None)
+        if later:
+            log.warning("%s changed in %s; they apply after a restart (the running values stay"
+                        " in force until then)", ", ".join(later), settings.path)
         if transport is not None:
             self._retire(self.transport)
             self.transport = transport
@@ -175,6 +191,12 @@ class Relay:
                                    actor="reload", now=_utcnow(), file=str(settings.path))
         except StoreError as exc:  # the new config is in force; say so, do not undo it
             log.error("reloaded, but could not audit it: %s", exc)
+
+    @property
+    def portal_sealing(self) -> bool:
+        """Whether new messages may go through the portal: it runs and the config
+        (as last loaded: a reload may have turned it off) still enables it."""
+        return self.portal is not None and self.settings.portal.enabled
 
     def _retire(self, transport: Transport) -> None:
         """Close a replaced transport after the SMTP timeout (its pooled connections
@@ -273,7 +295,7 @@ class Relay:
             now=now,
         )
         return decide(facts, settings.policy, now=now,
-                      portal_enabled=self.portal is not None, plugins=plugins)
+                      portal_enabled=self.portal_sealing, plugins=plugins)
 
     def envelope_for(self, raw: bytes, mail_from: str | None,
                      rcpt_tos: Sequence[str] | None, **extra: Any) -> Envelope:
@@ -465,6 +487,27 @@ def _archive_key(settings: Settings) -> Any:
     from securemail.crypto.pgp import load_archive_key
 
     return load_archive_key(settings.resolve(settings.encryption.archive_key_file))
+
+
+RESTART_ONLY = ("storage.url", "audit.signing_key_file", "portal.listen",
+                "portal.forwarded_allow_ips", "portal.code_channel", "relay.workers")
+
+
+def restart_only_changes(old: Settings, new: Settings, *, portal_running: bool) -> list[str]:
+    """The settings (``section.key = new value``) a reload cannot apply: the store
+    and audit key are open, the portal's web server and the worker processes
+    are running. Turning the portal off applies at once (no new message is
+    sealed; links already sent keep working until the restart); turning it on
+    needs the restart that starts its web server."""
+    changed = []
+    for name in RESTART_ONLY:
+        section, key = name.split(".")
+        before, after = getattr(getattr(old, section), key), getattr(getattr(new, section), key)
+        if before != after:
+            changed.append(f"{name} = {after!r}")
+    if new.portal.enabled and not portal_running:
+        changed.append("portal.enabled = True")
+    return changed
 
 
 def _load_directory(settings: Settings, conn: Any) -> tuple[int, Directory, Detectors]:

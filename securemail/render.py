@@ -53,13 +53,14 @@ async def render_protected(relay: Relay, d: Decision, raw: bytes, verdict: Verdi
                                     extra={"event": {"action": d.action.value,
                                                      "instead": other.action.value}})
                         return Output((other,), encrypted)
-                if relay.settings.policy.on_encryption_error != "portal" or relay.portal is None:
+                if relay.settings.policy.on_encryption_error != "portal" \
+                        or not relay.portal_sealing:
                     raise
                 log.warning("encryption failed; sending through the portal instead",
                             extra={"event": {"action": d.action.value}})
                 return await _portal(relay, d, raw, verdict, envelope, now)
         if d.action is Action.PORTAL:
-            if relay.portal is None:
+            if not relay.portal_sealing:
                 raise RenderError("the portal is disabled")
             return await _portal(relay, d, raw, verdict, envelope, now)
     except TemporaryFailure:

@@ -113,6 +113,14 @@ class PortalService:
         if isinstance(self.code_channel, EmailCodeChannel):
             self.code_channel.signer = signer
 
+    def use_settings(self, settings: Settings) -> None:
+        """The relay reloaded its config: links, expiry, session length and the
+        code emails follow it from the next message (the web server's listen
+        address and proxies need a restart)."""
+        self.settings = settings
+        if isinstance(self.code_channel, EmailCodeChannel):
+            self.code_channel.settings = settings
+
     def use_transport(self, transport: Transport) -> None:
         """The relay swapped its upstream on reload: notices and codes follow it."""
         self.transport = transport

@@ -1,0 +1,150 @@
+"""A reload (SIGHUP) applies every setting it reports as loaded, or says which
+wait for a restart; a config that `config check` would refuse is refused.
+
+Before, a reload logged "configuration reloaded" and audited the new config's
+digest while the portal kept the old link address and expiry, a portal turned
+off kept sealing, a new archive key was not used, and a missing audit signing
+key file was accepted (the next start then failed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import securemail
+from securemail.errors import ConfigError
+from securemail.model import Action, Status
+from securemail.transport import MemoryTransport
+from tests.integration.crypto_fixtures import Gpg
+
+NOW = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+RAW = (b"From: Dr. Reed <reed@riverside.example>\r\nTo: jane@mail.example\r\n"
+       b"Subject: Jane Roe - session notes\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n"
+       b"Message-ID: <rl1@riverside.example>\r\nMIME-Version: 1.0\r\n"
+       b"Content-Type: text/plain; charset=utf-8\r\n\r\nNotes for Jane Roe: diagnosis.\r\n")
+
+
+@pytest.fixture
+def gpg(tmp_path: Path) -> Iterator[Gpg]:
+    g = Gpg.create(tmp_path / "gnupg")
+    yield g
+    g.close()
+
+
+def edit(cfg: Path, old: str, new: str) -> None:
+    text = cfg.read_text()
+    assert old in text
+    cfg.write_text(text.replace(old, new))
+
+
+async def send_to_jane(relay: securemail.Relay) -> securemail.Outcome:
+    return await relay.send(RAW, mail_from="reed@riverside.example",
+                            rcpt_tos=["jane@mail.example"], now=NOW)
+
+
+async def test_portal_link_and_expiry_follow_a_reload(make_config: Callable[..., Path]) -> None:
+    cfg = make_config()
+    transport = MemoryTransport()
+    relay = securemail.load(cfg, transport=transport)
+    try:
+        await send_to_jane(relay)
+        assert b"http://127.0.0.1:8080/m/" in transport.sent[-1].data
+        edit(cfg, 'base_url = "http://127.0.0.1:8080"',
+             'base_url = "https://portal.riverside.example"\nexpiry_days = 3')
+        relay.reload()
+        outcome = await send_to_jane(relay)
+        notice = transport.sent[-1].data
+        assert b"https://portal.riverside.example/m/" in notice
+        assert b"http://127.0.0.1:8080" not in notice
+        [jane] = outcome.recipients
+        [row] = [r for r in relay.portal.list(NOW) if r.id == jane.portal_id]
+        assert row.expires - NOW < dt.timedelta(days=3, minutes=1)
+    finally:
+        await relay.close()
+
+
+async def test_a_portal_turned_off_by_a_reload_seals_nothing_more(
+        make_config: Callable[..., Path]) -> None:
+    cfg = make_config()
+    transport = MemoryTransport()
+    relay = securemail.load(cfg, transport=transport)
+    try:
+        edit(cfg, "enabled = true", "enabled = false")
+        relay.reload()
+        with pytest.raises(securemail.Blocked) as blocked:
+            await send_to_jane(relay)
+        [d] = blocked.value.verdict.decisions
+        assert d.action is Action.BLOCK and "portal-disabled" in d.rules
+        assert transport.sent == [] and relay.portal.list(NOW) == []
+    finally:
+        await relay.close()
+
+
+async def test_an_archive_key_added_by_a_reload_is_in_the_next_ciphertext(
+        gpg: Gpg, make_config: Callable[..., Path], tmp_path: Path) -> None:
+    jane = gpg.gen("Jane <jane@mail.example>", "ed25519", "cert", "1y")
+    gpg.add_subkey(jane, "cv25519", "encr", "1y")
+    (tmp_path / "jane.asc").write_bytes(gpg.export(jane))
+    archive = gpg.gen("Archive <archive@riverside.example>", "future-default", "default", "1y")
+    (tmp_path / "archive.asc").write_bytes(gpg.export(archive))
+    cfg = make_config()
+    transport = MemoryTransport()
+    relay = securemail.load(cfg, transport=transport)
+    try:
+        relay.keyring.import_file(tmp_path / "jane.asc", NOW)
+        await send_to_jane(relay)
+        assert len(gpg.recipients_of(transport.sent[-1].data)) == 1
+        edit(cfg, "[storage]", '[encryption]\narchive_key_file = "archive.asc"\n\n[storage]')
+        relay.reload()
+        outcome = await send_to_jane(relay)
+        assert outcome.recipients[0].status is Status.DELIVERED
+        assert len(gpg.recipients_of(transport.sent[-1].data)) == 2  # Jane's and the archive's
+    finally:
+        await relay.close()
+
+
+@pytest.mark.parametrize(("old", "new", "key"), [
+    ("[storage]", '[encryption]\narchive_key_file = "missing.asc"\n\n[storage]',
+     "encryption.archive_key_file"),
+    ("[storage]", '[audit]\nsigning_key_file = "/nonexistent/a.key"\n\n[storage]',
+     "audit signing key"),
+])
+async def test_a_reload_refuses_what_config_check_refuses(
+        make_config: Callable[..., Path], old: str, new: str, key: str) -> None:
+    cfg = make_config()
+    transport = MemoryTransport()
+    relay = securemail.load(cfg, transport=transport)
+    try:
+        relay.record_config_loaded("start")  # a store with records: its key is needed
+        running = relay.settings
+        edit(cfg, old, new)
+        with pytest.raises(ConfigError) as refused:
+            relay.reload()
+        assert key in str(refused.value)
+        assert relay.settings is running  # the running config stays in force
+        assert (await send_to_jane(relay)).recipients[0].status is Status.SEALED
+    finally:
+        await relay.close()
+
+
+async def test_settings_a_reload_cannot_apply_are_named_in_a_warning(
+        make_config: Callable[..., Path], caplog: pytest.LogCaptureFixture) -> None:
+    cfg = make_config()
+    relay = securemail.load(cfg, transport=MemoryTransport())
+    try:
+        store = relay.settings.storage.sqlite_path
+        edit(cfg, 'url = "sqlite:data/securemail.db"', 'url = "sqlite:data/other.db"')
+        with caplog.at_level(logging.WARNING, logger="securemail.relay"):
+            relay.reload()
+        [warning] = [m for m in caplog.messages if "after a restart" in m]
+        assert re.search(r"storage\.url = 'sqlite:///\S+/data/other\.db'", warning)
+        assert str(cfg) in warning
+        assert relay.audit.conn.execute("PRAGMA database_list").fetchone()[2] == str(store)
+    finally:
+        await relay.close()
