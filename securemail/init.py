@@ -3,31 +3,93 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from securemail.errors import InputError
+from securemail.errors import ConfigError, InputError
 from securemail.preflight import reserved_domain
 
 DEFAULT_INIT_DOMAIN = "riverside.example"  # `securemail init` without --domain
 
-__all__ = ["InitResult", "initialise", "production_config"]
+__all__ = ["InitResult", "check_options", "initialise", "production_config", "toml_string"]
+
+_SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})")  # as config.py's [dkim]
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n",
+                 "\f": "\\f", "\r": "\\r"}
+
+
+def toml_string(value: str) -> str:
+    """``value`` as a TOML basic string, quotes included (TOML 1.0 escapes:
+    backslash, double quote and every control character)."""
+    out = []
+    for c in value:
+        if c in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[c])
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04X}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def _one_line(option: str, value: str) -> None:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise InputError(f"{option}: must be one line of text (no line breaks or control"
+                         f" characters), got {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{option}: not valid UTF-8 text: {value!r}") from None
+
+
+def check_options(*, domain: str, practice_name: str, selector: str,
+                  data_dir: Path | None = None) -> str:
+    """Refuse a bad ``securemail init`` option, naming it, before anything is
+    written. Returns the domain in the form the config stores (lower-case
+    A-label)."""
+    from securemail.directory import AddressError, normalise_domain
+
+    try:
+        domain = normalise_domain(domain)
+    except AddressError:
+        raise InputError(f"--domain: {domain!r} is not a domain name"
+                         " (e.g. riverside-counseling.org)") from None
+    if not _SELECTOR.fullmatch(selector):
+        raise InputError(f"--selector: {selector!r} is not a valid DKIM selector"
+                         " (letters, digits, '.', '-', '_'; at most 63; e.g. sm1)")
+    _one_line("--name", practice_name)
+    if data_dir is not None:
+        _one_line("--data-dir", str(data_dir))
+    return domain
+
+
+# Which option put a value at a config key (for errors found before writing).
+_OPTION_OF_KEY = {"practice.name": "--name", "practice.domains[0]": "--domain",
+                  "dkim.domain": "--domain", "portal.base_url": "--domain",
+                  "dkim.selector": "--selector", "storage.url": "--data-dir"}
 
 
 def production_config(*, domain: str, practice_name: str, selector: str, dkim: bool,
                       storage_url: str = "sqlite:securemail.db") -> str:
     """Every section of the config, commented. Values are the defaults unless noted."""
+    q_domain, q_selector = toml_string(domain), toml_string(selector)
     dkim_block = f"""[dkim]
-domain = "{domain}"
-selector = "{selector}"
+domain = {q_domain}
+selector = {q_selector}
 key_file = "dkim.key"                    # private key: service user only, never in git
 """ if dkim else f"""# [dkim]                                 # no key was generated: add one with
-# domain = "{domain}"              # `securemail dkim keygen`, then uncomment
-# selector = "{selector}"
+# domain = {q_domain}              # `securemail dkim keygen`, then uncomment
+# selector = {q_selector}
 # key_file = "dkim.key"
 """
-    pad = " " * max(1, 41 - len(f'url = "{storage_url}"'))
-    domains = f'domains = ["{domain}"]'
+    q_storage = toml_string(storage_url)
+    pad = " " * max(1, 41 - len(f"url = {q_storage}"))
+    base_url = toml_string(f"https://secure.{domain}")
+    base_pad = " " * max(1, 41 - len(f"base_url = {base_url}"))
+    domains = f"domains = [{q_domain}]"
     domains += " " * max(1, 41 - len(domains)) + "# staff mail domains (staff may receive anything)"
     if reserved_domain(domain):
         domains = (f"# CHANGE THIS: {domain} is a reserved example domain, not the practice's."
@@ -39,7 +101,7 @@ key_file = "dkim.key"                    # private key: service user only, never
 # `securemail config check`; reload a running relay with `systemctl reload securemail`.
 
 [practice]
-name = "{practice_name}"
+name = {toml_string(practice_name)}
 {domains}
 phone = ""                               # shown in notifications so recipients can check them
 website = ""
@@ -93,11 +155,11 @@ max_header_bytes = 262144
 scan_text_bytes = 2097152                # content detectors read at most this much text
 
 [storage]
-url = "{storage_url}"{pad}# the store; generated secrets live beside it
+url = {q_storage}{pad}# the store; generated secrets live beside it
 
 [portal]
 enabled = true
-base_url = "https://secure.{domain}"     # public https URL of the portal (behind a proxy)
+base_url = {base_url}{base_pad}# public https URL of the portal (behind a proxy)
 listen = "127.0.0.1:8080"
 expiry_days = 30
 sender_name = ""                         # display name on notifications; "" = practice name
@@ -159,40 +221,130 @@ class InitResult:
 def initialise(directory: Path, *, domain: str, practice_name: str, selector: str,
                dkim_kind: str = "rsa", data_dir: Path | None = None) -> InitResult:
     """``data_dir``: where the store and its generated secrets go (default:
-    beside the config). Created here, so no secret is left in the wrong place."""
-    directory.mkdir(parents=True, exist_ok=True)
+    beside the config). Created here, so no secret is left in the wrong place.
+
+    Every option is checked before anything is written (:class:`InputError`
+    naming the option). If a later step fails, what this call created (folders,
+    key, config, store files) is removed again, so that the same command can
+    simply be run again; files that were there before are never touched."""
+    domain = check_options(domain=domain, practice_name=practice_name, selector=selector,
+                           data_dir=data_dir)
+    cfg = directory / "securemail.toml"
+    if cfg.exists() or cfg.is_symlink():
+        raise InputError(f"{cfg}: already exists; not overwriting it")
     storage_url = "sqlite:securemail.db"
     if data_dir is not None:
         data_dir = data_dir.resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
         storage_url = f"sqlite://{data_dir / 'securemail.db'}"
-    cfg = directory / "securemail.toml"
-    if cfg.exists():
-        raise InputError(f"{cfg}: already exists; not overwriting it")
-    notes: list[str] = []
-    record: str | None = None
     key_file = directory / "dkim.key"
+    generate_key = _key_generator()
+    text = production_config(domain=domain, practice_name=practice_name, selector=selector,
+                             dkim=generate_key is not None or key_file.exists(),
+                             storage_url=storage_url)
+    _check_text(text, cfg)
+    created = _Created()
+    try:
+        return _write(directory, cfg, text, created, domain=domain, selector=selector,
+                      dkim_kind=dkim_kind, data_dir=data_dir, generate_key=generate_key)
+    except BaseException:
+        created.remove()
+        raise
+
+
+def _key_generator() -> _KeyGenerator | None:
     try:
         from securemail.dkim import generate_key
     except ImportError:
-        generate_key = None  # type: ignore[assignment]
+        return None
+    return generate_key
+
+
+def _check_text(text: str, cfg: Path) -> None:
+    """Parse the config in memory: a value it refuses is an option error now,
+    not a half-written folder later."""
+    import tomllib
+
+    from securemail.config import parse_settings
+
+    try:
+        parse_settings(tomllib.loads(text), str(cfg))
+    except ConfigError as exc:
+        option = _OPTION_OF_KEY.get(exc.key)
+        raise InputError(f"{option}: {exc.problem}" if option else
+                         f"the options make an invalid configuration: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:  # a bug in production_config, never written
+        raise InputError(f"the options make an invalid configuration: {exc}") from None
+
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    _KeyGenerator = Callable[[str], tuple[bytes, str]]
+
+
+class _Created:
+    """What one ``initialise`` call made, to undo it if a later step fails."""
+
+    def __init__(self) -> None:
+        self.paths: list[Path] = []  # in creation order: a folder before its contents
+        self.watched: list[tuple[Path, set[str]]] = []
+
+    def mkdir(self, folder: Path) -> None:
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        self.paths += reversed(missing)
+
+    def new_file(self, path: Path, data: bytes, mode: int) -> None:
+        """Create ``path`` exclusively (never over an existing file)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        self.paths.append(path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+
+    def watch(self, folder: Path) -> None:
+        """Entries that appear in ``folder`` from now on are ours (the store's)."""
+        self.watched.append((folder, set(os.listdir(folder))))
+
+    def remove(self) -> None:
+        for folder, before in self.watched:
+            for name in sorted(set(os.listdir(folder)) - before):
+                path = folder / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        for path in reversed(self.paths):
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    path.rmdir()  # only if empty: never someone else's file
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+def _write(directory: Path, cfg: Path, text: str, created: _Created, *, domain: str,
+           selector: str, dkim_kind: str, data_dir: Path | None,
+           generate_key: _KeyGenerator | None) -> InitResult:
+    created.mkdir(directory)
+    if data_dir is not None:
+        created.mkdir(data_dir)
+    notes: list[str] = []
+    record: str | None = None
+    key_file = directory / "dkim.key"
+    if generate_key is None:
         notes.append("DKIM key generation is not available; [dkim] left commented out.")
-    if generate_key is not None:
-        if key_file.exists():
-            notes.append(f"Kept the existing DKIM key {key_file}")
-            record = None
-        else:
-            pem, txt = generate_key(dkim_kind)
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-            # A TXT string holds at most 255 octets: split, as zone files expect.
-            chunks = " ".join(f'"{txt[i:i + 255]}"' for i in range(0, len(txt), 255))
-            record = f"{selector}._domainkey.{domain}. IN TXT ( {chunks} )"
-            notes.append(f"Generated DKIM key {key_file} (mode 0600)")
-    text = production_config(domain=domain, practice_name=practice_name, selector=selector,
-                             dkim=key_file.exists(), storage_url=storage_url)
-    cfg.write_text(text, encoding="utf-8")
+    elif key_file.exists():
+        notes.append(f"Kept the existing DKIM key {key_file}")
+    else:
+        pem, txt = generate_key(dkim_kind)
+        created.new_file(key_file, pem, 0o600)
+        # A TXT string holds at most 255 octets: split, as zone files expect.
+        chunks = " ".join(f'"{txt[i:i + 255]}"' for i in range(0, len(txt), 255))
+        record = f"{selector}._domainkey.{domain}. IN TXT ( {chunks} )"
+        notes.append(f"Generated DKIM key {key_file} (mode 0600)")
+    created.new_file(cfg, text.encode("utf-8"), 0o666)
+    created.watch(data_dir if data_dir is not None else directory)
     notes.append(_create_store(cfg))
     warnings = [] if not reserved_domain(domain) else [
         f"{domain} is a reserved example domain"
