@@ -111,15 +111,15 @@ async def _portal(relay: Relay, d: Decision, raw: bytes, verdict: Verdict, envel
                   now: dt.datetime) -> Output:
     from securemail.portal.content import original_reply
 
-    # The notice names the author (From), and the client's reply goes to the
-    # original's Reply-To/From: the envelope sender may be a VERP bounce address
-    # or empty (MAIL FROM:<>, e.g. an auto-reply). The audit keeps the envelope
-    # sender (mail_from), as the message's own record does.
-    author, reply_to, reply_name = original_reply(raw, envelope.mail_from)
+    # The notice names the author (From): the envelope sender may be a VERP
+    # bounce address or empty (MAIL FROM:<>, e.g. an auto-reply). The client's
+    # reply goes to the original's Reply-To or From when that is the practice's
+    # (PortalService chooses). The audit keeps the envelope sender (mail_from),
+    # as the message's own record does.
+    author, _, _ = original_reply(raw, envelope.mail_from)
     # Durable before the notice can leave: a link must never point at nothing.
     sealed = await relay.portal.seal_async(raw, message_id=verdict.message_id,
                                            sender=author, recipient=d.address, now=now,
-                                           reply_to=reply_to, reply_name=reply_name,
                                            mail_from=envelope.mail_from)
     try:
         notice = relay.portal.notification(sealed, sender=author, recipient=d.address, now=now)

@@ -291,14 +291,14 @@ def create_app(service: PortalService, *,
         if reply_sender is None:
             reply_state = "off"  # replies go through the relay pipeline or not at all
         else:
-            reply_state = "ok" if row.reply_address else "no-address"
+            reply_state = "ok" if service.reply_address(row) else "no-address"
         # A code already on its way (a second tab, a reload): offer to type it
         # rather than replace it. A read only: a GET changes nothing.
         moment = now()
         sent = service.code_sent(portal_id, now=moment)
         resp = page("landing.html", portal_id=portal_id, csrf=csrf_token(browser, portal_id),
                     masked=_mask(row.recipient), expires=row.expires.strftime("%d %B %Y"),
-                    reply_state=reply_state, reply_address=row.reply_address,
+                    reply_state=reply_state, reply_address=service.reply_address(row),
                     reply_name=row.reply_name or "", max_reply=MAX_REPLY_TEXT,
                     code_sent=_iso(sent[0]) if sent else "",
                     code_sent_time=sent[0].strftime("%H:%M UTC") if sent else "",

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from securemail.config import Settings
 from securemail.crypto.seal import associated_data, encode_key, new_key, seal
+from securemail.directory import AddressError, normalise_address
 from securemail.errors import ConfigError, PermanentFailure, RenderError, StoreError
 from securemail.notify import from_address, notification_message
 from securemail.portal.codes import CODE_MINUTES, CodeChannel, EmailCodeChannel, new_code
@@ -193,7 +194,13 @@ class PortalService:
         portal_id = new_portal_id()
         if reply_to is None:
             if kind == "message":
-                _, reply_to, reply_name = original_reply(raw, sender)
+                author, reply_to, reply_name = original_reply(raw, sender)
+                if not self.practice_address(reply_to):
+                    # A client's reply goes to the practice, never to whoever a
+                    # Reply-To names (another client, a personal mailbox): the
+                    # author or the envelope sender if they are staff, else nowhere.
+                    staff = [a for a in (author, mail_from or sender) if self.practice_address(a)]
+                    reply_to, reply_name = (staff[0] if staff else ""), None
             else:
                 reply_to = sender
         key = new_key()
@@ -406,7 +413,7 @@ class PortalService:
         original has no usable address), ``undeliverable`` (refused for good,
         e.g. by policy: retrying will not help), ``delivery-failed`` (temporary)."""
         row = self.session(portal_id, token, now=now)
-        to = row.reply_address
+        to = self.reply_address(row)
         frm = from_address(self.settings, row.sender or to)
         if reply_sender is None or not to or not frm:
             raise PortalDenied("no-reply")
@@ -430,6 +437,21 @@ class PortalService:
         self._event("replied", now, portal_id=portal_id, recipient=row.recipient,
                     reply_to=to, status="with-attachment" if attachment is not None else "ok")
         return sealed
+
+    def practice_address(self, address: str) -> bool:
+        """Whether ``address`` is the practice's (a staff domain of the config)."""
+        try:
+            domain = normalise_address(address).rpartition("@")[2]
+        except AddressError:
+            return False
+        return domain in self.settings.practice.domains
+
+    def reply_address(self, row: PortalRow) -> str:
+        """Where the client's reply to ``row`` goes: its reply address when that
+        is the practice's, else "" (no reply form; a message sealed before this
+        check, or a staff domain since removed from the config)."""
+        address = row.reply_address
+        return address if row.kind != "message" or self.practice_address(address) else ""
 
     # --------------------------------------------------------- lifecycle
 

@@ -205,3 +205,42 @@ def test_audit_mail_from_is_the_envelope_sender_on_every_record(portal: Portal) 
     bodies = [json.loads(r.body) for r in iter_records(portal.relay.db)]
     (replied,) = [b for b in bodies if b.get("portal_id") == pid and b["kind"] == "replied"]
     assert replied["reply_to"] == FRONT_DESK and replied["recipient"] == CLIENT
+
+
+OTHER_CLIENT = "bob.smith@mail.example"  # not the practice's
+
+
+def test_a_reply_to_naming_someone_outside_the_practice_is_not_where_replies_go(
+        portal: Portal) -> None:
+    # A Reply-To at another client (or a personal mailbox) used to receive the
+    # client's answer, sealed to them "from the practice": replies go only to
+    # the practice. Here the author (From) is staff: the reply goes there.
+    pid = relay_to_portal(portal, phi_message(reply_to=OTHER_CLIENT,
+                                              message_id="<rt-other@r.example>"), STAFF)
+    row = portal.service.get(pid)
+    assert row is not None and row.reply_address == STAFF
+    before = len(portal.capture.messages)
+    reply(portal, pid, session(portal, pid))
+    got = portal.capture.wait_for(lambda m: m in portal.capture.messages[before:]
+                                  and b"Thanks!" in m.data)
+    assert got.rcpt_tos == [STAFF]
+    assert not any(OTHER_CLIENT in m.rcpt_tos for m in portal.capture.messages)
+
+
+def test_a_message_with_no_practice_address_to_answer_takes_no_reply(portal: Portal) -> None:
+    now = datetime.now(UTC)
+    raw = phi_message(reply_to=OTHER_CLIENT, message_id="<rt-none@r.example>")
+    raw = raw.replace(f"From: {STAFF}".encode(), b"From: helper@mail.example")
+    sealed = portal.service.seal(raw, message_id="<rt-none@r.example>",
+                                 sender="helper@mail.example", recipient=CLIENT, now=now)
+    assert portal.service.get(sealed.id).reply_address == ""  # type: ignore[union-attr]
+    # A row stored with an outside reply address (sealed before this check, or
+    # by a library caller) is not answered there either.
+    old = portal.service.seal(raw, message_id="<rt-old@r.example>", sender=STAFF,
+                              recipient=CLIENT, now=now, reply_to=OTHER_CLIENT)
+    before = len(portal.capture.messages)
+    for pid in (sealed.id, old.id):
+        with pytest.raises(PortalDenied) as denied:
+            reply(portal, pid, session(portal, pid))
+        assert denied.value.reason == "no-reply"
+    assert not any(OTHER_CLIENT in m.rcpt_tos for m in portal.capture.messages[before:])
