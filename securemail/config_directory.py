@@ -7,6 +7,7 @@ errors for the same mistakes.
 
 from __future__ import annotations
 
+import datetime as dt
 import unicodedata
 from dataclasses import dataclass
 
@@ -54,6 +55,23 @@ class DirectorySettings:
 
 
 
+# The keys each table may have. They are checked before anything else, so that
+# a misspelt key ("adresses") is reported as the key at fault, not as the
+# correct key missing ("addresses: needs at least one address").
+_DIRECTORY_KEYS = ("clients", "partners")
+_CLIENT_KEYS = ("id", "addresses", "contacts", "consent_unencrypted", "names")
+_CONTACT_KEYS = ("address", "relation")
+_CONSENT_KEYS = ("granted", "warning", "expires")
+_PARTNER_KEYS = ("name", "domains", "addresses")
+
+
+def _known_keys(t: Table, keys: tuple[str, ...]) -> None:
+    """Refuse a key that is not one of ``keys`` (the same error as Table.finish)."""
+    probe = Table(t.file, t.prefix, t.data)
+    probe.seen.update(keys)
+    probe.finish()
+
+
 def _visible(t: Table, name: str, value: str, what: str) -> str:
     """Refuse invisible and control characters (zero-width space, soft hyphen,
     bidi controls, NBSP...): an address or id with one can never match the
@@ -75,21 +93,28 @@ def _domain(t: Table, name: str, value: str) -> str:
     return read_domain(t, name, _visible(t, name, value, "domain"))
 
 
-def _consent(t: Table) -> Consent:
+def _consent(t: Table, granted_key: str) -> Consent:
+    _known_keys(t, _CONSENT_KEYS)
     granted = read_date(t, "granted", t.data.get("granted"))
     t.seen.add("granted")
     warning = t.text("warning", "")
     if not warning:
         raise t.error("warning", "is required: the version of the risk warning the client saw")
-    expires = t.data.get("expires")
+    raw_expires = t.data.get("expires")
     t.seen.add("expires")
-    c = Consent(granted=granted, warning=warning,
-                expires=None if expires is None else read_date(t, "expires", expires))
+    expires = None if raw_expires is None else read_date(t, "expires", raw_expires)
+    if expires is not None and dt.date.fromisoformat(expires) < dt.date.fromisoformat(granted):
+        raise t.error("expires", f"is before {granted_key} ({granted}): a consent cannot end"
+                                 " before it was given (check both dates)")
+    c = Consent(granted=granted, warning=warning, expires=expires)
     t.finish()
     return c
 
 
-def parse_client(c: Table) -> ClientEntry:
+def parse_client(c: Table, *, granted_key: str = "granted") -> ClientEntry:
+    """One client. ``granted_key`` is how errors name the consent's start date
+    (``consent_granted`` in a CSV file)."""
+    _known_keys(c, _CLIENT_KEYS)
     cid = c.text("id", "")
     if not cid:
         raise c.error("id", "is required")
@@ -98,6 +123,7 @@ def parse_client(c: Table) -> ClientEntry:
                       for i, a in enumerate(c.strings("addresses")))
     contacts = []
     for ct in read_tables(c, "contacts"):
+        _known_keys(ct, _CONTACT_KEYS)
         addr = ct.text("address", "")
         if not addr:
             raise ct.error("address", "is required")
@@ -113,13 +139,14 @@ def parse_client(c: Table) -> ClientEntry:
         if not addresses:
             raise c.error("consent_unencrypted", "consent covers the client's own addresses,"
                                                  " and this client has none")
-        consent = _consent(c.table("consent_unencrypted"))
+        consent = _consent(c.table("consent_unencrypted"), granted_key)
     names = c.strings("names")
     c.finish()
     return ClientEntry(cid, addresses, tuple(contacts), consent, names)
 
 
 def parse_partner(p: Table) -> PartnerEntry:
+    _known_keys(p, _PARTNER_KEYS)
     name = p.text("name", "")
     if not name:
         raise p.error("name", "is required")
@@ -137,6 +164,7 @@ def parse_partner(p: Table) -> PartnerEntry:
 
 
 def parse_directory(t: Table) -> DirectorySettings:
+    _known_keys(t, _DIRECTORY_KEYS)
     clients = tuple(parse_client(c) for c in read_tables(t, "clients"))
     seen: dict[str, str] = {}
     for i, c in enumerate(clients):

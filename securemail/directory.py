@@ -455,11 +455,14 @@ def _read_csv(name: str, text: str) -> DirectorySettings:
     ``FILE: line N: column: problem``.
     """
     accepted = ", ".join(CSV_COLUMNS)
-    reader = csv.reader(io.StringIO(text))
+    # strict: a value in double quotes must end with its quote, at the latest
+    # at the end of the file (otherwise the rest of the file silently became
+    # part of it).
+    reader = csv.reader(io.StringIO(text), strict=True)
     try:
         header = next(reader, None)
     except csv.Error as exc:
-        raise ConfigError(name, "line 1", f"not a readable CSV line ({exc})") from None
+        raise _csv_syntax_error(name, text, 1, [], exc) from None
     if not header or not any(h.strip() for h in header):
         raise ConfigError(name, "line 1", f"must name the columns (accepted: {accepted})")
     columns: list[str] = [_column(h) for h in header]
@@ -495,11 +498,11 @@ def _read_csv(name: str, text: str) -> DirectorySettings:
         try:
             cells = next(reader, None)
         except csv.Error as exc:
-            raise ConfigError(name, f"line {start}", f"not a readable CSV line ({exc})") \
-                from None
+            raise _csv_syntax_error(name, text, start, columns, exc) from None
         end = reader.line_num
         if cells is None:
             break
+        _one_line_values(name, start, columns, cells)
         if not any(c.strip() for c in cells):
             continue  # a blank line or a row of empty cells (spreadsheets leave them)
         row: dict[str, str] = {}
@@ -531,6 +534,81 @@ def _read_csv(name: str, text: str) -> DirectorySettings:
                                   f' "{_show(entry.id)}" (also on line {first})')
             clients.append(entry)
     return DirectorySettings(clients=tuple(clients), partners=tuple(partners))
+
+
+def _column_label(columns: list[str], index: int) -> str:
+    if index < len(columns) and columns[index]:
+        return columns[index]
+    return f"column {index + 1}"
+
+
+def _csv_syntax_error(name: str, text: str, start: int, columns: list[str],
+                      exc: csv.Error) -> ConfigError:
+    """The error for a row (starting on line ``start``) the csv module refused:
+    which line and column a bad quote is in, when that can be told."""
+    row = "\n".join(text.split("\n")[start - 1:])  # io.StringIO splits lines at "\n"
+    fault = _quote_fault(row)
+    if fault is None:
+        return ConfigError(name, f"line {start}", f"not a readable CSV line ({exc})")
+    opened, closed, index, unterminated = fault
+    line = start + opened
+    key = f"line {line}: {_column_label(columns, index)}" if columns else f"line {line}"
+    where = "" if columns else f"column {index + 1}: "
+    if unterminated:
+        return ConfigError(name, key, f"{where}unterminated quote: the double quote that starts"
+                           " this value is never closed, so the rest of the file would be read"
+                           " as part of it; add the closing quote or remove the opening one")
+    if closed > opened:
+        return ConfigError(name, key, f"{where}unterminated quote: the double quote that starts"
+                           f" this value is only closed on line {start + closed}; add the"
+                           " closing quote on this line or remove the opening one")
+    return ConfigError(name, key, f"{where}text after the closing double quote; a value in"
+                       ' double quotes must end with the quote (write a quote inside it as "")')
+
+
+def _quote_fault(row: str) -> tuple[int, int, int, bool] | None:
+    """Find the bad quote in the text of one CSV row (to the end of the file).
+
+    Returns (line of the opening quote, line of the fault, both counted from
+    the row's first line, index of the column, True if the quote is never
+    closed), or None when the row has no quoting fault.
+    """
+    column = line = opened = 0
+    state = "start"  # start | plain | quoted | closing
+    for ch in row:
+        if state == "quoted":
+            if ch == '"':
+                state = "closing"
+            elif ch == "\n":
+                line += 1
+        elif state == "closing" and ch == '"':
+            state = "quoted"  # "" is a quote inside the value
+        elif ch == ",":
+            column, state = column + 1, "start"
+        elif ch in "\r\n":
+            return None  # the row ended without a quoting fault
+        elif state == "closing":
+            return opened, line, column, False
+        elif state == "start" and ch == '"':
+            opened, state = line, "quoted"
+        else:
+            state = "plain"
+    return (opened, line, column, True) if state == "quoted" else None
+
+
+def _one_line_values(name: str, start: int, columns: list[str], cells: list[str]) -> None:
+    """Refuse a value with a line break in it (possible inside double quotes).
+    No id, address, name or date has one; it comes from a quote that is closed
+    lines later, which swallowed the rows between."""
+    line = start
+    for i, cell in enumerate(cells):
+        if "\n" in cell or "\r" in cell:
+            runs = cell.count("\n")
+            until = f" (its double quotes run on to line {line + runs})" if runs else ""
+            raise ConfigError(name, f"line {line}: {_column_label(columns, i)}",
+                              f"contains a line break{until}; each value must be on one line:"
+                              " check for a missing closing double quote")
+        line += cell.count("\n")
 
 
 def _csv_row(name: str, line: int, row: dict[str, str]) -> ClientEntry | PartnerEntry:
@@ -582,7 +660,7 @@ def _csv_row(name: str, line: int, row: dict[str, str]) -> ClientEntry | Partner
     try:
         if kind == "partner":
             return parse_partner(Table(name, "", data))
-        return parse_client(Table(name, "", data))
+        return parse_client(Table(name, "", data), granted_key="consent_granted")
     except ConfigError as exc:
         raise ConfigError(name, _csv_key(line, exc.key), exc.problem) from None
 
