@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import html
 import re
+from urllib.parse import unquote_plus
 
 __all__ = ["html_text"]
 
 # HTML as a mail program shows it: the tags of inline elements (a word half in
 # bold, a spell-check <span class=SpellE>, a coloured letter) join the letters
 # around them; every other tag (paragraph, line break, cell, image, ...) ends
-# a word. Comments show nothing; scripts and styles are not text.
+# a word. Comments show nothing (their text is read apart); scripts and
+# styles are not text.
 _INLINE = ("a|abbr|b|bdi|bdo|big|cite|code|data|del|dfn|em|font|i|ins|kbd|label|mark|"
            "nobr|o:p|q|rp|rt|ruby|s|samp|small|span|strike|strong|sub|sup|time|tt|u|var|wbr")
 # A tag ends at the first ">" outside a quoted attribute value (title="a>b").
@@ -24,12 +26,45 @@ _HTML_TAG = re.compile("<" + _ATTRS + ">")
 _HIDDEN_START = re.compile(r"<(script|style)(?=[\s/>])|<!--", re.IGNORECASE)
 
 
+# Text that travels in the part without being its flowing text: what a mail
+# program shows in place of a blocked image (alt), in a tooltip (title), to a
+# screen reader (aria-label), in an empty field (placeholder), and where a
+# link leads (href: a mailto: address, a form's query string).
+_TEXT_ATTR = re.compile(
+    r"""[\s"'](alt|title|aria-label|placeholder|href)\s*=\s*"""
+    r"""(?:"([^"]{0,4096})"|'([^']{0,4096})'|([^\s"'<>]{1,4096}))""", re.IGNORECASE)
+
+
 def html_text(markup: str) -> str:
-    """The text of an HTML part, words split and joined as a reader sees them."""
-    return html.unescape(_HTML_TAG.sub(" ", _INLINE_TAG.sub("", _without_hidden(markup))))
+    """The text of an HTML part, words split and joined as a reader sees them;
+    then, one per line, the text of its attributes that people read (alt,
+    title, aria-label, placeholder, decoded link targets) and its comments:
+    they leave with the part too."""
+    comments: list[str] = []
+    visible = _without_hidden(markup, comments)
+    text = html.unescape(_HTML_TAG.sub(" ", _INLINE_TAG.sub("", visible)))
+    # Attributes are looked for inside tags only ("<" is quick to find; a
+    # pattern tried at every word of the text is not).
+    extra = [_attribute_text(m) for tag in _HTML_TAG.finditer(visible) if "=" in tag.group()
+             for m in _TEXT_ATTR.finditer(tag.group())]
+    extra += [html.unescape(_HTML_TAG.sub(" ", c)) for c in comments]
+    extra = [e for e in extra if e.strip()]
+    return "\n".join([text, *extra]) if extra else text
 
 
-def _without_hidden(markup: str) -> str:
+def _attribute_text(found: re.Match[str]) -> str:
+    value = html.unescape(found.group(2) or found.group(3) or found.group(4) or "")
+    if found.group(1).lower() != "href":
+        return value
+    if value[:7].lower() == "mailto:":
+        value = value[7:]
+    # "a%20b" and "a+b" are "a b" in a link's query: read as the page reading it does.
+    return unquote_plus(value.replace("?", " ").replace("&", " "))
+
+
+def _without_hidden(markup: str, comments: list[str] | None = None) -> str:
+    """``markup`` without scripts, styles and comments; the comments' text is
+    added to ``comments``."""
     out: list[str] = []
     pos = 0
     lowered: str | None = None
@@ -58,4 +93,6 @@ def _without_hidden(markup: str) -> str:
                 out.append(markup[after:])
                 return "".join(out)
             end = min(ends)
+            if comments is not None:
+                comments.append(markup[after:end])
             pos = end + (3 if markup.startswith("-->", end) else 4)

@@ -114,3 +114,29 @@ def test_block_tags_still_end_a_word(markup: str) -> None:
     from securemail.markup import html_text
 
     assert "JaneRoe" not in html_text(markup)
+
+
+@pytest.mark.parametrize("markup", [
+    # Outlook blocks images by default and shows their alt text instead.
+    '<p>Hello <img src="x.png" alt="Patient Jane Roe, MRN: 12345678, diagnosis F32.1"></p>',
+    "<p>See <a title='Jane Roe, dx F32.1' href=x>notes</a></p>",
+    '<p>Form: <a href="https://forms.example/?patient=Jane+Roe&amp;dx=F32.1">open</a></p>',
+    '<p>Write to <a href="mailto:x@other.example?subject=Jane%20Roe%2C%20dx%20F32.1">us</a>',
+    "<p>Hello</p><!-- Patient Jane Roe, diagnosis F32.1 -->",
+    '<input placeholder="Jane Roe, dx F32.1">',
+    '<div aria-label="Jane Roe, diagnosis F32.1"></div>',
+])
+def test_phi_in_what_an_html_part_carries_besides_its_text_is_found(
+        markup: str, config_path: Path) -> None:
+    # These used to leave for an outsider in clear: only the flowing text was read.
+    action, found = signals(config_path, html_mail(markup))
+    assert action is Action.BLOCK
+    assert "phi-client-name" in found
+
+
+def test_attribute_and_comment_text_does_not_join_the_flowing_text() -> None:
+    from securemail.markup import html_text
+
+    text = html_text('<p>Ja<span title="x">ne</span> Roe<!-- c --> <img alt="y"></p>')
+    assert text.splitlines()[0].split() == ["Jane", "Roe"]
+    assert text.splitlines()[1:] == ["x", "y", " c "]
