@@ -24,7 +24,7 @@ from securemail.logs import install_merger
 from securemail.smtp import SHUTTING_DOWN, ListenerPolicy, RelayHandler, RelaySMTP, ServerState
 from securemail.smtp_auth import load_users
 
-__all__ = ["Listeners", "bind_sockets", "split_host_port", "start_listeners"]
+__all__ = ["Listeners", "bind_address", "bind_sockets", "split_host_port", "start_listeners"]
 
 log = logging.getLogger("securemail.smtp")
 
@@ -135,7 +135,7 @@ def bind_sockets(settings: Settings) -> dict[str, list[socket.socket]]:
     try:
         for key in keys:
             value = settings.relay.listen if key == "relay.listen" else settings.submission.listen
-            bound[key] = _bind(settings, key, value)
+            bound[key] = bind_address(settings, key, value)
     except BaseException:
         for sockets in bound.values():
             for sock in sockets:
@@ -144,7 +144,8 @@ def bind_sockets(settings: Settings) -> dict[str, list[socket.socket]]:
     return bound
 
 
-def _bind(settings: Settings, key: str, value: str) -> list[socket.socket]:
+def bind_address(settings: Settings, key: str, value: str) -> list[socket.socket]:
+    """Listening sockets for ``value`` (``host:port``) or ConfigError naming ``key``."""
     host, port = split_host_port(value)
     out: list[socket.socket] = []
     try:

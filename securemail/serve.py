@@ -23,7 +23,13 @@ from securemail import document_process
 from securemail.admin import start_admin
 from securemail.config import Settings, load_settings
 from securemail.errors import ConfigError
-from securemail.listeners import Listeners, bind_sockets, split_host_port, start_listeners
+from securemail.listeners import (
+    Listeners,
+    bind_address,
+    bind_sockets,
+    split_host_port,
+    start_listeners,
+)
 from securemail.metrics import WorkerSlots
 from securemail.smtp import ServerState
 
@@ -203,20 +209,31 @@ async def _start_portal(services: Services) -> None:
                             # (the rate limit keys on it); not FORWARDED_ALLOW_IPS.
                             forwarded_allow_ips=list(settings.portal.forwarded_allow_ips))
     server = _EmbeddedUvicorn(config)
+    # Bound here, like the SMTP listeners: an address in use is a ConfigError
+    # naming portal.listen (uvicorn would log it and raise SystemExit, which
+    # escapes the event loop from inside a task: exit status 3, no file named).
+    sockets = bind_address(settings, "portal.listen", settings.portal.listen)
     services.portal_server = server
-    services.portal_task = asyncio.create_task(server.serve())
+    services.portal_task = asyncio.create_task(_serve_portal(server, sockets))
     while not server.started and not services.portal_task.done():
         await asyncio.sleep(0.01)
     if services.portal_task.done():
         try:
-            services.portal_task.result()  # raises the bind error, if any
+            services.portal_task.result()  # raises the start error, if any
         except OSError as exc:
-            raise ConfigError(settings.path, "portal.listen", f"cannot listen on"
+            raise ConfigError(settings.path, "portal.listen", f"cannot serve on"
                               f" {settings.portal.listen} ({exc.strerror or exc})") from None
-        except SystemExit:  # uvicorn exits when it cannot bind (it logged why)
-            raise ConfigError(settings.path, "portal.listen",
-                              f"cannot listen on {settings.portal.listen}") from None
     log.info("portal on %s (listening on %s:%s)", settings.portal.base_url, host, port)
+
+
+async def _serve_portal(server: Any, sockets: list[socket.socket]) -> None:
+    try:
+        await server.serve(sockets=sockets)
+    except SystemExit:  # uvicorn's way to give up at start (it logged why)
+        raise OSError("the portal web server did not start") from None
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _portal_server_class() -> type:

@@ -385,3 +385,27 @@ async def _gone(others: list[int]) -> None:
             except ProcessLookupError:
                 pass
     assert alive == [], "orphaned workers kept running"
+
+
+async def test_a_portal_address_in_use_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    """uvicorn gave up with SystemExit inside its task: exit status 3, an
+    asyncio "exception was never retrieved" and no file or key named."""
+    cfg = _workers_config(tmp_path, free_port(), workers=1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        cfg.write_text(cfg.read_text().replace(
+            "enabled = false", f'enabled = true\nlisten = "127.0.0.1:{port}"'))
+        proc = await asyncio.create_subprocess_exec(
+            SECUREMAIL, "serve", "-c", str(cfg), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+        finally:
+            _kill_all(proc)
+    text = (out + err).decode()
+    assert proc.returncode == 2, text
+    assert f"{cfg}: portal.listen: cannot listen on 127.0.0.1:{port}" in text
+    assert "in use" in text
+    assert "Task exception" not in text and "Traceback" not in text
