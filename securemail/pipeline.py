@@ -29,6 +29,7 @@ from securemail.errors import (
     UpstreamRefused,
     UpstreamUnavailable,
 )
+from securemail.line_length import wrap_long_lines
 from securemail.logs import message_summary
 from securemail.model import (
     Action,
@@ -264,7 +265,9 @@ def _note_in_ledger(relay: Relay, digest: str, accepted: Mapping[str, Status],
 
 async def _deliver(relay: Relay, envelope: Envelope, output: Output, progress: _Progress
                    ) -> tuple[dict[str, tuple[Status, str | None]], TLSInfo | None]:
-    data = output.data
+    # Lines past 998 octets would be broken by the next server, after our
+    # signature: re-encode those parts first (what the recipient sees is the same).
+    data = wrap_long_lines(output.data)
     if envelope.trace:  # on every copy that leaves (after the digest: a retry is the same)
         data = envelope.trace.encode("ascii", "replace") + data
     if relay.signer is not None:

@@ -11,6 +11,7 @@ drops privileges to the ``postfix`` user).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -146,12 +147,20 @@ async def wait_for(predicate: object, seconds: float) -> bool:
 
 @pytest.fixture
 async def chain(tmp_path: Path) -> AsyncIterator[tuple[int, Upstream, RunningRelay, Path]]:
+    async with _chain(tmp_path) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def _chain(tmp_path: Path, extra: str = ""
+                 ) -> AsyncIterator[tuple[int, Upstream, RunningRelay, Path]]:
     # Postfix daemons run as "postfix" and must reach the queue: not under pytest's 0700 tmp.
     root = Path(tempfile.mkdtemp(prefix="securemail-postfix-", dir="/tmp"))
     root.chmod(0o755)
     capture = await start_upstream()
     inbound, reinject = free_port(), free_port()
-    cfg = write_config(tmp_path, upstream_url=f"smtp://127.0.0.1:{reinject}", portal=True)
+    cfg = write_config(tmp_path, upstream_url=f"smtp://127.0.0.1:{reinject}", portal=True,
+                       extra=extra)
     relay = await run_relay(cfg)
     conf = postfix_config(root, inbound=inbound, reinject=reinject, relay=relay.port,
                           capture=capture.port)
@@ -230,3 +239,39 @@ async def test_mail_given_to_the_sendmail_command_goes_through_securemail_too(
     sent = next(m for m in capture.messages if "jane@mail.example" in m.rcpt_tos).data
     assert secret.encode() not in sent and b"F32.1" not in sent  # the portal notice instead
     assert relay.listeners.state.metrics.messages["delivered"] == 1
+
+
+async def test_long_lines_are_re_encoded_so_postfix_does_not_break_the_dkim_signature(
+        tmp_path: Path) -> None:
+    """An app that writes its HTML on one line: Postfix after us breaks lines
+    past 998 octets (smtp_line_length_limit), which changed the signed body
+    and failed DKIM at the recipient. Sent straight to the relay (as the
+    submission listener gets it), out through real Postfix to the capture."""
+    import dkim
+
+    from securemail.dkim import generate_key
+
+    pem, txt = generate_key("ed25519")
+    (tmp_path / "dkim.key").write_bytes(pem)
+    extra = '[dkim]\ndomain = "riverside.example"\nselector = "sm1"\nkey_file = "dkim.key"\n'
+    html = "<p>" + "Rota for next week, see the table. " * 120 + "</p>"  # one 4 KB line
+    raw = (b"From: dr@riverside.example\r\nTo: colleague@riverside.example\r\n"
+           b"Subject: Rota\r\nMessage-ID: <long@riverside.example>\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: text/html; charset=utf-8\r\n\r\n" + html.encode() + b"\r\n")
+    async with _chain(tmp_path, extra) as (_, capture, relay, log):
+        await aiosmtplib.send(raw, sender="dr@riverside.example",
+                              recipients=["colleague@riverside.example"],
+                              hostname="127.0.0.1", port=relay.port, start_tls=False)
+        ok = await wait_for(lambda: bool(capture.messages), 60)
+        assert ok, f"not delivered; Postfix log:\n{log.read_text() if log.exists() else ''}"
+    sent = capture.messages[0].data
+    assert max(len(line) for line in sent.split(b"\r\n")) <= 998
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        return txt.encode()
+
+    assert dkim.verify(sent, dnsfunc=dns)
+    import email
+
+    body = email.message_from_bytes(sent).get_payload(decode=True)
+    assert isinstance(body, bytes) and body.rstrip(b"\r\n") == html.encode()
