@@ -23,7 +23,7 @@ from securemail.model import (
     Role,
     Source,
 )
-from securemail.parse import MessageView
+from securemail.parse import MessageView, utf8_header
 from securemail.phi import Detectors, message_text
 
 __all__ = ["KeyLookup", "classify"]
@@ -51,13 +51,13 @@ def classify(
         # The message's own fault first: with no --to, the recipients of a
         # malformed message are read loosely, and may not be addresses at all.
         return _malformed(view, view.malformed or "malformed-message", view.malformed_detail,
-                          _printable(mail_from) if mail_from else "", rcpt_tos)
+                          _printable(mail_from) if mail_from else "", rcpt_tos, directory)
     try:
         sender = normalise_address(mail_from) if mail_from else ""
         envelope = [normalise_address(r) for r in rcpt_tos]
     except AddressError:
         return _malformed(view, "malformed-address", "an envelope address is invalid",
-                          mail_from, rcpt_tos)
+                          mail_from, rcpt_tos, directory)
 
     to = set(view.addresses("to"))
     cc = set(view.addresses("cc"))
@@ -124,14 +124,43 @@ def _forwarded_addresses(forwarded: Sequence[Message]) -> set[str]:
 
 
 def _malformed(view: MessageView, kind: str, detail: str, sender: str,
-               rcpt_tos: Sequence[str]) -> Facts:
-    # Recipients are reported as given (unverified) so each still gets a decision.
-    recipients = tuple(
-        RecipientFacts(_printable(r), Source.BCC, Role.THIRD_PARTY)
-        for r in dict.fromkeys(rcpt_tos)
-    )
+               rcpt_tos: Sequence[str], directory: Directory) -> Facts:
+    # Recipients are reported as given (unverified) so each still gets a decision
+    # (every one is blocked). Its role and where it appears are read as well as
+    # they can be, for the audit record: a client in To is not "a third party
+    # in Bcc". An address that cannot be read is a third party in Bcc.
+    sources = _loose_sources(view.message)
+    recipients = []
+    for r in dict.fromkeys(rcpt_tos):
+        address = _printable(r)
+        try:
+            role = directory.identify(normalise_address(r)).role
+        except AddressError:
+            role = Role.THIRD_PARTY
+        recipients.append(RecipientFacts(address, sources.get(address, Source.BCC), role))
     return Facts(message_id=view.message_id, sender=sender, encryption=Encryption.NONE,
-                 recipients=recipients, malformed=kind, malformed_detail=detail)
+                 recipients=tuple(recipients), malformed=kind, malformed_detail=detail)
+
+
+def _loose_sources(message: Message | None) -> dict[str, Source]:
+    """Where each address of a message that failed strict parsing appears (To
+    or Cc), read loosely: for the record only, never for a decision."""
+    out: dict[str, Source] = {}
+    if message is None:
+        return out
+    for name, source in (("cc", Source.CC), ("to", Source.TO)):  # To wins over Cc
+        values = [utf8_header(v, lossy=True) for k, v in message.raw_items()
+                  if k.lower() == name]
+        try:
+            pairs = getaddresses(values)
+        except Exception:  # noqa: BLE001, S112 - a header that cannot be read names nobody
+            continue
+        for _, address in pairs:
+            try:
+                out[normalise_address(address)] = source
+            except AddressError:
+                continue
+    return out
 
 
 def _printable(address: str) -> str:
