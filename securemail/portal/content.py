@@ -13,15 +13,21 @@ MIME *before* sealing, so the browser never has to parse MIME::
 
 Every inline text/plain or text/html part is a body part (one version of
 each ``multipart/alternative`` group); every other leaf part (and each
-attached ``message/rfc822``, as ``.eml``) is an attachment, except images an
+attached ``message/rfc822``, as ``.eml``: its bytes as attached, see
+:func:`_original_messages`) is an attachment, except images an
 HTML part refers to as ``cid:``: those are written into that part as
 ``data:`` URLs (bounded in size) and not listed. ``html`` (for older
-readers) is left as the message has it.
+readers) is left as the message has it. Text (bodies, Subject, names in
+From/To/Cc, attachment names) is decoded as mail programs decode it
+(:func:`_decode`): iso-8859-1 and us-ascii labels as windows-1252, 8-bit bytes
+under no usable label as UTF-8, else windows-1252.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import codecs
 import json
 import mimetypes
 import re
@@ -33,6 +39,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import format_datetime, make_msgid
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
@@ -167,19 +174,174 @@ def _safe_name(name: str, fallback: str) -> str:
     return name
 
 
-def _text_of(part: Message) -> str:
-    text = ""
-    if isinstance(part, EmailMessage):
+# Text as a mail program shows it. Mail programs and browsers (the WHATWG
+# Encoding standard) read the labels iso-8859-1, latin1 and us-ascii as
+# windows-1252 (Outlook writes its curly quotes, dashes and euro sign as
+# 0x80-0x9F and labels the text iso-8859-1); a missing or ASCII label over 8-bit
+# bytes is UTF-8 when the bytes are valid UTF-8, else windows-1252. Python reads
+# each label literally, which loses those characters or shows U+FFFD.
+_GUESS = ""  # codec for "no usable label": strict UTF-8, else windows-1252
+# WHATWG reads these labels as a superset (the C1 range 0x80-0x9F holds text).
+_SUPERSETS = {"iso8859-1": "cp1252", "iso8859-9": "cp1254",
+              "iso8859-11": "cp874", "tis-620": "cp874"}
+# WHATWG labels Python does not know (besides "x-" prefixed ones, read without it).
+_LABELS = {"iso88591": "cp1252", "iso88599": "cp1254", "iso885911": "cp874",
+           "windows-874": "cp874", "unicode-1-1-utf-8": "utf-8"}
+# Python codecs that are no character set of mail.
+_NOT_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape", "undefined", "idna",
+                           "punycode"})
+_SINGLE_BYTE = frozenset(_SUPERSETS.values())
+# A byte a single-byte table leaves undefined: in 0x80-0x9F the C1 control of that
+# value (as WHATWG does), else U+FFFD.
+_UNDEFINED_BYTE = {0xDC00 + b: (b if b < 0xA0 else 0xFFFD) for b in range(0x80, 0x100)}
+
+
+def _python_codec(label: str) -> str | None:
+    try:
+        return codecs.lookup(label).name
+    except (LookupError, ValueError, TypeError):
+        return None
+
+
+@lru_cache(maxsize=256)
+def _codec(label: str | None) -> str:
+    """The codec that reads text labelled ``label`` as mail programs do;
+    ``_GUESS`` for no label, an ASCII label or one Python does not know."""
+    name = (label or "").strip().strip('"').lower()
+    if not name or len(name) > 64:
+        return _GUESS
+    if name in _LABELS:
+        return _LABELS[name]
+    for candidate in (name, name[2:] if name.startswith("x-") else ""):
+        if not candidate:
+            continue
         try:
-            content = part.get_content()
-            text = content if isinstance(content, str) else ""
-        except (LookupError, ValueError, AssertionError):
-            text = ""
-    if not text:
-        payload = part.get_payload(decode=True)
-        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+            info = codecs.lookup(candidate)
+        except (LookupError, ValueError, TypeError):
+            continue
+        if (info.name in _NOT_CHARSETS or info.name == "ascii"
+                or not getattr(info, "_is_text_encoding", True)):  # base64, rot13...
+            return _GUESS
+        return _SUPERSETS.get(info.name, info.name)
+    return _GUESS
+
+
+def _decode(data: bytes, label: str | None) -> str:
+    """``data`` as text, read as a mail program reads text labelled ``label``."""
+    codec = _codec(label)
+    if codec == _GUESS:
+        if data.isascii():
+            return data.decode("ascii")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            codec = "cp1252"
+    if codec in _SINGLE_BYTE:
+        return data.decode(codec, "surrogateescape").translate(_UNDEFINED_BYTE)
+    try:
+        return data.decode(codec, "replace")
+    except (LookupError, UnicodeError, ValueError, TypeError):
+        return _decode(data, None)
+
+
+def _text_of(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    data = payload if isinstance(payload, bytes) else b""
+    text = _decode(data, part.get_content_charset())
     # Wire line ends (CRLF) would show as doubled lines in some views.
     return text.replace("\r\n", "\n")
+
+
+# RFC 2047 encoded word: =?charset[*language]?B|Q?text?= (text: printable
+# ASCII without "?"; spaces are tolerated, as the email package does).
+_ENCODED_WORD = re.compile(r"=\?([!->@-~]+)\?([bBqQ])\?([ !->@-~]*)\?=")
+
+
+def _word_bytes(encoding: str, text: str) -> bytes | None:
+    try:
+        if encoding in "qQ":
+            return binascii.a2b_qp(text.encode("ascii"), header=True)
+        data = re.sub(r"[^A-Za-z0-9+/]", "", text)
+        return binascii.a2b_base64((data + "=" * (-len(data) % 4)).encode("ascii"))
+    except (binascii.Error, UnicodeError, ValueError):
+        return None
+
+
+def _recoded(value: str) -> str:
+    """A raw header value (unfolded) as the email package's header parser must
+    see it to show what a mail program shows: raw 8-bit bytes read as by
+    :func:`_decode` (UTF-8, else windows-1252), and each run of encoded words
+    whose charset label :func:`_decode` reads otherwise than Python (iso-8859-1,
+    us-ascii, unknown labels...) written again as one UTF-8 encoded word.
+    Adjacent words in one charset are decoded together: a sender may split a
+    character over two. Everything else is left as it is."""
+    if any("\udc80" <= c <= "\udcff" for c in value):
+        value = _decode(value.encode("utf-8", "surrogateescape"), None)
+    if "=?" not in value:
+        return value
+    words = list(_ENCODED_WORD.finditer(value))
+    out: list[str] = []
+    done = 0  # value[:done] is in out
+    i = 0
+    while i < len(words):
+        label = words[i].group(1).split("*", 1)[0].lower()
+        j = i + 1
+        while (j < len(words) and words[j].group(1).split("*", 1)[0].lower() == label
+               and not value[words[j - 1].end():words[j].start()].strip(" \t")):
+            j += 1
+        if _codec(label) != _python_codec(label):
+            chunks = [_word_bytes(w.group(2), w.group(3)) for w in words[i:j]]
+            if all(c is not None for c in chunks):
+                text = _decode(b"".join(c for c in chunks if c is not None), label)
+                encoded = base64.b64encode(text.encode("utf-8", "replace")).decode("ascii")
+                out.append(value[done:words[i].start()])
+                out.append(f"=?utf-8?b?{encoded}?=")
+                done = words[j - 1].end()
+        i = j
+    out.append(value[done:])
+    return "".join(out)
+
+
+def _unfolded(value: str) -> str:
+    # As the email package's policy.default reads a field: line breaks removed.
+    return value.replace("\r", "").replace("\n", "")
+
+
+def _header(msg: Message, name: str) -> Any:
+    """The first ``name`` field, parsed as ``msg.get(name)`` parses it but with
+    its text read as a mail program reads it (see :func:`_recoded`); ``None``
+    if there is none."""
+    for key, value in msg.raw_items():
+        if key.lower() == name.lower():
+            return policy.default.header_factory(key, _recoded(_unfolded(str(value))))
+    return None
+
+
+def _filename(part: Message) -> str:
+    """``part.get_filename()``, with the charsets read as :func:`_decode` reads
+    them (encoded words and RFC 2231 ``filename*=charset''...`` values)."""
+    for header, param in (("content-disposition", "filename"), ("content-type", "name")):
+        raw = next((str(v) for k, v in part.raw_items() if k.lower() == header), None)
+        if raw is None:
+            continue
+        holder = Message()  # compat32: RFC 2231 sections joined, bytes left undecoded
+        holder[header] = _recoded(_unfolded(raw))
+        try:
+            value = holder.get_param(param, None, header=header)
+        except (ValueError, LookupError, TypeError, IndexError):  # e.g. a 5,000-digit section
+            continue
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            charset, _, text = value
+            try:
+                name = _decode(text.encode("latin-1"), charset or None)
+            except UnicodeEncodeError:  # not %-escaped bytes: already text
+                name = text
+        else:
+            name = str(policy.default.header_factory("subject", value))
+        return name.strip()
+    return ""
 
 
 def _leaves(part: Message) -> list[Message]:
@@ -259,7 +421,9 @@ def _shown(part: Message, bodies: list[Message], files: list[Message]) -> None:
 def _shown_addresses(msg: Message, name: str) -> str:
     """An address field as a mail program shows it: ``Name <addr>, addr``
     (decoded, display names unquoted); the raw text if it does not parse."""
-    value = msg.get(name, "")
+    value = _header(msg, name)
+    if value is None:
+        return ""
     try:
         addresses = getattr(value, "addresses", None)
         defects = [d for d in getattr(value, "defects", ())
@@ -327,6 +491,138 @@ def _inline_cid_images(parts: list[dict[str, str]], files: list[Message]) -> lis
     return used
 
 
+# An attached message (message/rfc822) is handed to the client as the bytes the
+# sender attached, not as the email package writes it again (re-folded fields,
+# re-encoded words, other boundaries): its own DKIM signature and its value as
+# evidence depend on every byte. The email package keeps no offsets, so the part
+# is found again in the raw message: down the multipart boundaries from the top
+# (as the email package splits them), its body is what follows its own fields.
+# The bytes found are used only if they parse to exactly what the email package
+# read there; else (or past MAX_NESTING) the attachment is rebuilt as before.
+MAX_NESTING = 16  # multipart levels searched above an attached message
+_HEADER_END = re.compile(rb"\n\r?\n")
+_IDENTITY_CTE = ("", "7bit", "8bit", "binary")
+
+
+def _body_start(raw: bytes, start: int, end: int) -> int:
+    """Where the body of the entity ``raw[start:end]`` begins: after the first
+    empty line; ``end`` if there is none."""
+    if raw.startswith(b"\n", start) or raw.startswith(b"\r\n", start):
+        return min(end, start + (1 if raw[start] == 0x0A else 2))
+    found = _HEADER_END.search(raw, start, end)
+    return found.end() if found else end
+
+
+def _sections(raw: bytes, start: int, end: int, boundary: str) -> list[tuple[int, int]] | None:
+    """``(start, end)`` of each body part of the multipart body ``raw[start:end]``
+    (RFC 2046: the line break before a delimiter line belongs to the delimiter);
+    ``None`` if the boundary cannot be looked for in bytes."""
+    try:
+        mark = boundary.encode("ascii", "surrogateescape")
+    except UnicodeError:
+        return None
+    # A delimiter line as the email package matches one: "--boundary", "--" after
+    # it on the last one, then blanks. ^ matches only at line starts (and start
+    # is one), so each line is tried once: linear.
+    delimiter = re.compile(rb"^--" + re.escape(mark) + rb"(--)?[ \t]*\r?$", re.MULTILINE)
+    sections: list[tuple[int, int]] = []
+    opened = -1
+    for found in delimiter.finditer(raw, start, end):
+        if opened >= 0:
+            stop = found.start()
+            if stop > opened:
+                stop -= 1  # "\n"
+                if stop > opened and raw[stop - 1] == 0x0D:
+                    stop -= 1
+            sections.append((opened, stop))
+        if found.group(1):  # the close delimiter: the rest is epilogue
+            return sections
+        opened = min(end, found.end() + 1)  # past the "\n"
+    if opened >= 0:
+        # No close delimiter: the last part runs to the end, less the line break
+        # that ends it (which the email package drops too).
+        stop = end
+        if stop > opened and raw[stop - 1] == 0x0A:
+            stop -= 2 if stop - 1 > opened and raw[stop - 2] == 0x0D else 1
+        sections.append((opened, stop))
+    return sections
+
+
+def _same_tree(a: Message, b: Message) -> bool:
+    """Whether two parsed messages hold the same fields, bodies and structure,
+    as read from the wire (raw field values, undecoded bodies)."""
+    pairs = [(a, b)]
+    while pairs:
+        x, y = pairs.pop()
+        # No epilogue (None) and an empty one differ only in how the message
+        # ends: the email package reads a multipart closed right before the
+        # outer delimiter's line break as the one, alone as the other.
+        if (x.get_unixfrom() != y.get_unixfrom() or x.preamble != y.preamble
+                or (x.epilogue or "") != (y.epilogue or "")
+                or list(x.raw_items()) != list(y.raw_items())):
+            return False
+        # The stored payload: get_payload() would decode 8-bit text lossily.
+        px, py = getattr(x, "_payload", None), getattr(y, "_payload", None)
+        if isinstance(px, list) and isinstance(py, list):
+            if len(px) != len(py):
+                return False
+            pairs.extend((m, n) for m, n in zip(px, py, strict=True)
+                         if isinstance(m, Message) and isinstance(n, Message))
+        elif isinstance(px, list) or isinstance(py, list) or px != py:
+            return False
+    return True
+
+
+def _original_messages(raw: bytes, msg: Message, attached: list[Message]) -> dict[int, bytes]:
+    """The bytes, as sent, of each attached message in ``attached`` (parts of
+    ``msg``, parsed from ``raw``) that is found unambiguously, by ``id`` of its
+    part."""
+    if not attached:
+        return {}
+    wanted = {id(p) for p in attached}
+    on_path: set[int] = set()  # the attached parts and the multiparts holding them
+
+    def mark(part: Message, depth: int) -> bool:
+        held = id(part) in wanted
+        if (not held and depth < MAX_NESTING and part.get_content_maintype() == "multipart"
+                and part.is_multipart()):
+            for sub in part.get_payload():
+                held = (isinstance(sub, Message) and mark(sub, depth + 1)) or held
+        if held:
+            on_path.add(id(part))
+        return held
+
+    found: dict[int, bytes] = {}
+    try:
+        mark(msg, 0)
+        todo: list[tuple[int, int, Message]] = [(0, len(raw), msg)]
+        while todo:
+            start, end, part = todo.pop()
+            body = _body_start(raw, start, end)
+            if id(part) in wanted:
+                inner = part.get_payload()
+                cte = str(part.get("Content-Transfer-Encoding", "") or "").strip().lower()
+                if (cte not in _IDENTITY_CTE or not isinstance(inner, list) or len(inner) != 1
+                        or not isinstance(inner[0], Message)):
+                    continue
+                candidate = raw[body:end]
+                if _same_tree(inner[0], BytesParser(policy=policy.default).parsebytes(candidate)):
+                    found[id(part)] = candidate
+                continue
+            boundary = part.get_boundary()
+            subs = part.get_payload()
+            if boundary is None or not isinstance(subs, list):
+                continue
+            sections = _sections(raw, body, end, boundary)
+            if sections is None or len(sections) != len(subs):
+                continue  # split otherwise than the email package did: not found
+            todo.extend((s, e, sub) for sub, (s, e) in zip(subs, sections, strict=True)
+                        if isinstance(sub, Message) and id(sub) in on_path)
+    except (ValueError, LookupError, TypeError, IndexError, RecursionError, errors.MessageError):
+        return found  # crafted beyond reading: the rest is rebuilt
+    return found
+
+
 def sealed_plaintext(raw: bytes) -> bytes:
     """The JSON document described in the module docstring, as UTF-8 bytes."""
     return sealed_document(raw)[0]
@@ -344,25 +640,29 @@ def sealed_document(raw: bytes) -> tuple[bytes, int]:
     text_part = msg.get_body(preferencelist=("plain",))
     html_part = msg.get_body(preferencelist=("html",))
     attachments: list[dict[str, object]] = []
+    originals = _original_messages(raw, msg, [f for f in files
+                                              if f.get_content_type() == "message/rfc822"])
     for part in files:
         n = len(attachments) + 1
         ctype = part.get_content_type()
         if ctype == "message/rfc822":
             inner = part.get_payload()
-            data = (inner[0].as_bytes(policy=policy.SMTP)
-                    if isinstance(inner, list) and inner and isinstance(inner[0], Message)
-                    else b"")
-            name = _safe_name(part.get_filename() or "", f"message-{n}.eml")
+            data = originals.get(id(part))
+            if data is None:  # not found unambiguously in the raw message: rebuilt
+                data = (inner[0].as_bytes(policy=policy.SMTP)
+                        if isinstance(inner, list) and inner and isinstance(inner[0], Message)
+                        else b"")
+            name = _safe_name(_filename(part), f"message-{n}.eml")
         else:
             payload = part.get_payload(decode=True)
             data = payload if isinstance(payload, bytes) else b""
             ext = mimetypes.guess_extension(ctype) or ".bin"
-            name = _safe_name(part.get_filename() or "", f"attachment-{n}{ext}")
+            name = _safe_name(_filename(part), f"attachment-{n}{ext}")
         attachments.append({"name": name, "type": ctype, "size": len(data),
                             "data": base64.b64encode(data).decode("ascii")})
     doc = {
         "v": FORMAT_VERSION,
-        "subject": str(msg.get("Subject", "")),
+        "subject": str(_header(msg, "Subject") or ""),
         "from": _shown_addresses(msg, "From"),
         "to": _shown_addresses(msg, "To"),
         "cc": _shown_addresses(msg, "Cc"),
