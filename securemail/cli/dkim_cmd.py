@@ -21,7 +21,10 @@ def dkim_group() -> None:
 
 
 @dkim_group.command("keygen")
-@click.option("--domain", required=True, help="The d= domain: your practice's mail domain.")
+@config_option
+@click.option("--domain", default=None,
+              help="The d= domain: your practice's mail domain [default: [dkim] domain, else"
+                   " the first of practice.domains, from the config].")
 @click.option("--selector", required=True,
               help="The s= selector, e.g. sm2026 (use a new one for each new key).")
 @click.option("--type", "kind", type=click.Choice(["rsa", "ed25519"]), default="rsa",
@@ -29,12 +32,17 @@ def dkim_group() -> None:
               help="rsa = RSA-2048 (every receiver checks it); ed25519 = RFC 8463 "
                    "(publish it beside an RSA key: not every receiver checks it).")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False),
-              default=None, help="Key file to write [default: dkim-SELECTOR.key].")
+              default=None, help="Key file to write [default: dkim-SELECTOR.key beside the"
+                                 " config file when there is one, else here].")
 @handle_errors
-def keygen(domain: str, selector: str, kind: str, output: str | None) -> None:
+def keygen(config_path: str, domain: str | None, selector: str, kind: str,
+           output: str | None) -> None:
     """Write a new private key (mode 0600) and print the DNS TXT record."""
     from securemail.directory import AddressError, normalise_domain
 
+    config = Path(config_path)
+    if domain is None:
+        domain = _config_domain(config)
     try:
         domain = normalise_domain(domain)
     except AddressError as exc:
@@ -42,7 +50,8 @@ def keygen(domain: str, selector: str, kind: str, output: str | None) -> None:
     if not _SELECTOR.fullmatch(selector):
         raise InputError(f'--selector: not a valid DKIM selector: "{selector}" '
                          "(letters, digits, '.', '-', '_')")
-    path = Path(output or f"dkim-{selector}.key")
+    path = Path(output) if output else (
+        config.parent if config.is_file() else Path()) / f"dkim-{selector}.key"
     pem, record = generate_key(kind)
     _write_private(path, pem)
     click.echo(f"Wrote the {'RSA-2048' if kind == 'rsa' else 'Ed25519'} private key to "
@@ -55,6 +64,21 @@ def keygen(domain: str, selector: str, kind: str, output: str | None) -> None:
     click.echo(f'  domain = "{domain}"')
     click.echo(f'  selector = "{selector}"')
     click.echo(f'  key_file = "{path.resolve()}"')
+
+
+def _config_domain(config: Path) -> str:
+    """The domain a new key is for when --domain is not given: the config's."""
+    if not config.is_file():
+        raise InputError(f"--domain: required (no config at {config} to take it from)")
+    from securemail.config import load_settings
+
+    settings = load_settings(str(config))
+    if settings.dkim is not None:
+        return settings.dkim.domain
+    if settings.practice.domains:
+        return settings.practice.domains[0]
+    raise ConfigError(settings.path, "practice.domains", "empty: give the key's domain with"
+                      " --domain")
 
 
 @dkim_group.command("record")

@@ -446,3 +446,24 @@ def test_a_from_line_that_readers_disagree_on_is_never_signed(keys: Keys, lines:
 def test_from_in_the_body_does_not_stop_signing(keys: Keys) -> None:
     signed = keys.signer.sign(MESSAGE + b"From here on, see below.\r\n")
     assert verify(keys, signed)
+
+
+def test_keygen_takes_the_config_like_every_command(tmp_path: Path) -> None:
+    # INTERFACE.md: every command takes -c. keygen refused it ("no such option").
+    site = tmp_path / "site"
+    site.mkdir()
+    cfg = site / "securemail.toml"
+    cfg.write_text('[practice]\ndomains = ["Riverside.Example"]\n')
+    code, output = run(["keygen", "-c", str(cfg), "--selector", "sm2"], tmp_path)
+    assert code == 0, output
+    assert (site / "dkim-sm2.key").exists() and not (tmp_path / "dkim-sm2.key").exists()
+    name, _ = printed_record(output)
+    assert name == "sm2._domainkey.riverside.example"  # the config's domain
+
+
+def test_keygen_without_domain_or_config_says_what_is_missing(tmp_path: Path) -> None:
+    code, output = run(["keygen", "-c", str(tmp_path / "none.toml"), "--selector", "sm1"],
+                       tmp_path)
+    assert code == 2
+    assert "--domain: required" in output
+    assert list(tmp_path.iterdir()) == []
