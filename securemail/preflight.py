@@ -43,7 +43,8 @@ def check_runtime(settings: Settings) -> None:
         from securemail.crypto.pgp import load_archive_key
 
         # The same check `serve` and `securemail.load()` make: readable, one key, usable now.
-        load_archive_key(settings.resolve(settings.encryption.archive_key_file))
+        load_archive_key(settings.resolve(settings.encryption.archive_key_file),
+                         settings.path)
     if settings.portal.enabled and settings.portal.code_channel != "email":
         raise ConfigError(settings.path, "portal.code_channel",
                           f'"{settings.portal.code_channel}" works only from the library (a'

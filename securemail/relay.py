@@ -486,7 +486,8 @@ def _archive_key(settings: Settings) -> Any:
         return None
     from securemail.crypto.pgp import load_archive_key
 
-    return load_archive_key(settings.resolve(settings.encryption.archive_key_file))
+    return load_archive_key(settings.resolve(settings.encryption.archive_key_file),
+                            settings.path)
 
 
 RESTART_ONLY = ("storage.url", "audit.signing_key_file", "portal.listen",

@@ -149,7 +149,8 @@ def check_signing_key(conn: sqlite3.Connection, path: Path, db: Path | None
     where = f"the store {db}" if db is not None else "this store"
     if not path.exists():
         raise ConfigError(str(path), "", (
-            f"the audit signing key is missing, but {where} holds {h.seq} records signed"
+            f"the audit signing key (audit.signing_key_file) is missing, but {where} holds"
+            f" {h.seq} records signed"
             " with it: restore the key file from your backup (a new key would make the"
             " existing history fail verification). If the key is lost for good, see"
             " 'Lost signing key' in docs/compliance.md"))

@@ -502,23 +502,30 @@ def _algorithm_name(key: Any) -> str:
     return _ALGORITHM_NAMES.get(alg, getattr(alg, "name", str(alg)))
 
 
-def load_archive_key(path: str | Path) -> PgpKey:
-    """The practice's archive key (``[encryption] archive_key_file``); ConfigError if unusable."""
-    name = str(path)
+def load_archive_key(path: str | Path, config_file: str | None = None) -> PgpKey:
+    """The practice's archive key (``[encryption] archive_key_file``); ConfigError if
+    unusable: ``CONFIG: encryption.archive_key_file: KEY-FILE: problem`` when
+    ``config_file`` is given (as every other config error reads), else
+    ``KEY-FILE: encryption.archive_key_file: problem``."""
+
+    def error(problem: str) -> ConfigError:
+        if config_file is None:
+            return ConfigError(str(path), "encryption.archive_key_file", problem)
+        return ConfigError(config_file, "encryption.archive_key_file", f"{path}: {problem}")
+
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError(name, "encryption.archive_key_file",
-                          f"cannot read ({exc.strerror or type(exc).__name__})") from None
+        raise error(f"cannot read ({exc.strerror or type(exc).__name__})") from None
     try:
         keys = parse_public_keys(data)
     except KeyProblem as exc:
-        raise ConfigError(name, "encryption.archive_key_file", str(exc)) from None
+        raise error(str(exc)) from None
     if len(keys) != 1:
-        raise ConfigError(name, "encryption.archive_key_file", "must hold exactly one key")
+        raise error("must hold exactly one key")
     problem = keys[0].problem(dt.datetime.now(dt.UTC))
     if problem:
-        raise ConfigError(name, "encryption.archive_key_file", problem)
+        raise error(problem)
     return keys[0]
 
 

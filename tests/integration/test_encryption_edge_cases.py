@@ -60,14 +60,18 @@ def _config_check(tmp_path: Path, archive: str) -> subprocess.CompletedProcess[s
 def test_config_check_refuses_a_missing_archive_key(tmp_path: Path) -> None:
     r = _config_check(tmp_path, "does-not-exist.asc")
     assert r.returncode == 2, r.stdout
-    assert "does-not-exist.asc: encryption.archive_key_file: cannot read" in r.stderr
+    # FILE: key: problem, the key file named in the problem.
+    cfg = tmp_path / "securemail.toml"
+    assert f"{cfg}: encryption.archive_key_file: {tmp_path / 'does-not-exist.asc'}: cannot read" \
+        in r.stderr
     assert "\n" not in r.stderr.strip()
 
 
 def test_config_check_refuses_a_signing_only_archive_key(gpg: Gpg, tmp_path: Path) -> None:
     r = _config_check(tmp_path, str(gpg.home / "signing-only.asc"))
     assert r.returncode == 2, r.stdout
-    assert "signing-only.asc: encryption.archive_key_file: OpenPGP key" in r.stderr
+    assert "securemail.toml: encryption.archive_key_file: " in r.stderr
+    assert "signing-only.asc: OpenPGP key" in r.stderr
     assert "no encryption-capable (sub)key" in r.stderr
 
 

@@ -113,7 +113,7 @@ async def test_an_archive_key_added_by_a_reload_is_in_the_next_ciphertext(
     ("[storage]", '[encryption]\narchive_key_file = "missing.asc"\n\n[storage]',
      "encryption.archive_key_file"),
     ("[storage]", '[audit]\nsigning_key_file = "/nonexistent/a.key"\n\n[storage]',
-     "audit signing key"),
+     "audit signing key (audit.signing_key_file) is missing"),
 ])
 async def test_a_reload_refuses_what_config_check_refuses(
         make_config: Callable[..., Path], old: str, new: str, key: str) -> None:
