@@ -39,7 +39,7 @@ from securemail.store.sqlite import ensure_schema, transaction
 if TYPE_CHECKING:
     from securemail.crypto.pgp import PgpKey, PgpRecipient, Revocation
 
-__all__ = ["ImportedKey", "KeyInfo", "KeyWithdrawn", "Keyring"]
+__all__ = ["ImportReport", "ImportedKey", "KeyInfo", "KeyRemoval", "KeyWithdrawn", "Keyring"]
 
 # Far above any real key (a key with photo ids and many signatures is well under 1 MiB).
 MAX_KEY_FILE_BYTES = 16 * 1024 * 1024
@@ -85,6 +85,33 @@ class ImportedKey:
     algorithm: str
     expires: dt.datetime | None
     replaced: bool  # the same fingerprint was stored before (now updated)
+    usable_from: dt.datetime | None = None  # may lie ahead: then not used before it
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    """What :meth:`Keyring.import_report` did with one file."""
+
+    imported: tuple[ImportedKey, ...]
+    # Certificates of a bundle left out as CA chain, one line each:
+    # "skipped certificate CN=... (a CA certificate, no email address)".
+    skipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRemoval:
+    """One key that :meth:`Keyring.remove_keys` deleted, or detached an address from."""
+
+    kind: str  # "pgp" | "smime"
+    fingerprint: str
+    addresses: tuple[str, ...]  # the addresses it had before
+    deleted: bool  # False: only ``detached`` was taken off; the key is still stored
+    detached: str | None = None  # the address removed from it (removal by address)
+
+    @property
+    def remaining(self) -> tuple[str, ...]:
+        """Addresses the key still has (none when it was deleted)."""
+        return () if self.deleted else tuple(a for a in self.addresses if a != self.detached)
 
 
 class KeyWithdrawn(InputError):
@@ -95,12 +122,15 @@ class KeyWithdrawn(InputError):
     caller can record the removal (``key-remove``) like any other.
     """
 
-    def __init__(self, message: str, removed: tuple[str, ...], requested: bool = False) -> None:
+    def __init__(self, message: str, removed: tuple[str, ...], requested: bool = False,
+                 kinds: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.removed = removed
         # True when the file was a revocation certificate: removing the key is
         # what the import asked for, not a refusal.
         self.requested = requested
+        # The kind ("pgp" | "smime") of each removed key, in the order of ``removed``.
+        self.kinds = kinds
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +143,15 @@ class KeyInfo:
     algorithm: str
     expires: dt.datetime | None
     usable: bool
+    # Why it is not usable now ("not valid until 2027-01-01", "expired on
+    # 2026-03-01"); None when it is usable.
+    reason: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "fingerprint": self.fingerprint,
                 "addresses": list(self.addresses), "algorithm": self.algorithm,
                 "expires": self.expires.isoformat() if self.expires else None,
-                "usable": self.usable}
+                "usable": self.usable, "reason": self.reason}
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,19 +238,29 @@ class Keyring:
         return out
 
     def list(self, now: dt.datetime) -> builtins.list[KeyInfo]:
+        """Every stored key, with whether it is usable at ``now`` and, if not, why."""
         rows = self._query(
-            "SELECT k.kind, k.fingerprint, k.algorithm, k.usable_until,"
+            "SELECT k.kind, k.fingerprint, k.algorithm, k.usable_from, k.usable_until,"
             " k.usable_from <= :now AND (k.usable_until IS NULL OR k.usable_until > :now),"
             " group_concat(a.address, ' ') FROM keyring_keys k LEFT JOIN keyring_addresses a"
             " USING (fingerprint) GROUP BY k.fingerprint ORDER BY k.kind, k.fingerprint",
             {"now": _epoch(now)})
-        return [KeyInfo(kind, fpr, tuple(sorted((addrs or "").split())), alg,
-                        _from_epoch(until), bool(usable))
-                for kind, fpr, alg, until, usable, addrs in rows]
+        out = []
+        for kind, fpr, alg, start, until, in_window, addrs in rows:
+            usable = bool(in_window)
+            reason = None if usable else _unusable_reason(_from_epoch(start), _from_epoch(until),
+                                                          _aware(now))
+            out.append(KeyInfo(kind, fpr, tuple(sorted((addrs or "").split())), alg,
+                               _from_epoch(until), usable, reason))
+        return out
 
     # ---------------------------------------------------------------- changes
 
     def import_file(self, path: str | Path, now: dt.datetime) -> builtins.list[ImportedKey]:
+        """The keys :meth:`import_report` stored from ``path``."""
+        return builtins.list(self.import_report(path, now).imported)
+
+    def import_report(self, path: str | Path, now: dt.datetime) -> ImportReport:
         """Read, judge and store every key in ``path``; all or nothing per file.
 
         Raises InputError ``FILE: reason`` for any key that cannot be used now.
@@ -237,13 +280,15 @@ class Keyring:
         if len(data) > MAX_KEY_FILE_BYTES:
             raise InputError(f"{name}: larger than {MAX_KEY_FILE_BYTES // (1024 * 1024)} MiB;"
                              " a key or certificate file is far smaller: is it the right file?")
+        skipped: builtins.list[str] = []
         try:
-            candidates = self._judge(data, _aware(now))
+            candidates = self._judge(data, _aware(now), skipped)
         except _Withdrawn as exc:
-            raise KeyWithdrawn(f"{name}: {exc}", exc.removed, exc.requested) from None
+            raise KeyWithdrawn(f"{name}: {exc}", exc.removed, exc.requested, exc.kinds) \
+                from None
         except KeyProblem as exc:
             raise InputError(f"{name}: {exc}") from None
-        return self._store(candidates, now)
+        return ImportReport(tuple(self._store(candidates, now)), tuple(skipped))
 
     def remove(self, addr_or_fpr: str) -> int:
         """Forget a key (by fingerprint, or its last 16+ hex digits) or an address's keys.
@@ -251,6 +296,11 @@ class Keyring:
         By address, only that address is detached; a key left with no address
         is deleted. Returns how many keys were deleted or detached.
         """
+        return len(self.remove_keys(addr_or_fpr))
+
+    def remove_keys(self, addr_or_fpr: str) -> builtins.list[KeyRemoval]:
+        """:meth:`remove`, saying for each key touched whether it was deleted or
+        only lost the address (and so is still stored for its other addresses)."""
         wanted = addr_or_fpr.strip()
         if "@" in wanted:
             try:
@@ -267,14 +317,18 @@ class Keyring:
 
     # ---------------------------------------------------------------- internals
 
-    def _judge(self, data: bytes, now: dt.datetime) -> builtins.list[_Candidate]:
+    def _judge(self, data: bytes, now: dt.datetime,
+               skipped: builtins.list[str]) -> builtins.list[_Candidate]:
+        """The keys in ``data``, judged; certificates left out as chain go to ``skipped``."""
         stripped = data.lstrip()
         if smime.holds_private_key(data) and b"-----BEGIN PGP" not in data:
             raise KeyProblem(smime.PRIVATE_KEY_REFUSAL)
         if (b"-----BEGIN CERTIFICATE-----" in data or b"-----BEGIN PKCS7-----" in data
                 or stripped[:1] == b"\x30"):
-            certs = smime.parse_certificates(data)
-            return _judge_each([functools.partial(self._judge_cert, c, now) for c in certs])
+            bundle = smime.sort_certificates(data)
+            skipped.extend(str(s) for s in bundle.skipped)
+            return _judge_each([functools.partial(self._judge_cert, c, now)
+                                for c in bundle.recipients])
         if b"-----BEGIN PGP" in data or (stripped[:1] and stripped[0] & 0x80):
             from securemail.crypto.pgp import read_openpgp
 
@@ -307,7 +361,7 @@ class Keyring:
                 # copy is out of date too. Fail closed: remove it.
                 self._withdraw(fpr, problem or f"OpenPGP key {fpr}: an older copy that revokes "
                                "a subkey the stored copy does not; ask the owner for their "
-                               "current key")
+                               "current key", kind="pgp")
             if stored is not None:
                 # Say, a file from before the owner extended the expiry or revoked a
                 # subkey: keep the stored copy, which is the owner's newer word.
@@ -316,7 +370,7 @@ class Keyring:
                                  f"copy{signed} is newer and was kept)")
             raise KeyProblem(_predates_revocation(fpr, missing))
         if problem:
-            self._withdraw(fpr, problem)
+            self._withdraw(fpr, problem, kind="pgp")
             raise KeyProblem(problem)
         return _Candidate("pgp", key.fingerprint, _addresses(key.addresses, key.fingerprint),
                           key.algorithm, key.binary, key.usable_from, key.usable_until)
@@ -326,7 +380,7 @@ class Keyring:
         if problem:
             # Same fingerprint, same certificate: only a rule it now fails (or
             # time) can refuse it again, and then the stored copy must go too.
-            self._withdraw(smime.certificate_fingerprint(cert), problem)
+            self._withdraw(smime.certificate_fingerprint(cert), problem, kind="smime")
             raise KeyProblem(problem)
         from cryptography.hazmat.primitives import serialization
 
@@ -356,7 +410,7 @@ class Keyring:
                              "did not sign: nothing was changed (ask the owner for it again)")
         self._record_revocations(revoked.fingerprint, revoked.revoked_keys, now)
         self._withdraw(revoked.fingerprint, f"OpenPGP key {revoked.fingerprint} is revoked by "
-                       "this revocation certificate", requested=True)
+                       "this revocation certificate", requested=True, kind="pgp")
         raise KeyProblem(f"OpenPGP key {revoked.fingerprint} was already removed")
 
     def _revocations(self, fingerprint: str) -> frozenset[str]:
@@ -381,7 +435,8 @@ class Keyring:
                            " AND kind = 'pgp'", {"fpr": fingerprint})
         return self._pgp_key(fingerprint, bytes(rows[0][0])) if rows else None
 
-    def _withdraw(self, fingerprint: str, problem: str, *, requested: bool = False) -> None:
+    def _withdraw(self, fingerprint: str, problem: str, *, kind: str,
+                  requested: bool = False) -> None:
         """Remove the stored copy of a key that a re-import shows to be unusable.
 
         A revocation, a revoked or expired encryption subkey or a shortened
@@ -402,7 +457,7 @@ class Keyring:
             self._pgp_cache.pop(fingerprint, None)
             self._cert_cache.pop(fingerprint, None)
             raise _Withdrawn(f"{problem} (the stored copy was removed)", (fingerprint,),
-                             requested)
+                             requested, (kind,))
 
     def _store(self, candidates: builtins.list[_Candidate],
                now: dt.datetime) -> builtins.list[ImportedKey]:
@@ -424,36 +479,58 @@ class Keyring:
                         "INSERT OR IGNORE INTO keyring_addresses (address, fingerprint)"
                         " VALUES (?, ?)", [(a, c.fingerprint) for a in c.addresses])
                     done.append(ImportedKey(c.kind, c.fingerprint, c.addresses, c.algorithm,
-                                            c.usable_until, replaced))
+                                            c.usable_until, replaced, c.usable_from))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot store keys ({type(exc).__name__})") from None
         return done
 
-    def _remove_address(self, address: str) -> int:
+    def _remove_address(self, address: str) -> builtins.list[KeyRemoval]:
+        done = []
         try:
             with transaction(self._conn) as conn:
-                count = conn.execute("DELETE FROM keyring_addresses WHERE address = ?",
-                                     (address,)).rowcount
-                conn.execute("DELETE FROM keyring_keys WHERE fingerprint NOT IN"
-                             " (SELECT fingerprint FROM keyring_addresses)")
+                for fpr, kind in conn.execute(
+                        "SELECT k.fingerprint, k.kind FROM keyring_addresses a JOIN keyring_keys k"
+                        " USING (fingerprint) WHERE a.address = ? ORDER BY k.kind, k.fingerprint",
+                        (address,)).fetchall():
+                    had = _key_addresses(conn, fpr)
+                    conn.execute("DELETE FROM keyring_addresses WHERE address = ?"
+                                 " AND fingerprint = ?", (address, fpr))
+                    deleted = len(had) <= 1  # a key left with no address is deleted
+                    if deleted:
+                        conn.execute("DELETE FROM keyring_keys WHERE fingerprint = ?", (fpr,))
+                    done.append(KeyRemoval(kind, fpr, had, deleted, address))
+                # An address row without its key (never written so): not left behind.
+                conn.execute("DELETE FROM keyring_addresses WHERE address = ?", (address,))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot remove keys ({type(exc).__name__})") from None
-        return int(count)
+        for removal in done:
+            if removal.deleted:
+                self._forget(removal.fingerprint)
+        return done
 
-    def _remove_fingerprint(self, digits: str) -> int:
-        matches = [r[0] for r in self._query(
-            "SELECT fingerprint FROM keyring_keys WHERE substr(fingerprint, -:n) = :digits",
-            {"n": len(digits), "digits": digits})]
+    def _remove_fingerprint(self, digits: str) -> builtins.list[KeyRemoval]:
+        matches = self._query(
+            "SELECT fingerprint, kind FROM keyring_keys WHERE substr(fingerprint, -:n) = :digits",
+            {"n": len(digits), "digits": digits})
         if len(matches) > 1:
             raise InputError(f"{digits} matches {len(matches)} keys; give the full fingerprint")
+        done = []
         try:
             with transaction(self._conn) as conn:
-                for fpr in matches:
+                for fpr, kind in matches:
+                    had = _key_addresses(conn, fpr)
                     conn.execute("DELETE FROM keyring_addresses WHERE fingerprint = ?", (fpr,))
                     conn.execute("DELETE FROM keyring_keys WHERE fingerprint = ?", (fpr,))
+                    done.append(KeyRemoval(kind, fpr, had, True))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot remove keys ({type(exc).__name__})") from None
-        return len(matches)
+        for removal in done:
+            self._forget(removal.fingerprint)
+        return done
+
+    def _forget(self, fingerprint: str) -> None:
+        self._pgp_cache.pop(fingerprint, None)
+        self._cert_cache.pop(fingerprint, None)
 
     def _usable(self, address: str, kind: str,
                 now: dt.datetime) -> builtins.list[tuple[str, bytes]]:
@@ -487,10 +564,12 @@ class Keyring:
 class _Withdrawn(KeyProblem):
     """A refused key whose stored copy :meth:`Keyring._withdraw` removed."""
 
-    def __init__(self, message: str, removed: tuple[str, ...], requested: bool = False) -> None:
+    def __init__(self, message: str, removed: tuple[str, ...], requested: bool = False,
+                 kinds: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.removed = removed
         self.requested = requested
+        self.kinds = kinds
 
 
 def _judge_each(judges: Iterable[Callable[[], _Candidate]]) -> builtins.list[_Candidate]:
@@ -506,10 +585,11 @@ def _judge_each(judges: Iterable[Callable[[], _Candidate]]) -> builtins.list[_Ca
     if not problems:
         return found
     message = "; ".join(str(p) for p in problems)
-    removed = tuple(f for p in problems if isinstance(p, _Withdrawn) for f in p.removed)
+    withdrawn = [p for p in problems if isinstance(p, _Withdrawn)]
+    removed = tuple(f for p in withdrawn for f in p.removed)
     if removed:
         requested = all(isinstance(p, _Withdrawn) and p.requested for p in problems)
-        raise _Withdrawn(message, removed, requested)
+        raise _Withdrawn(message, removed, requested, tuple(k for p in withdrawn for k in p.kinds))
     raise KeyProblem(message)
 
 
@@ -532,6 +612,33 @@ def _addresses(raw: Iterable[str], fingerprint: str) -> tuple[str, ...]:
     if not out:
         raise KeyProblem(f"key {fingerprint} names no usable e-mail address")
     return tuple(dict.fromkeys(out))
+
+
+def _key_addresses(conn: sqlite3.Connection, fingerprint: str) -> tuple[str, ...]:
+    return tuple(r[0] for r in conn.execute(
+        "SELECT address FROM keyring_addresses WHERE fingerprint = ? ORDER BY address",
+        (fingerprint,)))
+
+
+def _unusable_reason(start: dt.datetime | None, until: dt.datetime | None,
+                     now: dt.datetime) -> str:
+    """Why a stored key with this window is not usable at ``now``.
+
+    (A revoked key is never stored: the revocation removes it, see
+    :meth:`Keyring._withdraw`; a stored key stops only at the ends of its window.)
+    """
+    if start is not None and start > now:
+        return f"not valid until {_when(start)}"
+    if until is not None and until <= now:
+        return f"expired on {_when(until)}"
+    return "outside its validity period"
+
+
+def _when(moment: dt.datetime) -> str:
+    """A date, with the time of day (UTC) only when it is not midnight."""
+    if moment.time() == dt.time():
+        return f"{moment:%Y-%m-%d}"
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
 
 
 def _aware(now: dt.datetime) -> dt.datetime:

@@ -1,7 +1,8 @@
 """``securemail keys import FILE...`` / ``keys list [--json]`` / ``keys remove ADDR-or-FPR``.
 
-Each import and removal is also written to the audit log (fingerprints and
-addresses only), so compliance can see when a recipient's key came in.
+Each import and removal is also written to the audit log (fingerprints, key
+kinds and addresses only), so compliance can see when a recipient's key came in
+and which key went.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from securemail.cli.base import EXIT_BAD_INPUT, EXIT_PROBLEM, config_option, han
 if TYPE_CHECKING:
     from securemail.audit.log import AdminEvent
     from securemail.config import Settings
-    from securemail.keys import Keyring
+    from securemail.keys import KeyRemoval, Keyring
 
 _T = TypeVar("_T")
 
@@ -74,20 +75,25 @@ def keys_import(files: tuple[str, ...], config_path: str) -> None:
         events: list[AdminEvent] = []
         for file in files:
             try:
-                imported = keyring.import_file(file, now)
+                report = keyring.import_report(file, now)
             except KeyWithdrawn as exc:  # the owner revoked or expired it: the stored copy went
                 # A revocation certificate asks for exactly this: not a refusal.
                 (done if exc.requested else refused).append(str(exc))
                 reason = "revocation-certificate" if exc.requested else "withdrawn-by-reimport"
+                kinds = exc.kinds if len(exc.kinds) == len(exc.removed) else ()
                 events += [("key-remove", {"fingerprint": fpr, "count": 1, "file": file,
+                                           **({"key_kind": kinds[i]} if kinds else {}),
                                            "reason_code": reason,
-                                           "actor": "cli"}) for fpr in exc.removed]
+                                           "actor": "cli"}) for i, fpr in enumerate(exc.removed)]
                 continue
             except InputError as exc:
                 refused.append(str(exc))
                 continue
-            for key in imported:
+            for key in report.imported:
                 expires = f"expires {key.expires:%Y-%m-%d}" if key.expires else "no expiry"
+                if key.usable_from is not None and key.usable_from > now:
+                    # Stored, but not offered before then: say so now, not at send time.
+                    expires += f", not valid until {key.usable_from:%Y-%m-%d %H:%M} UTC"
                 verb = "updated" if key.replaced else "imported"
                 done.append(f"{verb} {key.kind} {key.fingerprint} ({key.algorithm}, {expires}) "
                             f"for {', '.join(key.addresses)}")
@@ -95,6 +101,7 @@ def keys_import(files: tuple[str, ...], config_path: str) -> None:
                     "fingerprint": key.fingerprint, "key_kind": key.kind,
                     "address": ",".join(key.addresses)[:500], "file": file, "actor": "cli",
                     "expires": key.expires.date().isoformat() if key.expires else None}))
+            done += [f"{file}: {line}" for line in report.skipped]
         return (done, refused), events
 
     # Reported once the keys and their audit records are committed together.
@@ -112,7 +119,7 @@ def keys_import(files: tuple[str, ...], config_path: str) -> None:
 @config_option
 @handle_errors
 def keys_list(as_json: bool, config_path: str) -> None:
-    """List stored keys: fingerprint, addresses, algorithm, expiry, usable now."""
+    """List stored keys: fingerprint, addresses, algorithm, expiry, usable now (or why not)."""
     _, keyring = _open(config_path)
     infos = keyring.list(dt.datetime.now(dt.UTC))
     if as_json:
@@ -122,7 +129,7 @@ def keys_list(as_json: bool, config_path: str) -> None:
         click.echo("no keys stored")
     for i in infos:
         expires = f"{i.expires:%Y-%m-%d}" if i.expires else "never"
-        state = "usable" if i.usable else "NOT usable"
+        state = "usable" if i.usable else f"NOT usable ({i.reason or 'see its dates'})"
         click.echo(f"{i.kind:5} {i.fingerprint}  {i.algorithm}  expires {expires}  {state}  "
                    f"{', '.join(i.addresses)}")
 
@@ -132,20 +139,43 @@ def keys_list(as_json: bool, config_path: str) -> None:
 @config_option
 @handle_errors
 def keys_remove(target: str, config_path: str) -> None:
-    """Remove a key by fingerprint, or every key of an address (exit 1 if none matched)."""
+    """Remove a key by fingerprint, or an address from its keys (exit 1 if none matched).
+
+    By address, a key that has other addresses too is kept for those and only
+    loses this one; a key left with no address is deleted.
+    """
     now = dt.datetime.now(dt.UTC)
-    field = "address" if "@" in target else "fingerprint"
 
-    def change(keyring: Keyring) -> tuple[int, list[AdminEvent]]:
-        count = keyring.remove(target)
-        return count, ([("key-remove", {field: target.strip(), "count": count,
-                                        "actor": "cli"})] if count else [])
+    def change(keyring: Keyring) -> tuple[list[KeyRemoval], list[AdminEvent]]:
+        removals = keyring.remove_keys(target)
+        return removals, [_removal_event(r) for r in removals]
 
-    count = _change_and_record(config_path, now, change)
-    if not count:
+    removals = _change_and_record(config_path, now, change)
+    if not removals:
         click.echo(f"securemail: no stored key matches {target}", err=True)
         raise SystemExit(EXIT_PROBLEM)
-    click.echo(f"removed {count} key(s) for {target}")
+    for r in removals:
+        if r.deleted:
+            click.echo(f"removed key {r.fingerprint} ({r.kind}) for "
+                       f"{', '.join(r.addresses) or 'no address'}")
+        else:
+            click.echo(f"detached {r.detached} from key {r.fingerprint} ({r.kind}), which is "
+                       f"still used for {', '.join(r.remaining)}")
+    deleted = sum(r.deleted for r in removals)
+    kept = len(removals) - deleted
+    summary = f"removed {deleted} key(s)" if deleted else "removed no key"
+    click.echo(summary + (f"; {kept} key(s) kept for their other addresses" if kept else ""))
+
+
+def _removal_event(removal: KeyRemoval) -> AdminEvent:
+    """``key-remove`` for one key: deleted (``removed``) or only detached from an address."""
+    if removal.deleted:
+        return ("key-remove", {"fingerprint": removal.fingerprint, "key_kind": removal.kind,
+                               "address": ",".join(removal.addresses)[:500], "count": 1,
+                               "reason_code": "removed", "actor": "cli"})
+    return ("key-remove", {"fingerprint": removal.fingerprint, "key_kind": removal.kind,
+                           "address": removal.detached, "count": 0,
+                           "reason_code": "address-detached", "actor": "cli"})
 
 
 commands: list[click.Command] = [keys_group]

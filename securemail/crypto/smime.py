@@ -14,6 +14,7 @@ import datetime as dt
 import re
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,22 +28,58 @@ from securemail.errors import RenderError
 from securemail.protect import protect, wrap_base64
 
 __all__ = [
+    "CertificateBundle",
+    "SkippedCertificate",
     "certificate_addresses",
     "certificate_algorithm",
     "certificate_fingerprint",
     "certificate_problem",
     "parse_certificates",
     "render_smime",
+    "sort_certificates",
 ]
 
 MIN_RSA_BITS = 2048
 _OBSOLETE_HASHES = (hashes.MD5, hashes.SHA1)
 
 
+@dataclass(frozen=True, slots=True)
+class SkippedCertificate:
+    """A certificate of a bundle that was left out as chain, not as a recipient's."""
+
+    subject: str  # RFC 4514, e.g. "CN=Practice CA"
+    fingerprint: str
+    why: str  # e.g. "a CA certificate, no email address"
+
+    def __str__(self) -> str:
+        return f"skipped certificate {self.subject or self.fingerprint[-16:]} ({self.why})"
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateBundle:
+    """What :func:`sort_certificates` found in a file."""
+
+    recipients: list[x509.Certificate]  # to be judged (and imported, if usable)
+    skipped: list[SkippedCertificate] = field(default_factory=list)
+
+
 def parse_certificates(data: bytes) -> list[x509.Certificate]:
-    """The recipient certificates in ``data``: PEM (one or more), DER, or a PKCS#7
-    bundle (``.p7b``, PEM or DER). CA certificates that come along with a
-    recipient's (a chain file, as CAs hand them out) are left out. Raises KeyProblem."""
+    """The recipient certificates in ``data`` (see :func:`sort_certificates`)."""
+    return sort_certificates(data).recipients
+
+
+def sort_certificates(data: bytes) -> CertificateBundle:
+    """Read PEM (one or more), DER, or a PKCS#7 bundle (``.p7b``, PEM or DER) and
+    tell the recipients' certificates from the CA certificates that came along.
+
+    A certificate is a recipient's unless it is a CA certificate (basicConstraints
+    CA:TRUE) that is chain: one that issued another certificate of the file, that
+    names no e-mail address, or whose key usage does not allow encryption. A
+    self-signed S/MIME certificate (``openssl req -x509`` marks it CA:TRUE) with an
+    e-mail address is a recipient's, in a bundle as alone. Every certificate left
+    out is named in ``skipped``. A file of CA certificates only is judged (and
+    refused) as it is. Raises KeyProblem.
+    """
     if holds_private_key(data):
         raise KeyProblem(PRIVATE_KEY_REFUSAL)
     try:
@@ -61,8 +98,39 @@ def parse_certificates(data: bytes) -> list[x509.Certificate]:
                     certs = pkcs7.load_der_pkcs7_certificates(data)
     except ValueError:
         raise KeyProblem("not a readable PEM, DER or PKCS#7 certificate") from None
-    recipients = [c for c in certs if not _is_ca(c)]
-    return recipients or certs  # only CA certificates: judged (and refused) as they are
+    recipients: list[x509.Certificate] = []
+    skipped: list[SkippedCertificate] = []
+    for cert in certs:
+        why = _chain_reason(cert, certs)
+        if why is None:
+            recipients.append(cert)
+        else:
+            skipped.append(SkippedCertificate(_subject(cert), certificate_fingerprint(cert), why))
+    if not recipients:  # only CA certificates: judged (and refused) as they are
+        return CertificateBundle(list(certs))
+    return CertificateBundle(recipients, skipped)
+
+
+def _chain_reason(cert: x509.Certificate, bundle: Sequence[x509.Certificate]) -> str | None:
+    """Why ``cert`` is a CA certificate of the chain rather than a recipient's, or None."""
+    if not _is_ca(cert):
+        return None
+    issued = [c for c in bundle if c is not cert and c.issuer == cert.subject
+              and c.subject != cert.subject]
+    if issued:
+        return f"a CA certificate, the issuer of {_subject(issued[0])}"
+    if not certificate_addresses(cert):
+        return "a CA certificate, no email address"
+    if not _allows_key_encipherment(cert):
+        return "a CA certificate whose key usage does not allow encryption"
+    return None
+
+
+def _subject(cert: x509.Certificate) -> str:
+    try:
+        return cert.subject.rfc4514_string()
+    except ValueError:  # an attribute that cannot be written as text
+        return f"with fingerprint {certificate_fingerprint(cert)[-16:]}"
 
 
 PRIVATE_KEY_REFUSAL = ("this file holds a private key (or PKCS#12 bundle): import the "
