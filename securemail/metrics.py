@@ -20,6 +20,7 @@ __all__ = ["MessageRecord", "Metrics", "WorkerSlots"]
 
 OUTCOMES = ("delivered", "blocked", "malformed", "deferred", "refused", "rejected")
 ACTIONS = ("deliver", "encrypt-pgp", "encrypt-smime", "portal", "block")
+REPLY_OUTCOMES = ("delivered", "blocked", "refused", "deferred")
 # /readyz turns 503 after this many transactions in a row were deferred (4xx).
 READY_DEFERRAL_STREAK = 5
 READY_QUIET_SECONDS = 300.0
@@ -48,6 +49,8 @@ class Metrics:
     deferral_streak: int = 0  # transactions answered 4xx since the last 2xx/5xx
     last_deferral: float = 0.0  # time.monotonic() of the last 4xx
     slot: memoryview | None = None  # where a worker publishes these (WorkerSlots)
+    # Clients' portal replies, by outcome (the portal runs in the main process only).
+    portal_replies: Counter[str] = field(default_factory=Counter)
 
     def opened(self) -> None:
         self.connections += 1
@@ -74,13 +77,19 @@ class Metrics:
                 self.latency_buckets[i] += 1
         self._publish()
 
+    def portal_reply(self, outcome: str) -> None:
+        """A client's reply from the portal went through the relay: delivered,
+        blocked (by policy), refused (by upstream) or deferred."""
+        self.portal_replies[outcome] += 1
+
     def with_workers(self, slots: WorkerSlots | None) -> Metrics:
         """These counters plus the workers' (``self`` when there are none)."""
         if slots is None:
             return self
         total = Metrics(Counter(self.messages), Counter(self.actions), self.deferrals,
                         list(self.latency_buckets), self.latency_sum, self.latency_count,
-                        self.connections, self.deferral_streak, self.last_deferral)
+                        self.connections, self.deferral_streak, self.last_deferral,
+                        portal_replies=Counter(self.portal_replies))
         for worker in slots.read():
             total.messages.update(worker.messages)
             total.actions.update(worker.actions)
@@ -125,6 +134,10 @@ class Metrics:
                           "outcome", outcomes.items())
         lines += _counter("securemail_recipients_total", "Recipients by policy action.",
                           "action", actions.items())
+        replies = {o: 0 for o in REPLY_OUTCOMES} | dict(self.portal_replies)
+        lines += _counter("securemail_portal_replies_total",
+                          "Clients' replies from the portal, by outcome.", "outcome",
+                          replies.items())
         lines += ["# HELP securemail_deferral_streak Transactions answered 4xx in a row"
                   " (0 after any 2xx or 5xx).",
                   "# TYPE securemail_deferral_streak gauge",

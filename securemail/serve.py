@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 from securemail import document_process
 from securemail.admin import start_admin
 from securemail.config import Settings, load_settings
-from securemail.errors import ConfigError
+from securemail.errors import Blocked, ConfigError, PermanentFailure
 from securemail.listeners import (
     Listeners,
     bind_address,
@@ -30,7 +30,7 @@ from securemail.listeners import (
     split_host_port,
     start_listeners,
 )
-from securemail.metrics import WorkerSlots
+from securemail.metrics import Metrics, WorkerSlots
 from securemail.smtp import ServerState
 
 __all__ = ["DEMO_DIR", "Services", "demo_banner", "ensure_demo", "run", "serve_forever",
@@ -183,6 +183,29 @@ async def start_services(relay: Any, settings: Settings, *, smtp: bool = True,
     return services
 
 
+def portal_reply_sender(relay: Any, metrics: Metrics
+                        ) -> Callable[[bytes, str, str], Awaitable[None]]:
+    """How a client's reply from the portal leaves: through the same pipeline
+    as any message (policy, encryption, audit), counted on /metrics apart
+    from SMTP transactions (``securemail_portal_replies_total``)."""
+
+    async def reply_sender(raw: bytes, mail_from: str, to: str) -> None:
+        try:
+            await relay.send(raw, mail_from=mail_from, rcpt_tos=[to])
+        except Blocked:
+            metrics.portal_reply("blocked")
+            raise
+        except PermanentFailure:
+            metrics.portal_reply("refused")
+            raise
+        except Exception:
+            metrics.portal_reply("deferred")
+            raise
+        metrics.portal_reply("delivered")
+
+    return reply_sender
+
+
 async def _start_portal(services: Services) -> None:
     relay, settings = services.relay, services.settings
     if getattr(relay, "portal", None) is None:
@@ -196,10 +219,7 @@ async def _start_portal(services: Services) -> None:
         log.info("portal web app not available (%s); not serving it", exc.name)
         return
 
-    async def reply_sender(raw: bytes, mail_from: str, to: str) -> None:
-        # A recipient's reply from the portal goes through the same pipeline.
-        await relay.send(raw, mail_from=mail_from, rcpt_tos=[to])
-
+    reply_sender = portal_reply_sender(relay, services.listeners.state.metrics)
     app = create_app(relay.portal, reply_sender=reply_sender)
     host, port = split_host_port(settings.portal.listen)
     # log_config=None: keep our JSON handler instead of uvicorn's own formatters.

@@ -34,7 +34,7 @@ RECORD_VERSION = 1
 
 PORTAL_EVENTS = frozenset({
     "notified", "sealed", "code-sent", "code-failed", "opened", "downloaded", "replied",
-    "revoked", "expired", "purged", "unlocked",
+    "reply-failed", "revoked", "expired", "purged", "unlocked",
 })
 ADMIN_EVENTS = frozenset({
     "key-import", "key-remove", "directory-import", "directory-remove", "consent-change",

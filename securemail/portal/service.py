@@ -9,6 +9,7 @@ with a ``reason`` the page can show, never a detail that helps an attacker.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import secrets
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -427,13 +428,17 @@ class PortalService:
         except BaseException as exc:
             # Not sent: its sealed copy must not stay behind as an active message.
             self.store.mark(sealed.id, "revoked", now)
-            if isinstance(exc, PortalDenied):
+            denied = _reply_denied(exc)
+            if denied is None:
                 raise
-            if isinstance(exc, PermanentFailure):
-                raise PortalDenied("undeliverable") from None
-            if isinstance(exc, Exception):  # relay refusal or outage: "try again"
-                raise PortalDenied("delivery-failed") from None
-            raise
+            # The attempt is on record, linked to the sealed message and the client
+            # (the blocked or deferred message's own record names only the sender).
+            with contextlib.suppress(StoreError):
+                self._event("reply-failed", now, portal_id=portal_id, recipient=row.recipient,
+                            reply_to=to, reason_code=denied.reason)
+            if denied is exc:
+                raise
+            raise denied from None
         self._event("replied", now, portal_id=portal_id, recipient=row.recipient,
                     reply_to=to, status="with-attachment" if attachment is not None else "ok")
         return sealed
@@ -489,3 +494,16 @@ def _message_id(raw: bytes) -> str:
         if line.lower().startswith(b"message-id:"):
             return line.split(b":", 1)[1].strip().decode("ascii", "replace")
     raise StoreError("reply has no Message-ID")
+
+
+def _reply_denied(exc: BaseException) -> PortalDenied | None:
+    """What the client is told when sending its reply failed: ``undeliverable``
+    (refused for good, e.g. by policy), ``delivery-failed`` (try again); None
+    for a cancellation or an exit, which is not the client's to hear about."""
+    if isinstance(exc, PortalDenied):
+        return exc
+    if isinstance(exc, PermanentFailure):
+        return PortalDenied("undeliverable")
+    if isinstance(exc, Exception):  # relay refusal or outage: "try again"
+        return PortalDenied("delivery-failed")
+    return None

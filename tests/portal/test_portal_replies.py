@@ -138,6 +138,16 @@ def test_permanently_refused_reply_says_so_and_leaves_no_active_row(portal: Port
     assert len(replies) == 2
     assert [r.state(now) for r in replies] == ["revoked", "revoked"]
     assert all(portal.service.store.ciphertext(r.id) is None for r in replies)
+    # Each failed attempt is on record, linked to the message and the client
+    # (before, a blocked reply left only a "message" record naming the sender).
+    import json
+
+    from securemail.audit.store import iter_records
+
+    failed = [json.loads(r.body) for r in iter_records(portal.relay.db)]
+    failed = [b for b in failed if b["kind"] == "reply-failed" and b.get("portal_id") == pid]
+    assert [(b["recipient"], b["reply_to"], b["reason_code"]) for b in failed] == [
+        (CLIENT, STAFF, "undeliverable"), (CLIENT, STAFF, "delivery-failed")]
 
 
 @pytest.mark.browser
