@@ -39,13 +39,14 @@ from securemail.model import (
 )
 from securemail.policy import RuleHit
 from securemail.relay import Relay, RelayClosed, UsageError, load
-from securemail.transport import SentMessage, Transport
+from securemail.transport import DeliveryResult, SentMessage, Transport
 
 __all__ = [
     "Action",
     "Blocked",
     "ConfigError",
     "Decision",
+    "DeliveryResult",
     "Encryption",
     "Envelope",
     "Facts",

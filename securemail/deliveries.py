@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     recipient TEXT NOT NULL,
     status TEXT NOT NULL,
     at TEXT NOT NULL,
+    portal_id TEXT,  -- a sealed copy's id, so that the retry reports it too
     PRIMARY KEY (message_sha256, recipient)
 );
 """
@@ -32,6 +33,7 @@ class DeliveryLedger:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         ensure_schema(conn, _DDL)
+        _add_portal_id(conn)
 
     def completed(self, digest: str) -> dict[str, Status]:
         try:
@@ -42,15 +44,29 @@ class DeliveryLedger:
             raise StoreError("cannot read the delivery ledger") from None
         return {r: Status(s) for r, s in rows}
 
-    def record(self, digest: str, statuses: Mapping[str, Status], now: dt.datetime) -> None:
+    def portal_ids(self, digest: str) -> dict[str, str]:
+        """The sealed copies' ids of the recipients :meth:`completed` names."""
+        try:
+            rows = self.conn.execute(
+                "SELECT recipient, portal_id FROM deliveries WHERE message_sha256 = ?"
+                " AND portal_id IS NOT NULL", (digest,)).fetchall()
+        except sqlite3.Error:
+            raise StoreError("cannot read the delivery ledger") from None
+        return {r: str(p) for r, p in rows}
+
+    def record(self, digest: str, statuses: Mapping[str, Status], now: dt.datetime,
+               portal_ids: Mapping[str, str] | None = None) -> None:
         """Durable before it returns (synchronous=FULL commit)."""
         if not statuses:
             return
+        ids = portal_ids or {}
         try:
             with transaction(self.conn):
                 self.conn.executemany(
-                    "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?)",
-                    [(digest, a, s.value, now.isoformat()) for a, s in statuses.items()],
+                    "INSERT OR REPLACE INTO deliveries (message_sha256, recipient, status, at,"
+                    " portal_id) VALUES (?, ?, ?, ?, ?)",
+                    [(digest, a, s.value, now.isoformat(), ids.get(a))
+                     for a, s in statuses.items()],
                 )
         except sqlite3.Error:
             raise StoreError("cannot write the delivery ledger") from None
@@ -62,3 +78,14 @@ class DeliveryLedger:
                 self.conn.execute("DELETE FROM deliveries WHERE message_sha256 = ?", (digest,))
         except sqlite3.Error:
             raise StoreError("cannot write the delivery ledger") from None
+
+
+def _add_portal_id(conn: sqlite3.Connection) -> None:
+    """Stores made before the ledger kept portal ids get the column."""
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}
+        if "portal_id" not in columns:
+            conn.execute("ALTER TABLE deliveries ADD COLUMN portal_id TEXT")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):  # another process added it meanwhile
+            raise StoreError("cannot update the delivery ledger's table") from None

@@ -69,7 +69,10 @@ class ConfigError(SecuremailError):
 
 
 class InputError(SecuremailError):
-    """A command was given input it cannot use (unreadable file, bad option)."""
+    """A command was given input it cannot use (unreadable file, bad option).
+    Permanent: the same call fails the same way, so its reply is a 5xx."""
+
+    smtp_reply = "554 5.5.4 The request cannot be handled as given"
 
 
 class TemporaryFailure(SecuremailError):

@@ -40,9 +40,14 @@ class ThreadSafeLedger:
         with self._lock:
             return self._ledger.completed(digest)
 
-    def record(self, digest: str, statuses: Mapping[str, Status], now: dt.datetime) -> None:
+    def portal_ids(self, digest: str) -> dict[str, str]:
         with self._lock:
-            self._ledger.record(digest, statuses, now)
+            return self._ledger.portal_ids(digest)
+
+    def record(self, digest: str, statuses: Mapping[str, Status], now: dt.datetime,
+               portal_ids: Mapping[str, str] | None = None) -> None:
+        with self._lock:
+            self._ledger.record(digest, statuses, now, portal_ids)
 
     def forget(self, digest: str) -> None:
         with self._lock:
@@ -119,12 +124,37 @@ class InFlight:
     def _record_accepted(self, outcome: Outcome, now: dt.datetime) -> None:
         accepted = {r.address: r.status for r in outcome.recipients
                     if r.status in (Status.DELIVERED, Status.SEALED)}
+        portal_ids = {r.address: r.portal_id for r in outcome.recipients if r.portal_id}
         try:
-            self._ledger.record(outcome.message_sha256, accepted, now)
+            self._ledger.record(outcome.message_sha256, accepted, now, portal_ids)
         except StoreError:
             log.error("a message delivered after its sender stopped waiting could not be "
                       "noted in the delivery ledger; a retry may send it again",
                       extra={"event": {"notice": "ledger-failed"}})
+
+    async def finish(self, timeout: float, grace: float = 30.0) -> None:
+        """Wait up to ``timeout`` for the work in flight; then interrupt what is
+        left (its cancellation records what upstream accepted, in the audit log
+        and the ledger, which are still open) and wait up to ``grace`` for that."""
+        await self.wait(timeout)
+        with self._lock:
+            left = [t for t in self._tasks if not t.done()]
+        if not left:
+            return
+        log.warning("closing with %d message(s) still in flight after %s s: interrupting"
+                    " them (copies upstream accepted are recorded; a retry sends the rest)",
+                    len(left), timeout)
+        here = asyncio.get_running_loop()
+        for task in left:
+            loop = task.get_loop()
+            if loop is here:
+                task.cancel()
+                continue
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # that loop is closed: its work is over
+                continue
+        await self.wait(grace)
 
     async def wait(self, timeout: float) -> None:
         """Wait (up to ``timeout`` seconds) for the work in flight on every loop."""

@@ -81,7 +81,8 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
     ledger = relay.ledger
     done = ledger.completed(digest)  # recipients accepted on an earlier, deferred attempt
     statuses: dict[str, Status] = {a: s for a, s in done.items()}
-    portal_ids: dict[str, str] = {}
+    # The retry reports the sealed copies of the earlier attempt too.
+    portal_ids: dict[str, str] = ledger.portal_ids(digest) if done else {}
     replies: dict[str, str] = {}
     tls: TLSInfo | None = None
 
@@ -140,16 +141,16 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
     except TemporaryFailure:
         # Upstream already holds some copies: remember them, so that the sender's
         # retry after this 451 sends only what is missing.
-        ledger.record(digest, accepted, now)
+        ledger.record(digest, accepted, now, portal_ids)
         raise
     except asyncio.CancelledError:
         # The record is queued with the audit writer, which commits it; the
         # ledger keeps a retry from sending these copies again.
-        _note_in_ledger(relay, digest, accepted, now)
+        _note_in_ledger(relay, digest, accepted, now, portal_ids)
         raise
     _log(relay, outcome, started, progress)
     if deferred:
-        ledger.record(digest, accepted, now)
+        ledger.record(digest, accepted, now, portal_ids)
         raise RecipientsDeferred(outcome, tuple(causes))
     if not outcome.delivered:
         raise UpstreamRefused("no recipient accepted the message", tuple(
@@ -239,7 +240,7 @@ def _interrupted(relay: Relay, envelope: Envelope, verdict: Verdict, digest: str
             _discard_seal(relay, output.portal_id, now)
     if not progress.accepted:
         return
-    _note_in_ledger(relay, digest, progress.accepted, now)
+    _note_in_ledger(relay, digest, progress.accepted, now, progress.portal_ids)
     known = {**{d.address: Status.DEFERRED for d in verdict.decisions}, **statuses,
              **progress.accepted}
     outcome = _finish(verdict, digest, known, progress.portal_ids, outputs=outputs)
@@ -252,11 +253,11 @@ def _interrupted(relay: Relay, envelope: Envelope, verdict: Verdict, digest: str
 
 
 def _note_in_ledger(relay: Relay, digest: str, accepted: Mapping[str, Status],
-                    now: dt.datetime) -> None:
+                    now: dt.datetime, portal_ids: Mapping[str, str]) -> None:
     if not accepted:
         return
     try:
-        relay.ledger.record(digest, accepted, now)
+        relay.ledger.record(digest, accepted, now, portal_ids)
     except (TemporaryFailure, sqlite3.Error) as exc:
         log.error("copies upstream accepted could not be noted in the delivery ledger; a"
                   " retry may send them again: %s", exc,

@@ -68,6 +68,9 @@ class RelayClosed(UsageError):
     def __init__(self) -> None:
         super().__init__("the relay is closed: build a new one with securemail.load()")
 
+    def __reduce__(self) -> tuple[type[RelayClosed], tuple[()]]:
+        return (type(self), ())  # picklable (Celery, process pools), like the others
+
 
 def load(path: str | os.PathLike[str], *, transport: Transport | None = None) -> Relay:
     """Read the config at ``path`` and build a :class:`Relay`.
@@ -80,6 +83,18 @@ def load(path: str | os.PathLike[str], *, transport: Transport | None = None) ->
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _when(now: object) -> dt.datetime:
+    """``now`` as the relay uses it: checked before anything is sent (a naive
+    time used to fail in the audit log, after upstream had taken the message)."""
+    if now is None:
+        return _utcnow()
+    if not isinstance(now, dt.datetime):
+        raise TypeError(f"now must be a datetime, not {type(now).__name__}")
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise TypeError("now must be timezone-aware, e.g. datetime.now(datetime.UTC)")
+    return now
 
 
 class Relay:
@@ -125,6 +140,7 @@ class Relay:
         self._retired: dict[Transport, asyncio.Task[None]] = {}  # replaced, closed later
         self.instance_id = _instance_id(settings)
         self._closed = False
+        self._closing: asyncio.Task[None] | None = None  # close()'s work, shielded
         self._closing_lock = threading.Lock()
         self.in_flight = InFlight(self.ledger)  # sends on any loop, shielded
         self.audit = AuditLog.open(settings, instance_id=self.instance_id)
@@ -240,7 +256,7 @@ class Relay:
         self._ensure_open()
         raw = _as_bytes(message)
         envelope = self.envelope_for(raw, mail_from, rcpt_tos)
-        return self.evaluate(raw, envelope, now or _utcnow())
+        return self.evaluate(raw, envelope, _when(now))
 
     async def evaluate_in_thread(self, raw: bytes, envelope: Envelope,
                                  now: dt.datetime) -> Verdict:
@@ -303,6 +319,8 @@ class Relay:
         could receive is the caller's mistake (InputError), not a policy verdict."""
         if isinstance(rcpt_tos, str | bytes):
             raise TypeError("rcpt_tos must be a list of addresses, not a single string")
+        if rcpt_tos is not None:
+            rcpt_tos = tuple(rcpt_tos)  # a generator is truthy even when it yields nothing
         if mail_from is None or rcpt_tos is None:
             view = parse_message(raw, self.settings.limits)
             if mail_from is None:
@@ -351,7 +369,7 @@ class Relay:
         raw = _as_bytes(message)
         envelope = self.envelope_for(raw, mail_from, rcpt_tos, peer=peer,
                                      auth_identity=auth_identity, tls=tls, trace=trace)
-        when = now or _utcnow()
+        when = _when(now)
         return await self.in_flight.run(lambda: process(self, raw, envelope, when), raw, when)
 
     def send_sync(
@@ -383,13 +401,25 @@ class Relay:
     async def close(self) -> None:
         """Finish messages in flight (up to the upstream timeout), then close the
         transport, portal, audit log (final checkpoint) and store. Idempotent;
-        afterwards every call raises :class:`RelayClosed`."""
+        afterwards every call raises :class:`RelayClosed`.
+
+        Cancelling the caller (a shutdown hook's timeout) does not cut this
+        short: the closing goes on in a task of its own, so the audit log and
+        store are never closed under a message still being sent. A message
+        still in flight after the upstream timeout is interrupted, and what
+        upstream accepted of it is recorded before anything is closed."""
         with self._closing_lock:
-            if self._closed:
-                return
-            self._closed = True
+            closing = self._closing
+            if closing is None and not self._closed:
+                self._closed = True
+                closing = self._closing = asyncio.get_running_loop().create_task(
+                    self._shut_down())
+        if closing is not None and closing.get_loop() is asyncio.get_running_loop():
+            await asyncio.shield(closing)
+
+    async def _shut_down(self) -> None:
         try:
-            await self.in_flight.wait(self.settings.upstream.timeout_seconds)
+            await self.in_flight.finish(self.settings.upstream.timeout_seconds)
             for old, task in list(self._retired.items()):
                 _cancel(task)
                 await old.close()

@@ -106,9 +106,11 @@ class _LoopPool:
             session.client.close()
 
     def abandon(self) -> None:
-        """The pool's loop is closed: nothing can be awaited on it any more. Shut
-        the sockets down (upstream sees the connections end now; the file
-        descriptors go with the transports) and end the finaliser here."""
+        """The pool's loop is closed: nothing can be awaited on it any more, and
+        its transports cannot close themselves (that needs the loop). Shut the
+        sockets down (upstream sees the connections end now), close them (no
+        descriptor waits for the garbage collector, no "unclosed socket"
+        warning) and end the finaliser here."""
         idle, self.idle = self.idle, []
         for session in idle:
             transport = session.client.transport
@@ -116,6 +118,13 @@ class _LoopPool:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+            # asyncio's selector transports keep the real socket in ``_sock``;
+            # closing it and dropping it is what their close() would do.
+            raw = getattr(transport, "_sock", None)
+            if isinstance(raw, socket.socket):
+                raw.close()
+                with contextlib.suppress(AttributeError):
+                    transport._sock = None  # type: ignore[union-attr]
         finaliser, self.finaliser = self.finaliser, None
         if finaliser is not None:
             # Its ``finally`` awaits nothing once ``idle`` is empty, so it runs to
