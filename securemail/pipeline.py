@@ -287,6 +287,15 @@ async def _deliver(relay: Relay, envelope: Envelope, output: Output, progress: _
     except TemporaryFailure as exc:
         progress.causes.append(_deferred("upstream", exc))
         return {d.address: (Status.DEFERRED, None) for d in output.recipients}, None
+    if result.deferred:
+        # Upstream took the message but put some recipients off (4xx at RCPT):
+        # say so with its reply codes (no addresses), as for any deferral.
+        codes = ", ".join(sorted(set(result.deferred.values())))
+        count = len(result.deferred)
+        cause = f"upstream deferred {count} recipient{'s' if count > 1 else ''} ({codes})"
+        log.warning("deferred at upstream: %s", cause,
+                    extra={"event": {"notice": "deferred", "step": "upstream", "cause": cause}})
+        progress.causes.append(f"upstream: {cause}")
     per: dict[str, tuple[Status, str | None]] = {}
     for d, a in zip(output.recipients, rcpts, strict=True):
         if a in result.refused:

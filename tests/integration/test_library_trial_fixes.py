@@ -177,3 +177,28 @@ def test_a_ledger_from_an_earlier_release_gets_the_portal_id_column(tmp_path: Pa
                   {"b@x.example": "P1"})
     assert ledger.portal_ids("d2") == {"b@x.example": "P1"}
     DeliveryLedger(conn)  # a second opening (another process) changes nothing
+
+
+class _PutsOneOff(CaptureHandler):
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        if address.startswith("busy@"):
+            return "450 4.2.1 Mailbox busy, try later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def test_a_recipient_upstream_puts_off_is_named_with_its_reply_code(tmp_path: Path) -> None:
+    # RecipientsDeferred said only "every recipient deferred; retry the same
+    # bytes later": causes was empty, the 450 only in the outcome.
+    up = UpstreamThread(_PutsOneOff())
+    try:
+        relay = securemail.load(write_config(tmp_path, upstream_url=up.url))
+        with pytest.raises(securemail.RecipientsDeferred) as deferred:
+            relay.send_sync(message(to=STAFF), rcpt_tos=[STAFF, "busy@riverside.example"])
+        relay.close_sync()
+        assert deferred.value.deferred == ("busy@riverside.example",)
+        assert deferred.value.causes == ("upstream: upstream deferred 1 recipient (450 4.2.1)",)
+        assert "450 4.2.1" in str(deferred.value) and "busy@" not in str(deferred.value)
+    finally:
+        up.stop()
