@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["JsonFormatter", "MessageEventMerger", "configure_logging", "held_event",
-           "holding_events"]
+__all__ = ["JsonFormatter", "MessageEventMerger", "configure_logging", "exception_fields",
+           "held_event", "holding_events"]
 
 MESSAGE_LOGGER = "securemail.message"
 
@@ -73,8 +74,54 @@ def message_summary(event: Mapping[str, Any]) -> str:
     return text
 
 
+# The folder holding the securemail package: frames under it are "ours".
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OURS = os.path.join(_PACKAGE_ROOT, "securemail") + os.sep
+
+
+def _short_path(filename: str) -> str:
+    """``securemail/portal/app.py``, ``starlette/routing.py``: the file's path
+    below the ``sys.path`` entry it was imported from (no install paths)."""
+    path = os.path.abspath(filename)
+    roots = [os.path.abspath(p) for p in sys.path if p] + [_PACKAGE_ROOT]
+    best = ""
+    for root in roots:
+        root = root.rstrip(os.sep) + os.sep
+        if path.startswith(root) and len(root) > len(best):
+            best = root
+    return (path[len(best):] if best else os.path.basename(path)).replace(os.sep, "/")
+
+
+def exception_fields(exc: BaseException) -> dict[str, str]:
+    """What a log line may say about an exception: its class (``exc_class``)
+    and where it was raised (``exc_at``, ``file:line`` of the innermost frame in
+    securemail's own code, else of the frame that raised it).
+
+    Never its message nor a traceback: either can hold content (an address,
+    a Subject, a line of the message) and logs never do."""
+    cls = type(exc)
+    name = cls.__qualname__
+    if cls.__module__ != "builtins":
+        name = f"{cls.__module__}.{name}"
+    ours: tuple[str, int] | None = None
+    last: tuple[str, int] | None = None
+    tb = exc.__traceback__
+    while tb is not None:
+        last = (tb.tb_frame.f_code.co_filename, tb.tb_lineno)
+        if os.path.abspath(last[0]).startswith(_OURS):
+            ours = last
+        tb = tb.tb_next
+    where = ours or last
+    return {"exc_class": name,
+            "exc_at": f"{_short_path(where[0])}:{where[1]}" if where else "unknown"}
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: the record's ``event`` dict, or level+logger+msg."""
+    """One JSON object per line: the record's ``event`` dict, or level+logger+msg.
+
+    A record with an exception (``log.exception``, a server's "Exception in ASGI
+    application") gets its class and location (:func:`exception_fields`), never
+    its message or traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
         event = getattr(record, "event", None)
@@ -83,6 +130,10 @@ class JsonFormatter(logging.Formatter):
         out.setdefault("level", record.levelname.lower())
         out.setdefault("logger", record.name)
         out.setdefault("pid", record.process)  # which worker, with relay.workers > 1
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            for key, value in exception_fields(exc).items():
+                out.setdefault(key, value)
         out["ts"] = self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z"
         return json.dumps(out, separators=(",", ":"), sort_keys=True, default=str)
 

@@ -265,8 +265,8 @@ class Relay:
         read in a child process (:mod:`securemail.document_process`): read in
         the thread, they still held the GIL often enough to stall the event
         loop. The thread reads keys through a connection of its own: the
-        shared one carries the portal's and the directory's transactions,
-        which must not be interleaved."""
+        shared one carries the directory's transactions (and an in-memory
+        portal store's), which must not be interleaved."""
         self._refresh_directory()  # on the shared connection, in this thread
         with self._closing_lock:
             if self._thread_keys is None:

@@ -10,23 +10,32 @@ scanners prefetch links); every POST carries a CSRF token bound to a
 cookies (one per message) ``SameSite=Strict``, the browser cookie, which only
 binds CSRF tokens and opens nothing, ``SameSite=Lax`` (so clicking the email
 link again keeps it, and the open tab's token stays valid); every response
-has a strict CSP, ``no-store`` and ``no-referrer``.
+has a strict CSP, ``no-store`` and ``no-referrer``, a 500 included.
+
+The portal shares its event loop with the SMTP relay and the admin endpoint
+(``securemail serve``): the store work (sqlite, whose statements may wait up to
+the busy timeout for another writer, and whose commits fsync) runs in worker
+threads, never on the loop. A store that stays locked is answered 503 ("try
+again in a minute"), not 500.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ipaddress
+import logging
 import re
 import secrets
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
+import anyio.to_thread
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
@@ -37,10 +46,16 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from securemail.errors import StoreError
+from securemail.logs import exception_fields
 from securemail.portal.content import Attachment
 from securemail.portal.service import PortalDenied, PortalService
+from securemail.portal.store import PortalRow
 
 __all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 BROWSER_COOKIE = "__Host-sm_browser"
 SESSION_COOKIE = "__Host-sm_session"  # + "-" + message id: one session per message
@@ -53,6 +68,7 @@ MAX_BODY = MAX_ATTACHMENT + MAX_REPLY_TEXT * 4 + 65536  # one POST, multipart ov
 CSRF_HEADER = "x-csrf-token"
 _ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{32,64}")
+RETRY_AFTER = 60  # seconds: what a 503 (store busy) asks the browser to wait
 
 # Inline styles are allowed for the sandboxed HTML body (srcdoc inherits this
 # policy); scripts are 'self' only, and nothing may load from another origin.
@@ -64,7 +80,8 @@ STATUS_CODE = {"missing": 404, "expired": 410, "revoked": 410, "purged": 410, "l
                "rate-limited": 429, "wrong-code": 400, "stale-code": 400, "no-session": 401,
                "csrf": 403,
                "delivery-failed": 503, "too-large": 413, "bad-request": 400,
-               "undeliverable": 422, "no-reply": 409, "reply-too-long": 413}
+               "undeliverable": 422, "no-reply": 409, "reply-too-long": 413,
+               "unavailable": 503}
 
 _pages = Environment(loader=PackageLoader("securemail.portal", "templates"),
                      autoescape=select_autoescape(default=True))
@@ -102,6 +119,68 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class _ErrorBoundary:
+    """Outside Starlette's own error handling: any exception that escapes a
+    request is logged here, once, with its class and location only (never its
+    message or a traceback: they can hold content), and answered with the
+    branded error page if no answer was started. It is not raised on, so the
+    server does not log it again with its traceback."""
+
+    def __init__(self, app: ASGIApp, page: str) -> None:
+        self.app = app
+        self.page = page
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:  # noqa: BLE001 (logged: class and location, never content)
+            fields = exception_fields(exc)
+            log.error("portal request failed: %s at %s", fields["exc_class"], fields["exc_at"],
+                      extra={"event": {"event": "portal-error", "method": scope.get("method"),
+                                       "status": 500, **fields}})
+            if not started:
+                await HTMLResponse(self.page, status_code=500)(scope, receive, send)
+
+
+class _PortalApp(Starlette):
+    """Starlette with the security headers and the error boundary around all of
+    it, its ServerErrorMiddleware included: a 500 carries the same headers as
+    every other answer."""
+
+    def __init__(self, *, https: bool, error_page: str, **kwargs: Any) -> None:
+        self._https = https
+        self._error_page = error_page
+        super().__init__(**kwargs)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        inner = super().build_middleware_stack()
+        return SecurityHeaders(_ErrorBoundary(inner, self._error_page), https=self._https)
+
+
+async def _in_thread(call: Callable[[], _T]) -> _T:
+    """Blocking store work (sqlite: a statement may wait up to the busy timeout
+    for another writer, a commit fsyncs) in a worker thread, so that the event
+    loop, which also serves SMTP and the admin endpoint, never waits for it."""
+    return await anyio.to_thread.run_sync(call)
+
+
+async def _coroutine_in_thread(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """A service coroutine with blocking store work between its awaits: run on
+    an event loop of its own in a worker thread (see :func:`_in_thread`)."""
+    return await anyio.to_thread.run_sync(lambda: asyncio.run(make()))
 
 
 class ClientRateLimit:
@@ -194,6 +273,30 @@ def create_app(service: PortalService, *,
         html = _pages.get_template(name).render(practice=practice, **ctx)
         return HTMLResponse(html, status_code=status)
 
+    # Rendered now: showing it must not depend on anything that could fail later.
+    error_page = _pages.get_template("error.html").render(practice=practice, busy=False)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # Starlette's 500 answer; _ErrorBoundary logs the exception.
+        return HTMLResponse(error_page, status_code=500)
+
+    async def store_unavailable(request: Request, exc: Exception) -> Response:
+        """The store stayed locked past the busy timeout (another process writing)
+        or failed: "try again in a minute", the page or the JSON the page's
+        script knows; the class and location are logged, nothing else."""
+        fields = exception_fields(exc)
+        log.warning("portal store unavailable: %s at %s", fields["exc_class"], fields["exc_at"],
+                    extra={"event": {"event": "portal-unavailable",
+                                     "method": request.method, "status": 503, **fields}})
+        resp: Response
+        if request.method == "GET" and not request.url.path.endswith("/sealed"):
+            resp = page("error.html", 503, busy=True)
+        else:
+            resp = denied("unavailable")
+            resp.headers["connection"] = "close"  # the body may not have been read
+        resp.headers["retry-after"] = str(RETRY_AFTER)
+        return resp
+
     def status_page(reason: str) -> HTMLResponse:
         return page("status.html", STATUS_CODE.get(reason, 400), reason=reason)
 
@@ -242,8 +345,9 @@ def create_app(service: PortalService, *,
         header_token = request.headers.get(CSRF_HEADER, "")
         if not service.secret.verify(header_token, "csrf", browser, portal_id):
             return refused("csrf")
+        moment = now()
         try:
-            service.check(portal_id, now())
+            await _in_thread(lambda: service.check(portal_id, moment))
         except PortalDenied as exc:
             return refused(exc.reason)
         if replying and reply_sender is None:
@@ -281,8 +385,16 @@ def create_app(service: PortalService, *,
         portal_id = request.path_params["id"]
         if not _ID.fullmatch(portal_id):
             return status_page("missing")
+        moment = now()
+
+        def read() -> tuple[PortalRow, str, tuple[datetime, datetime] | None]:
+            row = service.check(portal_id, moment)
+            # A code already on its way (a second tab, a reload): offer to type it
+            # rather than replace it. A read only: a GET changes nothing.
+            return row, service.reply_address(row), service.code_sent(portal_id, now=moment)
+
         try:
-            row = service.check(portal_id, now())
+            row, reply_address, sent = await _in_thread(read)
         except PortalDenied as exc:
             return status_page(exc.reason)
         browser = request.cookies.get(BROWSER_COOKIE, "")
@@ -291,14 +403,10 @@ def create_app(service: PortalService, *,
         if reply_sender is None:
             reply_state = "off"  # replies go through the relay pipeline or not at all
         else:
-            reply_state = "ok" if service.reply_address(row) else "no-address"
-        # A code already on its way (a second tab, a reload): offer to type it
-        # rather than replace it. A read only: a GET changes nothing.
-        moment = now()
-        sent = service.code_sent(portal_id, now=moment)
+            reply_state = "ok" if reply_address else "no-address"
         resp = page("landing.html", portal_id=portal_id, csrf=csrf_token(browser, portal_id),
                     masked=_mask(row.recipient), expires=row.expires.strftime("%d %B %Y"),
-                    reply_state=reply_state, reply_address=service.reply_address(row),
+                    reply_state=reply_state, reply_address=reply_address,
                     reply_name=row.reply_name or "", max_reply=MAX_REPLY_TEXT,
                     code_sent=_iso(sent[0]) if sent else "",
                     code_sent_time=sent[0].strftime("%H:%M UTC") if sent else "",
@@ -312,8 +420,9 @@ def create_app(service: PortalService, *,
         checked = await guard(request)
         if isinstance(checked, Response):
             return checked
+        portal_id, moment = checked[0], now()
         try:
-            await service.request_code(checked[0], now=now())
+            await _coroutine_in_thread(lambda: service.request_code(portal_id, now=moment))
         except PortalDenied as exc:
             return denied(exc.reason)
         return JSONResponse({"ok": True})
@@ -325,9 +434,10 @@ def create_app(service: PortalService, *,
         code = checked[1].get("code")
         if not isinstance(code, str) or not re.fullmatch(r"\s*[0-9 ]{4,12}\s*", code):
             return denied("bad-request")
-        held = token_of(request, checked[0])
+        portal_id, held, moment = checked[0], token_of(request, checked[0]), now()
         try:
-            token = service.verify_code(checked[0], code, now=now(), session_token=held)
+            token = await _in_thread(lambda: service.verify_code(portal_id, code, now=moment,
+                                                                 session_token=held))
         except PortalDenied as exc:
             if exc.stale:
                 return denied("stale-code")
@@ -346,9 +456,10 @@ def create_app(service: PortalService, *,
         checked = await guard(request)
         if isinstance(checked, Response):
             return checked
+        portal_id, token, moment = checked[0], token_of(request, checked[0]), now()
         try:
-            ends, final = service.keep_alive(checked[0], token_of(request, checked[0]),
-                                             now=now())
+            ends, final = await _in_thread(lambda: service.keep_alive(portal_id, token,
+                                                                      now=moment))
         except PortalDenied as exc:
             return denied(exc.reason)
         return JSONResponse({"ok": True, "expires_in": _seconds(ends - now()), "final": final,
@@ -358,9 +469,10 @@ def create_app(service: PortalService, *,
         portal_id = request.path_params["id"]
         if not _ID.fullmatch(portal_id):
             return denied("missing")
+        token, moment = token_of(request, portal_id), now()
         try:
-            row, blob = service.ciphertext(portal_id, token_of(request, portal_id),
-                                           now=now())
+            row, blob = await _in_thread(lambda: service.ciphertext(portal_id, token,
+                                                                    now=moment))
         except PortalDenied as exc:
             return denied(exc.reason)
         # The browser needs these to rebuild the associated data (see crypto/seal.py).
@@ -378,8 +490,9 @@ def create_app(service: PortalService, *,
             if not isinstance(raw_index, str) or not re.fullmatch(r"[0-9]{1,6}", raw_index):
                 raise ValueError("index")
             index = int(raw_index)
-            service.record_download(checked[0], token_of(request, checked[0]),
-                                    index=index, now=now())
+            portal_id, token, moment = checked[0], token_of(request, checked[0]), now()
+            await _in_thread(lambda: service.record_download(portal_id, token, index=index,
+                                                             now=moment))
         except ValueError:
             return denied("bad-request")
         except PortalDenied as exc:
@@ -408,10 +521,22 @@ def create_app(service: PortalService, *,
                                     data=data)
         if not body.strip() and attachment is None:
             return denied("bad-request")
+        token, moment, loop = token_of(request, portal_id), now(), asyncio.get_running_loop()
+
+        async def send_here(raw: bytes, mail_from: str, to: str) -> None:
+            # The service runs on a loop of its own in a worker thread; the reply
+            # goes through the relay's pipeline on the serving loop, as before.
+            assert reply_sender is not None  # guard() refused the reply otherwise
+
+            async def send() -> None:
+                await reply_sender(raw, mail_from, to)
+
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(send(), loop))
+
         try:
-            await service.reply(portal_id, token_of(request, portal_id), subject=subject,
-                                body=body, attachment=attachment, now=now(),
-                                reply_sender=reply_sender)
+            await _coroutine_in_thread(lambda: service.reply(
+                portal_id, token, subject=subject, body=body, attachment=attachment,
+                now=moment, reply_sender=send_here))
         except PortalDenied as exc:
             return denied(exc.reason)
         return JSONResponse({"ok": True})
@@ -427,7 +552,9 @@ def create_app(service: PortalService, *,
         Route("/m/{id}/reply", reply, methods=["POST"]),
         Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
     ]
-    app = Starlette(routes=routes)
     https = urlsplit(settings.portal.base_url).scheme == "https"
-    app.add_middleware(SecurityHeaders, https=https)
-    return app
+    # The headers and the error boundary wrap Starlette's own error handling
+    # (see _PortalApp): a 500 carries the same headers as any other answer.
+    return _PortalApp(https=https, error_page=error_page, routes=routes,
+                      exception_handlers={StoreError: store_unavailable,
+                                          Exception: server_error})

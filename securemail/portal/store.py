@@ -19,6 +19,9 @@ from securemail.store.sqlite import ensure_schema, open_database
 
 __all__ = ["PortalRow", "PortalStore", "ts"]
 
+# How long a statement waits for another writer (SQLite busy_timeout), in seconds.
+BUSY_TIMEOUT = 30.0
+
 DDL = """
 CREATE TABLE IF NOT EXISTS portal_messages (
     id           TEXT PRIMARY KEY,
@@ -157,15 +160,27 @@ def _row(r: tuple[object, ...]) -> PortalRow:
 
 
 class PortalStore:
-    """Thread-safe access to the portal tables over one shared connection.
+    """Thread-safe access to the portal tables.
 
-    The web app (event loop thread) and the pipeline may share a connection;
-    sqlite3 connections are not safe to use concurrently, hence the lock.
+    The web app runs its store work in worker threads while the relay's event
+    loop keeps using the connection it passed in (directory, keys) and calls
+    the portal too (``notified_event``, ``revoke``). A statement waiting for
+    the write lock (another process writing, up to ``busy_timeout``) holds its
+    connection's mutex, so every other thread's statement on that connection
+    would wait with it, the event loop's included. So a store on a file keeps
+    two connections of its own, opened on first use: one for write
+    transactions, one writer at a time (``_tx``), and one for single reads
+    (``_read``), which never wait for a writer (WAL). An in-memory store (tests)
+    has only the connection it was given, used under one lock.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the given connection (an in-memory store)
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._committer: GroupCommitter | None = None
         ensure_schema(conn, DDL)
         columns = {r[1] for r in conn.execute("PRAGMA table_info(portal_messages)")}
@@ -179,24 +194,41 @@ class PortalStore:
         for column in ("consumed", "undelivered"):
             if column not in code_columns:
                 conn.execute(f"ALTER TABLE portal_codes ADD COLUMN {column} TEXT")
+        self._file = _file_of(conn)
 
     def close(self) -> None:
-        """Stop the group-commit writer (after committing what it holds)."""
+        """Stop the group-commit writer (after committing what it holds) and
+        close the store's own connections (opened again if it is used later)."""
         if self._committer is not None:
             self._committer.close()
             self._committer = None
+        with self._write_lock:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.close()
+        with self._read_lock:
+            reader, self._reader = self._reader, None
+            if reader is not None:
+                reader.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        lock = self._write_lock if self._file else self._lock
+        with lock:
             try:
-                self.conn.execute("BEGIN IMMEDIATE")
+                if not self._file:
+                    conn = self.conn
+                elif self._writer is None:
+                    conn = self._writer = open_database(self._file, timeout=BUSY_TIMEOUT)
+                else:
+                    conn = self._writer
+                conn.execute("BEGIN IMMEDIATE")
                 try:
-                    yield self.conn
+                    yield conn
                 except BaseException:
-                    self.conn.execute("ROLLBACK")
+                    conn.execute("ROLLBACK")
                     raise
-                self.conn.execute("COMMIT")
+                conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StoreError(f"portal store failed ({type(exc).__name__})") from None
 
@@ -204,9 +236,16 @@ class PortalStore:
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A single read statement: no write lock taken (a ``BEGIN IMMEDIATE`` here
         would queue behind every audit and seal commit)."""
-        with self._lock:
+        lock = self._read_lock if self._file else self._lock
+        with lock:
+            if not self._file:
+                conn = self.conn
+            elif self._reader is None:
+                conn = self._reader = open_database(self._file, timeout=BUSY_TIMEOUT)
+            else:
+                conn = self._reader
             try:
-                yield self.conn
+                yield conn
             except sqlite3.Error as exc:
                 raise StoreError(f"portal store failed ({type(exc).__name__})") from None
 

@@ -23,22 +23,38 @@
   function show(...names) {
     for (const s of steps) $(s).hidden = !names.includes(s);
     for (const s of states) if (names.includes(s)) $(s).querySelector("h1").focus();
+    // What a step that is now hidden said leaves the live regions with it.
+    withdraw((source) => { const step = source.closest(".step"); return !!step && step.hidden; });
   }
   // Screen readers: status changes go to the live regions, which are always
   // rendered (text in an element that appears with it is not reliably read).
   // Cleared first, then set a moment later, so the same text twice is read twice.
-  const liveTimers = {};
-  function announce(text, urgent) {
+  // Each region remembers the element its text came from: when that text leaves
+  // the page (cleared, or its step hidden), it leaves the region too, so a
+  // screen reader never finds an old "That code is not right" there.
+  const liveTimers = {}, liveSources = {};
+  function announce(text, urgent, source) {
     const region = $(urgent ? "sr-alert" : "sr-status");
     clearTimeout(liveTimers[region.id]);
     region.textContent = "";
+    liveSources[region.id] = text && source ? source : null;
     if (text) liveTimers[region.id] = setTimeout(() => { region.textContent = text; }, 100);
+  }
+  function withdraw(gone) {
+    for (const regionId of ["sr-alert", "sr-status"]) {
+      const source = liveSources[regionId];
+      if (!source || !gone(source)) continue;
+      clearTimeout(liveTimers[regionId]);
+      $(regionId).textContent = "";
+      liveSources[regionId] = null;
+    }
   }
   function say(el, text) {
     el.textContent = text;
     el.hidden = !text;
-    if (text && (el.classList.contains("error") || el.classList.contains("ok"))) {
-      announce(text, el.classList.contains("error"));
+    if (el.classList.contains("error") || el.classList.contains("ok")) {
+      if (text) announce(text, el.classList.contains("error"), el);
+      else withdraw((source) => source === el);
     }
   }
 
@@ -92,6 +108,7 @@
     "no-reply": "This message cannot be answered here. Please contact the practice another way.",
     "stale-code": "This code has expired, or a newer code was sent. Please use the newest code, " +
       "or ask for a new one.",
+    "unavailable": "The service is busy just now. Please try again in a minute.",
   };
   // Withdrawn (revoked), expired or purged: HTTP 410 from every POST, whatever its body.
   function isGone(res) {
@@ -192,6 +209,9 @@
     if (!r.ok) {
       let data = {};
       try { data = await r.json(); } catch (e) { data = {}; }
+      // Busy for a moment (503): like a network drop, say so here; the button
+      // tries again (without the used code).
+      if (data.error === "unavailable") { say(errorEl, messages["unavailable"]); return; }
       failure({ data: data }, $("start-error"));
       if (!$("start-error").hidden) show("step-start");
       return;
@@ -215,7 +235,7 @@
     render(doc, sealed.sealed_at);
     // Keyboard and screen reader users land on the message, not on the used form.
     $("m-subject").focus();
-    announce("Message opened.", false);
+    announce("Message opened.", false, $("m-subject"));
     if (!sessionEnd) touch();  // back within a live session: learn when it ends
   }
 
@@ -231,7 +251,7 @@
     root.dataset.sessionEnd = new Date(sessionEnd).toISOString();  // for tests and styles
     clearTimeout(warnTimer);
     clearTimeout(endTimer);
-    $("session-warning").hidden = true;
+    hideWarning();
     warnTimer = setTimeout(sessionWarning, Math.max(0, sessionEnd - WARN_BEFORE - Date.now()));
     endTimer = setTimeout(sessionEnded, Math.max(0, sessionEnd - Date.now()));
   }
@@ -268,7 +288,11 @@
     say($("session-warning-text"), text);
     $("stay").hidden = sessionFinal;
     $("session-warning").hidden = false;
-    announce(text, true);
+    announce(text, true, $("session-warning"));
+  }
+  function hideWarning() {
+    $("session-warning").hidden = true;
+    withdraw((source) => source === $("session-warning"));
   }
   function stopSession() {
     verified = false;
@@ -276,7 +300,7 @@
     clearTimeout(endTimer);
     sessionEnd = 0;
     delete root.dataset.sessionEnd;
-    $("session-warning").hidden = true;
+    hideWarning();
     clearMessage();
   }
   // The message was withdrawn, expired or purged while open: nothing of it stays.
