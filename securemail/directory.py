@@ -109,6 +109,10 @@ def normalise_address(address: str) -> str:
     local, _, domain = address.partition("@")
     if not local or len(local) > 64 or not _LOCAL.fullmatch(local):
         raise AddressError(f'invalid local part in "{_show(address)}"')
+    if not local.isprintable():
+        # Invisible or control characters (U+200B, U+2028, U+00AD...): two
+        # addresses that look the same, and no upstream takes them either.
+        raise AddressError(f'invisible or control character in "{_show(address)}"')
     return f"{local.lower()}@{normalise_domain(domain)}"
 
 

@@ -526,6 +526,11 @@ class RelayHandler:
         if user is None and self.policy.users is not None \
                 and not self.policy.trusted(_peer_ip(session)):
             return AUTH_REQUIRED  # log in first: the sender is checked against the login
+        if sender:
+            try:
+                normalise_address(sender)
+            except AddressError:  # refused now: after DATA it could only be refused too
+                return "501 5.1.7 Sender address not accepted: a plain address@domain is needed"
         if user is not None and not user.may_send_as(sender):
             log.warning("submission sender refused: user %s may not send as an address at %s"
                         " (from %s)", user.name, domain_of(sender) or "<>", _peer_ip(session))
