@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["JsonFormatter", "MessageEventMerger", "configure_logging", "exception_fields",
-           "held_event", "holding_events"]
+           "held_event", "holding_events", "release_held"]
 
 MESSAGE_LOGGER = "securemail.message"
 
@@ -40,6 +40,16 @@ class holding_events:  # noqa: N801 - used as a context manager, reads as a phra
         _held.reset(self._token)
 
 
+def release_held(box: dict[str, Any]) -> None:
+    """The SMTP transaction that held the pipeline's line will not write it (its
+    client went away): write what was held, and let a later line through."""
+    box["released"] = True
+    event = held_event(box)
+    if event:
+        logging.getLogger(MESSAGE_LOGGER).info("%s", message_summary(event),
+                                               extra={"event": event})
+
+
 def held_event(box: dict[str, Any]) -> dict[str, Any]:
     """The pipeline event captured in ``box`` (empty if the pipeline logged none)."""
     event = box.get("event")
@@ -52,8 +62,8 @@ class MessageEventMerger(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         box = _held.get()
         event = getattr(record, "event", None)
-        if (box is not None and isinstance(event, dict) and event.get("event") == "message"
-                and "smtp" not in event):
+        if (box is not None and not box.get("released") and isinstance(event, dict)
+                and event.get("event") == "message" and "smtp" not in event):
             box["event"] = event
             return False
         return True

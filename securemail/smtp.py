@@ -47,7 +47,13 @@ from securemail.errors import (
     TemporaryFailure,
     UpstreamRefused,
 )
-from securemail.logs import MESSAGE_LOGGER, held_event, holding_events, message_summary
+from securemail.logs import (
+    MESSAGE_LOGGER,
+    held_event,
+    holding_events,
+    message_summary,
+    release_held,
+)
 from securemail.metrics import MessageRecord, Metrics
 from securemail.model import Outcome, Status, TLSInfo
 from securemail.parse import parse_address_list, utf8_header
@@ -248,6 +254,21 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         self._client_ip: str | None = None
         self.auth_failures = 0
         self._greeting = False  # EHLO/HELO replies carry no enhanced codes (RFC 2034)
+        self._reading_data = False  # between 354 and the end of the data
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._reading_data:
+            # The timeout is for an idle client (RFC 5321 4.5.3.2.7: per data
+            # block), not a deadline for the whole message: data coming in is
+            # activity, however long a big message takes on a slow line.
+            self._reset_timeout()
+
+    def _pause_timeout(self) -> None:
+        """While we work on the message the client is waiting for us, not idle
+        (RFC 5321 4.5.3.2.6 gives it 10 minutes for our reply)."""
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
 
     async def push(self, status: Any) -> None:  # str, or bytes from AUTH
         # ENHANCEDSTATUSCODES is advertised: aiosmtpd's own replies get one too.
@@ -376,6 +397,7 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self._reading_data = True
         try:
             result = await read_data(self._reader, self.data_size_limit)
         except asyncio.IncompleteReadError:
@@ -384,6 +406,8 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         except asyncio.CancelledError:
             self._writer.close()
             raise
+        finally:
+            self._reading_data = False
         if result.too_large:
             self.envelope = self._create_envelope()
             await self.push("552 5.3.4 Message too big for this system")
@@ -394,12 +418,14 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         # the connection between "delivered upstream" and the client's 250, or the
         # client retries and the message goes out twice.
         self.state.begin()
+        self._pause_timeout()
         try:
             status = await self._call_handler_hook("DATA")
             self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
             await self.push(status)
         finally:
             self.state.end()
+            self._reset_timeout()  # idle again from the reply on
 
     async def _refuse(self, reply: str) -> None:
         try:
@@ -602,6 +628,11 @@ class RelayHandler:
                 except Exception as exc:  # noqa: BLE001 - every fault must become a 451
                     reply, kind, error = TEMPFAIL, "deferred", _where(exc)
                     log.error("internal error while relaying: %s", error)
+                except asyncio.CancelledError:
+                    # The client went away; the message goes on (shielded). Its
+                    # log line must not stay held for a reply that never comes.
+                    release_held(held)
+                    raise
             event = held_event(held)
         seconds = time.perf_counter() - started
         actions = tuple(d.action.value for d in verdict.decisions) if verdict else ()

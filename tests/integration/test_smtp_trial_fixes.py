@@ -4,9 +4,21 @@ aiosmtpd upstream and raw SMTP over loopback."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
+from typing import Any
 
-from tests.integration.relay_support import Upstream, run_relay, write_config
+import aiosmtplib
+import pytest
+
+from tests.integration.relay_support import (
+    CaptureHandler,
+    RunningRelay,
+    Upstream,
+    run_relay,
+    start_upstream,
+    write_config,
+)
 
 SENDER = "dr@riverside.example"
 GOOD = "colleague@riverside.example"
@@ -47,3 +59,97 @@ async def test_an_invisible_character_in_an_address_is_refused_not_deferred_fore
         assert [m.rcpt_tos for m in upstream.messages] == [[GOOD]]
     finally:
         await r.stop()
+
+
+class _SlowUpstream(CaptureHandler):
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(3.0)
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def _relay_with_timeout(tmp_path: Path, upstream_port: int) -> RunningRelay:
+    cfg = write_config(tmp_path, upstream_url=f"smtp://127.0.0.1:{upstream_port}",
+                       relay_extra="timeout_seconds = 2\n")
+    return await run_relay(cfg)
+
+
+async def test_a_client_still_sending_its_data_is_not_timed_out(
+        tmp_path: Path, upstream: Upstream) -> None:
+    # relay.timeout_seconds was a deadline for the whole DATA phase: a client
+    # on a slow line got "421 Idle timeout" while its data was still coming.
+    r = await _relay_with_timeout(tmp_path, upstream.port)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+        await reader.readline()
+        for line in (b"EHLO client.test\r\n", f"MAIL FROM:<{SENDER}>\r\n".encode(),
+                     f"RCPT TO:<{GOOD}>\r\n".encode(), b"DATA\r\n"):
+            writer.write(line)
+            while (reply := await asyncio.wait_for(reader.readline(), 5))[3:4] == b"-":
+                pass
+        assert reply.startswith(b"354")
+        writer.write(f"From: {SENDER}\r\nTo: {GOOD}\r\nSubject: slow\r\n\r\n".encode())
+        for n in range(6):  # 4.2 s of data, a line every 0.7 s: twice the timeout
+            await asyncio.sleep(0.7)
+            writer.write(f"line {n}\r\n".encode())
+        writer.write(b".\r\n")
+        reply = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        assert reply.startswith(b"250"), reply
+        assert len(upstream.messages) == 1
+    finally:
+        await r.stop()
+
+
+async def test_the_client_is_not_timed_out_while_the_relay_works_on_its_message(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The upstream takes longer than relay.timeout_seconds: the client, waiting
+    # for our reply, got "421 Idle timeout" although the message was delivered
+    # (and its log line was never written).
+    slow = await start_upstream(handler=_SlowUpstream())
+    r = await _relay_with_timeout(tmp_path, slow.port)
+    try:
+        with caplog.at_level(logging.INFO, logger="securemail.message"):
+            refused, reply = await aiosmtplib.send(
+                f"From: {SENDER}\r\nTo: {GOOD}\r\nSubject: hi\r\n\r\nhello\r\n".encode(),
+                sender=SENDER, recipients=[GOOD], hostname="127.0.0.1", port=r.port,
+                start_tls=False, timeout=20)
+        assert refused == {} and "relayed" in reply  # 250, not 421
+        assert len(slow.messages) == 1
+        assert sum(1 for rec in caplog.records if getattr(rec, "event", {}).get("smtp")) == 1
+    finally:
+        await r.stop()
+        await slow.stop()
+
+
+async def test_a_message_whose_client_hung_up_still_gets_its_log_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The pipeline's line was held for the SMTP reply; the client went away,
+    # the message was delivered (shielded), and the line was never written.
+    slow = await start_upstream(handler=_SlowUpstream())
+    r = await _relay_with_timeout(tmp_path, slow.port)
+    try:
+        with caplog.at_level(logging.INFO, logger="securemail.message"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+            await reader.readline()
+            writer.write(b"EHLO c\r\n" + f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{GOOD}>\r\n"
+                         .encode() + b"DATA\r\n")
+            await writer.drain()
+            while not (await asyncio.wait_for(reader.readline(), 5)).startswith(b"354"):
+                pass
+            writer.write(f"From: {SENDER}\r\nTo: {GOOD}\r\nSubject: bye\r\n\r\nhi\r\n.\r\n"
+                         .encode())
+            await writer.drain()
+            await asyncio.sleep(0.3)
+            writer.close()  # hang up while the relay delivers
+            for _ in range(100):
+                if slow.messages and any(getattr(rec, "event", {}).get("event") == "message"
+                                         for rec in caplog.records):
+                    break
+                await asyncio.sleep(0.1)
+        assert len(slow.messages) == 1
+        lines = [rec for rec in caplog.records if getattr(rec, "event", {}).get("event")
+                 == "message"]
+        assert len(lines) == 1 and "delivered" in lines[0].getMessage()
+    finally:
+        await r.stop()
+        await slow.stop()
