@@ -73,6 +73,7 @@ class RelaySettings:
     trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     max_recipients: int = 100
     max_connections_per_client: int = 20
+    max_connections: int = 1000  # every client together, per process
     timeout_seconds: int = 300
     admin_listen: str = ""  # /healthz and /metrics; empty = off
     workers: int = 1
@@ -241,6 +242,7 @@ def _relay(t: Table) -> RelaySettings:
         max_recipients=t.positive("max_recipients", RelaySettings.max_recipients),
         max_connections_per_client=t.positive(
             "max_connections_per_client", RelaySettings.max_connections_per_client),
+        max_connections=t.positive("max_connections", RelaySettings.max_connections),
         timeout_seconds=t.positive("timeout_seconds", RelaySettings.timeout_seconds),
         admin_listen=read_host_port(t, "admin_listen", "", allow_empty=True),
         workers=t.positive("workers", 1),

@@ -112,6 +112,7 @@ hostname = "securemail.local"            # our name in SMTP greetings
 trusted_networks = ["127.0.0.0/8", "::1/128"]   # may relay without AUTH; keep it tight
 max_recipients = 100                     # per message; more get 452 4.5.3
 max_connections_per_client = 20          # per client IP address; more get 421
+max_connections = 1000                   # every client together, per process; more get 421
 timeout_seconds = 300                    # idle SMTP session timeout
 admin_listen = "127.0.0.1:9025"          # /healthz and /metrics; "" turns it off
 workers = 1                              # processes sharing the SMTP ports (one core each)

@@ -91,6 +91,7 @@ class Listeners:
             self.options["data_size_limit"] = settings.limits.max_message_bytes
             self.options["timeout"] = settings.relay.timeout_seconds
             self.state.max_connections_per_client = settings.relay.max_connections_per_client
+            self.state.max_connections = settings.relay.max_connections
 
         return switch
 
@@ -192,7 +193,8 @@ async def start_listeners(relay: Any, settings: Settings, state: ServerState | N
     A listener that cannot bind raises ConfigError naming its key."""
     loop = asyncio.get_running_loop()
     install_merger()
-    state = state or ServerState(settings.relay.max_connections_per_client)
+    state = state or ServerState(settings.relay.max_connections_per_client,
+                                 settings.relay.max_connections)
     listeners = Listeners(state)
     common = listeners.options
     common.update({

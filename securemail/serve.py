@@ -158,7 +158,7 @@ async def start_services(relay: Any, settings: Settings, *, smtp: bool = True,
     listeners on ``sockets`` when the main process bound them for its workers).
     A worker publishes its counters in ``metrics_slot``; the main process adds
     ``worker_metrics`` to its own on /metrics and /readyz."""
-    state = ServerState(settings.relay.max_connections_per_client)
+    state = ServerState(settings.relay.max_connections_per_client, settings.relay.max_connections)
     state.metrics.slot = metrics_slot
     if smtp:
         listeners = await start_listeners(relay, settings, state, sockets=sockets)

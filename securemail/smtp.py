@@ -220,6 +220,7 @@ class ServerState:
     """Shared by every listener of one process: limits, drain flag, metrics."""
 
     max_connections_per_client: int
+    max_connections: int = 1000  # every client together (file descriptors are finite)
     metrics: Metrics = field(default_factory=Metrics)
     draining: bool = False
     in_flight: int = 0
@@ -319,6 +320,11 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
             return
         if self.state.per_client[self._client_ip or "?"] > self.state.max_connections_per_client:
             await self._refuse("421 4.7.0 Too many connections from your address")
+            return
+        if len(self.state.open) > self.state.max_connections:
+            # A few hundred addresses each holding their share (kept alive with
+            # NOOP) would otherwise take every file descriptor the relay has.
+            await self._refuse("421 4.7.0 Too many connections, try again later")
             return
         await super()._handle_client()
 

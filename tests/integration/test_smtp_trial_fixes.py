@@ -153,3 +153,37 @@ async def test_a_message_whose_client_hung_up_still_gets_its_log_line(
     finally:
         await r.stop()
         await slow.stop()
+
+
+async def test_connections_from_every_client_together_are_limited(
+        tmp_path: Path, upstream: Upstream) -> None:
+    # Only the per-address limit existed: a few hundred addresses, each holding
+    # its share open, could take every file descriptor of the relay.
+    cfg = write_config(tmp_path, upstream_url=f"smtp://127.0.0.1:{upstream.port}",
+                       relay_extra="max_connections_per_client = 5\nmax_connections = 3\n")
+    r = await run_relay(cfg)
+    held = []
+    try:
+        for n in range(2, 5):  # three sessions, each from an address of its own
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", r.port, local_addr=(f"127.0.0.{n}", 0))
+            assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"220")
+            held.append(writer)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", r.port, local_addr=("127.0.0.9", 0))
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(
+            b"421 4.7.0 Too many connections, try again later")
+        writer.close()
+        held.pop().close()
+        for _ in range(50):  # a slot is free again once one closes
+            if len(r.listeners.state.open) < 3:
+                break
+            await asyncio.sleep(0.05)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", r.port, local_addr=("127.0.0.9", 0))
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"220")
+        writer.close()
+    finally:
+        for w in held:
+            w.close()
+        await r.stop()
