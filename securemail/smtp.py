@@ -242,6 +242,22 @@ class ServerState:
             self.idle.set()
 
 
+class _CrlfReader(asyncio.StreamReader):
+    """Command and AUTH lines end at CRLF only (RFC 5321 2.3.8: a bare LF must
+    not be taken for a line end). aiosmtpd reads them up to LF, so
+    ``EHLO x<LF>MAIL FROM:...<LF>`` was four commands; here a line with a
+    bare CR or LF in it is refused whole (500). DATA is read with its own
+    terminator (smtp_data)."""
+
+    async def readuntil(self, separator: Any = b"\n") -> bytes:
+        if separator != b"\n":
+            return await super().readuntil(separator)
+        line = await super().readuntil(b"\r\n")
+        if b"\n" in line[:-2] or b"\r" in line[:-2]:
+            return b"\r\n"  # an empty line: aiosmtpd answers "500 Error: bad syntax"
+        return line
+
+
 class RelaySMTP(SMTP):  # type: ignore[misc]
     """aiosmtpd's protocol plus connection limits, the drain gate and a fast DATA reader."""
 
@@ -251,6 +267,8 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
 
     def __init__(self, handler: RelayHandler, state: ServerState, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        # aiosmtpd made the stream reader; same object, stricter line ends.
+        getattr(self, "_stream_reader").__class__ = _CrlfReader  # noqa: B009
         self.state = state
         self._client_ip: str | None = None
         self.auth_failures = 0

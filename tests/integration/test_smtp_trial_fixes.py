@@ -187,3 +187,24 @@ async def test_connections_from_every_client_together_are_limited(
         for w in held:
             w.close()
         await r.stop()
+
+
+async def test_a_bare_lf_does_not_end_a_command_line(tmp_path: Path, upstream: Upstream) -> None:
+    # "EHLO x<LF>MAIL FROM:...<LF>RCPT TO:...<LF>DATA<LF>" was read as four
+    # commands and relayed (RFC 5321 2.3.8: a bare LF must not end a line).
+    r = await run_relay(write_config(tmp_path, upstream_url=f"smtp://127.0.0.1:{upstream.port}"))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+        await reader.readline()
+        writer.write(f"EHLO x\nMAIL FROM:<{SENDER}>\nRCPT TO:<{GOOD}>\nDATA\r\n".encode())
+        reply = await asyncio.wait_for(reader.readline(), 5)
+        assert reply.startswith(b"5"), reply  # one unknown command, not four
+        writer.write(b"EHLO x\r\n")  # CRLF lines still work
+        lines = [await asyncio.wait_for(reader.readline(), 5)]
+        while lines[-1][3:4] == b"-":
+            lines.append(await asyncio.wait_for(reader.readline(), 5))
+        assert lines[-1].startswith(b"250")
+        writer.close()
+        assert upstream.messages == []
+    finally:
+        await r.stop()
