@@ -21,7 +21,7 @@ from typing import Any
 from securemail.config import Settings
 from securemail.errors import ConfigError
 from securemail.logs import install_merger
-from securemail.smtp import SHUTTING_DOWN, ListenerPolicy, RelayHandler, RelaySMTP, ServerState
+from securemail.smtp import ListenerPolicy, RelayHandler, RelaySMTP, ServerState
 from securemail.smtp_auth import load_users
 
 __all__ = ["Listeners", "bind_address", "bind_sockets", "split_host_port", "start_listeners"]
@@ -50,11 +50,22 @@ class Listeners:
         (at most ``timeout`` s) for messages in flight, then close everything.
         Returns False when the wait timed out."""
         self.state.draining = True
-        try:
-            await asyncio.wait_for(self.state.idle.wait(), timeout)
-            finished = True
-        except TimeoutError:
-            finished = False
+        # Every session with no message in flight and no data coming in is told
+        # now and closed. One still sending its data gets the 421 as the answer
+        # to it (closing under incoming data would reset the connection, and
+        # the client might never see why); one in flight gets its reply, then
+        # the same 421.
+        for protocol in list(self.state.open):
+            if not protocol.in_flight and not protocol.reading_data:
+                protocol.shut_down()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        finished = True
+        while self.state.in_flight or any(p.reading_data for p in self.state.open):
+            if loop.time() >= deadline:
+                finished = False
+                break
+            await asyncio.sleep(0.05)
         await self.close()
         return finished
 
@@ -99,12 +110,9 @@ class Listeners:
         for server in self.servers:
             server.close()
         for protocol in list(self.state.open):
-            transport = protocol.transport
-            if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-                # RFC 5321 4.2.2: a server that shuts down says so with 421 (the
-                # client retries elsewhere or later) rather than just hanging up.
-                transport.write(f"{SHUTTING_DOWN}\r\n".encode())
-                transport.close()
+            # RFC 5321 4.2.2: a server that shuts down says so with 421 (the
+            # client retries elsewhere or later) rather than just hanging up.
+            protocol.shut_down()
         for server in self.servers:
             await server.wait_closed()
 

@@ -273,11 +273,12 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         self._client_ip: str | None = None
         self.auth_failures = 0
         self._greeting = False  # EHLO/HELO replies carry no enhanced codes (RFC 2034)
-        self._reading_data = False  # between 354 and the end of the data
+        self.reading_data = False  # between 354 and the end of the data
+        self.in_flight = False  # from the end of the data to our reply
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self._reading_data:
+        if self.reading_data:
             # The timeout is for an idle client (RFC 5321 4.5.3.2.7: per data
             # block), not a deadline for the whole message: data coming in is
             # activity, however long a big message takes on a slow line.
@@ -420,8 +421,11 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        if self.state.draining:  # no new message once a shutdown has begun
+            await self._refuse(SHUTTING_DOWN)
+            return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        self._reading_data = True
+        self.reading_data = True
         try:
             result = await read_data(self._reader, self.data_size_limit)
         except asyncio.IncompleteReadError:
@@ -431,10 +435,13 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
             self._writer.close()
             raise
         finally:
-            self._reading_data = False
+            self.reading_data = False
         if result.too_large:
             self.envelope = self._create_envelope()
             await self.push("552 5.3.4 Message too big for this system")
+            return
+        if self.state.draining:  # a shutdown began while the data came in
+            await self._refuse(SHUTTING_DOWN)  # the client sends it again later
             return
         envelope.content = result.content
         envelope.original_content = result.content
@@ -442,14 +449,28 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         # the connection between "delivered upstream" and the client's 250, or the
         # client retries and the message goes out twice.
         self.state.begin()
+        self.in_flight = True
         self._pause_timeout()
         try:
             status = await self._call_handler_hook("DATA")
             self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
             await self.push(status)
         finally:
+            self.in_flight = False
             self.state.end()
             self._reset_timeout()  # idle again from the reply on
+        if self.state.draining:  # answered; a shutdown is waiting for us
+            await self._refuse(SHUTTING_DOWN)
+
+    def shut_down(self) -> None:
+        """Say ``421 4.3.2`` and close (RFC 5321 3.8: the server closes after a
+        421): a drain does this at once to every session with no message in
+        flight and none coming in (one still sending its data gets the 421 as
+        the answer to it, and sends it again later)."""
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(f"{SHUTTING_DOWN}\r\n".encode())
+            transport.close()
 
     async def _refuse(self, reply: str) -> None:
         try:
@@ -570,6 +591,8 @@ class RelayHandler:
     async def handle_MAIL(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope,
                           address: str, mail_options: list[str]) -> str:
         if self.state.draining:
+            if isinstance(server, RelaySMTP):
+                server.shut_down()  # and close: RFC 5321 3.8
             return SHUTTING_DOWN
         user = _user(session)
         sender = "" if address == "<>" else address

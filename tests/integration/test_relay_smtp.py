@@ -298,15 +298,21 @@ async def test_drain_finishes_in_flight_and_answers_new_sessions_421(
     r.relay.gate = asyncio.Event()
     in_flight = asyncio.create_task(send(r.port, message()))
     await until(lambda: bool(r.relay.calls))
-    idle = aiosmtplib.SMTP(hostname="127.0.0.1", port=r.port, start_tls=False)
-    await idle.connect()
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+    assert (await reader.readline()).startswith(b"220")
+    writer.write(f"EHLO c\r\nMAIL FROM:<{SENDER}>\r\n".encode())  # a message begun
+    while not (await reader.readline()).startswith(b"250 2.1.0"):
+        pass
     drain = asyncio.create_task(r.listeners.drain(timeout=10))
     await until(lambda: r.listeners.state.draining)
     late = await _raw_session(r.port, [])
     assert late[0].startswith(b"421")
-    with pytest.raises(aiosmtplib.SMTPResponseException) as exc:
-        await idle.mail(SENDER)  # an open session may not start a new message
-    assert exc.value.code == 421
+    # A session with no message in flight is told at once and closed (RFC 5321
+    # 3.8), not left to send DATA during the drain, while the one in flight goes on.
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"421 4.3.2")
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    assert not in_flight.done()
     r.relay.gate.set()
     assert (await in_flight)[0] == 250
     assert await drain is True

@@ -208,3 +208,35 @@ async def test_a_bare_lf_does_not_end_a_command_line(tmp_path: Path, upstream: U
         assert upstream.messages == []
     finally:
         await r.stop()
+
+
+async def test_a_shutdown_answers_421_to_sessions_and_relays_no_new_message(
+        tmp_path: Path, upstream: Upstream) -> None:
+    # deploy.md promised it; such a client got nothing until every message in
+    # flight had finished, and a session that had MAIL and RCPT could even send
+    # DATA during the drain and have its message relayed.
+    r = await run_relay(write_config(tmp_path, upstream_url=f"smtp://127.0.0.1:{upstream.port}"))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+        await reader.readline()
+        writer.write(f"EHLO c\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{GOOD}>\r\nDATA\r\n".encode())
+        while not (await asyncio.wait_for(reader.readline(), 5)).startswith(b"354"):
+            pass
+        writer.write(f"From: {SENDER}\r\nTo: {GOOD}\r\nSubject: half\r\n\r\nhalf".encode())
+        await writer.drain()
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", r.port)
+        await idle_reader.readline()
+        drain = asyncio.create_task(r.listeners.drain(timeout=10))
+        # A session with nothing in flight is told at once and closed.
+        assert (await asyncio.wait_for(idle_reader.readline(), 2)).startswith(b"421 4.3.2")
+        assert await asyncio.wait_for(idle_reader.read(), 2) == b""
+        idle_writer.close()
+        await asyncio.sleep(0.3)
+        writer.write(b" the rest\r\n.\r\n")  # the data ends during the drain
+        assert (await asyncio.wait_for(reader.readline(), 2)).startswith(b"421 4.3.2")
+        assert await asyncio.wait_for(reader.read(), 2) == b""
+        writer.close()
+        assert await drain is True
+        assert upstream.messages == []
+    finally:
+        await r.stop()
