@@ -500,9 +500,40 @@ def _as_bytes(message: bytes | email.message.Message) -> bytes:
         utf8 = _has_utf8_address(message)
         return message.as_bytes(policy=email.policy.SMTPUTF8 if utf8 else email.policy.SMTP)
     if isinstance(message, email.message.Message):
-        return message.as_bytes(policy=email.policy.compat32.clone(linesep="\r\n"))
+        return _legacy_bytes(message)
     raise InputError(f"message must be bytes or an email.message.Message, "
                      f"not {type(message).__name__}")
+
+
+def _legacy_bytes(message: email.message.Message) -> bytes:
+    """A legacy (``compat32``) ``Message``, e.g. ``MIMEText``, written as its
+    own policy writes it; except that an address header set as a plain string
+    with a non-ASCII name (``msg["To"] = "Sam Groß <sam@x.example>"``), which
+    that policy turns into one encoded word swallowing the address (no address
+    any more: the message would be blocked as malformed), is written with only
+    the name encoded. The caller's message is not changed."""
+    plain = email.policy.compat32.clone(linesep="\r\n")
+    names = [n for n in _ADDRESS_HEADERS
+             if any(isinstance(v, str) and not v.isascii() for v in message.get_all(n) or ())]
+    if not names:
+        return message.as_bytes(policy=plain)
+    import copy
+
+    fixed = copy.deepcopy(message)
+    items = fixed.items()
+    for key in {k for k, _ in items}:
+        del fixed[key]
+    utf8 = False
+    for key, value in items:  # in order, names as written
+        if key.lower() in names and isinstance(value, str) and not value.isascii():
+            pairs = email.utils.getaddresses([value])
+            if pairs and all(a.isascii() for _, a in pairs):
+                value = ", ".join(email.utils.formataddr((n, a), charset="utf-8")
+                                  for n, a in pairs)
+            else:
+                utf8 = True  # an internationalised address: RFC 6532 UTF-8 headers
+        fixed[key] = value
+    return fixed.as_bytes(policy=email.policy.SMTPUTF8 if utf8 else plain)
 
 
 def _has_utf8_address(message: email.message.Message) -> bool:

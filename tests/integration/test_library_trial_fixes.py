@@ -202,3 +202,29 @@ def test_a_recipient_upstream_puts_off_is_named_with_its_reply_code(tmp_path: Pa
         assert "450 4.2.1" in str(deferred.value) and "busy@" not in str(deferred.value)
     finally:
         up.stop()
+
+
+def test_a_legacy_mimetext_with_a_non_ascii_name_is_sent_not_blocked(tmp_path: Path) -> None:
+    # compat32 writes 'To: Kollegin Groß <x@y>' as one encoded word holding the
+    # address too: the message was blocked as malformed, and the decision
+    # named "=?utf-8?q?...?=" as its recipient.
+    import email
+    import email.policy
+    from email.mime.text import MIMEText
+
+    up = UpstreamThread()
+    try:
+        relay = securemail.load(write_config(tmp_path, upstream_url=up.url))
+        msg = MIMEText("See you at the team meeting.", "plain", "utf-8")
+        msg["From"] = "Dr Reed <dr@riverside.example>"
+        msg["To"] = f"Kollegin Groß <{STAFF}>"
+        msg["Subject"] = "Grüße"
+        outcome = relay.send_sync(msg)
+        relay.close_sync()
+        assert [(r.address, r.status.value) for r in outcome.recipients] == [
+            (STAFF, "delivered")]
+        sent = email.message_from_bytes(up.messages[0].data, policy=email.policy.default)
+        assert str(sent["To"]) == f"Kollegin Groß <{STAFF}>"
+        assert msg["To"] == f"Kollegin Groß <{STAFF}>"  # the caller's message is unchanged
+    finally:
+        up.stop()
