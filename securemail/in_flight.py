@@ -19,12 +19,15 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from securemail.deliveries import DeliveryLedger
-from securemail.errors import StoreError
+from securemail.errors import StoreError, TemporaryFailure
 from securemail.model import Outcome, Status
 
 __all__ = ["InFlight", "ThreadSafeLedger"]
 
 log = logging.getLogger("securemail.message")
+
+CLOSING = ("the relay was closed while this message was being processed: retry the same"
+           " bytes (copies upstream accepted are not sent again)")
 
 
 class ThreadSafeLedger:
@@ -75,19 +78,27 @@ class InFlight:
         self._tasks: set[asyncio.Task[Outcome]] = set()
         # Work whose caller stopped waiting, by SHA-256 of the message bytes.
         self._unreported: dict[str, concurrent.futures.Future[None]] = {}
+        self.closing = False  # set by finish(): no new work starts
 
     async def run(self, start: Callable[[], Coroutine[Any, Any, Outcome]], raw: bytes,
                   now: dt.datetime) -> Outcome:
         """``await start()``, shielded; it processes ``raw`` at time ``now``."""
         if self._unreported:
             await self._after_unreported(hashlib.sha256(raw).hexdigest())
-        task = asyncio.get_running_loop().create_task(start())
         with self._lock:
+            if self.closing:  # a retry that waited for an earlier attempt, past close()
+                raise TemporaryFailure(CLOSING)
+            task = asyncio.get_running_loop().create_task(start())
             self._tasks.add(task)
         task.add_done_callback(self._forget)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and not current.cancelling():
+                # Not our caller's cancellation: close() interrupted the message.
+                # What upstream accepted is in the ledger; the retry sends the rest.
+                raise TemporaryFailure(CLOSING) from None
             self._remember_when_done(task, raw, now)
             raise
 
@@ -136,6 +147,8 @@ class InFlight:
         """Wait up to ``timeout`` for the work in flight; then interrupt what is
         left (its cancellation records what upstream accepted, in the audit log
         and the ledger, which are still open) and wait up to ``grace`` for that."""
+        with self._lock:
+            self.closing = True
         await self.wait(timeout)
         with self._lock:
             left = [t for t in self._tasks if not t.done()]

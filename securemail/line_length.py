@@ -10,9 +10,11 @@ whose transfer encoding keeps lines as they are (7bit, 8bit, binary or none)
 is re-encoded: text as quoted-printable, anything else as base64. What the
 recipient's mail program shows is the same; only the wire form changes.
 
-Parts under ``multipart/signed`` are left alone: re-encoding them would break
-their signature for sure, and a server that keeps long lines may still
-deliver them intact. Headers are not changed here.
+A message with a ``multipart/signed`` part or an attached message anywhere is
+left alone: the message is written anew from its parts, which would change
+bytes a signature (or the attached message's DKIM) covers, and a server that
+keeps long lines may still deliver it intact. Otherwise headers keep their
+values (``MIME-Version: 1.0`` is added when missing).
 """
 
 from __future__ import annotations
@@ -48,8 +50,17 @@ def wrap_long_lines(data: bytes) -> bytes:
     if not has_long_lines(data):
         return data
     message = email.message_from_bytes(data, policy=_POLICY)
+    if any(part.get_content_type() == "multipart/signed" or part.get_content_maintype()
+           == "message" for part in message.walk()):
+        # The message is written anew from its parts, and a signed part or an
+        # attached message must keep every byte (its signature, its DKIM):
+        # left as sent, as a message with such a line always was.
+        return data
     if not _reencode(message):
         return data
+    if "MIME-Version" not in message:
+        # Without it, a mail program may show the quoted-printable as it is.
+        message["MIME-Version"] = "1.0"
     out = BytesIO()
     # maxheaderlen=0: headers are written as they came, never folded anew.
     BytesGenerator(out, mangle_from_=False, maxheaderlen=0, policy=_POLICY).flatten(message)

@@ -29,7 +29,7 @@ from securemail.errors import (
     UpstreamRefused,
     UpstreamUnavailable,
 )
-from securemail.line_length import wrap_long_lines
+from securemail.line_length import has_long_lines, wrap_long_lines
 from securemail.logs import message_summary
 from securemail.model import (
     Action,
@@ -158,7 +158,13 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
             if r.status is Status.REFUSED and r.upstream_reply))
     undelivered = [r for r in outcome.recipients if r.status in (Status.BLOCKED, Status.REFUSED)]
     if undelivered and envelope.mail_from:
-        await _notify_sender(relay, envelope, verdict, undelivered, now)
+        try:
+            await _notify_sender(relay, envelope, verdict, undelivered, now)
+        except asyncio.CancelledError:
+            # Delivered and audited, but the sender gets no reply: its retry
+            # must not send these copies again.
+            _note_in_ledger(relay, digest, accepted, now, portal_ids)
+            raise
     if done:
         ledger.forget(digest)
     return outcome
@@ -268,7 +274,10 @@ async def _deliver(relay: Relay, envelope: Envelope, output: Output, progress: _
                    ) -> tuple[dict[str, tuple[Status, str | None]], TLSInfo | None]:
     # Lines past 998 octets would be broken by the next server, after our
     # signature: re-encode those parts first (what the recipient sees is the same).
-    data = wrap_long_lines(output.data)
+    data = output.data
+    if has_long_lines(data):  # parsed and written anew: off the event loop when big
+        data = await asyncio.to_thread(wrap_long_lines, data) if len(data) > 32 * 1024 \
+            else wrap_long_lines(data)
     if envelope.trace:  # on every copy that leaves (after the digest: a retry is the same)
         data = envelope.trace.encode("ascii", "replace") + data
     if relay.signer is not None:

@@ -141,6 +141,7 @@ class Relay:
         self.instance_id = _instance_id(settings)
         self._closed = False
         self._closing: asyncio.Task[None] | None = None  # close()'s work, shielded
+        self._shut = threading.Event()  # set once everything is closed
         self._closing_lock = threading.Lock()
         self.in_flight = InFlight(self.ledger)  # sends on any loop, shielded
         self.audit = AuditLog.open(settings, instance_id=self.instance_id)
@@ -414,8 +415,12 @@ class Relay:
                 self._closed = True
                 closing = self._closing = asyncio.get_running_loop().create_task(
                     self._shut_down())
-        if closing is not None and closing.get_loop() is asyncio.get_running_loop():
+        if closing is None:
+            return
+        if closing.get_loop() is asyncio.get_running_loop():
             await asyncio.shield(closing)
+        else:  # begun on another loop (another thread's close_sync): wait for it too
+            await asyncio.to_thread(self._shut.wait, self.settings.upstream.timeout_seconds + 90)
 
     async def _shut_down(self) -> None:
         try:
@@ -432,10 +437,13 @@ class Relay:
                 try:
                     self.audit.close(_utcnow())  # the final checkpoint
                 finally:
-                    self.ledger.close()
-                    self.db.close()
-                    if self._thread_keys is not None:
-                        self._thread_keys.close()
+                    try:
+                        self.ledger.close()
+                        self.db.close()
+                        if self._thread_keys is not None:
+                            self._thread_keys.close()
+                    finally:
+                        self._shut.set()
 
     def close_sync(self) -> None:
         """Blocking :meth:`close` for code without an event loop."""

@@ -227,7 +227,10 @@ async def _start_portal(services: Services) -> None:
                             log_config=None, proxy_headers=True, server_header=False,
                             # Only the configured proxy may say who the client is
                             # (the rate limit keys on it); not FORWARDED_ALLOW_IPS.
-                            forwarded_allow_ips=list(settings.portal.forwarded_allow_ips))
+                            forwarded_allow_ips=list(settings.portal.forwarded_allow_ips),
+                            # A request still running (or a client trickling its
+                            # body) at shutdown must not hold the stop forever.
+                            timeout_graceful_shutdown=int(DRAIN_SECONDS))
     server = _EmbeddedUvicorn(config)
     # Bound here, like the SMTP listeners: an address in use is a ConfigError
     # naming portal.listen (uvicorn would log it and raise SystemExit, which

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import pickle
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -226,5 +227,84 @@ def test_a_legacy_mimetext_with_a_non_ascii_name_is_sent_not_blocked(tmp_path: P
         sent = email.message_from_bytes(up.messages[0].data, policy=email.policy.default)
         assert str(sent["To"]) == f"Kollegin Groß <{STAFF}>"
         assert msg["To"] == f"Kollegin Groß <{STAFF}>"  # the caller's message is unchanged
+    finally:
+        up.stop()
+
+
+class _RefusesOneAndHangsOnTheNotice(CaptureHandler):
+    """Refuses nobody@; takes forever to accept the notice sent back to the sender."""
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        if address.startswith("nobody@"):
+            return "550 5.1.1 No such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if "dr@riverside.example" in envelope.rcpt_tos:
+            await asyncio.sleep(60)
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_close_interrupting_the_sender_notice_neither_resends_nor_raises_cancelled(
+        tmp_path: Path) -> None:
+    # close() cut the message off while it sent the "not delivered" notice:
+    # nothing went into the ledger (the retry delivered a second copy), and the
+    # caller, never cancelled itself, got a bare CancelledError.
+    up = UpstreamThread(_RefusesOneAndHangsOnTheNotice())
+    try:
+        cfg = write_config(tmp_path, upstream_url=up.url)
+        relay = securemail.load(cfg)
+        raw = message(to=STAFF, cc="nobody@riverside.example")
+        sending = asyncio.create_task(relay.send(raw))
+        await asyncio.sleep(1.0)  # delivered to STAFF; the notice hangs
+        # What close() does after upstream.timeout_seconds, here after 0.5 s
+        # (the notice's own upstream timeout would otherwise end it first).
+        await relay.in_flight.finish(0.5)
+        with pytest.raises(securemail.TemporaryFailure, match="retry the same bytes"):
+            await sending
+        await relay.close()
+        again = securemail.load(cfg)
+        outcome = await asyncio.wait_for(again.send(raw), 30)
+        await again.close()
+        assert {r.address: r.status.value for r in outcome.recipients} == {
+            STAFF: "delivered", "nobody@riverside.example": "refused"}
+        assert sum(STAFF in m.rcpt_tos for m in up.messages) == 1  # not sent twice
+    finally:
+        up.stop()
+
+
+def test_close_sync_from_two_threads_both_return_after_the_close(tmp_path: Path) -> None:
+    # The second caller (another thread, another loop) returned at once, before
+    # the audit log had its final checkpoint.
+    import threading
+
+    up = UpstreamThread(_SlowData())
+    try:
+        relay = securemail.load(write_config(tmp_path, upstream_url=up.url))
+        started = threading.Event()
+
+        def send() -> None:
+            started.set()
+            relay.send_sync(message(to=STAFF))
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        started.wait(5)
+        time.sleep(0.3)  # the send is in flight (upstream takes 1.5 s)
+        done: list[bool] = []
+
+        def close() -> None:
+            relay.close_sync()
+            done.append(relay.audit._closed and relay._shut.is_set())
+
+        closers = [threading.Thread(target=close) for _ in range(2)]
+        for c in closers:
+            c.start()
+        for c in (*closers, sender):
+            c.join(30)
+        assert done == [True, True]
+        assert len(up.messages) == 1
     finally:
         up.stop()

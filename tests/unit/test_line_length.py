@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -40,6 +41,29 @@ def test_each_part_with_long_lines_is_re_encoded_and_reads_the_same() -> None:
     assert out.count(b"quoted-printable") == 1 and out.count(b"base64") == 1
     assert b"\r\nshort\r\n" in out and b"preamble" in out and b"epilogue" in out
     assert out.startswith(HEAD)  # headers as they came
+
+
+def test_a_message_without_mime_version_gets_one_with_its_encoding() -> None:
+    raw = (b"From: dr@riverside.example\r\nTo: x@other.example\r\nSubject: t\r\n\r\n"
+           + b"y" * 1500 + b"\r\n")
+    out = wrap_long_lines(raw)
+    assert b"\r\nMIME-Version: 1.0\r\n" in out.split(b"\r\n\r\n")[0] + b"\r\n"
+    assert b"quoted-printable" in out and not has_long_lines(out)
+
+
+@pytest.mark.parametrize("inner", [
+    b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256;'
+    b' boundary="s"\r\n\r\n--s\r\nContent-Type:text/plain\r\n\r\nsigned\r\n--s\r\n'
+    b"Content-Type: application/pkcs7-signature\r\n\r\nAAAA\r\n--s--\r\n",
+    b"Content-Type: message/rfc822\r\n\r\nDKIM-Signature: v=1\r\nSubject:x\r\n\r\nhi\r\n",
+])
+def test_a_nested_signed_part_or_attached_message_keeps_every_byte(inner: bytes) -> None:
+    # The whole message is written anew: "Content-Type:text/plain" inside the
+    # signed part became "Content-Type: text/plain" and its signature failed.
+    raw = (HEAD + b'Content-Type: multipart/mixed; boundary="m"\r\n\r\n--m\r\n'
+           b"Content-Type: text/html\r\n\r\n<p>" + b"z" * 2000 + b"</p>\r\n--m\r\n"
+           + inner + b"--m--\r\n")
+    assert wrap_long_lines(raw) == raw
 
 
 def test_a_signed_part_is_left_alone() -> None:
