@@ -71,6 +71,7 @@ class ReportData:
     blocks_by_rule: Counter[str] = field(default_factory=Counter)
     unauthorised: list[dict[str, Any]] = field(default_factory=list)  # the people not allowed
     blocked_with_unauthorised: int = 0  # authorised recipients of those messages, blocked too
+    shadow_unauthorised: int = 0  # third parties shadow mode let through (would be stopped)
     sealed: int = 0  # distinct portal ids sealed in the period
     opened: int = 0  # of those, opened at least once
     open_hours: list[float] = field(default_factory=list)
@@ -173,13 +174,18 @@ def _count_message(data: ReportData, rec: dict[str, Any], hashes: set[str],
     if action == "block":
         for rule in rules:
             data.blocks_by_rule[rule] += 1
-    if UNAUTHORISED_RULE in rules:
+    if UNAUTHORISED_RULE in rules and action == "block":
         # The rule is on every recipient the whole-message block stopped; only a
         # third party is the unauthorised person (the client copied is not).
+        # Only what was stopped counts: in shadow mode the message went to all
+        # (counted apart), and strip mode sent it on to the others.
         if rec.get("role") == UNAUTHORISED_ROLE:
             data.unauthorised.append({k: rec.get(k) for k in UNAUTHORISED_COLUMNS})
         else:
             data.blocked_with_unauthorised += 1
+    elif (UNAUTHORISED_RULE in rules and rec.get("mode") == "shadow"
+          and rec.get("decided_action") == "block" and rec.get("role") == UNAUTHORISED_ROLE):
+        data.shadow_unauthorised += 1
     pid = rec.get("portal_id")
     if rec.get("outcome") == "sealed":
         data.sealed_records += 1
@@ -302,6 +308,11 @@ def _summary(data: ReportData) -> str:
          str(data.blocked_with_unauthorised),
          "The other recipients of those messages (the client, staff), stopped by the same"
          " rule; counted apart from the events."),
+        ("Unauthorised recipients let through in shadow mode", "shadow-unauthorised",
+         str(data.shadow_unauthorised),
+         f"Third parties the rule {UNAUTHORISED_RULE} would have stopped, while the policy"
+         " ran in shadow mode (which delivers everything and records what enforce mode"
+         " would have done); not in the figures above."),
         ("Portal messages sealed", "sealed", str(data.sealed),
          "Distinct portal messages (portal id) on recipient decisions with outcome sealed:"
          f" their notification left{sealed_records}."),

@@ -247,3 +247,30 @@ def test_a_windowed_report_counts_only_records_timed_in_the_window(tmp_path: Pat
     assert data.outside_window == 2
     html = render_html(data, practice="Riverside")
     assert '"outside-window">2</span> record(s) written among' in html
+
+
+def test_shadow_mode_hits_are_not_counted_as_stopped(tmp_path: Path) -> None:
+    # Shadow mode delivered to the parent in Cc; the report said 1
+    # "unauthorised-recipient event ... stopped by the rule" beside 0 blocked.
+    from securemail.model import Mode
+
+    audit = AuditLog.open(make_settings(tmp_path))
+    try:
+        ds = [decision("jane@mail.example", Action.BLOCK, ("unauthorised-recipient",)),
+              decision("mom@mail.example", Action.BLOCK, ("unauthorised-recipient",),
+                       role=Role.THIRD_PARTY, source=Source.CC)]
+        shadow = outcome(ds, mode=Mode.SHADOW)
+        shadow = replace(shadow, recipients=tuple(
+            replace(r, action=Action.DELIVER, status=Status.DELIVERED, upstream_reply="250 2.0.0")
+            for r in shadow.recipients))
+        asyncio.run(audit.record_outcome(envelope(ds), shadow, config_digest="",
+                                         instance_id="", now=T0))
+        data = report_data(audit.conn, now=T0 + timedelta(days=1))
+        page = _Metrics()
+        page.feed(render_html(data))
+        assert page.metric("blocked") == "0"
+        assert page.metric("unauthorised") == "0"
+        assert page.metric("blocked-with-unauthorised") == "0"
+        assert page.metric("shadow-unauthorised") == "1"
+    finally:
+        audit.close(T0 + timedelta(days=1))
