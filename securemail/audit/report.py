@@ -86,6 +86,7 @@ class ReportData:
     keys_expiring: list[KeyExpiry] | None = None  # None: key store not available
     integrity: str = ""  # the verification summary of the store the figures come from
     outside_window: int = 0  # records inside the chain stretch but timed outside the window
+    pruned: str = ""  # why the period's start has no records (retention), "" if it has
 
     @property
     def by_outcome(self) -> Counter[str]:
@@ -121,6 +122,7 @@ def report_data(conn: sqlite3.Connection, *, now: datetime, since: str | None = 
 def _collect(conn: sqlite3.Connection, data: ReportData, since: str | None,
              until: str | None) -> None:
     lo, hi = store.seq_range(conn, since, until)
+    data.pruned = store.pruned_note(conn, since)
     sealed_at: dict[str, str] = {}
     first_open: dict[str, str] = {}
     hashes: set[str] = set()
@@ -253,6 +255,9 @@ def render_html(data: ReportData, *, practice: str = "") -> str:
                  f"<p>Generated {escape(_when(data.generated))} from the audit records.</p>"
                  f"<p>Period: <span data-metric=\"period\">{escape(_period(data))}</span>."
                  " Days and times are UTC.</p>")
+    if data.pruned:
+        parts.append(f"<p class=\"warn\">Not in this report: <span data-metric=\"pruned\">"
+                     f"{escape(data.pruned)}</span>.</p>")
     if data.outside_window:
         parts.append(f"<p>Not counted: <span data-metric=\"outside-window\">"
                      f"{data.outside_window}</span> record(s) written among this period's"

@@ -15,6 +15,7 @@ Tables:
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -208,3 +209,31 @@ def delete_before(conn: sqlite3.Connection, seq: int) -> int:
 def bounds(conn: sqlite3.Connection) -> tuple[int | None, int | None]:
     row = conn.execute("SELECT MIN(seq), MAX(seq) FROM audit_records").fetchone()
     return (row[0], row[1])
+
+
+def last_prune(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    """The body of the latest prune record (its ``cutoff``: records timed before it
+    are gone; ``deleted``; ``first_seq``; ``at``), None if the store was never pruned."""
+    row = conn.execute("SELECT body FROM audit_records WHERE kind = 'prune'"
+                       " ORDER BY seq DESC LIMIT 1").fetchone()
+    if row is None:
+        return None
+    try:
+        body = json.loads(row[0])
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def pruned_note(conn: sqlite3.Connection, since: str | None) -> str:
+    """Why a window starting at ``since`` (None: the beginning) holds no records
+    before the last prune's cutoff; "" when it does not reach back that far."""
+    prune = last_prune(conn)
+    if prune is None:
+        return ""
+    cutoff = str(prune.get("cutoff", ""))
+    if since is not None and cutoff and since >= cutoff:
+        return ""
+    return (f"records timed before {cutoff} were pruned on {prune.get('at', '?')} under the"
+            f" retention policy (the last prune deleted {prune.get('deleted', '?')} record(s));"
+            f" what is here starts at record {prune.get('first_seq', '?')}")

@@ -117,10 +117,13 @@ def export_cmd(config_path: str, fmt: str, since: str | None, until: str | None,
 
         count = write_atomically(Path(output), write) if output else write(sys.stdout)
         outside = audit_store.timed_outside(conn, lo, hi) if lo or hi else 0
+        pruned = audit_store.pruned_note(conn, lo)
     finally:
         conn.close()  # read only: nothing to commit
     if output:
         click.echo(f"{count} record(s) written to {output}", err=True)
+    if pruned:
+        click.echo(f"note: {pruned}", err=True)
     if outside:
         click.echo(f"note: {outside} of them are timed outside --since/--until: they were"
                    " committed among the window's records (out of time order) and are kept"

@@ -49,3 +49,25 @@ def test_prune_everything_old_leaves_a_verifiable_store(tmp_path: Path) -> None:
     assert report.ok, report.summary()
     assert report.records == 2  # the prune checkpoint and the new event
     audit.close(T0)
+
+
+def test_a_window_reaching_back_past_a_prune_says_so(tmp_path: Path) -> None:
+    # A report or export "from the start of the quarter" after a prune said
+    # nothing about the records that were gone: it looked complete.
+    from securemail.audit.records import format_time
+    from securemail.audit.report import render_html, report_data
+    from securemail.audit.store import pruned_note
+
+    audit = AuditLog.open(make_settings(tmp_path, checkpoint_every=4))
+    record_messages(audit, 30, step=timedelta(days=100))
+    now = T0 + timedelta(days=3000)
+    result = prune(audit, now=now, retention_days=6 * 366)
+    assert pruned_note(audit.conn, None).startswith(f"records timed before {result.cutoff}")
+    assert str(result.deleted) in pruned_note(audit.conn, None)
+    assert pruned_note(audit.conn, format_time(T0)) != ""  # a window from before the cutoff
+    assert pruned_note(audit.conn, result.cutoff) == ""  # one that starts after it
+    page = render_html(report_data(audit.conn, now=now, since=format_time(T0)))
+    assert 'data-metric="pruned"' in page and result.cutoff in page
+    page = render_html(report_data(audit.conn, now=now, since=result.cutoff))
+    assert 'data-metric="pruned"' not in page
+    audit.close(now)
