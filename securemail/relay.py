@@ -180,7 +180,12 @@ class Relay:
         elif hasattr(self.transport, "fresh_tls_context"):
             tls_context = self.transport.fresh_tls_context()  # the CA file may be renewed
         # Swap only after everything loaded: a broken config keeps the old one.
-        old_directory, old_settings = self.directory, self.settings
+        old_settings = self.settings
+        # What the old config said, with the store's imports as they are now:
+        # only the config's own changes are this reload's to record (an import
+        # since the relay last looked was recorded by the import, with its file).
+        old_directory = current_directory(old_settings.practice.domains,
+                                          old_settings.directory, self.db)
         self.settings, self.directory, self.detectors = settings, directory, detectors
         self._directory_version = version
         self.plugins, self.signer, self.archive_key = plugins, signer, archive_key

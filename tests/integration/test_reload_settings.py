@@ -148,3 +148,27 @@ async def test_settings_a_reload_cannot_apply_are_named_in_a_warning(
         assert relay.audit.conn.execute("PRAGMA database_list").fetchone()[2] == str(store)
     finally:
         await relay.close()
+
+
+async def test_a_directory_import_then_a_reload_records_the_consent_once(
+        make_config: Callable[..., Path], tmp_path: Path) -> None:
+    # The import recorded the consent (actor cli, its file); a SIGHUP soon after
+    # recorded it again, as if it came from securemail.toml.
+    import json
+
+    from securemail.audit.store import iter_records
+    from securemail.directory import import_directory_file
+
+    cfg = make_config()
+    relay = securemail.load(cfg, transport=MemoryTransport())
+    try:
+        csv_file = tmp_path / "dir.csv"
+        csv_file.write_text("id,addresses,consent_granted,consent_warning\n"
+                            "c-2002,lee@mail.example,2026-11-01,v1\n")
+        import_directory_file(relay.db, csv_file, "2026-11-29T10:00:00Z")
+        relay.reload()
+        bodies = [json.loads(r.body) for r in iter_records(relay.audit.conn)]
+        changes = [b for b in bodies if b["kind"] == "consent-change"]
+        assert changes == []  # the CLI records imports; the reload adds none
+    finally:
+        await relay.close()
