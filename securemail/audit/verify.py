@@ -96,10 +96,17 @@ class VerifyReport:
                     f" {self.signed_by} can check their signatures" if self.records
                     else "It holds no records")
             return f"{label}: {self.source}: {self.problem}. {span}{self._note()}"
-        where = f"record {self.first_bad_seq}" if self.first_bad_seq is not None else "record ?"
-        if self.first_bad_line is not None:
-            where += f" (line {self.first_bad_line})"
-        return (f"{label}: {self.source}: first bad {where}: {self.problem}{self._proven()}"
+        if self.first_bad_seq is not None:
+            where = f"first bad record {self.first_bad_seq}"
+            if self.first_bad_line is not None:
+                where += f" (line {self.first_bad_line})"
+        elif self.first_bad_line == 1:
+            where = "bad manifest (line 1)"
+        elif self.first_bad_line is not None:
+            where = f"first bad line {self.first_bad_line}"
+        else:
+            where = "first bad record ?"
+        return (f"{label}: {self.source}: {where}: {self.problem}{self._proven()}"
                 f"{self._note()}")
 
     def _note(self) -> str:
@@ -412,7 +419,12 @@ def verify_export(path: str | Path, public_key: Ed25519PublicKey) -> VerifyRepor
     try:
         _check_end(chain, manifest, count)
     except _Bad as bad:
-        return _report(source, chain, TAMPERED, bad, len(lines) + 1, note)
+        # The line of the record named, when the export holds it (the last one,
+        # forged after the last checkpoint); past the end for a cut tail.
+        first = int(manifest.get("first_seq", 0) or 0)
+        at = 2 + bad.seq - first if (bad.seq is not None and count and first <= bad.seq
+                                     and 2 + bad.seq - first < len(lines) + 1) else len(lines) + 1
+        return _report(source, chain, TAMPERED, bad, at, note)
     if chain.signer is not None:
         return _wrong_key(source, chain, "the export's", "the public key given", note)
     return _report(source, chain, note=note)

@@ -146,6 +146,12 @@ def verify_cmd(config_path: str, export: str | None, public_key: str | None,
     label = "the public key given"
     if public_key:
         key = load_public_key(public_key)
+        if b"PRIVATE KEY" in Path(public_key).read_bytes():
+            # It works (the public key is derived), but whoever holds this file
+            # can sign records: it must never travel to an auditor.
+            click.echo(f"warning: {public_key} is the PRIVATE audit signing key; give"
+                       " compliance only the public key (`securemail audit public-key`)",
+                       err=True)
     else:
         if export and not Path(config_path).exists():
             raise InputError(f"{export}: pass --public-key FILE (the key from `securemail audit"

@@ -237,3 +237,17 @@ def test_a_new_store_behind_a_symlink_is_owner_only_too(tmp_path: Path) -> None:
         os.umask(old)
     for f in (tmp_path / "volume").iterdir():
         assert f.stat().st_mode & 0o777 == 0o600, f
+
+
+def test_verify_warns_when_given_the_private_signing_key(tmp_path: Path) -> None:
+    # It verified silently: the workflow let the private key travel to auditors.
+    from securemail.audit import signing_key_path
+
+    cfg = _store(tmp_path)
+    private = signing_key_path(load_settings(cfg))
+    code, out = run("export", "-c", str(cfg), "-o", str(tmp_path / "e.jsonl"))
+    assert code == 0, out
+    code, out = run("verify", str(tmp_path / "e.jsonl"), "--public-key", str(private),
+                    "-c", str(cfg))
+    assert code == 0, out
+    assert "PRIVATE audit signing key" in out

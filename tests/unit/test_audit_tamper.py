@@ -216,3 +216,28 @@ def test_any_deleted_or_swapped_record_is_named(
     write_lines(target, lines)
     report = verify_export(target, audit.public_key)
     assert report.status == "tampered" and report.first_bad_seq == seq, report.summary()
+
+
+def test_a_forged_last_record_is_named_on_its_own_line(audit: AuditLog, export: Path) -> None:
+    # The last record, changed and re-hashed after the last checkpoint: the
+    # report said "line N+1" (past the end) instead of the record's line.
+    import hashlib
+
+    from securemail.audit.chain import canonical
+
+    lines = read_lines(export)
+    last = dict(lines[-1])
+    last["recipient"] = "someone-else@mail.example"
+    last["hash"] = hashlib.sha256(canonical(last)).hexdigest()
+    lines[-1] = last
+    report = _tampered(export, lines, audit)
+    assert report.first_bad_seq == last["seq"]
+    assert report.first_bad_line == len(lines)  # the manifest is line 1
+
+
+def test_a_bad_manifest_is_named_as_the_manifest(audit: AuditLog, export: Path) -> None:
+    lines = read_lines(export)
+    lines[0] = {**lines[0], "signature": lines[0]["signature"][::-1]}
+    report = _tampered(export, lines, audit)
+    assert ": bad manifest (line 1): " in report.summary()
+    assert "record ?" not in report.summary()
