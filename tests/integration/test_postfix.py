@@ -103,6 +103,8 @@ def postfix_config(root: Path, *, inbound: int, reinject: int, relay: int, captu
           -o mynetworks=127.0.0.0/8
           -o smtpd_authorized_xforward_hosts=127.0.0.0/8
           -o message_size_limit=40960000
+          -o smtpd_tls_security_level=none
+          -o smtpd_sasl_auth_enable=no
         pickup    unix  n - n 60 1 pickup
           -o content_filter=securemail:[127.0.0.1]:{relay}
         cleanup   unix  n - n - 0 cleanup
