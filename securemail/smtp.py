@@ -242,6 +242,20 @@ class ServerState:
             self.idle.set()
 
 
+CLOSE_GRACE_SECONDS = 5.0  # for our last reply to leave before the connection is cut
+
+
+def _abort_later(transport: asyncio.WriteTransport) -> None:
+    """``close()`` waits until everything written has left; a client that
+    stopped reading would keep the connection (and a drain, which waits for
+    every connection on Python 3.12+) forever. Cut it after a grace period."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    loop.call_later(CLOSE_GRACE_SECONDS, transport.abort)
+
+
 class _CrlfReader(asyncio.StreamReader):
     """Command and AUTH lines end at CRLF only (RFC 5321 2.3.8: a bare LF must
     not be taken for a line end). aiosmtpd reads them up to LF, so
@@ -396,6 +410,8 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             transport.write(b"421 4.4.2 Idle timeout, closing the connection\r\n")
         super()._timeout_cb()  # type: ignore[no-untyped-call]
+        if isinstance(transport, asyncio.WriteTransport):
+            _abort_later(transport)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd parses every MAIL/RCPT address with the email package's RFC 5322
@@ -471,6 +487,7 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             transport.write(f"{SHUTTING_DOWN}\r\n".encode())
             transport.close()
+            _abort_later(transport)
 
     async def _refuse(self, reply: str) -> None:
         try:

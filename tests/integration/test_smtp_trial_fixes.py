@@ -240,3 +240,33 @@ async def test_a_shutdown_answers_421_to_sessions_and_relays_no_new_message(
         assert upstream.messages == []
     finally:
         await r.stop()
+
+
+async def test_a_client_that_stops_reading_is_cut_off_after_the_grace_period(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # close() waits until all we wrote has left: a client that stopped reading
+    # kept its session, and a drain waiting for it (Python 3.12+), forever.
+    from securemail import smtp
+
+    monkeypatch.setattr(smtp, "CLOSE_GRACE_SECONDS", 0.5)
+    lost = asyncio.Event()
+
+    class Server(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(b"x" * (64 * 1024 * 1024))  # far more than the socket buffers
+            transport.close()  # waits for the peer to read it all: it never will
+            smtp._abort_later(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            lost.set()
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)  # and never reads
+    try:
+        await asyncio.wait_for(lost.wait(), 5)
+    finally:
+        writer.close()
+        server.close()
