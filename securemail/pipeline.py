@@ -94,9 +94,20 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
     passthrough = tuple(d for d in pending if d.action is Action.DELIVER)
     outputs: list[Output] = [Output(passthrough, clean)] if passthrough else []
     protected = [d for d in pending if d.action not in (Action.DELIVER, Action.BLOCK)]
-    rendered = await asyncio.gather(
-        *(render_protected(relay, d, clean, verdict, envelope, now) for d in protected),
-        return_exceptions=True)  # portal seals commit together
+    renders = [asyncio.ensure_future(render_protected(relay, d, clean, verdict, envelope, now))
+               for d in protected]
+    try:
+        # Together: portal seals commit in one transaction.
+        rendered = await asyncio.gather(*renders, return_exceptions=True)
+    except asyncio.CancelledError:
+        # Stopped before anything was sent: a copy already sealed would stay
+        # active with no notice (no link) to it; withdraw it (the retry seals anew).
+        for render in renders:
+            if render.done() and not render.cancelled() and render.exception() is None:
+                sealed = render.result()
+                if sealed.portal_id:
+                    _discard_seal(relay, sealed.portal_id, now)
+        raise
     for d, result in zip(protected, rendered, strict=True):
         if isinstance(result, Output):
             outputs.append(result)

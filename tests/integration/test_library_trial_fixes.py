@@ -308,3 +308,38 @@ def test_close_sync_from_two_threads_both_return_after_the_close(tmp_path: Path)
         assert len(up.messages) == 1
     finally:
         up.stop()
+
+
+async def test_a_message_interrupted_while_rendering_leaves_no_active_seal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One portal copy was sealed, another recipient's rendering still ran when
+    # close() interrupted the message: the sealed copy stayed active, with no
+    # notice ever sent (no link to it).
+    import securemail.pipeline as pipeline
+
+    real = pipeline.render_protected
+
+    async def slow_for_kim(relay: Any, d: Any, *args: Any, **kwargs: Any) -> Any:
+        if d.address.startswith("kim@"):
+            await asyncio.sleep(60)
+        return await real(relay, d, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "render_protected", slow_for_kim)
+    extra = '[[directory.clients]]\nid = "c-1002"\naddresses = ["kim@mail.example"]\n'
+    cfg = write_config(tmp_path, upstream_url="smtp://127.0.0.1:9", portal=True, extra=extra)
+    relay = securemail.load(cfg)
+    raw = message(to="jane@mail.example", cc="kim@mail.example",
+                  body="Diagnosis F32.1 for Jane and Kim, SSN 123-45-6789.")
+    sending = asyncio.create_task(relay.send(raw, rcpt_tos=["jane@mail.example",
+                                                            "kim@mail.example"]))
+    now = dt.datetime.now(dt.UTC)
+    for _ in range(100):  # Jane's copy is sealed
+        if relay.portal.list(now):
+            break
+        await asyncio.sleep(0.05)
+    await relay.in_flight.finish(0.2)
+    with pytest.raises(securemail.TemporaryFailure):
+        await sending
+    rows = relay.portal.list(dt.datetime.now(dt.UTC))
+    assert rows and all(r.state(dt.datetime.now(dt.UTC)) == "revoked" for r in rows)
+    await relay.close()
