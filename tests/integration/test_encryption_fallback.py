@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,13 +24,6 @@ RAW = (b"From: Dr. Reed <reed@riverside.example>\r\nTo: jane@mail.example\r\n"
        b"Subject: Jane Roe - session notes\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n"
        b"Message-ID: <fb1@riverside.example>\r\nMIME-Version: 1.0\r\n"
        b"Content-Type: text/plain; charset=utf-8\r\n\r\nNotes for Jane Roe: diagnosis.\r\n")
-
-
-@pytest.fixture
-def gpg(tmp_path: Path) -> Iterator[Gpg]:
-    g = Gpg.create(tmp_path / "gnupg")
-    yield g
-    g.close()
 
 
 def _pgp_fails(*args: object, **kwargs: object) -> bytes:

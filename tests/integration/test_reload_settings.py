@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,19 +22,7 @@ from securemail.errors import ConfigError
 from securemail.model import Action, Status
 from securemail.transport import MemoryTransport
 from tests.integration.crypto_fixtures import Gpg
-
-NOW = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-RAW = (b"From: Dr. Reed <reed@riverside.example>\r\nTo: jane@mail.example\r\n"
-       b"Subject: Jane Roe - session notes\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n"
-       b"Message-ID: <rl1@riverside.example>\r\nMIME-Version: 1.0\r\n"
-       b"Content-Type: text/plain; charset=utf-8\r\n\r\nNotes for Jane Roe: diagnosis.\r\n")
-
-
-@pytest.fixture
-def gpg(tmp_path: Path) -> Iterator[Gpg]:
-    g = Gpg.create(tmp_path / "gnupg")
-    yield g
-    g.close()
+from tests.integration.test_encryption_fallback import NOW, RAW
 
 
 def edit(cfg: Path, old: str, new: str) -> None:
