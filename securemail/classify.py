@@ -23,7 +23,7 @@ from securemail.model import (
     Role,
     Source,
 )
-from securemail.parse import MessageView, utf8_header
+from securemail.parse import MessageView, loose_recipients
 from securemail.phi import Detectors, message_text
 
 __all__ = ["KeyLookup", "classify"]
@@ -149,13 +149,7 @@ def _loose_sources(message: Message | None) -> dict[str, Source]:
     if message is None:
         return out
     for name, source in (("cc", Source.CC), ("to", Source.TO)):  # To wins over Cc
-        values = [utf8_header(v, lossy=True) for k, v in message.raw_items()
-                  if k.lower() == name]
-        try:
-            pairs = getaddresses(values)
-        except Exception:  # noqa: BLE001, S112 - a header that cannot be read names nobody
-            continue
-        for _, address in pairs:
+        for address in loose_recipients(message, (name,)):
             try:
                 out[normalise_address(address)] = source
             except AddressError:

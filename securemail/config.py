@@ -56,6 +56,8 @@ __all__ = [
 
 T = TypeVar("T")
 MiB = 1024 * 1024
+# A DKIM selector as [dkim] takes it (also checked by `init` and `dkim keygen`).
+DKIM_SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})")
 
 
 @dataclass(frozen=True)
@@ -426,7 +428,7 @@ def _dkim(t: Table) -> DkimSettings:
         if name not in t.data:
             raise t.error(name, "is required in [dkim] (remove the section to turn DKIM off)")
     selector = t.text("selector", "")
-    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})", selector):
+    if not DKIM_SELECTOR.fullmatch(selector):
         raise t.error("selector", f'not a valid DKIM selector: "{selector}"')
     return DkimSettings(
         domain=read_domain(t, "domain", t.text("domain", "")),

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from securemail.config import DKIM_SELECTOR
 from securemail.errors import ConfigError, InputError
 from securemail.preflight import reserved_domain
 
@@ -16,7 +16,6 @@ DEFAULT_INIT_DOMAIN = "riverside.example"  # `securemail init` without --domain
 
 __all__ = ["InitResult", "check_options", "initialise", "production_config", "toml_string"]
 
-_SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})")  # as config.py's [dkim]
 _TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n",
                  "\f": "\\f", "\r": "\\r"}
 
@@ -57,7 +56,7 @@ def check_options(*, domain: str, practice_name: str, selector: str,
     except AddressError:
         raise InputError(f"--domain: {domain!r} is not a domain name"
                          " (e.g. riverside-counseling.org)") from None
-    if not _SELECTOR.fullmatch(selector):
+    if not DKIM_SELECTOR.fullmatch(selector):
         raise InputError(f"--selector: {selector!r} is not a valid DKIM selector"
                          " (letters, digits, '.', '-', '_'; at most 63; e.g. sm1)")
     _one_line("--name", practice_name)

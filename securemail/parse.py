@@ -343,13 +343,14 @@ def _check_u_label_domain(domain: str) -> None:
         raise AddressError("IDN domain does not round-trip through its A-label")
 
 
-def loose_recipients(message: Message) -> list[str]:
-    """To/Cc/Bcc addresses of a message that failed strict parsing, read as
-    ``email.utils.getaddresses`` does, unnormalised: for reports only, never
+def loose_recipients(message: Message, headers: tuple[str, ...] = ("to", "cc", "bcc")
+                     ) -> list[str]:
+    """The addresses in ``headers`` of a message that failed strict parsing, read
+    as ``email.utils.getaddresses`` does, unnormalised: for reports only, never
     for routing. 8-bit (SMTPUTF8) header bytes are decoded as UTF-8, and only
     bytes that are not UTF-8 become U+FFFD."""
     values = [utf8_header(v, lossy=True) for k, v in message.raw_items()
-              if k.lower() in ("to", "cc", "bcc")]
+              if k.lower() in headers]
     try:
         pairs = email.utils.getaddresses(values)
     except Exception:  # noqa: BLE001 - reporting only

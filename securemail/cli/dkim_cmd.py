@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import click
 
 from securemail.cli.base import config_option, handle_errors
+from securemail.config import DKIM_SELECTOR
 from securemail.dkim import dns_record_name, generate_key, txt_strings
 from securemail.errors import ConfigError, InputError
-
-_SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})")
 
 
 @click.group("dkim")
@@ -47,7 +45,7 @@ def keygen(config_path: str, domain: str | None, selector: str, kind: str,
         domain = normalise_domain(domain)
     except AddressError as exc:
         raise InputError(f"--domain: {exc}") from None
-    if not _SELECTOR.fullmatch(selector):
+    if not DKIM_SELECTOR.fullmatch(selector):
         raise InputError(f'--selector: not a valid DKIM selector: "{selector}" '
                          "(letters, digits, '.', '-', '_')")
     path = Path(output) if output else (
