@@ -7,12 +7,12 @@ pure. Facts never carry message content.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from email.message import Message
 from email.utils import getaddresses
 from typing import Protocol
 
-from securemail.directory import AddressError, Directory, normalise_address
+from securemail.directory import AddressError, Directory, Identity, normalise_address
 from securemail.encryption_state import claims_encryption, encryption_state
 from securemail.model import (
     IDENTIFIER_DETECTORS,
@@ -69,10 +69,14 @@ def classify(
                                    clear_only=encryption is not Encryption.NONE)
     # A client's own email forwarded on is about that client as much as a
     # message to or from them.
-    participants = {sender, *envelope, *view.addresses(
-        "from", "sender", "reply-to", "to", "cc", "bcc"), *_forwarded_addresses(forwarded)} - {""}
+    # What every copy shows: the header addresses, the envelope sender, a
+    # forwarded message's headers. A Bcc recipient is shown to nobody but
+    # itself (a Bcc header is taken off every copy: pipeline._NEVER_SENT).
+    shown = {sender, *view.addresses("from", "sender", "reply-to", "to", "cc"),
+             *_forwarded_addresses(forwarded)} - {""}
+    participants = shown | set(envelope) | set(view.addresses("bcc"))
     identities = {a: directory.identify(a) for a in participants}
-    client_ids = sorted({c for who in identities.values() for c in who.client_ids})
+    client_ids = sorted({c for who in identities.values() for c in who.linked_ids})
     signals, named = detectors.scan_named(view.subject, text)
     if truncated or (encryption is Encryption.NONE and claims_encryption(view.message, view.raw)):
         # Text we did not read (past the limit, or "encrypted" content that is
@@ -93,7 +97,8 @@ def classify(
     recipients = tuple(
         RecipientFacts(a, Source.TO if a in to else Source.CC if a in cc else Source.BCC,
                        who[a].role, who[a].client_ids, kinds.get(a, frozenset()), who[a].consent,
-                       who[a].consent_note)
+                       who[a].consent_note,
+                       *_copy_clients(a, shown, identities, named))
         for a in unique
     )
     return Facts(
@@ -106,6 +111,29 @@ def classify(
         restricted=restricted,
         named_client_ids=tuple(sorted(named)),
     )
+
+
+def _copy_clients(address: str, shown: set[str], identities: Mapping[str, Identity],
+                  named: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """For one recipient: the clients its copy concerns besides its own (no
+    consent covers them), and those of them it is not linked to at all (it
+    may not receive the copy). A client or contact linked to a client named
+    in the text, or sharing a client with each address its copy shows (a
+    parent beside the child), is where it belongs; a client's address beside
+    another family's, or another client's name, tells it what it may not know."""
+    me = identities[address]
+    mine = me.linked_ids
+    named_set = set(named)
+    concerned = set(named_set)
+    unrelated = named_set - mine
+    for other in shown | {address}:
+        them = identities[other]
+        concerned |= them.linked_ids
+        if other != address and them.linked_ids and not them.linked_ids & mine:
+            unrelated |= them.linked_ids
+    if me.role not in (Role.CLIENT, Role.CONTACT):
+        unrelated = set()  # staff and partners may receive any client's information
+    return (tuple(sorted(concerned - set(me.client_ids))), tuple(sorted(unrelated)))
 
 
 def _forwarded_addresses(forwarded: Sequence[Message]) -> set[str]:

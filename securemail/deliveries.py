@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from securemail.errors import StoreError
 from securemail.model import Status
-from securemail.store.sqlite import ensure_schema, transaction
+from securemail.store.sqlite import describe_fault, ensure_schema, transaction
 
 __all__ = ["DeliveryLedger"]
 
@@ -40,8 +40,8 @@ class DeliveryLedger:
             rows = self.conn.execute(
                 "SELECT recipient, status FROM deliveries WHERE message_sha256 = ?", (digest,)
             ).fetchall()
-        except sqlite3.Error:
-            raise StoreError("cannot read the delivery ledger") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the delivery ledger ({describe_fault(exc)})") from None
         return {r: Status(s) for r, s in rows}
 
     def portal_ids(self, digest: str) -> dict[str, str]:
@@ -50,8 +50,8 @@ class DeliveryLedger:
             rows = self.conn.execute(
                 "SELECT recipient, portal_id FROM deliveries WHERE message_sha256 = ?"
                 " AND portal_id IS NOT NULL", (digest,)).fetchall()
-        except sqlite3.Error:
-            raise StoreError("cannot read the delivery ledger") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the delivery ledger ({describe_fault(exc)})") from None
         return {r: str(p) for r, p in rows}
 
     def record(self, digest: str, statuses: Mapping[str, Status], now: dt.datetime,
@@ -68,16 +68,16 @@ class DeliveryLedger:
                     [(digest, a, s.value, now.isoformat(), ids.get(a))
                      for a, s in statuses.items()],
                 )
-        except sqlite3.Error:
-            raise StoreError("cannot write the delivery ledger") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the delivery ledger ({describe_fault(exc)})") from None
 
     def forget(self, digest: str) -> None:
         """After the retry succeeded; the audit log keeps the history."""
         try:
             with transaction(self.conn):
                 self.conn.execute("DELETE FROM deliveries WHERE message_sha256 = ?", (digest,))
-        except sqlite3.Error:
-            raise StoreError("cannot write the delivery ledger") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the delivery ledger ({describe_fault(exc)})") from None
 
 
 def _add_portal_id(conn: sqlite3.Connection) -> None:

@@ -148,6 +148,13 @@ class Identity:
     consent: Consent | None = None
     partner: str | None = None
     consent_note: str = ""  # why a consent on file is not used for this address
+    contact_of: tuple[str, ...] = ()  # a client's address that is also a contact of these
+
+    @property
+    def linked_ids(self) -> frozenset[str]:
+        """Clients whose information this address may receive: its own, and
+        those it is an authorised contact of."""
+        return frozenset(self.client_ids) | frozenset(self.contact_of)
 
 
 class Directory:
@@ -206,7 +213,8 @@ class Directory:
             # Consent belongs to this exact address, never to the client's contacts.
             return Identity(Role.CLIENT, tuple(self._client_addr[address]),
                             self._consent.get(address),
-                            consent_note=self._consent_note.get(address, ""))
+                            consent_note=self._consent_note.get(address, ""),
+                            contact_of=tuple(dict.fromkeys(self._contact_addr.get(address, ()))))
         if address in self._contact_addr:
             return Identity(Role.CONTACT, tuple(self._contact_addr[address]))
         partner = self._partner_addr.get(address) or self._partner_domain.get(domain)

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from securemail.model import HELD_WITH_OFFENDER
+
 if TYPE_CHECKING:
     from securemail.model import Outcome, Verdict
 
@@ -35,6 +37,7 @@ __all__ = [
     "Blocked",
     "ConfigError",
     "InputError",
+    "InsufficientStorage",
     "MalformedMessage",
     "PermanentFailure",
     "PluginError",
@@ -120,6 +123,13 @@ class StoreError(TemporaryFailure):
     """The store could not be read or written."""
 
 
+class InsufficientStorage(StoreError):
+    """The disk under the store or the outbox is nearly full: the message is
+    deferred before anything is sent (``452 4.3.1``)."""
+
+    smtp_reply = "452 4.3.1 Insufficient system storage, please try again later"
+
+
 class PluginError(TemporaryFailure):
     """A policy plugin failed; the relay defers (451) rather than guess.
     Nothing was sent. A retry succeeds only once the plugin is fixed: the
@@ -196,14 +206,17 @@ class Blocked(PermanentFailure):
         head = f"550 5.7.1 Blocked by policy ({', '.join(rules)})"[:200]
         # A whole-message block names who caused it first, so the sender knows
         # which address to take off; the others were held back with them.
-        cause = [d for d in blocked
-                 if d.role.value == "third-party" and "unauthorised-recipient" in d.rules]
+        cause = [d for d in blocked if "unauthorised-recipient" in d.rules
+                 and not d.reason.startswith(HELD_WITH_OFFENDER)]
         held = [d for d in blocked if d not in cause]
         if cause and held:
             groups = [("not authorised: ", cause), ("; blocked with them: ", held)]
         else:
             groups = [("", blocked)]
-        text, budget = head + ":", 440 - len(head)
+        # What the sender can do about it, when somebody on the message is at fault.
+        tail = (". Take off the addresses not authorised and send again, or ask the office"
+                " to add them to the client's authorised contacts") if cause else ""
+        text, budget = head + ":", 440 - len(head) - len(tail)
         for label, decisions in groups:
             shown: list[str] = []
             for d in decisions:
@@ -215,4 +228,4 @@ class Blocked(PermanentFailure):
             part = f"{label}{', '.join(shown)}{more}"
             text += (" " if not label.startswith(";") else "") + part
             budget -= len(part)
-        return text
+        return text + tail

@@ -30,31 +30,82 @@ CLOSING = ("the relay was closed while this message was being processed: retry t
            " bytes (copies upstream accepted are not sent again)")
 
 
+# Copies upstream accepted that the store could not note (a full disk): kept
+# in memory, so that the sender's retry to this process does not send them
+# again. Bounded; the oldest go first.
+UNRECORDED_LIMIT = 10_000
+
+
 class ThreadSafeLedger:
     """The delivery ledger on a connection of its own, one thread at a time:
-    relay threads must not interleave transactions on one sqlite3 connection."""
+    relay threads must not interleave transactions on one sqlite3 connection.
+
+    When the store cannot take a record (disk full, read-only), what upstream
+    accepted is kept in this process's memory instead and still counts for
+    :meth:`completed`: the caller gets its error (451), and the retry sends
+    only what is missing."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._ledger = DeliveryLedger(conn)
         self._lock = threading.Lock()
+        self._unrecorded: dict[str, tuple[dict[str, Status], dict[str, str]]] = {}
 
     def completed(self, digest: str) -> dict[str, Status]:
         with self._lock:
-            return self._ledger.completed(digest)
+            kept = self._unrecorded.get(digest)
+            try:
+                found = self._ledger.completed(digest)
+            except StoreError:
+                if kept is None:
+                    raise
+                found = {}
+            return {**found, **kept[0]} if kept else found
 
     def portal_ids(self, digest: str) -> dict[str, str]:
         with self._lock:
-            return self._ledger.portal_ids(digest)
+            kept = self._unrecorded.get(digest)
+            try:
+                found = self._ledger.portal_ids(digest)
+            except StoreError:
+                if kept is None:
+                    raise
+                found = {}
+            return {**found, **kept[1]} if kept else found
 
     def record(self, digest: str, statuses: Mapping[str, Status], now: dt.datetime,
                portal_ids: Mapping[str, str] | None = None) -> None:
         with self._lock:
-            self._ledger.record(digest, statuses, now, portal_ids)
+            try:
+                self._ledger.record(digest, statuses, now, portal_ids)
+            except StoreError as exc:
+                if statuses:
+                    self._keep(digest, statuses, portal_ids or {}, exc)
+                raise
 
     def forget(self, digest: str) -> None:
+        """Housekeeping after a retry succeeded: a failure is logged, not raised
+        (the message was delivered and recorded)."""
         with self._lock:
-            self._ledger.forget(digest)
+            try:
+                self._ledger.forget(digest)
+            except StoreError as exc:
+                log.warning("could not clear message %s from the delivery ledger (%s)",
+                            digest[:16], exc, extra={"event": {"notice": "ledger-failed"}})
+                return
+            self._unrecorded.pop(digest, None)
+
+    def _keep(self, digest: str, statuses: Mapping[str, Status],
+              portal_ids: Mapping[str, str], exc: StoreError) -> None:
+        old = self._unrecorded.pop(digest, ({}, {}))
+        self._unrecorded[digest] = ({**old[0], **statuses}, {**old[1], **portal_ids})
+        while len(self._unrecorded) > UNRECORDED_LIMIT:
+            self._unrecorded.pop(next(iter(self._unrecorded)))
+        log.error("upstream accepted copies of message %s but the delivery ledger could not"
+                  " note them (%s): kept in this process's memory, so that a retry here"
+                  " does not send them again; free the store's disk", digest[:16], exc,
+                  extra={"event": {"notice": "ledger-failed", "message_sha256": digest[:16],
+                                   "recipients": len(statuses)}})
 
     def close(self) -> None:
         with self._lock:

@@ -34,7 +34,7 @@ from cryptography import x509
 from securemail.crypto import KeyProblem, smime
 from securemail.directory import AddressError, normalise_address
 from securemail.errors import InputError, StoreError
-from securemail.store.sqlite import ensure_schema, transaction
+from securemail.store.sqlite import describe_fault, ensure_schema, transaction
 
 if TYPE_CHECKING:
     from securemail.crypto.pgp import PgpKey, PgpRecipient, Revocation
@@ -93,7 +93,8 @@ class ImportReport:
     """What :meth:`Keyring.import_report` did with one file."""
 
     imported: tuple[ImportedKey, ...]
-    # Certificates of a bundle left out as CA chain, one line each:
+    # Certificates of a bundle left out (CA chain, or the signing certificate of a
+    # dual-key pair), one line each:
     # "skipped certificate CN=... (a CA certificate, no email address)".
     skipped: tuple[str, ...] = ()
 
@@ -208,7 +209,7 @@ class Keyring:
         try:
             rows = self._conn.execute(sql, (*wanted, _epoch(now), _epoch(now))).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot read keys ({type(exc).__name__})") from None
+            raise StoreError(f"cannot read keys ({describe_fault(exc)})") from None
         for address, kind in rows:
             found[address].add(kind)
         return {a: frozenset(k) for a, k in found.items()}
@@ -282,7 +283,7 @@ class Keyring:
                              " a key or certificate file is far smaller: is it the right file?")
         skipped: builtins.list[str] = []
         try:
-            candidates = self._judge(data, _aware(now), skipped)
+            candidates = self._judge(data, _aware(now), skipped, name)
         except _Withdrawn as exc:
             raise KeyWithdrawn(f"{name}: {exc}", exc.removed, exc.requested, exc.kinds) \
                 from None
@@ -317,18 +318,28 @@ class Keyring:
 
     # ---------------------------------------------------------------- internals
 
-    def _judge(self, data: bytes, now: dt.datetime,
-               skipped: builtins.list[str]) -> builtins.list[_Candidate]:
-        """The keys in ``data``, judged; certificates left out as chain go to ``skipped``."""
+    def _judge(self, data: bytes, now: dt.datetime, skipped: builtins.list[str],
+               name: str = "FILE") -> builtins.list[_Candidate]:
+        """The keys in ``data`` (the file ``name``), judged; certificates left out
+        (CA chain, the signing half of a dual-key pair) go to ``skipped``."""
         stripped = data.lstrip()
+        if smime.is_pkcs12(data):  # never parsed: it may hold a private key
+            raise KeyProblem(smime.pkcs12_refusal(name))
         if smime.holds_private_key(data) and b"-----BEGIN PGP" not in data:
             raise KeyProblem(smime.PRIVATE_KEY_REFUSAL)
         if (b"-----BEGIN CERTIFICATE-----" in data or b"-----BEGIN PKCS7-----" in data
                 or stripped[:1] == b"\x30"):
             bundle = smime.sort_certificates(data)
-            skipped.extend(str(s) for s in bundle.skipped)
-            return _judge_each([functools.partial(self._judge_cert, c, now)
-                                for c in bundle.recipients])
+            certs, signing = smime.set_aside_signing_certificates(bundle.recipients, now,
+                                                                  _routable)
+            skipped.extend(str(s) for s in [*signing, *bundle.skipped])
+            try:
+                return _judge_each([functools.partial(self._judge_cert, c, now)
+                                    for c in certs])
+            except _Withdrawn:
+                raise
+            except KeyProblem as exc:
+                raise KeyProblem(smime.unencrypting_refusal(certs, str(exc))) from None
         if b"-----BEGIN PGP" in data or (stripped[:1] and stripped[0] & 0x80):
             from securemail.crypto.pgp import read_openpgp
 
@@ -428,7 +439,7 @@ class Keyring:
                 conn.executemany("INSERT OR IGNORE INTO keyring_revocations"
                                  " (revoked, fingerprint, recorded_at) VALUES (?, ?, ?)", rows)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot record a key revocation ({type(exc).__name__})") from None
+            raise StoreError(f"cannot record a key revocation ({describe_fault(exc)})") from None
 
     def _stored_pgp(self, fingerprint: str) -> PgpKey | None:
         rows = self._query("SELECT material FROM keyring_keys WHERE fingerprint = :fpr"
@@ -452,7 +463,7 @@ class Keyring:
                 removed = conn.execute("DELETE FROM keyring_keys WHERE fingerprint = ?",
                                        (fingerprint,)).rowcount
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot remove keys ({type(exc).__name__})") from None
+            raise StoreError(f"cannot remove keys ({describe_fault(exc)})") from None
         if removed:
             self._pgp_cache.pop(fingerprint, None)
             self._cert_cache.pop(fingerprint, None)
@@ -481,7 +492,7 @@ class Keyring:
                     done.append(ImportedKey(c.kind, c.fingerprint, c.addresses, c.algorithm,
                                             c.usable_until, replaced, c.usable_from))
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot store keys ({type(exc).__name__})") from None
+            raise StoreError(f"cannot store keys ({describe_fault(exc)})") from None
         return done
 
     def _remove_address(self, address: str) -> builtins.list[KeyRemoval]:
@@ -502,7 +513,7 @@ class Keyring:
                 # An address row without its key (never written so): not left behind.
                 conn.execute("DELETE FROM keyring_addresses WHERE address = ?", (address,))
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot remove keys ({type(exc).__name__})") from None
+            raise StoreError(f"cannot remove keys ({describe_fault(exc)})") from None
         for removal in done:
             if removal.deleted:
                 self._forget(removal.fingerprint)
@@ -523,7 +534,7 @@ class Keyring:
                     conn.execute("DELETE FROM keyring_keys WHERE fingerprint = ?", (fpr,))
                     done.append(KeyRemoval(kind, fpr, had, True))
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot remove keys ({type(exc).__name__})") from None
+            raise StoreError(f"cannot remove keys ({describe_fault(exc)})") from None
         for removal in done:
             self._forget(removal.fingerprint)
         return done
@@ -558,7 +569,7 @@ class Keyring:
         try:
             return self._conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot read keys ({type(exc).__name__})") from None
+            raise StoreError(f"cannot read keys ({describe_fault(exc)})") from None
 
 
 class _Withdrawn(KeyProblem):
@@ -612,6 +623,14 @@ def _addresses(raw: Iterable[str], fingerprint: str) -> tuple[str, ...]:
     if not out:
         raise KeyProblem(f"key {fingerprint} names no usable e-mail address")
     return tuple(dict.fromkeys(out))
+
+
+def _routable(address: str) -> str | None:
+    """``address`` as the key store indexes it, or None if it cannot be."""
+    try:
+        return normalise_address(address)
+    except AddressError:
+        return None
 
 
 def _key_addresses(conn: sqlite3.Connection, fingerprint: str) -> tuple[str, ...]:

@@ -121,6 +121,15 @@ class RecipientFacts:
     key_kinds: frozenset[str] = frozenset()  # {"pgp", "smime"}: usable keys now
     consent: Consent | None = None  # only for a client's own address
     consent_note: str = ""  # why a consent on file is not used (shared address, ...)
+    # Clients this recipient's copy concerns besides its own: named in the text,
+    # or linked to an address the copy shows (From, To, Cc, a forwarded header;
+    # never another Bcc recipient). Consent covers none of them.
+    other_clients: tuple[str, ...] = ()
+    # Clients this recipient's copy would tell it about although it is not
+    # linked to them (a client or contact receiving another client's mail, or
+    # seeing the address of somebody else's client or contact): it may not
+    # receive the message (rule unauthorised-recipient).
+    unrelated_clients: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,13 +163,20 @@ class Facts:
 
     @property
     def client_related(self) -> bool:
-        return bool(self.client_ids)
+        """A client (or contact) takes part, or the text names a client: at a
+        counselling practice, being a client is itself protected information."""
+        return bool(self.client_ids or self.named_client_ids)
 
 
 # "phi-unscanned": text past the scan limit was not read, so it counts as both.
 IDENTIFIER_DETECTORS = frozenset({"phi-ssn", "phi-dob", "phi-mrn", "phi-client-name",
                                   "phi-unscanned"})
 HEALTH_DETECTORS = frozenset({"phi-icd10", "phi-keyword", "phi-unscanned"})
+
+
+# How a whole-message block begins the reason of the recipients held back
+# with an offender (who are not themselves at fault).
+HELD_WITH_OFFENDER = "the whole message is blocked because it also goes to"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import re
 from collections.abc import Sequence
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
@@ -21,9 +22,11 @@ __all__ = ["recipients_notice"]
 
 def recipients_notice(settings: Settings, sender: str, verdict: Verdict,
                       undelivered: Sequence[RecipientOutcome], now: dt.datetime) -> bytes:
+    total = len(verdict.decisions)
     lines = [
         f"{settings.practice.name}'s secure mail relay could not deliver your message",
-        f"{verdict.message_id or '(no Message-ID)'} to these recipients:",
+        f"{verdict.message_id or '(no Message-ID)'} (sent {now.astimezone(dt.UTC):%Y-%m-%d %H:%M}"
+        f" UTC to {total} recipient{'s' if total != 1 else ''}) to these recipients:",
         "",
     ]
     for r in undelivered:
@@ -47,10 +50,16 @@ def recipients_notice(settings: Settings, sender: str, verdict: Verdict,
     msg["Date"] = email.utils.format_datetime(now)
     msg["Message-ID"] = email.utils.make_msgid(domain=domain)
     msg["Auto-Submitted"] = "auto-replied"
+    if _MESSAGE_ID.fullmatch(verdict.message_id or ""):
+        # Mail programs show the notice beside the message it is about.
+        msg["In-Reply-To"] = msg["References"] = verdict.message_id
     msg.set_content("\n".join(lines))
     # A non-ASCII sender address goes in raw UTF-8 (RFC 6532): SMTP's policy
     # would put an encoded word inside the address, which RFC 2047 forbids.
     return msg.as_bytes(policy=SMTP if sender.isascii() else SMTPUTF8)
+
+
+_MESSAGE_ID = re.compile(r"<[!-=?-~]{1,250}@[!-=?-~]{1,250}>")  # printable ASCII, no < or >
 
 
 def _notice_domain(settings: Settings) -> str:

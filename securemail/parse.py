@@ -123,7 +123,9 @@ def parse_message(raw: bytes, limits: LimitSettings) -> MessageView:
             except AddressError:
                 hint = (" (an RFC 2047 encoded word inside an address: write a non-ASCII"
                         " address in UTF-8, e.g. with Python's email.policy.SMTPUTF8)"
-                        if _ENCODED_IN_ADDRESS.search(value) else "")
+                        if _ENCODED_IN_ADDRESS.search(value) else
+                        " (put a display name holding a comma or other special character"
+                        " in double quotes)")
                 return _bad(raw, "malformed-address",
                             f"{name.title()} header cannot be parsed unambiguously{hint}",
                             message)

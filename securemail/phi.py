@@ -199,6 +199,17 @@ HEALTH_TERMS = (
     "wellbutrin", "xanax", "adderall", "ritalin", "seroquel", "abilify", "suboxone",
     "methadone", "phq-9", "gad-7", "chemotherapy", "cancer", "tumor", "diabetes", "diabetic",
     "a1c", "hypertension", "seizure", "epilepsy", "miscarriage", "abortion",
+    # Spanish, the second language of many US practices (accents are folded:
+    # "diagnostico" is found too). Others: policy.health_keywords.
+    "diagnóstico", "diagnosticado", "diagnosticada", "psicoterapia", "terapia", "terapeuta",
+    "sesión de terapia", "notas de sesión", "plan de tratamiento", "consejería",
+    "depresión", "depresivo", "depresiva", "ansiedad", "trastorno", "trastorno de pánico",
+    "esquizofrenia", "trastorno bipolar", "suicida", "suicidio", "ideación suicida",
+    "autolesión", "autolesiones", "psiquiatra", "psiquiátrico", "psiquiátrica", "psicólogo",
+    "psicóloga", "salud mental", "medicamento", "medicamentos", "medicación",
+    "receta médica", "antidepresivo", "antidepresivos", "sobredosis", "adicción", "recaída",
+    "síntomas", "pronóstico", "embarazo", "aborto", "cáncer", "diabetes", "epilepsia",
+    "convulsiones", "demencia", "autismo", "vih", "trauma", "estrés postraumático",
 )
 # Hint words gate the regular expressions (after punctuation became spaces).
 _HINTS = {

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from securemail.directory import AddressError, domain_of, normalise_address
 from securemail.errors import (
     Blocked,
+    InsufficientStorage,
     RecipientsDeferred,
     RenderError,
     TemporaryFailure,
@@ -60,6 +61,9 @@ THREAD_EVALUATE_BYTES = 32 * 1024
 
 async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime) -> Outcome:
     started = time.perf_counter()
+    low = relay.space.problem()
+    if low:  # nothing is sent that the store could then not record
+        raise InsufficientStorage(low)
     digest = hashlib.sha256(raw).hexdigest()
     if envelope.trace:  # securemail is the first server (submission): RFC 6409 section 8
         raw = complete_headers(raw, digest, relay.settings.relay.hostname, now)
@@ -149,9 +153,14 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
     try:
         notified = [relay.portal.notified_event(pid) for pid in portal_ids.values()]
         await _audit(relay, envelope, outcome, now, [e for e in notified if e is not None])
-    except TemporaryFailure:
+    except TemporaryFailure as exc:
         # Upstream already holds some copies: remember them, so that the sender's
         # retry after this 451 sends only what is missing.
+        if accepted:
+            log.error("upstream accepted %d copies of message %s but the audit record"
+                      " could not be written (%s)", len(accepted), digest[:16], exc,
+                      extra={"event": {"notice": "audit-failed", "message_sha256": digest[:16],
+                                       "accepted": len(accepted)}})
         ledger.record(digest, accepted, now, portal_ids)
         raise
     except asyncio.CancelledError:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from securemail.config import PolicySettings
 from securemail.errors import ConfigError, PluginError
 from securemail.model import (
+    HELD_WITH_OFFENDER,
     Action,
     Decision,
     Encryption,
@@ -80,7 +81,7 @@ def decide(
     concerns = facts.client_related or facts.phi
     today = now.date().isoformat()
     offenders = [r for r in facts.recipients
-                 if concerns and r.role is Role.THIRD_PARTY
+                 if concerns and (r.role is Role.THIRD_PARTY or r.unrelated_clients)
                  and not _sealed_whole(facts)]
     whole_message_blocked = bool(offenders) and policy.unauthorised_recipients == "block"
 
@@ -88,11 +89,10 @@ def decide(
     for r in facts.recipients:
         if whole_message_blocked and r not in offenders:
             d = Decision(r.address, r.source, r.role, Action.BLOCK, ("unauthorised-recipient",),
-                         "the whole message is blocked because it also goes to "
-                         f"{_names(offenders)}, who may not receive it")
+                         f"{HELD_WITH_OFFENDER} {_names(offenders)}, who may not receive it")
         elif r in offenders:
             d = Decision(r.address, r.source, r.role, Action.BLOCK, ("unauthorised-recipient",),
-                         _unauthorised_reason(facts))
+                         _unauthorised_reason(facts, r))
         else:
             d = _default_rule(facts, r, policy, today, portal_enabled)
         decisions.append(_apply_plugins(facts, r, d, plugins))
@@ -119,7 +119,7 @@ def _default_rule(facts: Facts, r: RecipientFacts, policy: PolicySettings, today
         # Clients the message concerns besides the recipient's own: named in the
         # text, or among its participants (a forwarded email of theirs, a Cc).
         # Consent covers the client's own information only.
-        others = sorted({*facts.named_client_ids, *facts.client_ids} - set(r.client_ids))
+        others = list(r.other_clients)
         # Two dates of birth or SSNs: two people at least, one of them not the
         # client (a roster, a family's forms), even if nobody is in the directory.
         several = any(sig.detector == "phi-several-people" for sig in facts.phi_signals)
@@ -175,10 +175,19 @@ def _sealed_whole(facts: Facts) -> bool:
     return facts.encryption is not Encryption.NONE and not facts.phi
 
 
-def _unauthorised_reason(facts: Facts) -> str:
-    if facts.client_ids:
-        clients = ", ".join(facts.client_ids[:5])
-        plural = "s" if len(facts.client_ids) > 1 else ""
+def _unauthorised_reason(facts: Facts, r: RecipientFacts) -> str:
+    if r.role is not Role.THIRD_PARTY:
+        ids = r.unrelated_clients
+        plural = "s" if len(ids) > 1 else ""
+        mine = f" (it is {_linked(r)})" if r.client_ids else ""
+        whose = "theirs" if plural else "that client's"
+        return (f"the message concerns client{plural} {', '.join(ids[:5])}, and this address"
+                f" is neither {whose} nor an authorised contact of theirs{mine}")
+    # The clients the text names first: they are who the message is about.
+    concerned = list(dict.fromkeys((*facts.named_client_ids, *facts.client_ids)))
+    if concerned:
+        clients = ", ".join(concerned[:5])
+        plural = "s" if len(concerned) > 1 else ""
         return f"not an authorised contact of client{plural} {clients}"
     if {s.detector for s in facts.phi_signals} <= {"phi-unscanned"}:
         return ("PHI cannot be ruled out: part of the message could not be read (an"
@@ -187,6 +196,13 @@ def _unauthorised_reason(facts: Facts) -> str:
                 " contact or a partner")
     return ("the message contains PHI and this address is not staff, a client, "
             "an authorised contact or a partner")
+
+
+def _linked(r: RecipientFacts) -> str:
+    ids = ", ".join(r.client_ids[:5])
+    if r.role is Role.CLIENT:
+        return f"client {ids}'s own address"
+    return f"an authorised contact of client {ids}"
 
 
 def _names(offenders: Sequence[RecipientFacts]) -> str:

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from securemail.config import Settings
 from securemail.errors import ConfigError
+from securemail.store.sqlite import describe_fault, on_read_only_filesystem
 
 __all__ = ["check_runtime", "config_warnings", "reserved_domain"]
 
@@ -92,6 +93,11 @@ def _check_store(settings: Settings) -> None:
                               " user: create the folder for the service user")
         return
     for target in (path, path.parent):  # SQLite writes its WAL beside the store
+        if on_read_only_filesystem(target):
+            raise ConfigError(settings.path, "storage.url",
+                              f"{target}: on a filesystem mounted read-only; the relay needs"
+                              " to write its store (audit verify, export and report can"
+                              " still read it)")
         if not os.access(target, os.R_OK | os.W_OK):
             raise ConfigError(settings.path, "storage.url",
                               f"{target}: not readable and writable by this user (uid"
@@ -103,12 +109,12 @@ def _check_store(settings: Settings) -> None:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise ConfigError(settings.path, "storage.url",
-                          f"{path}: cannot open the store ({type(exc).__name__})") from None
+                          f"{path}: cannot open the store ({describe_fault(exc)})") from None
     try:
         check_signing_key(conn, signing_key_path(settings), path)
     except sqlite3.Error as exc:
         raise ConfigError(settings.path, "storage.url",
-                          f"{path}: not a readable store ({type(exc).__name__})") from None
+                          f"{path}: not a readable store ({describe_fault(exc)})") from None
     finally:
         conn.close()
 

@@ -39,6 +39,7 @@ from securemail.directory import (
     current_directory,
     imported_version,
 )
+from securemail.disk_space import MARGIN_BYTES, SpaceCheck
 from securemail.document_process import documents_in_child_process
 from securemail.errors import InputError, StoreError
 from securemail.in_flight import InFlight, ThreadSafeLedger
@@ -118,6 +119,15 @@ class Relay:
             self.db.close()
             raise
 
+    def _space_folders(self) -> list[Path]:
+        """Where a message's records and copies are written: the store's folder,
+        and the outbox of a Maildir upstream."""
+        folders = [Path(self.settings.storage.sqlite_path).resolve().parent]
+        outbox = getattr(self.transport, "path", None)
+        if isinstance(outbox, Path):
+            folders.append(outbox)
+        return folders
+
     def _build(self, settings: Settings, transport: Transport | None) -> None:
         from securemail.audit import AuditLog
         from securemail.dkim import DkimSigner
@@ -137,6 +147,8 @@ class Relay:
         self.archive_key = _archive_key(settings)
         self.transport: Transport = transport or transport_from_settings(settings)
         self._own_transport = transport is None  # ours to rebuild when [upstream] changes
+        self.space = SpaceCheck(self._space_folders,
+                                lambda: self.settings.limits.max_message_bytes + MARGIN_BYTES)
         self._retired: dict[Transport, asyncio.Task[None]] = {}  # replaced, closed later
         self.instance_id = _instance_id(settings)
         self._closed = False

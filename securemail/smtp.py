@@ -42,8 +42,10 @@ from aiosmtpd.smtp import Session as SMTPSession
 from securemail.directory import AddressError, domain_of, normalise_address
 from securemail.errors import (
     Blocked,
+    InsufficientStorage,
     MalformedMessage,
     PermanentFailure,
+    StoreError,
     TemporaryFailure,
     UpstreamRefused,
 )
@@ -228,9 +230,22 @@ class ServerState:
     login_failures: LoginFailures = field(default_factory=LoginFailures)
     open: set[RelaySMTP] = field(default_factory=set)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # When each client (or "*": everybody) last had a refusal logged.
+    limit_logged: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.idle.set()
+
+    def note_limit(self, client: str, text: str, *args: object) -> None:
+        """Log a connection refused at a limit, at most once a minute per client:
+        a client that keeps retrying must not flood the log."""
+        now = time.monotonic()
+        if now - self.limit_logged.get(client, float("-inf")) < 60.0:
+            return
+        if len(self.limit_logged) >= 1000:
+            self.limit_logged.clear()
+        self.limit_logged[client] = now
+        log.warning(text, *args, extra={"event": {"notice": "connection-limit"}})
 
     def begin(self) -> None:
         self.in_flight += 1
@@ -351,12 +366,22 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
         if self.state.draining:
             await self._refuse(SHUTTING_DOWN)
             return
-        if self.state.per_client[self._client_ip or "?"] > self.state.max_connections_per_client:
+        client = self._client_ip or "?"
+        if self.state.per_client[client] > self.state.max_connections_per_client:
+            self.state.note_limit(
+                client, "refused a connection from %s (421): %d sessions from that address"
+                " would pass relay.max_connections_per_client = %d (each relay process"
+                " counts its own)", client, self.state.per_client[client],
+                self.state.max_connections_per_client)
             await self._refuse("421 4.7.0 Too many connections from your address")
             return
         if len(self.state.open) > self.state.max_connections:
             # A few hundred addresses each holding their share (kept alive with
             # NOOP) would otherwise take every file descriptor the relay has.
+            self.state.note_limit(
+                "*", "refused a connection from %s (421): %d sessions would pass"
+                " relay.max_connections = %d (each relay process counts its own)",
+                client, len(self.state.open), self.state.max_connections)
             await self._refuse("421 4.7.0 Too many connections, try again later")
             return
         await super()._handle_client()
@@ -687,6 +712,9 @@ class RelayHandler:
                     reply = exc.smtp_reply
                     kind = _permanent_kind(exc, reply)
                     verdict = getattr(exc, "verdict", None)
+                except StoreError as exc:  # our own words: what the store lacks
+                    reply = exc.smtp_reply if isinstance(exc, InsufficientStorage) else TEMPFAIL
+                    kind, error = "deferred", f"{type(exc).__name__}: {exc}"[:200]
                 except TemporaryFailure as exc:
                     reply, kind, error = TEMPFAIL, "deferred", type(exc).__name__
                 except Exception as exc:  # noqa: BLE001 - every fault must become a 451

@@ -48,7 +48,7 @@ from securemail.audit.records import RECORD_VERSION, event_fields, format_time, 
 from securemail.config import Settings
 from securemail.errors import ConfigError, InputError, StoreError
 from securemail.model import Envelope, Outcome
-from securemail.store.sqlite import open_database
+from securemail.store.sqlite import describe_fault, open_database
 
 __all__ = ["AdminEvent", "AuditLog", "Chainer", "check_signing_key", "exclusive_writer_lock",
            "last_signer", "signing_key_path"]
@@ -491,7 +491,7 @@ class AuditLog:
                 with store.transaction(self._write) as conn:
                     self.chainer.append(conn, items)
             except sqlite3.Error as exc:
-                raise StoreError(f"audit: cannot append ({type(exc).__name__})") from None
+                raise StoreError(f"audit: cannot append ({describe_fault(exc)})") from None
 
     def checkpoint(self, now: datetime, *, reason: str = "requested") -> bool:
         at = format_time(now)
@@ -510,7 +510,7 @@ class AuditLog:
                 with store.transaction(self._write) as conn:
                     return call(conn)
             except sqlite3.Error as exc:
-                raise StoreError(f"audit: cannot append ({type(exc).__name__})") from None
+                raise StoreError(f"audit: cannot append ({describe_fault(exc)})") from None
 
     def close(self, now: datetime) -> None:
         """Commit what is queued, write a final checkpoint, close our connections."""
@@ -572,7 +572,7 @@ class AuditLog:
             with self._lock, store.transaction(self._write) as conn:
                 self.chainer.append(conn, items)
         except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
-            err = StoreError(f"audit: cannot append ({type(exc).__name__})") if isinstance(
+            err = StoreError(f"audit: cannot append ({describe_fault(exc)})") if isinstance(
                 exc, sqlite3.Error) else exc
             _notify(batch, err)
         else:

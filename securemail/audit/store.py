@@ -23,7 +23,7 @@ from typing import Any
 
 from securemail.audit.chain import GENESIS_HASH
 from securemail.errors import StoreError
-from securemail.store.sqlite import ensure_schema
+from securemail.store.sqlite import describe_fault, ensure_schema, rollback_quietly
 
 __all__ = [
     "DDL", "Head", "StoredRecord", "advance_head", "has_audit_tables", "head", "iter_records",
@@ -94,7 +94,7 @@ class transaction:  # noqa: N801 - used like a function: ``with transaction(conn
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StoreError(f"audit: cannot lock the store ({type(exc).__name__})") from None
+            raise StoreError(f"audit: cannot lock the store ({describe_fault(exc)})") from None
         return self.conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -103,9 +103,9 @@ class transaction:  # noqa: N801 - used like a function: ``with transaction(conn
                 self.conn.execute("COMMIT")
                 return
             except sqlite3.Error as err:
-                self.conn.execute("ROLLBACK")
-                raise StoreError(f"audit: commit failed ({type(err).__name__})") from None
-        self.conn.execute("ROLLBACK")
+                rollback_quietly(self.conn, "ROLLBACK")
+                raise StoreError(f"audit: commit failed ({describe_fault(err)})") from None
+        rollback_quietly(self.conn, "ROLLBACK")  # the error that brought us here stays
 
 
 def head(conn: sqlite3.Connection) -> Head:

@@ -29,13 +29,13 @@ def _existing_store(settings: Any) -> sqlite3.Connection:
     """The store named by the config, opened for reading. Read commands never
     create a store, its tables or a signing key: a mistyped path is an error."""
     from securemail.audit import store
-    from securemail.store.sqlite import open_database
+    from securemail.store.sqlite import open_for_reading
 
     path = settings.storage.sqlite_path
     if not path.is_file():
         raise InputError(f"{path}: no store here (storage.url in {settings.path}); check -c,"
                          " or start the relay once to create it")
-    conn = open_database(path)
+    conn = open_for_reading(path)
     if not store.has_audit_tables(conn):
         conn.close()
         raise InputError(f"{path}: this store holds no audit records (storage.url in"

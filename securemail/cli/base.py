@@ -38,6 +38,17 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     sys.exit(code)
 
 
+def _demo_hint(exc: SecuremailError) -> str:
+    """A missing default config where ``securemail serve`` made its demo: say
+    where the demo's config is (serve finds it on its own; other commands
+    need ``-c``)."""
+    demo = Path("securemail-data") / "securemail.toml"
+    if (isinstance(exc, ConfigError) and not exc.key and exc.problem.startswith("file not found")
+            and exc.file == default_config_path() and demo.is_file()):
+        return f"; the demo that `securemail serve` made is used with: -c {demo}"
+    return ""
+
+
 def handle_errors(fn: F) -> F:
     """Turn securemail errors into one line on stderr and exit 2 (or 1)."""
 
@@ -46,7 +57,7 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (ConfigError, InputError) as exc:
-            fail(str(exc))
+            fail(str(exc) + _demo_hint(exc))
         except SecuremailError as exc:
             # Temporary faults (store, upstream): the message names no content.
             fail(f"{type(exc).__name__}: {exc}", EXIT_PROBLEM)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -102,6 +102,8 @@ def keys_import(files: tuple[str, ...], config_path: str) -> None:
                     "address": ",".join(key.addresses)[:500], "file": file, "actor": "cli",
                     "expires": key.expires.date().isoformat() if key.expires else None}))
             done += [f"{file}: {line}" for line in report.skipped]
+        done += _several_keys_notes(keyring, [e[1] for e in events if e[0] == "key-import"],
+                                    now)
         return (done, refused), events
 
     # Reported once the keys and their audit records are committed together.
@@ -112,6 +114,26 @@ def keys_import(files: tuple[str, ...], config_path: str) -> None:
         click.echo(f"securemail: {problem}", err=True)
     if refused:
         raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _several_keys_notes(keyring: Keyring, imported: list[Mapping[str, Any]],
+                        now: dt.datetime) -> list[str]:
+    """Say when an address now has more than one usable key of a kind: every
+    copy is encrypted to each of them, so a lost or replaced key keeps
+    receiving mail until it is removed."""
+    notes: list[str] = []
+    stored = [i for i in keyring.list(now) if i.usable]
+    for event in imported:
+        kind, fpr = event["key_kind"], event["fingerprint"]
+        for address in str(event["address"]).split(","):
+            others = [i.fingerprint for i in stored if i.kind == kind
+                      and i.fingerprint != fpr and address in i.addresses]
+            if others:
+                notes.append(
+                    f"note: {address} now has {len(others) + 1} usable {kind} keys; each copy"
+                    f" is encrypted to all of them. If {', '.join(others[:3])} is an old or"
+                    " lost key, remove it: securemail keys remove FINGERPRINT")
+    return notes
 
 
 @keys_group.command("list")

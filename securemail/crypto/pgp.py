@@ -134,7 +134,8 @@ class PgpKey:
 
     fingerprint: str  # primary key, 40 upper-case hex digits
     addresses: tuple[str, ...]  # e-mail addresses of self-signed, unrevoked user ids
-    algorithm: str  # e.g. "Ed25519/ECDH-Curve25519", "RSA-3072/RSA-3072"
+    algorithm: str  # e.g. "Ed25519/ECDH-Curve25519", "RSA-3072/RSA-3072"; "RSA-3072" alone:
+    # the primary key encrypts and no subkey does
     created: dt.datetime
     expires: dt.datetime | None  # primary key expiry
     binary: bytes = field(repr=False)  # transferable public key, binary packets
@@ -359,7 +360,9 @@ def _read_key(key: Any) -> PgpKey:
     if best_selfsig is not None and best_selfsig.key_expiration is not None:
         expires = key.created + best_selfsig.key_expiration
     enc, subkey_refusal = _encryption_keys(key, best_selfsig)
-    sub_names = sorted({_algorithm_name(k.handle) for k in enc})
+    # "primary/encryption subkey(s)"; a key that encrypts with its primary key
+    # alone (old-style [SCE], no subkey) is named once: "RSA-3072", not "RSA-3072/RSA-3072".
+    sub_names = sorted({_algorithm_name(k.handle) for k in enc if k.handle is not key})
     algorithm = "/".join([_algorithm_name(key), *sub_names])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
+import shlex
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -34,9 +35,13 @@ __all__ = [
     "certificate_algorithm",
     "certificate_fingerprint",
     "certificate_problem",
+    "is_pkcs12",
     "parse_certificates",
+    "pkcs12_refusal",
     "render_smime",
+    "set_aside_signing_certificates",
     "sort_certificates",
+    "unencrypting_refusal",
 ]
 
 MIN_RSA_BITS = 2048
@@ -45,9 +50,10 @@ _OBSOLETE_HASHES = (hashes.MD5, hashes.SHA1)
 
 @dataclass(frozen=True, slots=True)
 class SkippedCertificate:
-    """A certificate of a bundle that was left out as chain, not as a recipient's."""
+    """A certificate of a bundle that was left out: CA chain, or the signing
+    certificate of a dual-key pair (see :func:`set_aside_signing_certificates`)."""
 
-    subject: str  # RFC 4514, e.g. "CN=Practice CA"
+    subject: str  # RFC 4514, e.g. "CN=Practice CA", "emailAddress=a@b.example,CN=A"
     fingerprint: str
     why: str  # e.g. "a CA certificate, no email address"
 
@@ -78,8 +84,11 @@ def sort_certificates(data: bytes) -> CertificateBundle:
     self-signed S/MIME certificate (``openssl req -x509`` marks it CA:TRUE) with an
     e-mail address is a recipient's, in a bundle as alone. Every certificate left
     out is named in ``skipped``. A file of CA certificates only is judged (and
-    refused) as it is. Raises KeyProblem.
+    refused) as it is. A PKCS#12 file or a PEM private key is refused unread.
+    Raises KeyProblem.
     """
+    if is_pkcs12(data):
+        raise KeyProblem(pkcs12_refusal())
     if holds_private_key(data):
         raise KeyProblem(PRIVATE_KEY_REFUSAL)
     try:
@@ -126,15 +135,80 @@ def _chain_reason(cert: x509.Certificate, bundle: Sequence[x509.Certificate]) ->
     return None
 
 
+def set_aside_signing_certificates(
+        certs: Sequence[x509.Certificate], now: dt.datetime,
+        normalise: Callable[[str], str | None] = str.lower,
+) -> tuple[list[x509.Certificate], list[SkippedCertificate]]:
+    """Dual-key S/MIME: leave out the signing certificate beside the encryption one.
+
+    Many PKIs give a person two certificates for one address: one whose key
+    usage allows signing only (no keyEncipherment, keyAgreement or
+    dataEncipherment) and one for encryption; a ``.p7b`` or the ``.p7s`` of a
+    signed mail carries both. A signing-only certificate is left out (and
+    named) when another certificate of ``certs`` is usable at ``now`` for one
+    of its addresses (compared as ``normalise`` gives them; None: not an
+    address). Every other certificate is kept, to be judged: a file whose
+    certificates are all signing-only is refused (see :func:`unencrypting_refusal`).
+    """
+    def addresses(cert: x509.Certificate) -> set[str]:
+        return {a for a in map(normalise, certificate_addresses(cert)) if a}
+
+    usable = [c for c in certs if certificate_problem(c, now) is None]
+    kept: list[x509.Certificate] = []
+    skipped: list[SkippedCertificate] = []
+    for cert in certs:
+        mine = addresses(cert) if _signing_only(cert) else set()
+        partner = next((u for u in usable if u is not cert and addresses(u) & mine), None)
+        if partner is None:
+            kept.append(cert)
+            continue
+        shared = sorted(addresses(partner) & mine)
+        skipped.append(SkippedCertificate(
+            _subject(cert), certificate_fingerprint(cert),
+            "key usage does not allow encryption, a signing certificate; certificate "
+            f"{certificate_fingerprint(partner)[-16:]} in this file encrypts for "
+            f"{', '.join(shared)}"))
+    return kept, skipped
+
+
+def unencrypting_refusal(certs: Sequence[x509.Certificate], problem: str) -> str:
+    """``problem`` (why ``certs`` were refused), saying so first when none of them
+    can encrypt: say, a signing certificate sent instead of the encryption one."""
+    if not certs or not all(_signing_only(c) for c in certs):
+        return problem
+    return (f"no certificate in this file can encrypt: {problem}; ask the recipient for "
+            "their encryption certificate (some people have one for signing and another "
+            "for encryption)")
+
+
+# OpenSSL, GnuPG and most CAs write it so; cryptography's rfc4514_string() would
+# give the bare OID 1.2.840.113549.1.9.1 (RFC 4514 names no key for it).
+_NAME_KEYS = {NameOID.EMAIL_ADDRESS: "emailAddress"}
+
+
 def _subject(cert: x509.Certificate) -> str:
     try:
-        return cert.subject.rfc4514_string()
+        return cert.subject.rfc4514_string(_NAME_KEYS)
     except ValueError:  # an attribute that cannot be written as text
         return f"with fingerprint {certificate_fingerprint(cert)[-16:]}"
 
 
 PRIVATE_KEY_REFUSAL = ("this file holds a private key (or PKCS#12 bundle): import the "
                        "recipient's certificate only")
+
+
+def pkcs12_refusal(name: str = "FILE") -> str:
+    """Why a PKCS#12 file (``name``) is refused, and how to get the certificate out.
+
+    Never read here: it may hold a private key, which is never wanted. Without
+    ``-clcerts``, because ``openssl pkcs12 -export -nokeys`` writes the
+    certificate without the localKeyID that ``-clcerts`` selects by (it would
+    write an empty file); the CA certificates that come along are skipped on import.
+    """
+    return (f"this is a PKCS#12 (.p12/.pfx) file, which may hold a private key and is not "
+            f"imported: get the certificate out with `openssl pkcs12 -in {shlex.quote(name)} "
+            "-nokeys -out cert.pem` (add -legacy if OpenSSL says unsupported) and import "
+            "cert.pem")
 _PEM_PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 # PKCS#12 (RFC 7292): SEQUENCE { INTEGER 3, SEQUENCE { OID pkcs7-data (1.2.840.113549.1.7.1)
 _PKCS12 = re.compile(rb"\A\x30(?:[\x00-\x7f]|\x81.|\x82..|\x83...)\x02\x01\x03\x30"
@@ -144,7 +218,12 @@ _PKCS12 = re.compile(rb"\A\x30(?:[\x00-\x7f]|\x81.|\x82..|\x83...)\x02\x01\x03\x
 
 def holds_private_key(data: bytes) -> bool:
     """Whether ``data`` is (or contains) a PEM private key or is a PKCS#12 bundle."""
-    return bool(_PEM_PRIVATE_KEY.search(data) or _PKCS12.match(data.lstrip()))
+    return bool(_PEM_PRIVATE_KEY.search(data) or is_pkcs12(data))
+
+
+def is_pkcs12(data: bytes) -> bool:
+    """Whether ``data`` is a (DER) PKCS#12 file, with or without a private key in it."""
+    return bool(_PKCS12.match(data.lstrip()))
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
@@ -226,6 +305,16 @@ def _allows_email_protection(cert: x509.Certificate) -> bool:
         return True
     return (ExtendedKeyUsageOID.EMAIL_PROTECTION in eku
             or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku)
+
+
+def _signing_only(cert: x509.Certificate) -> bool:
+    """Whether the key usage allows no kind of encryption at all (an ECDH
+    certificate, keyAgreement, is not signing-only: it is refused for its key type)."""
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return not (usage.key_encipherment or usage.key_agreement or usage.data_encipherment)
 
 
 def _allows_key_encipherment(cert: x509.Certificate) -> bool:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from securemail.errors import StoreError
+from securemail.store.sqlite import describe_fault
 
 __all__ = ["GroupCommitter"]
 
@@ -140,9 +141,13 @@ class GroupCommitter:
                         try:
                             job.work(conn)
                         except Exception as exc:  # noqa: BLE001 - fails this job only
+                            if not conn.in_transaction:
+                                # SQLite ended the whole transaction (a full disk, an
+                                # I/O error): the batch fails with this error.
+                                raise
                             conn.execute("ROLLBACK TO job")
                             job.error = StoreError(
-                                f"{self._what} failed ({type(exc).__name__})") if isinstance(
+                                f"{self._what} failed ({describe_fault(exc)})") if isinstance(
                                 exc, sqlite3.Error) else exc
                         conn.execute("RELEASE job")
                     conn.execute("COMMIT")
@@ -153,7 +158,7 @@ class GroupCommitter:
                         pass
                     raise
         except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
-            err = StoreError(f"{self._what} failed ({type(exc).__name__})")
+            err = StoreError(f"{self._what} failed ({describe_fault(exc)})")
             for job in batch:
                 job.error = job.error or err
         _notify(batch)

@@ -325,7 +325,9 @@ async def test_a_message_interrupted_while_rendering_leaves_no_active_seal(
         return await real(relay, d, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "render_protected", slow_for_kim)
-    extra = '[[directory.clients]]\nid = "c-1002"\naddresses = ["kim@mail.example"]\n'
+    # Kim is Jane's authorised contact: both may have the message.
+    extra = ('[[directory.clients]]\nid = "c-1002"\naddresses = ["kim@mail.example"]\n'
+             'contacts = [{ address = "jane@mail.example" }]\n')
     cfg = write_config(tmp_path, upstream_url="smtp://127.0.0.1:9", portal=True, extra=extra)
     relay = securemail.load(cfg)
     raw = message(to="jane@mail.example", cc="kim@mail.example",

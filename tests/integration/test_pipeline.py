@@ -72,11 +72,12 @@ async def test_malformed_reply_says_which_header_and_the_check_agrees(relay, cap
            b"Subject: x\r\n\r\nhello\r\n")
     with pytest.raises(securemail.Blocked) as exc:
         await relay.send(raw, now=NOW)
+    hint = " (put a display name holding a comma or other special character in double quotes)"
     assert exc.value.smtp_reply == ("554 5.6.0 Message not relayed: malformed-address"
-                                    " (To header cannot be parsed unambiguously)")
+                                    f" (To header cannot be parsed unambiguously{hint})")
     verdict = relay.check(raw)
     assert {d.reason for d in verdict.decisions} == {
-        "message not relayed: To header cannot be parsed unambiguously"}
+        f"message not relayed: To header cannot be parsed unambiguously{hint}"}
     assert capture.sent == []
 
 

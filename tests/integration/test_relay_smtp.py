@@ -275,7 +275,8 @@ async def test_no_open_relay_for_untrusted_peers(make_relay: Callable[..., Any],
                        " (content-filter listener)"]
 
 
-async def test_connections_per_client_are_limited(make_relay: Callable[..., Any]) -> None:
+async def test_connections_per_client_are_limited(make_relay: Callable[..., Any],
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     r = await make_relay(relay_extra="max_connections_per_client = 2\n")
     clients = []
     for _ in range(2):
@@ -284,6 +285,13 @@ async def test_connections_per_client_are_limited(make_relay: Callable[..., Any]
         clients.append(c)
     third = await _raw_session(r.port, [])
     assert third[0].startswith(b"421 4.7.0")
+    fourth = await _raw_session(r.port, [])
+    assert fourth[0].startswith(b"421 4.7.0")
+    # The operator learns why (trial 41: nothing was logged), once a minute.
+    limited = [m for m in caplog.messages if "max_connections_per_client = 2" in m]
+    assert limited == ["refused a connection from 127.0.0.1 (421): 3 sessions from that"
+                       " address would pass relay.max_connections_per_client = 2 (each relay"
+                       " process counts its own)"]
     clients.pop().close()
     await until(lambda: r.listeners.state.per_client["127.0.0.1"] == 1)
     c = aiosmtplib.SMTP(hostname="127.0.0.1", port=r.port, start_tls=False)

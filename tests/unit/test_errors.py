@@ -10,10 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from securemail.errors import Blocked, ConfigError, UpstreamRefused
-from securemail.model import Action, Decision, Mode, Role, Source, Verdict
+from securemail.model import HELD_WITH_OFFENDER, Action, Decision, Mode, Role, Source, Verdict
 
 CLIENT = Decision("pat@client.example", Source.TO, Role.CLIENT, Action.BLOCK,
-                  ("unauthorised-recipient",), "the whole message is blocked")
+                  ("unauthorised-recipient",),
+                  f"{HELD_WITH_OFFENDER} stranger@other.example, who may not receive it")
 STRANGER = Decision("stranger@other.example", Source.CC, Role.THIRD_PARTY, Action.BLOCK,
                     ("unauthorised-recipient",), "not an authorised contact of client c-1")
 
@@ -21,7 +22,23 @@ STRANGER = Decision("stranger@other.example", Source.CC, Role.THIRD_PARTY, Actio
 def test_a_whole_message_block_names_who_caused_it_first() -> None:
     reply = Blocked(Verdict("<m@x>", Mode.ENFORCE, False, True, (CLIENT, STRANGER))).smtp_reply
     assert reply == ("550 5.7.1 Blocked by policy (unauthorised-recipient): not authorised:"
-                     " stranger@other.example; blocked with them: pat@client.example")
+                     " stranger@other.example; blocked with them: pat@client.example. Take off"
+                     " the addresses not authorised and send again, or ask the office to add"
+                     " them to the client's authorised contacts")
+
+
+def test_a_client_who_may_not_receive_it_is_named_as_the_cause() -> None:
+    # The new rule: another client's message to a client. The client is the
+    # cause, not one "blocked with them" (before, only third parties were).
+    wrong = Decision("sam@client.example", Source.TO, Role.CLIENT, Action.BLOCK,
+                     ("unauthorised-recipient",), "the message concerns client c-1, and ...")
+    held = Decision("nurse@practice.example", Source.CC, Role.STAFF, Action.BLOCK,
+                    ("unauthorised-recipient",),
+                    f"{HELD_WITH_OFFENDER} sam@client.example, who may not receive it")
+    reply = Blocked(Verdict("<m@x>", Mode.ENFORCE, False, True, (held, wrong))).smtp_reply
+    assert reply.startswith("550 5.7.1 Blocked by policy (unauthorised-recipient): not"
+                            " authorised: sam@client.example; blocked with them:"
+                            " nurse@practice.example. Take off")
 
 
 def test_a_block_without_a_cause_lists_the_recipients() -> None:

@@ -80,11 +80,12 @@ def test_consent_covers_the_client_address_only(config_path: Path) -> None:
 
 
 def test_consent_never_releases_another_clients_phi(config_path: Path) -> None:
-    # Misdirected mail: Jane Roe's (c-1001) notes to Sam, who consented for himself.
+    # Misdirected mail: Jane Roe's (c-1001) notes to Sam, who consented for
+    # himself. Not even protected: Sam may not have them at all.
     raw = msg(to=["sam@mail.example"], body=PHI_BODY)
     v = verdict_for(config_path, raw, DR, ["sam@mail.example"])
     d = v.decisions[0]
-    assert (d.action, d.rules) == (Action.PORTAL, ("consent-other-client", "protected-portal"))
+    assert (d.action, d.rules) == (Action.BLOCK, ("unauthorised-recipient",))
     assert "concerns client c-1001" in d.reason
     assert v.facts is not None and v.facts.named_client_ids == ("c-1001",)
 
@@ -287,8 +288,9 @@ def test_consent_is_not_used_for_an_address_that_may_get_someone_elses_phi(
 
 def test_expired_consent_is_named_in_the_reason(config_path: Path) -> None:
     # kim (c-1003) consented until 2026-03-01; the tests' clock is later.
-    v = verdict_for(config_path, msg(to=["kim@bücher.example"], body=PHI_BODY), DR,
-                    ["kim@bücher.example"])
+    v = verdict_for(config_path, msg(to=["kim@bücher.example"],
+                                     body="Your diagnosis F32.1 is on the claim. DOB 3/4/1990."),
+                    DR, ["kim@bücher.example"])
     assert v.decisions[0].action is Action.PORTAL
     assert "consent to unencrypted email expired on 2026-03-01" in v.decisions[0].reason
 
@@ -321,9 +323,28 @@ def test_consent_never_releases_another_clients_email_or_address(config_path: Pa
                        (cc, ["sam@mail.example", "jane@mail.example"])):
         v = verdict_for(config_path, raw, DR, rcpts)
         sam = v.decisions[0]
-        assert (sam.address, sam.action) == ("sam@mail.example", Action.PORTAL)
-        assert sam.rules == ("consent-other-client", "protected-portal")
+        assert (sam.address, sam.action) == ("sam@mail.example", Action.BLOCK)
+        assert sam.rules == ("unauthorised-recipient",)
         assert "concerns client c-1001" in sam.reason
+
+
+def test_consent_never_releases_a_linked_clients_information(make_config) -> None:
+    # Sam's wife is his authorised contact and a client herself: beside him she
+    # belongs (they share his file), but his consent does not cover her file.
+    cfg = make_config(extra="""
+[[directory.clients]]
+id = "c-1005"
+addresses = ["pat@mail.example"]
+""")
+    cfg.write_text(cfg.read_text().replace(
+        'addresses = ["sam@mail.example"]\n',
+        'addresses = ["sam@mail.example"]\n'
+        'contacts = [{ address = "pat@mail.example", relation = "spouse" }]\n', 1))
+    v = verdict_for(cfg, msg(to=["sam@mail.example"], cc=["pat@mail.example"]), DR,
+                    ["sam@mail.example", "pat@mail.example"])
+    sam = v.decision_for("sam@mail.example")
+    assert (sam.action, sam.rules) == (Action.PORTAL, ("consent-other-client", "protected-portal"))
+    assert "concerns client c-1005" in sam.reason
 
 
 def test_a_client_listing_an_address_twice_keeps_their_consent(make_config) -> None:
@@ -359,7 +380,7 @@ def test_a_clients_email_address_identifies_the_client(config_path: Path) -> Non
     v = verdict_for(config_path, about_jane, DR, ["coach@school.example"])
     assert actions(v) == {"coach@school.example": "block"}
     assert v.decisions[0].rules == ("unauthorised-recipient",)
-    assert "contains PHI" in v.decisions[0].reason
+    assert v.decisions[0].reason == "not an authorised contact of client c-1001"
     # Without the address: no identifier, so no PHI to withhold.
     plain = msg(to=["coach@school.example"],
                 body="Re the student: her anxiety is improving, says her therapist.")
@@ -375,7 +396,7 @@ def test_a_clients_email_address_identifies_the_client(config_path: Path) -> Non
     to_sam = msg(to=["sam@mail.example"],
                  body="You and jane@mail.example both mentioned panic attacks.")
     sam = verdict_for(config_path, to_sam, DR, ["sam@mail.example"]).decisions[0]
-    assert sam.rules == ("consent-other-client", "protected-portal")
+    assert sam.rules == ("unauthorised-recipient",)  # not his to receive at all
     # His own address in his own message: his consent applies.
     own = msg(to=["sam@mail.example"], body="Confirming sam@mail.example for your anxiety notes.")
     assert verdict_for(config_path, own, DR, ["sam@mail.example"]).decisions[0].rules == (

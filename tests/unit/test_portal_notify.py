@@ -151,6 +151,34 @@ def test_the_recipients_notice_to_a_non_ascii_sender_has_a_valid_to(tmp_path: Pa
     assert _to_addresses(raw) == ["rezeptión@riverside.example"]
 
 
+def test_the_recipients_notice_says_which_message_it_is_about(tmp_path: Path) -> None:
+    # Trial 42: a therapist could not tell which email a notice was about from
+    # its Message-ID alone. Now it threads with the original and says when.
+    import email
+
+    from securemail.model import Action as Act
+    from securemail.model import Decision, Mode, RecipientOutcome, Role, Source, Status, Verdict
+    from securemail.notices import recipients_notice
+
+    settings = make_rig(tmp_path).settings
+    out = Decision("x@other.example", Source.CC, Role.THIRD_PARTY, Act.BLOCK,
+                   ("unauthorised-recipient",), "not an authorised contact")
+    ok = Decision("nurse@riverside.example", Source.TO, Role.STAFF, Act.DELIVER,
+                  ("staff-recipient",), "recipient is practice staff")
+    verdict = Verdict("<m-7@riverside.example>", Mode.ENFORCE, False, False, (ok, out))
+    raw = recipients_notice(settings, "dr@riverside.example", verdict,
+                            [RecipientOutcome(out.address, out.action, Status.BLOCKED)], NOW)
+    notice = email.message_from_bytes(raw)
+    assert notice["In-Reply-To"] == notice["References"] == "<m-7@riverside.example>"
+    text = notice.get_payload(decode=True).decode()
+    assert (f"<m-7@riverside.example> (sent {NOW:%Y-%m-%d %H:%M} UTC to 2 recipients) to these"
+            " recipients:") in " ".join(text.split())
+    odd = Verdict("no brackets", Mode.ENFORCE, False, False, (ok, out))
+    raw = recipients_notice(settings, "dr@riverside.example", odd,
+                            [RecipientOutcome(out.address, out.action, Status.BLOCKED)], NOW)
+    assert email.message_from_bytes(raw)["In-Reply-To"] is None  # never a malformed header
+
+
 def _to_addresses(raw: bytes) -> list[str]:
     """The To addresses as the relay's strict parser reads them (RFC 6532 UTF-8
     accepted; an encoded word inside an address is refused as ambiguous)."""

@@ -1,0 +1,183 @@
+"""Each client or contact only gets what is theirs (trial 42: misdirected mail).
+
+The demo directory (tests/conftest.py): c-1001 Jane Roe (jane@mail.example,
+parent guardian@mail.example), c-1002 Sam (sam@mail.example, consent),
+c-1003 Kim; partners in their own domain.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from securemail.config import load_settings
+from securemail.errors import Blocked
+from securemail.model import Action
+from securemail.testing import build_message
+from tests.unit.policy_helpers import verdict_for
+
+DR = "dr.lee@riverside.example"
+JANE_NOTE = "Jane Roe is doing better; her anxiety scores dropped."
+
+
+def msg(to=(), cc=(), bcc=(), body="See you Tuesday.", subject="Next week") -> bytes:
+    return build_message(sender=DR, to=list(to), cc=list(cc), bcc=list(bcc), body=body,
+                         subject=subject)
+
+
+def by_address(verdict) -> dict[str, tuple[str, tuple[str, ...]]]:
+    return {d.address: (d.action.value, d.rules) for d in verdict.decisions}
+
+
+def test_a_named_client_makes_the_message_client_related(config_path: Path) -> None:
+    # No health word: before, "concerns no client" and out in clear to anyone.
+    raw = msg(to=["friend@elsewhere.example"], body="Jane Roe's appointment moved to 4 pm.")
+    v = verdict_for(config_path, raw, DR, ["friend@elsewhere.example"])
+    assert by_address(v) == {"friend@elsewhere.example": ("block", ("unauthorised-recipient",))}
+    assert "c-1001" in v.decisions[0].reason
+    assert v.facts is not None and v.facts.client_related and not v.facts.phi
+
+
+def test_an_inline_forward_header_names_the_client_by_address(config_path: Path) -> None:
+    body = ("FYI, see below.\n\n-----Original Message-----\n"
+            "From: J. Roe <jane@mail.example>\nSubject: running late\n\nI will be late.")
+    v = verdict_for(config_path, msg(to=["me@gmail.example"], body=body), DR,
+                    ["me@gmail.example"])
+    assert by_address(v)["me@gmail.example"][0] == "block"
+
+
+def test_a_message_naming_nobody_still_goes_in_clear(config_path: Path) -> None:
+    raw = msg(to=["friend@elsewhere.example"], body="Lunch on Friday?")
+    v = verdict_for(config_path, raw, DR, ["friend@elsewhere.example"])
+    assert by_address(v) == {"friend@elsewhere.example": ("deliver", ("no-phi",))}
+
+
+def test_another_clients_note_to_a_client_is_blocked(config_path: Path) -> None:
+    # Autocomplete picked Sam: before, Jane's note went to him through the portal.
+    v = verdict_for(config_path, msg(to=["sam@mail.example"], body=JANE_NOTE), DR,
+                    ["sam@mail.example"])
+    d = v.decisions[0]
+    assert (d.action, d.rules) == (Action.BLOCK, ("unauthorised-recipient",))
+    assert "concerns client c-1001" in d.reason
+    assert "client c-1002's own address" in d.reason
+
+
+def test_the_clients_own_contact_gets_the_note(config_path: Path) -> None:
+    v = verdict_for(config_path, msg(to=["guardian@mail.example"], body=JANE_NOTE), DR,
+                    ["guardian@mail.example"])
+    assert by_address(v)["guardian@mail.example"] == ("portal", ("protected-portal",))
+
+
+def test_a_contact_gets_no_other_clients_note(config_path: Path) -> None:
+    body = "Sam's session notes: diagnosis F32.1, see you Tuesday. Sam, call me."
+    cfg = _with_names(config_path, {"c-1002": "Sam Park"})
+    v = verdict_for(cfg, msg(to=["guardian@mail.example"], body=body.replace("Sam", "Sam Park")),
+                    DR, ["guardian@mail.example"])
+    d = v.decisions[0]
+    assert (d.action, d.rules) == (Action.BLOCK, ("unauthorised-recipient",))
+    assert "c-1002" in d.reason and "authorised contact of client c-1001" in d.reason
+
+
+def test_two_families_in_one_to_line_are_blocked(config_path: Path) -> None:
+    # A group email with every member in To shows each one the others.
+    v = verdict_for(config_path, msg(to=["jane@mail.example", "sam@mail.example"]), DR,
+                    ["jane@mail.example", "sam@mail.example"])
+    assert {a: act for a, (act, _) in by_address(v).items()} == {
+        "jane@mail.example": "block", "sam@mail.example": "block"}
+    with pytest.raises(Blocked) as caught:
+        raise Blocked(v)
+    reply = caught.value.smtp_reply
+    assert reply.startswith("550 5.7.1 Blocked by policy (unauthorised-recipient):")
+    assert "Take off the addresses not authorised and send again" in reply
+    assert len(reply) < 512
+
+
+def test_the_same_clients_in_bcc_each_get_their_copy(config_path: Path) -> None:
+    # Bcc: no copy shows another Bcc recipient. Sam's consent still counts.
+    raw = msg(to=[DR], bcc=["jane@mail.example", "sam@mail.example"],
+              body="The office is closed on Friday.")
+    v = verdict_for(config_path, raw, DR, ["jane@mail.example", "sam@mail.example"])
+    assert by_address(v) == {
+        "jane@mail.example": ("portal", ("protected-portal",)),
+        "sam@mail.example": ("deliver", ("consent-unencrypted",)),
+    }
+
+
+def test_a_parent_beside_the_child_is_where_they_belong(config_path: Path) -> None:
+    raw = msg(to=["jane@mail.example"], cc=["guardian@mail.example"], body=JANE_NOTE)
+    v = verdict_for(config_path, raw, DR, ["jane@mail.example", "guardian@mail.example"])
+    assert {a: act for a, (act, _) in by_address(v).items()} == {
+        "jane@mail.example": "portal", "guardian@mail.example": "portal"}
+
+
+def test_a_parent_who_is_a_client_too_keeps_the_parent_link(tmp_path: Path,
+                                                             config_path: Path) -> None:
+    # Karen is Jane's parent and a client herself (c-1111): the block reason for
+    # an unauthorised Cc named her own file before, not Jane's.
+    cfg = _with_extra(config_path, tmp_path, """
+        [[directory.clients]]
+        id = "c-1111"
+        addresses = ["guardian@mail.example"]
+        """)
+    raw = msg(to=["guardian@mail.example"], body=JANE_NOTE)
+    v = verdict_for(cfg, raw, DR, ["guardian@mail.example"])
+    assert by_address(v)["guardian@mail.example"][0] == "portal"
+    raw = msg(to=["guardian@mail.example"], cc=["exhusband@mail.example"], body=JANE_NOTE)
+    v = verdict_for(cfg, raw, DR, ["guardian@mail.example", "exhusband@mail.example"])
+    reason = {d.address: d.reason for d in v.decisions}["exhusband@mail.example"]
+    assert reason.startswith("not an authorised contact of clients c-1001")  # Jane first
+
+
+def test_staff_and_partners_may_receive_any_client(config_path: Path) -> None:
+    settings_ = load_settings(config_path)
+    partner = next(iter(settings_.directory.partners))
+    address = (partner.addresses[0] if partner.addresses
+               else f"claims@{partner.domains[0]}")
+    raw = msg(to=["nurse@riverside.example", address], body=JANE_NOTE)
+    v = verdict_for(config_path, raw, DR, ["nurse@riverside.example", address])
+    got = {a: act for a, (act, _) in by_address(v).items()}
+    assert got["nurse@riverside.example"] == "deliver"
+    assert got[address] in ("portal", "encrypt-pgp", "encrypt-smime")
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # config is read-only
+@given(named=st.sampled_from(["", "Jane Roe", "jane@mail.example"]),
+       to=st.sets(st.sampled_from(["jane@mail.example", "sam@mail.example",
+                                   "guardian@mail.example"]),
+                  min_size=1, max_size=3))
+def test_no_client_or_contact_gets_a_copy_about_a_client_not_theirs(
+        config_path: Path, named: str, to: set[str]) -> None:
+    """Property: whoever gets a copy (not blocked) is linked to every client the
+    message names and to every client or contact its To line shows."""
+    links = {"jane@mail.example": {"c-1001"}, "guardian@mail.example": {"c-1001"},
+             "sam@mail.example": {"c-1002"}}
+    body = f"Note about {named}. Diagnosis F32.1." if named else "Diagnosis F32.1 pending."
+    rcpts = sorted(to)
+    v = verdict_for(config_path, msg(to=rcpts, body=body), DR, rcpts)
+    for d in v.decisions:
+        if d.action is Action.BLOCK:
+            continue
+        concerned = {"c-1001"} if named else set()
+        for other in rcpts:
+            concerned |= links[other]
+        assert concerned <= links[d.address], (d.address, concerned)
+
+
+def _with_names(config_path: Path, names: dict[str, str]) -> Path:
+    text = config_path.read_text()
+    for cid, name in names.items():
+        text = text.replace(f'id = "{cid}"\n', f'id = "{cid}"\nnames = ["{name}"]\n', 1)
+    out = config_path.with_name("named.toml")
+    out.write_text(text)
+    return out
+
+
+def _with_extra(config_path: Path, tmp_path: Path, extra: str) -> Path:
+    out = tmp_path / "extra.toml"
+    out.write_text(config_path.read_text() + textwrap.dedent(extra))
+    return out
