@@ -7,7 +7,7 @@ pure. Facts never carry message content.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from email.message import Message
 from email.utils import getaddresses
 from typing import Protocol
@@ -24,7 +24,7 @@ from securemail.model import (
     Source,
 )
 from securemail.parse import MessageView, loose_recipients
-from securemail.phi import Detectors, message_text
+from securemail.phi import Detectors, message_text, phrase_form
 
 __all__ = ["KeyLookup", "classify"]
 
@@ -76,8 +76,10 @@ def classify(
              *_forwarded_addresses(forwarded)} - {""}
     participants = shown | set(envelope) | set(view.addresses("bcc"))
     identities = {a: directory.identify(a) for a in participants}
-    client_ids = sorted({c for who in identities.values() for c in who.linked_ids})
-    signals, named = detectors.scan_named(view.subject, text)
+    links = {a: who.linked_ids for a, who in identities.items()}
+    client_ids = sorted({c for linked in links.values() for c in linked})
+    signals, names = detectors.scan_names(view.subject, text)
+    named, identified, groups = _names(names, view.message, directory)
     if truncated or (encryption is Encryption.NONE and claims_encryption(view.message, view.raw)):
         # Text we did not read (past the limit, or "encrypted" content that is
         # not really ciphertext) may be PHI.
@@ -94,11 +96,12 @@ def classify(
     concerned = bool(client_ids) or any(s.detector in IDENTIFIER_DETECTORS for s in signals)
     kinds = keys.usable_kinds_many(needs_key, now) if keys is not None and concerned \
         and needs_key else {}
+    copies = _Copies(shown, links, named, groups) if client_ids or named else None
     recipients = tuple(
         RecipientFacts(a, Source.TO if a in to else Source.CC if a in cc else Source.BCC,
                        who[a].role, who[a].client_ids, kinds.get(a, frozenset()), who[a].consent,
                        who[a].consent_note,
-                       *_copy_clients(a, shown, identities, named))
+                       *(copies.of(a, who[a]) if copies else ((), ())))
         for a in unique
     )
     return Facts(
@@ -110,30 +113,69 @@ def classify(
         phi_signals=signals,
         restricted=restricted,
         named_client_ids=tuple(sorted(named)),
+        identified_client_ids=tuple(sorted(identified)),
     )
 
 
-def _copy_clients(address: str, shown: set[str], identities: Mapping[str, Identity],
-                  named: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """For one recipient: the clients its copy concerns besides its own (no
+def _names(found: Mapping[str, frozenset[str]], message: Message, directory: Directory
+           ) -> tuple[frozenset[str], frozenset[str], list[tuple[frozenset[str], frozenset[str]]]]:
+    """From the names and addresses found: every client named (no consent
+    covers them), the clients named surely enough to make the message theirs,
+    and for each such name its owners with whom they are linked to.
+
+    The sender's own name is not a client's (a therapist who shares a client's
+    name signs every message with it). A one-word name ("Grace") may be any
+    word: it withholds consent, but makes no message a client's and blocks
+    nobody. A name two clients share is where it belongs with either."""
+    own = [phrase_form(name) for name, _ in getaddresses(
+        [str(v) for v in message.get_all("from") or ()]) if name]
+    named: set[str] = set()
+    groups = []
+    for phrase, owners in found.items():
+        if any(f" {phrase} " in f" {mine} " for mine in own):
+            continue
+        named |= owners
+        if " " in phrase:
+            reach = frozenset().union(*(directory.client_links.get(c, {c}) for c in owners))
+            groups.append((owners, reach))
+    identified = frozenset().union(*(owners for owners, _ in groups))
+    return frozenset(named), identified, groups
+
+
+class _Copies:
+    """For each recipient: the clients its copy concerns besides its own (no
     consent covers them), and those of them it is not linked to at all (it
     may not receive the copy). A client or contact linked to a client named
     in the text, or sharing a client with each address its copy shows (a
     parent beside the child), is where it belongs; a client's address beside
     another family's, or another client's name, tells it what it may not know."""
-    me = identities[address]
-    mine = me.linked_ids
-    named_set = set(named)
-    concerned = set(named_set)
-    unrelated = named_set - mine
-    for other in shown | {address}:
-        them = identities[other]
-        concerned |= them.linked_ids
-        if other != address and them.linked_ids and not them.linked_ids & mine:
-            unrelated |= them.linked_ids
-    if me.role not in (Role.CLIENT, Role.CONTACT):
-        unrelated = set()  # staff and partners may receive any client's information
-    return (tuple(sorted(concerned - set(me.client_ids))), tuple(sorted(unrelated)))
+
+    __slots__ = ("concerned", "everyone", "groups", "named", "shown")
+
+    def __init__(self, shown: set[str], links: Mapping[str, frozenset[str]],
+                 named: frozenset[str],
+                 groups: list[tuple[frozenset[str], frozenset[str]]]) -> None:
+        self.named = named
+        self.groups = groups  # (clients a name belongs to, clients linked with them)
+        self.shown = [(a, links[a]) for a in shown if links[a]]  # those that reveal a client
+        self.concerned = self.named.union(*(theirs for _, theirs in self.shown))
+        self.everyone = tuple(sorted(self.concerned))  # for whoever is linked to none
+
+    def of(self, address: str, me: Identity) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        mine = me.linked_ids
+        if not mine:  # staff, partners (any client's), a third party (rule 5 on its own)
+            return self.everyone, ()
+        concerned = tuple(sorted((self.concerned | mine).difference(me.client_ids)))
+        if self.concerned <= mine:  # everything the copy tells is this recipient's
+            return concerned, ()
+        unrelated: set[str] = set()
+        for owners, reach in self.groups:
+            if not reach & mine:
+                unrelated |= owners
+        for other, theirs in self.shown:
+            if other != address and not theirs & mine:
+                unrelated |= theirs
+        return concerned, tuple(sorted(unrelated))
 
 
 def _forwarded_addresses(forwarded: Sequence[Message]) -> set[str]:
@@ -141,7 +183,8 @@ def _forwarded_addresses(forwarded: Sequence[Message]) -> set[str]:
     only make a message client-related (stricter), never less so."""
     found: set[str] = set()
     for inner in forwarded:
-        values = [str(v) for name in ("from", "sender", "reply-to", "to", "cc")
+        # An attached message shows its Bcc too (a sent item keeps it).
+        values = [str(v) for name in ("from", "sender", "reply-to", "to", "cc", "bcc")
                   for v in inner.get_all(name) or ()]
         for _, address in getaddresses(values):
             try:

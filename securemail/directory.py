@@ -149,12 +149,13 @@ class Identity:
     partner: str | None = None
     consent_note: str = ""  # why a consent on file is not used for this address
     contact_of: tuple[str, ...] = ()  # a client's address that is also a contact of these
+    # Clients whose information this address may receive: its own, and those
+    # it is an authorised contact of (client_ids + contact_of).
+    linked_ids: frozenset[str] = frozenset()
 
-    @property
-    def linked_ids(self) -> frozenset[str]:
-        """Clients whose information this address may receive: its own, and
-        those it is an authorised contact of."""
-        return frozenset(self.client_ids) | frozenset(self.contact_of)
+
+_STAFF = Identity(Role.STAFF)
+_THIRD_PARTY = Identity(Role.THIRD_PARTY)
 
 
 class Directory:
@@ -192,6 +193,17 @@ class Directory:
                     f" contact of client {', '.join(dict.fromkeys(self._contact_addr[a][:5]))}")
             else:
                 self._consent[a] = consent
+        self._links = {a: frozenset(self._client_addr.get(a, ())) | frozenset(ids)
+                       for a, ids in self._contact_addr.items()}
+        self._links.update({a: frozenset(ids) | frozenset(self._contact_addr.get(a, ()))
+                            for a, ids in self._client_addr.items()})
+        self._known = self._identities()
+        # A client named in a message is where it belongs for whoever is linked
+        # to it: the client itself, or a client whose authorised contact it is
+        # (a parent who is a client too, named on the child's mail).
+        self.client_links = {
+            c.id: frozenset({c.id}).union(*(self._links.get(a, ()) for a in c.addresses))
+            for c in self.clients.values()}
         self._partner_addr = {a: p.name for p in self.partners for a in p.addresses}
         self._partner_domain = {d: p.name for p in self.partners for d in p.domains}
         self.client_names = tuple(
@@ -208,19 +220,27 @@ class Directory:
         """Role of a normalised address. Staff wins, then client, contact, partner."""
         domain = domain_of(address)
         if domain in self.staff_domains:
-            return Identity(Role.STAFF)
-        if address in self._client_addr:
-            # Consent belongs to this exact address, never to the client's contacts.
-            return Identity(Role.CLIENT, tuple(self._client_addr[address]),
-                            self._consent.get(address),
-                            consent_note=self._consent_note.get(address, ""),
-                            contact_of=tuple(dict.fromkeys(self._contact_addr.get(address, ()))))
-        if address in self._contact_addr:
-            return Identity(Role.CONTACT, tuple(self._contact_addr[address]))
+            return _STAFF
+        known = self._known.get(address)  # a client's or a contact's (made once, below)
+        if known is not None:
+            return known
         partner = self._partner_addr.get(address) or self._partner_domain.get(domain)
         if partner is not None:
             return Identity(Role.PARTNER, partner=partner)
-        return Identity(Role.THIRD_PARTY)
+        return _THIRD_PARTY
+
+    def _identities(self) -> dict[str, Identity]:
+        """Every client's and contact's address with its Identity (immutable:
+        built once per directory instead of at every lookup)."""
+        known = {a: Identity(Role.CONTACT, tuple(ids), linked_ids=self._links[a])
+                 for a, ids in self._contact_addr.items()}
+        for a, owners in self._client_addr.items():
+            # Consent belongs to this exact address, never to the client's contacts.
+            known[a] = Identity(Role.CLIENT, tuple(owners), self._consent.get(a),
+                                consent_note=self._consent_note.get(a, ""),
+                                contact_of=tuple(dict.fromkeys(self._contact_addr.get(a, ()))),
+                                linked_ids=self._links[a])
+        return known
 
     def with_imported(self, imported: DirectorySettings) -> Directory:
         """A new directory where imported clients/partners replace same-id/name ones."""

@@ -214,8 +214,9 @@ class Blocked(PermanentFailure):
         else:
             groups = [("", blocked)]
         # What the sender can do about it, when somebody on the message is at fault.
-        tail = (". Take off the addresses not authorised and send again, or ask the office"
-                " to add them to the client's authorised contacts") if cause else ""
+        tail = ("; check them (a wrong autocomplete?) and the client names in the text:"
+                " take off who may not have it, or ask the office to add them as"
+                " authorised contacts") if cause else ""
         text, budget = head + ":", 440 - len(head) - len(tail)
         for label, decisions in groups:
             shown: list[str] = []

@@ -151,6 +151,9 @@ class Facts:
     client_ids: tuple[str, ...] = ()  # clients the message concerns
     phi_signals: tuple[PhiSignal, ...] = ()
     named_client_ids: tuple[str, ...] = ()  # clients whose directory names are in the text
+    # Those named surely (a full name or an address, not the sender's own
+    # name): the message is theirs, and only people linked to them may have it.
+    identified_client_ids: tuple[str, ...] = ()
     restricted: str | None = None  # restricted class from the practice header
     malformed: str | None = None  # "malformed-message" | "malformed-address"
     malformed_detail: str = ""  # what limit or header, never content
@@ -165,7 +168,7 @@ class Facts:
     def client_related(self) -> bool:
         """A client (or contact) takes part, or the text names a client: at a
         counselling practice, being a client is itself protected information."""
-        return bool(self.client_ids or self.named_client_ids)
+        return bool(self.client_ids or self.identified_client_ids)
 
 
 # "phi-unscanned": text past the scan limit was not read, so it counts as both.

@@ -32,7 +32,7 @@ from securemail.model import PhiSignal
 from securemail.parse import header_texts, utf8_header
 from securemail.table_text import html_with_labels, is_tab_table, with_labelled_rows
 
-__all__ = ["HEALTH_TERMS", "Detectors", "message_text"]
+__all__ = ["HEALTH_TERMS", "Detectors", "message_text", "phrase_form"]
 
 _MONTHS = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*"
 _DATE = (
@@ -267,6 +267,11 @@ def _phrase(text: str) -> str:
     return " ".join(_scanned(text.lower()).split())
 
 
+def phrase_form(text: str) -> str:
+    """``text`` in the form :meth:`Detectors.scan_names` reports names in."""
+    return _phrase(text)
+
+
 def _folded(text: str) -> str | None:
     """``text`` as it reads, whatever its code points: compatibility forms made
     plain (full-width letters, ligatures), accents and other combining marks
@@ -495,8 +500,16 @@ class Detectors:
     def scan_named(self, subject: str, body: str
                    ) -> tuple[tuple[PhiSignal, ...], frozenset[str]]:
         """The detector hits, and the ids of the directory clients whose names appear."""
+        found, names = self.scan_names(subject, body)
+        return found, frozenset().union(*names.values())
+
+    def scan_names(self, subject: str, body: str
+                   ) -> tuple[tuple[PhiSignal, ...], dict[str, frozenset[str]]]:
+        """The detector hits, and each directory name or address found (in its
+        scanned form: lower case, separators as single spaces) with the ids of
+        the clients it belongs to (several when clients share a name)."""
         found: list[PhiSignal] = []
-        named: set[str] = set()
+        named: dict[str, frozenset[str]] = {}
         people: set[tuple[str, object]] = set()  # distinct dates of birth and SSNs
         for where, text in (("subject", subject), ("body", body)):
             if not text:
@@ -517,14 +530,16 @@ class Detectors:
                 persons |= more_persons
             found.extend(PhiSignal(d, where) for d in hits)
             for name in names:
-                named |= self._owners.get(name, frozenset())
+                owners = self._owners.get(name)
+                if owners:
+                    named[name] = owners
             people |= persons
             # Two dates of birth, or two SSNs, in the subject and text together:
             # two people at least.
             if any(sum(kind == k for kind, _ in people) > 1 for k in ("dob", "ssn")) and not any(
                     s.detector == "phi-several-people" for s in found):
                 found.append(PhiSignal("phi-several-people", where))
-        return tuple(found), frozenset(named)
+        return tuple(found), named
 
     def _scan_one(self, text: str) -> tuple[list[str], set[str], set[tuple[str, object]]]:
         lowered = text.lower()

@@ -80,9 +80,12 @@ def decide(
 
     concerns = facts.client_related or facts.phi
     today = now.date().isoformat()
+    # Encrypted or not, what travels in clear (the To line, a Subject naming a
+    # client) is seen by every recipient.
     offenders = [r for r in facts.recipients
-                 if concerns and (r.role is Role.THIRD_PARTY or r.unrelated_clients)
-                 and not _sealed_whole(facts)]
+                 if r.unrelated_clients or (
+                     concerns and r.role is Role.THIRD_PARTY
+                     and (not _sealed_whole(facts) or facts.identified_client_ids))]
     whole_message_blocked = bool(offenders) and policy.unauthorised_recipients == "block"
 
     decisions = []
@@ -184,7 +187,7 @@ def _unauthorised_reason(facts: Facts, r: RecipientFacts) -> str:
         return (f"the message concerns client{plural} {', '.join(ids[:5])}, and this address"
                 f" is neither {whose} nor an authorised contact of theirs{mine}")
     # The clients the text names first: they are who the message is about.
-    concerned = list(dict.fromkeys((*facts.named_client_ids, *facts.client_ids)))
+    concerned = list(dict.fromkeys((*facts.identified_client_ids, *facts.client_ids)))
     if concerned:
         clients = ", ".join(concerned[:5])
         plural = "s" if len(concerned) > 1 else ""

@@ -176,6 +176,16 @@ def config_warnings(settings: Settings) -> list[str]:
         warn("upstream.ca_file", 'is only used with tls = "required"; with tls = "none" it is'
                                  ' ignored: remove it, or set tls = "required" to verify the'
                                  " upstream with it")
+    store = settings.storage.sqlite_path
+    for part in (store, store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm")):
+        try:
+            mode = part.stat().st_mode
+        except OSError:
+            continue
+        if mode & 0o077:
+            # Stores made before 0600 was the default keep their mode on upgrade.
+            warn("storage.url", f"{part} can be read by other users (mode {mode & 0o777:o}): it"
+                                f" holds addresses and audit records; chmod 600 {part}")
     return out
 
 

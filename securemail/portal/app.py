@@ -48,8 +48,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from securemail.errors import StoreError
 from securemail.logs import exception_fields
+from securemail.portal.codes import CODE_DIGITS
 from securemail.portal.content import Attachment
-from securemail.portal.service import PortalDenied, PortalService
+from securemail.portal.service import CODES_PER_HOUR, PortalDenied, PortalService
 from securemail.portal.store import PortalRow
 
 __all__ = ["create_app"]
@@ -77,7 +78,8 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline';
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 
 STATUS_CODE = {"missing": 404, "expired": 410, "revoked": 410, "purged": 410, "locked": 423,
-               "rate-limited": 429, "wrong-code": 400, "stale-code": 400, "no-session": 401,
+               "rate-limited": 429, "wrong-code": 400, "stale-code": 400, "code-length": 400,
+               "no-session": 401,
                "csrf": 403,
                "delivery-failed": 503, "too-large": 413, "bad-request": 400,
                "undeliverable": 422, "no-reply": 409, "reply-too-long": 413,
@@ -424,6 +426,11 @@ def create_app(service: PortalService, *,
         try:
             await _coroutine_in_thread(lambda: service.request_code(portal_id, now=moment))
         except PortalDenied as exc:
+            if exc.reason == "rate-limited":
+                # The message's limit of codes (not the per-client one, which
+                # guard() answers): the page says how many codes an hour.
+                return JSONResponse({"error": "rate-limited", "codes_per_hour": CODES_PER_HOUR},
+                                    status_code=STATUS_CODE["rate-limited"])
             return denied(exc.reason)
         return JSONResponse({"ok": True})
 
@@ -434,6 +441,10 @@ def create_app(service: PortalService, *,
         code = checked[1].get("code")
         if not isinstance(code, str) or not re.fullmatch(r"\s*[0-9 ]{4,12}\s*", code):
             return denied("bad-request")
+        if len(re.sub(r"\s", "", code)) != CODE_DIGITS:
+            # A typo (a digit missed or doubled): it could never be right, so it
+            # is not counted as a wrong try.
+            return denied("code-length")
         portal_id, held, moment = checked[0], token_of(request, checked[0]), now()
         try:
             token = await _in_thread(lambda: service.verify_code(portal_id, code, now=moment,
@@ -464,6 +475,21 @@ def create_app(service: PortalService, *,
             return denied(exc.reason)
         return JSONResponse({"ok": True, "expires_in": _seconds(ends - now()), "final": final,
                              "max_minutes": _seconds(service.session_limits()[1]) // 60})
+
+    async def sign_out(request: Request) -> Response:
+        """End this browser's session for the message at once (the "Sign out"
+        button) and clear its cookie; answered the same whether or not a
+        session was still live."""
+        checked = await guard(request)
+        if isinstance(checked, Response):
+            return checked
+        portal_id, token, moment = checked[0], token_of(request, checked[0]), now()
+        if token:
+            await _in_thread(lambda: service.end_session(portal_id, token, now=moment))
+        resp = JSONResponse({"ok": True})
+        resp.delete_cookie(session_cookie(portal_id), path="/", secure=True, httponly=True,
+                           samesite="strict")
+        return resp
 
     async def sealed(request: Request) -> Response:
         portal_id = request.path_params["id"]
@@ -547,6 +573,7 @@ def create_app(service: PortalService, *,
         Route("/m/{id}/code", send_code, methods=["POST"]),
         Route("/m/{id}/verify", verify, methods=["POST"]),
         Route("/m/{id}/session", keep_alive, methods=["POST"]),
+        Route("/m/{id}/signout", sign_out, methods=["POST"]),
         Route("/m/{id}/sealed", sealed),
         Route("/m/{id}/downloaded", downloaded, methods=["POST"]),
         Route("/m/{id}/reply", reply, methods=["POST"]),

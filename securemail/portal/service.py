@@ -33,7 +33,8 @@ from securemail.portal.secret import PortalSecret, load_or_create_secret
 from securemail.portal.store import PortalRow, PortalStore
 from securemail.transport import Transport
 
-__all__ = ["MAX_FAILED_CODES", "SESSION_MAX_MINUTES", "PortalDenied", "PortalService", "Sealed"]
+__all__ = ["CODES_PER_HOUR", "MAX_FAILED_CODES", "SESSION_MAX_MINUTES", "PortalDenied",
+           "PortalService", "Sealed"]
 
 MAX_FAILED_CODES = 5
 MAX_UNKNOWN_ATTACHMENTS = 1000
@@ -355,6 +356,17 @@ class PortalService:
         entered. Returns ``(ends, final)``; ``final``: the cap is reached."""
         _, ends, final = self._session(portal_id, token, now, extend=True)
         return ends, final
+
+    def end_session(self, portal_id: str, token: str, *, now: datetime) -> bool:
+        """Sign out: the session ``token`` opened for ``portal_id`` ends now (the
+        token opens nothing after this). False if it was not a live session of
+        this message. Works whatever the message's state."""
+        token_hash = self.secret.mac("session", token)
+        bound = self.store.session_for(token_hash, now)
+        if bound is None or not secrets.compare_digest(bound[0], portal_id):
+            return False
+        self.store.end_session(token_hash)
+        return True
 
     def session_limits(self) -> tuple[timedelta, timedelta]:
         """``(idle, absolute)``: a session ends after ``idle`` without activity,

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from securemail.errors import StoreError
 from securemail.store.group_commit import GroupCommitter
-from securemail.store.sqlite import ensure_schema, open_database
+from securemail.store.sqlite import describe_fault, ensure_schema, open_database, rollback_quietly
 
 __all__ = ["PortalRow", "PortalStore", "ts"]
 
@@ -226,11 +226,11 @@ class PortalStore:
                 try:
                     yield conn
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    rollback_quietly(conn, "ROLLBACK")
                     raise
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise StoreError(f"portal store failed ({type(exc).__name__})") from None
+                raise StoreError(f"portal store failed ({describe_fault(exc)})") from None
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -247,7 +247,7 @@ class PortalStore:
             try:
                 yield conn
             except sqlite3.Error as exc:
-                raise StoreError(f"portal store failed ({type(exc).__name__})") from None
+                raise StoreError(f"portal store failed ({describe_fault(exc)})") from None
 
     # ------------------------------------------------------------ messages
 
@@ -452,6 +452,11 @@ class PortalStore:
         created, expires = _dt(str(r[1])), _dt(str(r[2]))
         assert created is not None and expires is not None
         return str(r[0]), created, expires
+
+    def end_session(self, token_hash: str) -> None:
+        """Delete a session (signed out): its token opens nothing any more."""
+        with self._tx() as c:
+            c.execute("DELETE FROM portal_sessions WHERE token_hash = ?", (token_hash,))
 
     def extend_session(self, token_hash: str, now: datetime, expires: datetime) -> None:
         """Move a live session's end to ``expires`` (never earlier, never revive one)."""

@@ -245,3 +245,16 @@ def test_commands_in_the_demo_folder_say_where_its_config_is(tmp_path: Path) -> 
     assert "-c securemail-data/securemail.toml" in done.stderr
     elsewhere = securemail("audit", "verify", cwd=tmp_path / "securemail-data")
     assert "securemail-data/securemail.toml" not in elsewhere.stderr
+
+
+def test_config_check_points_out_a_store_others_can_read(tmp_path: Path) -> None:
+    # Trial 41: a store made by an old version (0644) kept its mode after the
+    # upgrade, while new stores are 0600.
+    cfg = _store_with_records(tmp_path / "old")
+    db = tmp_path / "old" / "store.db"
+    assert securemail("config", "check", "-c", str(cfg), cwd=tmp_path).stdout.count(
+        "can be read by other users") == 0
+    db.chmod(0o644)
+    done = securemail("config", "check", "-c", str(cfg), cwd=tmp_path)
+    assert f"{db} can be read by other users (mode 644)" in done.stdout + done.stderr
+    assert f"chmod 600 {db}" in done.stdout + done.stderr

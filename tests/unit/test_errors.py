@@ -22,9 +22,10 @@ STRANGER = Decision("stranger@other.example", Source.CC, Role.THIRD_PARTY, Actio
 def test_a_whole_message_block_names_who_caused_it_first() -> None:
     reply = Blocked(Verdict("<m@x>", Mode.ENFORCE, False, True, (CLIENT, STRANGER))).smtp_reply
     assert reply == ("550 5.7.1 Blocked by policy (unauthorised-recipient): not authorised:"
-                     " stranger@other.example; blocked with them: pat@client.example. Take off"
-                     " the addresses not authorised and send again, or ask the office to add"
-                     " them to the client's authorised contacts")
+                     " stranger@other.example; blocked with them: pat@client.example; check"
+                     " them (a wrong autocomplete?) and the client names in the text: take off"
+                     " who may not have it, or ask the office to add them as authorised"
+                     " contacts")
 
 
 def test_a_client_who_may_not_receive_it_is_named_as_the_cause() -> None:
@@ -38,7 +39,7 @@ def test_a_client_who_may_not_receive_it_is_named_as_the_cause() -> None:
     reply = Blocked(Verdict("<m@x>", Mode.ENFORCE, False, True, (held, wrong))).smtp_reply
     assert reply.startswith("550 5.7.1 Blocked by policy (unauthorised-recipient): not"
                             " authorised: sam@client.example; blocked with them:"
-                            " nurse@practice.example. Take off")
+                            " nurse@practice.example; check them")
 
 
 def test_a_block_without_a_cause_lists_the_recipients() -> None:

@@ -7,6 +7,7 @@ c-1003 Kim; partners in their own domain.
 
 from __future__ import annotations
 
+import email
 import textwrap
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def test_two_families_in_one_to_line_are_blocked(config_path: Path) -> None:
         raise Blocked(v)
     reply = caught.value.smtp_reply
     assert reply.startswith("550 5.7.1 Blocked by policy (unauthorised-recipient):")
-    assert "Take off the addresses not authorised and send again" in reply
+    assert "check them (a wrong autocomplete?) and the client names in the text" in reply
     assert len(reply) < 512
 
 
@@ -181,3 +182,124 @@ def _with_extra(config_path: Path, tmp_path: Path, extra: str) -> Path:
     out = tmp_path / "extra.toml"
     out.write_text(config_path.read_text() + textwrap.dedent(extra))
     return out
+
+
+# ---- review 45: false blocks a therapist would notice, leaks still open
+
+KAREN = """
+[[directory.clients]]
+id = "c-1111"
+addresses = ["guardian@mail.example"]
+names = ["Karen Roe"]
+"""
+
+
+def test_a_parent_who_is_a_client_named_on_the_childs_thread_is_fine(make_config) -> None:
+    # Gmail's quote line names the mother (a client too): the child's own mail
+    # was blocked as "concerning c-1111".
+    cfg = make_config(extra=KAREN)
+    body = ("See you Tuesday.\n\nOn Mon, Karen Roe <guardian@mail.example> wrote:\n"
+            "> Jane is anxious about the move.")
+    raw = msg(to=["jane@mail.example"], cc=["guardian@mail.example"], body=body)
+    v = verdict_for(cfg, raw, DR, ["jane@mail.example", "guardian@mail.example"])
+    assert {d.action for d in v.decisions} == {Action.PORTAL}, [d.reason for d in v.decisions]
+
+
+def test_the_senders_own_name_is_not_a_clients(make_config) -> None:
+    # Dr Ana Rivera shares a client's name: her signature named "the client"
+    # in every message, and every message to a client or outsider was blocked.
+    cfg = make_config(extra="""
+[[directory.clients]]
+id = "c-2050"
+addresses = ["ana.r@mail.example"]
+names = ["Ana Rivera"]
+""")
+    raw = build_message(sender="Dr. Ana Rivera <ana@riverside.example>", to=["jane@mail.example"],
+                        body="See you Tuesday.\n\n-- \nAna Rivera, LMFT")
+    v = verdict_for(cfg, raw, "ana@riverside.example", ["jane@mail.example"])
+    assert v.decisions[0].action is Action.PORTAL
+    assert v.facts is not None and v.facts.named_client_ids == ()
+    vendor = build_message(sender="Dr. Ana Rivera <ana@riverside.example>",
+                           to=["orders@supplies.example"], body="Toner, please.\n-- \nAna Rivera")
+    v = verdict_for(cfg, vendor, "ana@riverside.example", ["orders@supplies.example"])
+    assert by_address(v) == {"orders@supplies.example": ("deliver", ("no-phi",))}
+
+
+def test_two_clients_sharing_a_name_each_get_their_mail(make_config) -> None:
+    cfg = make_config(extra="""
+[[directory.clients]]
+id = "c-2081"
+addresses = ["maria.g@mail.example"]
+names = ["Maria Garcia"]
+
+[[directory.clients]]
+id = "c-2082"
+addresses = ["mgarcia@work.example"]
+names = ["Maria Garcia"]
+""")
+    raw = msg(to=["maria.g@mail.example"], body="Hi Maria Garcia, see you Tuesday.")
+    v = verdict_for(cfg, raw, DR, ["maria.g@mail.example"])
+    assert v.decisions[0].action is Action.PORTAL
+
+
+def test_a_one_word_name_withholds_consent_but_blocks_nobody(make_config) -> None:
+    cfg = make_config(extra="""
+[[directory.clients]]
+id = "c-2090"
+addresses = ["grace.h@mail.example"]
+names = ["Grace"]
+""")
+    order = msg(to=["orders@supplies.example"], body="Saying grace before lunch: 40 chairs.")
+    v = verdict_for(cfg, order, DR, ["orders@supplies.example"])
+    assert by_address(v) == {"orders@supplies.example": ("deliver", ("no-phi",))}
+    to_sam = msg(to=["sam@mail.example"], body="Amazing grace. See you Tuesday.")
+    sam = verdict_for(cfg, to_sam, DR, ["sam@mail.example"]).decisions[0]
+    assert (sam.action, sam.rules) == (Action.PORTAL, ("consent-other-client",
+                                                       "protected-portal"))
+
+
+def test_a_forwarded_sent_item_shows_its_bcc(config_path: Path) -> None:
+    # The attached copy of a sent group email keeps its Bcc line: Sam sees Jane.
+    from email.message import EmailMessage
+
+    inner = (b"From: dr.lee@riverside.example\r\nTo: dr.lee@riverside.example\r\n"
+             b"Bcc: jane@mail.example, sam@mail.example\r\nSubject: group\r\n\r\nRoom 4.\r\n")
+    outer = EmailMessage()
+    outer["From"], outer["To"], outer["Subject"] = DR, "sam@mail.example", "FYI"
+    outer.set_content("See below.")
+    outer.add_attachment(email.message_from_bytes(inner))
+    v = verdict_for(config_path, outer.as_bytes(), DR, ["sam@mail.example"])
+    assert by_address(v)["sam@mail.example"][0] == "block"
+
+
+def _pgp_mime(to: list[str], subject: str) -> bytes:
+    import warnings
+
+    from tests.integration.crypto_fixtures import pgpy_secret_key
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgpy
+
+        key, _ = pgpy.PGPKey.from_blob(pgpy_secret_key("X", "x@mail.example")[0])
+        armored = str(key.encrypt(pgpy.PGPMessage.new("hello"))).encode()
+    return (f"From: {DR}\r\nTo: {', '.join(to)}\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";'
+            ' boundary="b1"\r\n\r\n--b1\r\nContent-Type: application/pgp-encrypted\r\n\r\n'
+            "Version: 1\r\n\r\n--b1\r\nContent-Type: application/octet-stream\r\n\r\n"
+            ).encode() + armored.replace(b"\n", b"\r\n") + b"\r\n--b1--\r\n"
+
+
+def test_what_an_encrypted_message_shows_in_clear_still_counts(config_path: Path) -> None:
+    # The To line and the Subject travel in clear: two families in one To, or
+    # a client's name in the Subject to an outsider, were delivered as sealed.
+    both = ["jane@mail.example", "sam@mail.example"]
+    v = verdict_for(config_path, _pgp_mime(both, "..."), DR, both)
+    assert {d.action for d in v.decisions} == {Action.BLOCK}
+    out = verdict_for(config_path, _pgp_mime(["friend@elsewhere.example"],
+                                             "Jane Roe - appointment moved"),
+                      DR, ["friend@elsewhere.example"])
+    assert out.decisions[0].action is Action.BLOCK
+    own = verdict_for(config_path, _pgp_mime(["jane@mail.example"], "Jane Roe - Tuesday"),
+                      DR, ["jane@mail.example"])
+    assert by_address(own) == {"jane@mail.example": ("deliver", ("already-encrypted",))}

@@ -110,7 +110,7 @@ def test_policy_reply_stays_under_512_octets() -> None:
                       for i in range(20))
     reply = Blocked(Verdict("<m>", Mode.ENFORCE, False, True, decisions)).smtp_reply
     assert reply.startswith("550 5.7.1 ") and len(reply) < 512
-    assert " more. Take off the addresses not authorised" in reply
+    assert " more; check them (a wrong autocomplete?)" in reply
 
 
 def test_signature_with_altered_base64_padding_bits_is_rejected() -> None:

@@ -20,8 +20,17 @@
   // The pages that replace everything else (no key, broken, locked, gone): their
   // heading takes the focus, so a screen reader reads what happened.
   const states = ["step-nokey", "step-broken", "step-locked", "step-gone"];
+  // The tab's title says where the reader is (never the subject: titles are
+  // kept in the browser's history).
+  const titles = { "step-start": "Secure message", "step-code": "Enter your code",
+                   "step-message": "Your message", "step-nokey": "This link is incomplete",
+                   "step-broken": "Message cannot be opened", "step-locked": "Message locked",
+                   "step-gone": "Message no longer available" };
+  const practice = root.dataset.practice || "";
   function show(...names) {
     for (const s of steps) $(s).hidden = !names.includes(s);
+    const title = titles[names[0]];
+    if (title) document.title = practice ? title + " \u00b7 " + practice : title;
     for (const s of states) if (names.includes(s)) $(s).querySelector("h1").focus();
     // What a step that is now hidden said leaves the live regions with it.
     withdraw((source) => { const step = source.closest(".step"); return !!step && step.hidden; });
@@ -49,13 +58,44 @@
       liveSources[regionId] = null;
     }
   }
-  function say(el, text) {
+  // invalid: the text is about what was typed in the error's field (the code,
+  // the reply): the field is then marked aria-invalid and described by the
+  // error, until the error changes or goes.
+  const fieldOf = { "code-error": "code", "reply-error": "reply-body" };
+  function say(el, text, invalid) {
     el.textContent = text;
     el.hidden = !text;
     if (el.classList.contains("error") || el.classList.contains("ok")) {
       if (text) announce(text, el.classList.contains("error"), el);
       else withdraw((source) => source === el);
     }
+    const field = fieldOf[el.id] && $(fieldOf[el.id]);
+    if (field) markInvalid(field, el, !!(text && invalid));
+  }
+  function markInvalid(field, errorEl, on) {
+    const ids = (field.getAttribute("aria-describedby") || "").split(/\s+/)
+      .filter((x) => x && x !== errorEl.id);
+    if (on) {
+      ids.push(errorEl.id);
+      field.setAttribute("aria-invalid", "true");
+    } else field.removeAttribute("aria-invalid");
+    if (ids.length) field.setAttribute("aria-describedby", ids.join(" "));
+    else field.removeAttribute("aria-describedby");
+  }
+  // A button that is busy stays focusable (a disabled button drops the keyboard
+  // focus to the page): it is marked aria-disabled and its handler ignores it.
+  function hold(btn, on) {
+    if (!btn) return;
+    if (on) btn.setAttribute("aria-disabled", "true"); else btn.removeAttribute("aria-disabled");
+  }
+  function held(btn) { return !!btn && btn.getAttribute("aria-disabled") === "true"; }
+  // What the page is doing while the sealed message downloads (it can be large):
+  // shown above the steps, whichever is visible.
+  function busy(text) {
+    const el = $("opening");
+    el.textContent = text;
+    el.hidden = !text;
+    if (!text) withdraw((source) => source === el);
   }
 
   function b64urlToBytes(text) {
@@ -95,6 +135,7 @@
 
   const messages = {
     "network": "We could not reach the server. Please check your connection and try again.",
+    "code-length": "Codes have 6 digits. Please type all 6 digits from the email.",
     "rate-limited": "Too many requests. Please wait a few minutes and try again.",
     "delivery-failed": "We could not send that just now. Please try again in a minute.",
     "csrf": "This page is out of date. Please reload it.",
@@ -108,18 +149,29 @@
     "no-reply": "This message cannot be answered here. Please contact the practice another way.",
     "stale-code": "This code has expired, or a newer code was sent. Please use the newest code, " +
       "or ask for a new one.",
+    "signed-out": "You have signed out. To read the message again, ask for a new code.",
+    "signed-out-offline": "You have signed out of this page, but we could not end your session " +
+      "on the server just now. Please close this browser tab.",
     "unavailable": "The service is busy just now. Please try again in a minute.",
   };
   // Withdrawn (revoked), expired or purged: HTTP 410 from every POST, whatever its body.
   function isGone(res) {
     return res.status === 410 || ["expired", "revoked", "purged", "missing"].includes(res.data.error);
   }
-  function failure(res, el) {
+  function failure(res, el, invalid) {
     const err = res.data.error;
     if (isGone(res)) { gone(); return; }
     if (err === "no-session") { sessionEnded(); return; }
     if (err === "locked") { show("step-locked"); return; }
-    say(el, messages[err] || "Something went wrong. Please try again.");
+    // The limit of codes for this message, not the per-connection one.
+    const perHour = res.data.codes_per_hour;
+    if (err === "rate-limited" && perHour) {
+      say(el, "We send at most " + perHour + " codes an hour for a message, and " + perHour +
+          " were sent in the last hour. Please use the newest code we sent, or ask for a new " +
+          "one later (within the hour).");
+      return;
+    }
+    say(el, messages[err] || "Something went wrong. Please try again.", invalid);
   }
 
   const keyBytes = b64urlToBytes(location.hash.slice(1));
@@ -164,42 +216,132 @@
     showCodeEntry();
   });
   $("send-code").addEventListener("click", async () => {
-    $("send-code").disabled = true;
+    if (held($("send-code"))) return;
+    hold($("send-code"), true);
     await requestCode($("start-error"));
-    $("send-code").disabled = false;
+    hold($("send-code"), false);
   });
   $("resend").addEventListener("click", async () => {
+    if (held($("resend"))) return;
+    hold($("resend"), true);
     say($("code-note"), "");
     await requestCode($("code-error"));
+    hold($("resend"), false);
     if ($("code-error").hidden) say($("code-note"), "We sent you a new code.");
   });
+  function wrongCode(n) {
+    let text = "That code is not right. ";
+    if (n === 1) {
+      text += "1 try left: one more wrong code locks this message until " +
+        (practice || "the practice") + " sends it again. If you are not sure of the code, " +
+        "ask for a new one.";
+    } else {
+      text += n + " tries left.";
+    }
+    return text;
+  }
   $("code-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    $("open").disabled = true;
+    // Once only: a second press while the code is checked would send the used
+    // code again (a wrong try), and while the message downloads a second download.
+    if (held($("open")) || opening) return;
     say($("code-error"), "");
     if (verified) {  // the code worked; only fetching the message failed
+      hold($("open"), true);
       await openMessage($("code-error"));
-      $("open").disabled = false;
+      hold($("open"), false);
       return;
     }
+    // Codes have 6 digits (spaces allowed): anything else is a typo, said
+    // here and not sent (it could never be right, and would cost a try).
+    const digits = $("code").value.replace(/\s/g, "");
+    if (!/^[0-9]{6}$/.test(digits)) {
+      say($("code-error"), digits ? messages["code-length"] :
+        "Please type the 6-digit code from the email.", true);
+      $("code").focus();
+      return;
+    }
+    hold($("open"), true);
     const res = await post("verify", { code: $("code").value });
-    $("open").disabled = false;
     say($("code-note"), "");
-    if (res.ok) { verified = true; sessionEnd = 0; await openMessage($("code-error")); return; }
-    if (res.data.error === "wrong-code") {
-      const n = res.data.remaining;
-      say($("code-error"), "That code is not right. " + n + (n === 1 ? " try" : " tries") + " left.");
-      $("code").value = "";
+    if (res.ok) {
+      verified = true;
+      sessionEnd = 0;
+      await openMessage($("code-error"));
+      hold($("open"), false);
       return;
     }
-    failure(res, $("code-error"));
+    hold($("open"), false);
+    if (res.data.error === "wrong-code") {
+      say($("code-error"), wrongCode(res.data.remaining), true);
+      $("code").value = "";
+      $("code").focus();  // typed again right there; the error describes the field
+      return;
+    }
+    const invalid = ["stale-code", "code-length", "bad-request"].includes(res.data.error);
+    failure(res, $("code-error"), invalid);
+    if (invalid) $("code").focus();
   });
 
-  async function openMessage(errorEl) {
+  // One download at a time: pressing "Open message" again while the sealed
+  // message downloads does nothing (the page says it is opening it).
+  let opening = false;
+  async function openMessage(errorEl, onLoad) {
+    if (opening) return;
+    opening = true;
+    try {
+      await fetchAndOpen(errorEl, onLoad);
+    } finally {
+      opening = false;
+      busy("");
+    }
+  }
+  // The sealed message's body, read as it arrives so that the page can say how
+  // far it is (its size is the answer's Content-Length, when the server sent one).
+  async function readSealed(r) {
+    const total = parseInt(r.headers.get("content-length") || "", 10) || 0;
+    const label = "Opening your message\u2026";
+    if (total) {
+      busy(label + " (" + humanSize(total) + ")");
+      // Large: a screen reader hears the size once, not every step of the way.
+      if (total >= 1024 * 1024) {
+        announce("Opening your message (" + humanSize(total) + "). This can take a while on " +
+                 "a slow connection.", false, $("opening"));
+      }
+    }
+    if (!r.body || !r.body.getReader) return JSON.parse(await r.text());
+    const reader = r.body.getReader();
+    const chunks = [];
+    let got = 0, shown = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      got += value.length;
+      if (total && Date.now() - shown > 250) {
+        shown = Date.now();
+        busy(label + " " + humanSize(Math.min(got, total)) + " of " + humanSize(total));
+      }
+    }
+    const bytes = new Uint8Array(got);
+    let at = 0;
+    for (const c of chunks) { bytes.set(c, at); at += c.length; }
+    return JSON.parse(new TextDecoder().decode(bytes));
+  }
+  // onLoad: the check for a live session when the page loads, which usually
+  // finds none; the busy note shows only once the message is really coming.
+  async function fetchAndOpen(errorEl, onLoad) {
     let r, sealed;
+    if (!onLoad) {
+      busy("Opening your message\u2026");
+      announce("Opening your message\u2026", false, $("opening"));
+    }
     try {
       r = await fetch("/m/" + id + "/sealed", { credentials: "same-origin" });
-      if (r.ok) sealed = await r.json();
+      if (r.ok) {
+        if (onLoad) busy("Opening your message\u2026");
+        sealed = await readSealed(r);
+      }
     } catch (e) {
       // Connection dropped: say so; the button tries again (without the used code).
       say(errorEl, messages["network"]);
@@ -303,9 +445,18 @@
     hideWarning();
     clearMessage();
   }
-  // The message was withdrawn, expired or purged while open: nothing of it stays.
+  // The message was withdrawn, expired or purged while open: nothing of it stays,
+  // but a reply the client was writing does (their own words, not the message's):
+  // shown read-only, to copy and send another way.
   function gone() {
+    const unsent = $("reply-body") ? $("reply-body").value : "";
+    const file = $("reply-file") && $("reply-file").files[0];
     stopSession();
+    $("gone-draft").value = unsent.trim() ? unsent : "";
+    $("gone-reply").hidden = !unsent.trim();
+    $("gone-reply-file").textContent = file && unsent.trim() ?
+      "The file you attached (" + file.name + ") was not sent either." : "";
+    $("gone-reply-file").hidden = !$("gone-reply-file").textContent;
     show("step-gone");
   }
   function sessionEnded() {
@@ -326,12 +477,21 @@
       if (text) sessionStorage.setItem(draftKey, text); else sessionStorage.removeItem(draftKey);
     } catch (e) { /* storage full or off: the draft stays in the page only */ }
   }
+  const EMPTY_REPLY = "Please write a message or attach a file.";
   if ($("reply-body")) $("reply-body").addEventListener("input", () => {
     const text = $("reply-body").value;
     saveDraft(text);
     // maxlength stops typing at the limit (and cuts a paste): say why.
-    if (text.length >= maxReply) say($("reply-error"), messages["reply-too-long"]);
-    else if ($("reply-error").textContent === messages["reply-too-long"]) say($("reply-error"), "");
+    const said = $("reply-error").textContent;
+    if (text.length >= maxReply) say($("reply-error"), messages["reply-too-long"], true);
+    else if (said === messages["reply-too-long"] || (said === EMPTY_REPLY && text.trim())) {
+      say($("reply-error"), "");  // fixed: the field is no longer marked invalid
+    }
+  });
+  if ($("reply-file")) $("reply-file").addEventListener("change", () => {
+    if ($("reply-file").files.length && $("reply-error").textContent === EMPTY_REPLY) {
+      say($("reply-error"), "");
+    }
   });
 
   // The decrypted content leaves the page when the session ends.
@@ -395,9 +555,12 @@
         firstHtml = false;
         // Sandboxed: no scripts, no forms, no top navigation (same-origin only so
         // that fitFrame can read its height); the meta CSP blocks every remote
-        // load on top of the page's own inherited policy.
+        // load on top of the page's own inherited policy. Long words and links
+        // wrap instead of making the frame scroll sideways (the message's own
+        // styles, which come after, can still say otherwise).
         const guard = '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; ' +
-          'img-src data:; style-src \'unsafe-inline\'"><base target="_blank">';
+          'img-src data:; style-src \'unsafe-inline\'"><base target="_blank">' +
+          '<style>html { overflow-wrap: anywhere; }</style>';
         el.classList.remove("fitted");
         el.style.height = "";
         el.onload = () => fitFrame(el);
@@ -474,10 +637,11 @@
   // server accepted the record. Withdrawn or expired (410) or no session (401):
   // the message leaves the page and nothing is saved.
   async function download(a, index, btn) {
+    if (held(btn)) return;
     say($("files-error"), "");
-    btn.disabled = true;
+    hold(btn, true);
     const res = await post("downloaded", { index: String(index) });
-    btn.disabled = false;
+    hold(btn, false);
     if (!res.ok) { failure(res, $("files-error")); return; }
     const url = URL.createObjectURL(new Blob([b64ToBytes(a.data)],
                                              { type: "application/octet-stream" }));
@@ -493,28 +657,58 @@
   // No reply form when the original has no address to answer (the page says so).
   if ($("reply-form")) $("reply-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    if (held($("reply-send"))) return;  // sending: once only
     say($("reply-error"), "");
     $("reply-ok").hidden = true;
     const fields = { body: $("reply-body").value,
                      subject: subject.toLowerCase().startsWith("re:") ? subject : "Re: " + subject };
     const file = $("reply-file").files[0];
     if (file) fields.attachment = file;
-    if (!fields.body.trim() && !file) { say($("reply-error"), "Please write a message or attach a file."); return; }
-    if (fields.body.length > maxReply) { say($("reply-error"), messages["reply-too-long"]); return; }
+    if (!fields.body.trim() && !file) {
+      say($("reply-error"), EMPTY_REPLY, true);
+      $("reply-body").focus();
+      return;
+    }
+    if (fields.body.length > maxReply) { say($("reply-error"), messages["reply-too-long"], true); return; }
     // The server stops reading past the limit (and drops the connection), so say it here.
     if (file && file.size > 10 * 1024 * 1024) { say($("reply-error"), messages["too-large"]); return; }
-    $("reply-send").disabled = true;
+    hold($("reply-send"), true);
     const res = await post("reply", fields);
-    $("reply-send").disabled = false;
+    hold($("reply-send"), false);
     if (res.ok) {
       say($("reply-ok"), "Your reply was sent securely.");
       $("reply-body").value = "";
       saveDraft("");
       $("reply-file").value = "";
-    } else failure(res, $("reply-error"));
+    } else failure(res, $("reply-error"), res.data.error === "reply-too-long");
   });
+
+  // Sign out: the server ends the session (and clears its cookie), the page
+  // forgets the message and any unsent reply. Done on this page whatever the
+  // server answers: someone may be walking away from a shared computer.
+  $("sign-out").addEventListener("click", async () => {
+    if (held($("sign-out"))) return;
+    hold($("sign-out"), true);
+    const res = await post("signout");
+    hold($("sign-out"), false);
+    if (isGone(res)) { discardReply(); gone(); return; }
+    discardReply();
+    stopSession();
+    show("step-start");
+    const ended = res.ok || res.data.error === "no-session";
+    say($("start-error"), "");
+    say($("start-note"), ended ? messages["signed-out"] : messages["signed-out-offline"]);
+    $("start-heading").focus();
+  });
+  function discardReply() {
+    saveDraft("");
+    if ($("reply-body")) $("reply-body").value = "";
+    if ($("reply-file")) $("reply-file").value = "";
+    if ($("reply-error")) say($("reply-error"), "");
+    if ($("reply-ok")) say($("reply-ok"), "");
+  }
 
   // Back within a live session (e.g. after a reload): open straight away.
   show("step-start");
-  openMessage($("start-error"));
+  openMessage($("start-error"), true);
 })();
