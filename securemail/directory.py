@@ -211,10 +211,37 @@ class Directory:
         )
         # Each client's addresses as the detectors look for them in a text:
         # as stored (A-label domain) and with the domain as people write it.
+        # Their contacts' addresses too: HIPAA counts a relative's or household
+        # member's identifiers as the client's (45 CFR 164.514(b)(2)), and an
+        # inline-forwarded "From: David <david@...>" tells whose family it is.
         self.client_addresses = tuple(
-            (form, c.id) for c in self.clients.values() for a in dict.fromkeys(c.addresses)
+            (form, c.id) for c in self.clients.values()
+            for a in dict.fromkeys((*c.addresses, *(ct.address for ct in c.contacts)))
             for form in dict.fromkeys((a, _written_domain(a)))
         )
+
+    def notes(self) -> list[str]:
+        """What works but may surprise: entries the policy reads differently
+        from how a practice may mean them (shown after an import)."""
+        out = []
+        for a, owners in sorted(self._client_addr.items()):
+            partner = self._partner_addr.get(a) or self._partner_domain.get(domain_of(a))
+            if partner is not None:
+                out.append(f"{a} is client {', '.join(owners)}'s address and also partner"
+                           f" {partner}'s: it is treated as the client's (only that client's"
+                           " mail may go to it)")
+        by_name: dict[str, list[str]] = {}
+        for name, cid in self.client_names:
+            by_name.setdefault(" ".join(name.lower().split()), []).append(cid)
+        for name, ids in sorted(by_name.items()):
+            ids = list(dict.fromkeys(ids))
+            if len(name.split()) == 1:
+                out.append(f"client {', '.join(ids)}: the one-word name {name!r} can be any"
+                           " word, so it makes no message a client's; give the full name")
+            elif len(ids) > 1:
+                out.append(f"clients {', '.join(ids)} share the name {name!r}: a message"
+                           " naming it may go to either of them")
+        return out
 
     def identify(self, address: str) -> Identity:
         """Role of a normalised address. Staff wins, then client, contact, partner."""

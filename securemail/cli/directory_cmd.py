@@ -88,6 +88,8 @@ def directory_import(file: str, replace: bool, config_path: str) -> None:
     now = dt.datetime.now(dt.UTC)
     log = AuditLog.open(settings)  # a store whose signing key is wrong stops here
 
+    notes: list[str] = []
+
     def change(conn: sqlite3.Connection
                ) -> tuple[tuple[RemovedEntries, RemovedEntries], list[AdminEvent]]:
         # The import and its audit records commit together, or not at all.
@@ -107,8 +109,9 @@ def directory_import(file: str, replace: bool, config_path: str) -> None:
             fields["reason_code"] = "replace"
         events: list[AdminEvent] = [("directory-import", fields)]
         events += _removal_events(removed, file=file)
-        events += consent_change_events(consent_changes(before, _directory(settings, conn)),
-                                        actor="cli", file=file)
+        after = _directory(settings, conn)
+        events += consent_change_events(consent_changes(before, after), actor="cli", file=file)
+        notes[:] = after.notes()
         return (removed, left), events
 
     try:
@@ -122,6 +125,8 @@ def directory_import(file: str, replace: bool, config_path: str) -> None:
         click.echo(f"note: {len(left.clients)} client(s) and {len(left.partners)} partner(s)"
                    f" imported earlier are not in {file} and stay authorised; to remove them,"
                    " import the full list with --replace or use `securemail directory remove`")
+    for note in notes:
+        click.echo(f"note: {note}")
 
 
 @directory_group.command("remove")

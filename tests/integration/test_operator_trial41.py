@@ -258,3 +258,29 @@ def test_config_check_points_out_a_store_others_can_read(tmp_path: Path) -> None
     done = securemail("config", "check", "-c", str(cfg), cwd=tmp_path)
     assert f"{db} can be read by other users (mode 644)" in done.stdout + done.stderr
     assert f"chmod 600 {db}" in done.stdout + done.stderr
+
+
+def test_directory_import_points_out_entries_read_differently(tmp_path: Path) -> None:
+    # Review 45: a partner's address that is also a client's, one-word names and
+    # names two clients share were taken silently.
+    (tmp_path / "securemail.toml").write_text(
+        '[practice]\ndomains = ["riverside.example"]\n[storage]\nurl = "sqlite:store.db"\n')
+    (tmp_path / "d.csv").write_text(
+        "kind,id,name,addresses,domains,contacts,consent_granted,consent_warning,"
+        "consent_expires,names\n"
+        "client,c-1,,lee.md@gmail.example,,,,,,Lee Park\n"
+        "client,c-2,,grace@mail.example,,,,,,Grace\n"
+        "client,c-3,,m1@mail.example,,,,,,Maria Garcia\n"
+        "client,c-4,,m2@mail.example,,,,,,maria  garcia\n"
+        "partner,,Dr Lee Psychiatry,lee.md@gmail.example,,,,,,\n")
+    done = securemail("directory", "import", "d.csv", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stdout.splitlines() if line.startswith("note: ")]
+    assert notes == [
+        "note: lee.md@gmail.example is client c-1's address and also partner Dr Lee"
+        " Psychiatry's: it is treated as the client's (only that client's mail may go to it)",
+        "note: client c-2: the one-word name 'grace' can be any word, so it makes no message"
+        " a client's; give the full name",
+        "note: clients c-3, c-4 share the name 'maria garcia': a message naming it may go to"
+        " either of them",
+    ], done.stdout

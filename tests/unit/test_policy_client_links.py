@@ -303,3 +303,16 @@ def test_what_an_encrypted_message_shows_in_clear_still_counts(config_path: Path
     own = verdict_for(config_path, _pgp_mime(["jane@mail.example"], "Jane Roe - Tuesday"),
                       DR, ["jane@mail.example"])
     assert by_address(own) == {"jane@mail.example": ("deliver", ("already-encrypted",))}
+
+
+def test_a_contacts_address_in_the_text_tells_whose_family_it_is(config_path: Path) -> None:
+    # Review 45: an inline forward of Jane's guardian's email ("my daughter is
+    # struggling with depression") went to Sam in clear; attached, it was blocked.
+    body = ("FYI below.\n\n-----Original Message-----\nFrom: G. Roe <guardian@mail.example>\n"
+            "My daughter is struggling with depression.")
+    v = verdict_for(config_path, msg(to=["sam@mail.example"], body=body), DR,
+                    ["sam@mail.example"])
+    assert by_address(v)["sam@mail.example"] == ("block", ("unauthorised-recipient",))
+    v = verdict_for(config_path, msg(to=["jane@mail.example"], body=body), DR,
+                    ["jane@mail.example"])
+    assert by_address(v)["jane@mail.example"][0] == "portal"  # her own family's
