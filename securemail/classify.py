@@ -127,6 +127,8 @@ def _names(found: Mapping[str, frozenset[str]], message: Message, directory: Dir
     name signs every message with it). A one-word name ("Grace") may be any
     word: it withholds consent, but makes no message a client's and blocks
     nobody. A name two clients share is where it belongs with either."""
+    if not found:
+        return frozenset(), frozenset(), []
     own = [phrase_form(name) for name, _ in getaddresses(
         [str(v) for v in message.get_all("from") or ()]) if name]
     named: set[str] = set()

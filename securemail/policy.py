@@ -82,18 +82,20 @@ def decide(
     today = now.date().isoformat()
     # Encrypted or not, what travels in clear (the To line, a Subject naming a
     # client) is seen by every recipient.
+    sealed = _sealed_whole(facts) and not facts.identified_client_ids
     offenders = [r for r in facts.recipients
-                 if r.unrelated_clients or (
-                     concerns and r.role is Role.THIRD_PARTY
-                     and (not _sealed_whole(facts) or facts.identified_client_ids))]
-    whole_message_blocked = bool(offenders) and policy.unauthorised_recipients == "block"
+                 if r.unrelated_clients or (concerns and r.role is Role.THIRD_PARTY
+                                            and not sealed)]
+    offending = {id(r) for r in offenders}  # by identity: comparing the facts costs more
+    held = (f"{HELD_WITH_OFFENDER} {_names(offenders)}, who may not receive it"
+            if offenders and policy.unauthorised_recipients == "block" else None)
 
     decisions = []
     for r in facts.recipients:
-        if whole_message_blocked and r not in offenders:
+        if held is not None and id(r) not in offending:
             d = Decision(r.address, r.source, r.role, Action.BLOCK, ("unauthorised-recipient",),
-                         f"{HELD_WITH_OFFENDER} {_names(offenders)}, who may not receive it")
-        elif r in offenders:
+                         held)
+        elif id(r) in offending:
             d = Decision(r.address, r.source, r.role, Action.BLOCK, ("unauthorised-recipient",),
                          _unauthorised_reason(facts, r))
         else:
