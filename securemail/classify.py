@@ -73,13 +73,13 @@ def classify(
     # forwarded message's headers. A Bcc recipient is shown to nobody but
     # itself (a Bcc header is taken off every copy: pipeline._NEVER_SENT).
     shown = {sender, *view.addresses("from", "sender", "reply-to", "to", "cc"),
-             *_forwarded_addresses(forwarded)} - {""}
+             *_forwarded_addresses(forwarded), *_other_shown(view.message)} - {""}
     participants = shown | set(envelope) | set(view.addresses("bcc"))
     identities = {a: directory.identify(a) for a in participants}
     links = {a: who.linked_ids for a, who in identities.items()}
     client_ids = sorted({c for linked in links.values() for c in linked})
     signals, names = detectors.scan_names(view.subject, text)
-    named, identified, groups = _names(names, view.message, directory)
+    named, identified, groups = _names(names, view.message, directory, sender)
     if truncated or (encryption is Encryption.NONE and claims_encryption(view.message, view.raw)):
         # Text we did not read (past the limit, or "encrypted" content that is
         # not really ciphertext) may be PHI.
@@ -117,31 +117,64 @@ def classify(
     )
 
 
-def _names(found: Mapping[str, frozenset[str]], message: Message, directory: Directory
+def _names(found: Mapping[str, frozenset[str]], message: Message, directory: Directory,
+           sender: str
            ) -> tuple[frozenset[str], frozenset[str], list[tuple[frozenset[str], frozenset[str]]]]:
     """From the names and addresses found: every client named (no consent
-    covers them), the clients named surely enough to make the message theirs,
-    and for each such name its owners with whom they are linked to.
+    covers them, ever), the clients named surely enough to make the message
+    theirs, and for each such name its owners with whom they are linked to.
 
-    The sender's own name is not a client's (a therapist who shares a client's
-    name signs every message with it). A one-word name ("Grace") may be any
-    word: it withholds consent, but makes no message a client's and blocks
-    nobody. A name two clients share is where it belongs with either."""
+    A staff sender's own name is not a client's for blocking (a therapist who
+    shares a client's name signs every message with it): only the exact name
+    of the From line, titles and credentials aside ("Dr. Ana Rivera, LMFT").
+    A one-word name ("Grace") may be any word: it withholds consent, but makes
+    no message a client's and blocks nobody. A name two clients share is
+    where it belongs with either."""
     if not found:
         return frozenset(), frozenset(), []
-    own = [phrase_form(name) for name, _ in getaddresses(
-        [str(v) for v in message.get_all("from") or ()]) if name]
+    own = _own_names(message, directory, sender)
     named: set[str] = set()
     groups = []
     for phrase, owners in found.items():
-        if any(f" {phrase} " in f" {mine} " for mine in own):
-            continue
         named |= owners
+        if phrase in own:
+            continue
         if " " in phrase:
             reach = frozenset().union(*(directory.client_links.get(c, {c}) for c in owners))
             groups.append((owners, reach))
     identified = frozenset().union(*(owners for owners, _ in groups))
     return frozenset(named), identified, groups
+
+
+# Words around a person's name in a From line that are not the name.
+_TITLES = frozenset({"dr", "doctor", "mr", "mrs", "ms", "mx", "miss", "prof", "rev"})
+_CREDENTIALS = frozenset({
+    "md", "do", "phd", "psyd", "edd", "lmft", "lcsw", "licsw", "lpc", "lpcc", "lmhc", "lcpc",
+    "msw", "ma", "ms", "msc", "mft", "rn", "np", "pa", "bcba", "ncc", "lac", "cadc", "jr", "sr",
+})
+
+
+def _own_names(message: Message, directory: Directory, sender: str) -> frozenset[str]:
+    """The names of the From line (scanned form), when it is a staff
+    member's own line: the envelope sender and every From address staff."""
+    froms = getaddresses([str(v) for v in message.get_all("from") or ()])
+    staff = {sender, *(a for _, a in froms)} - {""}
+    try:
+        if not staff or any(directory.identify(normalise_address(a)).role is not Role.STAFF
+                            for a in staff):
+            return frozenset()
+    except AddressError:
+        return frozenset()
+    own = set()
+    for display, _ in froms:
+        words = phrase_form(display).split()
+        while words and words[0] in _TITLES:
+            words = words[1:]
+        while words and words[-1] in _CREDENTIALS:
+            words = words[:-1]
+        if words:
+            own.add(" ".join(words))
+    return frozenset(own)
 
 
 class _Copies:
@@ -171,13 +204,42 @@ class _Copies:
         if self.concerned <= mine:  # everything the copy tells is this recipient's
             return concerned, ()
         unrelated: set[str] = set()
-        for owners, reach in self.groups:
-            if not reach & mine:
-                unrelated |= owners
+        # What else the copy is about: the other addresses it shows, the names.
+        context: set[str] = set()
         for other, theirs in self.shown:
-            if other != address and not theirs & mine:
-                unrelated |= theirs
+            if other != address:
+                context |= theirs
+                if not theirs & mine:
+                    unrelated |= theirs
+        for owners, _ in self.groups:
+            context |= owners
+        for owners, reach in self.groups:
+            # A client named is this recipient's own, or one linked to a client
+            # of its own that the copy is about anyway (the mother who is a
+            # client too, on her child's thread); not her own notes sent to
+            # the child's other parent.
+            if not owners & mine and not (reach - owners) & mine & context:
+                unrelated |= owners
         return concerned, tuple(sorted(unrelated))
+
+
+# Other headers that show addresses to every recipient (read loosely: they can
+# only make a copy reveal more, never less).
+_OTHER_SHOWN = ("resent-from", "resent-sender", "resent-to", "resent-cc",
+                "disposition-notification-to", "return-receipt-to", "mail-followup-to",
+                "mail-reply-to")
+
+
+def _other_shown(message: Message) -> set[str]:
+    if not any(k.lower() in _OTHER_SHOWN for k in message.keys()):
+        return set()
+    found = set()
+    for address in loose_recipients(message, _OTHER_SHOWN):
+        try:
+            found.add(normalise_address(address))
+        except AddressError:
+            continue
+    return found
 
 
 def _forwarded_addresses(forwarded: Sequence[Message]) -> set[str]:

@@ -29,27 +29,43 @@ CREATE TABLE IF NOT EXISTS deliveries (
 """
 
 
+# How long a deferred message's accepted recipients are remembered: longer than
+# any sender keeps retrying (Postfix's maximal_queue_lifetime is 5 days). A row
+# left behind (its retry never came, or could not be cleared) then stops
+# counting: identical bytes sent again later are delivered again.
+RETRY_WINDOW = dt.timedelta(days=7)
+
+
+def _oldest_retry(now: dt.datetime | None) -> str:
+    return _stamp((now or dt.datetime.now(dt.UTC)) - RETRY_WINDOW)
+
+
+def _stamp(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).isoformat()  # comparable as text
+
+
 class DeliveryLedger:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         ensure_schema(conn, _DDL)
         _add_portal_id(conn)
 
-    def completed(self, digest: str) -> dict[str, Status]:
+    def completed(self, digest: str, now: dt.datetime | None = None) -> dict[str, Status]:
         try:
             rows = self.conn.execute(
-                "SELECT recipient, status FROM deliveries WHERE message_sha256 = ?", (digest,)
+                "SELECT recipient, status FROM deliveries WHERE message_sha256 = ? AND at >= ?",
+                (digest, _oldest_retry(now)),
             ).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the delivery ledger ({describe_fault(exc)})") from None
         return {r: Status(s) for r, s in rows}
 
-    def portal_ids(self, digest: str) -> dict[str, str]:
+    def portal_ids(self, digest: str, now: dt.datetime | None = None) -> dict[str, str]:
         """The sealed copies' ids of the recipients :meth:`completed` names."""
         try:
             rows = self.conn.execute(
                 "SELECT recipient, portal_id FROM deliveries WHERE message_sha256 = ?"
-                " AND portal_id IS NOT NULL", (digest,)).fetchall()
+                " AND portal_id IS NOT NULL AND at >= ?", (digest, _oldest_retry(now))).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the delivery ledger ({describe_fault(exc)})") from None
         return {r: str(p) for r, p in rows}
@@ -62,10 +78,12 @@ class DeliveryLedger:
         ids = portal_ids or {}
         try:
             with transaction(self.conn):
+                # Rows past any sender's retry window only wait to be cleared.
+                self.conn.execute("DELETE FROM deliveries WHERE at < ?", (_oldest_retry(now),))
                 self.conn.executemany(
                     "INSERT OR REPLACE INTO deliveries (message_sha256, recipient, status, at,"
                     " portal_id) VALUES (?, ?, ?, ?, ?)",
-                    [(digest, a, s.value, now.isoformat(), ids.get(a))
+                    [(digest, a, s.value, _stamp(now), ids.get(a))
                      for a, s in statuses.items()],
                 )
         except sqlite3.Error as exc:

@@ -51,22 +51,22 @@ class ThreadSafeLedger:
         self._lock = threading.Lock()
         self._unrecorded: dict[str, tuple[dict[str, Status], dict[str, str]]] = {}
 
-    def completed(self, digest: str) -> dict[str, Status]:
+    def completed(self, digest: str, now: dt.datetime | None = None) -> dict[str, Status]:
         with self._lock:
             kept = self._unrecorded.get(digest)
             try:
-                found = self._ledger.completed(digest)
+                found = self._ledger.completed(digest, now)
             except StoreError:
                 if kept is None:
                     raise
                 found = {}
             return {**found, **kept[0]} if kept else found
 
-    def portal_ids(self, digest: str) -> dict[str, str]:
+    def portal_ids(self, digest: str, now: dt.datetime | None = None) -> dict[str, str]:
         with self._lock:
             kept = self._unrecorded.get(digest)
             try:
-                found = self._ledger.portal_ids(digest)
+                found = self._ledger.portal_ids(digest, now)
             except StoreError:
                 if kept is None:
                     raise
@@ -84,15 +84,11 @@ class ThreadSafeLedger:
                 raise
 
     def forget(self, digest: str) -> None:
-        """Housekeeping after a retry succeeded: a failure is logged, not raised
-        (the message was delivered and recorded)."""
+        """After a retry succeeded. If the store cannot clear the rows, this
+        raises (the sender retries, and the rows that remain make that retry
+        send nothing again); the memory entry stays until the rows go."""
         with self._lock:
-            try:
-                self._ledger.forget(digest)
-            except StoreError as exc:
-                log.warning("could not clear message %s from the delivery ledger (%s)",
-                            digest[:16], exc, extra={"event": {"notice": "ledger-failed"}})
-                return
+            self._ledger.forget(digest)
             self._unrecorded.pop(digest, None)
 
     def _keep(self, digest: str, statuses: Mapping[str, Status],

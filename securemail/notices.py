@@ -56,10 +56,14 @@ def recipients_notice(settings: Settings, sender: str, verdict: Verdict,
     msg.set_content("\n".join(lines))
     # A non-ASCII sender address goes in raw UTF-8 (RFC 6532): SMTP's policy
     # would put an encoded word inside the address, which RFC 2047 forbids.
-    return msg.as_bytes(policy=SMTP if sender.isascii() else SMTPUTF8)
+    return msg.as_bytes(policy=_WIRE if sender.isascii() else _WIRE_UTF8)
 
 
-_MESSAGE_ID = re.compile(r"<[!-=?-~]{1,250}@[!-=?-~]{1,250}>")  # printable ASCII, no < or >
+_MESSAGE_ID = re.compile(r"<[!-;=?-~]{1,250}@[!-;=?-~]{1,250}>")  # printable ASCII, no < or >
+# An Outlook Message-ID is longer than 78 octets: folded, it would become
+# encoded words and mail programs would no longer thread the notice.
+_WIRE = SMTP.clone(max_line_length=998)
+_WIRE_UTF8 = SMTPUTF8.clone(max_line_length=998)
 
 
 def _notice_domain(settings: Settings) -> str:

@@ -83,10 +83,10 @@ async def process(relay: Relay, raw: bytes, envelope: Envelope, now: dt.datetime
     clean = _strip_markers(relay, raw)
     plan = _plan(verdict)
     ledger = relay.ledger
-    done = ledger.completed(digest)  # recipients accepted on an earlier, deferred attempt
+    done = ledger.completed(digest, now)  # recipients accepted on an earlier, deferred attempt
     statuses: dict[str, Status] = {a: s for a, s in done.items()}
     # The retry reports the sealed copies of the earlier attempt too.
-    portal_ids: dict[str, str] = ledger.portal_ids(digest) if done else {}
+    portal_ids: dict[str, str] = ledger.portal_ids(digest, now) if done else {}
     replies: dict[str, str] = {}
     tls: TLSInfo | None = None
 

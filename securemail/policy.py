@@ -11,6 +11,7 @@ Default rules (ids are stable; docs/policy.md explains each):
    ``restricted-class``         (noted when a restricted class overrides consent)
    ``consent-other-client``     (noted when the message concerns another client)
    ``consent-several-people``   (noted when it holds two dates of birth or SSNs or more)
+   ``consent-unscanned``        (noted when part of it could not be read)
    ``protected-pgp`` / ``protected-smime``  usable key -> encrypt (preference order)
    ``protected-portal``         no usable key -> portal
    ``portal-disabled``          no key and the portal is off -> block
@@ -128,18 +129,23 @@ def _default_rule(facts: Facts, r: RecipientFacts, policy: PolicySettings, today
         # Two dates of birth or SSNs: two people at least, one of them not the
         # client (a roster, a family's forms), even if nobody is in the directory.
         several = any(sig.detector == "phi-several-people" for sig in facts.phi_signals)
+        # Text that was not read (past the scan limit, an unreadable attachment)
+        # may be anybody's: consent covers only the client's own information.
+        unscanned = any(sig.detector == "phi-unscanned" for sig in facts.phi_signals)
         if r.consent is not None and r.consent.valid_on(today):
             if others:
                 noted = ("consent-other-client",)
             elif several:
                 noted = ("consent-several-people",)
+            elif unscanned:
+                noted = ("consent-unscanned",)
             elif facts.restricted is None:
                 return make(Action.DELIVER, ("consent-unencrypted",),
                             f"client {', '.join(r.client_ids)} consented to unencrypted email"
                             f" on {r.consent.granted} (warning {r.consent.warning})")
             else:
                 noted = ("restricted-class",)
-        why = _why_not_consent(r, today, others, several)
+        why = _why_not_consent(r, today, others, several, unscanned)
     for kind in policy.encryption_preference:
         if kind in r.key_kinds:
             return make(_KIND_ACTION[kind], (*noted, f"protected-{kind}"),
@@ -155,7 +161,7 @@ def _default_rule(facts: Facts, r: RecipientFacts, policy: PolicySettings, today
 
 
 def _why_not_consent(r: RecipientFacts, today: str, others: Sequence[str],
-                     several: bool = False) -> str:
+                     several: bool = False, unscanned: bool = False) -> str:
     """Why a client's consent on file did not let the message go in clear ("" if none)."""
     if r.role is not Role.CLIENT:
         return ""
@@ -171,6 +177,9 @@ def _why_not_consent(r: RecipientFacts, today: str, others: Sequence[str],
     if several:
         return (" (consent does not cover other people's information: the message holds"
                 " more than one date of birth or SSN)")
+    if unscanned:
+        return (" (consent does not cover what could not be read: part of the message was"
+                " not scanned, and may be somebody else's information)")
     return ""
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from securemail.config import Settings
-from securemail.errors import ConfigError
-from securemail.store.sqlite import describe_fault, on_read_only_filesystem
+from securemail.errors import ConfigError, StoreError
+from securemail.store.sqlite import describe_fault, on_read_only_filesystem, open_for_reading
 
 __all__ = ["check_runtime", "config_warnings", "reserved_domain"]
 
@@ -106,10 +106,9 @@ def _check_store(settings: Settings) -> None:
     from securemail.audit.log import check_signing_key
 
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise ConfigError(settings.path, "storage.url",
-                          f"{path}: cannot open the store ({describe_fault(exc)})") from None
+        conn = open_for_reading(path)  # its URI quoted: a "#" or "?" in the path is a name
+    except StoreError as exc:
+        raise ConfigError(settings.path, "storage.url", str(exc)) from None
     try:
         check_signing_key(conn, signing_key_path(settings), path)
     except sqlite3.Error as exc:

@@ -33,8 +33,9 @@ __all__ = [
 RECORD_VERSION = 1
 
 PORTAL_EVENTS = frozenset({
-    "notified", "sealed", "code-sent", "code-failed", "opened", "downloaded", "replied",
-    "reply-failed", "revoked", "expired", "purged", "unlocked",
+    "notified", "sealed", "code-sent", "code-failed", "code-verified", "opened",
+    "downloaded", "replied", "reply-failed", "signed-out", "revoked", "expired", "purged",
+    "unlocked",
 })
 ADMIN_EVENTS = frozenset({
     "key-import", "key-remove", "directory-import", "directory-remove", "consent-change",

@@ -479,11 +479,23 @@ def create_app(service: PortalService, *,
     async def sign_out(request: Request) -> Response:
         """End this browser's session for the message at once (the "Sign out"
         button) and clear its cookie; answered the same whether or not a
-        session was still live."""
-        checked = await guard(request)
-        if isinstance(checked, Response):
-            return checked
-        portal_id, token, moment = checked[0], token_of(request, checked[0]), now()
+        session was still live.
+
+        Only the CSRF check applies: a reader signing out must never be refused
+        (a busy network hitting the rate limit, a message locked or withdrawn
+        meanwhile would leave the session live). Without a session cookie there
+        is nothing to end, and such requests count against the rate limit."""
+        portal_id = request.path_params["id"]
+        if not _ID.fullmatch(portal_id):
+            return refused("missing")
+        browser = request.cookies.get(BROWSER_COOKIE, "")
+        if not _COOKIE_VALUE.fullmatch(browser) or not service.secret.verify(
+                request.headers.get(CSRF_HEADER, ""), "csrf", browser, portal_id):
+            return refused("csrf")
+        token, moment = token_of(request, portal_id), now()
+        if not token and not limiter.allow(
+                _client_key(request.client.host if request.client else "")):
+            return refused("rate-limited")
         if token:
             await _in_thread(lambda: service.end_session(portal_id, token, now=moment))
         resp = JSONResponse({"ok": True})

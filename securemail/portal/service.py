@@ -320,6 +320,9 @@ class PortalService:
         token = secrets.token_urlsafe(32)
         self.store.add_session(self.secret.mac("session", token), portal_id, now,
                                now + self.session_limits()[0])
+        # Each browser that opens the message starts here ("opened" is the
+        # first time only): the record shows how many sessions read it.
+        self._event("code-verified", now, portal_id=portal_id, recipient=row.recipient)
         return token
 
     def _holds_session(self, portal_id: str, token: str, now: datetime) -> bool:
@@ -366,6 +369,9 @@ class PortalService:
         if bound is None or not secrets.compare_digest(bound[0], portal_id):
             return False
         self.store.end_session(token_hash)
+        row = self.store.get(portal_id)
+        self._event("signed-out", now, portal_id=portal_id,
+                    recipient=row.recipient if row is not None else None)
         return True
 
     def session_limits(self) -> tuple[timedelta, timedelta]:

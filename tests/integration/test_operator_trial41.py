@@ -73,17 +73,31 @@ def test_copies_the_full_store_cannot_note_are_kept_for_the_retry(tmp_path: Path
     assert ledger.completed(digest) == {}
 
 
-def test_a_ledger_that_cannot_forget_does_not_fail_the_message(tmp_path: Path,
-                                                                caplog) -> None:
+def test_a_ledger_that_cannot_forget_keeps_what_it_knows(tmp_path: Path) -> None:
     ledger, conn = _full_disk_ledger(tmp_path)
     digest = "cd" * 32
     with pytest.raises(StoreError):
         ledger.record(digest, {f"r{i}-{'y' * 200}@mail.example": Status.DELIVERED
                                for i in range(200)}, NOW)
     conn.execute("PRAGMA query_only=ON")  # the store turned read-only
-    ledger.forget(digest)  # logged, not raised: the retry was delivered and recorded
-    assert "could not clear message" in caplog.text
-    assert len(ledger.completed(digest)) == 200  # still remembered
+    with pytest.raises(StoreError):  # the sender retries; that retry sends nothing again
+        ledger.forget(digest)
+    assert len(ledger.completed(digest, NOW)) == 200  # still remembered
+
+
+def test_ledger_rows_past_any_retry_window_stop_counting(tmp_path: Path) -> None:
+    # Review 47: a row that was never cleared made identical bytes sent again
+    # much later count as delivered, for good.
+    ledger = DeliveryLedger(open_database(tmp_path / "w.db"))
+    digest = "ee" * 32
+    ledger.record(digest, {"a@mail.example": Status.DELIVERED}, NOW, {"a@mail.example": "p-1"})
+    assert ledger.completed(digest, NOW + dt.timedelta(days=6)) == {
+        "a@mail.example": Status.DELIVERED}
+    assert ledger.portal_ids(digest, NOW + dt.timedelta(days=6)) == {"a@mail.example": "p-1"}
+    later = NOW + dt.timedelta(days=8)
+    assert ledger.completed(digest, later) == {} and ledger.portal_ids(digest, later) == {}
+    ledger.record("ff" * 32, {"b@mail.example": Status.DELIVERED}, later)  # clears old rows
+    assert ledger.conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 1
 
 
 def test_store_faults_name_what_the_store_lacks(tmp_path: Path) -> None:
@@ -284,3 +298,14 @@ def test_directory_import_points_out_entries_read_differently(tmp_path: Path) ->
         "note: clients c-3, c-4 share the name 'maria garcia': a message naming it may go to"
         " either of them",
     ], done.stdout
+
+
+def test_config_check_reads_a_store_whose_path_has_a_hash(tmp_path: Path) -> None:
+    # Review 47: "file:{path}?mode=ro" unquoted: for ".../a#b/store.db" SQLite
+    # opened ".../a" (creating an empty file) and the signing-key check passed.
+    cfg = _store_with_records(tmp_path / "a#b")
+    key = next((tmp_path / "a#b").glob("audit-signing*"))
+    key.write_bytes(b"not a key")
+    done = securemail("config", "check", "-c", str(cfg), cwd=tmp_path)
+    assert done.returncode != 0, done.stdout
+    assert not (tmp_path / "a").exists()

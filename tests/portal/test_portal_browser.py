@@ -107,7 +107,8 @@ def test_client_reads_downloads_and_replies(portal: Portal, page: Any) -> None:
     bodies = [json.loads(b) for (b,) in portal.conn.execute("SELECT body FROM audit_records")]
     kinds = [b["kind"] for b in bodies
              if b.get("portal_id") == result.portal_id and b.get("category") == "portal"]
-    assert kinds == ["notified", "code-sent", "opened", "downloaded", "replied"], kinds
+    assert kinds == ["notified", "code-sent", "code-verified", "opened", "downloaded",
+                     "replied"], kinds
     everything = json.dumps(bodies)
     for secret in ("lab results", "448812", "results 2026.pdf", link.split("#")[1]):
         assert secret not in everything

@@ -364,9 +364,41 @@ def test_sign_out_clears_the_page_even_when_the_server_is_unreachable(portal: Po
     page.route("**/signout", lambda route: route.abort("internetdisconnected"))
     page.get_by_role("button", name="Sign out").click()
     page.locator("#step-start").wait_for(state="visible")
-    expect(page.locator("#start-note")).to_contain_text("Please close this browser tab.")
+    expect(page.locator("#start-note")).to_contain_text(
+        "Please close every window of this browser")
     assert "660311" not in page.content()
     assert page.evaluate(f"sessionStorage.getItem('securemail-draft:{pid}')") is None
+
+
+def test_sign_out_clears_the_page_at_once_when_the_server_does_not_answer(
+        portal: Portal, page: Any) -> None:
+    # Review 46: with the sign-out request left unanswered, the message stayed
+    # on screen (and the button busy) for as long as it hung.
+    open_message(portal, page, "Sign out hangs", "<sign-out-hang@riverside.example>",
+                 body="Your results: MRN 551177.")
+    page.route("**/signout", lambda route: None)  # never answered
+    page.get_by_role("button", name="Sign out").click()
+    page.locator("#step-start").wait_for(state="visible", timeout=3000)
+    assert "551177" not in page.content()
+
+
+def test_sign_out_clears_the_other_tabs_of_the_message(portal: Portal, page: Any) -> None:
+    # Review 46: a second tab (same browser, same cookie) kept showing the
+    # message for up to the idle time after "Sign out" in the first.
+    open_message(portal, page, "Two tabs", "<two-tabs@riverside.example>",
+                 body="Your results: MRN 440022.")
+    other = page.context.new_page()
+    try:
+        other.goto(page.url)
+        other.locator("#step-message").wait_for(state="visible")
+        assert "440022" in other.content()
+        page.get_by_role("button", name="Sign out").click()
+        other.locator("#step-start").wait_for(state="visible", timeout=3000)
+        assert "440022" not in other.content()
+        expect(other.locator("#start-note")).to_have_text(
+            "You have signed out. To read the message again, ask for a new code.")
+    finally:
+        other.close()
 
 
 # ------------------------------------------------------------- 9. wording

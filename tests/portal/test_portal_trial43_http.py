@@ -108,3 +108,42 @@ def test_landing_says_a_code_works_once(rig: Rig, client: TestClient) -> None:
     assert ("A code works only once: if you already used it, for example on another device, "
             "ask for a new code here.") in page
     assert "It works once, for 10 minutes." in page
+
+
+def test_sign_out_is_never_refused_to_a_reader_with_a_session(rig: Rig,
+                                                               client: TestClient) -> None:
+    # Review 46: a sign-out refused by the rate limit (a busy clinic network) or
+    # because the message got locked meanwhile left the session live, and the
+    # link opened the message again with no code.
+    from securemail.portal.app import CLIENT_POSTS
+
+    pid = seal(rig)
+    token = open_session(rig, client, pid)
+    session = client.cookies.get(session_cookie(pid)) or ""
+    for _ in range(CLIENT_POSTS + 5):  # the client's address used up its POSTs
+        client.post(f"/m/{pid}/session", headers={"X-CSRF-Token": token})
+    assert client.post(f"/m/{pid}/code", headers={"X-CSRF-Token": token}).status_code == 429
+    assert client.post(f"/m/{pid}/signout", headers={"X-CSRF-Token": token}).json() == \
+        {"ok": True}
+    client.cookies.set(session_cookie(pid), session)
+    assert client.get(f"/m/{pid}/sealed").status_code == 401
+    assert rig.audit.kinds()[-1] == "signed-out"
+
+
+def test_sign_out_of_a_message_locked_meanwhile_still_ends_the_session(
+        rig: Rig, client: TestClient, clock: list) -> None:
+    from securemail.portal.service import MAX_FAILED_CODES
+
+    pid = seal(rig)
+    token = open_session(rig, client, pid)
+    session = client.cookies.get(session_cookie(pid)) or ""
+    other = TestClient(client.app, base_url=str(client.base_url))  # someone with the link
+    other_token = csrf_token(other, pid)
+    for _ in range(MAX_FAILED_CODES):
+        other.post(f"/m/{pid}/verify", data={"code": "000000"},
+                   headers={"X-CSRF-Token": other_token})
+    assert client.post(f"/m/{pid}/signout", headers={"X-CSRF-Token": token}).json() == \
+        {"ok": True}
+    rig.service.unlock(pid, clock[0])
+    client.cookies.set(session_cookie(pid), session)
+    assert client.get(f"/m/{pid}/sealed").status_code == 401  # not revived by the unlock

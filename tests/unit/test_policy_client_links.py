@@ -218,11 +218,38 @@ names = ["Ana Rivera"]
                         body="See you Tuesday.\n\n-- \nAna Rivera, LMFT")
     v = verdict_for(cfg, raw, "ana@riverside.example", ["jane@mail.example"])
     assert v.decisions[0].action is Action.PORTAL
-    assert v.facts is not None and v.facts.named_client_ids == ()
+    assert v.facts is not None and v.facts.identified_client_ids == ()
     vendor = build_message(sender="Dr. Ana Rivera <ana@riverside.example>",
                            to=["orders@supplies.example"], body="Toner, please.\n-- \nAna Rivera")
     v = verdict_for(cfg, vendor, "ana@riverside.example", ["orders@supplies.example"])
     assert by_address(v) == {"orders@supplies.example": ("deliver", ("no-phi",))}
+
+
+def test_a_from_display_name_does_not_hide_a_client(make_config, config_path: Path) -> None:
+    # Review 47: the exclusion matched any name *inside* the From display name,
+    # for consent too: "Dr. Lee re Jane Roe" sent Jane's note to Sam in clear.
+    note = "Jane Roe is struggling with depression."
+    for sender in ("Dr. Lee re Jane Roe <dr.lee@riverside.example>",
+                   "Mary Jane Roe <dr.lee@riverside.example>"):
+        raw = build_message(sender=sender, to=["sam@mail.example"], body=note)
+        sam = verdict_for(config_path, raw, DR, ["sam@mail.example"]).decisions[0]
+        assert sam.action is Action.BLOCK, sender
+    # Even the exact name never lets consent through: it only stops the block.
+    cfg = make_config(extra="""
+[[directory.clients]]
+id = "c-2050"
+addresses = ["ana.r@mail.example"]
+names = ["Ana Rivera"]
+""")
+    raw = build_message(sender="Ana Rivera <ana@riverside.example>", to=["sam@mail.example"],
+                        body="See you Tuesday.\n-- \nAna Rivera")
+    sam = verdict_for(cfg, raw, "ana@riverside.example", ["sam@mail.example"]).decisions[0]
+    assert (sam.action, sam.rules) == (Action.PORTAL, ("consent-other-client", "protected-portal"))
+    # And only a staff sender's own From line counts.
+    outsider = build_message(sender="Ana Rivera <ana@elsewhere.example>",
+                             to=["friend@elsewhere.example"], body="Ana Rivera's session moved.")
+    v = verdict_for(cfg, outsider, "ana@elsewhere.example", ["friend@elsewhere.example"])
+    assert v.decisions[0].action is Action.BLOCK
 
 
 def test_two_clients_sharing_a_name_each_get_their_mail(make_config) -> None:
@@ -316,3 +343,43 @@ def test_a_contacts_address_in_the_text_tells_whose_family_it_is(config_path: Pa
     v = verdict_for(config_path, msg(to=["jane@mail.example"], body=body), DR,
                     ["jane@mail.example"])
     assert by_address(v)["jane@mail.example"][0] == "portal"  # her own family's
+
+
+def test_a_parent_clients_own_notes_do_not_reach_the_childs_other_parent(make_config) -> None:
+    # Review 47: Karen (a client, and Jane's guardian) named in her own notes,
+    # sent to Jane's other contact: her link to Jane let them through.
+    cfg = make_config(extra=KAREN)
+    cfg.write_text(cfg.read_text().replace(
+        'contacts = [{ address = "guardian@mail.example", relation = "parent" }]',
+        'contacts = [{ address = "guardian@mail.example", relation = "parent" },'
+        ' { address = "dad@mail.example", relation = "parent" }]', 1))
+    notes = "Karen Roe: session notes, depression, see you Tuesday."
+    v = verdict_for(cfg, msg(to=["dad@mail.example"], body=notes), DR, ["dad@mail.example"])
+    assert by_address(v)["dad@mail.example"] == ("block", ("unauthorised-recipient",))
+    assert v.decisions[0].reason.startswith("the message concerns client c-1111")
+    assert "(it is an authorised contact of client c-1001)" in v.decisions[0].reason
+    # Jane's own thread with her mother on it, quoting her: still fine.
+    body = "See you Tuesday.\n\nOn Mon, Karen Roe <guardian@mail.example> wrote:\n> hi"
+    v = verdict_for(cfg, msg(to=["jane@mail.example"], cc=["guardian@mail.example"], body=body),
+                    DR, ["jane@mail.example", "guardian@mail.example"])
+    assert {d.action for d in v.decisions} == {Action.PORTAL}
+
+
+def test_resent_and_receipt_headers_show_their_addresses(config_path: Path) -> None:
+    # Review 47: "Resent-To: jane@..." on a copy to Sam was not counted as shown.
+    for header in ("Resent-To", "Disposition-Notification-To", "Mail-Followup-To"):
+        raw = msg(to=["sam@mail.example"], body="Group moves to room 4.").replace(
+            b"\r\nSubject:", f"\r\n{header}: jane@mail.example\r\nSubject:".encode(), 1)
+        v = verdict_for(config_path, raw, DR, ["sam@mail.example"])
+        assert by_address(v)["sam@mail.example"][0] == "block", header
+
+
+def test_consent_does_not_cover_text_that_was_not_read(make_config) -> None:
+    # Review 47: text past the scan limit may be anybody's; Sam's consent let
+    # it go in clear.
+    cfg = make_config()
+    cfg.write_text(cfg.read_text() + "\n[limits]\nscan_text_bytes = 2000\n")
+    raw = msg(to=["sam@mail.example"], body="See you Tuesday. " + "Notes. " * 600)
+    sam = verdict_for(cfg, raw, DR, ["sam@mail.example"]).decisions[0]
+    assert (sam.action, sam.rules) == (Action.PORTAL, ("consent-unscanned", "protected-portal"))
+    assert "could not be read" in sam.reason

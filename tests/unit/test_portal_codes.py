@@ -47,7 +47,7 @@ async def test_right_code_opens_once(tmp_path: Path) -> None:
     with pytest.raises(PortalDenied) as exc:  # single use
         rig.service.verify_code(pid, code, now=NOW + timedelta(minutes=3))
     assert exc.value.reason == "wrong-code"
-    assert rig.audit.kinds() == ["code-sent", "opened", "code-failed"]
+    assert rig.audit.kinds() == ["code-sent", "code-verified", "opened", "code-failed"]
 
 
 async def test_code_expires_after_ten_minutes(tmp_path: Path) -> None:

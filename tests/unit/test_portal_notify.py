@@ -177,6 +177,12 @@ def test_the_recipients_notice_says_which_message_it_is_about(tmp_path: Path) ->
     raw = recipients_notice(settings, "dr@riverside.example", odd,
                             [RecipientOutcome(out.address, out.action, Status.BLOCKED)], NOW)
     assert email.message_from_bytes(raw)["In-Reply-To"] is None  # never a malformed header
+    # An Outlook-length Message-ID stays as it is (folded, it became encoded words).
+    long_id = "<" + "A" * 60 + "@" + "NAM12-PROD.prod.outlook.example" + ">"
+    raw = recipients_notice(settings, "dr@riverside.example",
+                            Verdict(long_id, Mode.ENFORCE, False, False, (ok, out)),
+                            [RecipientOutcome(out.address, out.action, Status.BLOCKED)], NOW)
+    assert f"\r\nIn-Reply-To: {long_id}\r\n".encode() in raw
 
 
 def _to_addresses(raw: bytes) -> list[str]:

@@ -114,19 +114,25 @@
     return (n / 1024 / 1024).toFixed(1) + " MB";
   }
 
-  async function post(path, fields) {
+  async function post(path, fields, timeoutMs) {
     const body = new FormData();
     for (const [k, v] of Object.entries(fields || {})) body.append(k, v);
     // The token travels as a header (the server requires it there) so a forged
     // POST is refused before a byte of its body is read.
     let r;
+    const stop = timeoutMs && "AbortController" in window ? new AbortController() : null;
+    const timer = stop ? setTimeout(() => stop.abort(), timeoutMs) : 0;
     try {
       r = await fetch("/m/" + id + "/" + path, { method: "POST", body: body,
                                                  headers: { "X-CSRF-Token": csrf },
-                                                 credentials: "same-origin" });
+                                                 credentials: "same-origin",
+                                                 signal: stop ? stop.signal : undefined });
     } catch (e) {
       // Connection dropped or refused: an answer the callers show, never a dead page.
       return { ok: false, status: 0, data: { error: "network" } };
+    }
+    finally {
+      if (timer) clearTimeout(timer);
     }
     let data = {};
     try { data = await r.json(); } catch (e) { data = {}; }
@@ -150,8 +156,10 @@
     "stale-code": "This code has expired, or a newer code was sent. Please use the newest code, " +
       "or ask for a new one.",
     "signed-out": "You have signed out. To read the message again, ask for a new code.",
+    "signing-out": "Signing out…",
     "signed-out-offline": "You have signed out of this page, but we could not end your session " +
-      "on the server just now. Please close this browser tab.",
+      "on the server just now. Please close every window of this browser, or clear its " +
+      "cookies, before leaving this computer.",
     "unavailable": "The service is busy just now. Please try again in a minute.",
   };
   // Withdrawn (revoked), expired or purged: HTTP 410 from every POST, whatever its body.
@@ -686,19 +694,29 @@
   // Sign out: the server ends the session (and clears its cookie), the page
   // forgets the message and any unsent reply. Done on this page whatever the
   // server answers: someone may be walking away from a shared computer.
-  $("sign-out").addEventListener("click", async () => {
-    if (held($("sign-out"))) return;
-    hold($("sign-out"), true);
-    const res = await post("signout");
-    hold($("sign-out"), false);
-    if (isGone(res)) { discardReply(); gone(); return; }
+  // The page is cleared first (the server may be slow or unreachable), and so
+  // is every other tab of this message in this browser: they share the cookie.
+  const tabs = "BroadcastChannel" in window ? new BroadcastChannel("securemail-" + id) : null;
+  function signedOutHere(note) {
     discardReply();
     stopSession();
     show("step-start");
-    const ended = res.ok || res.data.error === "no-session";
     say($("start-error"), "");
-    say($("start-note"), ended ? messages["signed-out"] : messages["signed-out-offline"]);
+    say($("start-note"), note);
+  }
+  if (tabs) tabs.onmessage = (event) => {
+    if (event.data === "signed-out") signedOutHere(messages["signed-out"]);
+  };
+  $("sign-out").addEventListener("click", async () => {
+    if (held($("sign-out"))) return;
+    hold($("sign-out"), true);
+    signedOutHere(messages["signing-out"]);
+    if (tabs) tabs.postMessage("signed-out");
     $("start-heading").focus();
+    const res = await post("signout", {}, 10000);
+    hold($("sign-out"), false);
+    const ended = res.ok || res.data.error === "no-session" || isGone(res);
+    say($("start-note"), ended ? messages["signed-out"] : messages["signed-out-offline"]);
   });
   function discardReply() {
     saveDraft("");
