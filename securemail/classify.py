@@ -7,6 +7,7 @@ pure. Facts never carry message content.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping, Sequence
 from email.message import Message
 from email.utils import getaddresses
@@ -73,7 +74,7 @@ def classify(
     # forwarded message's headers. A Bcc recipient is shown to nobody but
     # itself (a Bcc header is taken off every copy: pipeline._NEVER_SENT).
     shown = {sender, *view.addresses("from", "sender", "reply-to", "to", "cc"),
-             *_forwarded_addresses(forwarded), *_other_shown(view.message)} - {""}
+             *_forwarded_addresses(forwarded), *_other_shown(view)} - {""}
     participants = shown | set(envelope) | set(view.addresses("bcc"))
     identities = {a: directory.identify(a) for a in participants}
     links = {a: who.linked_ids for a, who in identities.items()}
@@ -230,11 +231,18 @@ _OTHER_SHOWN = ("resent-from", "resent-sender", "resent-to", "resent-cc",
                 "mail-reply-to")
 
 
-def _other_shown(message: Message) -> set[str]:
-    if not any(k.lower() in _OTHER_SHOWN for k in message.keys()):
+_OTHER_SHOWN_LINE = re.compile(
+    rb"(?im)^(?:resent-(?:from|sender|to|cc)|disposition-notification-to|return-receipt-to"
+    rb"|mail-followup-to|mail-reply-to)[ \t]*:")
+
+
+def _other_shown(view: MessageView) -> set[str]:
+    end = view.raw.find(b"\r\n\r\n")
+    if view.message is None or not _OTHER_SHOWN_LINE.search(
+            view.raw, 0, end if end >= 0 else len(view.raw)):
         return set()
     found = set()
-    for address in loose_recipients(message, _OTHER_SHOWN):
+    for address in loose_recipients(view.message, _OTHER_SHOWN):
         try:
             found.add(normalise_address(address))
         except AddressError:
