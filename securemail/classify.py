@@ -97,7 +97,7 @@ def classify(
     concerned = bool(client_ids) or any(s.detector in IDENTIFIER_DETECTORS for s in signals)
     kinds = keys.usable_kinds_many(needs_key, now) if keys is not None and concerned \
         and needs_key else {}
-    copies = _Copies(shown, links, named, groups) if client_ids or named else None
+    copies = _Copies(shown, links, named, identified, groups) if client_ids or named else None
     recipients = tuple(
         RecipientFacts(a, Source.TO if a in to else Source.CC if a in cc else Source.BCC,
                        who[a].role, who[a].client_ids, kinds.get(a, frozenset()), who[a].consent,
@@ -186,15 +186,15 @@ class _Copies:
     parent beside the child), is where it belongs; a client's address beside
     another family's, or another client's name, tells it what it may not know."""
 
-    __slots__ = ("concerned", "everyone", "groups", "named", "shown")
+    __slots__ = ("concerned", "everyone", "groups", "named_surely", "shown")
 
     def __init__(self, shown: set[str], links: Mapping[str, frozenset[str]],
-                 named: frozenset[str],
+                 named: frozenset[str], identified: frozenset[str],
                  groups: list[tuple[frozenset[str], frozenset[str]]]) -> None:
-        self.named = named
         self.groups = groups  # (clients a name belongs to, clients linked with them)
+        self.named_surely = identified  # the owners of every name in ``groups``
         self.shown = [(a, links[a]) for a in shown if links[a]]  # those that reveal a client
-        self.concerned = self.named.union(*(theirs for _, theirs in self.shown))
+        self.concerned = named.union(*(theirs for _, theirs in self.shown))
         self.everyone = tuple(sorted(self.concerned))  # for whoever is linked to none
 
     def of(self, address: str, me: Identity) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -206,14 +206,12 @@ class _Copies:
             return concerned, ()
         unrelated: set[str] = set()
         # What else the copy is about: the other addresses it shows, the names.
-        context: set[str] = set()
+        context = set(self.named_surely)
         for other, theirs in self.shown:
             if other != address:
                 context |= theirs
                 if not theirs & mine:
                     unrelated |= theirs
-        for owners, _ in self.groups:
-            context |= owners
         for owners, reach in self.groups:
             # A client named is this recipient's own, or one linked to a client
             # of its own that the copy is about anyway (the mother who is a

@@ -148,9 +148,8 @@ class Identity:
     consent: Consent | None = None
     partner: str | None = None
     consent_note: str = ""  # why a consent on file is not used for this address
-    contact_of: tuple[str, ...] = ()  # a client's address that is also a contact of these
     # Clients whose information this address may receive: its own, and those
-    # it is an authorised contact of (client_ids + contact_of).
+    # it is an authorised contact of (a parent who is a client too).
     linked_ids: frozenset[str] = frozenset()
 
 
@@ -265,7 +264,6 @@ class Directory:
             # Consent belongs to this exact address, never to the client's contacts.
             known[a] = Identity(Role.CLIENT, tuple(owners), self._consent.get(a),
                                 consent_note=self._consent_note.get(a, ""),
-                                contact_of=tuple(dict.fromkeys(self._contact_addr.get(a, ()))),
                                 linked_ids=self._links[a])
         return known
 
