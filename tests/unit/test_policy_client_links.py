@@ -186,12 +186,13 @@ def _with_extra(config_path: Path, tmp_path: Path, extra: str) -> Path:
 
 # ---- review 45: false blocks a therapist would notice, leaks still open
 
-KAREN = """
-[[directory.clients]]
-id = "c-1111"
-addresses = ["guardian@mail.example"]
-names = ["Karen Roe"]
-"""
+def client(cid: str, address: str, name: str) -> str:
+    """A directory client as config TOML, for ``make_config(extra=...)``."""
+    return f'[[directory.clients]]\nid = "{cid}"\naddresses = ["{address}"]\nnames = ["{name}"]\n'
+
+
+KAREN = client("c-1111", "guardian@mail.example", "Karen Roe")
+ANA_RIVERA = client("c-2050", "ana.r@mail.example", "Ana Rivera")  # shares Dr Rivera's name
 
 
 def test_a_parent_who_is_a_client_named_on_the_childs_thread_is_fine(make_config) -> None:
@@ -208,12 +209,7 @@ def test_a_parent_who_is_a_client_named_on_the_childs_thread_is_fine(make_config
 def test_the_senders_own_name_is_not_a_clients(make_config) -> None:
     # Dr Ana Rivera shares a client's name: her signature named "the client"
     # in every message, and every message to a client or outsider was blocked.
-    cfg = make_config(extra="""
-[[directory.clients]]
-id = "c-2050"
-addresses = ["ana.r@mail.example"]
-names = ["Ana Rivera"]
-""")
+    cfg = make_config(extra=ANA_RIVERA)
     raw = build_message(sender="Dr. Ana Rivera <ana@riverside.example>", to=["jane@mail.example"],
                         body="See you Tuesday.\n\n-- \nAna Rivera, LMFT")
     v = verdict_for(cfg, raw, "ana@riverside.example", ["jane@mail.example"])
@@ -235,12 +231,7 @@ def test_a_from_display_name_does_not_hide_a_client(make_config, config_path: Pa
         sam = verdict_for(config_path, raw, DR, ["sam@mail.example"]).decisions[0]
         assert sam.action is Action.BLOCK, sender
     # Even the exact name never lets consent through: it only stops the block.
-    cfg = make_config(extra="""
-[[directory.clients]]
-id = "c-2050"
-addresses = ["ana.r@mail.example"]
-names = ["Ana Rivera"]
-""")
+    cfg = make_config(extra=ANA_RIVERA)
     raw = build_message(sender="Ana Rivera <ana@riverside.example>", to=["sam@mail.example"],
                         body="See you Tuesday.\n-- \nAna Rivera")
     sam = verdict_for(cfg, raw, "ana@riverside.example", ["sam@mail.example"]).decisions[0]
@@ -253,29 +244,15 @@ names = ["Ana Rivera"]
 
 
 def test_two_clients_sharing_a_name_each_get_their_mail(make_config) -> None:
-    cfg = make_config(extra="""
-[[directory.clients]]
-id = "c-2081"
-addresses = ["maria.g@mail.example"]
-names = ["Maria Garcia"]
-
-[[directory.clients]]
-id = "c-2082"
-addresses = ["mgarcia@work.example"]
-names = ["Maria Garcia"]
-""")
+    cfg = make_config(extra=client("c-2081", "maria.g@mail.example", "Maria Garcia")
+                      + client("c-2082", "mgarcia@work.example", "Maria Garcia"))
     raw = msg(to=["maria.g@mail.example"], body="Hi Maria Garcia, see you Tuesday.")
     v = verdict_for(cfg, raw, DR, ["maria.g@mail.example"])
     assert v.decisions[0].action is Action.PORTAL
 
 
 def test_a_one_word_name_withholds_consent_but_blocks_nobody(make_config) -> None:
-    cfg = make_config(extra="""
-[[directory.clients]]
-id = "c-2090"
-addresses = ["grace.h@mail.example"]
-names = ["Grace"]
-""")
+    cfg = make_config(extra=client("c-2090", "grace.h@mail.example", "Grace"))
     order = msg(to=["orders@supplies.example"], body="Saying grace before lunch: 40 chairs.")
     v = verdict_for(cfg, order, DR, ["orders@supplies.example"])
     assert by_address(v) == {"orders@supplies.example": ("deliver", ("no-phi",))}
