@@ -62,7 +62,8 @@ def classify(
 
     to = set(view.addresses("to"))
     cc = set(view.addresses("cc"))
-    encryption = encryption_state(view.message)
+    content_type = view.message.get_content_type()
+    encryption = encryption_state(view.message, content_type)
     # An encrypted message's parts cannot be read, but its Subject, preamble and
     # epilogue travel in clear: those are scanned like any other text.
     forwarded: list[Message] = []
@@ -81,7 +82,8 @@ def classify(
     client_ids = sorted({c for linked in links.values() for c in linked})
     signals, names = detectors.scan_names(view.subject, text)
     named, identified, groups = _names(names, view.message, directory, sender)
-    if truncated or (encryption is Encryption.NONE and claims_encryption(view.message, view.raw)):
+    if truncated or (encryption is Encryption.NONE and claims_encryption(view.message, view.raw,
+                                                                        content_type)):
         # Text we did not read (past the limit, or "encrypted" content that is
         # not really ciphertext) may be PHI.
         signals += (PhiSignal("phi-unscanned", "body"),)

@@ -205,8 +205,10 @@ def _leaves(message: Message) -> list[Message]:
     return [p for p in message.walk() if not p.is_multipart()]
 
 
-def encryption_state(message: Message) -> Encryption:
-    ctype = message.get_content_type()
+def encryption_state(message: Message, content_type: str | None = None) -> Encryption:
+    """How ``message`` is encrypted (``content_type``: its content type, when
+    the caller has it already: read once per message on the policy's hot path)."""
+    ctype = content_type or message.get_content_type()
     if ctype == "multipart/encrypted":
         return Encryption.PGP_MIME if _is_pgp_mime(message) else Encryption.NONE
     if ctype in ("application/pkcs7-mime", "application/x-pkcs7-mime"):
@@ -216,9 +218,12 @@ def encryption_state(message: Message) -> Encryption:
         ) and is_cms_enveloped(_payload_bytes(message)):
             return Encryption.SMIME
         return Encryption.NONE
-    leaves = _leaves(message)
-    if len(leaves) == 1 and leaves[0].get_content_type() in ("text/plain", "application/pgp"):
-        leaf = leaves[0]
+    leaves = _leaves(message) if message.is_multipart() else [message]
+    if len(leaves) != 1:
+        return Encryption.NONE
+    leaf = leaves[0]
+    if (ctype if leaf is message else leaf.get_content_type()) in ("text/plain",
+                                                                   "application/pgp"):
         raw = leaf.get_payload()
         # Armor survives 7bit/8bit/quoted-printable unchanged: skip decoding clear text.
         maybe_armored = not isinstance(raw, str) or "BEGIN PGP MESSAGE" in raw or \
@@ -229,9 +234,9 @@ def encryption_state(message: Message) -> Encryption:
     return Encryption.NONE
 
 
-def claims_encryption(message: Message, raw: bytes) -> bool:
+def claims_encryption(message: Message, raw: bytes, content_type: str | None = None) -> bool:
     """The message says it is encrypted (whether or not it really is)."""
-    ctype = message.get_content_type()
+    ctype = content_type or message.get_content_type()
     if ctype == "multipart/encrypted":
         return True
     if ctype in ("application/pkcs7-mime", "application/x-pkcs7-mime"):

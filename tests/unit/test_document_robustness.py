@@ -10,8 +10,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from securemail.documents import Unreadable, document_text
+from securemail.documents import Unreadable, document_text, is_document
 from securemail.markup import html_text
 from securemail.model import Action
 from tests.document_makers import pdf_with_text
@@ -124,3 +126,29 @@ def test_rtf_object_results_are_read_and_an_unclosed_hidden_group_is_unreadable(
                                     "<style-note>Jane Roe</style-note><style></style>"])
 def test_quoted_angle_brackets_and_custom_elements_do_not_hide_words(markup: str) -> None:
     assert "Jane Roe" in html_text(markup)
+
+
+
+# Text that is no document's start (lower case: not "BZh", "PK", "Rar!", ...).
+_TEXT = st.text("abcdefghijklmnopqrstuvwxyz0123456789 .,\n", max_size=200)
+
+
+@given(_TEXT, st.integers(min_value=0, max_value=9000))
+def test_a_pdf_header_anywhere_in_the_first_8_kib_makes_a_document(lead: str, pad: int) -> None:
+    """As PDF readers find it after junk (a gateway's banner, a BOM); past
+    8 KiB it is text that mentions PDF."""
+    before = (lead + "x" * pad).encode()
+    assert is_document(before + b"%PDF-1.7\n") == (len(before) + len(b"%PDF-") <= 8192)
+
+
+@pytest.mark.parametrize(("before", "document"), [(8187, True), (8188, False)])
+def test_the_pdf_header_window_ends_at_8_kib(before: int, document: bool) -> None:
+    assert is_document(b"x" * before + b"%PDF-1.7\n") is document
+
+
+@given(st.text(" \t\r\n\x0b\x0c", max_size=9000), _TEXT)
+def test_rtf_after_any_whitespace_is_a_document_and_after_text_is_not(space: str,
+                                                                      lead: str) -> None:
+    assert is_document(space.encode() + b"{\\rtf1\\ansi hi}")
+    if lead.strip():
+        assert not is_document(lead.encode() + b"{\\rtf1\\ansi hi}")
