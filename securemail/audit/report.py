@@ -21,11 +21,12 @@ from typing import Any
 
 from securemail.audit import store
 from securemail.audit.records import format_time
+from securemail.model import HELD_WITH_OFFENDER
 
 __all__ = ["KeyExpiry", "ReportData", "UNAUTHORISED_RULE", "render_html", "report_data"]
 
 UNAUTHORISED_RULE = "unauthorised-recipient"
-UNAUTHORISED_ROLE = "third-party"
+THIRD_PARTY_ROLE = "third-party"
 UNAUTHORISED_COLUMNS = ("at", "message_id", "message_sha256", "mail_from", "recipient", "source",
                         "mode", "outcome", "reason")
 ACTIONS = ("deliver", "encrypt-pgp", "encrypt-smime", "portal", "block")
@@ -71,7 +72,7 @@ class ReportData:
     blocks_by_rule: Counter[str] = field(default_factory=Counter)
     unauthorised: list[dict[str, Any]] = field(default_factory=list)  # the people not allowed
     blocked_with_unauthorised: int = 0  # authorised recipients of those messages, blocked too
-    shadow_unauthorised: int = 0  # third parties shadow mode let through (would be stopped)
+    shadow_unauthorised: int = 0  # people shadow mode let through (would be stopped)
     sealed: int = 0  # distinct portal ids sealed in the period
     opened: int = 0  # of those, opened at least once
     open_hours: list[float] = field(default_factory=list)
@@ -177,22 +178,30 @@ def _count_message(data: ReportData, rec: dict[str, Any], hashes: set[str],
         for rule in rules:
             data.blocks_by_rule[rule] += 1
     if UNAUTHORISED_RULE in rules and action == "block":
-        # The rule is on every recipient the whole-message block stopped; only a
-        # third party is the unauthorised person (the client copied is not).
         # Only what was stopped counts: in shadow mode the message went to all
         # (counted apart), and strip mode sent it on to the others.
-        if rec.get("role") == UNAUTHORISED_ROLE:
+        if _unauthorised_person(rec):
             data.unauthorised.append({k: rec.get(k) for k in UNAUTHORISED_COLUMNS})
         else:
             data.blocked_with_unauthorised += 1
     elif (UNAUTHORISED_RULE in rules and rec.get("mode") == "shadow"
-          and rec.get("decided_action") == "block" and rec.get("role") == UNAUTHORISED_ROLE):
+          and rec.get("decided_action") == "block" and _unauthorised_person(rec)):
         data.shadow_unauthorised += 1
     pid = rec.get("portal_id")
     if rec.get("outcome") == "sealed":
         data.sealed_records += 1
         if isinstance(pid, str):
             sealed_at.setdefault(pid, str(rec["at"]))
+
+
+def _unauthorised_person(rec: dict[str, Any]) -> bool:
+    """Whether a record the rule unauthorised-recipient is on is the person who
+    may not have the message, not a recipient held back with them (the client,
+    staff: their reason begins "the whole message is blocked because it also
+    goes to ..."). A third party always is; so is a client or an authorised
+    contact whose copy concerns another client (two families on one message)."""
+    return (rec.get("role") == THIRD_PARTY_ROLE
+            or not str(rec.get("reason") or "").startswith(HELD_WITH_OFFENDER))
 
 
 def _time(at: str) -> datetime:
@@ -307,15 +316,16 @@ def _summary(data: ReportData) -> str:
         ("Blocked recipients", "blocked", str(data.by_action.get("block", 0)),
          "Recipient decisions whose action was block (not sent)."),
         ("Unauthorised-recipient events", "unauthorised", str(len(data.unauthorised)),
-         "Third parties who were sent client mail and stopped by the rule"
+         "People who were sent a client's mail they may not have (a third party, or a"
+         " client or contact of another client) and stopped by the rule"
          f" {UNAUTHORISED_RULE} (one row each in the table below)."),
         ("Recipients blocked with an unauthorised one", "blocked-with-unauthorised",
          str(data.blocked_with_unauthorised),
-         "The other recipients of those messages (the client, staff), stopped by the same"
-         " rule; counted apart from the events."),
+         "The other recipients of those messages (the client, staff), held back with"
+         " them by the same rule; counted apart from the events."),
         ("Unauthorised recipients let through in shadow mode", "shadow-unauthorised",
          str(data.shadow_unauthorised),
-         f"Third parties the rule {UNAUTHORISED_RULE} would have stopped, while the policy"
+         f"People the rule {UNAUTHORISED_RULE} would have stopped, while the policy"
          " ran in shadow mode (which delivers everything and records what enforce mode"
          " would have done); not in the figures above."),
         ("Portal messages sealed", "sealed", str(data.sealed),
@@ -489,8 +499,9 @@ def _blocks(data: ReportData) -> str:
 
 def _unauthorised(data: ReportData) -> str:
     out = [f"<h2>Unauthorised-recipient events ({len(data.unauthorised)})</h2>",
-           "<p>Each row is one person who was sent client mail without being the client"
-           " or an authorised contact. Other recipients of the same messages that were"
+           "<p>Each row is one person who was sent a client's mail without being that"
+           " client or one of their authorised contacts (a third party, or a client or"
+           " contact of another client). Other recipients of the same messages that were"
            f" blocked with them (the client, staff): {data.blocked_with_unauthorised}."
            " The message is named by its Message-ID and the first"
            f" {SHA_PREFIX} hex digits of its SHA-256 (message_id and message_sha256 in an"

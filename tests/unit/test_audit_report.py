@@ -8,11 +8,14 @@ import json
 import random
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from securemail.audit import AuditLog, export_jsonl
 from securemail.audit.report import render_html, report_data
@@ -73,8 +76,13 @@ def _populate(audit: AuditLog) -> None:
                     rules = ("phi-restricted",)
                 elif action is Action.BLOCK and rng.random() < 0.6:
                     role = Role.THIRD_PARTY  # the person not allowed; else a client blocked too
+                reason = None  # a client held back with the person not allowed
+                if action is Action.BLOCK and role is Role.CLIENT and rng.random() < 0.3:
+                    # ... or itself not allowed: the message concerns another family
+                    reason = (f"the message concerns client c-{i}, and this address is neither"
+                              " that client's nor an authorised contact of theirs")
                 ds.append(decision(f"r{i}-{j}@mail.example", action, rules, role=role,
-                                   source=Source.TO))
+                                   source=Source.TO, reason=reason))
             pids = {d.address: f"p{i}-{n}" for n, d in enumerate(ds) if d.action is Action.PORTAL}
             sent = [d for d in ds if d.action is not Action.BLOCK]
             if sent and trouble.random() < 0.35:
@@ -155,8 +163,11 @@ def test_report_figures_equal_counts_from_the_records(tmp_path: Path) -> None:
     blocks = Counter(rule for r in messages if r["action"] == "block" for rule in r["rules"])
     assert blocks and all(int(page.metric("block-rule", rule=k)) == v for k, v in blocks.items())
     flagged = [r for r in messages if "unauthorised-recipient" in r["rules"]]
-    unauthorised = [r for r in flagged if r["role"] == "third-party"]
+    # The person not allowed, not those held back with them (by the reason's words).
+    unauthorised = [r for r in flagged
+                    if not r["reason"].startswith("the whole message is blocked because")]
     assert unauthorised and len(unauthorised) < len(flagged)  # both kinds in the data
+    assert {r["role"] for r in unauthorised} == {"third-party", "client"}
     assert int(page.metric("unauthorised")) == len(unauthorised) == page.rows["unauthorised-row"]
     assert int(page.metric("blocked-with-unauthorised")) == len(flagged) - len(unauthorised)
 
@@ -274,3 +285,45 @@ def test_shadow_mode_hits_are_not_counted_as_stopped(tmp_path: Path) -> None:
         assert page.metric("shadow-unauthorised") == "1"
     finally:
         audit.close(T0 + timedelta(days=1))
+
+
+@pytest.mark.parametrize("mode", ["enforce", "shadow"])
+def test_a_client_sent_another_familys_mail_is_an_unauthorised_event(
+        tmp_path: Path, make_config: Callable[..., Path], mode: str) -> None:
+    """Decisions of the real policy: two families in one To line (each client
+    is the one who may not have it), and a third party beside the client (the
+    client is held back with them)."""
+    from securemail.model import Mode
+    from tests.unit.policy_helpers import verdict_for
+    from tests.unit.test_policy_client_links import DR, JANE_NOTE, msg
+
+    config = make_config()
+    families = verdict_for(config, msg(to=["jane@mail.example", "sam@mail.example"]), DR,
+                           ["jane@mail.example", "sam@mail.example"])
+    outsider = verdict_for(config, msg(to=["jane@mail.example", "pal@elsewhere.example"],
+                                       body=JANE_NOTE),
+                           DR, ["jane@mail.example", "pal@elsewhere.example"])
+    audit = AuditLog.open(make_settings(tmp_path))
+    try:
+        for n, verdict in enumerate((families, outsider)):
+            ds = list(verdict.decisions)
+            assert all(d.action is Action.BLOCK for d in ds)
+            out = outcome(ds, sha=f"{n:064x}", mode=Mode(mode))
+            if mode == "shadow":  # delivered to all, the block only recorded
+                out = replace(out, recipients=tuple(
+                    replace(r, action=Action.DELIVER, status=Status.DELIVERED,
+                            upstream_reply="250 2.0.0") for r in out.recipients))
+            asyncio.run(audit.record_outcome(envelope(ds), out, config_digest="",
+                                             instance_id="", now=T0 + timedelta(minutes=n)))
+        page = _Metrics()
+        page.feed(render_html(report_data(audit.conn, now=T0 + timedelta(days=1))))
+    finally:
+        audit.close(T0 + timedelta(days=1))
+    # jane and sam (each other's family), pal (a third party); jane held with pal.
+    if mode == "enforce":
+        assert page.metric("unauthorised") == "3" and page.rows["unauthorised-row"] == 3
+        assert page.metric("blocked-with-unauthorised") == "1"
+        assert page.metric("shadow-unauthorised") == "0"
+    else:
+        assert page.metric("unauthorised") == "0"
+        assert page.metric("shadow-unauthorised") == "3"

@@ -14,6 +14,7 @@ from securemail.audit import AuditLog, export_jsonl
 from securemail.audit.chain import canonical, record_hash
 from securemail.config import AuditSettings, Settings, StorageSettings
 from securemail.model import (
+    HELD_WITH_OFFENDER,
     Action,
     Decision,
     Envelope,
@@ -46,8 +47,16 @@ def write_config(tmp_path: Path, checkpoint_every: int = 1000) -> Path:
 
 
 def decision(address: str, action: Action, rules: tuple[str, ...], *,
-             role: Role = Role.CLIENT, source: Source = Source.TO) -> Decision:
-    return Decision(address, source, role, action, rules, f"rule {rules[0]} applied")
+             role: Role = Role.CLIENT, source: Source = Source.TO,
+             reason: str | None = None) -> Decision:
+    """As the policy decides: a client or staff member blocked by
+    unauthorised-recipient is held back with the offender, unless ``reason``
+    says otherwise (a client whose copy concerns another family)."""
+    if reason is None:
+        held = "unauthorised-recipient" in rules and role is not Role.THIRD_PARTY
+        reason = (f"{HELD_WITH_OFFENDER} someone@else.example, who may not receive it" if held
+                  else f"rule {rules[0]} applied")
+    return Decision(address, source, role, action, rules, reason)
 
 
 STATUS_FOR = {Action.DELIVER: Status.DELIVERED, Action.ENCRYPT_PGP: Status.DELIVERED,
