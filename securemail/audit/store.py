@@ -149,6 +149,28 @@ def advance_head(conn: sqlite3.Connection, expected: Head, new: Head) -> bool:
     return cursor.rowcount == 1
 
 
+# What the rest of the store gets together with an audit record (a key
+# import, a sealed portal message, a directory import): rows of these in a
+# store whose audit log is empty mean the log was wiped.
+_RECORDED_ROWS = (("keyring_keys", "key", "keys"), ("portal_messages", "portal message",
+                                                    "portal messages"),
+                  ("directory_entries", "imported directory entry",
+                   "imported directory entries"))
+
+
+def recorded_history(conn: sqlite3.Connection) -> str:
+    """What the store holds that was recorded in the audit log when it was
+    made ("2 keys and 1 portal message"), "" when nothing."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    found = []
+    for table, one, many in _RECORDED_ROWS:
+        if table in tables:
+            n = int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608
+            if n:
+                found.append(f"{n} {one if n == 1 else many}")
+    return " and ".join(filter(None, (", ".join(found[:-1]), found[-1]))) if found else ""
+
+
 def iter_records(
     conn: sqlite3.Connection, *, first_seq: int = 0, last_seq: int | None = None,
     kinds: tuple[str, ...] = (),

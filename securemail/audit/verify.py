@@ -318,6 +318,9 @@ def _check_head(conn: sqlite3.Connection, chain: _Chain, key: Ed25519PublicKey) 
     if h.seq == 0 and not h.signature:
         if chain.last_seq is not None:
             raise _Bad(1, "the signed head is missing (the audit tables were rewritten)")
+        if made := store.recorded_history(conn):
+            raise _Bad(1, f"the audit log is empty, but the store holds {made}, each recorded"
+                       " in the audit log when it was made: its records were deleted")
         return
     head_valid = signature_valid(key, h.signature, head_message(h.seq, h.hash))
     if chain.signer is not None and head_valid:

@@ -251,3 +251,28 @@ def test_verify_warns_when_given_the_private_signing_key(tmp_path: Path) -> None
                     "-c", str(cfg))
     assert code == 0, out
     assert "PRIVATE audit signing key" in out
+
+
+def test_a_wiped_audit_log_does_not_verify_while_the_store_holds_what_it_recorded(
+        tmp_path: Path) -> None:
+    from tests.unit.test_directory_maintenance import JANE, TOM, _config, _csv
+    from tests.unit.test_directory_maintenance import _run as directory
+
+    cfg = _config(tmp_path)
+    assert directory(cfg, "import", str(_csv(tmp_path, JANE, TOM))).exit_code == 0
+    code, out = run("verify", "-c", str(cfg))
+    assert code == 0 and out.startswith("OK: store: records 1..3 verified"), out
+
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        db.execute("DELETE FROM audit_records")
+        db.execute("DELETE FROM audit_head")
+        held = db.execute("SELECT COUNT(*) FROM directory_entries").fetchone()[0]
+    code, out = run("verify", "-c", str(cfg))
+    assert code == 1 and held == 2, out
+    assert out.startswith("TAMPERED: store: first bad record 1: the audit log is empty, but the"
+                          " store holds 2 imported directory entries, each recorded in the"
+                          " audit log when it was made: its records were deleted"), out
+    with sqlite3.connect(tmp_path / "store.db") as db:  # nothing left that it recorded
+        db.execute("DELETE FROM directory_entries")
+    code, out = run("verify", "-c", str(cfg))
+    assert code == 0 and "OK: store: no records verified" in out, out
