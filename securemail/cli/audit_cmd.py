@@ -149,7 +149,7 @@ def verify_cmd(config_path: str, export: str | None, public_key: str | None,
         if b"PRIVATE KEY" in Path(public_key).read_bytes():
             # It works (the public key is derived), but whoever holds this file
             # can sign records: it must never travel to an auditor.
-            click.echo(f"warning: {public_key} is the PRIVATE audit signing key; give"
+            click.echo(f"warning: {public_key} is a PRIVATE key (an audit signing key); give"
                        " compliance only the public key (`securemail audit public-key`)",
                        err=True)
     else:

@@ -250,7 +250,7 @@ def test_verify_warns_when_given_the_private_signing_key(tmp_path: Path) -> None
     code, out = run("verify", str(tmp_path / "e.jsonl"), "--public-key", str(private),
                     "-c", str(cfg))
     assert code == 0, out
-    assert "PRIVATE audit signing key" in out
+    assert "is a PRIVATE key (an audit signing key)" in out
 
 
 def test_a_wiped_audit_log_does_not_verify_while_the_store_holds_what_it_recorded(
