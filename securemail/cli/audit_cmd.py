@@ -49,6 +49,34 @@ def _signing_key(settings: Any) -> Any:
     return load_signing_key(signing_key_path(settings))
 
 
+def _verifying_key(settings: Any, public_key: str | None) -> tuple[Any, str]:
+    """The key a read command verifies the store with, and how a wrong-key
+    report names it: ``--public-key`` (an archive after ``audit new-chain``, a
+    copy of the store away from the relay), else the store's signing key."""
+    if public_key:
+        from securemail.audit import load_public_key
+
+        return load_public_key(public_key), f"the public key given ({public_key})"
+    return _signing_key(settings).public_key(), _key_label(settings)
+
+
+def _signing_key_for(settings: Any, public: Any) -> Any:
+    """The private key that signs an export of a chain checked with ``public``."""
+    from securemail.audit import load_signing_key, signing_key_path
+    from securemail.audit.chain import key_id
+
+    path = signing_key_path(settings)
+    if path.exists():
+        key = load_signing_key(path)
+        if key_id(key.public_key()) == key_id(public):
+            return key
+    raise InputError(
+        f"a JSONL export is signed with the private key of the chain it holds (key id"
+        f" {key_id(public)}), and {path} is {'another key' if path.exists() else 'missing'}:"
+        " export --format csv with --public-key, or hand over the store (or archive) file"
+        " itself, which `securemail audit verify --public-key` checks")
+
+
 def _key_label(settings: Any) -> str:
     """How a wrong-key report names the store's own signing key."""
     from securemail.audit import signing_key_path
@@ -88,9 +116,12 @@ def audit_group() -> None:
 @click.option("--since", help="ISO date/time (UTC unless a zone is given), inclusive.")
 @click.option("--until", help="ISO date/time, exclusive.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="File (default: stdout).")
+@click.option("--public-key", "public_key", type=click.Path(dir_okay=False),
+              help="Verify with this PEM public key, not the store's signing key (an archive"
+                   " after `audit new-chain`, a copy of the store without the private key).")
 @handle_errors
 def export_cmd(config_path: str, fmt: str, since: str | None, until: str | None,
-               output: str | None) -> None:
+               output: str | None, public_key: str | None) -> None:
     """Export records; JSONL exports verify offline with the public key."""
     from securemail.audit import export_csv, export_jsonl, verify_store
     from securemail.audit import store as audit_store
@@ -98,12 +129,13 @@ def export_cmd(config_path: str, fmt: str, since: str | None, until: str | None,
 
     lo, hi = _time_range(since, until)
     settings = _settings(config_path)
-    key = _signing_key(settings)
+    public, label = _verifying_key(settings, public_key)
+    key = _signing_key_for(settings, public) if fmt == "jsonl" else None
     conn = _existing_store(settings)
     try:
         conn.execute("BEGIN")  # one snapshot: what is verified is what is exported
         # Signing an export vouches for it: never sign a store that fails verification.
-        report = verify_store(conn, key.public_key(), key_label=_key_label(settings))
+        report = verify_store(conn, public, key_label=label)
         if not report.ok:
             click.echo(report.summary(), err=True)
             click.echo("securemail: export refused: the store does not verify", err=True)
@@ -111,7 +143,7 @@ def export_cmd(config_path: str, fmt: str, since: str | None, until: str | None,
         now = datetime.now(UTC)
 
         def write(f: IO[str]) -> int:
-            if fmt == "csv":
+            if key is None:
                 return export_csv(conn, f, since=lo, until=hi)
             return export_jsonl(conn, key, f, now=now, since=lo, until=hi)
 
@@ -181,8 +213,12 @@ def verify_cmd(config_path: str, export: str | None, public_key: str | None,
 @click.option("--until", help="ISO date/time, exclusive.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html",
               show_default=True)
+@click.option("--public-key", "public_key", type=click.Path(dir_okay=False),
+              help="Verify with this PEM public key, not the store's signing key (an archive"
+                   " after `audit new-chain`, a copy of the store without the private key).")
 @handle_errors
-def report_cmd(config_path: str, since: str | None, until: str | None, output: str) -> None:
+def report_cmd(config_path: str, since: str | None, until: str | None, output: str,
+               public_key: str | None) -> None:
     """Write a self-contained HTML report for compliance (of a store that verifies)."""
     from securemail.audit import verify_store
     from securemail.audit.export import write_atomically
@@ -190,11 +226,11 @@ def report_cmd(config_path: str, since: str | None, until: str | None, output: s
 
     lo, hi = _time_range(since, until)
     settings = _settings(config_path)
-    key = _signing_key(settings)
+    public, label = _verifying_key(settings, public_key)
     conn = _existing_store(settings)
     try:
         conn.execute("BEGIN")  # the figures come from the records that were verified
-        verified = verify_store(conn, key.public_key(), key_label=_key_label(settings))
+        verified = verify_store(conn, public, key_label=label)
         if not verified.ok:
             click.echo(verified.summary(), err=True)
             click.echo("securemail: report refused: the store does not verify", err=True)

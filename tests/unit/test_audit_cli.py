@@ -276,3 +276,44 @@ def test_a_wiped_audit_log_does_not_verify_while_the_store_holds_what_it_recorde
         db.execute("DELETE FROM directory_entries")
     code, out = run("verify", "-c", str(cfg))
     assert code == 0 and "OK: store: no records verified" in out, out
+
+
+def test_the_archive_of_a_lost_key_is_reported_and_exported_with_the_old_public_key(
+        tmp_path: Path) -> None:
+    cfg = _store(tmp_path)
+    old_public = tmp_path / "old.pub"
+    assert run("public-key", "-c", str(cfg), "-o", str(old_public))[0] == 0
+    old_private = tmp_path / "audit-signing.key"
+    kept = old_private.read_bytes()
+    old_private.unlink()
+    assert run("new-chain", "-c", str(cfg), "--reason", "lost-key")[0] == 0
+    [archive] = tmp_path.glob("audit-archive-*.db")
+    arch = tmp_path / "archive.toml"
+    arch.write_text(cfg.read_text().replace("store.db", archive.name))
+
+    code, out = run("report", "-c", str(arch), "-o", str(tmp_path / "r.html"))
+    assert code == 1 and "WRONG KEY" in out  # the new key did not sign the archive
+    code, out = run("report", "-c", str(arch), "-o", str(tmp_path / "r.html"),
+                    "--public-key", str(old_public))
+    assert code == 0, out
+    assert 'data-metric="messages">8<' in (tmp_path / "r.html").read_text()
+    code, out = run("export", "-c", str(arch), "--format", "csv", "-o", str(tmp_path / "a.csv"),
+                    "--public-key", str(old_public))
+    assert code == 0, out
+    with (tmp_path / "a.csv").open(newline="") as f:
+        assert sum(r["kind"] == "message" for r in csv.DictReader(f)) == 16
+    code, out = run("export", "-c", str(arch), "-o", str(tmp_path / "a.jsonl"),
+                    "--public-key", str(old_public))
+    assert code == 2 and not (tmp_path / "a.jsonl").exists()
+    assert "a JSONL export is signed with the private key of the chain it holds" in out
+    assert "export --format csv with --public-key" in out
+
+    # Rotation: the old private key is still at hand, so the archive's JSONL is signed.
+    (tmp_path / "old.key").write_bytes(kept)
+    (tmp_path / "old.key").chmod(0o600)
+    arch.write_text(arch.read_text() + 'signing_key_file = "old.key"\n')
+    code, out = run("export", "-c", str(arch), "-o", str(tmp_path / "a.jsonl"),
+                    "--public-key", str(old_public))
+    assert code == 0, out
+    code, out = run("verify", str(tmp_path / "a.jsonl"), "--public-key", str(old_public))
+    assert code == 0 and out.startswith("OK"), out
