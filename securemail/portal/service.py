@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import hashlib
 import secrets
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -439,8 +440,12 @@ class PortalService:
         raw = build_reply(from_address=frm, client=row.recipient, to=to,
                           subject=subject, body=body, in_reply_to=row.message_id,
                           attachment=attachment, now=now)
-        sealed = self.seal(raw, message_id=_message_id(raw), sender=row.recipient,
+        message_id = _message_id(raw)
+        sealed = self.seal(raw, message_id=message_id, sender=row.recipient,
                            recipient=to, now=now, kind="reply", parent_id=portal_id)
+        # The reply's own message record (its envelope sender is the practice's
+        # address, on the client's behalf) is found by these two in an export.
+        sent = {"message_id": message_id, "message_sha256": hashlib.sha256(raw).hexdigest()}
         try:
             await reply_sender(raw, frm, to)
         except BaseException as exc:
@@ -453,12 +458,13 @@ class PortalService:
             # (the blocked or deferred message's own record names only the sender).
             with contextlib.suppress(StoreError):
                 self._event("reply-failed", now, portal_id=portal_id, recipient=row.recipient,
-                            reply_to=to, reason_code=denied.reason)
+                            reply_to=to, reason_code=denied.reason, **sent)
             if denied is exc:
                 raise
             raise denied from None
         self._event("replied", now, portal_id=portal_id, recipient=row.recipient,
-                    reply_to=to, status="with-attachment" if attachment is not None else "ok")
+                    reply_to=to, status="with-attachment" if attachment is not None else "ok",
+                    **sent)
         return sealed
 
     def practice_address(self, address: str) -> bool:

@@ -3,6 +3,8 @@ the audit says where it went, and the page says so before it is sent."""
 
 from __future__ import annotations
 
+import email
+import hashlib
 import re
 from collections.abc import Iterator
 
@@ -97,6 +99,9 @@ def test_reply_goes_to_the_pipeline_and_the_audit_says_where(rig: Rig, wired: Te
     assert replied["reply_to"] == FRONT_DESK
     assert replied["recipient"] == CLIENT
     assert "Thanks" not in str(replied)
+    # It names the reply as the reply's own message record does (sent as dr -> dr).
+    assert replied["message_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert replied["message_id"] == email.message_from_bytes(raw)["Message-ID"].strip()
 
 
 @pytest.mark.parametrize(("header", "shown"), [
