@@ -30,12 +30,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from securemail.audit.admin_events import record_config_loaded, record_consent_changes
+from securemail.audit.admin_events import record_config_loaded
 from securemail.classify import classify
 from securemail.config import Settings, load_settings
 from securemail.directory import (
     Directory,
-    consent_changes,
     current_directory,
     imported_version,
 )
@@ -193,11 +192,6 @@ class Relay:
             tls_context = self.transport.fresh_tls_context()  # the CA file may be renewed
         # Swap only after everything loaded: a broken config keeps the old one.
         old_settings = self.settings
-        # What the old config said, with the store's imports as they are now:
-        # only the config's own changes are this reload's to record (an import
-        # since the relay last looked was recorded by the import, with its file).
-        old_directory = current_directory(old_settings.practice.domains,
-                                          old_settings.directory, self.db)
         self.settings, self.directory, self.detectors = settings, directory, detectors
         self._directory_version = version
         self.plugins, self.signer, self.archive_key = plugins, signer, archive_key
@@ -221,8 +215,6 @@ class Relay:
                 recycle(tls_context)
         try:
             self.record_config_loaded("reload")
-            record_consent_changes(self.audit, consent_changes(old_directory, directory),
-                                   actor="reload", now=_utcnow(), file=str(settings.path))
         except StoreError as exc:  # the new config is in force; say so, do not undo it
             log.error("reloaded, but could not audit it: %s", exc)
 
@@ -249,10 +241,13 @@ class Relay:
         self._retired[transport] = loop.create_task(later())
 
     def record_config_loaded(self, reason: str, status: str = "ok") -> None:
-        """Audit which configuration is in force (``securemail serve`` start and reload)."""
+        """Audit which configuration is in force (``securemail serve`` start and reload),
+        with the consent changes it brings (a consent edited in the config file and
+        put in force by a restart included). A failed reload changed nothing."""
         record_config_loaded(self.audit, config_sha256=self.settings.digest,
                              instance_id=self.instance_id, reason=reason, status=status,
-                             now=_utcnow())
+                             now=_utcnow(), directory=self.directory if status == "ok" else None,
+                             file=str(Path(self.settings.path).resolve()))
 
     # -------------------------------------------------------------- check
 

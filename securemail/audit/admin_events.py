@@ -1,32 +1,88 @@
 """Administrative audit events that more than one entry point records.
 
 ``config-loaded`` when ``securemail serve`` starts or reloads (SIGHUP), and
-``consent-change`` for each client whose consent to unencrypted email changed,
-whether through the config file or ``securemail directory import``.
+``consent-change`` for each client whose consent to unencrypted email is not
+the one the log last recorded for them, whether it came from the config file
+(at a start or a reload) or ``securemail directory import``.
+
+The consent as last recorded is kept in the ``consent_recorded`` table and
+updated in the transaction that records the change: so a consent written into
+the config file and put in force by a restart, or present at the very first
+start, is on record before any message relies on it.
 """
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 
 from securemail.audit.log import AdminEvent, AuditLog
-from securemail.directory import ConsentChange
+from securemail.directory import ConsentChange, Directory
+from securemail.model import Consent
+from securemail.store.sqlite import ensure_schema
 
-__all__ = ["consent_change_events", "record_config_loaded", "record_consent_changes"]
+__all__ = ["consent_change_events", "note_recorded", "record_config_loaded", "unrecorded_consent"]
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS consent_recorded (
+    client_id TEXT PRIMARY KEY,
+    consent   TEXT NOT NULL
+);
+"""
 
 
 def record_config_loaded(audit: AuditLog, *, config_sha256: str, instance_id: str, reason: str,
-                         status: str, now: datetime) -> None:
-    """``reason``: start | reload; ``status``: ok | failed (the old config keeps running)."""
-    audit.record_event("config-loaded", now=now, config_sha256=config_sha256,
-                       instance_id=instance_id, reason_code=reason, status=status, actor="serve")
+                         status: str, now: datetime, directory: Directory | None = None,
+                         file: str | None = None) -> None:
+    """``reason``: start | reload; ``status``: ok | failed (the old config keeps running).
+    With ``directory`` (the one now in force, read from ``file``), the consent
+    changes it brings are recorded in the same transaction."""
+
+    def change(conn: sqlite3.Connection) -> tuple[None, list[AdminEvent]]:
+        events: list[AdminEvent] = [("config-loaded", {
+            "config_sha256": config_sha256, "instance_id": instance_id, "reason_code": reason,
+            "status": status, "actor": "serve"})]
+        if directory is not None:
+            events += consent_change_events(unrecorded_consent(conn, directory),
+                                            actor="serve", file=file)
+        return None, events
+
+    audit.change_and_record(change, now=now)
 
 
-def record_consent_changes(audit: AuditLog, changes: Sequence[ConsentChange], *, actor: str,
-                           now: datetime, file: str | None = None) -> None:
-    for kind, fields in consent_change_events(changes, actor=actor, file=file):
-        audit.record_event(kind, now=now, **fields)
+def unrecorded_consent(conn: sqlite3.Connection, directory: Directory) -> list[ConsentChange]:
+    """Clients whose consent in ``directory`` is not the one last recorded
+    (granted, changed, or withdrawn: ``None``), marked as recorded now: call
+    inside the transaction that appends their ``consent-change`` events."""
+    ensure_schema(conn, _DDL)
+    recorded = dict(conn.execute("SELECT client_id, consent FROM consent_recorded"))
+    in_force = {cid: client.consent_unencrypted for cid, client in directory.clients.items()
+                if client.consent_unencrypted is not None}
+    return note_recorded(conn, [
+        ConsentChange(cid, in_force.get(cid)) for cid in sorted(recorded.keys() | in_force.keys())
+        if recorded.get(cid) != _text(in_force.get(cid))])
+
+
+def note_recorded(conn: sqlite3.Connection, changes: list[ConsentChange]
+                  ) -> list[ConsentChange]:
+    """Mark ``changes`` as recorded (inside the transaction that appends their
+    events); returns them."""
+    ensure_schema(conn, _DDL)
+    for change in changes:
+        if change.consent is None:
+            conn.execute("DELETE FROM consent_recorded WHERE client_id = ?", (change.client_id,))
+        else:
+            conn.execute("INSERT INTO consent_recorded (client_id, consent) VALUES (?, ?)"
+                         " ON CONFLICT(client_id) DO UPDATE SET consent = excluded.consent",
+                         (change.client_id, _text(change.consent)))
+    return changes
+
+
+def _text(consent: Consent | None) -> str | None:
+    return None if consent is None else json.dumps([consent.granted, consent.warning,
+                                                    consent.expires])
 
 
 def consent_change_events(changes: Sequence[ConsentChange], *, actor: str,

@@ -72,7 +72,7 @@ def directory_import(file: str, replace: bool, config_path: str) -> None:
     columns are described in docs/configuration.md ("Directory files").
     """
     from securemail.audit import AuditLog
-    from securemail.audit.admin_events import consent_change_events
+    from securemail.audit.admin_events import consent_change_events, note_recorded
     from securemail.config import load_settings
     from securemail.directory import (
         RemovedEntries,
@@ -110,7 +110,10 @@ def directory_import(file: str, replace: bool, config_path: str) -> None:
         events: list[AdminEvent] = [("directory-import", fields)]
         events += _removal_events(removed, file=file)
         after = _directory(settings, conn)
-        events += consent_change_events(consent_changes(before, after), actor="cli", file=file)
+        # The consent this file changed (what the config file says is recorded,
+        # with that file's name, when serve starts or reloads).
+        changed = note_recorded(conn, consent_changes(before, after))
+        events += consent_change_events(changed, actor="cli", file=file)
         notes[:] = after.notes()
         return (removed, left), events
 
@@ -144,7 +147,7 @@ def directory_remove(clients: tuple[str, ...], partners: tuple[str, ...],
     delete them from the config file.
     """
     from securemail.audit import AuditLog
-    from securemail.audit.admin_events import consent_change_events
+    from securemail.audit.admin_events import consent_change_events, note_recorded
     from securemail.config import load_settings
     from securemail.directory import consent_changes, remove_entries
 
@@ -159,8 +162,8 @@ def directory_remove(clients: tuple[str, ...], partners: tuple[str, ...],
         before = _directory(settings, conn)
         removed = remove_entries(conn, clients, partners)
         events = _removal_events(removed, file=None)
-        events += consent_change_events(consent_changes(before, _directory(settings, conn)),
-                                        actor="cli")
+        changed = note_recorded(conn, consent_changes(before, _directory(settings, conn)))
+        events += consent_change_events(changed, actor="cli")
         return removed, events
 
     try:

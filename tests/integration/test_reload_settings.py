@@ -138,25 +138,64 @@ async def test_settings_a_reload_cannot_apply_are_named_in_a_warning(
         await relay.close()
 
 
+def _consent_changes(relay: securemail.Relay) -> list[tuple[str, str, str, str]]:
+    import json
+
+    from securemail.audit.store import iter_records
+
+    bodies = [json.loads(r.body) for r in iter_records(relay.audit.conn)]
+    return [(b["client_id"], b["consent"], b["actor"], Path(b["file"]).name) for b in bodies
+            if b["kind"] == "consent-change"]
+
+
 async def test_a_directory_import_then_a_reload_records_the_consent_once(
         make_config: Callable[..., Path], tmp_path: Path) -> None:
     # The import recorded the consent (actor cli, its file); a SIGHUP soon after
     # recorded it again, as if it came from securemail.toml.
-    import json
+    from click.testing import CliRunner
 
-    from securemail.audit.store import iter_records
-    from securemail.directory import import_directory_file
+    from securemail.cli.directory_cmd import directory_group
 
     cfg = make_config()
     relay = securemail.load(cfg, transport=MemoryTransport())
     try:
+        relay.record_config_loaded("start")  # the config's own consent, on record at start
+        started = [("c-1002", "granted", "serve", "securemail.toml"),
+                   ("c-1003", "granted", "serve", "securemail.toml")]
+        assert _consent_changes(relay) == started
         csv_file = tmp_path / "dir.csv"
         csv_file.write_text("id,addresses,consent_granted,consent_warning\n"
                             "c-2002,lee@mail.example,2026-11-01,v1\n")
-        import_directory_file(relay.db, csv_file, "2026-11-29T10:00:00Z")
+        done = CliRunner().invoke(directory_group, ["import", str(csv_file), "-c", str(cfg)])
+        assert done.exit_code == 0, done.output
+        imported = ("c-2002", "granted", "cli", "dir.csv")
+        assert _consent_changes(relay) == [*started, imported]
         relay.reload()
-        bodies = [json.loads(r.body) for r in iter_records(relay.audit.conn)]
-        changes = [b for b in bodies if b["kind"] == "consent-change"]
-        assert changes == []  # the CLI records imports; the reload adds none
+        assert _consent_changes(relay) == [*started, imported]  # the reload adds none
+    finally:
+        await relay.close()
+
+
+async def test_consent_edited_in_the_config_and_applied_by_a_restart_is_recorded(
+        make_config: Callable[..., Path]) -> None:
+    # Only a SIGHUP reload recorded it: a restart (or the first start) put consent
+    # in force, and mail went in clear on it, with no consent-change on record.
+    cfg = make_config()
+    relay = securemail.load(cfg, transport=MemoryTransport())
+    try:
+        relay.record_config_loaded("start")
+        before = _consent_changes(relay)
+    finally:
+        await relay.close()
+    edit(cfg, 'consent_unencrypted = { granted = "2026-01-10", warning = "v1" }\n', "")
+    edit(cfg, 'warning = "v1", expires = "2026-03-01"', 'warning = "v2", expires = "2027-03-01"')
+    relay = securemail.load(cfg, transport=MemoryTransport())  # the restart
+    try:
+        relay.record_config_loaded("start")
+        assert _consent_changes(relay) == [*before,
+                                           ("c-1002", "withdrawn", "serve", "securemail.toml"),
+                                           ("c-1003", "granted", "serve", "securemail.toml")]
+        relay.record_config_loaded("start")  # unchanged: nothing more
+        assert len(_consent_changes(relay)) == len(before) + 2
     finally:
         await relay.close()
