@@ -62,6 +62,7 @@ def export_jsonl(conn: sqlite3.Connection, key: Ed25519PrivateKey, out: IO[str],
         conn.execute("BEGIN")
     try:
         records = list(iter_export_records(conn, since, until))
+        pruned = store.pruned_note(conn, since)
     finally:
         if own_snapshot:
             conn.execute("COMMIT")
@@ -74,6 +75,8 @@ def export_jsonl(conn: sqlite3.Connection, key: Ed25519PrivateKey, out: IO[str],
         "last_seq": records[-1]["seq"] if records else None,
         "last_hash": records[-1]["hash"] if records else None,
     }
+    if pruned:  # signed with the rest: the period looks complete but is not
+        manifest["pruned"] = pruned
     signature = sign(key, export_message(manifest))
     out.write(_line({"export": manifest, "signature": signature}))
     for rec in records:

@@ -388,6 +388,8 @@ def verify_export(path: str | Path, public_key: Ed25519PublicKey) -> VerifyRepor
         return _report(source, chain, TAMPERED, bad, 1, note)
     if manifest["key_id"] != chain.kid:  # checked structurally; see _wrong_key
         chain.signer = str(manifest["key_id"])
+    if manifest.get("pruned"):  # the period reaches back before a prune
+        note = "; ".join(filter(None, (note, f"the export says {manifest['pruned']}")))
     count = int(manifest["records"])
     if count:
         chain.expected = (int(manifest["first_seq"]), str(manifest["first_prev_hash"]))
@@ -410,9 +412,9 @@ def verify_export(path: str | Path, public_key: Ed25519PublicKey) -> VerifyRepor
         if canonical_object(rec) != raw:
             # Duplicate keys, other key order or spacing: two parsers could read
             # different values from this line, so it is not the line we wrote.
-            seq = rec.get("seq")
+            # Named by its place in the chain: its own seq may be the duplicate.
             return _report(source, chain, TAMPERED, _Bad(
-                seq if isinstance(seq, int) else chain._next_seq(),
+                chain._next_seq(),
                 "altered: the line is not in canonical form (duplicate keys, key order or"
                 " spacing differ from what securemail writes)"), number, note)
         try:

@@ -317,3 +317,41 @@ def test_the_archive_of_a_lost_key_is_reported_and_exported_with_the_old_public_
     assert code == 0, out
     code, out = run("verify", str(tmp_path / "a.jsonl"), "--public-key", str(old_public))
     assert code == 0 and out.startswith("OK"), out
+
+
+def test_an_export_reaching_back_before_a_prune_says_so_in_its_signed_manifest(
+        tmp_path: Path) -> None:
+    import json
+
+    cfg = _store(tmp_path)
+    assert run("public-key", "-c", str(cfg), "-o", str(tmp_path / "audit.pub"))[0] == 0
+    code, out = run("prune", "-c", str(cfg), "--retention-days", "1")
+    assert code == 0 and "deleted" in out, out
+    for since in (None, T0.date().isoformat()):  # from the start, or a day the prune took
+        window = ["--since", since] if since else []
+        code, out = run("export", "-c", str(cfg), "-o", str(tmp_path / "e.jsonl"), *window)
+        assert code == 0, out
+        manifest = json.loads((tmp_path / "e.jsonl").read_text().splitlines()[0])["export"]
+        assert manifest["pruned"].startswith("records timed before ")
+        assert manifest["pruned"] in out  # as the command's own note says it
+        code, out = run("verify", str(tmp_path / "e.jsonl"), "--public-key",
+                        str(tmp_path / "audit.pub"))
+        assert code == 0 and out.startswith("OK"), out
+        assert f"note: the export says {manifest['pruned']}" in out
+    code, out = run("export", "-c", str(cfg), "-o", str(tmp_path / "e.jsonl"),
+                    "--since", "2100-01-01")  # after the cutoff: nothing is missing
+    assert code == 0, out
+    assert "pruned" not in json.loads((tmp_path / "e.jsonl").read_text().splitlines()[0])["export"]
+
+
+def test_a_duplicated_key_is_named_by_the_records_place_not_its_value(tmp_path: Path) -> None:
+    cfg = _store(tmp_path)
+    assert run("public-key", "-c", str(cfg), "-o", str(tmp_path / "audit.pub"))[0] == 0
+    assert run("export", "-c", str(cfg), "-o", str(tmp_path / "e.jsonl"))[0] == 0
+    lines = (tmp_path / "e.jsonl").read_text().splitlines(keepends=True)
+    assert '"seq":5,' in lines[5]
+    lines[5] = lines[5].rstrip("\n")[:-1] + ',"seq":999}\n'  # JSON parsers keep the last
+    (tmp_path / "e.jsonl").write_text("".join(lines))
+    code, out = run("verify", str(tmp_path / "e.jsonl"), "--public-key",
+                    str(tmp_path / "audit.pub"))
+    assert code == 1 and "first bad record 5 (line 6)" in out, out
