@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -84,6 +85,7 @@ def directory_import(file: str, replace: bool, config_path: str) -> None:
     )
 
     entries = read_directory_file(file)  # validate before opening anything
+    recorded = str(Path(file).resolve())  # as the records name it: unambiguous years later
     settings = load_settings(config_path)
     now = dt.datetime.now(dt.UTC)
     log = AuditLog.open(settings)  # a store whose signing key is wrong stops here
@@ -104,16 +106,16 @@ def directory_import(file: str, replace: bool, config_path: str) -> None:
             left = RemovedEntries(
                 tuple(sorted(set(present.clients) - {c.id for c in entries.clients})),
                 tuple(sorted(set(present.partners) - {p.name for p in entries.partners})))
-        fields: dict[str, str | int | None] = {"count": count, "file": file, "actor": "cli"}
+        fields: dict[str, str | int | None] = {"count": count, "file": recorded, "actor": "cli"}
         if replace:
             fields["reason_code"] = "replace"
         events: list[AdminEvent] = [("directory-import", fields)]
-        events += _removal_events(removed, file=file)
+        events += _removal_events(removed, file=recorded)
         after = _directory(settings, conn)
         # The consent this file changed (what the config file says is recorded,
         # with that file's name, when serve starts or reloads).
         changed = note_recorded(conn, consent_changes(before, after))
-        events += consent_change_events(changed, actor="cli", file=file)
+        events += consent_change_events(changed, actor="cli", file=recorded)
         notes[:] = after.notes()
         return (removed, left), events
 

@@ -432,3 +432,14 @@ def test_list_shows_when_a_consent_expires(tmp_path: Path) -> None:
     listing = _run(cfg, "list").output
     assert "client c-9: maria@mail.example; consent 2026-02-01 (v2), expires 2027-02-01" \
         in listing
+
+
+def test_an_import_records_the_files_full_path(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # "clients.csv" on record says nothing years later about which one it was.
+    cfg = _config(tmp_path)
+    _csv(tmp_path, JANE)
+    monkeypatch.chdir(tmp_path)
+    assert _run(cfg, "import", "clients.csv").exit_code == 0
+    [imported] = _records(cfg, "directory-import")
+    assert imported["file"] == str(tmp_path.resolve() / "clients.csv")
