@@ -172,6 +172,19 @@ def export_cmd(config_path: str, fmt: str, since: str | None, until: str | None,
 def verify_cmd(config_path: str, export: str | None, public_key: str | None,
                as_json: bool) -> None:
     """Verify the store, or an EXPORT.jsonl; exit 1 naming the first bad record."""
+    try:
+        report = _verify(config_path, export, public_key)
+    except (ConfigError, InputError) as exc:
+        if as_json:  # a script reading stdout gets an answer too (and exit 2 as ever)
+            click.echo(json.dumps({"source": export or "store", "status": "bad-input",
+                                   "ok": False, "problem": str(exc)}, indent=2))
+        raise
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
+    if not report.ok:
+        sys.exit(EXIT_PROBLEM)
+
+
+def _verify(config_path: str, export: str | None, public_key: str | None) -> Any:
     from securemail.audit import load_public_key, signing_key_path, verify_export, verify_store
 
     settings = None
@@ -195,16 +208,12 @@ def verify_cmd(config_path: str, export: str | None, public_key: str | None,
         key = load_public_key(path)
         label = _key_label(settings)
     if export:
-        report = verify_export(export, key)
-    else:
-        conn = _existing_store(settings or _settings(config_path))
-        try:
-            report = verify_store(conn, key, key_label=label)
-        finally:
-            conn.close()
-    click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
-    if not report.ok:
-        sys.exit(EXIT_PROBLEM)
+        return verify_export(export, key)
+    conn = _existing_store(settings or _settings(config_path))
+    try:
+        return verify_store(conn, key, key_label=label)
+    finally:
+        conn.close()
 
 
 @audit_group.command("report")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import sqlite3
 from pathlib import Path
 
@@ -80,6 +81,13 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
     assert code == 2 and "--since" in out
     code, out = run("verify", str(tmp_path / "missing.jsonl"), "--public-key", str(cfg))
     assert code == 2 and "Ed25519" in out
+    # --json: a script reading stdout gets an answer, not an empty string.
+    assert run("public-key", "-c", str(cfg), "-o", str(tmp_path / "audit.pub"))[0] == 0
+    code, out = run("verify", str(tmp_path / "missing.jsonl"), "--public-key",
+                    str(tmp_path / "audit.pub"), "--json")
+    answer, _ = json.JSONDecoder().raw_decode(out)
+    assert code == 2 and answer["status"] == "bad-input" and answer["ok"] is False
+    assert "missing.jsonl" in answer["problem"], answer
 
 
 def _max_seq(db: Path) -> int:
@@ -321,8 +329,6 @@ def test_the_archive_of_a_lost_key_is_reported_and_exported_with_the_old_public_
 
 def test_an_export_reaching_back_before_a_prune_says_so_in_its_signed_manifest(
         tmp_path: Path) -> None:
-    import json
-
     cfg = _store(tmp_path)
     assert run("public-key", "-c", str(cfg), "-o", str(tmp_path / "audit.pub"))[0] == 0
     code, out = run("prune", "-c", str(cfg), "--retention-days", "1")
