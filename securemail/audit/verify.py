@@ -240,8 +240,9 @@ def _wrong_key(source: str, chain: _Chain, what: str, key_label: str,
                note: str = "") -> VerifyReport:
     """Intact, but signed by another key: most likely the wrong public key file."""
     problem = (f"{what} checkpoints are signed by key id {chain.signer}; {key_label} is"
-               f" {chain.kid}: check you have the right key (`securemail audit public-key`"
-               " prints its key id)")
+               f" {chain.kid}: compare both with the key id in your compliance file (if it is"
+               f" {chain.kid}, your installation did not sign this; if it is {chain.signer},"
+               " give that key: `securemail audit public-key` prints it)")
     return _report(source, chain, WRONG_KEY, _Bad(None, problem), note=note)
 
 

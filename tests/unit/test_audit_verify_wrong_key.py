@@ -53,7 +53,9 @@ def test_an_intact_export_checked_with_the_wrong_key_says_wrong_key(
     assert out.startswith("WRONG KEY: ") and "TAMPERED" not in out, out
     ours, theirs = key_id(audit.public_key), out.split("the public key given is ")[1][:16]
     assert f"signed by key id {ours}" in out and theirs != ours
-    assert "check you have the right key" in out
+    # Which key is right is the compliance file's to say, not the export's.
+    assert (f"compare both with the key id in your compliance file (if it is {theirs}, your"
+            f" installation did not sign this; if it is {ours}, give that key") in out
     code, out = run("verify", str(export), "--public-key", str(other_pem), "--json")
     report = json.loads(out)
     assert code == 1 and report["status"] == "wrong-key" and report["ok"] is False
