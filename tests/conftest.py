@@ -8,6 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline anywhere (Hypothesis's default is 200 ms): on a
+# shared 2-core CI runner one slow example (a key generated, a GC pause) is no
+# failure. Speed is measured in bench/, and tests that assert it say so.
+settings.register_profile("securemail", deadline=None)
+settings.load_profile("securemail")
 
 # Shared fixtures: the portal's HTTP rig (rig, clock, client), for tests/unit and
 # tests/portal; an audit log with checkpoints and its export (audit, export).

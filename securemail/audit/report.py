@@ -77,6 +77,7 @@ class ReportData:
     opened: int = 0  # of those, opened at least once
     open_hours: list[float] = field(default_factory=list)
     portal_events: Counter[str] = field(default_factory=Counter)
+    admin_events: Counter[str] = field(default_factory=Counter)  # see _admin_label
     submissions: int = 0  # distinct (message_sha256, at): each time a message was received
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (action, outcome)
     sealed_records: int = 0  # recipient records with outcome sealed (may share a portal id)
@@ -147,6 +148,8 @@ def _collect(conn: sqlite3.Connection, data: ReportData, since: str | None,
             submissions.add((str(rec.get("message_sha256")), row.at))
         elif rec.get("category") == "portal":
             data.portal_events[row.kind] += 1
+            if row.kind == "code-failed" and rec.get("status") == "locked":
+                data.portal_events["locked"] += 1
             pid = rec.get("portal_id")
             if row.kind == "opened" and isinstance(pid, str) and pid not in first_open:
                 first_open[pid] = row.at
@@ -155,6 +158,8 @@ def _collect(conn: sqlite3.Connection, data: ReportData, since: str | None,
                     data.revoked_failed_notice += 1
                 else:
                     data.revoked_other += 1
+        elif rec.get("category") == "admin":
+            data.admin_events[_admin_label(row.kind, rec)] += 1
     data.messages = len(hashes)
     data.submissions = len(submissions)
     data.sealed = len(sealed_at)
@@ -202,6 +207,45 @@ def _unauthorised_person(rec: dict[str, Any]) -> bool:
     contact whose copy concerns another client (two families on one message)."""
     return (rec.get("role") == THIRD_PARTY_ROLE
             or not str(rec.get("reason") or "").startswith(HELD_WITH_OFFENDER))
+
+
+def _admin_label(kind: str, rec: dict[str, Any]) -> str:
+    """How an administrative record is counted: consent by what it became,
+    a configuration load by whether it took effect."""
+    if kind == "consent-change":
+        return f"consent-{rec.get('consent')}"
+    if kind == "config-loaded":
+        return "config-failed" if rec.get("status") == "failed" else "config-loaded"
+    return kind
+
+
+# The events section: (metric, where the count comes from, label, what it counts).
+EVENT_ROWS = (
+    ("code-failed", "portal", "Wrong portal codes",
+     "Codes entered wrongly on a portal message; many on one message can be someone"
+     " guessing."),
+    ("locked", "portal", "Portal messages locked", "Messages locked by wrong codes (the last"
+     " wrong code counted above locks it)."),
+    ("unlocked", "portal", "Portal locks lifted", "Messages an administrator unlocked after"
+     " wrong codes (securemail portal unlock)."),
+    ("consent-granted", "admin", "Consent granted or changed", "Clients whose consent to"
+     " unencrypted email was put on record (granted, or its warning version or expiry"
+     " changed)."),
+    ("consent-withdrawn", "admin", "Consent withdrawn", "Clients whose consent to unencrypted"
+     " email ended."),
+    ("key-import", "admin", "Keys imported", "OpenPGP keys and S/MIME certificates imported."),
+    ("key-remove", "admin", "Keys removed", "Keys removed or taken off an address (by hand, a"
+     " re-import or a revocation certificate)."),
+    ("directory-import", "admin", "Directory imports", "Client and partner lists imported."),
+    ("directory-remove", "admin", "Directory entries removed", "Imported clients or partners"
+     " removed."),
+    ("config-loaded", "admin", "Configuration loaded", "Relay starts and reloads that put a"
+     " configuration in force."),
+    ("config-failed", "admin", "Failed reloads", "Reloads refused (the configuration in force"
+     " stayed)."),
+    ("chain-start", "admin", "New audit chains", "A new chain started after the signing key was"
+     " lost or rotated (audit new-chain); the old one is in an archive file."),
+)
 
 
 def _time(at: str) -> datetime:
@@ -271,6 +315,9 @@ def render_html(data: ReportData, *, practice: str = "") -> str:
         parts.append(f"<p>Not counted: <span data-metric=\"outside-window\">"
                      f"{data.outside_window}</span> record(s) written among this period's"
                      " records but timed outside it (committed out of time order).</p>")
+    if data.first_at is None:  # not an all-zero page that reads like a quiet period
+        parts.append("<p class=\"warn\" data-metric=\"empty\">No audit record falls in this"
+                     " period: check --since and --until, and that this is the right store.</p>")
     if data.integrity:
         parts.append(f"<p data-metric=\"integrity\">Integrity check: {escape(data.integrity)}"
                      "</p>")
@@ -279,6 +326,7 @@ def render_html(data: ReportData, *, practice: str = "") -> str:
     parts.append(_per_day(data))
     parts.append(_blocks(data))
     parts.append(_unauthorised(data))
+    parts.append(_events(data))
     parts.append(_keys(data))
     parts.append("</body></html>\n")
     return "".join(parts)
@@ -524,6 +572,18 @@ def _unauthorised(data: ReportData) -> str:
     out.append("</tbody></table>")
     if len(data.unauthorised) > MAX_LISTED:
         out.append(f"<p>First {MAX_LISTED} shown; export the records for the full list.</p>")
+    return "".join(out)
+
+
+def _events(data: ReportData) -> str:
+    out = ["<h2>Security and administrative events</h2><p>Counted in this period; export the"
+           " records (CSV) for who, what and when.</p><table class=\"summary\"><thead><tr>"
+           "<th>Event</th><th>Count</th><th>What it counts</th></tr></thead><tbody>"]
+    for metric, source, label, meaning in EVENT_ROWS:
+        count = (data.portal_events if source == "portal" else data.admin_events)[metric]
+        out.append(f'<tr><td>{escape(label)}</td><td data-metric="event-{metric}">{count}</td>'
+                   f'<td class="def">{escape(meaning)}</td></tr>')
+    out.append("</tbody></table>")
     return "".join(out)
 
 

@@ -327,3 +327,55 @@ def test_a_client_sent_another_familys_mail_is_an_unauthorised_event(
     else:
         assert page.metric("unauthorised") == "0"
         assert page.metric("shadow-unauthorised") == "3"
+
+
+def test_security_and_administrative_events_are_counted_from_the_records(
+        tmp_path: Path) -> None:
+    audit = AuditLog.open(make_settings(tmp_path))
+    at = iter(T0 + timedelta(minutes=m) for m in range(100))
+    for attempts in (1, 2, 3, 4, 5):  # the fifth locks the message
+        audit.record_event("code-failed", now=next(at), portal_id="p1", attempts=attempts,
+                           recipient="jane@mail.example",
+                           status="locked" if attempts == 5 else "failed")
+    audit.record_event("code-failed", now=next(at), portal_id="p2", attempts=1,
+                       recipient="sam@mail.example", status="failed")
+    audit.record_event("unlocked", now=next(at), portal_id="p1", actor="cli")
+    for consent in ("granted", "granted", "withdrawn"):
+        audit.record_event("consent-change", now=next(at), client_id="c-1", consent=consent,
+                           actor="cli")
+    audit.record_event("key-import", now=next(at), fingerprint="AB" * 20, key_kind="pgp")
+    for status in ("ok", "ok", "failed"):
+        audit.record_event("config-loaded", now=next(at), config_sha256="c" * 64,
+                           reason_code="reload", status=status, actor="serve")
+    html = render_html(report_data(audit.conn, now=T0 + timedelta(days=1)))
+    buf = io.StringIO()
+    export_jsonl(audit.conn, audit.chainer.key, buf, now=T0)
+    records = [json.loads(line) for line in buf.getvalue().splitlines()[1:]]
+    audit.close(T0 + timedelta(days=1))
+    page = _Metrics()
+    page.feed(html)
+
+    kinds = Counter(r["kind"] for r in records)
+    assert int(page.metric("event-code-failed")) == kinds["code-failed"] == 6
+    assert page.metric("event-locked") == "1"
+    assert int(page.metric("event-unlocked")) == kinds["unlocked"] == 1
+    consent = Counter(r["consent"] for r in records if r["kind"] == "consent-change")
+    assert page.metric("event-consent-granted") == str(consent["granted"]) == "2"
+    assert page.metric("event-consent-withdrawn") == str(consent["withdrawn"]) == "1"
+    assert int(page.metric("event-key-import")) == kinds["key-import"] == 1
+    assert page.metric("event-key-remove") == page.metric("event-chain-start") == "0"
+    loads = Counter(r["status"] for r in records if r["kind"] == "config-loaded")
+    assert page.metric("event-config-loaded") == str(loads["ok"]) == "2"
+    assert page.metric("event-config-failed") == str(loads["failed"]) == "1"
+
+
+def test_a_period_without_records_says_so(tmp_path: Path) -> None:
+    audit = AuditLog.open(make_settings(tmp_path))
+    _populate(audit)
+    try:
+        empty = render_html(report_data(audit.conn, now=T0, since="2031-01-01T00:00:00.000000Z"))
+        full = render_html(report_data(audit.conn, now=T0))
+    finally:
+        audit.close(T0)
+    assert 'data-metric="empty">No audit record falls in this period' in empty
+    assert 'data-metric="empty"' not in full
