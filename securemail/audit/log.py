@@ -18,6 +18,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import logging
 import os
 import queue
 import sqlite3
@@ -182,6 +183,18 @@ def last_signer(conn: sqlite3.Connection, h: store.Head) -> str:
 
 
 @functools.lru_cache(maxsize=16)  # the last checkpoint's time: computed once per checkpoint
+def _warn_if_wiped(conn: sqlite3.Connection, settings: Settings) -> None:
+    """Say so when the audit log is empty but the store holds what was recorded
+    in it: the next record starts a new chain, which verifies, and the wipe can
+    then be seen only against an export kept elsewhere."""
+    if store.head(conn).seq == 0 and (made := store.recorded_history(conn)):
+        logging.getLogger("securemail.audit").error(
+            "the audit log in %s is empty, but the store holds %s, each recorded in it when it"
+            " was made: if this store was in use, its audit records were deleted; stop and"
+            " restore it from a backup (the next record starts a new chain)",
+            settings.storage.sqlite_path, made)
+
+
 def _due_text(cp_at: str, seconds: int) -> str:
     # Our format ends in "Z", which 3.11's fromisoformat reads as UTC.
     return format_time(datetime.fromisoformat(cp_at) + timedelta(seconds=seconds))
@@ -408,6 +421,7 @@ class AuditLog:
             raise
         chainer = Chainer(key, settings.audit.checkpoint_every, settings.audit.checkpoint_seconds,
                           instance_id)
+        _warn_if_wiped(write, settings)
         return cls(write, read, chainer, owns=owns, writer_lock=lock)
 
     @property

@@ -7,6 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from securemail.audit import AuditLog
@@ -361,3 +362,25 @@ def test_a_duplicated_key_is_named_by_the_records_place_not_its_value(tmp_path: 
     code, out = run("verify", str(tmp_path / "e.jsonl"), "--public-key",
                     str(tmp_path / "audit.pub"))
     assert code == 1 and "first bad record 5 (line 6)" in out, out
+
+
+def test_opening_a_wiped_audit_log_is_logged_as_an_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from tests.unit.test_directory_maintenance import JANE, _config, _csv
+    from tests.unit.test_directory_maintenance import _run as directory
+
+    cfg = _config(tmp_path)
+    assert directory(cfg, "import", str(_csv(tmp_path, JANE))).exit_code == 0
+    with caplog.at_level(logging.ERROR, logger="securemail.audit"):
+        AuditLog.open(load_settings(cfg)).close(T0)
+    assert not caplog.records  # a log with records: nothing to say
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        db.execute("DELETE FROM audit_records")
+        db.execute("DELETE FROM audit_head")
+    with caplog.at_level(logging.ERROR, logger="securemail.audit"):
+        AuditLog.open(load_settings(cfg)).close(T0)
+    [error] = caplog.messages
+    assert "is empty, but the store holds 1 imported directory entry" in error
+    assert "restore it from a backup" in error
