@@ -540,15 +540,17 @@ async def test_a_deferral_says_which_recipients_wait_and_survives_pickling(
     from securemail.errors import RecipientsDeferred
     from securemail.relay import load
 
-    with socket.socket() as s:  # a port nobody listens on: the upstream is down
+    # A port nobody listens on: the upstream is down. Held bound (connections to it are
+    # refused): closed, it could be the port of the next socket, or the relay's own end.
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    relay = load(write_config(tmp_path, upstream_url=f"smtp://127.0.0.1:{port}"))
-    try:
-        with pytest.raises(RecipientsDeferred) as info:
-            await relay.send(numbered(1), rcpt_tos=[STAFF])
-    finally:
-        await relay.close()
+        relay = load(write_config(tmp_path, upstream_url=f"smtp://127.0.0.1:{port}"))
+        try:
+            with pytest.raises(RecipientsDeferred) as info:
+                await relay.send(numbered(1), rcpt_tos=[STAFF])
+        finally:
+            await relay.close()
     exc = info.value
     assert isinstance(exc, TemporaryFailure)  # retry-later code keeps working
     assert exc.deferred == (STAFF,) and exc.accepted == ()

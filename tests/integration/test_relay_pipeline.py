@@ -99,12 +99,14 @@ async def test_an_upstream_that_is_down_is_named_in_the_deferral_log(
         make_relay: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
     import socket
 
-    with socket.socket() as s:  # a port nobody listens on
+    # A port nobody listens on, held bound (connections to it are refused): closed, the
+    # relay's own listeners, bound to port 0 next, could be given it.
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = await make_relay(f"smtp://127.0.0.1:{port}")
-    with caplog.at_level(logging.WARNING, logger="securemail.message"):
-        code, _ = await send(r.port, message(to=STAFF), [STAFF])
+        r = await make_relay(f"smtp://127.0.0.1:{port}")
+        with caplog.at_level(logging.WARNING, logger="securemail.message"):
+            code, _ = await send(r.port, message(to=STAFF), [STAFF])
     assert code == 451
     assert any(m.startswith(f"deferred at upstream: upstream 127.0.0.1:{port} unavailable (")
                and "ECONNREFUSED" in m for m in caplog.messages), caplog.messages

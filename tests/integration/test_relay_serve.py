@@ -27,10 +27,19 @@ from tests.integration.relay_support import message, on_free_ports
 SECUREMAIL = str(Path(sys.executable).parent / "securemail")
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (bound together while chosen: closed one by one, the
+    next bind could be given the port just closed)."""
+    with contextlib.ExitStack() as stack:
+        held = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in held]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    [port] = free_ports(1)
+    return port
 
 
 async def test_demo_config_relays_into_the_maildir_outbox(tmp_path: Path) -> None:
@@ -105,7 +114,7 @@ async def _wait_for_line(proc: asyncio.subprocess.Process, text: str,
 
 
 async def test_serve_process_reloads_on_sighup_and_drains_on_sigterm(tmp_path: Path) -> None:
-    relay_port, admin_port = free_port(), free_port()
+    relay_port, admin_port = free_ports(2)
     cfg = tmp_path / "securemail.toml"
     cfg.write_text(f"""
 [practice]
@@ -204,7 +213,7 @@ async def test_workers_share_the_port_and_all_stop_on_sigterm(tmp_path: Path) ->
     kernel wakes is its choice, so each worker in turn is left alone
     accepting while the others are paused (SIGSTOP). The main process's
     /metrics counts every process's messages."""
-    relay_port, admin_port = free_port(), free_port()
+    relay_port, admin_port = free_ports(2)
     proc, pids = await _start_workers(
         _workers_config(tmp_path, relay_port, workers=2, admin_port=admin_port), count=2)
     expected: list[int] = []
@@ -390,11 +399,12 @@ async def _gone(others: list[int]) -> None:
 async def test_a_portal_address_in_use_is_a_config_error_naming_it(tmp_path: Path) -> None:
     """uvicorn gave up with SystemExit inside its task: exit status 3, an
     asyncio "exception was never retrieved" and no file or key named."""
-    cfg = _workers_config(tmp_path, free_port(), workers=1)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
+        # Chosen while the portal's port is taken: the relay's cannot be the same one.
+        cfg = _workers_config(tmp_path, free_port(), workers=1)
         cfg.write_text(cfg.read_text().replace(
             "enabled = false", f'enabled = true\nlisten = "127.0.0.1:{port}"'))
         proc = await asyncio.create_subprocess_exec(

@@ -180,12 +180,13 @@ async def test_old_sessions_and_a_reload_give_fresh_connections(
 
     up = await CountingUpstream.start()
     t = SMTPTransport(upstream(up.port, tls="none"))
-    monkeypatch.setattr(smtp_transport, "SESSION_REUSE_SECONDS", 0.3)
+    # Long enough for two sends on a slow, busy machine: the second must find it young.
+    monkeypatch.setattr(smtp_transport, "SESSION_REUSE_SECONDS", 1.5)
     try:
         await t.send("a@riverside.example", ["b@mail.example"], MSG)
         await t.send("a@riverside.example", ["b@mail.example"], MSG)
         assert up.connections == 1  # reused while young
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(1.6)
         await t.send("a@riverside.example", ["b@mail.example"], MSG)
         assert up.connections == 2  # too old: replaced
         t.recycle()
