@@ -530,7 +530,9 @@ def _blocks(data: ReportData) -> str:
     if not rules:
         return out[0] + "<p>No blocks in this period.</p>"
     peak = rules[0][1]
-    svg = [f'<svg role="img" aria-label="blocks by rule" width="720" height="{len(rules) * 22}">']
+    high = len(rules) * 22
+    svg = [f'<svg role="img" aria-label="blocks by rule" width="720" height="{high}"'
+           f' viewBox="0 0 720 {high}">']
     for i, (rule, n) in enumerate(rules):
         w = n * 420 / peak
         svg.append(f'<text x="0" y="{i * 22 + 15}" font-size="12">{escape(rule)}</text>'
@@ -612,6 +614,9 @@ table {{ border-collapse: collapse; margin: .5em 0 1.5em; }}
 th, td {{ border: 1px solid #bbb; padding: .2em .6em; text-align: left; }}
 td[data-metric], td.n {{ text-align: right; white-space: nowrap; }}
 td.def {{ font-size: .85em; color: #444; }}
+svg {{ max-width: 100%; height: auto; }}
+@media screen and (max-width: 48em) {{ body {{ margin: .5em; }}
+  table {{ display: block; overflow-x: auto; max-width: 100%; }} }}
 table.events {{ font-size: .8em; }}
 table.events td.addr, table.events td.ref {{ overflow-wrap: anywhere; }}
 table.events td.when {{ white-space: nowrap; }}
