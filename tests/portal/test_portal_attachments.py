@@ -75,7 +75,8 @@ def test_reply_with_an_eml_attachment_is_delivered(portal: Portal, page: Any) ->
     page.set_input_files("#reply-file", files=[{
         "name": "school.eml", "mimeType": "message/rfc822", "buffer": eml}])
     page.get_by_role("button", name="Send reply").click()
-    page.get_by_text("Your reply was sent securely.").wait_for()
+    # #reply-ok, not any text: 100 ms later #sr-status repeats it (two matches).
+    page.locator("#reply-ok", has_text="Your reply was sent securely.").wait_for()
     got = portal.capture.wait_for(lambda m: m in portal.capture.messages[before:]
                                   and m.rcpt_tos == [STAFF])
     (att,) = list(got.message.iter_attachments())

@@ -86,7 +86,8 @@ def test_client_reads_downloads_and_replies(portal: Portal, page: Any) -> None:
     page.set_input_files("#reply-file", files=[{
         "name": "insurance card.png", "mimeType": "image/png", "buffer": b"\x89PNG-card-bytes"}])
     page.get_by_role("button", name="Send reply").click()
-    page.get_by_text("Your reply was sent securely.").wait_for()
+    # #reply-ok, not any text: 100 ms later #sr-status repeats it (two matches).
+    page.locator("#reply-ok", has_text="Your reply was sent securely.").wait_for()
     reply = portal.capture.wait_for(
         lambda m: m in portal.capture.messages[before:] and m.rcpt_tos == [STAFF])
     msg = reply.message
@@ -149,7 +150,8 @@ def test_five_wrong_codes_lock_the_message(portal: Portal, page: Any) -> None:
     for attempt in range(1, MAX_FAILED_CODES):
         page.fill("#code", wrong[attempt - 1])
         page.get_by_role("button", name="Open message").click()
-        page.get_by_text(f"{MAX_FAILED_CODES - attempt} tr").wait_for()
+        # In the error line itself: 100 ms later #sr-alert repeats it (two matches).
+        page.locator("#code-error", has_text=f"{MAX_FAILED_CODES - attempt} tr").wait_for()
     page.fill("#code", wrong[-1])
     page.get_by_role("button", name="Open message").click()
     page.locator("#step-locked").wait_for(state="visible")

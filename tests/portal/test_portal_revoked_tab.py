@@ -105,12 +105,13 @@ def test_download_waits_for_the_record_and_says_why_not(portal: Portal, page: An
     page.route("**/downloaded", lambda route: route.fulfill(
         status=429, content_type="application/json", body='{"error": "rate-limited"}'))
     page.locator(".file").click()
-    page.get_by_text("Too many requests. Please wait a few minutes").wait_for()
+    # In the error line itself: 100 ms later #sr-alert repeats it (two matches).
+    page.locator("#files-error", has_text="Too many requests. Please wait a few minutes").wait_for()
     # Network failure: the existing message, nothing saved.
     page.unroute("**/downloaded")
     page.route("**/downloaded", lambda route: route.abort())
     page.locator(".file").click()
-    page.get_by_text("We could not reach the server").wait_for()
+    page.locator("#files-error", has_text="We could not reach the server").wait_for()
     page.wait_for_timeout(500)
     assert downloads == []
     assert page.locator("#m-text").is_visible()
