@@ -56,20 +56,20 @@ def unrecorded_consent(conn: sqlite3.Connection, directory: Directory) -> list[C
     """Clients whose consent in ``directory`` is not the one last recorded
     (granted, changed, or withdrawn: ``None``), marked as recorded now: call
     inside the transaction that appends their ``consent-change`` events."""
-    ensure_schema(conn, _DDL)
+    _prepare(conn)
     recorded = dict(conn.execute("SELECT client_id, consent FROM consent_recorded"))
     in_force = {cid: client.consent_unencrypted for cid, client in directory.clients.items()
                 if client.consent_unencrypted is not None}
     return note_recorded(conn, [
         ConsentChange(cid, in_force.get(cid)) for cid in sorted(recorded.keys() | in_force.keys())
-        if recorded.get(cid) != _text(in_force.get(cid))])
+        if not _same(recorded.get(cid), in_force.get(cid))])
 
 
 def note_recorded(conn: sqlite3.Connection, changes: list[ConsentChange]
                   ) -> list[ConsentChange]:
     """Mark ``changes`` as recorded (inside the transaction that appends their
     events); returns them."""
-    ensure_schema(conn, _DDL)
+    _prepare(conn)
     for change in changes:
         if change.consent is None:
             conn.execute("DELETE FROM consent_recorded WHERE client_id = ?", (change.client_id,))
@@ -78,6 +78,35 @@ def note_recorded(conn: sqlite3.Connection, changes: list[ConsentChange]
                          " ON CONFLICT(client_id) DO UPDATE SET consent = excluded.consent",
                          (change.client_id, _text(change.consent)))
     return changes
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
+    """Create the table; in a store from a version without it, from the
+    consent-change records the log holds (the latest per client), so an
+    upgrade does not record every consent in force a second time."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                    " AND name = 'consent_recorded'").fetchone():
+        return
+    ensure_schema(conn, _DDL)
+    latest: dict[str, str | None] = {}
+    for (body,) in conn.execute("SELECT body FROM audit_records WHERE kind = 'consent-change'"
+                                " ORDER BY seq"):
+        rec = json.loads(body)
+        latest[str(rec["client_id"])] = (
+            json.dumps([rec.get("granted"), rec.get("warning"), rec.get("expires")])
+            if rec.get("consent") == "granted" else None)
+    conn.executemany("INSERT INTO consent_recorded (client_id, consent) VALUES (?, ?)",
+                     [(cid, text) for cid, text in latest.items() if text is not None])
+
+
+def _same(recorded: str | None, consent: Consent | None) -> bool:
+    """Whether ``consent`` is the one on record. Records before the grant date
+    was recorded have none: their warning version and expiry decide."""
+    if recorded is None or consent is None:
+        return recorded is None and consent is None
+    granted, warning, expires = json.loads(recorded)
+    return ((granted is None or granted == consent.granted)
+            and (warning, expires) == (consent.warning, consent.expires))
 
 
 def _text(consent: Consent | None) -> str | None:
@@ -94,6 +123,7 @@ def consent_change_events(changes: Sequence[ConsentChange], *, actor: str,
         events.append(("consent-change", {
             "client_id": change.client_id, "actor": actor, "file": file,
             "consent": "granted" if consent is not None else "withdrawn",
+            "granted": consent.granted if consent is not None else None,
             "warning": consent.warning if consent is not None else None,
             "expires": consent.expires if consent is not None else None}))
     return events

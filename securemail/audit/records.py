@@ -61,6 +61,7 @@ EVENT_FIELDS = frozenset({
     "key_kind",         # pgp | smime
     "expires",          # ISO date a key or sealed message expires
     "consent",          # granted | withdrawn
+    "granted",          # ISO date a client's consent was given (consent-change)
     "warning",          # version of the risk warning shown to a client
     "file",             # file an admin imported (path as given)
     "count",            # number of entries imported / purged

@@ -199,3 +199,35 @@ async def test_consent_edited_in_the_config_and_applied_by_a_restart_is_recorded
         assert len(_consent_changes(relay)) == len(before) + 2
     finally:
         await relay.close()
+
+
+async def test_an_upgraded_store_does_not_record_its_consent_again(
+        make_config: Callable[..., Path]) -> None:
+    # A store whose consent was recorded before the store kept what is on record
+    # (its consent-change records carry no grant date): the first start after the
+    # upgrade records nothing new, and a real change afterwards still is.
+    import json
+
+    from securemail.audit.store import iter_records
+
+    cfg = make_config()
+    relay = securemail.load(cfg, transport=MemoryTransport())
+    try:
+        for cid, warning, expires in (("c-1002", "v1", None), ("c-1003", "v1", "2026-03-01")):
+            relay.audit.record_event("consent-change", now=NOW, client_id=cid, actor="reload",
+                                     consent="granted", warning=warning, expires=expires,
+                                     file="securemail.toml")
+        relay.record_config_loaded("start")
+        assert len(_consent_changes(relay)) == 2  # the two written before the upgrade
+    finally:
+        await relay.close()
+    edit(cfg, 'warning = "v1", expires = "2026-03-01"', 'warning = "v2", expires = "2027-03-01"')
+    relay = securemail.load(cfg, transport=MemoryTransport())
+    try:
+        relay.record_config_loaded("start")
+        bodies = [json.loads(r.body) for r in iter_records(relay.audit.conn)]
+        [new] = [b for b in bodies if b["kind"] == "consent-change"][2:]
+        assert (new["client_id"], new["granted"], new["warning"], new["expires"]) == (
+            "c-1003", "2026-01-10", "v2", "2027-03-01")
+    finally:
+        await relay.close()
