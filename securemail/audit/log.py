@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -182,19 +182,33 @@ def last_signer(conn: sqlite3.Connection, h: store.Head) -> str:
     return ""
 
 
-@functools.lru_cache(maxsize=16)  # the last checkpoint's time: computed once per checkpoint
-def _warn_if_wiped(conn: sqlite3.Connection, settings: Settings) -> None:
-    """Say so when the audit log is empty but the store holds what was recorded
-    in it: the next record starts a new chain, which verifies, and the wipe can
-    then be seen only against an export kept elsewhere."""
-    if store.head(conn).seq == 0 and (made := store.recorded_history(conn)):
+def _start_after_a_wipe(conn: sqlite3.Connection, chainer: Chainer,
+                        settings: Settings) -> None:
+    """An audit log that is empty while the store holds what was recorded in it
+    was wiped: say so, and begin the new chain with a signed ``chain-start``
+    (``reason_code`` ``found-empty``, ``count``: the rows that outlived their
+    records), so that the wipe stays on record (``audit verify`` notes it).
+    The consent on record is forgotten with the records: it is recorded again,
+    in the new chain, by the next start or reload."""
+    if store.head(conn).seq != 0:  # the usual case: one cheap read, no transaction
+        return
+    with store.transaction(conn):  # two writers opening at once: one chain-start
+        made = store.recorded_history(conn)
+        if store.head(conn).seq != 0 or not made:
+            return
         logging.getLogger("securemail.audit").error(
             "the audit log in %s is empty, but the store holds %s, each recorded in it when it"
-            " was made: if this store was in use, its audit records were deleted; stop and"
-            " restore it from a backup (the next record starts a new chain)",
-            settings.storage.sqlite_path, made)
+            " was made: its audit records were deleted; a new chain starts with a chain-start"
+            " record saying so (restore the store from a backup to get them back)",
+            settings.storage.sqlite_path, made.text)
+        conn.execute("DROP TABLE IF EXISTS consent_recorded")  # recreated when next used
+        at = format_time(datetime.now(UTC))
+        chainer.append(conn, [(event_fields("chain-start", {
+            "reason_code": "found-empty", "count": made.rows, "actor": "relay"}), at)])
+        chainer.checkpoint(conn, at, "chain-start")
 
 
+@functools.lru_cache(maxsize=16)  # the last checkpoint's time: computed once per checkpoint
 def _due_text(cp_at: str, seconds: int) -> str:
     # Our format ends in "Z", which 3.11's fromisoformat reads as UTC.
     return format_time(datetime.fromisoformat(cp_at) + timedelta(seconds=seconds))
@@ -421,7 +435,14 @@ class AuditLog:
             raise
         chainer = Chainer(key, settings.audit.checkpoint_every, settings.audit.checkpoint_seconds,
                           instance_id)
-        _warn_if_wiped(write, settings)
+        try:
+            _start_after_a_wipe(write, chainer, settings)
+        except BaseException:
+            for c in owns:
+                c.close()
+            if lock is not None:
+                os.close(lock)
+            raise
         return cls(write, read, chainer, owns=owns, writer_lock=lock)
 
     @property

@@ -81,6 +81,9 @@ def _archive_and_restart(settings: Settings, conn: sqlite3.Connection, archive: 
         copied = _copy_to(archive, conn, db)  # committed in the archive file first
         conn.execute("DELETE FROM audit_records")
         conn.execute("DELETE FROM audit_head")
+        # The consent on record went to the archive: the next start or reload
+        # records the consent in force again, in the new chain.
+        conn.execute("DROP TABLE IF EXISTS consent_recorded")
         chainer.append(conn, [(event_fields("chain-start", {
             "previous_seq": head.seq, "previous_hash": head.hash,
             "previous_signer": previous_signer, "file": archive.name,

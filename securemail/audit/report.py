@@ -26,7 +26,6 @@ from securemail.model import HELD_WITH_OFFENDER
 __all__ = ["KeyExpiry", "ReportData", "UNAUTHORISED_RULE", "render_html", "report_data"]
 
 UNAUTHORISED_RULE = "unauthorised-recipient"
-THIRD_PARTY_ROLE = "third-party"
 UNAUTHORISED_COLUMNS = ("at", "message_id", "message_sha256", "mail_from", "recipient", "source",
                         "mode", "outcome", "reason")
 ACTIONS = ("deliver", "encrypt-pgp", "encrypt-smime", "portal", "block")
@@ -201,12 +200,12 @@ def _count_message(data: ReportData, rec: dict[str, Any], hashes: set[str],
 
 def _unauthorised_person(rec: dict[str, Any]) -> bool:
     """Whether a record the rule unauthorised-recipient is on is the person who
-    may not have the message, not a recipient held back with them (the client,
-    staff: their reason begins "the whole message is blocked because it also
-    goes to ..."). A third party always is; so is a client or an authorised
-    contact whose copy concerns another client (two families on one message)."""
-    return (rec.get("role") == THIRD_PARTY_ROLE
-            or not str(rec.get("reason") or "").startswith(HELD_WITH_OFFENDER))
+    may not have the message, not a recipient held back with them (their
+    reason begins "the whole message is blocked because it also goes to ...").
+    By the reason alone: a client or an authorised contact may be the one (two
+    families on one message), and a third party may be held back (on an
+    already-encrypted message, which the two families' clients may not have)."""
+    return not str(rec.get("reason") or "").startswith(HELD_WITH_OFFENDER)
 
 
 def _admin_label(kind: str, rec: dict[str, Any]) -> str:
@@ -244,7 +243,8 @@ EVENT_ROWS = (
     ("config-failed", "admin", "Failed reloads", "Reloads refused (the configuration in force"
      " stayed)."),
     ("chain-start", "admin", "New audit chains", "A new chain started after the signing key was"
-     " lost or rotated (audit new-chain); the old one is in an archive file."),
+     " lost or rotated (audit new-chain; the old one is in an archive file), or because the"
+     " audit log was found emptied (reason found-empty: its records were deleted)."),
 )
 
 

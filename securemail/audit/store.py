@@ -158,17 +158,28 @@ _RECORDED_ROWS = (("keyring_keys", "key", "keys"), ("portal_messages", "portal m
                    "imported directory entries"))
 
 
-def recorded_history(conn: sqlite3.Connection) -> str:
-    """What the store holds that was recorded in the audit log when it was
-    made ("2 keys and 1 portal message"), "" when nothing."""
+@dataclass(frozen=True, slots=True)
+class History:
+    """What a store holds that was recorded in the audit log when it was made."""
+
+    rows: int
+    text: str  # "2 keys and 1 portal message"
+
+    def __bool__(self) -> bool:
+        return self.rows > 0
+
+
+def recorded_history(conn: sqlite3.Connection) -> History:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    found = []
+    found, rows = [], 0
     for table, one, many in _RECORDED_ROWS:
         if table in tables:
             n = int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608
             if n:
                 found.append(f"{n} {one if n == 1 else many}")
-    return " and ".join(filter(None, (", ".join(found[:-1]), found[-1]))) if found else ""
+                rows += n
+    return History(rows, " and ".join(filter(None, (", ".join(found[:-1]), found[-1])))
+                   if found else "")
 
 
 def iter_records(

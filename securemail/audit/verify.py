@@ -147,6 +147,7 @@ class _Chain:
         self.expected = start  # (seq, prev_hash) the next record must have
         self.first_seq: int | None = None
         self.first_prev: str | None = None
+        self.wiped_note = ""  # a chain that began on a wiped log (chain-start found-empty)
         self.last_seq: int | None = None
         self.last_hash: str | None = None
         self.count = 0
@@ -176,6 +177,10 @@ class _Chain:
                            " (a record was inserted, replaced or reordered)")
         if self.first_seq is None:
             self.first_seq, self.first_prev = seq, prev
+        if rec["kind"] == "chain-start" and rec.get("reason_code") == "found-empty":
+            self.wiped_note = (f"record {seq} ({rec['at']}) says the audit log was found empty"
+                               f" while the store held {rec.get('count')} row(s) recorded in it:"
+                               " the records before it were deleted")
         if rec["kind"] in ("checkpoint", "prune"):
             self._check_signed(rec, seq, prev)
         else:
@@ -273,6 +278,10 @@ def verify_store(conn: sqlite3.Connection, public_key: Ed25519PublicKey, *,
     """
     source = "store"
     if not store.has_audit_tables(conn):
+        if made := store.recorded_history(conn):  # dropped, not merely emptied
+            return _report(source, _Chain(public_key, None), TAMPERED, _Bad(
+                1, f"the audit tables are gone, but the store holds {made.text}, each recorded"
+                " in the audit log when it was made: the audit log was deleted"))
         raise InputError("the store has no audit tables: it is not a securemail audit store"
                          " (check storage.url)")
     chain = _Chain(public_key, None, may_switch=True)
@@ -293,7 +302,7 @@ def verify_store(conn: sqlite3.Connection, public_key: Ed25519PublicKey, *,
             conn.execute("COMMIT")
     if chain.signer is not None:
         return _wrong_key(source, chain, "the store's", key_label)
-    return _report(source, chain)
+    return _report(source, chain, note=chain.wiped_note)
 
 
 def _check_start(chain: _Chain) -> None:
@@ -320,8 +329,8 @@ def _check_head(conn: sqlite3.Connection, chain: _Chain, key: Ed25519PublicKey) 
         if chain.last_seq is not None:
             raise _Bad(1, "the signed head is missing (the audit tables were rewritten)")
         if made := store.recorded_history(conn):
-            raise _Bad(1, f"the audit log is empty, but the store holds {made}, each recorded"
-                       " in the audit log when it was made: its records were deleted")
+            raise _Bad(1, f"the audit log is empty, but the store holds {made.text}, each"
+                       " recorded in the audit log when it was made: its records were deleted")
         return
     head_valid = signature_valid(key, h.signature, head_message(h.seq, h.hash))
     if chain.signer is not None and head_valid:
@@ -433,7 +442,7 @@ def verify_export(path: str | Path, public_key: Ed25519PublicKey) -> VerifyRepor
         return _report(source, chain, TAMPERED, bad, at, note)
     if chain.signer is not None:
         return _wrong_key(source, chain, "the export's", "the public key given", note)
-    return _report(source, chain, note=note)
+    return _report(source, chain, note="; ".join(filter(None, (note, chain.wiped_note))))
 
 
 def _manifest(raw: bytes, key: Ed25519PublicKey) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import IO, Any
 import click
 
 from securemail.cli.base import EXIT_PROBLEM, config_option, handle_errors
-from securemail.errors import ConfigError, InputError
+from securemail.errors import ConfigError, InputError, StoreError
 
 __all__ = ["audit_group", "commands"]
 
@@ -36,7 +36,9 @@ def _existing_store(settings: Any) -> sqlite3.Connection:
         raise InputError(f"{path}: no store here (storage.url in {settings.path}); check -c,"
                          " or start the relay once to create it")
     conn = open_for_reading(path)
-    if not store.has_audit_tables(conn):
+    # A store that holds what its audit log recorded, without the log: the
+    # verification says it was deleted (exit 1), not "not an audit store".
+    if not store.has_audit_tables(conn) and not store.recorded_history(conn):
         conn.close()
         raise InputError(f"{path}: this store holds no audit records (storage.url in"
                          f" {settings.path})")
@@ -130,7 +132,6 @@ def export_cmd(config_path: str, fmt: str, since: str | None, until: str | None,
     lo, hi = _time_range(since, until)
     settings = _settings(config_path)
     public, label = _verifying_key(settings, public_key)
-    key = _signing_key_for(settings, public) if fmt == "jsonl" else None
     conn = _existing_store(settings)
     try:
         conn.execute("BEGIN")  # one snapshot: what is verified is what is exported
@@ -140,6 +141,8 @@ def export_cmd(config_path: str, fmt: str, since: str | None, until: str | None,
             click.echo(report.summary(), err=True)
             click.echo("securemail: export refused: the store does not verify", err=True)
             sys.exit(EXIT_PROBLEM)
+        # Signed only with the private key of the chain just verified.
+        key = _signing_key_for(settings, public) if fmt == "jsonl" else None
         now = datetime.now(UTC)
 
         def write(f: IO[str]) -> int:
@@ -174,9 +177,10 @@ def verify_cmd(config_path: str, export: str | None, public_key: str | None,
     """Verify the store, or an EXPORT.jsonl; exit 1 naming the first bad record."""
     try:
         report = _verify(config_path, export, public_key)
-    except (ConfigError, InputError) as exc:
-        if as_json:  # a script reading stdout gets an answer too (and exit 2 as ever)
-            click.echo(json.dumps({"source": export or "store", "status": "bad-input",
+    except (ConfigError, InputError, StoreError) as exc:
+        if as_json:  # a script reading stdout gets an answer too (the exit code as ever)
+            status = "error" if isinstance(exc, StoreError) else "bad-input"
+            click.echo(json.dumps({"source": export or "store", "status": status,
                                    "ok": False, "problem": str(exc)}, indent=2))
         raise
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())

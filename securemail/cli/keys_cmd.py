@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -54,6 +55,11 @@ def _change_and_record(config_path: str, now: dt.datetime,
         log.close(now)
 
 
+def _full(file: str) -> str:
+    """A file as the audit records name it: its full path, unambiguous years later."""
+    return str(Path(file).resolve())
+
+
 @keys_group.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @config_option
@@ -81,7 +87,7 @@ def keys_import(files: tuple[str, ...], config_path: str) -> None:
                 (done if exc.requested else refused).append(str(exc))
                 reason = "revocation-certificate" if exc.requested else "withdrawn-by-reimport"
                 kinds = exc.kinds if len(exc.kinds) == len(exc.removed) else ()
-                events += [("key-remove", {"fingerprint": fpr, "count": 1, "file": file,
+                events += [("key-remove", {"fingerprint": fpr, "count": 1, "file": _full(file),
                                            **({"key_kind": kinds[i]} if kinds else {}),
                                            "reason_code": reason,
                                            "actor": "cli"}) for i, fpr in enumerate(exc.removed)]
@@ -99,7 +105,7 @@ def keys_import(files: tuple[str, ...], config_path: str) -> None:
                             f"for {', '.join(key.addresses)}")
                 events.append(("key-import", {
                     "fingerprint": key.fingerprint, "key_kind": key.kind,
-                    "address": ",".join(key.addresses)[:500], "file": file, "actor": "cli",
+                    "address": ",".join(key.addresses)[:500], "file": _full(file), "actor": "cli",
                     "expires": key.expires.date().isoformat() if key.expires else None}))
             done += [f"{file}: {line}" for line in report.skipped]
         done += _several_keys_notes(keyring, [e[1] for e in events if e[0] == "key-import"],

@@ -231,3 +231,28 @@ async def test_an_upgraded_store_does_not_record_its_consent_again(
             "c-1003", "2026-01-10", "v2", "2027-03-01")
     finally:
         await relay.close()
+
+
+async def test_a_new_chain_records_the_consent_in_force_again(
+        make_config: Callable[..., Path]) -> None:
+    # The consent on record went to the archive with the old chain: the new
+    # chain had no consent-change for consent it then relied on.
+    from datetime import UTC, datetime
+
+    from securemail.audit.new_chain import start_new_chain
+    from securemail.config import load_settings
+
+    cfg = make_config()
+    relay = securemail.load(cfg, transport=MemoryTransport())
+    try:
+        relay.record_config_loaded("start")
+        assert len(_consent_changes(relay)) == 2
+    finally:
+        await relay.close()
+    start_new_chain(load_settings(cfg), reason="rotation", now=datetime.now(UTC))
+    relay = securemail.load(cfg, transport=MemoryTransport())
+    try:
+        relay.record_config_loaded("start")
+        assert [c[0] for c in _consent_changes(relay)] == ["c-1002", "c-1003"]
+    finally:
+        await relay.close()

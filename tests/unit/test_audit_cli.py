@@ -302,6 +302,10 @@ def test_the_archive_of_a_lost_key_is_reported_and_exported_with_the_old_public_
 
     code, out = run("report", "-c", str(arch), "-o", str(tmp_path / "r.html"))
     assert code == 1 and "WRONG KEY" in out  # the new key did not sign the archive
+    for fmt in ("jsonl", "csv"):  # nor did the old key sign the new chain: a wrong key, 1
+        code, out = run("export", "-c", str(cfg), "--format", fmt, "--public-key",
+                        str(old_public), "-o", str(tmp_path / f"x.{fmt}"))
+        assert code == 1 and "WRONG KEY" in out and "export refused" in out, out
     code, out = run("report", "-c", str(arch), "-o", str(tmp_path / "r.html"),
                     "--public-key", str(old_public))
     assert code == 0, out
@@ -364,8 +368,10 @@ def test_a_duplicated_key_is_named_by_the_records_place_not_its_value(tmp_path: 
     assert code == 1 and "first bad record 5 (line 6)" in out, out
 
 
-def test_opening_a_wiped_audit_log_is_logged_as_an_error(
+def test_a_log_found_wiped_starts_a_new_chain_that_says_so(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The relay logged the wipe, then its own next record made the store verify
+    # OK again: the wipe was on record nowhere.
     import logging
 
     from tests.unit.test_directory_maintenance import JANE, _config, _csv
@@ -380,7 +386,40 @@ def test_opening_a_wiped_audit_log_is_logged_as_an_error(
         db.execute("DELETE FROM audit_records")
         db.execute("DELETE FROM audit_head")
     with caplog.at_level(logging.ERROR, logger="securemail.audit"):
-        AuditLog.open(load_settings(cfg)).close(T0)
+        for _ in range(2):  # the second opener finds the new chain: nothing more
+            AuditLog.open(load_settings(cfg)).close(T0)
     [error] = caplog.messages
     assert "is empty, but the store holds 1 imported directory entry" in error
-    assert "restore it from a backup" in error
+    assert "restore the store from a backup" in error
+
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        first = json.loads(db.execute("SELECT body FROM audit_records WHERE seq = 1").fetchone()[0])
+        consent_table = db.execute("SELECT name FROM sqlite_master WHERE name ="
+                                   " 'consent_recorded'").fetchone()
+    assert (first["kind"], first["reason_code"], first["count"]) == ("chain-start",
+                                                                      "found-empty", 1)
+    assert consent_table is None  # Jane's consent is recorded again, in the new chain
+    code, out = run("verify", "-c", str(cfg))
+    assert code == 0 and out.startswith("OK: store"), out
+    assert ("note: record 1 (" in out and "says the audit log was found empty while the store"
+            " held 1 row(s) recorded in it: the records before it were deleted" in out), out
+    code, out = run("export", "-c", str(cfg), "-o", str(tmp_path / "e.jsonl"))
+    assert code == 0, out
+    code, out = run("verify", str(tmp_path / "e.jsonl"), "-c", str(cfg))
+    assert code == 0 and "says the audit log was found empty" in out, out
+
+
+def test_dropped_audit_tables_are_tampering_while_the_store_holds_what_they_recorded(
+        tmp_path: Path) -> None:
+    from tests.unit.test_directory_maintenance import JANE, _config, _csv
+    from tests.unit.test_directory_maintenance import _run as directory
+
+    cfg = _config(tmp_path)
+    assert directory(cfg, "import", str(_csv(tmp_path, JANE))).exit_code == 0
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        db.execute("DROP TABLE audit_records")
+        db.execute("DROP TABLE audit_head")
+    code, out = run("verify", "-c", str(cfg))
+    assert code == 1, out
+    assert out.startswith("TAMPERED: store: first bad record 1: the audit tables are gone, but"
+                          " the store holds 1 imported directory entry"), out

@@ -291,11 +291,13 @@ def test_shadow_mode_hits_are_not_counted_as_stopped(tmp_path: Path) -> None:
 def test_a_client_sent_another_familys_mail_is_an_unauthorised_event(
         tmp_path: Path, make_config: Callable[..., Path], mode: str) -> None:
     """Decisions of the real policy: two families in one To line (each client
-    is the one who may not have it), and a third party beside the client (the
-    client is held back with them)."""
+    is the one who may not have it), a third party beside the client (the
+    client is held back with them), and two families on an already-encrypted
+    message with a third party in Cc (held back: the To line, in clear, is
+    what they may not see)."""
     from securemail.model import Mode
     from tests.unit.policy_helpers import verdict_for
-    from tests.unit.test_policy_client_links import DR, JANE_NOTE, msg
+    from tests.unit.test_policy_client_links import DR, JANE_NOTE, _pgp_mime, msg
 
     config = make_config()
     families = verdict_for(config, msg(to=["jane@mail.example", "sam@mail.example"]), DR,
@@ -303,9 +305,13 @@ def test_a_client_sent_another_familys_mail_is_an_unauthorised_event(
     outsider = verdict_for(config, msg(to=["jane@mail.example", "pal@elsewhere.example"],
                                        body=JANE_NOTE),
                            DR, ["jane@mail.example", "pal@elsewhere.example"])
+    both = ["jane@mail.example", "sam@mail.example"]
+    sealed = verdict_for(config, _pgp_mime(both, "..."), DR, [*both, "pal@elsewhere.example"])
+    assert [d.reason.startswith("the whole message is blocked") for d in sealed.decisions] == [
+        False, False, True]
     audit = AuditLog.open(make_settings(tmp_path))
     try:
-        for n, verdict in enumerate((families, outsider)):
+        for n, verdict in enumerate((families, outsider, sealed)):
             ds = list(verdict.decisions)
             assert all(d.action is Action.BLOCK for d in ds)
             out = outcome(ds, sha=f"{n:064x}", mode=Mode(mode))
@@ -319,14 +325,15 @@ def test_a_client_sent_another_familys_mail_is_an_unauthorised_event(
         page.feed(render_html(report_data(audit.conn, now=T0 + timedelta(days=1))))
     finally:
         audit.close(T0 + timedelta(days=1))
-    # jane and sam (each other's family), pal (a third party); jane held with pal.
+    # jane and sam (each other's family), pal (a third party); jane held with pal;
+    # jane and sam again, pal held with them.
     if mode == "enforce":
-        assert page.metric("unauthorised") == "3" and page.rows["unauthorised-row"] == 3
-        assert page.metric("blocked-with-unauthorised") == "1"
+        assert page.metric("unauthorised") == "5" and page.rows["unauthorised-row"] == 5
+        assert page.metric("blocked-with-unauthorised") == "2"
         assert page.metric("shadow-unauthorised") == "0"
     else:
         assert page.metric("unauthorised") == "0"
-        assert page.metric("shadow-unauthorised") == "3"
+        assert page.metric("shadow-unauthorised") == "5"
 
 
 def test_security_and_administrative_events_are_counted_from_the_records(

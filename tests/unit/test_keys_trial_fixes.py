@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -269,3 +270,17 @@ def test_an_expired_key_is_listed_with_its_expiry(tmp_path: Path) -> None:
     assert info.usable is False
     assert info.reason == f"expired on {end:%Y-%m-%d %H:%M} UTC"
     assert info.as_json()["reason"] == info.reason
+
+
+def test_a_key_import_records_the_files_full_path(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # "pat.asc" on record says nothing years later about which file it was.
+    cfg = write_config(tmp_path)
+    public, _ = pgpy_secret_key("Pat", "pat@mail.example")
+    (tmp_path / "pat.asc").write_bytes(public)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert run("keys", "import", "-c", str(cfg), "pat.asc")[0] == 0
+    [imported] = key_records(cfg)
+    assert imported["file"] == str(tmp_path.resolve() / "pat.asc")
