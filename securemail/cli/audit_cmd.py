@@ -56,10 +56,21 @@ def _verifying_key(settings: Any, public_key: str | None) -> tuple[Any, str]:
     report names it: ``--public-key`` (an archive after ``audit new-chain``, a
     copy of the store away from the relay), else the store's signing key."""
     if public_key:
-        from securemail.audit import load_public_key
-
-        return load_public_key(public_key), f"the public key given ({public_key})"
+        return _load_public_key(public_key), f"the public key given ({public_key})"
     return _signing_key(settings).public_key(), _key_label(settings)
+
+
+def _load_public_key(path: str) -> Any:
+    """``--public-key``: warns when it is a private key (it works: the public
+    key is derived; but whoever holds that file can sign records, so it must
+    never travel to an auditor)."""
+    from securemail.audit import load_public_key
+
+    key = load_public_key(path)
+    if b"PRIVATE KEY" in Path(path).read_bytes():
+        click.echo(f"warning: {path} is a PRIVATE key (an audit signing key); give"
+                   " compliance only the public key (`securemail audit public-key`)", err=True)
+    return key
 
 
 def _signing_key_for(settings: Any, public: Any) -> Any:
@@ -194,13 +205,7 @@ def _verify(config_path: str, export: str | None, public_key: str | None) -> Any
     settings = None
     label = "the public key given"
     if public_key:
-        key = load_public_key(public_key)
-        if b"PRIVATE KEY" in Path(public_key).read_bytes():
-            # It works (the public key is derived), but whoever holds this file
-            # can sign records: it must never travel to an auditor.
-            click.echo(f"warning: {public_key} is a PRIVATE key (an audit signing key); give"
-                       " compliance only the public key (`securemail audit public-key`)",
-                       err=True)
+        key = _load_public_key(public_key)
     else:
         if export and not Path(config_path).exists():
             raise InputError(f"{export}: pass --public-key FILE (the key from `securemail audit"

@@ -260,6 +260,9 @@ def test_verify_warns_when_given_the_private_signing_key(tmp_path: Path) -> None
                     "-c", str(cfg))
     assert code == 0, out
     assert "is a PRIVATE key (an audit signing key)" in out
+    code, out = run("report", "-c", str(cfg), "-o", str(tmp_path / "r.html"), "--public-key",
+                    str(private))  # the same warning wherever it is given
+    assert code == 0 and "is a PRIVATE key (an audit signing key)" in out, out
 
 
 def test_a_wiped_audit_log_does_not_verify_while_the_store_holds_what_it_recorded(
