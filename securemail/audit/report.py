@@ -239,7 +239,7 @@ EVENT_ROWS = (
     ("directory-remove", "admin", "Directory entries removed", "Imported clients or partners"
      " removed."),
     ("config-loaded", "admin", "Configuration loaded", "Relay starts and reloads that put a"
-     " configuration in force."),
+     " configuration in force, one per relay process (with workers = 2, each counts twice)."),
     ("config-failed", "admin", "Failed reloads", "Reloads refused (the configuration in force"
      " stayed)."),
     ("chain-start", "admin", "New audit chains", "A new chain started after the signing key was"
