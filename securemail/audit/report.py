@@ -162,6 +162,13 @@ def _collect(conn: sqlite3.Connection, data: ReportData, since: str | None,
     data.messages = len(hashes)
     data.submissions = len(submissions)
     data.sealed = len(sealed_at)
+    if until is not None and len(first_open) < len(sealed_at):
+        # Sealed in the period, opened after it: picked up all the same (a
+        # quarter's last messages would otherwise count as never opened).
+        for row in store.iter_records(conn, first_seq=lo, kinds=("opened",)):
+            pid = json.loads(row.body).get("portal_id")
+            if isinstance(pid, str) and pid in sealed_at and pid not in first_open:
+                first_open[pid] = row.at
     for pid, at in sealed_at.items():
         if pid in first_open:
             data.opened += 1
@@ -380,7 +387,8 @@ def _summary(data: ReportData) -> str:
          "Distinct portal messages (portal id) on recipient decisions with outcome sealed:"
          f" their notification left{sealed_records}."),
         ("Portal messages opened", "opened", str(data.opened),
-         "Of the sealed portal messages, those opened at least once in this period."),
+         "Of the portal messages sealed in this period, those opened at least once (also"
+         " when that was after the period's end)."),
         ("Portal pickup rate", "pickup-rate", _pct(data.pickup_rate),
          "Portal messages opened ÷ portal messages sealed."),
         ("Median time to open", "median-open-hours", _duration(data.median_open_hours),

@@ -386,3 +386,29 @@ def test_a_period_without_records_says_so(tmp_path: Path) -> None:
         audit.close(T0)
     assert 'data-metric="empty">No audit record falls in this period' in empty
     assert 'data-metric="empty"' not in full
+
+
+def test_a_message_sealed_in_the_period_and_opened_after_it_counts_as_picked_up(
+        tmp_path: Path) -> None:
+    audit = AuditLog.open(make_settings(tmp_path))
+    try:
+        ds = [decision("jane@mail.example", Action.PORTAL, ("phi-unencrypted",)),
+              decision("sam@mail.example", Action.PORTAL, ("phi-unencrypted",))]
+        out = outcome(ds, portal_ids={"jane@mail.example": "pj", "sam@mail.example": "ps"})
+        asyncio.run(audit.record_outcome(envelope(ds), out, config_digest="", instance_id="",
+                                         now=T0))
+        audit.record_event("opened", now=T0 + timedelta(days=2), portal_id="pj")  # next month
+        month = render_html(report_data(audit.conn, now=T0 + timedelta(days=3),
+                                        since="2026-03-01", until="2026-03-03"))
+        later = render_html(report_data(audit.conn, now=T0 + timedelta(days=3),
+                                        since="2026-03-03"))
+    finally:
+        audit.close(T0)
+    page = _Metrics()
+    page.feed(month)
+    assert (page.metric("sealed"), page.metric("opened"), page.metric("pickup-rate")) == (
+        "2", "1", "50.0%")
+    assert page.metric("median-open-hours") == "2.0 days"
+    page = _Metrics()
+    page.feed(later)  # sealed before this period: not this period's to count
+    assert (page.metric("sealed"), page.metric("opened")) == ("0", "0")
