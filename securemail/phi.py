@@ -275,14 +275,13 @@ def phrase_form(text: str) -> str:
 def _folded(text: str) -> str | None:
     """``text`` as it reads, whatever its code points: compatibility forms made
     plain (full-width letters, ligatures), accents and other combining marks
-    dropped (a decomposed "José" from macOS, a mark stacked on a letter),
-    invisible format characters dropped (zero-width space, soft hyphen), case
-    folded. Lengths change, so a folded text is scanned on its own. None when
-    there is nothing to fold (the common case: composed accents, curly quotes,
-    dashes: the phrases are matched as written and as folded)."""
-    if unicodedata.is_normalized("NFKC", text) and not _MARKS.search(text):
-        return None
-    return _fold(text)
+    dropped (a decomposed "José" from macOS, a mark stacked on a letter, and
+    composed accents too: "Jose Nuñez", typed with some of its accents, is
+    José Núñez), invisible format characters dropped (zero-width space, soft
+    hyphen), case folded. Lengths change, so a folded text is scanned on its
+    own. None when folding changes nothing but case (curly quotes, dashes)."""
+    folded = _fold(text)
+    return None if folded == text.casefold() else folded
 
 
 def _fold(text: str) -> str:
@@ -667,6 +666,39 @@ def _bom_charset(payload: bytes) -> str:
     return "utf-8-sig" if payload[:3] == b"\xef\xbb\xbf" else "utf-8"
 
 
+_CASE_JOIN = re.compile(r"(?<=[a-z\u00df-\u00ff])(?=[A-Z\u00c0-\u00de])")
+
+
+def _name_words(name: str) -> str:
+    """A file name, and when it joins words by case ("JaneSmith_Statement.pdf")
+    the same name with those words apart, for the name scanner."""
+    apart = _CASE_JOIN.sub(" ", name)
+    return name if apart == name else f"{name}\n{apart}"
+
+
+def _looks_like_text(payload: bytes) -> bool:
+    """Whether a part labelled as something else (octet-stream, a PDF that is
+    no PDF) is plain text a reader's program would show: UTF-8 or a UTF-16
+    BOM, no NUL, hardly any control characters in its first 4 KiB."""
+    head = payload[:4096]
+    if not head:
+        return False
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return True
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not merely a character cut at 4 KiB
+            return False
+    controls = len(head) - len(head.translate(None, _CONTROL_BYTES))
+    return controls * 100 <= len(head)
+
+
+_CONTROL_BYTES = bytes([*range(9), *range(14, 32), 127])
+
+
 def _filename(part: Message) -> str:
     if part.get("content-disposition") is None and "name" not in str(
             part.get("content-type", "")).lower():
@@ -743,7 +775,7 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
             continue
         ctype = part.get_content_type()
         name = _filename(part)
-        if name and add(name):  # "Jane_Roe_discharge.pdf" says as much as the text
+        if name and add(_name_words(name)):  # "Jane_Roe_discharge.pdf": as much as the text
             return "\n".join(chunks), True
         if clear_only:
             continue
@@ -795,8 +827,8 @@ def message_text(message: Message, limit: int, *, clear_only: bool = False,
             if document is not None and add(document):
                 return "\n".join(chunks), True
             continue
-        if not readable:
-            continue
+        if not readable and not _looks_like_text(payload):
+            continue  # an image, audio, an unknown binary: its name only
         charset = _charset(part) or _bom_charset(payload)
         try:
             text = payload.decode(charset, errors="replace")
