@@ -81,7 +81,8 @@ def classify(
     links = {a: who.linked_ids for a, who in identities.items()}
     client_ids = sorted({c for linked in links.values() for c in linked})
     signals, names = detectors.scan_names(view.subject, text)
-    named, identified, groups = _names(names, view.message, directory, sender)
+    named, identified, groups = _names(names, view.message, directory, sender,
+                                       (view.subject, text))
     if truncated or (encryption is Encryption.NONE and claims_encryption(view.message, view.raw,
                                                                         content_type)):
         # Text we did not read (past the limit, or "encrypted" content that is
@@ -121,7 +122,7 @@ def classify(
 
 
 def _names(found: Mapping[str, frozenset[str]], message: Message, directory: Directory,
-           sender: str
+           sender: str, texts: tuple[str, str] = ("", "")
            ) -> tuple[frozenset[str], frozenset[str], list[tuple[frozenset[str], frozenset[str]]]]:
     """From the names and addresses found: every client named (no consent
     covers them, ever), the clients named surely enough to make the message
@@ -129,13 +130,19 @@ def _names(found: Mapping[str, frozenset[str]], message: Message, directory: Dir
 
     A staff sender's own name is not a client's for blocking (a therapist who
     shares a client's name signs every message with it): only the exact name
-    of the From line, titles and credentials aside ("Dr. Ana Rivera, LMFT").
+    of the From line, titles and credentials aside ("Dr. Ana Rivera, LMFT"),
+    and a name the directory lists as staff's (``staff_names``) wherever the
+    text gives it a title or a credential ("your appointment with Dr. Ana
+    Rivera", a signature "Ana Rivera, LCSW"); bare, it is the client's.
     A one-word name ("Grace") may be any word: it withholds consent, but makes
     no message a client's and blocks nobody. A name two clients share is
     where it belongs with either."""
     if not found:
         return frozenset(), frozenset(), []
     own = _own_names(message, directory, sender)
+    staff = {phrase_form(n) for n in directory.staff_names} & found.keys()
+    if staff:
+        own |= _titled_only(staff, phrase_form("\n".join(texts)))
     named: set[str] = set()
     groups = []
     for phrase, owners in found.items():
@@ -178,6 +185,22 @@ def _own_names(message: Message, directory: Directory, sender: str) -> frozenset
         if words:
             own.add(" ".join(words))
     return frozenset(own)
+
+
+def _titled_only(names: set[str], scanned: str) -> frozenset[str]:
+    """Those of ``names`` (scanned form) that ``scanned`` never writes without
+    a title before them or a credential after them: a staff member's."""
+    words = scanned.split()
+    titled = set()
+    for name in names:
+        size = len(name.split())
+        spots = [i for i in range(len(words) - size + 1)
+                 if " ".join(words[i:i + size]) == name]
+        if spots and all((i > 0 and words[i - 1] in _TITLES)
+                         or (i + size < len(words) and words[i + size] in _CREDENTIALS)
+                         for i in spots):
+            titled.add(name)
+    return frozenset(titled)
 
 
 class _Copies:

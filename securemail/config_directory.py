@@ -52,13 +52,16 @@ class PartnerEntry:
 class DirectorySettings:
     clients: tuple[ClientEntry, ...] = ()
     partners: tuple[PartnerEntry, ...] = ()
+    # Names of staff members that clients share ("Ana Rivera"): never a
+    # client's name for blocking, though they still keep consent from applying.
+    staff_names: tuple[str, ...] = ()
 
 
 
 # The keys each table may have. They are checked before anything else, so that
 # a misspelt key ("adresses") is reported as the key at fault, not as the
 # correct key missing ("addresses: needs at least one address").
-_DIRECTORY_KEYS = ("clients", "partners")
+_DIRECTORY_KEYS = ("clients", "partners", "staff_names")
 _CLIENT_KEYS = ("id", "addresses", "contacts", "consent_unencrypted", "names")
 _CONTACT_KEYS = ("address", "relation")
 _CONSENT_KEYS = ("granted", "warning", "expires")
@@ -180,5 +183,6 @@ def parse_directory(t: Table) -> DirectorySettings:
                               f'duplicate partner name "{p.name}"'
                               f" (also {t.key('partners')}[{names[p.name]}])")
         names[p.name] = i
+    staff_names = t.strings("staff_names")
     t.finish()
-    return DirectorySettings(clients=clients, partners=partners)
+    return DirectorySettings(clients=clients, partners=partners, staff_names=staff_names)

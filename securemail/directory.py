@@ -162,6 +162,7 @@ class Directory:
 
     def __init__(self, staff_domains: Iterable[str], settings: DirectorySettings) -> None:
         self.staff_domains = frozenset(staff_domains)
+        self.staff_names = settings.staff_names
         self.clients = {c.id: c for c in settings.clients}
         self.partners = settings.partners
         self._client_addr: dict[str, list[str]] = {}
@@ -275,7 +276,8 @@ class Directory:
         partners.update({p.name: p for p in imported.partners})
         return Directory(
             self.staff_domains,
-            DirectorySettings(clients=tuple(clients.values()), partners=tuple(partners.values())),
+            DirectorySettings(clients=tuple(clients.values()), partners=tuple(partners.values()),
+                              staff_names=self.staff_names),
         )
 
 

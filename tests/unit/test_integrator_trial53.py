@@ -82,3 +82,39 @@ def test_a_file_name_joining_a_clients_names_by_case(config: Path) -> None:
     action, reason = to_lucia(config, "Attached.",
                               [("JaneSmith_Statement.txt", "text/plain", b"Balance due: $120")])
     assert action is Action.BLOCK and "c-2001" in reason
+
+
+# 4. A therapist who shares a client's name.
+ANA = '''
+[directory]
+staff_names = ["Ana Rivera"]
+
+[[directory.clients]]
+id = "c-2012"
+addresses = ["ana.r@mail.example"]
+names = ["Ana Rivera"]
+'''
+FRONT_DESK = "front.desk@riverside.example"
+
+
+@pytest.mark.parametrize("listed", [False, True])
+def test_a_staff_name_a_client_shares_does_not_block_reminders(
+        make_config: Callable[..., Path], listed: bool) -> None:
+    cfg = make_config(extra=CLIENTS + (ANA if listed else ANA.split("\n\n", 1)[1]))
+
+    def to(rcpt: str, body: str) -> tuple[Action, str]:
+        raw = build_message(sender=FRONT_DESK, to=[rcpt], subject="Reminder", body=body)
+        [d] = verdict_for(cfg, raw, FRONT_DESK, [rcpt]).decisions
+        return d.action, d.reason
+
+    for body in ("Hi Lucia, your appointment with Dr. Ana Rivera is Tuesday 3pm.",
+                 "Hi Lucia, see you Tuesday.\n--\nAna Rivera, LCSW\nRiverside Counseling"):
+        action, reason = to(LUCIA, body)
+        # Listed: the therapist's name blocks nobody; it may still be the client's,
+        # so consent does not send it in clear.
+        assert action is (Action.PORTAL if listed else Action.BLOCK) and "c-2012" in reason
+    # Bare, without a title or credential, the name is the client's: still blocked.
+    action, reason = to("jose@mail.example", "Ana Rivera, DOB 02/03/1990: intake notes.")
+    assert action is Action.BLOCK and "c-2012" in reason
+    action, _ = to("jose@mail.example", "Dr. Ana Rivera saw Ana Rivera today.")
+    assert action is Action.BLOCK
