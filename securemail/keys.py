@@ -201,8 +201,9 @@ class Keyring:
         if len(wanted) > 500:  # SQLite's parameter limit; never on the relay's path
             return {a: self.usable_kinds(a, now) for a in wanted}
         placeholders = ",".join("?" * len(wanted))  # only "?" marks enter the SQL text
+        # No DISTINCT: the sets below drop repeats, without SQLite's temporary table.
         sql = (
-            "SELECT DISTINCT a.address, k.kind FROM keyring_addresses a "  # noqa: S608
+            "SELECT a.address, k.kind FROM keyring_addresses a "  # noqa: S608
             "JOIN keyring_keys k"
             f" USING (fingerprint) WHERE a.address IN ({placeholders})"
             " AND k.usable_from <= ? AND (k.usable_until IS NULL OR k.usable_until > ?)")
