@@ -137,6 +137,10 @@ class JsonFormatter(logging.Formatter):
         event = getattr(record, "event", None)
         out: dict[str, Any] = dict(event) if isinstance(event, dict) else {
             "event": "log", "msg": record.getMessage()}
+        if isinstance(event, dict) and "notice" in event:
+            # An operator notice's text is written for the log (no content, no
+            # local parts) and says what happened and to whom: keep it.
+            out.setdefault("msg", record.getMessage())
         out.setdefault("level", record.levelname.lower())
         out.setdefault("logger", record.name)
         out.setdefault("pid", record.process)  # which worker, with relay.workers > 1

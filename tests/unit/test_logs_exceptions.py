@@ -66,3 +66,21 @@ def test_a_record_without_an_exception_is_unchanged() -> None:
     line = json.loads(JsonFormatter().format(record))
     assert "exc_class" not in line and "exc_at" not in line
     assert line["msg"] == "hello"
+
+
+def test_an_operator_notice_keeps_its_text_and_a_message_line_does_not() -> None:
+    # The connection-limit line read only {"notice": "connection-limit"}: which
+    # client, which limit, was lost.
+    notice = logging.LogRecord("securemail.smtp", logging.WARNING, __file__, 1,
+                               "refused a connection from %s (421): %d sessions", ("10.0.0.7", 21),
+                               None)
+    notice.event = {"notice": "connection-limit"}
+    line = json.loads(JsonFormatter().format(notice))
+    assert line["notice"] == "connection-limit"
+    assert line["msg"] == "refused a connection from 10.0.0.7 (421): 21 sessions"
+    # A per-message line is its event alone: its fields were chosen to hold no
+    # local part, and a message text may.
+    message = logging.LogRecord("securemail.message", logging.INFO, __file__, 1,
+                                "to %s", ("jane.doe@mail.example",), None)
+    message.event = {"event": "message", "recipients": 1}
+    assert "msg" not in json.loads(JsonFormatter().format(message))
