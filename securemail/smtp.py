@@ -89,10 +89,16 @@ _PLAIN_PATH = re.compile(
 
 MAX_AUTH_FAILURES = 3  # failed AUTH attempts before a session is closed (421)
 # Across sessions: reconnecting must not reset a password guesser's budget.
-MAX_AUTH_FAILURES_PER_ADDRESS = 10
+# Counted per login name from a client address (a phone with an old password
+# must not lock out everyone behind the office's one public address), and for
+# all names together from it (trying many names is guessing too).
+MAX_AUTH_FAILURES_PER_USER = 10
+MAX_AUTH_FAILURES_PER_ADDRESS = 30
 AUTH_FAILURE_WINDOW_SECONDS = 15 * 60
 _AUTH_TRACKED_ADDRESSES = 10_000  # memory bound: the oldest client addresses are forgotten
 TOO_MANY_LOGINS = "421 4.7.0 Too many failed logins from your address; try again later"
+TOO_MANY_USER_LOGINS = ("421 4.7.0 Too many failed logins for this user from your address;"
+                        " check the password, and try again later")
 AUTH_QUEUE_SECONDS = 30.0  # how long a login waits for parallel checks from its client
 
 
@@ -228,6 +234,8 @@ class ServerState:
     in_flight: int = 0
     per_client: Counter[str] = field(default_factory=Counter)
     login_failures: LoginFailures = field(default_factory=LoginFailures)
+    user_login_failures: LoginFailures = field(
+        default_factory=lambda: LoginFailures(limit=MAX_AUTH_FAILURES_PER_USER))
     open: set[RelaySMTP] = field(default_factory=set)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     # When each client (or "*": everybody) last had a refusal logged.
@@ -576,22 +584,30 @@ class RelayHandler:
         if self.policy.users is None:
             return AuthResult(success=False, handled=False)
         peer_ip = _peer_ip(server.session) if server.session is not None else "?"
-        throttle = self.state.login_failures
-        # Checks in progress count towards the limit: a check that would exceed
-        # it waits for the others (bounded), so parallel sessions cannot all
+        name = login.decode("utf-8", "replace").strip().lower()
+        # The client address's budget, and that login name's from it.
+        budgets = ((self.state.login_failures, peer_ip),
+                   (self.state.user_login_failures, f"{client_key(peer_ip)} {name}"))
+        # Checks in progress count towards the limits: a check that would exceed
+        # one waits for the others (bounded), so parallel sessions cannot all
         # guess at once, while parallel logins with the right password go through.
         waited = 0.0
-        while (not throttle.blocked(peer_ip, time.monotonic())
-               and throttle.busy(peer_ip, time.monotonic()) and waited < AUTH_QUEUE_SECONDS):
+        while (not any(t.blocked(k, time.monotonic()) for t, k in budgets)
+               and any(t.busy(k, time.monotonic()) for t, k in budgets)
+               and waited < AUTH_QUEUE_SECONDS):
             await asyncio.sleep(0.05)
             waited += 0.05
-        if throttle.busy(peer_ip, time.monotonic()):
-            log.warning("submission login refused from %s: too many failed logins", peer_ip)
-            await server.push(TOO_MANY_LOGINS)
-            if server.transport is not None:
-                server.transport.close()
-            return AuthResult(success=False, handled=True)
-        throttle.begin(peer_ip)
+        for (throttle, key), refusal in zip(budgets, (TOO_MANY_LOGINS, TOO_MANY_USER_LOGINS),
+                                            strict=True):
+            if throttle.busy(key, time.monotonic()):
+                log.warning("submission login refused for user %s from %s: too many failed"
+                            " logins", _shown_login(login), peer_ip)
+                await server.push(refusal)
+                if server.transport is not None:
+                    server.transport.close()
+                return AuthResult(success=False, handled=True)
+        for throttle, key in budgets:
+            throttle.begin(key)
         try:
             user = await self.policy.users.authenticate(
                 login.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
@@ -599,12 +615,15 @@ class RelayHandler:
             # The client hung up mid-check: the check runs on regardless (a
             # thread cannot be stopped), so it counts as a failed attempt, or
             # hanging up would buy unlimited password checks.
-            throttle.add(peer_ip, time.monotonic())
+            for throttle, key in budgets:
+                throttle.add(key, time.monotonic())
             raise
         finally:
-            throttle.end(peer_ip)
+            for throttle, key in budgets:
+                throttle.end(key)
         if user is None:
-            from_address = throttle.add(peer_ip, time.monotonic())
+            from_address = budgets[0][0].add(peer_ip, time.monotonic())
+            budgets[1][0].add(budgets[1][1], time.monotonic())
             failures = 1
             if isinstance(server, RelaySMTP):
                 server.auth_failures += 1

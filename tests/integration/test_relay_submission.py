@@ -31,7 +31,7 @@ HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
 def submission_config(tmp_path: Path, upstream: Upstream) -> tuple[Path, Certs]:
-    """A config with the submission listener and one user, frontdesk."""
+    """A config with the submission listener and two users, frontdesk and drlee."""
     certs = make_certs(tmp_path)
     users = tmp_path / "users.toml"
     users.write_text(f"""
@@ -39,6 +39,11 @@ def submission_config(tmp_path: Path, upstream: Upstream) -> tuple[Path, Certs]:
 name = "frontdesk"
 password_hash = "{HASHER.hash('correct horse')}"
 addresses = ["frontdesk@riverside.example", "@billing.riverside.example"]
+
+[[users]]
+name = "drlee"
+password_hash = "{HASHER.hash('staple battery')}"
+addresses = ["dr.lee@riverside.example"]
 """)
     cfg = write_config(tmp_path, upstream_url=f"smtp://127.0.0.1:{upstream.port}", extra=f"""
 [submission]
@@ -207,13 +212,14 @@ async def test_repeated_failed_logins_end_the_session(relay: tuple) -> None:
 async def test_failed_logins_count_across_sessions_from_one_address(
         relay: tuple, caplog: pytest.LogCaptureFixture) -> None:
     # Reconnecting must not reset a password guesser's budget: after 10 failures
-    # from one address in 15 minutes, AUTH is refused even with the right password.
-    from securemail.smtp import MAX_AUTH_FAILURES_PER_ADDRESS
+    # for a user from one address in 15 minutes, AUTH as that user is refused
+    # even with the right password.
+    from securemail.smtp import MAX_AUTH_FAILURES_PER_USER
 
     r, ctx = relay
     failures = 0
     with caplog.at_level(logging.WARNING, logger="securemail"):
-        while failures < MAX_AUTH_FAILURES_PER_ADDRESS:
+        while failures < MAX_AUTH_FAILURES_PER_USER:
             c = await _client(r, ctx)
             for _ in range(2):  # stay under the per-session limit
                 with pytest.raises(aiosmtplib.SMTPAuthenticationError):
@@ -401,7 +407,7 @@ def test_the_trace_header_is_one_safe_header() -> None:
 async def test_parallel_sessions_cannot_guess_past_the_per_client_limit(relay: tuple) -> None:
     # Each attempt is counted before the (slow) password check: fifteen
     # sessions guessing at once get at most the limit of password checks.
-    from securemail.smtp import MAX_AUTH_FAILURES_PER_ADDRESS
+    from securemail.smtp import MAX_AUTH_FAILURES_PER_USER
 
     r, ctx = relay
     clients = [await _client(r, ctx) for _ in range(15)]
@@ -418,7 +424,7 @@ async def test_parallel_sessions_cannot_guess_past_the_per_client_limit(relay: t
     codes = await asyncio.gather(*(guess(c, n) for n, c in enumerate(clients)))
     for c in clients:
         c.close()
-    assert codes.count(535) <= MAX_AUTH_FAILURES_PER_ADDRESS
+    assert codes.count(535) <= MAX_AUTH_FAILURES_PER_USER
     assert 235 not in codes and len(codes) == 15
 
 
@@ -467,7 +473,7 @@ async def test_hanging_up_during_the_password_check_still_counts(
         relay: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     # The argon2 check cannot be stopped once it runs: a client that hangs up
     # mid-check must not get unlimited, uncounted password checks.
-    from securemail.smtp import MAX_AUTH_FAILURES_PER_ADDRESS
+    from securemail.smtp import MAX_AUTH_FAILURES_PER_USER
 
     r, ctx = relay
     users = next(h for h in r.listeners.handlers if h.policy.name == "submission").policy.users
@@ -478,7 +484,7 @@ async def test_hanging_up_during_the_password_check_still_counts(
         return await check(name, password)
 
     monkeypatch.setattr(users, "authenticate", slow)
-    for n in range(MAX_AUTH_FAILURES_PER_ADDRESS):
+    for n in range(MAX_AUTH_FAILURES_PER_USER):
         c = await _client(r, ctx)
         assert c.protocol is not None
         c.protocol.write(b"AUTH PLAIN " + base64.b64encode(b"\0frontdesk\0guess %d" % n)
@@ -564,3 +570,32 @@ async def test_a_pipelined_transaction_is_answered_in_order(
     assert [x[:3] for x in await replies(2)] == [b"250", b"221"]
     writer.close()
     assert len(upstream.messages) == 1
+
+
+async def test_one_users_failed_logins_do_not_lock_out_the_office(relay: tuple) -> None:
+    # Everyone behind an office's one public address (NAT) was refused for 15
+    # minutes once a phone with an old password had failed ten times.
+    from securemail.smtp import MAX_AUTH_FAILURES_PER_ADDRESS, MAX_AUTH_FAILURES_PER_USER
+
+    r, ctx = relay
+
+    async def login(user: str, password: str) -> str:
+        c = await _client(r, ctx)
+        try:
+            return str((await c.auth_plain(user, password)).code)
+        except aiosmtplib.SMTPException as exc:
+            return f"{getattr(exc, 'code', '-')} {getattr(exc, 'message', '')}"
+        finally:
+            c.close()
+
+    for n in range(MAX_AUTH_FAILURES_PER_USER):
+        assert (await login("frontdesk", f"old password {n}")).startswith("535")
+    refused = await login("frontdesk", "correct horse")
+    assert refused.startswith("421") and "for this user" in refused, refused
+    assert await login("drlee", "staple battery") == "235"  # the colleague is not locked out
+    # Many names tried from one address still run out the address's budget.
+    for n in range(MAX_AUTH_FAILURES_PER_ADDRESS - MAX_AUTH_FAILURES_PER_USER):
+        assert (await login(f"guess{n}", "x")).startswith("535")
+    refused = await login("drlee", "staple battery")
+    assert refused.startswith("421") and "from your address" in refused, refused
+
