@@ -218,14 +218,18 @@ class Blocked(PermanentFailure):
                 " take off who may not have it, or ask the office to add them as"
                 " authorised contacts") if cause else ""
         text, budget = head + ":", 440 - len(head) - len(tail)
-        for label, decisions in groups:
+        for n, (label, decisions) in enumerate(groups):
+            # Room kept for the groups after this one: each names someone too.
+            room = budget - 80 * (len(groups) - 1 - n)
             shown: list[str] = []
             for d in decisions:
-                if sum(len(a) + 2 for a in shown) + len(d.address) + len(label) > budget:
+                if sum(len(a) + 2 for a in shown) + len(d.address) + len(label) + 12 > room:
                     break
                 shown.append(d.address)
             more = f" and {len(decisions) - len(shown)} more" if len(decisions) > len(shown) \
                 else ""
+            if not shown:  # not even one address fits: say how many, never an empty list
+                more = f"{len(decisions)} recipient{'s' if len(decisions) > 1 else ''}"
             part = f"{label}{', '.join(shown)}{more}"
             text += (" " if not label.startswith(";") else "") + part
             budget -= len(part)

@@ -56,11 +56,17 @@ def test_every_policy_reply_is_one_line_under_512_octets(causes: int, held: int,
         Decision(f"{'c' * width}{i}@x.example", Source.TO, Role.THIRD_PARTY, Action.BLOCK,
                  ("unauthorised-recipient",), "r") for i in range(causes)) + tuple(
         Decision(f"{'h' * width}{i}@x.example", Source.TO, Role.CLIENT, Action.BLOCK,
-                 ("unauthorised-recipient",), "r") for i in range(held))
+                 ("unauthorised-recipient",), f"{HELD_WITH_OFFENDER} c, who may not receive it")
+        for i in range(held))
     if not decisions:
         return
     reply = Blocked(Verdict("<m>", Mode.ENFORCE, False, True, decisions)).smtp_reply
     assert reply.startswith("550 5.7.1 ") and len(reply.encode()) < 512 and "\n" not in reply
+    # Each list names somebody, or says how many: never "blocked with them:  and 2 more".
+    assert ":  " not in reply and ": and " not in reply, reply
+    if causes and held:
+        assert "; blocked with them: h" in reply or f"; blocked with them: {held} recipient" \
+            in reply, reply
 
 
 @pytest.mark.parametrize("error", [
