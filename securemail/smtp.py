@@ -559,6 +559,12 @@ class RelayHandler:
         if len(parts) != 3:
             await server.push("501 5.5.2 Cannot split AUTH PLAIN value")
             return AuthResult(success=False, handled=True)
+        if parts[0] and parts[0] != parts[1]:
+            # RFC 4616: a login may not ask to act as another user (there is
+            # no proxy authorisation here); before any password is checked.
+            await server.push("535 5.7.8 Acting as another user is not allowed;"
+                              " leave the authorization identity empty")
+            return AuthResult(success=False, handled=True)
         return await self._check_login(server, parts[1], parts[2])
 
     async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:

@@ -599,3 +599,19 @@ async def test_one_users_failed_logins_do_not_lock_out_the_office(relay: tuple) 
     refused = await login("drlee", "staple battery")
     assert refused.startswith("421") and "from your address" in refused, refused
 
+
+
+async def test_a_login_asking_to_act_as_another_user_is_refused(relay: tuple) -> None:
+    # RFC 4616: an authorization identity other than the login's own must fail
+    # (it was accepted silently, the session acting as the login's user).
+    r, ctx = relay
+    c = await _client(r, ctx)
+    try:
+        code, text = await c.execute_command(
+            b"AUTH PLAIN " + base64.b64encode(b"drlee\0frontdesk\0correct horse"))
+        assert code == 535 and "another user" in text
+        code, _ = await c.execute_command(  # the same name, or none, is fine
+            b"AUTH PLAIN " + base64.b64encode(b"frontdesk\0frontdesk\0correct horse"))
+        assert code == 235
+    finally:
+        c.close()
