@@ -330,8 +330,18 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
     async def push(self, status: Any) -> None:  # str, or bytes from AUTH
         # ENHANCEDSTATUSCODES is advertised: aiosmtpd's own replies get one too.
         if isinstance(status, str) and not self._greeting:  # AUTH pushes bytes: untouched
+            if status.startswith("552 Error: message size exceeds"):  # aiosmtpd's, at MAIL
+                status = self._too_big()
             status = with_enhanced_code(status)
         await super().push(status)
+
+    def _too_big(self) -> str:
+        """One reply for a message over the size limit, at MAIL (SIZE=) or after
+        DATA, that says the limit (a sender can act on it)."""
+        limit = self.data_size_limit or 0
+        size = f"{limit / 2**20:.0f} MiB" if limit >= 2**20 else f"{limit // 1024} KiB"
+        return (f"552 5.3.4 Message too big: this relay takes at most {limit} bytes ({size})"
+                " including attachments, which grow by a third when attached")
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
@@ -487,7 +497,7 @@ class RelaySMTP(SMTP):  # type: ignore[misc]
             self.reading_data = False
         if result.too_large:
             self.envelope = self._create_envelope()
-            await self.push("552 5.3.4 Message too big for this system")
+            await self.push(self._too_big())
             return
         if self.state.draining:  # a shutdown began while the data came in
             await self._refuse(SHUTTING_DOWN)  # the client sends it again later

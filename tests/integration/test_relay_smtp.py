@@ -236,6 +236,10 @@ async def test_size_is_advertised_and_enforced(make_relay: Callable[..., Any],
     with pytest.raises(aiosmtplib.SMTPDataError) as too_big:
         await client.data(message(size=30000))
     assert too_big.value.code == 552
+    # One text at MAIL and after DATA, giving the limit (it said neither).
+    assert refused.value.message == too_big.value.message == (
+        "5.3.4 Message too big: this relay takes at most 20000 bytes (19 KiB) including"
+        " attachments, which grow by a third when attached")
     client.close()
     assert upstream.messages == [] and r.relay.calls == []
     code, _ = await send(r.port, message(size=10000))
