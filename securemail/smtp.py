@@ -785,17 +785,22 @@ class RelayHandler:
         return TEMPFAIL
 
 
+_AUTHOR_HEADERS = ("from", "sender", "resent-from", "resent-sender")
+
+
 def _author_not_allowed(raw: bytes, user: SubmissionUser) -> str:
-    """The header ("From" or "Sender") holding an address the authenticated user
-    may not send as; "" when every author address is the user's (the envelope
-    sender is checked at MAIL and DATA). We DKIM-sign what leaves, so a login
-    must not put someone else's name on a message. Read as the pipeline reads
-    it (8-bit headers as UTF-8); a header that cannot be read, or a From with
-    no address at all, is refused: fail closed."""
+    """The header (From, Sender, Resent-From or Resent-Sender) holding an
+    address the authenticated user may not send as; "" when every author
+    address is the user's (the envelope sender is checked at MAIL and DATA).
+    We DKIM-sign what leaves, so a login must not put someone else's name on a
+    message, as its author or as who resent it. Read as the pipeline reads it
+    (8-bit headers as UTF-8); a header that cannot be read, or a From with no
+    address at all, is refused: fail closed. (So a mail client's "Redirect",
+    which keeps the original From, is refused: forward instead.)"""
     headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
     for name, value in headers.raw_items():
         header = name.lower()
-        if header not in ("from", "sender"):
+        if header not in _AUTHOR_HEADERS:
             continue
         try:
             found = parse_address_list(utf8_header(value))

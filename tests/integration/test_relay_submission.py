@@ -139,6 +139,14 @@ async def test_a_from_header_the_user_may_not_use_is_refused(
         await c.sendmail("frontdesk@riverside.example", ["colleague@riverside.example"], sender)
     assert exc.value.code == 553
     assert exc.value.message.startswith("5.7.1 Sender: ")  # names the header at fault
+    # Nor as who resent it (it went through unchecked, and was DKIM-signed).
+    for header in ("Resent-From", "Resent-Sender"):
+        resent = message(frm="frontdesk@riverside.example").replace(
+            b"\r\nTo:", f"\r\n{header}: director@riverside.example\r\nTo:".encode())
+        with pytest.raises(aiosmtplib.SMTPDataError) as exc:
+            await c.sendmail("frontdesk@riverside.example", ["colleague@riverside.example"],
+                             resent)
+        assert exc.value.code == 553 and exc.value.message.startswith(f"5.7.1 {header}: ")
     c.close()
     assert upstream.messages == []
 
