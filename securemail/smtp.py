@@ -735,6 +735,7 @@ class RelayHandler:
                     trace = received_header(
                         self.relay.settings.relay.hostname, session.host_name,
                         _peer_ip(session), tls is not None, user is not None,
+                        smtputf8=bool(getattr(envelope, "smtp_utf8", False)),
                     ) if self.policy.name == "submission" else None
                     outcome = await self.relay.send(
                         raw, mail_from=mail_from, rcpt_tos=list(envelope.rcpt_tos),
@@ -824,13 +825,15 @@ _HELO_NAME = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
 
 
 def received_header(hostname: str, helo: str | None, ip: str, tls: bool, authenticated: bool,
-                    now: dt.datetime | None = None) -> str:
+                    now: dt.datetime | None = None, *, smtputf8: bool = False) -> str:
     """The trace line for a message securemail received first (RFC 5321 4.4,
-    protocol names from RFC 3848). No user name and no recipient ("for"):
-    the trace must not reveal a login or a Bcc."""
+    protocol names from RFC 3848, and RFC 6531's UTF8SMTP* for a message sent
+    with SMTPUTF8). No user name and no recipient ("for"): the trace must not
+    reveal a login or a Bcc."""
     address = f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
     client = helo if helo and _HELO_NAME.fullmatch(helo) else "unknown"
-    protocol = "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
+    protocol = ("UTF8SMTP" if smtputf8 else "ESMTP") + ("S" if tls else "") + (
+        "A" if authenticated else "")
     when = email.utils.format_datetime(now or dt.datetime.now(dt.UTC))
     return (f"Received: from {client} ({address})\r\n\tby {hostname} (securemail)"
             f" with {protocol};\r\n\t{when}\r\n")

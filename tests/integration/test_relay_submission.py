@@ -407,6 +407,8 @@ def test_the_trace_header_is_one_safe_header() -> None:
     v6 = received_header("mx.riverside.example", "laptop", "2001:db8::7", True, False, when)
     assert v6 == ("Received: from laptop ([IPv6:2001:db8::7])\r\n\tby mx.riverside.example"
                   " (securemail) with ESMTPS;\r\n\tSun, 29 Nov 2026 10:00:00 +0000\r\n")
+    utf8 = received_header("mx", "pc", "10.0.0.1", True, True, when, smtputf8=True)
+    assert " with UTF8SMTPSA;" in utf8  # RFC 6531 section 3.7.4
     odd = received_header("mx", "evil\r\nBcc: x@y", "10.0.0.1", False, True, when)
     assert odd.startswith("Received: from unknown ([10.0.0.1])") and "Bcc" not in odd
     assert odd.count("\r\n") == 3 and "with ESMTPA;" in odd
@@ -623,3 +625,20 @@ async def test_a_login_asking_to_act_as_another_user_is_refused(relay: tuple) ->
         assert code == 235
     finally:
         c.close()
+
+
+async def test_a_message_sent_with_smtputf8_is_traced_as_such(
+        tmp_path: Path, upstream: Upstream) -> None:
+    cfg, certs = submission_config(tmp_path, upstream)
+    r = await run_relay(cfg)
+    try:
+        c = await _client(r, ssl.create_default_context(cafile=str(certs.ca_file)))
+        await c.auth_plain("frontdesk", "correct horse")
+        await c.sendmail("frontdesk@riverside.example", ["colleague@riverside.example"],
+                         message(frm="frontdesk@riverside.example", subject="Café"),
+                         mail_options=["SMTPUTF8"])
+        c.close()
+    finally:
+        await r.stop()
+    [got] = upstream.messages
+    assert b"(securemail) with UTF8SMTPSA;" in got.data  # RFC 6531 3.7.4 (was ESMTPSA)
