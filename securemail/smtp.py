@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import email.header
 import email.policy
 import email.utils
 import hashlib
@@ -804,14 +805,28 @@ def _author_not_allowed(raw: bytes, user: SubmissionUser) -> str:
         if header not in _AUTHOR_HEADERS:
             continue
         try:
-            found = parse_address_list(utf8_header(value))
+            text = utf8_header(value)
+            found = parse_address_list(text)
         except AddressError:
             return header.title()
         if header == "from" and not found:
             return "From"  # "From: undisclosed:;" names no author
         if not all(user.may_send_as(a) for a in found):
             return header.title()
+        # A display name that is another address ("dr.patel@…" <dr.lee@…>) is
+        # what a reader sees as the sender: it must be the user's too.
+        shown = _ANGLE_ADDR.sub(" ", text)
+        try:  # as a mail program shows it: RFC 2047 encoded words decoded
+            shown = str(email.header.make_header(email.header.decode_header(shown)))
+        except (ValueError, LookupError, UnicodeError):
+            pass  # undecodable: judged as written
+        if not all(user.may_send_as(a.rstrip(".")) for a in _ADDRESS_LIKE.findall(shown)):
+            return header.title()
     return ""
+
+
+_ANGLE_ADDR = re.compile(r"<[^<>]*>")
+_ADDRESS_LIKE = re.compile(r"[^\s<>\"'(),;:\[\]]+@[^\s<>\"'(),;:\[\]]+\.[^\s<>\"'(),;:\[\]]+")
 
 
 def _user(session: SMTPSession) -> SubmissionUser | None:

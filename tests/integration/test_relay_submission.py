@@ -127,6 +127,9 @@ async def test_a_from_header_the_user_may_not_use_is_refused(
     await c.auth_plain("frontdesk", "correct horse")
     for frm in ("director@riverside.example",
                 "frontdesk@riverside.example, director@riverside.example",
+                # a display name that is another address: what the reader sees
+                '"director@riverside.example" <frontdesk@riverside.example>',
+                "=?utf-8?q?director=40riverside.example?= <frontdesk@riverside.example>",
                 "ceo@bänk.example",        # 8-bit (SMTPUTF8) header: read as UTF-8, refused
                 "undisclosed:;"):          # no author address at all
         with pytest.raises(aiosmtplib.SMTPDataError) as exc:
@@ -642,3 +645,22 @@ async def test_a_message_sent_with_smtputf8_is_traced_as_such(
         await r.stop()
     [got] = upstream.messages
     assert b"(securemail) with UTF8SMTPSA;" in got.data  # RFC 6531 3.7.4 (was ESMTPSA)
+
+
+@pytest.mark.parametrize("frm", [
+    '"Front Desk" <frontdesk@riverside.example>',
+    '"frontdesk@riverside.example" <frontdesk@riverside.example>',
+    '"Billing (billing@billing.riverside.example)." <frontdesk@riverside.example>',
+    "frontdesk@riverside.example (Front Desk)",
+])
+async def test_a_display_name_naming_the_users_own_address_is_fine(
+        relay: tuple, frm: str) -> None:
+    r, ctx = relay
+    c = await _client(r, ctx)
+    try:
+        await c.auth_plain("frontdesk", "correct horse")
+        errors, _ = await c.sendmail("frontdesk@riverside.example",
+                                     ["colleague@riverside.example"], message(frm=frm))
+        assert errors == {}
+    finally:
+        c.close()
