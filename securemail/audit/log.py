@@ -427,15 +427,8 @@ class AuditLog:
             store.prepare(write)
             key = _signing_key_for(write, signing_key_path(settings),
                                    settings.storage.sqlite_path if conn is None else None)
-        except BaseException:
-            for c in owns:
-                c.close()
-            if lock is not None:
-                os.close(lock)
-            raise
-        chainer = Chainer(key, settings.audit.checkpoint_every, settings.audit.checkpoint_seconds,
-                          instance_id)
-        try:
+            chainer = Chainer(key, settings.audit.checkpoint_every,
+                              settings.audit.checkpoint_seconds, instance_id)
             _start_after_a_wipe(write, chainer, settings)
         except BaseException:
             for c in owns:
