@@ -110,10 +110,12 @@ def load_users(path: str | Path) -> UserDirectory:
             raise ConfigError(name, f"{users_key}.password_hash",
                               "must be an argon2 hash (starts with $argon2)")
         addrs = entry.get("addresses")
-        if (not isinstance(addrs, list) or not addrs
-                or not all(isinstance(a, str) and "@" in a for a in addrs)):
+        if not isinstance(addrs, list) or not addrs or not all(isinstance(a, str) for a in addrs):
             raise ConfigError(name, f"{users_key}.addresses",
                               'needs at least one address or "@domain"')
+        if bad := next((a for a in addrs if "@" not in a), None):
+            raise ConfigError(name, f"{users_key}.addresses",
+                              f'"{bad[:80]}" is not an address (name@domain) or "@domain"')
         try:
             normalised = tuple(_normalise_entry(a) for a in addrs)
         except AddressError as exc:
