@@ -73,7 +73,7 @@ def _load_public_key(path: str) -> Any:
     return key
 
 
-def _signing_key_for(settings: Any, public: Any) -> Any:
+def _export_signing_key(settings: Any, public: Any) -> Any:
     """The private key that signs an export of a chain checked with ``public``."""
     from securemail.audit import load_signing_key, signing_key_path
     from securemail.audit.chain import key_id
@@ -153,7 +153,7 @@ def export_cmd(config_path: str, fmt: str, since: str | None, until: str | None,
             click.echo("securemail: export refused: the store does not verify", err=True)
             sys.exit(EXIT_PROBLEM)
         # Signed only with the private key of the chain just verified.
-        key = _signing_key_for(settings, public) if fmt == "jsonl" else None
+        key = _export_signing_key(settings, public) if fmt == "jsonl" else None
         now = datetime.now(UTC)
 
         def write(f: IO[str]) -> int:

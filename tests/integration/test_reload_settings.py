@@ -9,10 +9,11 @@ key file was accepted (the next start then failed).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,17 @@ async def test_settings_a_reload_cannot_apply_are_named_in_a_warning(
         await relay.close()
 
 
+@contextlib.asynccontextmanager
+async def started(cfg: Path) -> AsyncIterator[securemail.Relay]:
+    """A relay on ``cfg`` that has recorded its start, as ``securemail serve`` does."""
+    relay = securemail.load(cfg, transport=MemoryTransport())
+    try:
+        relay.record_config_loaded("start")
+        yield relay
+    finally:
+        await relay.close()
+
+
 def _consent_changes(relay: securemail.Relay) -> list[tuple[str, str, str, str]]:
     import json
 
@@ -157,23 +169,19 @@ async def test_a_directory_import_then_a_reload_records_the_consent_once(
     from securemail.cli.directory_cmd import directory_group
 
     cfg = make_config()
-    relay = securemail.load(cfg, transport=MemoryTransport())
-    try:
-        relay.record_config_loaded("start")  # the config's own consent, on record at start
-        started = [("c-1002", "granted", "serve", "securemail.toml"),
-                   ("c-1003", "granted", "serve", "securemail.toml")]
-        assert _consent_changes(relay) == started
+    async with started(cfg) as relay:  # the config's own consent, on record at start
+        at_start = [("c-1002", "granted", "serve", "securemail.toml"),
+                    ("c-1003", "granted", "serve", "securemail.toml")]
+        assert _consent_changes(relay) == at_start
         csv_file = tmp_path / "dir.csv"
         csv_file.write_text("id,addresses,consent_granted,consent_warning\n"
                             "c-2002,lee@mail.example,2026-11-01,v1\n")
         done = CliRunner().invoke(directory_group, ["import", str(csv_file), "-c", str(cfg)])
         assert done.exit_code == 0, done.output
         imported = ("c-2002", "granted", "cli", "dir.csv")
-        assert _consent_changes(relay) == [*started, imported]
+        assert _consent_changes(relay) == [*at_start, imported]
         relay.reload()
-        assert _consent_changes(relay) == [*started, imported]  # the reload adds none
-    finally:
-        await relay.close()
+        assert _consent_changes(relay) == [*at_start, imported]  # the reload adds none
 
 
 async def test_consent_edited_in_the_config_and_applied_by_a_restart_is_recorded(
@@ -181,24 +189,16 @@ async def test_consent_edited_in_the_config_and_applied_by_a_restart_is_recorded
     # Only a SIGHUP reload recorded it: a restart (or the first start) put consent
     # in force, and mail went in clear on it, with no consent-change on record.
     cfg = make_config()
-    relay = securemail.load(cfg, transport=MemoryTransport())
-    try:
-        relay.record_config_loaded("start")
+    async with started(cfg) as relay:
         before = _consent_changes(relay)
-    finally:
-        await relay.close()
     edit(cfg, 'consent_unencrypted = { granted = "2026-01-10", warning = "v1" }\n', "")
     edit(cfg, 'warning = "v1", expires = "2026-03-01"', 'warning = "v2", expires = "2027-03-01"')
-    relay = securemail.load(cfg, transport=MemoryTransport())  # the restart
-    try:
-        relay.record_config_loaded("start")
+    async with started(cfg) as relay:  # the restart
         assert _consent_changes(relay) == [*before,
                                            ("c-1002", "withdrawn", "serve", "securemail.toml"),
                                            ("c-1003", "granted", "serve", "securemail.toml")]
         relay.record_config_loaded("start")  # unchanged: nothing more
         assert len(_consent_changes(relay)) == len(before) + 2
-    finally:
-        await relay.close()
 
 
 async def test_an_upgraded_store_does_not_record_its_consent_again(
@@ -222,15 +222,11 @@ async def test_an_upgraded_store_does_not_record_its_consent_again(
     finally:
         await relay.close()
     edit(cfg, 'warning = "v1", expires = "2026-03-01"', 'warning = "v2", expires = "2027-03-01"')
-    relay = securemail.load(cfg, transport=MemoryTransport())
-    try:
-        relay.record_config_loaded("start")
+    async with started(cfg) as relay:
         bodies = [json.loads(r.body) for r in iter_records(relay.audit.conn)]
         [new] = [b for b in bodies if b["kind"] == "consent-change"][2:]
         assert (new["client_id"], new["granted"], new["warning"], new["expires"]) == (
             "c-1003", "2026-01-10", "v2", "2027-03-01")
-    finally:
-        await relay.close()
 
 
 async def test_a_new_chain_records_the_consent_in_force_again(
@@ -243,16 +239,8 @@ async def test_a_new_chain_records_the_consent_in_force_again(
     from securemail.config import load_settings
 
     cfg = make_config()
-    relay = securemail.load(cfg, transport=MemoryTransport())
-    try:
-        relay.record_config_loaded("start")
+    async with started(cfg) as relay:
         assert len(_consent_changes(relay)) == 2
-    finally:
-        await relay.close()
     start_new_chain(load_settings(cfg), reason="rotation", now=datetime.now(UTC))
-    relay = securemail.load(cfg, transport=MemoryTransport())
-    try:
-        relay.record_config_loaded("start")
+    async with started(cfg) as relay:
         assert [c[0] for c in _consent_changes(relay)] == ["c-1002", "c-1003"]
-    finally:
-        await relay.close()
